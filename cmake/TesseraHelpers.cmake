@@ -1,0 +1,28 @@
+# tessera_library(NAME DIR DEPS ...): one static library per src/ folder, named tessera_NAME.
+# Sources are the folder's .cc files; headers are included as "folder/file.h" from src/.
+function(tessera_library name)
+  cmake_parse_arguments(ARG "" "DIR" "DEPS;EXTRA_SOURCES" ${ARGN})
+  file(GLOB sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${ARG_DIR}/*.cc)
+  add_library(tessera_${name} STATIC ${sources} ${ARG_EXTRA_SOURCES})
+  target_include_directories(tessera_${name} PUBLIC ${PROJECT_SOURCE_DIR}/src)
+  target_link_libraries(tessera_${name} PUBLIC ${ARG_DEPS})
+  set_target_properties(tessera_${name} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+endfunction()
+
+# tessera_test(NAME SOURCES ... DEPS ... LABELS ... TIMEOUT n): a GoogleTest binary whose tests
+# are registered with CTest one by one.
+function(tessera_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest_main)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/tests)
+  target_compile_definitions(${name} PRIVATE
+    TESSERA_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+    TESSERA_BINARY_DIR="${PROJECT_BINARY_DIR}")
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  gtest_discover_tests(${name}
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+    DISCOVERY_TIMEOUT 60)
+endfunction()

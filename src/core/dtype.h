@@ -1,0 +1,43 @@
+// Element types and the scalar conversions between the 16-bit floats and f32.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+namespace tessera {
+
+enum class DType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU8, kBool };
+
+size_t dtype_size(DType dtype);
+// Safetensors spelling: "F32", "BF16", ...
+std::string_view dtype_name(DType dtype);
+// Parses the safetensors spelling; returns false for an unknown name.
+bool parse_safetensors_dtype(std::string_view name, DType* out);
+// Parses the config.json / CLI spelling: "float32", "bfloat16", "bf16", "half", ...
+bool parse_torch_dtype(std::string_view name, DType* out);
+bool is_float(DType dtype);
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Round to nearest even; NaN stays NaN (quiet).
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+
+inline float round_to_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+}  // namespace tessera

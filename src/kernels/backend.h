@@ -1,0 +1,105 @@
+// The device interface. Model, engine and server code call these ops on a Backend& and never
+// name a device: kernels/cpu and kernels/cuda implement the same op names.
+//
+// Conventions: activations are [rows, features] with a contiguous last dimension and any row
+// stride (so q, k and v can be column slices of one fused projection output). Weights are stored
+// as in Hugging Face checkpoints: a Linear weight is [out_features, in_features], row-major, in
+// any float dtype, read in place (possibly as a column slice of a larger tensor).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace tessera {
+
+// One weight of a fused linear layer: output columns [offset, offset + rows) come from weight
+// (shape [rows, in_features]) and an optional f32 bias [rows].
+struct LinearSegment {
+  Tensor weight;
+  Tensor bias;  // undefined when absent
+};
+
+enum class Activation { kSilu, kGeluTanh, kGelu };
+
+struct AttentionParams {
+  int num_heads = 0;     // query heads on this rank
+  int num_kv_heads = 0;  // key/value heads on this rank
+  int head_dim = 0;
+  float scale = 1.0f;          // multiplies q.k
+  float softcap = 0.0f;        // > 0: scores = softcap * tanh(scores / softcap)
+  int32_t sliding_window = 0;  // > 0: a query at position p sees keys at p - window < pos <= p
+};
+
+// Describes one step's batch over the paged KV cache. The batch is the concatenation of each
+// sequence's new tokens (a prefill chunk or one decode token). All tensors are int32 on the
+// backend's device.
+struct AttentionMetadata {
+  int num_seqs = 0;
+  int block_size = 16;
+  Tensor query_start;   // [num_seqs + 1]: tokens of sequence s are rows [qs[s], qs[s+1])
+  Tensor seq_lens;      // [num_seqs]: context length after this step (cached + new tokens)
+  Tensor block_tables;  // [num_seqs, max_blocks]: physical block of each logical block
+  Tensor slot_mapping;  // [num_tokens]: where each new token's K/V goes, -1 = do not write
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  // Dtype of activations between ops on this backend.
+  virtual DType activation_dtype() const = 0;
+
+  // Memory.
+  virtual Tensor empty(std::span<const int64_t> shape, DType dtype) = 0;
+  Tensor empty(std::initializer_list<int64_t> shape, DType dtype) {
+    return empty(std::span<const int64_t>(shape.begin(), shape.size()), dtype);
+  }
+  // Copies between tensors of the same shape and dtype, on any devices.
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+  virtual void fill_zero(const Tensor& dst) = 0;
+  // Makes a weight usable by this backend (a no-op on CPU; an upload on GPUs).
+  virtual Tensor prepare_weight(const Tensor& host_weight) = 0;
+  virtual void synchronize() {}
+
+  // out[t, :] = table[ids[t] - vocab_start, :] * scale for ids in [vocab_start, vocab_start +
+  // rows(table)), else 0 (vocab-parallel shards sum to the full embedding).
+  virtual void embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
+                         const Tensor& out) = 0;
+  // out[:, segment columns] = x @ segment.weight^T (+ bias), for every segment in order.
+  virtual void linear(const Tensor& x, std::span<const LinearSegment> segments,
+                      const Tensor& out) = 0;
+  // out = x / rms(x) * (unit_offset ? 1 + w : w) over the last dimension of x (2-d or 3-d).
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, bool unit_offset,
+                        const Tensor& out) = 0;
+  // table[t, i] = cos(a) * scaling, table[t, R + i] = sin(a) * scaling, a = f32(position[t]) *
+  // inv_freq[i], for i < R = rows(inv_freq). Computed once per step, shared by all layers.
+  virtual void rope_table(const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                          const Tensor& table) = 0;
+  // Rotary embedding in place on x [tokens, heads * head_dim], Hugging Face "rotate half" layout
+  // over the first 2R dims of each head: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin).
+  virtual void rope(const Tensor& x, int head_dim, const Tensor& table) = 0;
+  // out[t, i] = act(gate_up[t, i]) * gate_up[t, F + i], F = out.size(1).
+  virtual void gated_activation(const Tensor& gate_up, Activation act, const Tensor& out) = 0;
+  // out = a + b (element-wise; out may alias a).
+  virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // x = cap * tanh(x / cap), in place.
+  virtual void softcap(const Tensor& x, float cap) = 0;
+  // out[i, :] = x[rows[i], :].
+  virtual void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
+
+  // Writes the new tokens' k and v ([tokens, kv_heads * head_dim]) into the caches
+  // ([blocks, block_size, kv_heads, head_dim]) at meta.slot_mapping.
+  virtual void write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                        const Tensor& v_cache, const AttentionMetadata& meta) = 0;
+  // Causal attention of the batch's queries q [tokens, heads * head_dim] over each sequence's
+  // cached keys and values; out [tokens, heads * head_dim].
+  virtual void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const AttentionMetadata& meta, const AttentionParams& params,
+                               const Tensor& out) = 0;
+};
+
+}  // namespace tessera

@@ -1,0 +1,361 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "core/status.h"
+
+namespace tessera {
+
+namespace {
+
+void check_rows(const Tensor& t, const char* what) {
+  TESSERA_CHECK(t.device() == Device::kCPU) << what << " is not on the CPU";
+  TESSERA_CHECK(t.dim() == 2) << what << " must be 2-d, got " << t.shape_string();
+  TESSERA_CHECK(t.stride(1) == 1 || t.size(1) <= 1) << what << " rows must be contiguous";
+}
+
+void check_f32_rows(const Tensor& t, const char* what) {
+  check_rows(t, what);
+  TESSERA_CHECK(t.dtype() == DType::kF32) << what << " must be f32, got " << dtype_name(t.dtype());
+}
+
+// Rows of work per task so that tiny ops do not pay for waking threads.
+int64_t min_rows_per_thread(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
+
+}  // namespace
+
+CpuBackend::CpuBackend(ThreadPool& pool, cpu::Isa isa)
+    : pool_(pool),
+      isa_(isa),
+      gemm_(isa == cpu::Isa::kAvx512 ? cpu::gemm_kernels_avx512() : cpu::gemm_kernels_generic()),
+      ops_(isa == cpu::Isa::kAvx512 ? cpu::ops_kernels_avx512() : cpu::ops_kernels_generic()),
+      attn_scratch_(pool.size()) {}
+
+std::string CpuBackend::name() const {
+  return "cpu (" + std::string(cpu::isa_name(isa_)) + ", " + std::to_string(pool_.size()) +
+         " threads)";
+}
+
+Tensor CpuBackend::empty(std::span<const int64_t> shape, DType dtype) {
+  return Tensor::empty(shape, dtype);
+}
+
+void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
+  TESSERA_CHECK(src.dtype() == dst.dtype() && src.numel() == dst.numel());
+  Tensor s = src.contiguous();
+  if (dst.is_contiguous()) {
+    std::memcpy(dst.raw(), s.raw(), s.nbytes());
+    return;
+  }
+  check_rows(dst, "copy destination");
+  size_t row_bytes = dst.size(1) * dtype_size(dst.dtype());
+  for (int64_t r = 0; r < dst.size(0); ++r)
+    std::memcpy(static_cast<char*>(dst.raw()) + r * dst.stride(0) * dtype_size(dst.dtype()),
+                static_cast<const char*>(s.raw()) + r * row_bytes, row_bytes);
+}
+
+void CpuBackend::fill_zero(const Tensor& dst) {
+  TESSERA_CHECK(dst.is_contiguous());
+  std::memset(dst.raw(), 0, dst.nbytes());
+}
+
+void CpuBackend::embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start,
+                           float scale, const Tensor& out) {
+  check_rows(table, "embedding table");
+  check_f32_rows(out, "embedding output");
+  TESSERA_CHECK(ids.dtype() == DType::kI32 && ids.numel() == out.size(0));
+  TESSERA_CHECK_EQ(table.size(1), out.size(1));
+  const int64_t width = out.size(1), rows = table.size(0);
+  const int32_t* id = ids.data<int32_t>();
+  pool_.parallel_for(out.size(0), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      float* o = out.data<float>() + t * out.stride(0);
+      int64_t r = static_cast<int64_t>(id[t]) - vocab_start;
+      if (r < 0 || r >= rows) {
+        std::fill(o, o + width, 0.0f);
+        continue;
+      }
+      const char* src = static_cast<const char*>(table.raw()) +
+                        r * table.stride(0) * static_cast<int64_t>(dtype_size(table.dtype()));
+      for (int64_t i = 0; i < width; ++i) o[i] = load_as_f32(src, table.dtype(), i) * scale;
+    }
+  });
+}
+
+void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments,
+                        const Tensor& out) {
+  check_f32_rows(x, "linear input");
+  check_f32_rows(out, "linear output");
+  const int64_t m = x.size(0), k = x.size(1);
+  TESSERA_CHECK_EQ(out.size(0), m);
+  int64_t n_total = 0;
+  bool any_bf16 = false;
+  for (const auto& seg : segments) {
+    check_rows(seg.weight, "linear weight");
+    TESSERA_CHECK(seg.weight.size(1) == k)
+        << "weight " << seg.weight.shape_string() << " vs input " << x.shape_string();
+    if (seg.bias.defined())
+      TESSERA_CHECK(seg.bias.dtype() == DType::kF32 && seg.bias.numel() == seg.weight.size(0));
+    n_total += seg.weight.size(0);
+    any_bf16 |= seg.weight.dtype() == DType::kBF16;
+  }
+  TESSERA_CHECK_EQ(out.size(1), n_total);
+  if (m == 0 || n_total == 0) return;
+
+  const bool bf16_path = any_bf16 && gemm_.bf16_activations;
+  const int64_t kp = cpu::round_up(k, 32);
+  if (bf16_path) {
+    if (act_bf16_.size() < static_cast<size_t>(m * kp)) act_bf16_.resize(m * kp);
+    if (m >= 8) {
+      pool_.parallel_for(m, [&](int64_t begin, int64_t end) {
+        gemm_.to_bf16_rows(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, k,
+                           act_bf16_.data() + begin * kp, kp);
+      });
+    } else {
+      gemm_.to_bf16_rows(x.data<float>(), x.stride(0), m, k, act_bf16_.data(), kp);
+    }
+  }
+
+  // Each thread takes a contiguous range of output columns, which may span several segments.
+  auto run_columns = [&](int64_t col_begin, int64_t col_end) {
+    int64_t seg_start = 0;
+    for (const auto& seg : segments) {
+      const int64_t rows = seg.weight.size(0);
+      const int64_t lo = std::max(col_begin, seg_start), hi = std::min(col_end, seg_start + rows);
+      if (lo < hi) {
+        const int64_t local = lo - seg_start;
+        const size_t elem = dtype_size(seg.weight.dtype());
+        const void* w = static_cast<const char*>(seg.weight.raw()) +
+                        static_cast<size_t>(local * seg.weight.stride(0)) * elem;
+        const float* bias = seg.bias.defined() ? seg.bias.data<float>() + local : nullptr;
+        float* c = out.data<float>() + lo;
+        if (bf16_path && seg.weight.dtype() == DType::kBF16) {
+          gemm_.gemm_bf16(act_bf16_.data(), kp, m, k, static_cast<const uint16_t*>(w),
+                          seg.weight.stride(0), hi - lo, c, out.stride(0), bias);
+        } else {
+          gemm_.gemm_f32(x.data<float>(), x.stride(0), m, k, w, seg.weight.dtype(),
+                         seg.weight.stride(0), hi - lo, c, out.stride(0), bias);
+        }
+      }
+      seg_start += rows;
+    }
+  };
+  const int threads = pool_.size();
+  if (threads == 1 || n_total < 32) {
+    run_columns(0, n_total);
+    return;
+  }
+  // Column ranges in multiples of 8 so that decode tiles stay full width.
+  const int64_t units = (n_total + 7) / 8;
+  pool_.run([&](int t) {
+    int64_t begin = units * t / threads * 8, end = std::min(n_total, units * (t + 1) / threads * 8);
+    if (begin < end) run_columns(begin, end);
+  });
+}
+
+void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, bool unit_offset,
+                          const Tensor& out) {
+  TESSERA_CHECK(x.dtype() == DType::kF32 && out.dtype() == DType::kF32);
+  TESSERA_CHECK(weight.dtype() == DType::kF32 && weight.is_contiguous());
+  const int64_t width = x.size(-1);
+  TESSERA_CHECK_EQ(weight.numel(), width);
+  TESSERA_CHECK(x.stride(-1) == 1 && out.stride(-1) == 1);
+  if (x.dim() == 2) {
+    TESSERA_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.size(1) == width);
+    int64_t rows = x.size(0);
+    auto body = [&](int64_t begin, int64_t end) {
+      ops_.rms_norm(x.data<float>() + begin * x.stride(0), x.stride(0),
+                    out.data<float>() + begin * out.stride(0), out.stride(0), end - begin, width,
+                    weight.data<float>(), eps, unit_offset);
+    };
+    if (rows < 2 * min_rows_per_thread(width)) {
+      body(0, rows);
+    } else {
+      pool_.parallel_for(rows, body);
+    }
+    return;
+  }
+  // [tokens, heads, head_dim]: a norm per head (Qwen3's q/k norms).
+  TESSERA_CHECK(x.dim() == 3 && out.dim() == 3 && x.size(1) == out.size(1));
+  TESSERA_CHECK(x.stride(1) == width && out.stride(1) == width);
+  const int64_t tokens = x.size(0), heads = x.size(1);
+  auto body = [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      ops_.rms_norm(x.data<float>() + t * x.stride(0), width,
+                    out.data<float>() + t * out.stride(0), width, heads, width,
+                    weight.data<float>(), eps, unit_offset);
+  };
+  if (tokens * heads < 2 * min_rows_per_thread(width)) {
+    body(0, tokens);
+  } else {
+    pool_.parallel_for(tokens, body);
+  }
+}
+
+void CpuBackend::rope_table(const Tensor& positions, const Tensor& inv_freq,
+                            float attention_scaling, const Tensor& table) {
+  TESSERA_CHECK(positions.dtype() == DType::kI32 && inv_freq.dtype() == DType::kF32);
+  TESSERA_CHECK(table.is_contiguous() && table.dim() == 2);
+  const int rot_half = static_cast<int>(inv_freq.numel());
+  TESSERA_CHECK_EQ(table.size(1), 2 * rot_half);
+  TESSERA_CHECK_EQ(table.size(0), positions.numel());
+  ops_.rope_table(positions.data<int32_t>(), positions.numel(), inv_freq.data<float>(), rot_half,
+                  attention_scaling, table.data<float>());
+}
+
+void CpuBackend::rope(const Tensor& x, int head_dim, const Tensor& table) {
+  check_f32_rows(x, "rope input");
+  TESSERA_CHECK(x.size(1) % head_dim == 0);
+  TESSERA_CHECK(table.is_contiguous() && table.size(0) == x.size(0));
+  const int rot_half = static_cast<int>(table.size(1) / 2);
+  TESSERA_CHECK_LE(2 * rot_half, head_dim);
+  const int heads = static_cast<int>(x.size(1) / head_dim);
+  auto body = [&](int64_t begin, int64_t end) {
+    ops_.rope(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, heads, head_dim,
+              table.data<float>() + begin * table.size(1), rot_half);
+  };
+  if (x.size(0) < 2 * min_rows_per_thread(x.size(1))) {
+    body(0, x.size(0));
+  } else {
+    pool_.parallel_for(x.size(0), body);
+  }
+}
+
+void CpuBackend::gated_activation(const Tensor& gate_up, Activation act, const Tensor& out) {
+  check_f32_rows(gate_up, "gate_up");
+  check_f32_rows(out, "activation output");
+  const int64_t width = out.size(1);
+  TESSERA_CHECK(gate_up.size(1) == 2 * width && gate_up.size(0) == out.size(0));
+  auto body = [&](int64_t begin, int64_t end) {
+    ops_.gated_activation(gate_up.data<float>() + begin * gate_up.stride(0), gate_up.stride(0),
+                          out.data<float>() + begin * out.stride(0), out.stride(0), end - begin,
+                          width, act);
+  };
+  pool_.parallel_for(out.size(0) == 1 ? 1 : out.size(0), body);
+}
+
+void CpuBackend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  check_f32_rows(a, "add input");
+  check_f32_rows(b, "add input");
+  check_f32_rows(out, "add output");
+  TESSERA_CHECK(a.size(0) == b.size(0) && a.size(1) == b.size(1) && a.size(0) == out.size(0) &&
+                a.size(1) == out.size(1));
+  auto body = [&](int64_t begin, int64_t end) {
+    ops_.add(a.data<float>() + begin * a.stride(0), a.stride(0),
+             b.data<float>() + begin * b.stride(0), b.stride(0),
+             out.data<float>() + begin * out.stride(0), out.stride(0), end - begin, a.size(1));
+  };
+  if (a.size(0) < 2 * min_rows_per_thread(a.size(1))) {
+    body(0, a.size(0));
+  } else {
+    pool_.parallel_for(a.size(0), body);
+  }
+}
+
+void CpuBackend::softcap(const Tensor& x, float cap) {
+  check_f32_rows(x, "softcap input");
+  pool_.parallel_for(x.size(0), [&](int64_t begin, int64_t end) {
+    ops_.softcap(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, x.size(1), cap);
+  });
+}
+
+void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) {
+  check_rows(x, "gather input");
+  check_rows(out, "gather output");
+  TESSERA_CHECK(rows.dtype() == DType::kI32 && rows.numel() == out.size(0));
+  TESSERA_CHECK(x.dtype() == out.dtype() && x.size(1) == out.size(1));
+  const size_t elem = dtype_size(x.dtype());
+  const size_t row_bytes = x.size(1) * elem;
+  for (int64_t i = 0; i < out.size(0); ++i) {
+    int32_t r = rows.data<int32_t>()[i];
+    TESSERA_CHECK(r >= 0 && r < x.size(0));
+    std::memcpy(static_cast<char*>(out.raw()) + i * out.stride(0) * elem,
+                static_cast<const char*>(x.raw()) + r * x.stride(0) * elem, row_bytes);
+  }
+}
+
+void CpuBackend::write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                          const Tensor& v_cache, const AttentionMetadata& meta) {
+  check_f32_rows(k, "k");
+  check_f32_rows(v, "v");
+  TESSERA_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous());
+  const int64_t width = k_cache.size(2) * k_cache.size(3);
+  TESSERA_CHECK(k.size(1) == width && v.size(1) == width);
+  const int64_t slots = k_cache.size(0) * k_cache.size(1);
+  const int32_t* slot = meta.slot_mapping.data<int32_t>();
+  const DType dtype = k_cache.dtype();
+  const size_t elem = dtype_size(dtype);
+  auto store_row = [&](const float* src, void* cache, int64_t s) {
+    char* dst = static_cast<char*>(cache) + static_cast<size_t>(s * width) * elem;
+    if (dtype == DType::kF32) {
+      std::memcpy(dst, src, width * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < width; ++i) store_from_f32(dst, dtype, i, src[i]);
+    }
+  };
+  for (int64_t t = 0; t < k.size(0); ++t) {
+    if (slot[t] < 0) continue;
+    TESSERA_CHECK_LT(slot[t], slots);
+    store_row(k.data<float>() + t * k.stride(0), k_cache.raw(), slot[t]);
+    store_row(v.data<float>() + t * v.stride(0), v_cache.raw(), slot[t]);
+  }
+}
+
+void CpuBackend::paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                 const AttentionMetadata& meta, const AttentionParams& params,
+                                 const Tensor& out) {
+  check_f32_rows(q, "q");
+  check_f32_rows(out, "attention output");
+  TESSERA_CHECK(params.num_kv_heads > 0 && params.num_heads % params.num_kv_heads == 0);
+  TESSERA_CHECK_EQ(q.size(1), static_cast<int64_t>(params.num_heads) * params.head_dim);
+  TESSERA_CHECK_EQ(k_cache.size(2), params.num_kv_heads);
+  TESSERA_CHECK_EQ(k_cache.size(3), params.head_dim);
+  TESSERA_CHECK_EQ(k_cache.size(1), meta.block_size);
+
+  cpu::AttentionArgs args;
+  args.q = q.data<float>();
+  args.ldq = q.stride(0);
+  args.k_cache = k_cache.raw();
+  args.v_cache = v_cache.raw();
+  args.kv_dtype = k_cache.dtype();
+  args.query_start = meta.query_start.data<int32_t>();
+  args.seq_lens = meta.seq_lens.data<int32_t>();
+  args.block_tables = meta.block_tables.data<int32_t>();
+  args.max_blocks = meta.block_tables.size(1);
+  args.block_size = meta.block_size;
+  args.out = out.data<float>();
+  args.ldo = out.stride(0);
+  args.params = params;
+
+  struct Item {
+    int seq, kv_head;
+    int64_t begin, end;
+  };
+  std::vector<Item> items;
+  const int64_t per_item = cpu::attention_rows_per_item(params);
+  for (int s = 0; s < meta.num_seqs; ++s) {
+    const int64_t begin = args.query_start[s], end = args.query_start[s + 1];
+    for (int64_t r = begin; r < end; r += per_item)
+      for (int h = 0; h < params.num_kv_heads; ++h)
+        items.push_back({s, h, r, std::min(end, r + per_item)});
+  }
+  const size_t scratch = cpu::attention_scratch_floats(params, per_item);
+  std::atomic<size_t> next{0};
+  auto worker = [&](int t) {
+    auto& buf = attn_scratch_[t];
+    if (buf.size() < scratch) buf.resize(scratch);
+    for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < items.size();) {
+      const Item& it = items[i];
+      ops_.attention(args, it.seq, it.kv_head, it.begin, it.end, buf.data());
+    }
+  };
+  if (items.size() == 1) {
+    worker(0);
+  } else {
+    pool_.run(worker);
+  }
+}
+
+}  // namespace tessera

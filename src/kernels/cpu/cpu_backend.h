@@ -1,0 +1,57 @@
+// The CPU backend: AVX-512 (with BF16) kernels where the CPU has them, portable C++ otherwise,
+// parallelised over a ThreadPool. One caller at a time (the engine's step loop).
+#pragma once
+
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/ops.h"
+
+namespace tessera {
+
+class CpuBackend : public Backend {
+ public:
+  explicit CpuBackend(ThreadPool& pool, cpu::Isa isa = cpu::detect_isa());
+
+  Device device() const override { return Device::kCPU; }
+  std::string name() const override;
+  DType activation_dtype() const override { return DType::kF32; }
+  ThreadPool& pool() { return pool_; }
+
+  Tensor empty(std::span<const int64_t> shape, DType dtype) override;
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void fill_zero(const Tensor& dst) override;
+  Tensor prepare_weight(const Tensor& host_weight) override { return host_weight; }
+
+  void embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
+                 const Tensor& out) override;
+  void linear(const Tensor& x, std::span<const LinearSegment> segments,
+              const Tensor& out) override;
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, bool unit_offset,
+                const Tensor& out) override;
+  void rope_table(const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
+                  const Tensor& table) override;
+  void rope(const Tensor& x, int head_dim, const Tensor& table) override;
+  void gated_activation(const Tensor& gate_up, Activation act, const Tensor& out) override;
+  void add(const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void softcap(const Tensor& x, float cap) override;
+  void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) override;
+  void write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+                const AttentionMetadata& meta) override;
+  void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       const AttentionMetadata& meta, const AttentionParams& params,
+                       const Tensor& out) override;
+
+ private:
+  ThreadPool& pool_;
+  cpu::Isa isa_;
+  cpu::GemmKernels gemm_;
+  cpu::OpsKernels ops_;
+  std::vector<uint16_t> act_bf16_;                // [m, round_up(k, 32)] bf16 activations
+  std::vector<std::vector<float>> attn_scratch_;  // per thread
+};
+
+}  // namespace tessera
