@@ -1,8 +1,13 @@
-# tessera_library(NAME DIR DEPS ...): one static library per src/ folder, named tessera_NAME.
+# tessera_library(NAME DIR dir DEPS ... [EXTRA_SOURCES_GLOB dirs]): one static library per src/
+# folder (plus its subfolders named in EXTRA_SOURCES_GLOB), named tessera_NAME.
 # Sources are the folder's .cc files; headers are included as "folder/file.h" from src/.
 function(tessera_library name)
-  cmake_parse_arguments(ARG "" "DIR" "DEPS;EXTRA_SOURCES" ${ARGN})
+  cmake_parse_arguments(ARG "" "DIR" "DEPS;EXTRA_SOURCES;EXTRA_SOURCES_GLOB" ${ARGN})
   file(GLOB sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${ARG_DIR}/*.cc)
+  foreach(dir ${ARG_EXTRA_SOURCES_GLOB})
+    file(GLOB more CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${dir}/*.cc)
+    list(APPEND sources ${more})
+  endforeach()
   add_library(tessera_${name} STATIC ${sources} ${ARG_EXTRA_SOURCES})
   target_include_directories(tessera_${name} PUBLIC ${PROJECT_SOURCE_DIR}/src)
   target_link_libraries(tessera_${name} PUBLIC ${ARG_DEPS})

@@ -13,7 +13,6 @@ int64_t product(std::span<const int64_t> shape) {
   return n;
 }
 
-
 }  // namespace
 
 Tensor Tensor::wrap(void* data, std::span<const int64_t> shape, DType dtype,
@@ -62,7 +61,9 @@ int64_t Tensor::stride(int d) const {
   return strides_[d];
 }
 
-int64_t Tensor::numel() const { return product(shape()); }
+int64_t Tensor::numel() const {
+  return product(shape());
+}
 
 bool Tensor::is_contiguous() const {
   int64_t stride = 1;
@@ -100,6 +101,24 @@ Tensor Tensor::slice(int d, int64_t begin, int64_t end) const {
   Tensor t = *this;
   t.data_ = static_cast<char*>(data_) + begin * strides_[d] * dtype_size(dtype_);
   t.shape_[d] = end - begin;
+  return t;
+}
+
+Tensor Tensor::split_dim(int d, int64_t inner) const {
+  if (d < 0) d += ndim_;
+  TESSERA_CHECK(d >= 0 && d < ndim_ && ndim_ < kMaxDims);
+  TESSERA_CHECK(inner > 0 && shape_[d] % inner == 0)
+      << "split " << shape_string() << " by " << inner;
+  Tensor t = *this;
+  for (int i = ndim_; i > d + 1; --i) {
+    t.shape_[i] = shape_[i - 1];
+    t.strides_[i] = strides_[i - 1];
+  }
+  t.shape_[d] = shape_[d] / inner;
+  t.strides_[d] = strides_[d] * inner;
+  t.shape_[d + 1] = inner;
+  t.strides_[d + 1] = strides_[d];
+  t.ndim_ = ndim_ + 1;
   return t;
 }
 
@@ -148,28 +167,43 @@ Tensor Tensor::to(DType dtype) const {
   Tensor src = contiguous();
   Tensor out = empty(shape(), dtype);
   int64_t n = numel();
-  for (int64_t i = 0; i < n; ++i) store_from_f32(out.raw(), dtype, i, load_as_f32(src.raw(), dtype_, i));
+  for (int64_t i = 0; i < n; ++i)
+    store_from_f32(out.raw(), dtype, i, load_as_f32(src.raw(), dtype_, i));
   return out;
 }
 
 float load_as_f32(const void* data, DType dtype, int64_t i) {
   switch (dtype) {
-    case DType::kF32: return static_cast<const float*>(data)[i];
-    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    case DType::kF64: return static_cast<float>(static_cast<const double*>(data)[i]);
-    default: TESSERA_CHECK(false) << "not a float dtype: " << dtype_name(dtype);
+    case DType::kF32:
+      return static_cast<const float*>(data)[i];
+    case DType::kBF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::kF16:
+      return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::kF64:
+      return static_cast<float>(static_cast<const double*>(data)[i]);
+    default:
+      TESSERA_CHECK(false) << "not a float dtype: " << dtype_name(dtype);
   }
   return 0;
 }
 
 void store_from_f32(void* data, DType dtype, int64_t i, float value) {
   switch (dtype) {
-    case DType::kF32: static_cast<float*>(data)[i] = value; break;
-    case DType::kBF16: static_cast<uint16_t*>(data)[i] = f32_to_bf16(value); break;
-    case DType::kF16: static_cast<uint16_t*>(data)[i] = f32_to_f16(value); break;
-    case DType::kF64: static_cast<double*>(data)[i] = value; break;
-    default: TESSERA_CHECK(false) << "not a float dtype: " << dtype_name(dtype);
+    case DType::kF32:
+      static_cast<float*>(data)[i] = value;
+      break;
+    case DType::kBF16:
+      static_cast<uint16_t*>(data)[i] = f32_to_bf16(value);
+      break;
+    case DType::kF16:
+      static_cast<uint16_t*>(data)[i] = f32_to_f16(value);
+      break;
+    case DType::kF64:
+      static_cast<double*>(data)[i] = value;
+      break;
+    default:
+      TESSERA_CHECK(false) << "not a float dtype: " << dtype_name(dtype);
   }
 }
 

@@ -55,6 +55,8 @@ class Tensor {
   Tensor reshape(std::span<const int64_t> shape) const;
   // Elements [begin, end) along dimension d; shares data, keeps strides.
   Tensor slice(int d, int64_t begin, int64_t end) const;
+  // Splits dimension d of size n into [n / inner, inner] (a view; strides follow).
+  Tensor split_dim(int d, int64_t inner) const;
   // Index along dimension 0, dropping it.
   Tensor operator[](int64_t i) const;
   // A contiguous copy (CPU only).

@@ -52,6 +52,8 @@ class Backend {
   virtual std::string name() const = 0;
   // Dtype of activations between ops on this backend.
   virtual DType activation_dtype() const = 0;
+  // What --kv-cache-dtype auto means here for a model stored in `model_dtype`.
+  virtual DType default_kv_cache_dtype(DType model_dtype) const = 0;
 
   // Memory.
   virtual Tensor empty(std::span<const int64_t> shape, DType dtype) = 0;

@@ -22,20 +22,23 @@ void check_f32_rows(const Tensor& t, const char* what) {
 }
 
 // Rows of work per task so that tiny ops do not pay for waking threads.
-int64_t min_rows_per_thread(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
+int64_t min_rows_per_thread(int64_t width) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
+}
 
 }  // namespace
 
-CpuBackend::CpuBackend(ThreadPool& pool, cpu::Isa isa)
+CpuBackend::CpuBackend(ThreadPool& pool, cpu::Isa isa, MatmulPrecision precision)
     : pool_(pool),
       isa_(isa),
+      precision_(precision),
       gemm_(isa == cpu::Isa::kAvx512 ? cpu::gemm_kernels_avx512() : cpu::gemm_kernels_generic()),
       ops_(isa == cpu::Isa::kAvx512 ? cpu::ops_kernels_avx512() : cpu::ops_kernels_generic()),
       attn_scratch_(pool.size()) {}
 
 std::string CpuBackend::name() const {
   return "cpu (" + std::string(cpu::isa_name(isa_)) + ", " + std::to_string(pool_.size()) +
-         " threads)";
+         " threads, " + (precision_ == MatmulPrecision::kExact ? "exact" : "bf16") + " matmuls)";
 }
 
 Tensor CpuBackend::empty(std::span<const int64_t> shape, DType dtype) {
@@ -61,8 +64,8 @@ void CpuBackend::fill_zero(const Tensor& dst) {
   std::memset(dst.raw(), 0, dst.nbytes());
 }
 
-void CpuBackend::embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start,
-                           float scale, const Tensor& out) {
+void CpuBackend::embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
+                           const Tensor& out) {
   check_rows(table, "embedding table");
   check_f32_rows(out, "embedding output");
   TESSERA_CHECK(ids.dtype() == DType::kI32 && ids.numel() == out.size(0));
@@ -104,17 +107,23 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   TESSERA_CHECK_EQ(out.size(1), n_total);
   if (m == 0 || n_total == 0) return;
 
-  const bool bf16_path = any_bf16 && gemm_.bf16_activations;
+  const bool bf16_path = any_bf16 && gemm_.bf16_dot;
+  const bool split = precision_ == MatmulPrecision::kExact;
   const int64_t kp = cpu::round_up(k, 32);
   if (bf16_path) {
-    if (act_bf16_.size() < static_cast<size_t>(m * kp)) act_bf16_.resize(m * kp);
+    if (act_hi_.size() < static_cast<size_t>(m * kp)) {
+      act_hi_.resize(m * kp);
+      if (split) act_lo_.resize(m * kp);
+    }
+    auto convert = [&](int64_t begin, int64_t end) {
+      gemm_.to_bf16_rows(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, k,
+                         act_hi_.data() + begin * kp, split ? act_lo_.data() + begin * kp : nullptr,
+                         kp);
+    };
     if (m >= 8) {
-      pool_.parallel_for(m, [&](int64_t begin, int64_t end) {
-        gemm_.to_bf16_rows(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, k,
-                           act_bf16_.data() + begin * kp, kp);
-      });
+      pool_.parallel_for(m, convert);
     } else {
-      gemm_.to_bf16_rows(x.data<float>(), x.stride(0), m, k, act_bf16_.data(), kp);
+      convert(0, m);
     }
   }
 
@@ -132,8 +141,9 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
         const float* bias = seg.bias.defined() ? seg.bias.data<float>() + local : nullptr;
         float* c = out.data<float>() + lo;
         if (bf16_path && seg.weight.dtype() == DType::kBF16) {
-          gemm_.gemm_bf16(act_bf16_.data(), kp, m, k, static_cast<const uint16_t*>(w),
-                          seg.weight.stride(0), hi - lo, c, out.stride(0), bias);
+          gemm_.gemm_bf16(act_hi_.data(), split ? act_lo_.data() : nullptr, kp, m, k,
+                          static_cast<const uint16_t*>(w), seg.weight.stride(0), hi - lo, c,
+                          out.stride(0), bias);
         } else {
           gemm_.gemm_f32(x.data<float>(), x.stride(0), m, k, w, seg.weight.dtype(),
                          seg.weight.stride(0), hi - lo, c, out.stride(0), bias);
@@ -183,9 +193,8 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, bool
   const int64_t tokens = x.size(0), heads = x.size(1);
   auto body = [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t)
-      ops_.rms_norm(x.data<float>() + t * x.stride(0), width,
-                    out.data<float>() + t * out.stride(0), width, heads, width,
-                    weight.data<float>(), eps, unit_offset);
+      ops_.rms_norm(x.data<float>() + t * x.stride(0), width, out.data<float>() + t * out.stride(0),
+                    width, heads, width, weight.data<float>(), eps, unit_offset);
   };
   if (tokens * heads < 2 * min_rows_per_thread(width)) {
     body(0, tokens);

@@ -54,33 +54,35 @@ inline void store_tile(__m512 (&acc)[RM][RN], float* c, int64_t ldc, const float
   }
 }
 
-// bf16 x bf16 tile: a is zero padded to a multiple of 32 columns; w is read with a tail mask.
-template <int RM, int RN>
-void tile_bf16(const uint16_t* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k,
-               float* c, int64_t ldc, const float* bias) {
+// bf16 x bf16 tile. The activations come as hi = bf16(a) and, in exact mode, lo = bf16(a - hi):
+// two dot products per step recover a to about 16 bits of mantissa, so bf16 weights meet
+// f32-accurate activations at half the bf16 rate (still twice the f32 FMA rate). Both are zero
+// padded to a multiple of 32 columns; w is read with a tail mask. Weights stream one row at a
+// time across the rows of activations held in registers.
+template <int RM, int RN, bool kSplit>
+void tile_bf16(const uint16_t* hi, const uint16_t* lo, int64_t lda, const uint16_t* w, int64_t ldw,
+               int64_t k, float* c, int64_t ldc, const float* bias) {
   __m512 acc[RM][RN];
   for (int i = 0; i < RM; ++i)
     for (int j = 0; j < RN; ++j) acc[i][j] = _mm512_setzero_ps();
+  auto step = [&](int64_t kk, __mmask32 mask, bool masked) {
+    __m512i ah[RM], al[RM];
+    for (int i = 0; i < RM; ++i) {
+      ah[i] = _mm512_loadu_si512(hi + i * lda + kk);
+      if constexpr (kSplit) al[i] = _mm512_loadu_si512(lo + i * lda + kk);
+    }
+    for (int j = 0; j < RN; ++j) {
+      const __m512i b = masked ? _mm512_maskz_loadu_epi16(mask, w + j * ldw + kk)
+                               : _mm512_loadu_si512(w + j * ldw + kk);
+      for (int i = 0; i < RM; ++i) {
+        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)ah[i], (__m512bh)b);
+        if constexpr (kSplit) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)al[i], (__m512bh)b);
+      }
+    }
+  };
   int64_t kk = 0;
-  for (; kk + 32 <= k; kk += 32) {
-    __m512i b[RN];
-    for (int j = 0; j < RN; ++j) b[j] = _mm512_loadu_si512(w + j * ldw + kk);
-    for (int i = 0; i < RM; ++i) {
-      __m512i av = _mm512_loadu_si512(a + i * lda + kk);
-      for (int j = 0; j < RN; ++j)
-        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)av, (__m512bh)b[j]);
-    }
-  }
-  if (kk < k) {
-    __mmask32 mask = _cvtu32_mask32((1u << (k - kk)) - 1u);
-    __m512i b[RN];
-    for (int j = 0; j < RN; ++j) b[j] = _mm512_maskz_loadu_epi16(mask, w + j * ldw + kk);
-    for (int i = 0; i < RM; ++i) {
-      __m512i av = _mm512_loadu_si512(a + i * lda + kk);
-      for (int j = 0; j < RN; ++j)
-        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)av, (__m512bh)b[j]);
-    }
-  }
+  for (; kk + 32 <= k; kk += 32) step(kk, 0, false);
+  if (kk < k) step(kk, _cvtu32_mask32((1u << (k - kk)) - 1u), true);
   store_tile<RM, RN>(acc, c, ldc, bias);
 }
 
@@ -126,110 +128,131 @@ void tile_f32(const float* a, int64_t lda, const void* w, int64_t ldw, int64_t k
   store_tile<RM, RN>(acc, c, ldc, bias);
 }
 
-// The widest tile of weight rows for a given number of activation rows (16 accumulators).
-constexpr int max_rn(int rm) { return rm == 1 ? 8 : rm == 2 ? 8 : rm == 3 ? 5 : 4; }
+// Tile shapes (16 accumulators each): kRows activation rows at most, and the widest run of
+// weight rows for a given number of activation rows.
+struct Bf16Shape {
+  static constexpr int kRows = 2;
+  static constexpr int max_rn(int rm) { return 8; }
+};
+struct F32Shape {
+  static constexpr int kRows = 4;
+  static constexpr int max_rn(int rm) { return rm == 1 ? 8 : rm == 2 ? 8 : rm == 3 ? 5 : 4; }
+};
 
-// Calls tile<RM, RN> for runtime rm <= 4, rn <= max_rn(rm).
-template <template <int, int> class Tile, int RM, int RN = 1, typename... Args>
+// Calls Tile::run<RM, RN> for runtime rm <= Shape::kRows, rn <= Shape::max_rn(rm).
+template <typename Tile, typename Shape, int RM, int RN = 1, typename... Args>
 inline void dispatch_rn(int rn, Args... args) {
-  if constexpr (RN <= max_rn(RM)) {
-    if (rn == RN) return Tile<RM, RN>::run(args...);
-    return dispatch_rn<Tile, RM, RN + 1>(rn, args...);
+  if constexpr (RN <= Shape::max_rn(RM)) {
+    if (rn == RN) return Tile::template run<RM, RN>(args...);
+    return dispatch_rn<Tile, Shape, RM, RN + 1>(rn, args...);
   } else {
     TESSERA_CHECK(false) << "tile width " << rn;
   }
 }
 
-template <template <int, int> class Tile, typename... Args>
+template <typename Tile, typename Shape, typename... Args>
 inline void dispatch_tile(int rm, int rn, Args... args) {
-  switch (rm) {
-    case 1: return dispatch_rn<Tile, 1>(rn, args...);
-    case 2: return dispatch_rn<Tile, 2>(rn, args...);
-    case 3: return dispatch_rn<Tile, 3>(rn, args...);
-    case 4: return dispatch_rn<Tile, 4>(rn, args...);
-  }
+  if constexpr (Shape::kRows >= 1)
+    if (rm == 1) return dispatch_rn<Tile, Shape, 1>(rn, args...);
+  if constexpr (Shape::kRows >= 2)
+    if (rm == 2) return dispatch_rn<Tile, Shape, 2>(rn, args...);
+  if constexpr (Shape::kRows >= 3)
+    if (rm == 3) return dispatch_rn<Tile, Shape, 3>(rn, args...);
+  if constexpr (Shape::kRows >= 4)
+    if (rm == 4) return dispatch_rn<Tile, Shape, 4>(rn, args...);
   TESSERA_CHECK(false) << "tile height " << rm;
 }
 
-template <int RM, int RN>
+template <bool kSplit>
 struct Bf16Tile {
-  static void run(const uint16_t* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k,
-                  float* c, int64_t ldc, const float* bias) {
-    tile_bf16<RM, RN>(a, lda, w, ldw, k, c, ldc, bias);
+  template <int RM, int RN>
+  static void run(const uint16_t* hi, const uint16_t* lo, int64_t lda, const uint16_t* w,
+                  int64_t ldw, int64_t k, float* c, int64_t ldc, const float* bias) {
+    tile_bf16<RM, RN, kSplit>(hi, lo, lda, w, ldw, k, c, ldc, bias);
   }
 };
 
 template <DType W>
-struct F32Tiles {
+struct F32Tile {
   template <int RM, int RN>
-  struct Tile {
-    static void run(const float* a, int64_t lda, const void* w, int64_t ldw, int64_t k, float* c,
-                    int64_t ldc, const float* bias) {
-      tile_f32<W, RM, RN>(a, lda, w, ldw, k, c, ldc, bias);
-    }
-  };
+  static void run(const float* a, const float* /*unused*/, int64_t lda, const void* w, int64_t ldw,
+                  int64_t k, float* c, int64_t ldc, const float* bias) {
+    tile_f32<W, RM, RN>(a, lda, w, ldw, k, c, ldc, bias);
+  }
 };
 
 // Loops over tiles: blocks of kBlockM activation rows stay in L2 while each tile of weight rows
-// (up to 8 x k) is reused from L1 across them.
-template <template <int, int> class Tile, typename A, typename WPtr>
-void gemm_blocked(const A* a, int64_t lda, int64_t m, int64_t k, WPtr w, size_t w_elem,
+// is reused from L1 across them.
+template <typename Tile, typename Shape, typename A, typename WPtr>
+void gemm_blocked(const A* a, const A* a2, int64_t lda, int64_t m, int64_t k, WPtr w, size_t w_elem,
                   int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
   constexpr int64_t kBlockM = 64;
   const char* wb = static_cast<const char*>(static_cast<const void*>(w));
   for (int64_t m0 = 0; m0 < m; m0 += kBlockM) {
-    int64_t m1 = std::min(m, m0 + kBlockM);
-    int rows_main = m1 - m0 >= 4 ? 4 : static_cast<int>(m1 - m0);
-    int rn_main = max_rn(rows_main);
+    const int64_t m1 = std::min(m, m0 + kBlockM);
+    const int rows_main = static_cast<int>(std::min<int64_t>(Shape::kRows, m1 - m0));
+    const int rn_main = Shape::max_rn(rows_main);
     for (int64_t j = 0; j < n; j += rn_main) {
-      int rn = static_cast<int>(std::min<int64_t>(rn_main, n - j));
-      const void* wj = wb + static_cast<size_t>(j * ldw) * w_elem;
+      const int rn = static_cast<int>(std::min<int64_t>(rn_main, n - j));
+      const WPtr wj =
+          static_cast<WPtr>(static_cast<const void*>(wb + static_cast<size_t>(j * ldw) * w_elem));
       const float* bj = bias ? bias + j : nullptr;
-      for (int64_t i = m0; i < m1; i += 4) {
-        int rm = static_cast<int>(std::min<int64_t>(4, m1 - i));
+      for (int64_t i = m0; i < m1; i += Shape::kRows) {
+        const int rm = static_cast<int>(std::min<int64_t>(Shape::kRows, m1 - i));
         // rn <= max_rn(rm) holds because max_rn falls as rows grow and rm <= rows_main.
-        dispatch_tile<Tile>(rm, rn, a + i * lda, lda, static_cast<WPtr>(wj), ldw, k,
-                            c + i * ldc + j, ldc, bj);
+        dispatch_tile<Tile, Shape>(rm, rn, a + i * lda, a2 ? a2 + i * lda : nullptr, lda, wj, ldw,
+                                   k, c + i * ldc + j, ldc, bj);
       }
     }
   }
 }
 
-void gemm_bf16_avx512(const uint16_t* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
-                      int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
-  gemm_blocked<Bf16Tile, uint16_t, const uint16_t*>(a, lda, m, k, w, 2, ldw, n, c, ldc, bias);
+void gemm_bf16_avx512(const uint16_t* hi, const uint16_t* lo, int64_t lda, int64_t m, int64_t k,
+                      const uint16_t* w, int64_t ldw, int64_t n, float* c, int64_t ldc,
+                      const float* bias) {
+  if (lo) {
+    gemm_blocked<Bf16Tile<true>, Bf16Shape>(hi, lo, lda, m, k, w, 2, ldw, n, c, ldc, bias);
+  } else {
+    gemm_blocked<Bf16Tile<false>, Bf16Shape>(hi, lo, lda, m, k, w, 2, ldw, n, c, ldc, bias);
+  }
 }
 
-void gemm_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const void* w,
-                     DType wdtype, int64_t ldw, int64_t n, float* c, int64_t ldc,
-                     const float* bias) {
+void gemm_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const void* w, DType wdtype,
+                     int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
   switch (wdtype) {
     case DType::kF32:
-      return gemm_blocked<F32Tiles<DType::kF32>::Tile, float, const void*>(a, lda, m, k, w, 4, ldw,
-                                                                           n, c, ldc, bias);
+      return gemm_blocked<F32Tile<DType::kF32>, F32Shape>(a, static_cast<const float*>(nullptr),
+                                                          lda, m, k, w, 4, ldw, n, c, ldc, bias);
     case DType::kBF16:
-      return gemm_blocked<F32Tiles<DType::kBF16>::Tile, float, const void*>(a, lda, m, k, w, 2,
-                                                                            ldw, n, c, ldc, bias);
+      return gemm_blocked<F32Tile<DType::kBF16>, F32Shape>(a, static_cast<const float*>(nullptr),
+                                                           lda, m, k, w, 2, ldw, n, c, ldc, bias);
     case DType::kF16:
-      return gemm_blocked<F32Tiles<DType::kF16>::Tile, float, const void*>(a, lda, m, k, w, 2, ldw,
-                                                                           n, c, ldc, bias);
+      return gemm_blocked<F32Tile<DType::kF16>, F32Shape>(a, static_cast<const float*>(nullptr),
+                                                          lda, m, k, w, 2, ldw, n, c, ldc, bias);
     default:
       TESSERA_CHECK(false) << "gemm weight dtype " << dtype_name(wdtype);
   }
 }
 
-void to_bf16_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, uint16_t* out,
-                         int64_t kp) {
+void to_bf16_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, uint16_t* hi,
+                         uint16_t* lo, int64_t kp) {
   for (int64_t i = 0; i < m; ++i) {
     const float* ai = a + i * lda;
-    uint16_t* oi = out + i * kp;
     for (int64_t kk = 0; kk < kp; kk += 16) {
-      int64_t left = k - kk;
-      __mmask16 mask = left >= 16 ? 0xffff
-                       : left <= 0 ? 0
-                                   : static_cast<__mmask16>((1u << left) - 1u);
-      __m512 v = _mm512_maskz_loadu_ps(mask, ai + kk);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(oi + kk), (__m256i)_mm512_cvtneps_pbh(v));
+      const int64_t left = k - kk;
+      const __mmask16 mask = left >= 16  ? 0xffff
+                             : left <= 0 ? 0
+                                         : static_cast<__mmask16>((1u << left) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(mask, ai + kk);
+      const __m256bh h = _mm512_cvtneps_pbh(v);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + i * kp + kk), (__m256i)h);
+      if (lo) {
+        // The remainder v - hi is exact in f32; rounding it to bf16 keeps ~16 bits of v.
+        const __m512 hv =
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+        const __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + i * kp + kk), (__m256i)l);
+      }
     }
   }
 }
@@ -238,7 +261,7 @@ void to_bf16_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, uint
 
 GemmKernels gemm_kernels_avx512() {
   GemmKernels kernels;
-  kernels.bf16_activations = true;
+  kernels.bf16_dot = true;
   kernels.gemm_bf16 = gemm_bf16_avx512;
   kernels.to_bf16_rows = to_bf16_rows_avx512;
   kernels.gemm_f32 = gemm_f32_avx512;

@@ -7,8 +7,8 @@ namespace tessera::cpu {
 namespace {
 
 template <typename LoadW>
-void gemm_generic_impl(const float* a, int64_t lda, int64_t m, int64_t k, LoadW load_w,
-                       int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
+void gemm_generic_impl(const float* a, int64_t lda, int64_t m, int64_t k, LoadW load_w, int64_t ldw,
+                       int64_t n, float* c, int64_t ldc, const float* bias) {
   constexpr int kLanes = 16;
   for (int64_t j = 0; j < n; ++j) {
     for (int64_t i = 0; i < m; ++i) {
@@ -34,19 +34,20 @@ void gemm_f32_generic(const float* a, int64_t lda, int64_t m, int64_t k, const v
   switch (wdtype) {
     case DType::kF32: {
       const float* wf = static_cast<const float*>(w);
-      gemm_generic_impl(a, lda, m, k, [wf](int64_t i) { return wf[i]; }, ldw, n, c, ldc, bias);
+      gemm_generic_impl(
+          a, lda, m, k, [wf](int64_t i) { return wf[i]; }, ldw, n, c, ldc, bias);
       return;
     }
     case DType::kBF16: {
       const uint16_t* wh = static_cast<const uint16_t*>(w);
-      gemm_generic_impl(a, lda, m, k, [wh](int64_t i) { return bf16_to_f32(wh[i]); }, ldw, n, c,
-                        ldc, bias);
+      gemm_generic_impl(
+          a, lda, m, k, [wh](int64_t i) { return bf16_to_f32(wh[i]); }, ldw, n, c, ldc, bias);
       return;
     }
     case DType::kF16: {
       const uint16_t* wh = static_cast<const uint16_t*>(w);
-      gemm_generic_impl(a, lda, m, k, [wh](int64_t i) { return f16_to_f32(wh[i]); }, ldw, n, c,
-                        ldc, bias);
+      gemm_generic_impl(
+          a, lda, m, k, [wh](int64_t i) { return f16_to_f32(wh[i]); }, ldw, n, c, ldc, bias);
       return;
     }
     default:
@@ -58,7 +59,7 @@ void gemm_f32_generic(const float* a, int64_t lda, int64_t m, int64_t k, const v
 
 GemmKernels gemm_kernels_generic() {
   GemmKernels kernels;
-  kernels.bf16_activations = false;
+  kernels.bf16_dot = false;
   kernels.gemm_f32 = gemm_f32_generic;
   return kernels;
 }

@@ -1,0 +1,132 @@
+// tessera bench latency: prefill and decode speed of one batch, like `vllm bench latency`.
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "apps/cli/commands.h"
+#include "apps/cli/engine_flags.h"
+#include "core/logging.h"
+#include "core/status.h"
+#include "core/sys.h"
+
+namespace tessera::cli {
+
+namespace {
+
+struct LatencyFlags {
+  EngineFlags engine;
+  int64_t input_len = 512, output_len = 128, batch_size = 1;
+  int iters = 3, warmup = 1;
+  bool json = false;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void run_latency(const LatencyFlags& f) {
+  if (f.input_len < 1 || f.output_len < 2 || f.batch_size < 1 || f.iters < 1 || f.warmup < 0)
+    fail(
+        "bench latency needs --input-len >= 1, --output-len >= 2, --batch-size >= 1, --num-iters "
+        ">= 1");
+  EngineArgs args = to_engine_args(f.engine);
+  if (args.max_model_len == 0) args.max_model_len = f.input_len + f.output_len;
+  std::unique_ptr<EngineInstance> instance = EngineInstance::create(args);
+  LLMEngine& engine = instance->engine();
+  const ModelConfig& config = instance->model_config();
+
+  std::vector<double> prefill_tps, decode_tps, prefill_s, decode_s;
+  std::mt19937 rng(1234);
+  for (int it = 0; it < f.warmup + f.iters; ++it) {
+    SamplingParams p;
+    p.temperature = 0;
+    p.max_tokens = f.output_len;
+    p.ignore_eos = true;
+    for (int64_t b = 0; b < f.batch_size; ++b) {
+      std::vector<int32_t> prompt(f.input_len);
+      // Fresh random prompts every time, so the prefix cache never helps.
+      for (auto& t : prompt) t = static_cast<int32_t>(rng() % config.vocab_size);
+      engine.add_request(fmt::format("bench-{}-{}", it, b), std::move(prompt), p);
+    }
+    const double t0 = now_seconds();
+    double t_first = 0;
+    int64_t started = 0;
+    while (engine.has_unfinished()) {
+      for (const RequestOutput& out : engine.step())
+        if (out.num_output_tokens == static_cast<int64_t>(out.new_token_ids.size()) &&
+            !out.new_token_ids.empty())
+          ++started;
+      if (t_first == 0 && started == f.batch_size) t_first = now_seconds();
+    }
+    const double t_end = now_seconds();
+    if (it < f.warmup) continue;
+    prefill_s.push_back(t_first - t0);
+    decode_s.push_back(t_end - t_first);
+    prefill_tps.push_back(static_cast<double>(f.batch_size * f.input_len) / (t_first - t0));
+    decode_tps.push_back(static_cast<double>(f.batch_size * (f.output_len - 1)) /
+                         (t_end - t_first));
+  }
+  // Bytes a decode step streams: every weight but the embedding table (one row is read).
+  const int64_t embed_bytes =
+      config.tie_word_embeddings
+          ? 0
+          : config.vocab_size * config.hidden_size * static_cast<int64_t>(dtype_size(config.dtype));
+  const double streamed =
+      static_cast<double>(instance->weight_bytes()) - static_cast<double>(embed_bytes);
+  const double decode_steps_per_s = median(decode_tps) / static_cast<double>(f.batch_size);
+  nlohmann::json j = {
+      {"model", args.model.string()},
+      {"backend", instance->backend_name()},
+      {"batch_size", f.batch_size},
+      {"input_len", f.input_len},
+      {"output_len", f.output_len},
+      {"num_iters", f.iters},
+      {"prefill_tokens_per_s", median(prefill_tps)},
+      {"decode_tokens_per_s", median(decode_tps)},
+      {"prefill_seconds", median(prefill_s)},
+      {"decode_seconds", median(decode_s)},
+      {"decode_weight_gb_per_s", streamed * decode_steps_per_s / 1e9},
+      {"weight_bytes", instance->weight_bytes()},
+      {"kv_cache_bytes", instance->kv_plan().num_blocks * instance->kv_plan().block_bytes},
+      {"load_seconds", instance->load_seconds()},
+      {"peak_rss_bytes", peak_rss_bytes()},
+      {"all_prefill_tokens_per_s", prefill_tps},
+      {"all_decode_tokens_per_s", decode_tps}};
+  if (f.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("backend:            %s\n", instance->backend_name().c_str());
+  std::printf("model load:         %.2f s, %.2f GB of weights\n", instance->load_seconds(),
+              instance->weight_bytes() / 1e9);
+  std::printf("prefill:            %.1f tokens/s (median of %d; %.3f s for %lld x %lld tokens)\n",
+              median(prefill_tps), f.iters, median(prefill_s), static_cast<long long>(f.batch_size),
+              static_cast<long long>(f.input_len));
+  std::printf("decode:             %.1f tokens/s (median; %.3f s for %lld steps)\n",
+              median(decode_tps), median(decode_s), static_cast<long long>(f.output_len - 1));
+  std::printf("decode weight read: %.1f GB/s\n", streamed * decode_steps_per_s / 1e9);
+  std::printf("peak memory:        %.2f GB resident\n", peak_rss_bytes() / 1e9);
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks (latency; serve)");
+  bench->require_subcommand(1);
+  auto f = std::make_shared<LatencyFlags>();
+  CLI::App* latency = bench->add_subcommand("latency", "Prefill and decode speed of one batch");
+  add_engine_flags(latency, f->engine);
+  latency->add_option("--input-len", f->input_len, "Prompt tokens")->capture_default_str();
+  latency->add_option("--output-len", f->output_len, "Generated tokens")->capture_default_str();
+  latency->add_option("--batch-size", f->batch_size, "Sequences at once")->capture_default_str();
+  latency->add_option("--num-iters", f->iters, "Measured iterations")->capture_default_str();
+  latency->add_option("--num-iters-warmup", f->warmup, "Unmeasured iterations first")
+      ->capture_default_str();
+  latency->add_flag("--json", f->json, "Print one JSON object");
+  latency->callback([f] { run_latency(*f); });
+}
+
+}  // namespace tessera::cli

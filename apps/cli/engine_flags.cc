@@ -1,0 +1,127 @@
+#include "apps/cli/engine_flags.h"
+
+#include <unistd.h>
+#include <cmath>
+#include <cstdlib>
+
+#include "core/logging.h"
+#include "core/status.h"
+#include "core/thread_pool.h"
+#include "model/make_model.h"
+
+namespace tessera::cli {
+
+namespace fs = std::filesystem;
+
+void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
+  if (model_positional) cmd->add_option("model_tag", f.model, "Model folder (or 'default')");
+  cmd->add_option("--model", f.model,
+                  "Hugging Face model folder, or 'default' for the built-in random-weight model")
+      ->capture_default_str();
+  cmd->add_option("--dtype", f.dtype, "auto, bfloat16, float16, float32 (auto: as stored)")
+      ->capture_default_str();
+  cmd->add_option("--kv-cache-dtype", f.kv_cache_dtype,
+                  "auto (f32 on CPU, the model's dtype on GPU), bfloat16, float16, float32")
+      ->capture_default_str();
+  cmd->add_option("--threads", f.threads, "CPU threads (default: physical cores)");
+  cmd->add_option("--max-model-len", f.max_model_len,
+                  "Longest prompt + output (default: config.json)");
+  cmd->add_option("--block-size", f.block_size, "Tokens per KV cache block")->capture_default_str();
+  cmd->add_option("--kv-cache-memory", f.kv_cache_memory, "KV cache budget, e.g. 4GiB");
+  cmd->add_option("--gpu-memory-utilization", f.gpu_memory_utilization,
+                  "Share of device memory (RAM on CPU) for weights, activations and KV cache");
+  cmd->add_option("--num-gpu-blocks-override", f.num_gpu_blocks_override, "Fix the KV block count");
+  cmd->add_option("--max-num-seqs", f.max_num_seqs, "Sequences per step")->capture_default_str();
+  cmd->add_option("--max-num-batched-tokens", f.max_num_batched_tokens,
+                  "Tokens per step (chunked prefill budget)")
+      ->capture_default_str();
+  cmd->add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", f.enable_prefix_caching,
+                "Reuse KV blocks of identical prefixes (default on)");
+  cmd->add_option("--seed", f.seed, "Seed for sampling (requests without their own seed)")
+      ->capture_default_str();
+}
+
+int64_t parse_bytes(const std::string& text, const std::string& flag) {
+  char* end = nullptr;
+  double v = std::strtod(text.c_str(), &end);
+  std::string unit = end ? std::string(end) : "";
+  double scale = 1;
+  if (unit == "" || unit == "B")
+    scale = 1;
+  else if (unit == "K" || unit == "KB")
+    scale = 1e3;
+  else if (unit == "M" || unit == "MB")
+    scale = 1e6;
+  else if (unit == "G" || unit == "GB")
+    scale = 1e9;
+  else if (unit == "T" || unit == "TB")
+    scale = 1e12;
+  else if (unit == "KiB" || unit == "k")
+    scale = 1024.0;
+  else if (unit == "MiB")
+    scale = 1048576.0;
+  else if (unit == "GiB")
+    scale = 1073741824.0;
+  else if (unit == "TiB")
+    scale = 1099511627776.0;
+  else
+    fail("{}: cannot read \"{}\" as a size (e.g. 4GiB, 512MiB, 2G)", flag, text);
+  if (end == text.c_str() || !(v > 0) || !std::isfinite(v))
+    fail("{}: \"{}\" is not a positive size", flag, text);
+  return static_cast<int64_t>(v * scale);
+}
+
+namespace {
+std::optional<DType> parse_dtype_flag(const std::string& s, const char* flag) {
+  if (s == "auto") return std::nullopt;
+  DType d;
+  if (!parse_torch_dtype(s, &d))
+    fail("{} must be auto, bfloat16, float16 or float32, got \"{}\"", flag, s);
+  return d;
+}
+}  // namespace
+
+EngineArgs to_engine_args(const EngineFlags& f) {
+  EngineArgs a;
+  a.model = resolve_model(f.model);
+  a.dtype = parse_dtype_flag(f.dtype, "--dtype");
+  a.kv_cache_dtype = parse_dtype_flag(f.kv_cache_dtype, "--kv-cache-dtype");
+  a.threads = f.threads;
+  a.max_model_len = f.max_model_len;
+  a.block_size = f.block_size;
+  if (!f.kv_cache_memory.empty())
+    a.kv_cache_memory = parse_bytes(f.kv_cache_memory, "--kv-cache-memory");
+  if (f.gpu_memory_utilization != 0) a.gpu_memory_utilization = f.gpu_memory_utilization;
+  if (f.num_gpu_blocks_override != 0) a.num_gpu_blocks_override = f.num_gpu_blocks_override;
+  a.max_num_seqs = f.max_num_seqs;
+  a.max_num_batched_tokens = f.max_num_batched_tokens;
+  a.enable_prefix_caching = f.enable_prefix_caching;
+  a.seed = f.seed;
+  return a;
+}
+
+fs::path resolve_model(const std::string& model) {
+  if (model != "default") return fs::path(model);
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  fs::path base = xdg && *xdg ? fs::path(xdg) : fs::path(home ? home : "/tmp") / ".cache";
+  // The folder name carries a version so that a change of the default regenerates it.
+  fs::path dir = base / "tessera" / "models" / "default-v1";
+  if (fs::exists(dir / "config.json")) return dir;
+  spdlog::info("creating the built-in default model (random weights, Llama 'small' shapes) in {}",
+               dir.string());
+  MakeModelOptions options;
+  options.arch = "llama";
+  options.preset = "small";
+  options.out = dir.string() + ".tmp." + std::to_string(getpid());
+  options.dtype = DType::kBF16;
+  ThreadPool pool(physical_core_count());
+  make_model(options, pool);
+  // Atomic: a concurrent first run never sees half a model; if another run won, keep its copy.
+  std::error_code ec;
+  fs::rename(options.out, dir, ec);
+  if (ec) fs::remove_all(options.out);
+  return dir;
+}
+
+}  // namespace tessera::cli

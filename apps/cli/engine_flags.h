@@ -1,0 +1,41 @@
+// The engine flags shared by generate, bench, serve and run-batch, spelled as `vllm serve` spells
+// them, and the built-in default model.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "engine/engine_builder.h"
+
+namespace tessera::cli {
+
+// Flags as typed; resolved into EngineArgs by to_engine_args().
+struct EngineFlags {
+  std::string model = "default";
+  std::string dtype = "auto";
+  std::string kv_cache_dtype = "auto";
+  int threads = 0;
+  int64_t max_model_len = 0;
+  int block_size = 16;
+  std::string kv_cache_memory;
+  double gpu_memory_utilization = 0;
+  int64_t num_gpu_blocks_override = 0;
+  int64_t max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 2048;
+  bool enable_prefix_caching = true;
+  uint64_t seed = 0;
+};
+
+void add_engine_flags(CLI::App* cmd, EngineFlags& flags, bool model_positional = false);
+EngineArgs to_engine_args(const EngineFlags& flags);
+
+// "4GiB", "512MiB", "2G", "1e9", "123" -> bytes. Throws tessera::Error.
+int64_t parse_bytes(const std::string& text, const std::string& flag);
+
+// "default" means tessera's built-in model: a random-weight Llama ("small" preset) generated
+// once into the user's cache folder. Other values are model folders.
+std::filesystem::path resolve_model(const std::string& model);
+
+}  // namespace tessera::cli

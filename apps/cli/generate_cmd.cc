@@ -1,0 +1,146 @@
+// tessera generate: one prompt in, streamed text (or one JSON object) out.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "apps/cli/commands.h"
+#include "apps/cli/engine_flags.h"
+#include "core/status.h"
+
+namespace tessera::cli {
+
+namespace {
+
+struct GenerateOptions {
+  EngineFlags engine;
+  std::string prompt;
+  std::string prompt_ids;
+  int64_t max_tokens = 16;
+  double temperature = -1;  // -1: generation_config.json's, else 1
+  double top_p = -1;
+  int64_t top_k = -2;
+  double min_p = -1;
+  double repetition_penalty = 0;
+  double presence_penalty = 0, frequency_penalty = 0;
+  std::vector<std::string> stop;
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  int logprobs = -1;
+  bool json = false;
+};
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    while (used < item.size() && std::isspace(static_cast<unsigned char>(item[used]))) ++used;
+    if (used != item.size() || item.empty() || v < 0 || v > INT32_MAX)
+      fail("--prompt-ids: \"{}\" is not a token id (expected e.g. 1,2,3)", item);
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) fail("--prompt-ids is empty");
+  return ids;
+}
+
+void run_generate(const GenerateOptions& o) {
+  if (o.prompt.empty() == o.prompt_ids.empty())
+    fail("generate needs exactly one of --prompt or --prompt-ids");
+  if (!o.prompt.empty())
+    fail(ErrorKind::kUnsupported,
+         "--prompt needs the tokenizer, which is not built yet; use --prompt-ids");
+  std::vector<int32_t> prompt = parse_ids(o.prompt_ids);
+
+  std::unique_ptr<EngineInstance> instance = EngineInstance::create(to_engine_args(o.engine));
+  SamplingParams params = SamplingParams::from_defaults(instance->generation_config());
+  params.max_tokens = o.max_tokens;
+  if (o.temperature >= 0) params.temperature = o.temperature;
+  if (o.top_p >= 0) params.top_p = o.top_p;
+  if (o.top_k >= -1) params.top_k = o.top_k;
+  if (o.min_p >= 0) params.min_p = o.min_p;
+  if (o.repetition_penalty > 0) params.repetition_penalty = o.repetition_penalty;
+  params.presence_penalty = o.presence_penalty;
+  params.frequency_penalty = o.frequency_penalty;
+  params.seed = o.engine.seed;  // same command, same output
+  params.stop = o.stop;
+  params.stop_token_ids = o.stop_token_ids;
+  params.ignore_eos = o.ignore_eos;
+  if (o.logprobs >= 0) params.logprobs = o.logprobs;
+
+  const bool text_mode = false;  // set once the model folder's tokenizer is used
+  LLMEngine& engine = instance->engine();
+  engine.add_request("generate", prompt, params);
+  std::vector<int32_t> output;
+  std::vector<TokenLogprobs> logprobs;
+  std::string text;
+  FinishReason reason = FinishReason::kNone;
+  while (engine.has_unfinished()) {
+    for (const RequestOutput& out : engine.step()) {
+      output.insert(output.end(), out.new_token_ids.begin(), out.new_token_ids.end());
+      logprobs.insert(logprobs.end(), out.new_logprobs.begin(), out.new_logprobs.end());
+      text += out.new_text;
+      if (!o.json) {
+        if (text_mode) {
+          std::fwrite(out.new_text.data(), 1, out.new_text.size(), stdout);
+        } else {
+          for (int32_t id : out.new_token_ids) std::printf("%d ", id);  // no tokenizer: ids
+        }
+        std::fflush(stdout);
+      }
+      if (out.finished) reason = out.finish_reason;
+    }
+  }
+  if (o.json) {
+    nlohmann::json j = {{"prompt_ids", prompt},
+                        {"output_ids", output},
+                        {"text", text},
+                        {"finish_reason", finish_reason_name(reason)}};
+    if (o.logprobs >= 0) {
+      nlohmann::json lp = nlohmann::json::array();
+      for (const TokenLogprobs& t : logprobs) {
+        nlohmann::json pos = nlohmann::json::array();
+        for (const auto& [id, value] : t.top) pos.push_back({id, value});
+        lp.push_back(pos);
+      }
+      j["logprobs"] = lp;
+    }
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("\n");
+  }
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+  auto opts = std::make_shared<GenerateOptions>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text for one prompt");
+  add_engine_flags(cmd, opts->engine);
+  cmd->add_option("--prompt", opts->prompt, "Prompt text");
+  cmd->add_option("--prompt-ids", opts->prompt_ids, "Prompt as comma-separated token ids");
+  cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature", opts->temperature,
+                  "0 = greedy (default: generation_config.json, else 1)");
+  cmd->add_option("--top-p", opts->top_p, "Nucleus sampling mass");
+  cmd->add_option("--top-k", opts->top_k, "Keep the k most likely tokens (0 or -1: off)");
+  cmd->add_option("--min-p", opts->min_p, "Drop tokens below min_p x the top probability");
+  cmd->add_option("--repetition-penalty", opts->repetition_penalty, "> 1 discourages repeats");
+  cmd->add_option("--presence-penalty", opts->presence_penalty, "OpenAI presence penalty");
+  cmd->add_option("--frequency-penalty", opts->frequency_penalty, "OpenAI frequency penalty");
+  cmd->add_option("--stop", opts->stop, "Stop string (repeatable)");
+  cmd->add_option("--stop-token-ids", opts->stop_token_ids, "Stop token ids")->delimiter(',');
+  cmd->add_flag("--ignore-eos", opts->ignore_eos, "Do not stop at the end-of-sequence token");
+  cmd->add_option("--logprobs", opts->logprobs,
+                  "Report the top K log-probabilities per generated token");
+  cmd->add_flag("--json", opts->json, "Print one JSON object instead of streaming text");
+  cmd->callback([opts] { run_generate(*opts); });
+}
+
+}  // namespace tessera::cli

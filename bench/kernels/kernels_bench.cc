@@ -1,0 +1,80 @@
+// CPU kernel throughput: the linear layer at decode (1 row, memory bound: reports GB/s of weights
+// read) and prefill (512 rows, compute bound: reports GFLOP/s), beside a plain streaming read of
+// the same bytes (the bandwidth baseline, measured in the same run).
+//   build/bench/kernels/kernels_bench --benchmark_filter=Linear
+#include <benchmark/benchmark.h>
+#include <immintrin.h>
+
+#include "core/thread_pool.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "test_util.h"
+
+namespace tessera {
+namespace {
+
+int bench_threads() {
+  return physical_core_count();
+}
+
+// Sum of all bytes of a buffer, split across the pool: the read bandwidth the GEMV can hope for.
+void BM_StreamRead(benchmark::State& state) {
+  const int64_t bytes = state.range(0) << 20;
+  Tensor buf = testing::random_tensor({bytes / 4}, DType::kF32, 1);
+  ThreadPool pool(bench_threads());
+  for (auto _ : state) {
+    std::vector<float> sums(pool.size());
+    pool.parallel_for(bytes / 64, [&](int64_t b, int64_t e) {
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+      const float* p = buf.data<float>();
+      int64_t i = b;
+      for (; i + 4 <= e; i += 4) {
+        acc0 = _mm512_add_ps(acc0, _mm512_loadu_ps(p + i * 16));
+        acc1 = _mm512_add_ps(acc1, _mm512_loadu_ps(p + i * 16 + 16));
+        acc2 = _mm512_add_ps(acc2, _mm512_loadu_ps(p + i * 16 + 32));
+        acc3 = _mm512_add_ps(acc3, _mm512_loadu_ps(p + i * 16 + 48));
+      }
+      benchmark::DoNotOptimize(acc0 + acc1 + acc2 + acc3);
+    });
+  }
+  state.SetBytesProcessed(state.iterations() * bytes);
+}
+BENCHMARK(BM_StreamRead)->Arg(256)->UseRealTime();
+
+// A stack of `layers` [n, k] bf16 weights, larger than the caches, multiplied in turn.
+void BM_Linear(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const DType dtype = state.range(3) == 0 ? DType::kBF16 : DType::kF32;
+  const int layers =
+      static_cast<int>(std::max<int64_t>(1, (256ll << 20) / (n * k * dtype_size(dtype))));
+  std::vector<Tensor> weights;
+  for (int l = 0; l < layers; ++l) weights.push_back(testing::random_tensor({n, k}, dtype, l));
+  Tensor x = testing::random_tensor({m, k}, DType::kF32, 99);
+  Tensor out = Tensor::empty({m, n}, DType::kF32);
+  ThreadPool pool(bench_threads());
+  CpuBackend backend(pool);
+  int l = 0;
+  for (auto _ : state) {
+    LinearSegment seg{weights[l], {}};
+    backend.linear(x, {&seg, 1}, out);
+    l = (l + 1) % layers;
+  }
+  state.SetBytesProcessed(state.iterations() * n * k * static_cast<int64_t>(dtype_size(dtype)));
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * m * n * k * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Linear)
+    ->Args({1, 2048, 2048, 0})
+    ->Args({1, 5632, 2048, 0})
+    ->Args({1, 2048, 5632, 0})
+    ->Args({16, 2048, 2048, 0})
+    ->Args({512, 2048, 2048, 0})
+    ->Args({512, 5632, 2048, 0})
+    ->Args({512, 2048, 5632, 0})
+    ->Args({1, 2048, 2048, 1})
+    ->Args({512, 2048, 2048, 1})
+    ->UseRealTime();
+
+}  // namespace
+}  // namespace tessera
+
+BENCHMARK_MAIN();

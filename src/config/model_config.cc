@@ -1,0 +1,393 @@
+#include "config/model_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/status.h"
+
+namespace tessera {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct ArchInfo {
+  const char* name;
+  Arch arch;
+};
+constexpr ArchInfo kArchitectures[] = {
+    {"LlamaForCausalLM", Arch::kLlama},   {"MistralForCausalLM", Arch::kMistral},
+    {"Qwen2ForCausalLM", Arch::kQwen2},   {"Qwen3ForCausalLM", Arch::kQwen3},
+    {"Gemma2ForCausalLM", Arch::kGemma2},
+};
+
+json read_json_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(ErrorKind::kNotFound, "cannot read {}", path.string());
+  std::stringstream buf;
+  buf << in.rdbuf();
+  try {
+    return json::parse(buf.str());
+  } catch (const json::parse_error& e) {
+    fail("{} is not valid JSON: {}", path.string(), e.what());
+  }
+}
+
+// Typed field access with messages that name the file and the field.
+class Fields {
+ public:
+  Fields(const json& j, const std::string& source) : j_(j), source_(source) {}
+
+  bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
+
+  int64_t integer(const char* key) const {
+    if (!has(key)) fail("{}: missing required field \"{}\"", source_, key);
+    return integer_or(key, 0);
+  }
+  int64_t integer_or(const char* key, int64_t fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = j_[key];
+    if (v.is_number_integer()) return v.get<int64_t>();
+    if (v.is_number_float() && v.get<double>() == std::floor(v.get<double>()))
+      return static_cast<int64_t>(v.get<double>());
+    fail("{}: field \"{}\" must be an integer, got {}", source_, key, v.dump());
+  }
+  int64_t positive(const char* key) const {
+    int64_t v = integer(key);
+    if (v <= 0) fail("{}: field \"{}\" must be positive, got {}", source_, key, v);
+    return v;
+  }
+  double number_or(const char* key, double fallback) const {
+    if (!has(key)) return fallback;
+    if (!j_[key].is_number())
+      fail("{}: field \"{}\" must be a number, got {}", source_, key, j_[key].dump());
+    return j_[key].get<double>();
+  }
+  std::optional<double> optional_number(const char* key) const {
+    if (!has(key)) return std::nullopt;
+    return number_or(key, 0);
+  }
+  bool boolean_or(const char* key, bool fallback) const {
+    if (!has(key)) return fallback;
+    if (!j_[key].is_boolean())
+      fail("{}: field \"{}\" must be true or false, got {}", source_, key, j_[key].dump());
+    return j_[key].get<bool>();
+  }
+  std::string string_or(const char* key, const std::string& fallback) const {
+    if (!has(key)) return fallback;
+    if (!j_[key].is_string())
+      fail("{}: field \"{}\" must be a string, got {}", source_, key, j_[key].dump());
+    return j_[key].get<std::string>();
+  }
+  // An integer or a list of integers (eos_token_id).
+  std::vector<int32_t> id_list(const char* key) const {
+    std::vector<int32_t> ids;
+    if (!has(key)) return ids;
+    const json& v = j_[key];
+    auto one = [&](const json& x) {
+      if (!x.is_number_integer())
+        fail("{}: field \"{}\" must hold token ids, got {}", source_, key, v.dump());
+      ids.push_back(x.get<int32_t>());
+    };
+    if (v.is_array()) {
+      for (const auto& x : v) one(x);
+    } else {
+      one(v);
+    }
+    return ids;
+  }
+  const json& raw(const char* key) const { return j_[key]; }
+
+ private:
+  const json& j_;
+  const std::string& source_;
+};
+
+Activation parse_activation(const std::string& name, const std::string& source) {
+  if (name == "silu" || name == "swish") return Activation::kSilu;
+  if (name == "gelu_pytorch_tanh" || name == "gelu_new" || name == "gelu_fast")
+    return Activation::kGeluTanh;
+  if (name == "gelu") return Activation::kGelu;
+  fail(ErrorKind::kUnsupported,
+       "{}: unsupported activation \"{}\" (supported: silu, gelu, gelu_pytorch_tanh)", source,
+       name);
+}
+
+}  // namespace
+
+std::string supported_architectures() {
+  std::string s;
+  for (const auto& a : kArchitectures) {
+    if (!s.empty()) s += ", ";
+    s += a.name;
+  }
+  return s;
+}
+
+float ModelConfig::attention_scale() const {
+  double scalar = query_pre_attn_scalar > 0 ? query_pre_attn_scalar : static_cast<double>(head_dim);
+  return static_cast<float>(1.0 / std::sqrt(scalar));
+}
+
+int64_t ModelConfig::rotary_dim() const {
+  return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor) / 2 * 2;
+}
+
+ModelConfig parse_model_config(const json& j, const std::string& source) {
+  if (!j.is_object()) fail("{}: expected a JSON object", source);
+  Fields f(j, source);
+  ModelConfig c;
+
+  // A multimodal config may nest the language model under text_config; we take plain LMs only.
+  if (!f.has("architectures") || !j["architectures"].is_array() || j["architectures"].empty() ||
+      !j["architectures"][0].is_string())
+    fail("{}: missing \"architectures\" (supported: {})", source, supported_architectures());
+  c.architecture = j["architectures"][0].get<std::string>();
+  bool known = false;
+  for (const auto& a : kArchitectures) {
+    if (c.architecture == a.name) {
+      c.arch = a.arch;
+      known = true;
+    }
+  }
+  if (!known)
+    fail(ErrorKind::kUnsupported, "{}: unsupported architecture \"{}\" (supported: {})", source,
+         c.architecture, supported_architectures());
+  c.model_type = f.string_or("model_type", "");
+
+  c.vocab_size = f.positive("vocab_size");
+  c.hidden_size = f.positive("hidden_size");
+  c.intermediate_size = f.positive("intermediate_size");
+  c.num_layers = f.positive("num_hidden_layers");
+  c.num_heads = f.positive("num_attention_heads");
+  c.num_kv_heads = f.has("num_key_value_heads") ? f.positive("num_key_value_heads") : c.num_heads;
+  if (c.num_heads % c.num_kv_heads != 0)
+    fail("{}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})", source,
+         c.num_heads, c.num_kv_heads);
+  c.head_dim = f.has("head_dim") ? f.positive("head_dim") : 0;
+  if (c.head_dim == 0) {
+    if (c.hidden_size % c.num_heads != 0)
+      fail(
+          "{}: hidden_size ({}) is not a multiple of num_attention_heads ({}) and head_dim is not "
+          "set",
+          source, c.hidden_size, c.num_heads);
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  if (c.head_dim % 2 != 0) fail("{}: head_dim must be even, got {}", source, c.head_dim);
+  c.max_position_embeddings = f.integer_or("max_position_embeddings", 2048);
+  c.rms_norm_eps = f.number_or("rms_norm_eps", 1e-6);
+  c.rope_theta = f.number_or("rope_theta", 10000.0);
+  c.partial_rotary_factor = f.number_or("partial_rotary_factor", 1.0);
+
+  std::string act = f.string_or("hidden_activation", f.string_or("hidden_act", "silu"));
+  c.hidden_act = parse_activation(act, source);
+
+  if (f.has("rope_scaling")) {
+    const json& rs = j["rope_scaling"];
+    if (!rs.is_object()) fail("{}: rope_scaling must be an object", source);
+    Fields r(rs, source);
+    c.rope_scaling.type = r.string_or("rope_type", r.string_or("type", "default"));
+    const std::string& type = c.rope_scaling.type;
+    if (type != "default" && type != "linear" && type != "llama3" && type != "yarn")
+      fail(ErrorKind::kUnsupported,
+           "{}: unsupported rope_scaling type \"{}\" (supported: default, linear, llama3, yarn)",
+           source, type);
+    c.rope_scaling.factor = r.number_or("factor", 1.0);
+    c.rope_scaling.low_freq_factor = r.number_or("low_freq_factor", 1.0);
+    c.rope_scaling.high_freq_factor = r.number_or("high_freq_factor", 4.0);
+    c.rope_scaling.original_max_position_embeddings =
+        r.integer_or("original_max_position_embeddings", c.max_position_embeddings);
+    c.rope_scaling.beta_fast = r.number_or("beta_fast", 32.0);
+    c.rope_scaling.beta_slow = r.number_or("beta_slow", 1.0);
+    c.rope_scaling.mscale = r.optional_number("mscale");
+    c.rope_scaling.mscale_all_dim = r.optional_number("mscale_all_dim");
+    c.rope_scaling.attention_factor = r.optional_number("attention_factor");
+    c.rope_scaling.truncate = r.boolean_or("truncate", true);
+    if (type != "default" && c.rope_scaling.factor <= 0)
+      fail("{}: rope_scaling.factor must be positive", source);
+  }
+
+  c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", c.arch == Arch::kGemma2);
+  c.mlp_bias = f.boolean_or("mlp_bias", false);
+  switch (c.arch) {
+    case Arch::kLlama:
+    case Arch::kMistral:
+      c.attention_bias = f.boolean_or("attention_bias", false);
+      c.o_proj_bias = c.attention_bias;
+      break;
+    case Arch::kQwen2:
+      c.attention_bias = true;  // q/k/v carry biases, o_proj does not
+      break;
+    case Arch::kQwen3:
+      c.attention_bias = f.boolean_or("attention_bias", false);
+      c.qk_norm = true;
+      break;
+    case Arch::kGemma2:
+      c.attention_bias = f.boolean_or("attention_bias", false);
+      c.norm_unit_offset = true;
+      c.scale_embeddings = true;
+      c.sandwich_norms = true;
+      c.attn_logit_softcapping = f.number_or("attn_logit_softcapping", 0.0);
+      c.final_logit_softcapping = f.number_or("final_logit_softcapping", 0.0);
+      c.query_pre_attn_scalar = f.number_or("query_pre_attn_scalar", 0.0);
+      break;
+  }
+
+  // Sliding windows: explicit layer_types win; otherwise each architecture's rule.
+  c.sliding_window.assign(c.num_layers, 0);
+  int64_t window = f.integer_or("sliding_window", 0);
+  bool use_sliding =
+      f.boolean_or("use_sliding_window", c.arch != Arch::kQwen2 && c.arch != Arch::kQwen3);
+  if (f.has("layer_types")) {
+    const json& types = j["layer_types"];
+    if (!types.is_array() || static_cast<int64_t>(types.size()) != c.num_layers)
+      fail("{}: layer_types must list one type per layer ({})", source, c.num_layers);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      std::string t = types[l].is_string() ? types[l].get<std::string>() : "";
+      if (t == "sliding_attention") {
+        if (window <= 0)
+          fail("{}: layer {} uses sliding attention but sliding_window is not set", source, l);
+        c.sliding_window[l] = static_cast<int32_t>(window);
+      } else if (t != "full_attention") {
+        fail(ErrorKind::kUnsupported, "{}: unsupported layer type \"{}\"", source, types[l].dump());
+      }
+    }
+  } else if (window > 0 && use_sliding) {
+    int64_t max_window_layers = f.integer_or("max_window_layers", 0);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      bool sliding = false;
+      switch (c.arch) {
+        case Arch::kLlama:
+          sliding = false;
+          break;
+        case Arch::kMistral:
+          sliding = true;
+          break;
+        case Arch::kQwen2:
+        case Arch::kQwen3:
+          sliding = l >= max_window_layers;
+          break;
+        case Arch::kGemma2:
+          sliding = l % 2 == 0;
+          break;
+      }
+      if (sliding) c.sliding_window[l] = static_cast<int32_t>(window);
+    }
+  }
+
+  std::string dtype_name = f.string_or("torch_dtype", f.string_or("dtype", "bfloat16"));
+  if (!parse_torch_dtype(dtype_name, &c.dtype))
+    fail(ErrorKind::kUnsupported,
+         "{}: unsupported torch_dtype \"{}\" (supported: float32, bfloat16, float16)", source,
+         dtype_name);
+
+  std::vector<int32_t> bos = f.id_list("bos_token_id");
+  if (!bos.empty()) c.bos_token_id = bos[0];
+  c.eos_token_ids = f.id_list("eos_token_id");
+  std::vector<int32_t> pad = f.id_list("pad_token_id");
+  if (!pad.empty()) c.pad_token_id = pad[0];
+  return c;
+}
+
+ModelConfig load_model_config(const fs::path& model_dir) {
+  if (!fs::exists(model_dir))
+    fail(ErrorKind::kNotFound, "model folder {} does not exist", model_dir.string());
+  if (!fs::is_directory(model_dir)) fail("model path {} is not a folder", model_dir.string());
+  fs::path path = model_dir / "config.json";
+  if (!fs::exists(path)) fail(ErrorKind::kNotFound, "{} has no config.json", model_dir.string());
+  return parse_model_config(read_json_file(path), path.string());
+}
+
+GenerationConfig load_generation_config(const fs::path& model_dir) {
+  GenerationConfig g;
+  fs::path path = model_dir / "generation_config.json";
+  if (!fs::exists(path)) return g;
+  json j = read_json_file(path);
+  if (!j.is_object()) fail("{}: expected a JSON object", path.string());
+  std::string source = path.string();
+  Fields f(j, source);
+  g.eos_token_ids = f.id_list("eos_token_id");
+  std::vector<int32_t> bos = f.id_list("bos_token_id");
+  if (!bos.empty()) g.bos_token_id = bos[0];
+  g.temperature = f.optional_number("temperature");
+  g.top_p = f.optional_number("top_p");
+  g.min_p = f.optional_number("min_p");
+  g.repetition_penalty = f.optional_number("repetition_penalty");
+  if (f.has("top_k")) g.top_k = f.integer_or("top_k", 0);
+  if (f.has("max_new_tokens")) g.max_new_tokens = f.integer_or("max_new_tokens", 0);
+  if (f.has("do_sample")) g.do_sample = f.boolean_or("do_sample", false);
+  return g;
+}
+
+std::vector<float> rope_inv_freq(const ModelConfig& c, float* attention_scaling) {
+  const int64_t dim = c.rotary_dim();
+  const int64_t half = dim / 2;
+  const float base = static_cast<float>(c.rope_theta);
+  // base ** (2i / dim) in f32, as Hugging Face computes it.
+  std::vector<float> pos_freqs(half);
+  for (int64_t i = 0; i < half; ++i)
+    pos_freqs[i] = std::pow(base, static_cast<float>(2 * i) / static_cast<float>(dim));
+  std::vector<float> inv(half);
+  for (int64_t i = 0; i < half; ++i) inv[i] = 1.0f / pos_freqs[i];
+  *attention_scaling = 1.0f;
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type == "linear") {
+    for (float& f : inv) f = f / static_cast<float>(rs.factor);
+  } else if (rs.type == "llama3") {
+    const float factor = static_cast<float>(rs.factor);
+    const float old_len = static_cast<float>(rs.original_max_position_embeddings);
+    const float low_wavelen = old_len / static_cast<float>(rs.low_freq_factor);
+    const float high_wavelen = old_len / static_cast<float>(rs.high_freq_factor);
+    for (float& f : inv) {
+      const float wavelen = 2.0f * static_cast<float>(M_PI) / f;
+      if (wavelen > low_wavelen) {
+        f = f / factor;
+      } else if (!(wavelen < high_wavelen)) {  // medium frequencies: smooth interpolation
+        const float smooth = (old_len / wavelen - static_cast<float>(rs.low_freq_factor)) /
+                             static_cast<float>(rs.high_freq_factor - rs.low_freq_factor);
+        f = (1.0f - smooth) * f / factor + smooth * f;
+      }
+    }
+  } else if (rs.type == "yarn") {
+    auto get_mscale = [](double scale, double mscale) {
+      return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+    };
+    double attention = 0;
+    if (rs.attention_factor) {
+      attention = *rs.attention_factor;
+    } else if (rs.mscale && rs.mscale_all_dim && *rs.mscale && *rs.mscale_all_dim) {
+      attention = get_mscale(rs.factor, *rs.mscale) / get_mscale(rs.factor, *rs.mscale_all_dim);
+    } else {
+      attention = get_mscale(rs.factor, 1.0);
+    }
+    *attention_scaling = static_cast<float>(attention);
+    auto correction_dim = [&](double rotations) {
+      return (static_cast<double>(dim) *
+              std::log(static_cast<double>(rs.original_max_position_embeddings) /
+                       (rotations * 2 * M_PI))) /
+             (2 * std::log(static_cast<double>(c.rope_theta)));
+    };
+    double low = correction_dim(rs.beta_fast), high = correction_dim(rs.beta_slow);
+    if (rs.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, static_cast<double>(dim - 1));
+    if (low == high) high += 0.001;
+    for (int64_t i = 0; i < half; ++i) {
+      float ramp = static_cast<float>((static_cast<double>(i) - low) / (high - low));
+      ramp = std::min(1.0f, std::max(0.0f, ramp));
+      const float extrapolation_factor = 1.0f - ramp;
+      const float interpolation = 1.0f / (static_cast<float>(rs.factor) * pos_freqs[i]);
+      const float extrapolation = inv[i];
+      inv[i] = interpolation * (1.0f - extrapolation_factor) + extrapolation * extrapolation_factor;
+    }
+  }
+  return inv;
+}
+
+}  // namespace tessera

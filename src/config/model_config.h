@@ -1,0 +1,99 @@
+// A model's architecture and hyper-parameters, read from the Hugging Face config.json and
+// generation_config.json of a model folder. Everything the model code needs comes from here.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/dtype.h"
+#include "kernels/backend.h"
+
+namespace tessera {
+
+enum class Arch { kLlama, kMistral, kQwen2, kQwen3, kGemma2 };
+
+// "LlamaForCausalLM, MistralForCausalLM, ..." for error messages.
+std::string supported_architectures();
+
+struct RopeScaling {
+  std::string type = "default";  // default, linear, llama3, yarn
+  double factor = 1.0;
+  double low_freq_factor = 1.0;   // llama3
+  double high_freq_factor = 4.0;  // llama3
+  int64_t original_max_position_embeddings = 0;
+  double beta_fast = 32.0, beta_slow = 1.0;  // yarn
+  std::optional<double> mscale, mscale_all_dim, attention_factor;
+  bool truncate = true;
+};
+
+struct ModelConfig {
+  std::string architecture;  // e.g. "LlamaForCausalLM"
+  std::string model_type;    // e.g. "llama"
+  Arch arch = Arch::kLlama;
+
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t max_position_embeddings = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  double partial_rotary_factor = 1.0;
+  RopeScaling rope_scaling;
+  Activation hidden_act = Activation::kSilu;
+
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v (and o for Llama's attention_bias) biases
+  bool o_proj_bias = false;
+  bool mlp_bias = false;
+  bool qk_norm = false;  // Qwen3: RMSNorm over each head of q and k
+
+  // Gemma 2.
+  bool norm_unit_offset = false;      // RMSNorm multiplies by (1 + weight)
+  bool scale_embeddings = false;      // embeddings times sqrt(hidden_size), rounded to the dtype
+  bool sandwich_norms = false;        // post-attention, pre- and post-feedforward norms
+  double attn_logit_softcapping = 0;  // 0 = none
+  double final_logit_softcapping = 0;
+  double query_pre_attn_scalar = 0;  // 0 = head_dim
+
+  std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
+
+  DType dtype = DType::kBF16;  // torch_dtype / dtype
+  std::optional<int32_t> bos_token_id;
+  std::vector<int32_t> eos_token_ids;
+  std::optional<int32_t> pad_token_id;
+
+  float attention_scale() const;
+  int64_t rotary_dim() const;
+  // Stored per-layer sliding window, or 0.
+  int32_t layer_window(int64_t layer) const { return sliding_window.at(layer); }
+};
+
+// Sampling defaults and stop tokens from generation_config.json (all optional).
+struct GenerationConfig {
+  std::vector<int32_t> eos_token_ids;
+  std::optional<int32_t> bos_token_id;
+  std::optional<double> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int64_t> top_k, max_new_tokens;
+  std::optional<bool> do_sample;
+};
+
+// Parses DIR/config.json; throws tessera::Error naming the file and field on a problem.
+ModelConfig load_model_config(const std::filesystem::path& model_dir);
+ModelConfig parse_model_config(const nlohmann::json& json, const std::string& source);
+// Parses DIR/generation_config.json when present, else returns an empty config.
+GenerationConfig load_generation_config(const std::filesystem::path& model_dir);
+
+// Rotary inverse frequencies [rotary_dim / 2] with the config's scaling, and the attention
+// scaling factor that multiplies cos and sin (1 except for yarn).
+std::vector<float> rope_inv_freq(const ModelConfig& config, float* attention_scaling);
+
+}  // namespace tessera

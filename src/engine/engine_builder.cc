@@ -1,0 +1,144 @@
+#include "engine/engine_builder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/logging.h"
+#include "core/status.h"
+#include "core/sys.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace tessera {
+
+void EngineArgs::validate() const {
+  if (block_size < 1 || block_size > 256 || (block_size & (block_size - 1)) != 0)
+    fail("--block-size must be a power of two between 1 and 256, got {}", block_size);
+  if (max_num_seqs < 1) fail("--max-num-seqs must be at least 1, got {}", max_num_seqs);
+  if (max_num_batched_tokens < 1)
+    fail("--max-num-batched-tokens must be at least 1, got {}", max_num_batched_tokens);
+  if (gpu_memory_utilization && !(*gpu_memory_utilization > 0 && *gpu_memory_utilization <= 1))
+    fail("--gpu-memory-utilization must be in (0, 1], got {}", *gpu_memory_utilization);
+  if (kv_cache_memory && *kv_cache_memory <= 0) fail("--kv-cache-memory must be positive");
+  if (num_gpu_blocks_override && *num_gpu_blocks_override <= 0)
+    fail("--num-gpu-blocks-override must be positive, got {}", *num_gpu_blocks_override);
+  if (max_model_len < 0) fail("--max-model-len must be positive, got {}", max_model_len);
+  if (threads < 0) fail("--threads must be positive, got {}", threads);
+}
+
+KvCachePlan plan_kv_cache(const EngineArgs& args, int64_t device_memory, int64_t weight_bytes,
+                          int64_t activation_bytes, int64_t block_bytes, int64_t max_model_len) {
+  KvCachePlan plan;
+  plan.block_bytes = block_bytes;
+  if (args.num_gpu_blocks_override) {
+    plan.num_blocks = *args.num_gpu_blocks_override;
+    plan.budget_bytes = plan.num_blocks * block_bytes;
+    plan.rule = "--num-gpu-blocks-override";
+    return plan;
+  }
+  const double util = args.gpu_memory_utilization.value_or(0.9);
+  const int64_t available =
+      static_cast<int64_t>(std::floor(util * static_cast<double>(device_memory))) - weight_bytes -
+      activation_bytes;
+  if (args.kv_cache_memory) {
+    plan.budget_bytes = *args.kv_cache_memory;
+    plan.rule = "--kv-cache-memory";
+  } else if (args.gpu_memory_utilization) {
+    plan.budget_bytes = available;
+    plan.rule = fmt::format("--gpu-memory-utilization {} x {:.1f} GiB - weights - activations",
+                            util, device_memory / 1073741824.0);
+  } else {
+    plan.budget_bytes = std::min(kDefaultCpuKvCacheBytes, available);
+    plan.rule = "default: min of 4 GiB and 0.9 x memory - weights - activations";
+    // A small model would get millions of blocks: keep enough for every sequence at full length,
+    // twice over for the prefix cache.
+    const int64_t useful =
+        2 * args.max_num_seqs * ((max_model_len + args.block_size - 1) / args.block_size);
+    if (plan.budget_bytes / block_bytes > useful) {
+      plan.budget_bytes = useful * block_bytes;
+      plan.rule += fmt::format(", capped at 2 x max-num-seqs x max-model-len");
+    }
+  }
+  if (plan.budget_bytes < block_bytes)
+    fail(ErrorKind::kResourceExhausted,
+         "no memory left for the KV cache ({} bytes after weights and activations; {} per block)",
+         plan.budget_bytes, block_bytes);
+  plan.num_blocks = plan.budget_bytes / block_bytes;
+  return plan;
+}
+
+std::vector<int32_t> eos_token_ids(const ModelConfig& config, const GenerationConfig& generation) {
+  std::vector<int32_t> ids = config.eos_token_ids;
+  for (int32_t id : generation.eos_token_ids)
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  return ids;
+}
+
+EngineInstance::~EngineInstance() = default;
+
+std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
+                                                       TextDecoderFactory text_decoders) {
+  args.validate();
+  std::unique_ptr<EngineInstance> e(new EngineInstance());
+  e->args_ = args;
+  const int threads = args.threads > 0 ? args.threads : physical_core_count();
+  e->pool_ = std::make_unique<ThreadPool>(threads);
+  e->backend_ = std::make_unique<CpuBackend>(*e->pool_);
+  e->tp_comm_ = std::make_unique<SingleCommunicator>();
+  e->ctx_ = std::make_unique<ModelContext>(ModelContext{*e->backend_, *e->tp_comm_});
+
+  const double t0 = now_seconds();
+  LoadOptions load;
+  load.dtype = args.dtype;
+  e->model_ = load_model(args.model, *e->ctx_, load);
+  e->generation_ = load_generation_config(args.model);
+  e->load_seconds_ = now_seconds() - t0;
+  const ModelConfig& config = e->model_->config();
+  spdlog::info("loaded {} ({}, {} layers) from {}: {:.2f} GB of weights in {:.2f} s",
+               config.architecture, dtype_name(config.dtype), config.num_layers,
+               args.model.string(), e->model_->weight_bytes() / 1e9, e->load_seconds_);
+
+  int64_t max_len = args.max_model_len > 0 ? args.max_model_len : config.max_position_embeddings;
+  if (args.max_model_len > config.max_position_embeddings)
+    spdlog::warn("--max-model-len {} exceeds max_position_embeddings {} in config.json",
+                 args.max_model_len, config.max_position_embeddings);
+  const DType kv_dtype =
+      args.kv_cache_dtype.value_or(e->backend_->default_kv_cache_dtype(config.dtype));
+  const int64_t block_bytes = kv_cache_block_bytes(*e->model_, args.block_size, kv_dtype);
+  const int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
+  e->kv_plan_ =
+      plan_kv_cache(args, total_memory_bytes(), static_cast<int64_t>(e->model_->weight_bytes()),
+                    activations, block_bytes, max_len);
+  const int64_t blocks = e->kv_plan_.num_blocks;
+  const int64_t tokens = blocks * args.block_size;
+  if (tokens < max_len) {
+    if (args.max_model_len > 0)
+      fail(ErrorKind::kResourceExhausted,
+           "the KV cache holds {} tokens, fewer than --max-model-len {}: give it more memory "
+           "(--kv-cache-memory, --gpu-memory-utilization) or lower --max-model-len",
+           tokens, max_len);
+    max_len = tokens;  // like vLLM's automatic fallback when the default does not fit
+    spdlog::warn("max_model_len lowered to {} tokens to fit the KV cache", max_len);
+  }
+  e->cache_ = allocate_kv_cache(*e->backend_, *e->model_, blocks, args.block_size, kv_dtype);
+  spdlog::info("# CPU blocks: {}, block size {}, {} per block ({})", blocks, args.block_size,
+               block_bytes, e->kv_plan_.rule);
+  spdlog::info("KV cache size: {} tokens", tokens);
+  spdlog::info("Maximum concurrency for {} tokens per request: {:.2f}x", max_len,
+               static_cast<double>(tokens) / static_cast<double>(max_len));
+
+  e->runner_ = std::make_unique<ModelRunner>(*e->backend_, *e->model_, e->cache_);
+  EngineConfig ec;
+  ec.scheduler.max_num_seqs = args.max_num_seqs;
+  ec.scheduler.max_num_batched_tokens = args.max_num_batched_tokens;
+  ec.scheduler.max_model_len = max_len;
+  ec.block_size = args.block_size;
+  ec.num_blocks = blocks;
+  ec.enable_prefix_caching = args.enable_prefix_caching;
+  ec.vocab_size = config.vocab_size;
+  ec.eos_token_ids = eos_token_ids(config, e->generation_);
+  e->engine_ =
+      std::make_unique<LLMEngine>(ec, *e->runner_, std::move(text_decoders), e->pool_.get());
+  return e;
+}
+
+}  // namespace tessera

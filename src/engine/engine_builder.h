@@ -1,0 +1,94 @@
+// Everything one process needs to run the engine on a model folder: the thread pool, backend,
+// model, KV cache (sized from a memory budget as vLLM sizes it), model runner and engine. Shared
+// by `tessera generate`, `bench`, `serve` and `run-batch`.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "config/model_config.h"
+#include "core/thread_pool.h"
+#include "distributed/communicator.h"
+#include "engine/llm_engine.h"
+#include "engine/model_runner.h"
+#include "kernels/backend.h"
+#include "model/model.h"
+
+namespace tessera {
+
+// The engine flags of `vllm serve` that tessera honours (see docs/serving.md).
+struct EngineArgs {
+  std::filesystem::path model;
+  std::optional<DType> dtype;                      // --dtype (auto: as stored)
+  std::optional<DType> kv_cache_dtype;             // --kv-cache-dtype (auto: the backend's choice)
+  int threads = 0;                                 // --threads (0: physical cores)
+  int64_t max_model_len = 0;                       // --max-model-len (0: from config.json)
+  int block_size = 16;                             // --block-size
+  std::optional<int64_t> kv_cache_memory;          // --kv-cache-memory (bytes)
+  std::optional<double> gpu_memory_utilization;    // --gpu-memory-utilization
+  std::optional<int64_t> num_gpu_blocks_override;  // --num-gpu-blocks-override
+  int64_t max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 2048;
+  bool enable_prefix_caching = true;
+  uint64_t seed = 0;
+
+  // Throws tessera::Error naming the flag when a value is out of range.
+  void validate() const;
+};
+
+// CPU KV cache budget when neither --kv-cache-memory nor --gpu-memory-utilization is given
+// (vLLM's CPU backend default, VLLM_CPU_KVCACHE_SPACE).
+inline constexpr int64_t kDefaultCpuKvCacheBytes = 4ll << 30;
+
+struct KvCachePlan {
+  int64_t num_blocks = 0;
+  int64_t block_bytes = 0;
+  int64_t budget_bytes = 0;
+  std::string rule;  // how the budget was chosen, for the log
+};
+
+// Blocks that fit: override, else budget / bytes per block where budget is --kv-cache-memory, or
+// utilization x device memory - weights - activations, or the CPU default (the smaller of 4 GiB
+// and that, and of what max_num_seqs sequences of max_model_len tokens could use twice over).
+KvCachePlan plan_kv_cache(const EngineArgs& args, int64_t device_memory, int64_t weight_bytes,
+                          int64_t activation_bytes, int64_t block_bytes, int64_t max_model_len);
+
+class EngineInstance {
+ public:
+  static std::unique_ptr<EngineInstance> create(const EngineArgs& args,
+                                                TextDecoderFactory text_decoders = {});
+  ~EngineInstance();
+
+  LLMEngine& engine() { return *engine_; }
+  const ModelConfig& model_config() const { return model_->config(); }
+  const GenerationConfig& generation_config() const { return generation_; }
+  const EngineArgs& args() const { return args_; }
+  ThreadPool& pool() { return *pool_; }
+  const KvCachePlan& kv_plan() const { return kv_plan_; }
+  double load_seconds() const { return load_seconds_; }
+  uint64_t weight_bytes() const { return model_->weight_bytes(); }
+  std::string backend_name() const { return backend_->name(); }
+
+ private:
+  EngineInstance() = default;
+  EngineArgs args_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<SingleCommunicator> tp_comm_;
+  std::unique_ptr<ModelContext> ctx_;
+  std::unique_ptr<CausalLM> model_;
+  KVCache cache_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<LLMEngine> engine_;
+  GenerationConfig generation_;
+  KvCachePlan kv_plan_;
+  double load_seconds_ = 0;
+};
+
+// EOS ids: config.json's and generation_config.json's, deduplicated.
+std::vector<int32_t> eos_token_ids(const ModelConfig& config, const GenerationConfig& generation);
+
+}  // namespace tessera

@@ -1,0 +1,254 @@
+#include "engine/llm_engine.h"
+
+#include <algorithm>
+
+#include "core/status.h"
+#include "core/sys.h"
+
+namespace tessera {
+
+namespace {
+
+// Largest prefix of `text` that ends on a UTF-8 character boundary and is at most `limit` bytes.
+size_t utf8_floor(const std::string& text, size_t limit) {
+  limit = std::min(limit, text.size());
+  while (limit > 0 && limit < text.size() &&
+         (static_cast<unsigned char>(text[limit]) & 0xc0) == 0x80)
+    --limit;
+  return limit;
+}
+
+}  // namespace
+
+LLMEngine::LLMEngine(const EngineConfig& config, ModelExecutor& executor,
+                     TextDecoderFactory text_decoders, ThreadPool* pool)
+    : config_(config),
+      executor_(executor),
+      text_decoders_(std::move(text_decoders)),
+      pool_(pool),
+      blocks_(config.num_blocks, config.block_size, config.enable_prefix_caching),
+      scheduler_(config.scheduler, blocks_),
+      sampler_(config.eos_token_ids),
+      seed_rng_(std::random_device{}()) {
+  const int64_t capacity = config.num_blocks * config.block_size;
+  if (capacity < config.scheduler.max_model_len)
+    fail(ErrorKind::kResourceExhausted,
+         "the KV cache holds {} tokens ({} blocks of {}), fewer than max_model_len = {}: give it "
+         "more "
+         "memory or lower --max-model-len",
+         capacity, config.num_blocks, config.block_size, config.scheduler.max_model_len);
+}
+
+void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> prompt,
+                            const SamplingParams& params) {
+  if (sequences_.count(request_id)) fail("request id \"{}\" is already in use", request_id);
+  if (prompt.empty()) fail("the prompt is empty");
+  for (int32_t id : prompt)
+    if (id < 0 || id >= config_.vocab_size)
+      fail("prompt token id {} is outside the vocabulary (0..{})", id, config_.vocab_size - 1);
+  const int64_t max_len = config_.scheduler.max_model_len;
+  if (static_cast<int64_t>(prompt.size()) >= max_len)
+    fail(
+        "This model's maximum context length is {} tokens. However, your prompt has {} tokens. "
+        "Please reduce the length of the prompt.",
+        max_len, prompt.size());
+  params.validate(config_.vocab_size);
+  auto seq = std::make_unique<Sequence>();
+  seq->request_id = request_id;
+  seq->arrival_index = next_arrival_++;
+  seq->num_prompt_tokens = static_cast<int64_t>(prompt.size());
+  seq->tokens = std::move(prompt);
+  seq->params = params;
+  seq->rng.seed(params.seed ? *params.seed : seed_rng_());
+  seq->arrival_time = now_seconds();
+  if (text_decoders_) seq->decoder = text_decoders_(params.skip_special_tokens);
+  for (const auto& s : params.stop) max_stop_len_ = std::max(max_stop_len_, s.size());
+  scheduler_.add(seq.get());
+  sequences_.emplace(request_id, std::move(seq));
+}
+
+void LLMEngine::abort_request(const std::string& request_id) {
+  auto it = sequences_.find(request_id);
+  if (it == sequences_.end()) return;
+  Sequence& seq = *it->second;
+  scheduler_.remove(&seq);
+  seq.status = SequenceStatus::kFinished;
+  seq.finish_reason = FinishReason::kAbort;
+  seq.finished_time = now_seconds();
+  aborted_.push_back(std::move(it->second));
+  sequences_.erase(it);
+}
+
+void LLMEngine::check_stop(Sequence& seq, int32_t token) {
+  const SamplingParams& p = seq.params;
+  std::string chunk = seq.decoder ? seq.decoder->step(token) : std::string();
+  if (!p.ignore_eos && std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(),
+                                 token) != config_.eos_token_ids.end()) {
+    seq.finish_reason = FinishReason::kStop;
+  } else if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) !=
+             p.stop_token_ids.end()) {
+    seq.finish_reason = FinishReason::kStop;
+    seq.stop_reason = std::to_string(token);
+  }
+  if (seq.decoder) {
+    const size_t old_size = seq.text.size();
+    seq.text += chunk;
+    if (seq.finish_reason == FinishReason::kNone && !p.stop.empty() && !chunk.empty()) {
+      // A stop string can only end inside the new text: search from where it could start.
+      size_t from = old_size > max_stop_len_ ? old_size - max_stop_len_ + 1 : 0;
+      size_t best = std::string::npos;
+      const std::string* which = nullptr;
+      for (const auto& s : p.stop) {
+        size_t at = seq.text.find(s, from);
+        if (at != std::string::npos && at < best) {
+          best = at;
+          which = &s;
+        }
+      }
+      if (which) {
+        seq.text.resize(p.include_stop_str_in_output ? best + which->size() : best);
+        seq.finish_reason = FinishReason::kStop;
+        seq.stop_reason = *which;
+      }
+    }
+  }
+  if (seq.finish_reason == FinishReason::kNone &&
+      (seq.num_output_tokens() >= p.max_tokens ||
+       seq.num_tokens() >= config_.scheduler.max_model_len)) {
+    seq.finish_reason = FinishReason::kLength;
+  }
+  if (seq.finish_reason != FinishReason::kNone) {
+    seq.status = SequenceStatus::kFinished;
+    if (seq.decoder && seq.stop_reason.empty() && seq.finish_reason != FinishReason::kAbort)
+      seq.text += seq.decoder->finish();
+  }
+}
+
+RequestOutput LLMEngine::make_output(Sequence& seq, bool with_prompt_logprobs) {
+  RequestOutput out;
+  out.request_id = seq.request_id;
+  const size_t produced = static_cast<size_t>(seq.num_output_tokens());
+  for (size_t i = seq.tokens_emitted; i < produced; ++i)
+    out.new_token_ids.push_back(seq.tokens[seq.num_prompt_tokens + i]);
+  seq.tokens_emitted = produced;
+  for (size_t i = seq.logprobs_emitted; i < seq.logprobs.size(); ++i)
+    out.new_logprobs.push_back(seq.logprobs[i]);
+  seq.logprobs_emitted = seq.logprobs.size();
+  if (seq.decoder) {
+    size_t limit = seq.text.size();
+    // Hold back text that could be the start of a stop string.
+    if (!seq.finished() && !seq.params.stop.empty() && max_stop_len_ > 1)
+      limit = utf8_floor(seq.text, seq.text.size() > max_stop_len_ - 1
+                                       ? seq.text.size() - (max_stop_len_ - 1)
+                                       : 0);
+    if (limit > seq.text_emitted) {
+      out.new_text = seq.text.substr(seq.text_emitted, limit - seq.text_emitted);
+      seq.text_emitted = limit;
+    }
+  }
+  if (with_prompt_logprobs) out.prompt_logprobs = seq.prompt_logprobs;
+  out.finished = seq.finished();
+  out.finish_reason = seq.finish_reason;
+  out.stop_reason = seq.stop_reason;
+  out.num_prompt_tokens = seq.num_prompt_tokens;
+  out.num_output_tokens = seq.num_output_tokens();
+  out.num_cached_tokens = seq.num_cached_prompt_tokens;
+  out.arrival_time = seq.arrival_time;
+  out.first_scheduled_time = seq.first_scheduled_time;
+  out.first_token_time = seq.first_token_time;
+  out.finished_time = seq.finished_time;
+  return out;
+}
+
+std::vector<RequestOutput> LLMEngine::step() {
+  std::vector<RequestOutput> outputs;
+  for (auto& seq : aborted_) outputs.push_back(make_output(*seq, false));
+  aborted_.clear();
+
+  SchedulerOutput sched = scheduler_.schedule();
+  if (sched.empty()) return outputs;
+  double now = now_seconds();
+  for (const auto& s : sched.scheduled)
+    if (s.seq->first_scheduled_time == 0) s.seq->first_scheduled_time = now;
+
+  LogitPlan plan;
+  StepInputs inputs = build_step_inputs(sched, config_.block_size, &plan);
+  Tensor logits = executor_.execute(inputs);
+  scheduler_.on_step_done(sched);
+  const int64_t vocab = logits.size(1);
+  auto row = [&](int32_t r) {
+    return std::span<const float>(logits.data<float>() + static_cast<int64_t>(r) * vocab, vocab);
+  };
+
+  // Prompt logprobs: row p of a chunk predicts prompt token p + 1.
+  for (size_t i = 0; i < sched.scheduled.size(); ++i) {
+    Sequence& seq = *sched.scheduled[i].seq;
+    const int64_t begin = seq.num_computed_tokens - sched.scheduled[i].num_new_tokens;
+    for (int32_t k = 0; k < plan.prompt_row_count[i]; ++k) {
+      const int64_t pos = begin + k;
+      if (pos != static_cast<int64_t>(seq.prompt_logprobs.size())) continue;  // recomputed
+      seq.prompt_logprobs.push_back(compute_logprobs(
+          row(plan.prompt_row_begin[i] + k), seq.tokens[pos + 1], *seq.params.prompt_logprobs));
+    }
+  }
+
+  // Sample every sequence whose known tokens are all computed; rows are independent.
+  std::vector<size_t> to_sample;
+  for (size_t i = 0; i < sched.scheduled.size(); ++i)
+    if (plan.sample_row[i] >= 0) to_sample.push_back(i);
+  std::vector<int32_t> tokens(to_sample.size());
+  std::vector<TokenLogprobs> lps(to_sample.size());
+  auto sample_range = [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
+      const size_t i = to_sample[j];
+      Sequence& seq = *sched.scheduled[i].seq;
+      auto r = row(plan.sample_row[i]);
+      tokens[j] = sampler_.sample(r, seq);
+      if (seq.params.logprobs) lps[j] = compute_logprobs(r, tokens[j], *seq.params.logprobs);
+    }
+  };
+  if (pool_ && to_sample.size() > 1) {
+    pool_->parallel_for(static_cast<int64_t>(to_sample.size()), sample_range);
+  } else {
+    sample_range(0, static_cast<int64_t>(to_sample.size()));
+  }
+
+  now = now_seconds();
+  for (size_t j = 0; j < to_sample.size(); ++j) {
+    Sequence& seq = *sched.scheduled[to_sample[j]].seq;
+    const bool first = seq.num_output_tokens() == 0;
+    seq.tokens.push_back(tokens[j]);
+    if (seq.params.logprobs) seq.logprobs.push_back(std::move(lps[j]));
+    if (first) {
+      seq.first_token_time = now;
+    } else {
+      seq.inter_token_latencies.push_back(now - seq.last_token_time);
+    }
+    seq.last_token_time = now;
+    ++generation_tokens_total_;
+    if (first) prompt_tokens_total_ += seq.num_prompt_tokens;
+    check_stop(seq, tokens[j]);
+    if (seq.finished()) seq.finished_time = now;
+    outputs.push_back(make_output(seq, first && seq.params.prompt_logprobs.has_value()));
+    if (seq.finished()) {
+      scheduler_.remove(&seq);
+      sequences_.erase(seq.request_id);
+    }
+  }
+  return outputs;
+}
+
+EngineStats LLMEngine::stats() const {
+  EngineStats s;
+  s.num_running = static_cast<int64_t>(scheduler_.num_running());
+  s.num_waiting = static_cast<int64_t>(scheduler_.num_waiting());
+  s.kv_cache_usage = blocks_.usage();
+  s.prefix_cache_queries = blocks_.prefix_queries();
+  s.prefix_cache_hits = blocks_.prefix_hits();
+  s.num_preemptions = scheduler_.num_preemptions();
+  s.prompt_tokens = prompt_tokens_total_;
+  s.generation_tokens = generation_tokens_total_;
+  return s;
+}
+
+}  // namespace tessera

@@ -1,0 +1,95 @@
+// The engine: requests in, tokens out. Each step() schedules a batch (continuous batching over
+// the paged KV cache), runs the model once, samples the sequences that reached the end of their
+// known tokens, checks stop conditions and reports what is new. Single-threaded: the server's
+// AsyncEngine owns the thread that calls step().
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "engine/block_manager.h"
+#include "engine/model_runner.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+
+namespace tessera {
+
+struct EngineConfig {
+  SchedulerConfig scheduler;
+  int block_size = 16;
+  int64_t num_blocks = 0;
+  bool enable_prefix_caching = true;
+  int64_t vocab_size = 0;
+  std::vector<int32_t> eos_token_ids;
+};
+
+// What one step produced for one request.
+struct RequestOutput {
+  std::string request_id;
+  std::vector<int32_t> new_token_ids;
+  std::vector<TokenLogprobs> new_logprobs;  // when requested
+  std::string new_text;                     // when the engine detokenizes
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string stop_reason;
+  int64_t num_prompt_tokens = 0;
+  int64_t num_output_tokens = 0;
+  int64_t num_cached_tokens = 0;
+  std::vector<TokenLogprobs> prompt_logprobs;  // on the first output, when requested
+  // Set on the finishing output, for metrics.
+  double arrival_time = 0, first_scheduled_time = 0, first_token_time = 0, finished_time = 0;
+};
+
+struct EngineStats {
+  int64_t num_running = 0, num_waiting = 0;
+  double kv_cache_usage = 0;
+  int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
+  int64_t num_preemptions = 0;
+  int64_t prompt_tokens = 0, generation_tokens = 0;  // totals so far
+};
+
+class LLMEngine {
+ public:
+  LLMEngine(const EngineConfig& config, ModelExecutor& executor,
+            TextDecoderFactory text_decoders = {}, ThreadPool* pool = nullptr);
+
+  // Queues a request. Throws tessera::Error (bad input) for an empty or over-long prompt, ids
+  // outside the vocabulary, bad sampling parameters or a duplicate id.
+  void add_request(const std::string& request_id, std::vector<int32_t> prompt,
+                   const SamplingParams& params);
+  // Stops a request and frees its blocks at once; it reports finish reason "abort" on the next
+  // step. Unknown ids are ignored.
+  void abort_request(const std::string& request_id);
+  std::vector<RequestOutput> step();
+  bool has_unfinished() const { return !sequences_.empty(); }
+  EngineStats stats() const;
+  const EngineConfig& config() const { return config_; }
+
+ private:
+  void process_sample(Sequence& seq, std::span<const float> logits, double now);
+  void check_stop(Sequence& seq, int32_t token);
+  RequestOutput make_output(Sequence& seq, bool with_prompt_logprobs);
+
+  EngineConfig config_;
+  ModelExecutor& executor_;
+  TextDecoderFactory text_decoders_;
+  ThreadPool* pool_;
+  BlockManager blocks_;
+  Scheduler scheduler_;
+  Sampler sampler_;
+  std::map<std::string, std::unique_ptr<Sequence>> sequences_;
+  std::vector<std::unique_ptr<Sequence>> aborted_;  // reported on the next step
+  int64_t next_arrival_ = 0;
+  std::mt19937_64 seed_rng_;
+  size_t max_stop_len_ = 0;
+  int64_t prompt_tokens_total_ = 0, generation_tokens_total_ = 0;
+};
+
+}  // namespace tessera

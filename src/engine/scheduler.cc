@@ -1,0 +1,108 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+#include "core/status.h"
+
+namespace tessera {
+
+Scheduler::Scheduler(const SchedulerConfig& config, BlockManager& blocks)
+    : config_(config), blocks_(blocks) {}
+
+void Scheduler::add(Sequence* seq) {
+  seq->status = SequenceStatus::kWaiting;
+  waiting_.push_back(seq);
+}
+
+void Scheduler::remove(Sequence* seq) {
+  auto w = std::find(waiting_.begin(), waiting_.end(), seq);
+  if (w != waiting_.end()) waiting_.erase(w);
+  auto r = std::find(running_.begin(), running_.end(), seq);
+  if (r != running_.end()) running_.erase(r);
+  blocks_.release(seq->block_table, seq->block_hashes);
+}
+
+void Scheduler::preempt(Sequence* seq, SchedulerOutput& out) {
+  blocks_.release(seq->block_table, seq->block_hashes);
+  seq->num_computed_tokens = 0;
+  seq->status = SequenceStatus::kWaiting;
+  ++seq->num_preemptions;
+  running_.erase(std::find(running_.begin(), running_.end(), seq));
+  waiting_.push_front(seq);
+  out.preempted.push_back(seq);
+  ++num_preemptions_;
+}
+
+SchedulerOutput Scheduler::schedule() {
+  SchedulerOutput out;
+  int64_t budget = config_.max_num_batched_tokens;
+  const int64_t chunk_cap =
+      config_.long_prefill_token_threshold > 0 ? config_.long_prefill_token_threshold : budget;
+
+  // Running sequences first, oldest first; make room by preempting the newest.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence* seq = running_[i];
+    const int64_t num_new =
+        std::min({seq->num_tokens() - seq->num_computed_tokens, budget, chunk_cap});
+    TESSERA_CHECK_GT(num_new, 0);
+    bool self_preempted = false;
+    while (!blocks_.can_grow(seq->block_table, seq->num_computed_tokens + num_new)) {
+      Sequence* victim = running_.back();
+      preempt(victim, out);
+      if (victim == seq) {
+        self_preempted = true;
+        break;
+      }
+    }
+    if (self_preempted) break;
+    blocks_.grow(seq->block_table, seq->num_computed_tokens + num_new);
+    out.scheduled.push_back({seq, num_new});
+    budget -= num_new;
+    ++i;
+  }
+
+  // Then waiting sequences in arrival order, unless this step had to preempt.
+  while (out.preempted.empty() && !waiting_.empty() && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < config_.max_num_seqs) {
+    Sequence* seq = waiting_.front();
+    if (seq->num_computed_tokens == 0 && seq->block_table.empty() && !seq->params.prompt_logprobs) {
+      // Reuse cached blocks of an identical prefix; at least one token is computed so that the
+      // step yields logits. Requests for prompt logprobs compute every prompt token.
+      const int64_t hit = blocks_.match_prefix(seq->tokens, seq->num_tokens() - 1, seq->block_table,
+                                               seq->block_hashes);
+      seq->num_computed_tokens = hit;
+      if (seq->num_preemptions == 0)
+        seq->num_cached_prompt_tokens = std::min(hit, seq->num_prompt_tokens);
+    }
+    const int64_t num_new =
+        std::min({seq->num_tokens() - seq->num_computed_tokens, budget, chunk_cap});
+    if (!blocks_.can_grow(seq->block_table, seq->num_computed_tokens + num_new)) {
+      // Do not hold cached blocks while waiting for room.
+      blocks_.release(seq->block_table, seq->block_hashes);
+      seq->num_computed_tokens = 0;
+      break;
+    }
+    blocks_.grow(seq->block_table, seq->num_computed_tokens + num_new);
+    waiting_.pop_front();
+    seq->status = SequenceStatus::kRunning;
+    auto pos = std::upper_bound(
+        running_.begin(), running_.end(), seq,
+        [](Sequence* a, Sequence* b) { return a->arrival_index < b->arrival_index; });
+    running_.insert(pos, seq);
+    out.scheduled.push_back({seq, num_new});
+    budget -= num_new;
+  }
+  out.num_batched_tokens = config_.max_num_batched_tokens - budget;
+  return out;
+}
+
+void Scheduler::on_step_done(const SchedulerOutput& output) {
+  for (const ScheduledSequence& s : output.scheduled) {
+    Sequence* seq = s.seq;
+    seq->num_computed_tokens += s.num_new_tokens;
+    blocks_.cache_full_blocks(seq->tokens, seq->num_computed_tokens, seq->block_table,
+                              seq->block_hashes);
+  }
+}
+
+}  // namespace tessera

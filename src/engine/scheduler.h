@@ -1,0 +1,65 @@
+// Continuous batching: each step keeps the running sequences going (decodes and unfinished
+// prefill chunks, oldest first) and admits waiting ones in arrival order, within a cap on
+// sequences and a budget of tokens per step; prompts longer than what is left of the budget are
+// split into chunks (chunked prefill). When the KV cache has no room, the newest running
+// sequence is preempted: its blocks are freed and it is recomputed later. Works on ids and
+// counts; never on tensors.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "engine/block_manager.h"
+#include "engine/sequence.h"
+
+namespace tessera {
+
+struct SchedulerConfig {
+  int64_t max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 2048;
+  int64_t max_model_len = 4096;
+  // Longest prefill chunk of one sequence per step (0 = the token budget).
+  int64_t long_prefill_token_threshold = 0;
+};
+
+struct ScheduledSequence {
+  Sequence* seq;
+  int64_t num_new_tokens;  // tokens [num_computed_tokens, + num_new_tokens) run this step
+};
+
+struct SchedulerOutput {
+  std::vector<ScheduledSequence> scheduled;
+  std::vector<Sequence*> preempted;
+  int64_t num_batched_tokens = 0;
+  bool empty() const { return scheduled.empty(); }
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerConfig& config, BlockManager& blocks);
+
+  void add(Sequence* seq);
+  // Removes a waiting or running sequence and frees its blocks.
+  void remove(Sequence* seq);
+  SchedulerOutput schedule();
+  // After the model ran: advances num_computed_tokens and records full blocks in the prefix cache.
+  void on_step_done(const SchedulerOutput& output);
+
+  size_t num_waiting() const { return waiting_.size(); }
+  size_t num_running() const { return running_.size(); }
+  int64_t num_preemptions() const { return num_preemptions_; }
+  const SchedulerConfig& config() const { return config_; }
+
+ private:
+  void preempt(Sequence* seq, SchedulerOutput& out);
+
+  SchedulerConfig config_;
+  BlockManager& blocks_;
+  std::deque<Sequence*> waiting_;
+  std::vector<Sequence*> running_;  // in arrival order
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace tessera

@@ -1,0 +1,354 @@
+// Llama, Mistral, Qwen2, Qwen3 and Gemma 2: one pre-norm decoder that differs only by what
+// config.json says (q/k/v biases, per-head q/k norms, sliding windows, Gemma's (1 + w) norms,
+// scaled embeddings, sandwich norms and soft-capping). Ranks never appear here: the parallel
+// layers take each rank's share.
+#include <fmt/format.h>
+#include <cmath>
+
+#include "core/status.h"
+#include "model/arch/registry.h"
+#include "model/layers/embedding.h"
+#include "model/layers/linear.h"
+
+namespace tessera {
+
+namespace {
+
+// A [rows, width] f32 view of a buffer that grows to the largest batch seen.
+class Scratch {
+ public:
+  Tensor get(Backend& backend, int64_t rows, int64_t width) {
+    if (rows * width > capacity_) {
+      capacity_ = rows * width;
+      buffer_ = backend.empty({capacity_}, DType::kF32);
+    }
+    return buffer_.slice(0, 0, rows * width).reshape({rows, width});
+  }
+
+ private:
+  Tensor buffer_;
+  int64_t capacity_ = 0;
+};
+
+struct RMSNorm {
+  Tensor weight;  // f32
+  float eps = 1e-6f;
+  bool unit_offset = false;
+  void forward(Backend& backend, const Tensor& x, const Tensor& out) const {
+    backend.rms_norm(x, weight, eps, unit_offset, out);
+  }
+};
+
+RMSNorm load_norm(ModelContext& ctx, WeightSource& weights, const std::string& name, int64_t size,
+                  const ModelConfig& config) {
+  return RMSNorm{load_f32_vector(ctx, weights, name, size), static_cast<float>(config.rms_norm_eps),
+                 config.norm_unit_offset};
+}
+
+struct Buffers {
+  Scratch residual, normed, qkv, attn, proj, gate_up, act;
+};
+
+class Attention {
+ public:
+  Attention(ModelContext& ctx, WeightSource& w, const ModelConfig& c, int64_t layer) : ctx_(ctx) {
+    const std::string prefix = fmt::format("model.layers.{}.self_attn.", layer);
+    const int tp = ctx.tp_size(), rank = ctx.tp_rank();
+    const int64_t d = c.head_dim;
+    heads_ = c.num_heads / tp;
+    // KV heads are split across ranks, or replicated when there are more ranks than heads.
+    int64_t kv_begin;
+    if (tp <= c.num_kv_heads) {
+      kv_heads_ = c.num_kv_heads / tp;
+      kv_begin = rank * kv_heads_;
+    } else {
+      kv_heads_ = 1;
+      kv_begin = rank / (tp / c.num_kv_heads);
+    }
+    const int64_t q_rows = c.num_heads * d, kv_rows = c.num_kv_heads * d;
+    qkv_.emplace(ctx, w,
+                 std::vector<ColumnPart>{{prefix + "q_proj", q_rows, rank * heads_ * d,
+                                          (rank + 1) * heads_ * d, c.attention_bias},
+                                         {prefix + "k_proj", kv_rows, kv_begin * d,
+                                          (kv_begin + kv_heads_) * d, c.attention_bias},
+                                         {prefix + "v_proj", kv_rows, kv_begin * d,
+                                          (kv_begin + kv_heads_) * d, c.attention_bias}},
+                 c.hidden_size);
+    o_.emplace(ctx, w, prefix + "o_proj", c.hidden_size, q_rows,
+               Range{rank * heads_ * d, (rank + 1) * heads_ * d}, c.o_proj_bias);
+    if (c.qk_norm) {
+      q_norm_ = load_norm(ctx, w, prefix + "q_norm.weight", d, c);
+      k_norm_ = load_norm(ctx, w, prefix + "k_norm.weight", d, c);
+    }
+    params_.num_heads = static_cast<int>(heads_);
+    params_.num_kv_heads = static_cast<int>(kv_heads_);
+    params_.head_dim = static_cast<int>(d);
+    params_.scale = c.attention_scale();
+    params_.softcap = static_cast<float>(c.attn_logit_softcapping);
+    params_.sliding_window = c.layer_window(layer);
+    qk_norm_ = c.qk_norm;
+  }
+
+  int64_t kv_heads() const { return kv_heads_; }
+
+  // x [T, hidden] -> out [T, hidden]
+  void forward(const Tensor& x, const Tensor& rope_table, const AttentionMetadata& meta,
+               const Tensor& k_cache, const Tensor& v_cache, Buffers& buf, const Tensor& out) {
+    Backend& b = ctx_.backend;
+    const int64_t t = x.size(0), d = params_.head_dim;
+    Tensor qkv = buf.qkv.get(b, t, qkv_->out_features());
+    qkv_->forward(x, qkv);
+    Tensor q = qkv.slice(1, 0, heads_ * d);
+    Tensor k = qkv.slice(1, heads_ * d, (heads_ + kv_heads_) * d);
+    Tensor v = qkv.slice(1, (heads_ + kv_heads_) * d, (heads_ + 2 * kv_heads_) * d);
+    if (qk_norm_) {
+      q_norm_.forward(b, q.split_dim(1, d), q.split_dim(1, d));
+      k_norm_.forward(b, k.split_dim(1, d), k.split_dim(1, d));
+    }
+    b.rope(q, static_cast<int>(d), rope_table);
+    b.rope(k, static_cast<int>(d), rope_table);
+    b.write_kv(k, v, k_cache, v_cache, meta);
+    Tensor attn = buf.attn.get(b, t, heads_ * d);
+    b.paged_attention(q, k_cache, v_cache, meta, params_, attn);
+    o_->forward(attn, out);
+  }
+
+ private:
+  ModelContext& ctx_;
+  int64_t heads_ = 0, kv_heads_ = 0;
+  std::optional<ColumnParallelLinear> qkv_;
+  std::optional<RowParallelLinear> o_;
+  bool qk_norm_ = false;
+  RMSNorm q_norm_, k_norm_;
+  AttentionParams params_;
+};
+
+class Mlp {
+ public:
+  Mlp(ModelContext& ctx, WeightSource& w, const ModelConfig& c, int64_t layer) : ctx_(ctx) {
+    const std::string prefix = fmt::format("model.layers.{}.mlp.", layer);
+    const Range part = split_evenly(c.intermediate_size, ctx.tp_size(), ctx.tp_rank());
+    const int64_t f = c.intermediate_size;
+    gate_up_.emplace(
+        ctx, w,
+        std::vector<ColumnPart>{{prefix + "gate_proj", f, part.begin, part.end, c.mlp_bias},
+                                {prefix + "up_proj", f, part.begin, part.end, c.mlp_bias}},
+        c.hidden_size);
+    down_.emplace(ctx, w, prefix + "down_proj", c.hidden_size, f, part, c.mlp_bias);
+    width_ = part.size();
+    act_ = c.hidden_act;
+  }
+
+  void forward(const Tensor& x, Buffers& buf, const Tensor& out) {
+    Backend& b = ctx_.backend;
+    const int64_t t = x.size(0);
+    Tensor gate_up = buf.gate_up.get(b, t, 2 * width_);
+    gate_up_->forward(x, gate_up);
+    Tensor act = buf.act.get(b, t, width_);
+    b.gated_activation(gate_up, act_, act);
+    down_->forward(act, out);
+  }
+
+ private:
+  ModelContext& ctx_;
+  std::optional<ColumnParallelLinear> gate_up_;
+  std::optional<RowParallelLinear> down_;
+  int64_t width_ = 0;
+  Activation act_ = Activation::kSilu;
+};
+
+class DecoderLayer {
+ public:
+  DecoderLayer(ModelContext& ctx, WeightSource& w, const ModelConfig& c, int64_t layer)
+      : ctx_(ctx), attn_(ctx, w, c, layer), mlp_(ctx, w, c, layer) {
+    const std::string prefix = fmt::format("model.layers.{}.", layer);
+    input_norm_ = load_norm(ctx, w, prefix + "input_layernorm.weight", c.hidden_size, c);
+    post_attn_norm_ =
+        load_norm(ctx, w, prefix + "post_attention_layernorm.weight", c.hidden_size, c);
+    sandwich_ = c.sandwich_norms;
+    if (sandwich_) {
+      pre_ff_norm_ =
+          load_norm(ctx, w, prefix + "pre_feedforward_layernorm.weight", c.hidden_size, c);
+      post_ff_norm_ =
+          load_norm(ctx, w, prefix + "post_feedforward_layernorm.weight", c.hidden_size, c);
+    }
+  }
+
+  const Attention& attention() const { return attn_; }
+
+  // residual [T, hidden] is updated in place.
+  void forward(const Tensor& residual, const Tensor& rope_table, const AttentionMetadata& meta,
+               const Tensor& k_cache, const Tensor& v_cache, Buffers& buf) {
+    Backend& b = ctx_.backend;
+    const int64_t t = residual.size(0), h = residual.size(1);
+    Tensor normed = buf.normed.get(b, t, h);
+    Tensor proj = buf.proj.get(b, t, h);
+    input_norm_.forward(b, residual, normed);
+    attn_.forward(normed, rope_table, meta, k_cache, v_cache, buf, proj);
+    if (sandwich_) {
+      // Gemma 2: post_attention_layernorm normalises the attention output; a separate
+      // pre_feedforward_layernorm precedes the MLP.
+      post_attn_norm_.forward(b, proj, proj);
+      b.add(residual, proj, residual);
+      pre_ff_norm_.forward(b, residual, normed);
+      mlp_.forward(normed, buf, proj);
+      post_ff_norm_.forward(b, proj, proj);
+    } else {
+      b.add(residual, proj, residual);
+      post_attn_norm_.forward(b, residual, normed);
+      mlp_.forward(normed, buf, proj);
+    }
+    b.add(residual, proj, residual);
+  }
+
+ private:
+  ModelContext& ctx_;
+  Attention attn_;
+  Mlp mlp_;
+  RMSNorm input_norm_, post_attn_norm_, pre_ff_norm_, post_ff_norm_;
+  bool sandwich_ = false;
+};
+
+class LlamaFamilyModel : public CausalLM {
+ public:
+  LlamaFamilyModel(ModelContext& ctx, WeightSource& w, const ModelConfig& config)
+      : ctx_(ctx), config_(config) {
+    const ModelConfig& c = config_;
+    if (c.num_heads % ctx.tp_size() != 0)
+      fail("tensor-parallel size {} does not divide the {} attention heads", ctx.tp_size(),
+           c.num_heads);
+    if (ctx.tp_size() > c.num_kv_heads ? ctx.tp_size() % c.num_kv_heads != 0
+                                       : c.num_kv_heads % ctx.tp_size() != 0)
+      fail("tensor-parallel size {} and the {} key/value heads do not divide one another",
+           ctx.tp_size(), c.num_kv_heads);
+    // Gemma scales embeddings by sqrt(hidden) computed in the model's dtype.
+    float scale = 1.0f;
+    if (c.scale_embeddings) {
+      scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+      if (c.dtype == DType::kBF16) scale = round_to_bf16(scale);
+      if (c.dtype == DType::kF16) scale = f16_to_f32(f32_to_f16(scale));
+    }
+    embed_.emplace(ctx, w, "model.embed_tokens.weight", c.vocab_size, c.hidden_size, scale);
+    for (int64_t l = 0; l < c.num_layers; ++l) layers_.emplace_back(ctx, w, c, l);
+    norm_ = load_norm(ctx, w, "model.norm.weight", c.hidden_size, c);
+    if (c.tie_word_embeddings) {
+      if (w.has("lm_head.weight")) w.ignore("lm_head.weight");  // tied: the embedding is used
+      lm_head_.emplace(ctx, embed_->shard(), embed_->range(), c.vocab_size);
+    } else {
+      Range r = split_evenly(c.vocab_size, ctx.tp_size(), ctx.tp_rank());
+      Tensor t = w.get("lm_head.weight", {c.vocab_size, c.hidden_size}).slice(0, r.begin, r.end);
+      lm_head_.emplace(ctx, ctx.backend.prepare_weight(t), r, c.vocab_size);
+    }
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      w.ignore(fmt::format("model.layers.{}.self_attn.rotary_emb.inv_freq", l));
+    float attention_scaling = 1.0f;
+    std::vector<float> inv = rope_inv_freq(c, &attention_scaling);
+    Tensor inv_t = Tensor::empty({static_cast<int64_t>(inv.size())}, DType::kF32);
+    std::copy(inv.begin(), inv.end(), inv_t.data<float>());
+    inv_freq_ = ctx.backend.prepare_weight(inv_t);
+    attention_scaling_ = attention_scaling;
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  int64_t kv_heads_local() const override { return layers_.front().attention().kv_heads(); }
+  int64_t num_layers_local() const override { return static_cast<int64_t>(layers_.size()); }
+  uint64_t weight_bytes() const override { return weight_bytes_; }
+  int64_t activation_bytes(int64_t t) const override {
+    const ModelConfig& c = config_;
+    const int64_t tp = ctx_.tp_size(), d = c.head_dim;
+    const int64_t heads = c.num_heads / tp, kv = layers_.front().attention().kv_heads();
+    const int64_t ffn = c.intermediate_size / tp + 1;
+    // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits.
+    const int64_t floats = t * (3 * c.hidden_size + (heads + 2 * kv) * d + heads * d + 3 * ffn +
+                                2 * inv_freq_.numel()) +
+                           c.vocab_size;
+    return floats * 4;
+  }
+  void set_weight_bytes(uint64_t bytes) { weight_bytes_ = bytes; }
+
+  Tensor forward(const ForwardBatch& batch, KVCache& cache) override {
+    Backend& b = ctx_.backend;
+    const int64_t t = batch.token_ids.numel(), h = config_.hidden_size;
+    Tensor residual = buf_.residual.get(b, t, h);
+    embed_->forward(batch.token_ids, residual);
+    Tensor table = rope_table_.get(b, t, inv_freq_.numel() * 2);
+    b.rope_table(batch.positions, inv_freq_, attention_scaling_, table);
+    for (size_t l = 0; l < layers_.size(); ++l)
+      layers_[l].forward(residual, table, batch.attention, cache.k[l], cache.v[l], buf_);
+    const int64_t r = batch.logit_rows.numel();
+    Tensor rows = b.empty({r, h}, DType::kF32);
+    b.gather_rows(residual, batch.logit_rows, rows);
+    norm_.forward(b, rows, rows);
+    Tensor logits = b.empty({r, config_.vocab_size}, DType::kF32);
+    lm_head_->forward(rows, logits);
+    if (config_.final_logit_softcapping > 0)
+      b.softcap(logits, static_cast<float>(config_.final_logit_softcapping));
+    return logits;
+  }
+
+ private:
+  ModelContext& ctx_;
+  ModelConfig config_;
+  std::optional<VocabParallelEmbedding> embed_;
+  std::vector<DecoderLayer> layers_;
+  RMSNorm norm_;
+  std::optional<ParallelLMHead> lm_head_;
+  Tensor inv_freq_;
+  float attention_scaling_ = 1.0f;
+  Buffers buf_;
+  Scratch rope_table_;
+  uint64_t weight_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<CausalLM> build_llama_family(ModelContext& ctx, WeightSource& weights,
+                                             const ModelConfig& config) {
+  auto model = std::make_unique<LlamaFamilyModel>(ctx, weights, config);
+  model->set_weight_bytes(weights.bytes_used());
+  return model;
+}
+
+}  // namespace tessera
+
+namespace tessera {
+
+std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
+  std::vector<WeightSpec> specs;
+  const int64_t h = c.hidden_size, d = c.head_dim, f = c.intermediate_size;
+  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, WeightRole::kEmbedding});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    specs.push_back({p + "input_layernorm.weight", {h}, WeightRole::kNorm});
+    specs.push_back({p + "post_attention_layernorm.weight", {h}, WeightRole::kNorm});
+    if (c.sandwich_norms) {
+      specs.push_back({p + "pre_feedforward_layernorm.weight", {h}, WeightRole::kNorm});
+      specs.push_back({p + "post_feedforward_layernorm.weight", {h}, WeightRole::kNorm});
+    }
+    const int64_t rows[3] = {c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d};
+    const char* names[3] = {"q_proj", "k_proj", "v_proj"};
+    for (int i = 0; i < 3; ++i) {
+      specs.push_back({p + "self_attn." + names[i] + ".weight", {rows[i], h}, WeightRole::kLinear});
+      if (c.attention_bias)
+        specs.push_back({p + "self_attn." + names[i] + ".bias", {rows[i]}, WeightRole::kBias});
+    }
+    specs.push_back({p + "self_attn.o_proj.weight", {h, c.num_heads * d}, WeightRole::kLinear});
+    if (c.o_proj_bias) specs.push_back({p + "self_attn.o_proj.bias", {h}, WeightRole::kBias});
+    if (c.qk_norm) {
+      specs.push_back({p + "self_attn.q_norm.weight", {d}, WeightRole::kNorm});
+      specs.push_back({p + "self_attn.k_norm.weight", {d}, WeightRole::kNorm});
+    }
+    for (const char* name : {"gate_proj", "up_proj"}) {
+      specs.push_back({p + "mlp." + name + ".weight", {f, h}, WeightRole::kLinear});
+      if (c.mlp_bias) specs.push_back({p + "mlp." + name + ".bias", {f}, WeightRole::kBias});
+    }
+    specs.push_back({p + "mlp.down_proj.weight", {h, f}, WeightRole::kLinear});
+    if (c.mlp_bias) specs.push_back({p + "mlp.down_proj.bias", {h}, WeightRole::kBias});
+  }
+  specs.push_back({"model.norm.weight", {h}, WeightRole::kNorm});
+  if (!c.tie_word_embeddings)
+    specs.push_back({"lm_head.weight", {c.vocab_size, h}, WeightRole::kLmHead});
+  return specs;
+}
+
+}  // namespace tessera

@@ -1,0 +1,33 @@
+// Which builder makes which architecture.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/model_config.h"
+#include "loader/checkpoint.h"
+#include "model/model.h"
+
+namespace tessera {
+
+std::unique_ptr<CausalLM> build_llama_family(ModelContext& ctx, WeightSource& weights,
+                                             const ModelConfig& config);
+
+}  // namespace tessera
+
+namespace tessera {
+
+// Kinds of parameter, so that a generator can give each a sensible random initialisation.
+enum class WeightRole { kEmbedding, kLinear, kLmHead, kNorm, kBias };
+
+struct WeightSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  WeightRole role;
+};
+
+// Every tensor a checkpoint of this configuration holds, with Hugging Face names.
+std::vector<WeightSpec> weight_specs(const ModelConfig& config);
+
+}  // namespace tessera

@@ -1,0 +1,50 @@
+#include "model/layers/embedding.h"
+
+#include <cstring>
+
+#include "core/status.h"
+
+namespace tessera {
+
+VocabParallelEmbedding::VocabParallelEmbedding(ModelContext& ctx, WeightSource& weights,
+                                               const std::string& name, int64_t vocab,
+                                               int64_t hidden, float scale)
+    : ctx_(ctx), range_(split_evenly(vocab, ctx.tp_size(), ctx.tp_rank())), scale_(scale) {
+  table_ = ctx.backend.prepare_weight(
+      weights.get(name, {vocab, hidden}).slice(0, range_.begin, range_.end));
+}
+
+void VocabParallelEmbedding::forward(const Tensor& ids, const Tensor& out) const {
+  ctx_.backend.embedding(table_, ids, range_.begin, scale_, out);
+  if (ctx_.tp_size() > 1) ctx_.tp.all_reduce_sum(out);
+}
+
+ParallelLMHead::ParallelLMHead(ModelContext& ctx, Tensor table, Range range, int64_t vocab)
+    : ctx_(ctx), range_(range), vocab_(vocab) {
+  segment_.weight = std::move(table);
+  shard_cols_ = (vocab + ctx.tp_size() - 1) / ctx.tp_size();
+}
+
+void ParallelLMHead::forward(const Tensor& x, const Tensor& logits) {
+  const int64_t rows = x.size(0);
+  TESSERA_CHECK(logits.size(0) == rows && logits.size(1) == vocab_);
+  const int tp = ctx_.tp_size();
+  if (tp == 1) {
+    ctx_.backend.linear(x, {&segment_, 1}, logits);
+    return;
+  }
+  // Each rank computes [rows, shard_cols] (its range, zero padded), the gather stacks them as
+  // [tp, rows, shard_cols], and the columns are put back in vocabulary order.
+  Tensor local = ctx_.backend.empty({rows, shard_cols_}, DType::kF32);
+  ctx_.backend.fill_zero(local);
+  ctx_.backend.linear(x, {&segment_, 1}, local.slice(1, 0, range_.size()));
+  Tensor gathered = ctx_.backend.empty({tp, rows, shard_cols_}, DType::kF32);
+  ctx_.tp.all_gather(local, gathered);
+  for (int r = 0; r < tp; ++r) {
+    Range part = split_evenly(vocab_, tp, r);
+    Tensor src = gathered[r].slice(1, 0, part.size());
+    ctx_.backend.copy(src.contiguous(), logits.slice(1, part.begin, part.end));
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,45 @@
+// Vocabulary-parallel embedding and LM head: each rank holds a contiguous range of vocabulary
+// rows. The embedding all-reduces (rows outside a rank's range contribute zeros); the LM head
+// all-gathers each rank's logits into the full vocabulary.
+#pragma once
+
+#include <string>
+
+#include "distributed/world_config.h"
+#include "loader/checkpoint.h"
+#include "model/layers/context.h"
+
+namespace tessera {
+
+class VocabParallelEmbedding {
+ public:
+  VocabParallelEmbedding(ModelContext& ctx, WeightSource& weights, const std::string& name,
+                         int64_t vocab, int64_t hidden, float scale);
+  // ids [T] int32 -> out [T, hidden]
+  void forward(const Tensor& ids, const Tensor& out) const;
+  const Tensor& shard() const { return table_; }
+  Range range() const { return range_; }
+
+ private:
+  ModelContext& ctx_;
+  Tensor table_;  // [range.size(), hidden]
+  Range range_;
+  float scale_;
+};
+
+class ParallelLMHead {
+ public:
+  // `table` is this rank's [range.size(), hidden] shard (lm_head.weight, or the tied embedding).
+  ParallelLMHead(ModelContext& ctx, Tensor table, Range range, int64_t vocab);
+  // x [R, hidden] -> logits [R, vocab]
+  void forward(const Tensor& x, const Tensor& logits);
+
+ private:
+  ModelContext& ctx_;
+  LinearSegment segment_;
+  Range range_;
+  int64_t vocab_;
+  int64_t shard_cols_;  // the widest rank's share: the all-gather needs equal parts
+};
+
+}  // namespace tessera

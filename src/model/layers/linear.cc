@@ -1,0 +1,59 @@
+#include "model/layers/linear.h"
+
+#include "core/status.h"
+#include "distributed/world_config.h"
+
+namespace tessera {
+
+Tensor load_f32_vector(ModelContext& ctx, WeightSource& weights, const std::string& name,
+                       int64_t size, int64_t begin, int64_t end) {
+  if (end < 0) end = size;
+  Tensor t = weights.get(name, {size}).slice(0, begin, end).to(DType::kF32);
+  return ctx.backend.prepare_weight(t);
+}
+
+ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weights,
+                                           const std::vector<ColumnPart>& parts,
+                                           int64_t in_features)
+    : ctx_(ctx) {
+  for (const ColumnPart& part : parts) {
+    TESSERA_CHECK(0 <= part.row_begin && part.row_begin < part.row_end &&
+                  part.row_end <= part.rows);
+    Tensor w = weights.get(part.name + ".weight", {part.rows, in_features})
+                   .slice(0, part.row_begin, part.row_end);
+    LinearSegment seg;
+    seg.weight = ctx.backend.prepare_weight(w);
+    if (part.bias)
+      seg.bias = load_f32_vector(ctx, weights, part.name + ".bias", part.rows, part.row_begin,
+                                 part.row_end);
+    out_features_ += part.row_end - part.row_begin;
+    segments_.push_back(std::move(seg));
+  }
+}
+
+void ColumnParallelLinear::forward(const Tensor& x, const Tensor& out) const {
+  ctx_.backend.linear(x, segments_, out);
+}
+
+RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
+                                     const std::string& name, int64_t out_features,
+                                     int64_t in_features, Range cols, bool bias)
+    : ctx_(ctx) {
+  TESSERA_CHECK(0 <= cols.begin && cols.begin < cols.end && cols.end <= in_features);
+  in_local_ = cols.size();
+  Tensor w =
+      weights.get(name + ".weight", {out_features, in_features}).slice(1, cols.begin, cols.end);
+  segment_.weight = ctx.backend.prepare_weight(w);
+  // The bias joins on rank 0 only, so that the all-reduce adds it once.
+  if (bias) {
+    Tensor b = load_f32_vector(ctx, weights, name + ".bias", out_features);
+    if (ctx.tp_rank() == 0) segment_.bias = b;
+  }
+}
+
+void RowParallelLinear::forward(const Tensor& x, const Tensor& out) const {
+  ctx_.backend.linear(x, {&segment_, 1}, out);
+  if (ctx_.tp_size() > 1) ctx_.tp.all_reduce_sum(out);
+}
+
+}  // namespace tessera

@@ -1,0 +1,234 @@
+#include "model/make_model.h"
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+#include "config/model_config.h"
+#include "core/status.h"
+#include "loader/safetensors.h"
+#include "model/arch/registry.h"
+
+namespace tessera {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Dims {
+  int64_t hidden, layers, heads, kv_heads, ffn, vocab, head_dim;
+};
+
+Dims preset_dims(const std::string& preset) {
+  if (preset == "tiny") return {64, 3, 4, 2, 128, 4096, 16};
+  if (preset == "small") return {768, 12, 12, 4, 2048, 32000, 64};
+  if (preset == "1b") return {2048, 16, 32, 8, 5632, 32000, 64};
+  if (preset == "8b") return {4096, 32, 32, 8, 14336, 128256, 128};
+  fail("unknown preset \"{}\" (supported: tiny, small, 1b, 8b)", preset);
+}
+
+std::string torch_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return "float32";
+    case DType::kF16:
+      return "float16";
+    default:
+      return "bfloat16";
+  }
+}
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+uint64_t hash_name(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Uniform values in [center - half_width, center + half_width]: scales chosen so that activations
+// stay O(1) through the layers and the output distribution is peaked rather than flat.
+void fill_tensor(const WeightSpec& spec, const ModelConfig& config, uint64_t seed, DType dtype,
+                 void* out, ThreadPool& pool) {
+  int64_t numel = 1;
+  for (int64_t d : spec.shape) numel *= d;
+  const int64_t fan_in = spec.shape.size() == 2 ? spec.shape[1] : 1;
+  float center = 0, half = 0;
+  switch (spec.role) {
+    case WeightRole::kLinear:
+      half = std::sqrt(3.0f / static_cast<float>(fan_in));
+      break;
+    case WeightRole::kEmbedding:
+      // Tied embeddings double as the LM head: scale them like one.
+      half = config.tie_word_embeddings
+                 ? 2.0f * std::sqrt(3.0f / static_cast<float>(config.hidden_size))
+                 : 1.0f;
+      break;
+    case WeightRole::kLmHead:
+      half = 2.0f * std::sqrt(3.0f / static_cast<float>(fan_in));
+      break;
+    case WeightRole::kNorm:
+      center = config.norm_unit_offset ? 0.0f : 1.0f;
+      half = 0.2f;
+      break;
+    case WeightRole::kBias:
+      half = 0.1f;
+      break;
+  }
+  // Chunks with their own streams: the result does not depend on the number of threads.
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (numel + kChunk - 1) / kChunk;
+  const uint64_t base = seed * 0x9e3779b97f4a7c15ull ^ hash_name(spec.name);
+  pool.parallel_for(chunks, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      uint64_t state = base + static_cast<uint64_t>(c) * 0xd1b54a32d192ed03ull;
+      const int64_t lo = c * kChunk, hi = std::min(numel, lo + kChunk);
+      for (int64_t i = lo; i < hi; ++i) {
+        float u = static_cast<float>(splitmix64(state) >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+        store_from_f32(out, dtype, i, center + (2.0f * u - 1.0f) * half);
+      }
+    }
+  });
+}
+
+void write_json(const fs::path& path, const json& j) {
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) fail("cannot write {}", path.string());
+  out << j.dump(2) << "\n";
+}
+
+}  // namespace
+
+json preset_config(const std::string& arch, const std::string& preset, DType dtype) {
+  const Dims d = preset_dims(preset);
+  json c = {{"hidden_size", d.hidden},
+            {"num_hidden_layers", d.layers},
+            {"num_attention_heads", d.heads},
+            {"num_key_value_heads", d.kv_heads},
+            {"intermediate_size", d.ffn},
+            {"vocab_size", d.vocab},
+            {"max_position_embeddings", 4096},
+            {"rms_norm_eps", 1e-5},
+            {"rope_theta", 10000.0},
+            {"hidden_act", "silu"},
+            {"tie_word_embeddings", false},
+            {"torch_dtype", torch_dtype_name(dtype)},
+            {"bos_token_id", 1},
+            {"eos_token_id", 2}};
+  const bool tiny = preset == "tiny";
+  if (arch == "llama") {
+    c["architectures"] = {"LlamaForCausalLM"};
+    c["model_type"] = "llama";
+    c["rope_theta"] = 500000.0;
+    c["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", 8.0},
+                         {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0},
+                         {"original_max_position_embeddings", tiny ? 64 : 8192}};
+    c["max_position_embeddings"] = tiny ? 512 : 131072;
+  } else if (arch == "mistral") {
+    c["architectures"] = {"MistralForCausalLM"};
+    c["model_type"] = "mistral";
+    c["sliding_window"] = tiny ? 32 : 4096;
+  } else if (arch == "qwen2") {
+    c["architectures"] = {"Qwen2ForCausalLM"};
+    c["model_type"] = "qwen2";
+    c["rope_theta"] = 1000000.0;
+    c["tie_word_embeddings"] = true;
+    c["use_sliding_window"] = false;
+    c["sliding_window"] = 4096;
+    c["max_window_layers"] = d.layers;
+  } else if (arch == "qwen3") {
+    c["architectures"] = {"Qwen3ForCausalLM"};
+    c["model_type"] = "qwen3";
+    c["rope_theta"] = 1000000.0;
+    c["head_dim"] = tiny ? 32 : d.head_dim * 2;  // Qwen3 heads are wider than hidden / heads
+    c["attention_bias"] = false;
+    c["tie_word_embeddings"] = tiny;
+  } else if (arch == "gemma2") {
+    c["architectures"] = {"Gemma2ForCausalLM"};
+    c["model_type"] = "gemma2";
+    c["hidden_activation"] = "gelu_pytorch_tanh";
+    c["hidden_act"] = "gelu_pytorch_tanh";
+    c["head_dim"] = tiny ? 32 : d.head_dim;
+    c["query_pre_attn_scalar"] = tiny ? 32 : d.head_dim;
+    c["attn_logit_softcapping"] = 50.0;
+    c["final_logit_softcapping"] = 30.0;
+    c["sliding_window"] = tiny ? 32 : 4096;
+    c["rms_norm_eps"] = 1e-6;
+    c["tie_word_embeddings"] = true;
+  } else {
+    fail("unknown architecture \"{}\" (supported: llama, mistral, qwen2, qwen3, gemma2)", arch);
+  }
+  return c;
+}
+
+uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
+  json config_json = preset_config(options.arch, options.preset, options.dtype);
+  if (!options.config_override.is_null()) {
+    if (!options.config_override.is_object()) fail("--config-override must be a JSON object");
+    config_json.merge_patch(options.config_override);
+  }
+  const ModelConfig config = parse_model_config(config_json, "generated config");
+  fs::create_directories(options.out);
+  write_json(options.out / "config.json", config_json);
+  json generation = {{"bos_token_id", config_json["bos_token_id"]},
+                     {"eos_token_id", config_json["eos_token_id"]},
+                     {"do_sample", false}};
+  write_json(options.out / "generation_config.json", generation);
+
+  // Group tensors into shards, then write each file streaming: header, then each tensor.
+  std::vector<WeightSpec> specs = weight_specs(config);
+  auto bytes_of = [&](const WeightSpec& s) {
+    uint64_t n = dtype_size(options.dtype);
+    for (int64_t d : s.shape) n *= static_cast<uint64_t>(d);
+    return n;
+  };
+  std::vector<std::vector<const WeightSpec*>> shards(1);
+  uint64_t shard_bytes = 0, total = 0;
+  for (const auto& s : specs) {
+    uint64_t b = bytes_of(s);
+    if (options.max_shard_bytes > 0 && shard_bytes > 0 &&
+        shard_bytes + b > options.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(&s);
+    shard_bytes += b;
+    total += b;
+  }
+  json weight_map = json::object();
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const std::string file = shards.size() == 1 ? "model.safetensors"
+                                                : fmt::format("model-{:05d}-of-{:05d}.safetensors",
+                                                              i + 1, shards.size());
+    std::vector<SafetensorsWriter::Entry> entries;
+    for (const WeightSpec* s : shards[i]) {
+      entries.push_back({s->name, options.dtype, s->shape});
+      weight_map[s->name] = file;
+    }
+    SafetensorsWriter writer(options.out / file, std::move(entries), {{"format", "pt"}});
+    std::vector<char> buffer;
+    for (const WeightSpec* s : shards[i]) {
+      buffer.resize(bytes_of(*s));
+      fill_tensor(*s, config, options.seed, options.dtype, buffer.data(), pool);
+      writer.append(buffer.data(), buffer.size());
+    }
+    writer.finish();
+  }
+  if (shards.size() > 1) {
+    write_json(options.out / "model.safetensors.index.json",
+               {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+  } else {
+    fs::remove(options.out / "model.safetensors.index.json");
+  }
+  return total;
+}
+
+}  // namespace tessera

@@ -1,0 +1,33 @@
+// `tessera make-model`: random-weight checkpoints in the real Hugging Face layout (config.json,
+// generation_config.json, safetensors with the real tensor names), bit-for-bit deterministic
+// from the seed, for tests and benchmarks where no trained weights can be downloaded.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+
+namespace tessera {
+
+struct MakeModelOptions {
+  std::string arch = "llama";   // llama, mistral, qwen2, qwen3, gemma2
+  std::string preset = "tiny";  // tiny, small, 1b, 8b
+  std::filesystem::path out;
+  uint64_t seed = 0;
+  DType dtype = DType::kBF16;
+  nlohmann::json config_override = nlohmann::json::object();  // merged into config.json
+  uint64_t max_shard_bytes = 0;  // > 0: model-0000k-of-0000n.safetensors + index
+};
+
+// The config.json of an architecture at a preset size; throws tessera::Error for unknown names.
+nlohmann::json preset_config(const std::string& arch, const std::string& preset, DType dtype);
+
+// Writes the checkpoint; returns the bytes of weights written.
+uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool);
+
+}  // namespace tessera

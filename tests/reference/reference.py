@@ -1,0 +1,288 @@
+#!/usr/bin/python3
+"""Independent reference forward pass for tessera's logit tests.
+
+Reads a Hugging Face model folder (config.json + safetensors) with its own safetensors parser and
+computes log-softmax over the vocabulary at every position of a token sequence, in float64 numpy,
+following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3 and Gemma 2. It shares
+no code with the C++ implementation.
+
+usage: reference.py MODEL_DIR IDS_CSV OUT.f32 [KV_DTYPE]
+Writes a raw little-endian float32 array [len(ids), vocab_size]. KV_DTYPE (f32, bf16 or f16;
+default f32) is the dtype of the engine's KV cache: keys (after RoPE) and values are rounded to
+it, as storing them in the cache does. Nothing else is rounded.
+"""
+import json
+import math
+import os
+import struct
+import sys
+
+import numpy as np
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        raw = data[base + begin:base + end]
+        dtype = info["dtype"]
+        if dtype == "F32":
+            arr = np.frombuffer(raw, dtype="<f4")
+        elif dtype == "F16":
+            arr = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+        elif dtype == "BF16":
+            arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            raise ValueError("unsupported dtype " + dtype)
+        out[name] = arr.reshape(info["shape"]).astype(np.float64)
+    return out
+
+
+def load_weights(model_dir):
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    files = []
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = sorted(p for p in os.listdir(model_dir) if p.endswith(".safetensors"))
+    weights = {}
+    for name in files:
+        weights.update(read_safetensors(os.path.join(model_dir, name)))
+    return weights
+
+
+def inv_freq_hf(cfg, head_dim):
+    """Rotary inverse frequencies computed in float32 as transformers does."""
+    dim = int(head_dim * cfg.get("partial_rotary_factor", 1.0))
+    base = np.float32(cfg.get("rope_theta", 10000.0))
+    exps = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    pos_freqs = (base ** exps).astype(np.float32)
+    inv = (np.float32(1.0) / pos_freqs).astype(np.float32)
+    scaling = cfg.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    attention_factor = 1.0
+    if kind == "linear":
+        inv = (inv / np.float32(scaling["factor"])).astype(np.float32)
+    elif kind == "llama3":
+        factor = np.float32(scaling["factor"])
+        low = np.float32(scaling["low_freq_factor"])
+        high = np.float32(scaling["high_freq_factor"])
+        old = np.float32(scaling["original_max_position_embeddings"])
+        low_wavelen = old / low
+        high_wavelen = old / high
+        wavelen = (np.float32(2 * math.pi) / inv).astype(np.float32)
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv).astype(np.float32)
+        smooth = ((old / wavelen - low) / (high - low)).astype(np.float32)
+        smoothed = ((1 - smooth) * scaled / factor + smooth * scaled).astype(np.float32)
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    elif kind == "yarn":
+        factor = scaling["factor"]
+        orig = scaling.get("original_max_position_embeddings", cfg["max_position_embeddings"])
+
+        def get_mscale(scale, m=1.0):
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if scaling.get("attention_factor") is not None:
+            attention_factor = scaling["attention_factor"]
+        elif scaling.get("mscale") and scaling.get("mscale_all_dim"):
+            attention_factor = get_mscale(factor, scaling["mscale"]) / get_mscale(factor, scaling["mscale_all_dim"])
+        else:
+            attention_factor = get_mscale(factor)
+        beta_fast = scaling.get("beta_fast") or 32
+        beta_slow = scaling.get("beta_slow") or 1
+
+        def corr_dim(rot):
+            return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(cfg.get("rope_theta", 10000.0)))
+
+        lo, hi = corr_dim(beta_fast), corr_dim(beta_slow)
+        if scaling.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, dim - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - lo) / (hi - lo), 0, 1).astype(np.float32)
+        extra_factor = 1 - ramp
+        interp = (np.float32(1.0) / (np.float32(factor) * pos_freqs)).astype(np.float32)
+        inv = (interp * (1 - extra_factor) + inv * extra_factor).astype(np.float32)
+    elif kind != "default":
+        raise ValueError("rope type " + kind)
+    return inv, attention_factor
+
+
+def round_to(x, kind):
+    """Rounds float64 values to a storage dtype (round to nearest even) and back."""
+    if kind == "f32":
+        return x.astype(np.float32).astype(np.float64)
+    if kind == "f16":
+        return x.astype(np.float16).astype(np.float64)
+    if kind == "bf16":
+        u = x.astype(np.float32).view(np.uint32)
+        u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+        return u.view(np.float32).astype(np.float64)
+    raise ValueError("kv dtype " + kind)
+
+
+def rms_norm(x, w, eps, unit_offset):
+    var = np.mean(x * x, axis=-1, keepdims=True)
+    y = x / np.sqrt(var + eps)
+    return y * ((1.0 + w) if unit_offset else w)
+
+
+def rotate(x, cos, sin):
+    """x [T, H, D]; cos/sin [T, R] over the first 2R dims (rotate_half layout)."""
+    r = cos.shape[1]
+    x1 = x[..., :r]
+    x2 = x[..., r:2 * r]
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    out = x.copy()
+    out[..., :r] = x1 * c - x2 * s
+    out[..., r:2 * r] = x2 * c + x1 * s
+    return out
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def forward(model_dir, ids, kv_dtype="f32"):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    arch = cfg["architectures"][0]
+    w = load_weights(model_dir)
+    gemma = arch == "Gemma2ForCausalLM"
+    qwen3 = arch == "Qwen3ForCausalLM"
+    hidden = cfg["hidden_size"]
+    n_heads = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_heads
+    head_dim = cfg.get("head_dim") or hidden // n_heads
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    n_layers = cfg["num_hidden_layers"]
+    act_name = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
+    act = gelu_tanh if act_name in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast") else silu
+    dtype = cfg.get("torch_dtype", "bfloat16")
+
+    # Per-layer sliding windows.
+    window = cfg.get("sliding_window") or 0
+    windows = [0] * n_layers
+    if cfg.get("layer_types"):
+        windows = [window if t == "sliding_attention" else 0 for t in cfg["layer_types"]]
+    elif window:
+        if arch == "MistralForCausalLM":
+            windows = [window] * n_layers
+        elif gemma:
+            windows = [window if i % 2 == 0 else 0 for i in range(n_layers)]
+        elif arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and cfg.get("use_sliding_window", False):
+            mwl = cfg.get("max_window_layers", 0)
+            windows = [window if i >= mwl else 0 for i in range(n_layers)]
+
+    scale = (cfg["query_pre_attn_scalar"] if gemma and cfg.get("query_pre_attn_scalar") else head_dim) ** -0.5
+    softcap = cfg.get("attn_logit_softcapping") if gemma else None
+    final_softcap = cfg.get("final_logit_softcapping") if gemma else None
+
+    t = len(ids)
+    inv, attn_factor = inv_freq_hf(cfg, head_dim)
+    angles = (np.arange(t, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float32).astype(np.float64)
+    cos = np.cos(angles) * attn_factor
+    sin = np.sin(angles) * attn_factor
+
+    x = w["model.embed_tokens.weight"][np.array(ids)]
+    if gemma:
+        # transformers computes the normaliser in the model's dtype.
+        norm_scale = np.array([math.sqrt(hidden)], dtype=np.float32)
+        if dtype == "bfloat16":
+            u = norm_scale.view(np.uint32)
+            norm_scale = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+        elif dtype == "float16":
+            norm_scale = norm_scale.astype(np.float16).astype(np.float32)
+        x = x * float(norm_scale[0])
+
+    pos = np.arange(t)
+    group = n_heads // n_kv
+    for layer in range(n_layers):
+        p = "model.layers.%d." % layer
+        h = rms_norm(x, w[p + "input_layernorm.weight"], eps, gemma)
+        q = h @ w[p + "self_attn.q_proj.weight"].T
+        k = h @ w[p + "self_attn.k_proj.weight"].T
+        v = h @ w[p + "self_attn.v_proj.weight"].T
+        if p + "self_attn.q_proj.bias" in w:
+            q = q + w[p + "self_attn.q_proj.bias"]
+            k = k + w[p + "self_attn.k_proj.bias"]
+            v = v + w[p + "self_attn.v_proj.bias"]
+        q = q.reshape(t, n_heads, head_dim)
+        k = k.reshape(t, n_kv, head_dim)
+        v = v.reshape(t, n_kv, head_dim)
+        if qwen3:
+            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps, False)
+            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps, False)
+        q = rotate(q, cos, sin)
+        k = round_to(rotate(k, cos, sin), kv_dtype)
+        v = round_to(v, kv_dtype)
+        allowed = pos[:, None] >= pos[None, :]
+        if windows[layer]:
+            allowed &= (pos[:, None] - pos[None, :]) < windows[layer]
+        out = np.zeros((t, n_heads, head_dim))
+        for hq in range(n_heads):
+            kh = hq // group
+            scores = (q[:, hq, :] @ k[:, kh, :].T) * scale
+            if softcap:
+                scores = np.tanh(scores / softcap) * softcap
+            scores = np.where(allowed, scores, -np.inf)
+            scores = scores - scores.max(axis=1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(axis=1, keepdims=True)
+            out[:, hq, :] = probs @ v[:, kh, :]
+        attn = out.reshape(t, n_heads * head_dim) @ w[p + "self_attn.o_proj.weight"].T
+        if p + "self_attn.o_proj.bias" in w:
+            attn = attn + w[p + "self_attn.o_proj.bias"]
+        if gemma:
+            attn = rms_norm(attn, w[p + "post_attention_layernorm.weight"], eps, True)
+            x = x + attn
+            h = rms_norm(x, w[p + "pre_feedforward_layernorm.weight"], eps, True)
+        else:
+            x = x + attn
+            h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps, False)
+        gate = h @ w[p + "mlp.gate_proj.weight"].T
+        up = h @ w[p + "mlp.up_proj.weight"].T
+        if p + "mlp.gate_proj.bias" in w:
+            gate = gate + w[p + "mlp.gate_proj.bias"]
+            up = up + w[p + "mlp.up_proj.bias"]
+        mlp = (act(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+        if p + "mlp.down_proj.bias" in w:
+            mlp = mlp + w[p + "mlp.down_proj.bias"]
+        if gemma:
+            mlp = rms_norm(mlp, w[p + "post_feedforward_layernorm.weight"], eps, True)
+        x = x + mlp
+
+    x = rms_norm(x, w["model.norm.weight"], eps, gemma)
+    head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings", gemma) else w["lm_head.weight"]
+    logits = x @ head.T
+    if final_softcap:
+        logits = np.tanh(logits / final_softcap) * final_softcap
+    m = logits.max(axis=1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+
+
+def main():
+    if len(sys.argv) not in (4, 5):
+        sys.exit(__doc__)
+    ids = [int(x) for x in sys.argv[2].split(",")]
+    logprobs = forward(sys.argv[1], ids, sys.argv[4] if len(sys.argv) == 5 else "f32")
+    logprobs.astype("<f4").tofile(sys.argv[3])
+
+
+if __name__ == "__main__":
+    main()
