@@ -37,6 +37,9 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
       ->capture_default_str();
   cmd->add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", f.enable_prefix_caching,
                 "Reuse KV blocks of identical prefixes (default on)");
+  cmd->add_option("--load-format", f.load_format,
+                  "auto/safetensors (read into memory), mmap (zero copy), dummy (random weights)")
+      ->capture_default_str();
   cmd->add_option("--seed", f.seed, "Seed for sampling (requests without their own seed)")
       ->capture_default_str();
 }
@@ -97,6 +100,7 @@ EngineArgs to_engine_args(const EngineFlags& f) {
   a.max_num_batched_tokens = f.max_num_batched_tokens;
   a.enable_prefix_caching = f.enable_prefix_caching;
   a.seed = f.seed;
+  a.load_format = parse_load_format(f.load_format);
   return a;
 }
 

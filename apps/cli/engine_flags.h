@@ -26,6 +26,7 @@ struct EngineFlags {
   int64_t max_num_batched_tokens = 2048;
   bool enable_prefix_caching = true;
   uint64_t seed = 0;
+  std::string load_format = "auto";
 };
 
 void add_engine_flags(CLI::App* cmd, EngineFlags& flags, bool model_positional = false);

@@ -1,6 +1,7 @@
 // tessera generate: one prompt in, streamed text (or one JSON object) out.
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "apps/cli/commands.h"
@@ -16,11 +17,9 @@ struct GenerateOptions {
   std::string prompt;
   std::string prompt_ids;
   int64_t max_tokens = 16;
-  double temperature = -1;  // -1: generation_config.json's, else 1
-  double top_p = -1;
-  int64_t top_k = -2;
-  double min_p = -1;
-  double repetition_penalty = 0;
+  // Unset: generation_config.json's value, else vLLM's default.
+  std::optional<double> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int64_t> top_k;
   double presence_penalty = 0, frequency_penalty = 0;
   std::vector<std::string> stop;
   std::vector<int32_t> stop_token_ids;
@@ -61,11 +60,11 @@ void run_generate(const GenerateOptions& o) {
   std::unique_ptr<EngineInstance> instance = EngineInstance::create(to_engine_args(o.engine));
   SamplingParams params = SamplingParams::from_defaults(instance->generation_config());
   params.max_tokens = o.max_tokens;
-  if (o.temperature >= 0) params.temperature = o.temperature;
-  if (o.top_p >= 0) params.top_p = o.top_p;
-  if (o.top_k >= -1) params.top_k = o.top_k;
-  if (o.min_p >= 0) params.min_p = o.min_p;
-  if (o.repetition_penalty > 0) params.repetition_penalty = o.repetition_penalty;
+  if (o.temperature) params.temperature = *o.temperature;
+  if (o.top_p) params.top_p = *o.top_p;
+  if (o.top_k) params.top_k = *o.top_k;
+  if (o.min_p) params.min_p = *o.min_p;
+  if (o.repetition_penalty) params.repetition_penalty = *o.repetition_penalty;
   params.presence_penalty = o.presence_penalty;
   params.frequency_penalty = o.frequency_penalty;
   params.seed = o.engine.seed;  // same command, same output

@@ -1,6 +1,7 @@
 // tessera: serve and run Hugging Face LLMs. See README.md for the subcommands.
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "apps/cli/commands.h"
 #include "core/logging.h"
@@ -11,10 +12,25 @@ int main(int argc, char** argv) {
   CLI::App app{"tessera: serve and run Hugging Face LLMs (vLLM-compatible)", "tessera"};
   app.require_subcommand(1);
   app.set_version_flag("--version", TESSERA_VERSION);
+  // Bad input is reported on one line: "error: <what is wrong>".
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("error: ") + e.what() + " (see --help)\n";
+  });
   tessera::cli::add_generate_command(app);
   tessera::cli::add_bench_command(app);
   tessera::cli::add_make_model_command(app);
   tessera::cli::add_tokenize_command(app);
+  // An unknown command gets a clearer message than CLI11's "a subcommand is required".
+  bool known = false;
+  std::string names;
+  for (const CLI::App* sub : app.get_subcommands({})) {
+    known |= argc > 1 && sub->get_name() == argv[1];
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  }
+  if (argc > 1 && argv[1][0] != '-' && !known) {
+    std::fprintf(stderr, "error: unknown command '%s' (commands: %s)\n", argv[1], names.c_str());
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

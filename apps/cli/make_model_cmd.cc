@@ -41,7 +41,7 @@ void add_make_model_command(CLI::App& app) {
     if (!f->config_override.empty()) {
       try {
         o.config_override = nlohmann::json::parse(f->config_override);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {
         fail("--config-override is not valid JSON: {}", e.what());
       }
     }

@@ -31,7 +31,7 @@ json read_json_file(const fs::path& path) {
   buf << in.rdbuf();
   try {
     return json::parse(buf.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("{} is not valid JSON: {}", path.string(), e.what());
   }
 }

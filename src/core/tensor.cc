@@ -1,5 +1,8 @@
 #include "core/tensor.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -35,10 +38,15 @@ Tensor Tensor::wrap(void* data, std::span<const int64_t> shape, DType dtype,
 }
 
 Tensor Tensor::empty(std::span<const int64_t> shape, DType dtype) {
-  size_t bytes = static_cast<size_t>(product(shape)) * dtype_size(dtype);
-  size_t rounded = (bytes + 63) / 64 * 64;
-  void* data = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  const size_t bytes = static_cast<size_t>(product(shape)) * dtype_size(dtype);
+  // Large buffers (weights, the KV cache) get transparent huge pages: 512x fewer page faults
+  // when first written and fewer TLB misses when streamed.
+  constexpr size_t kHuge = 2u << 20;
+  const size_t align = bytes >= 2 * kHuge ? kHuge : 64;
+  const size_t rounded = std::max<size_t>((bytes + align - 1) / align * align, align);
+  void* data = std::aligned_alloc(align, rounded);
   TESSERA_CHECK(data != nullptr) << "out of memory allocating " << bytes << " bytes";
+  if (align == kHuge) madvise(data, rounded, MADV_HUGEPAGE);
   std::shared_ptr<void> owner(data, [](void* p) { std::free(p); });
   return wrap(data, shape, dtype, std::move(owner));
 }

@@ -86,16 +86,22 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   e->tp_comm_ = std::make_unique<SingleCommunicator>();
   e->ctx_ = std::make_unique<ModelContext>(ModelContext{*e->backend_, *e->tp_comm_});
 
-  const double t0 = now_seconds();
   LoadOptions load;
   load.dtype = args.dtype;
-  e->model_ = load_model(args.model, *e->ctx_, load);
+  load.format = args.load_format;
+  load.pool = e->pool_.get();
+  LoadReport report;
+  e->model_ = load_model(args.model, *e->ctx_, load, &report);
   e->generation_ = load_generation_config(args.model);
-  e->load_seconds_ = now_seconds() - t0;
+  e->load_seconds_ = report.seconds;
   const ModelConfig& config = e->model_->config();
-  spdlog::info("loaded {} ({}, {} layers) from {}: {:.2f} GB of weights in {:.2f} s",
+  spdlog::info("loaded {} ({}, {} layers) from {}: {:.2f} GB of weights in {:.2f} s{}",
                config.architecture, dtype_name(config.dtype), config.num_layers,
-               args.model.string(), e->model_->weight_bytes() / 1e9, e->load_seconds_);
+               args.model.string(), e->model_->weight_bytes() / 1e9, report.seconds,
+               report.bytes_read
+                   ? fmt::format(" ({:.2f} GB read at {:.1f} GB/s)", report.bytes_read / 1e9,
+                                 report.bytes_read / 1e9 / std::max(report.seconds, 1e-9))
+                   : "");
 
   int64_t max_len = args.max_model_len > 0 ? args.max_model_len : config.max_position_embeddings;
   if (args.max_model_len > config.max_position_embeddings)

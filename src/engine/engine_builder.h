@@ -34,6 +34,7 @@ struct EngineArgs {
   int64_t max_num_batched_tokens = 2048;
   bool enable_prefix_caching = true;
   uint64_t seed = 0;
+  LoadFormat load_format = LoadFormat::kAuto;  // --load-format
 
   // Throws tessera::Error naming the flag when a value is out of range.
   void validate() const;

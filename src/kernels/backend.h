@@ -93,8 +93,9 @@ class Backend {
   // out[i, :] = x[rows[i], :].
   virtual void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
 
-  // Writes the new tokens' k and v ([tokens, kv_heads * head_dim]) into the caches
-  // ([blocks, block_size, kv_heads, head_dim]) at meta.slot_mapping.
+  // Writes the new tokens' k and v ([tokens, kv_heads * head_dim]) into the caches at
+  // meta.slot_mapping. A cache tensor is allocated as [blocks, block_size, kv_heads, head_dim];
+  // how a block's elements are laid out inside is the backend's choice.
   virtual void write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cache,
                         const Tensor& v_cache, const AttentionMetadata& meta) = 0;
   // Causal attention of the batch's queries q [tokens, heads * head_dim] over each sequence's

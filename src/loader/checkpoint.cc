@@ -30,7 +30,7 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
     json index;
     try {
       index = json::parse(buf.str());
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       fail("{} is not valid JSON: {}", index_path.string(), e.what());
     }
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
@@ -98,6 +98,12 @@ std::string Checkpoint::file_of(const std::string& name) const {
   return it == where_.end() ? std::string("?") : files_[it->second]->path().filename().string();
 }
 
+const SafetensorsFile& Checkpoint::file(const std::string& name) const {
+  auto it = where_.find(name);
+  TESSERA_CHECK(it != where_.end()) << name;
+  return *files_[it->second];
+}
+
 std::vector<std::string> Checkpoint::names() const {
   std::vector<std::string> out;
   for (const auto& [name, f] : where_) out.push_back(name);
@@ -111,44 +117,6 @@ uint64_t Checkpoint::total_bytes() const {
     total += i.end - i.begin;
   }
   return total;
-}
-
-Tensor WeightSource::get(const std::string& name, std::initializer_list<int64_t> shape) {
-  return get(name, std::span<const int64_t>(shape.begin(), shape.size()));
-}
-
-Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape) {
-  if (!checkpoint_.contains(name))
-    fail(ErrorKind::kNotFound, "missing tensor \"{}\" in the checkpoint", name);
-  const TensorInfo& info = checkpoint_.info(name);
-  auto shape_str = [](auto dims) {
-    std::string s = "[";
-    for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-    return s + "]";
-  };
-  if (!std::equal(info.shape.begin(), info.shape.end(), shape.begin(), shape.end()))
-    fail("{}: tensor \"{}\" has shape {}, expected {}", checkpoint_.file_of(name), name,
-         shape_str(info.shape), shape_str(std::vector<int64_t>(shape.begin(), shape.end())));
-  if (info.dtype != DType::kF32 && info.dtype != DType::kBF16 && info.dtype != DType::kF16)
-    fail(ErrorKind::kUnsupported, "{}: tensor \"{}\" has dtype {}, expected F32, BF16 or F16",
-         checkpoint_.file_of(name), name, dtype_name(info.dtype));
-  used_.insert(name);
-  bytes_used_ += info.end - info.begin;
-  Tensor t = checkpoint_.tensor(name);
-  if (convert_to_ && *convert_to_ != t.dtype()) t = t.to(*convert_to_);
-  return t;
-}
-
-void WeightSource::check_all_used() const {
-  std::vector<std::string> extra;
-  for (const auto& name : checkpoint_.names())
-    if (!used_.count(name)) extra.push_back(name);
-  if (extra.empty()) return;
-  std::string list;
-  for (size_t i = 0; i < extra.size() && i < 5; ++i)
-    list += fmt::format("{}\"{}\" (in {})", i ? ", " : "", extra[i], checkpoint_.file_of(extra[i]));
-  if (extra.size() > 5) list += fmt::format(" and {} more", extra.size() - 5);
-  fail("unexpected tensor{} in the checkpoint: {}", extra.size() > 1 ? "s" : "", list);
 }
 
 }  // namespace tessera

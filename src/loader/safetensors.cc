@@ -29,7 +29,7 @@ std::map<std::string, TensorInfo> parse_safetensors_header(std::string_view head
   json j;
   try {
     j = json::parse(header.begin(), header.end());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("{}: malformed safetensors header: {}", source, e.what());
   }
   if (!j.is_object()) fail("{}: malformed safetensors header: not a JSON object", source);
@@ -101,9 +101,15 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
     fail("{}: truncated safetensors file ({} bytes)", source, size);
   }
   void* base = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
-  if (base == MAP_FAILED) fail("cannot map {}: {}", source, std::strerror(errno));
+  if (base == MAP_FAILED) {
+    ::close(fd);
+    fail("cannot map {}: {}", source, std::strerror(errno));
+  }
   std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->fd_ = std::shared_ptr<int>(new int(fd), [](int* f) {
+    ::close(*f);
+    delete f;
+  });
   file->path_ = path;
   file->size_ = size;
   file->base_ = static_cast<const char*>(base);
@@ -120,6 +126,21 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
 }
 
 SafetensorsFile::~SafetensorsFile() = default;
+
+void SafetensorsFile::read(uint64_t offset, uint64_t bytes, void* dst) const {
+  char* out = static_cast<char*>(dst);
+  while (bytes > 0) {
+    const ssize_t n =
+        ::pread(*fd_, out, std::min<uint64_t>(bytes, 1ull << 30), static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      fail("{}: read failed at byte {}: {}", path_.string(), offset,
+           n == 0 ? "unexpected end of file" : std::strerror(errno));
+    out += n;
+    offset += static_cast<uint64_t>(n);
+    bytes -= static_cast<uint64_t>(n);
+  }
+}
 
 Tensor SafetensorsFile::tensor(const std::string& name) const {
   auto it = tensors_.find(name);

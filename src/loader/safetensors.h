@@ -43,11 +43,15 @@ class SafetensorsFile {
   Tensor tensor(const std::string& name) const;
   // Start of the data section within the file (for pread-based loading).
   uint64_t data_offset() const { return data_offset_; }
+  // Reads `bytes` at file offset `offset` into dst with pread (no page faults on the mapping);
+  // throws on an I/O error or a short read.
+  void read(uint64_t offset, uint64_t bytes, void* dst) const;
 
  private:
   SafetensorsFile() = default;
   std::filesystem::path path_;
   std::shared_ptr<void> mapping_;
+  std::shared_ptr<int> fd_;
   const char* base_ = nullptr;
   uint64_t size_ = 0;
   uint64_t data_offset_ = 0;

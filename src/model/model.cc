@@ -1,16 +1,20 @@
 #include "model/model.h"
 
 #include "core/status.h"
+#include "core/sys.h"
 #include "loader/checkpoint.h"
 #include "model/arch/registry.h"
 
 namespace tessera {
 
 std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, ModelContext& ctx,
-                                     const LoadOptions& options) {
+                                     const LoadOptions& options, LoadReport* report) {
+  const double t0 = now_seconds();
   ModelConfig config = load_model_config(model_dir);
-  Checkpoint checkpoint = Checkpoint::open(model_dir);
-  WeightSource weights(checkpoint);
+  std::optional<Checkpoint> checkpoint;
+  if (options.format != LoadFormat::kDummy) checkpoint = Checkpoint::open(model_dir);
+  WeightSource weights(checkpoint ? &*checkpoint : nullptr, options.format, options.pool,
+                       options.dtype.value_or(config.dtype));
   if (options.dtype) {
     weights.convert_to(*options.dtype);
     config.dtype = *options.dtype;
@@ -26,6 +30,10 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
       break;
   }
   weights.check_all_used();
+  if (report) {
+    report->seconds = now_seconds() - t0;
+    report->bytes_read = weights.bytes_read();
+  }
   return model;
 }
 
@@ -36,11 +44,14 @@ KVCache allocate_kv_cache(Backend& backend, const CausalLM& model, int64_t num_b
   cache.block_size = block_size;
   cache.dtype = dtype;
   const int64_t heads = model.kv_heads_local(), d = model.config().head_dim;
-  // Not zeroed: attention only reads slots written before, and untouched memory costs nothing
-  // on CPU (pages are committed on first write).
+  // Zeroed up front: the memory is committed once at start rather than page by page during
+  // serving, and slots a kernel reads past a sequence's end hold finite values.
   for (int64_t l = 0; l < model.num_layers_local(); ++l) {
-    cache.k.push_back(backend.empty({num_blocks, block_size, heads, d}, dtype));
-    cache.v.push_back(backend.empty({num_blocks, block_size, heads, d}, dtype));
+    for (auto* list : {&cache.k, &cache.v}) {
+      Tensor t = backend.empty({num_blocks, block_size, heads, d}, dtype);
+      backend.fill_zero(t);
+      list->push_back(t);
+    }
   }
   return cache;
 }

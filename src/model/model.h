@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "config/model_config.h"
+#include "core/thread_pool.h"
 #include "kernels/backend.h"
+#include "loader/weight_source.h"
 #include "model/layers/context.h"
 
 namespace tessera {
@@ -47,14 +49,22 @@ class CausalLM {
 
 struct LoadOptions {
   std::optional<DType> dtype;  // convert weights to this dtype (default: as stored)
+  LoadFormat format = LoadFormat::kAuto;
+  ThreadPool* pool = nullptr;  // parallel reads
+};
+
+// What loading did, for the start-up log.
+struct LoadReport {
+  double seconds = 0;
+  uint64_t bytes_read = 0;  // from files (0 for mmap and dummy)
 };
 
 // Builds the model of `model_dir` (config.json + safetensors) on ctx's device and rank.
 // Throws tessera::Error for an unsupported or malformed folder.
 std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, ModelContext& ctx,
-                                     const LoadOptions& options = {});
+                                     const LoadOptions& options = {}, LoadReport* report = nullptr);
 
-// Allocates a cache for `model` with `num_blocks` blocks (contents undefined until written).
+// Allocates a zeroed cache for `model` with `num_blocks` blocks.
 KVCache allocate_kv_cache(Backend& backend, const CausalLM& model, int64_t num_blocks,
                           int block_size, DType dtype);
 // Bytes one block takes across all of this rank's layers (keys and values).

@@ -95,6 +95,7 @@ TEST_P(ReferenceLogitsTest, PrefillAndGreedyDecodeMatchReference) {
   RecordProperty("max_abs_logprob_diff", std::to_string(worst));
   std::printf("[ %s ] max |delta logprob| = %.3g over %zu positions x %lld tokens\n",
               c.name.c_str(), worst, ours.size(), static_cast<long long>(vocab));
+  std::filesystem::remove_all(dir);
 }
 
 const Case kCases[] = {

@@ -61,7 +61,19 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
 
 void CpuBackend::fill_zero(const Tensor& dst) {
   TESSERA_CHECK(dst.is_contiguous());
-  std::memset(dst.raw(), 0, dst.nbytes());
+  // In parallel chunks: a large buffer (the KV cache) is committed by both cores at once.
+  const size_t bytes = dst.nbytes();
+  constexpr size_t kChunk = 1u << 22;
+  const int64_t chunks = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
+  char* base = static_cast<char*>(dst.raw());
+  auto body = [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c)
+      std::memset(base + c * kChunk, 0, std::min(kChunk, bytes - c * kChunk));
+  };
+  if (chunks > 1)
+    pool_.parallel_for(chunks, body);
+  else
+    body(0, chunks);
 }
 
 void CpuBackend::embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
@@ -290,25 +302,26 @@ void CpuBackend::write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cach
   check_f32_rows(k, "k");
   check_f32_rows(v, "v");
   TESSERA_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous());
-  const int64_t width = k_cache.size(2) * k_cache.size(3);
-  TESSERA_CHECK(k.size(1) == width && v.size(1) == width);
-  const int64_t slots = k_cache.size(0) * k_cache.size(1);
+  const int64_t bs = k_cache.size(1), heads = k_cache.size(2), d = k_cache.size(3);
+  TESSERA_CHECK(k.size(1) == heads * d && v.size(1) == heads * d);
+  const int64_t slots = k_cache.size(0) * bs;
   const int32_t* slot = meta.slot_mapping.data<int32_t>();
   const DType dtype = k_cache.dtype();
-  const size_t elem = dtype_size(dtype);
-  auto store_row = [&](const float* src, void* cache, int64_t s) {
-    char* dst = static_cast<char*>(cache) + static_cast<size_t>(s * width) * elem;
-    if (dtype == DType::kF32) {
-      std::memcpy(dst, src, width * sizeof(float));
-    } else {
-      for (int64_t i = 0; i < width; ++i) store_from_f32(dst, dtype, i, src[i]);
-    }
-  };
+  // Within a block, keys are [heads, d, block_size] (a tile of keys is d rows of contiguous
+  // positions, ready for the score product) and values [heads, block_size, d].
   for (int64_t t = 0; t < k.size(0); ++t) {
     if (slot[t] < 0) continue;
     TESSERA_CHECK_LT(slot[t], slots);
-    store_row(k.data<float>() + t * k.stride(0), k_cache.raw(), slot[t]);
-    store_row(v.data<float>() + t * v.stride(0), v_cache.raw(), slot[t]);
+    const int64_t block = slot[t] / bs, off = slot[t] % bs;
+    const float* kr = k.data<float>() + t * k.stride(0);
+    const float* vr = v.data<float>() + t * v.stride(0);
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t base = (block * heads + h) * d * bs;
+      for (int64_t e = 0; e < d; ++e) {
+        store_from_f32(k_cache.raw(), dtype, base + e * bs + off, kr[h * d + e]);
+        store_from_f32(v_cache.raw(), dtype, base + off * d + e, vr[h * d + e]);
+      }
+    }
   }
 }
 

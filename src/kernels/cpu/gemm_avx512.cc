@@ -59,12 +59,18 @@ inline void store_tile(__m512 (&acc)[RM][RN], float* c, int64_t ldc, const float
 // f32-accurate activations at half the bf16 rate (still twice the f32 FMA rate). Both are zero
 // padded to a multiple of 32 columns; w is read with a tail mask. Weights stream one row at a
 // time across the rows of activations held in registers.
+//
+// Columns [k0, k1) only: long rows are done in blocks whose accumulators are parked in `state`
+// between blocks (first: start from zero; last: reduce into c), which keeps a block's weights
+// and activations in L1 and changes no result bit.
 template <int RM, int RN, bool kSplit>
 void tile_bf16(const uint16_t* hi, const uint16_t* lo, int64_t lda, const uint16_t* w, int64_t ldw,
-               int64_t k, float* c, int64_t ldc, const float* bias) {
+               int64_t k0, int64_t k1, float* state, bool first, bool last, float* c, int64_t ldc,
+               const float* bias) {
   __m512 acc[RM][RN];
   for (int i = 0; i < RM; ++i)
-    for (int j = 0; j < RN; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < RN; ++j)
+      acc[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(state + (i * RN + j) * 16);
   auto step = [&](int64_t kk, __mmask32 mask, bool masked) {
     __m512i ah[RM], al[RM];
     for (int i = 0; i < RM; ++i) {
@@ -80,10 +86,15 @@ void tile_bf16(const uint16_t* hi, const uint16_t* lo, int64_t lda, const uint16
       }
     }
   };
-  int64_t kk = 0;
-  for (; kk + 32 <= k; kk += 32) step(kk, 0, false);
-  if (kk < k) step(kk, _cvtu32_mask32((1u << (k - kk)) - 1u), true);
-  store_tile<RM, RN>(acc, c, ldc, bias);
+  int64_t kk = k0;
+  for (; kk + 32 <= k1; kk += 32) step(kk, 0, false);
+  if (kk < k1) step(kk, _cvtu32_mask32((1u << (k1 - kk)) - 1u), true);
+  if (last) {
+    store_tile<RM, RN>(acc, c, ldc, bias);
+  } else {
+    for (int i = 0; i < RM; ++i)
+      for (int j = 0; j < RN; ++j) _mm512_store_ps(state + (i * RN + j) * 16, acc[i][j]);
+  }
 }
 
 template <DType W>
@@ -167,8 +178,9 @@ template <bool kSplit>
 struct Bf16Tile {
   template <int RM, int RN>
   static void run(const uint16_t* hi, const uint16_t* lo, int64_t lda, const uint16_t* w,
-                  int64_t ldw, int64_t k, float* c, int64_t ldc, const float* bias) {
-    tile_bf16<RM, RN, kSplit>(hi, lo, lda, w, ldw, k, c, ldc, bias);
+                  int64_t ldw, int64_t k0, int64_t k1, float* state, bool first, bool last,
+                  float* c, int64_t ldc, const float* bias) {
+    tile_bf16<RM, RN, kSplit>(hi, lo, lda, w, ldw, k0, k1, state, first, last, c, ldc, bias);
   }
 };
 
@@ -207,13 +219,44 @@ void gemm_blocked(const A* a, const A* a2, int64_t lda, int64_t m, int64_t k, WP
   }
 }
 
+// Blocks of kBlockM activation rows x block_k columns stay in L2 while each tile of weight rows
+// (8 x block_k) is reused from L1 across the block's rows.
+template <bool kSplit>
+void gemm_bf16_blocked(const uint16_t* hi, const uint16_t* lo, int64_t lda, int64_t m, int64_t k,
+                       const uint16_t* w, int64_t ldw, int64_t n, float* c, int64_t ldc,
+                       const float* bias) {
+  constexpr int64_t kBlockM = 64;
+  constexpr int kRows = Bf16Shape::kRows, kWidth = Bf16Shape::max_rn(kRows);
+  alignas(64) float state[kBlockM / kRows][kRows * kWidth * 16];
+  // Few rows (decode) stream the weights once whatever k is: no blocking.
+  const int64_t block_k = m >= 16 ? 2048 : k;
+  const int64_t kblocks = (k + block_k - 1) / block_k;
+  for (int64_t m0 = 0; m0 < m; m0 += kBlockM) {
+    const int64_t m1 = std::min(m, m0 + kBlockM);
+    for (int64_t j = 0; j < n; j += kWidth) {
+      const int rn = static_cast<int>(std::min<int64_t>(kWidth, n - j));
+      const uint16_t* wj = w + j * ldw;
+      const float* bj = bias ? bias + j : nullptr;
+      for (int64_t kb = 0; kb < kblocks; ++kb) {
+        const int64_t k0 = kb * block_k, k1 = std::min(k, k0 + block_k);
+        for (int64_t i = m0; i < m1; i += kRows) {
+          const int rm = static_cast<int>(std::min<int64_t>(kRows, m1 - i));
+          dispatch_tile<Bf16Tile<kSplit>, Bf16Shape>(
+              rm, rn, hi + i * lda, lo ? lo + i * lda : nullptr, lda, wj, ldw, k0, k1,
+              state[(i - m0) / kRows], kb == 0, kb == kblocks - 1, c + i * ldc + j, ldc, bj);
+        }
+      }
+    }
+  }
+}
+
 void gemm_bf16_avx512(const uint16_t* hi, const uint16_t* lo, int64_t lda, int64_t m, int64_t k,
                       const uint16_t* w, int64_t ldw, int64_t n, float* c, int64_t ldc,
                       const float* bias) {
   if (lo) {
-    gemm_blocked<Bf16Tile<true>, Bf16Shape>(hi, lo, lda, m, k, w, 2, ldw, n, c, ldc, bias);
+    gemm_bf16_blocked<true>(hi, lo, lda, m, k, w, ldw, n, c, ldc, bias);
   } else {
-    gemm_blocked<Bf16Tile<false>, Bf16Shape>(hi, lo, lda, m, k, w, 2, ldw, n, c, ldc, bias);
+    gemm_bf16_blocked<false>(hi, lo, lda, m, k, w, ldw, n, c, ldc, bias);
   }
 }
 

@@ -47,8 +47,8 @@ struct OpsKernels {
                      float scaling, float* table);
   void (*rope)(float* x, int64_t ldx, int64_t rows, int heads, int head_dim, const float* table,
                int rot_half);
-  void (*gated_activation)(const float* gate_up, int64_t ldg, float* out, int64_t ldo,
-                           int64_t rows, int64_t width, Activation act);
+  void (*gated_activation)(const float* gate_up, int64_t ldg, float* out, int64_t ldo, int64_t rows,
+                           int64_t width, Activation act);
   void (*add)(const float* a, int64_t lda, const float* b, int64_t ldb, float* out, int64_t ldo,
               int64_t rows, int64_t width);
   void (*softcap)(float* x, int64_t ldx, int64_t rows, int64_t width, float cap);
@@ -60,5 +60,11 @@ struct OpsKernels {
 
 OpsKernels ops_kernels_generic();
 OpsKernels ops_kernels_avx512();
+
+// The intrinsics attention kernel (attention_avx512.cc): head_dim a multiple of 16 up to 256
+// and block_size a multiple of 16; the portable kernel covers the rest.
+bool attention_avx512_supports(const AttentionParams& params, int block_size);
+void attention_avx512(const AttentionArgs& args, int seq, int kv_head, int64_t row_begin,
+                      int64_t row_end, float* scratch);
 
 }  // namespace tessera::cpu

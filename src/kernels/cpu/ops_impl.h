@@ -44,9 +44,12 @@ inline float tanh_f32(float x) {
 
 inline float load_kv(const void* base, DType dtype, int64_t i) {
   switch (dtype) {
-    case DType::kBF16: return tessera::bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::kF16: return tessera::f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    default: return static_cast<const float*>(base)[i];
+    case DType::kBF16:
+      return tessera::bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::kF16:
+      return tessera::f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    default:
+      return static_cast<const float*>(base)[i];
   }
 }
 
@@ -153,7 +156,6 @@ void attention(const tessera::cpu::AttentionArgs& args, int seq, int kv_head, in
   const int d = p.head_dim;
   const int64_t nrows = row_end - row_begin;
   const int64_t nq = nrows * group;  // (row, head) pairs in this item
-  const int64_t kv_stride = static_cast<int64_t>(p.num_kv_heads) * d;
 
   // Scratch layout (attention_scratch_floats): per (row, head) running state of the whole range
   // and of the current partition, then one K tile (transposed) and one V tile.
@@ -161,9 +163,9 @@ void attention(const tessera::cpu::AttentionArgs& args, int seq, int kv_head, in
   float* l_tot = m_tot + nq;
   float* m_par = l_tot + nq;
   float* l_par = m_par + nq;
-  float* acc_tot = l_par + nq;         // [nq, d]
-  float* acc_par = acc_tot + nq * d;   // [nq, d]
-  float* kt = acc_par + nq * d;        // [d, kTile]
+  float* acc_tot = l_par + nq;                       // [nq, d]
+  float* acc_par = acc_tot + nq * d;                 // [nq, d]
+  float* kt = acc_par + nq * d;                      // [d, kTile]
   float* vt = kt + static_cast<int64_t>(d) * kTile;  // [kTile, d]
 
   const int32_t q_begin = args.query_start[seq];
@@ -195,12 +197,13 @@ void attention(const tessera::cpu::AttentionArgs& args, int seq, int kv_head, in
       const int32_t tile_n = std::min(kTile, key_hi + 1 - tile);
       for (int j = 0; j < tile_n; ++j) {
         int32_t pos = tile + j;
-        int64_t slot = static_cast<int64_t>(table[pos / args.block_size]) * args.block_size +
-                       pos % args.block_size;
-        int64_t base = slot * kv_stride + static_cast<int64_t>(kv_head) * d;
+        // Within a block, keys are [kv_heads, d, block_size] and values [kv_heads, block_size, d].
+        const int64_t bs = args.block_size, off = pos % bs;
+        const int64_t head_base =
+            (static_cast<int64_t>(table[pos / bs]) * p.num_kv_heads + kv_head) * d * bs;
         for (int e = 0; e < d; ++e) {
-          kt[e * kTile + j] = load_kv(args.k_cache, args.kv_dtype, base + e);
-          vt[j * d + e] = load_kv(args.v_cache, args.kv_dtype, base + e);
+          kt[e * kTile + j] = load_kv(args.k_cache, args.kv_dtype, head_base + e * bs + off);
+          vt[j * d + e] = load_kv(args.v_cache, args.kv_dtype, head_base + off * d + e);
         }
       }
       for (int j = tile_n; j < kTile; ++j)

@@ -236,7 +236,7 @@ class LlamaFamilyModel : public CausalLM {
       lm_head_.emplace(ctx, embed_->shard(), embed_->range(), c.vocab_size);
     } else {
       Range r = split_evenly(c.vocab_size, ctx.tp_size(), ctx.tp_rank());
-      Tensor t = w.get("lm_head.weight", {c.vocab_size, c.hidden_size}).slice(0, r.begin, r.end);
+      Tensor t = w.get("lm_head.weight", {c.vocab_size, c.hidden_size}, Slice{0, r.begin, r.end});
       lm_head_.emplace(ctx, ctx.backend.prepare_weight(t), r, c.vocab_size);
     }
     for (int64_t l = 0; l < c.num_layers; ++l)

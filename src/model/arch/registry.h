@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "config/model_config.h"
-#include "loader/checkpoint.h"
+#include "loader/weight_source.h"
 #include "model/model.h"
 
 namespace tessera {

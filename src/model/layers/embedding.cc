@@ -11,7 +11,7 @@ VocabParallelEmbedding::VocabParallelEmbedding(ModelContext& ctx, WeightSource& 
                                                int64_t hidden, float scale)
     : ctx_(ctx), range_(split_evenly(vocab, ctx.tp_size(), ctx.tp_rank())), scale_(scale) {
   table_ = ctx.backend.prepare_weight(
-      weights.get(name, {vocab, hidden}).slice(0, range_.begin, range_.end));
+      weights.get(name, {vocab, hidden}, Slice{0, range_.begin, range_.end}));
 }
 
 void VocabParallelEmbedding::forward(const Tensor& ids, const Tensor& out) const {

@@ -8,7 +8,7 @@ namespace tessera {
 Tensor load_f32_vector(ModelContext& ctx, WeightSource& weights, const std::string& name,
                        int64_t size, int64_t begin, int64_t end) {
   if (end < 0) end = size;
-  Tensor t = weights.get(name, {size}).slice(0, begin, end).to(DType::kF32);
+  Tensor t = weights.get(name, {size}, Slice{0, begin, end}).to(DType::kF32);
   return ctx.backend.prepare_weight(t);
 }
 
@@ -19,8 +19,8 @@ ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weig
   for (const ColumnPart& part : parts) {
     TESSERA_CHECK(0 <= part.row_begin && part.row_begin < part.row_end &&
                   part.row_end <= part.rows);
-    Tensor w = weights.get(part.name + ".weight", {part.rows, in_features})
-                   .slice(0, part.row_begin, part.row_end);
+    Tensor w = weights.get(part.name + ".weight", {part.rows, in_features},
+                           Slice{0, part.row_begin, part.row_end});
     LinearSegment seg;
     seg.weight = ctx.backend.prepare_weight(w);
     if (part.bias)
@@ -42,7 +42,7 @@ RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
   TESSERA_CHECK(0 <= cols.begin && cols.begin < cols.end && cols.end <= in_features);
   in_local_ = cols.size();
   Tensor w =
-      weights.get(name + ".weight", {out_features, in_features}).slice(1, cols.begin, cols.end);
+      weights.get(name + ".weight", {out_features, in_features}, Slice{1, cols.begin, cols.end});
   segment_.weight = ctx.backend.prepare_weight(w);
   // The bias joins on rank 0 only, so that the all-reduce adds it once.
   if (bias) {

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "distributed/world_config.h"
-#include "loader/checkpoint.h"
+#include "loader/weight_source.h"
 #include "model/layers/context.h"
 
 namespace tessera {

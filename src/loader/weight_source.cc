@@ -1,0 +1,176 @@
+#include "loader/weight_source.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "core/status.h"
+
+namespace tessera {
+
+namespace {
+
+std::string shape_str(std::span<const int64_t> dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+uint64_t hash_name(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+LoadFormat parse_load_format(const std::string& name) {
+  if (name == "auto" || name == "safetensors") return LoadFormat::kAuto;
+  if (name == "mmap") return LoadFormat::kMmap;
+  if (name == "dummy") return LoadFormat::kDummy;
+  if (name == "pt" || name == "npcache" || name == "gguf" || name == "bitsandbytes")
+    fail(ErrorKind::kUnsupported,
+         "--load-format {} is not supported (supported: auto, safetensors, mmap, dummy)", name);
+  fail("--load-format must be one of auto, safetensors, mmap, dummy; got \"{}\"", name);
+}
+
+WeightSource::WeightSource(const Checkpoint* checkpoint, LoadFormat format, ThreadPool* pool,
+                           DType dummy_dtype)
+    : checkpoint_(checkpoint), format_(format), pool_(pool), dummy_dtype_(dummy_dtype) {
+  TESSERA_CHECK(checkpoint_ != nullptr || format_ == LoadFormat::kDummy);
+}
+
+bool WeightSource::has(const std::string& name) const {
+  return checkpoint_ != nullptr && format_ != LoadFormat::kDummy && checkpoint_->contains(name);
+}
+
+Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape, Slice slice) {
+  if (slice.dim >= 0)
+    TESSERA_CHECK(slice.dim < static_cast<int>(shape.size()) && 0 <= slice.begin &&
+                  slice.begin <= slice.end && slice.end <= shape[slice.dim])
+        << name << " slice";
+  Tensor t;
+  if (format_ == LoadFormat::kDummy) {
+    t = dummy(name, shape, slice);
+  } else {
+    if (!checkpoint_->contains(name))
+      fail(ErrorKind::kNotFound, "missing tensor \"{}\" in the checkpoint", name);
+    const TensorInfo& info = checkpoint_->info(name);
+    if (!std::equal(info.shape.begin(), info.shape.end(), shape.begin(), shape.end()))
+      fail("{}: tensor \"{}\" has shape {}, expected {}", checkpoint_->file_of(name), name,
+           shape_str(info.shape), shape_str(shape));
+    if (info.dtype != DType::kF32 && info.dtype != DType::kBF16 && info.dtype != DType::kF16)
+      fail(ErrorKind::kUnsupported, "{}: tensor \"{}\" has dtype {}, expected F32, BF16 or F16",
+           checkpoint_->file_of(name), name, dtype_name(info.dtype));
+    if (format_ == LoadFormat::kMmap) {
+      t = checkpoint_->tensor(name);
+      if (slice.dim >= 0) t = t.slice(slice.dim, slice.begin, slice.end);
+    } else {
+      t = read_slice(name, info, slice);
+    }
+  }
+  used_.insert(name);
+  bytes_used_ += t.nbytes();
+  if (convert_to_ && *convert_to_ != t.dtype()) t = t.to(*convert_to_);
+  return t;
+}
+
+Tensor WeightSource::read_slice(const std::string& name, const TensorInfo& info, Slice slice) {
+  const SafetensorsFile& file = checkpoint_->file(name);
+  const size_t elem = dtype_size(info.dtype);
+  std::vector<int64_t> out_shape = info.shape;
+  if (slice.dim >= 0) out_shape[slice.dim] = slice.end - slice.begin;
+  Tensor out = Tensor::empty(out_shape, info.dtype);
+  const uint64_t base = file.data_offset() + info.begin;
+  char* dst = static_cast<char*>(out.raw());
+  if (slice.dim <= 0 || out_shape.size() == 1) {
+    // Rows [begin, end) (or everything): one contiguous range, read in large parallel chunks.
+    uint64_t row_bytes = elem;
+    for (size_t d = 1; d < info.shape.size(); ++d)
+      row_bytes *= static_cast<uint64_t>(info.shape[d]);
+    const uint64_t offset =
+        base + (slice.dim == 0 ? static_cast<uint64_t>(slice.begin) * row_bytes : 0);
+    const uint64_t bytes = out.nbytes();
+    constexpr uint64_t kChunk = 16ull << 20;
+    const int64_t chunks = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
+    auto body = [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        const uint64_t lo = static_cast<uint64_t>(c) * kChunk, n = std::min(kChunk, bytes - lo);
+        file.read(offset + lo, n, dst + lo);
+      }
+    };
+    if (pool_ && chunks > 1)
+      pool_->parallel_for(chunks, body);
+    else
+      body(0, chunks);
+  } else {
+    // A column slice of a 2-d weight (a row-parallel shard): one read per row, of this rank's
+    // columns only.
+    TESSERA_CHECK(info.shape.size() == 2 && slice.dim == 1);
+    const uint64_t row_bytes = static_cast<uint64_t>(info.shape[1]) * elem;
+    const uint64_t part = static_cast<uint64_t>(slice.end - slice.begin) * elem;
+    auto body = [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r)
+        file.read(
+            base + static_cast<uint64_t>(r) * row_bytes + static_cast<uint64_t>(slice.begin) * elem,
+            part, dst + static_cast<uint64_t>(r) * part);
+    };
+    if (pool_)
+      pool_->parallel_for(info.shape[0], body);
+    else
+      body(0, info.shape[0]);
+  }
+  bytes_read_ += out.nbytes();
+  return out;
+}
+
+Tensor WeightSource::dummy(const std::string& name, std::span<const int64_t> shape, Slice slice) {
+  std::vector<int64_t> out_shape(shape.begin(), shape.end());
+  if (slice.dim >= 0) out_shape[slice.dim] = slice.end - slice.begin;
+  Tensor out = Tensor::empty(out_shape, dummy_dtype_);
+  // Uniform values scaled like an initialisation (vectors: around 1, as norm weights are); a
+  // slice gets the values of the full tensor's elements it covers.
+  const float half = shape.size() >= 2 ? std::sqrt(3.0f / static_cast<float>(shape.back())) : 0.1f;
+  const float center = shape.size() >= 2 ? 0.0f : 1.0f;
+  const uint64_t seed = hash_name(name);
+  const int64_t cols = shape.size() >= 2 ? shape.back() : 1;
+  const int64_t out_cols = out_shape.size() >= 2 ? out_shape.back() : 1;
+  const int64_t rows = out.numel() / out_cols;
+  auto body = [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t src_row = r + (slice.dim == 0 ? slice.begin : 0);
+      const int64_t col0 = slice.dim == 1 ? slice.begin : 0;
+      for (int64_t c = 0; c < out_cols; ++c) {
+        uint64_t z =
+            seed + static_cast<uint64_t>(src_row * cols + col0 + c) * 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+        store_from_f32(out.raw(), dummy_dtype_, r * out_cols + c,
+                       center + (2.0f * u - 1.0f) * half);
+      }
+    }
+  };
+  if (pool_)
+    pool_->parallel_for(rows, body);
+  else
+    body(0, rows);
+  return out;
+}
+
+void WeightSource::check_all_used() const {
+  if (format_ == LoadFormat::kDummy) return;
+  std::vector<std::string> extra;
+  for (const auto& name : checkpoint_->names())
+    if (!used_.count(name)) extra.push_back(name);
+  if (extra.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < extra.size() && i < 5; ++i)
+    list +=
+        fmt::format("{}\"{}\" (in {})", i ? ", " : "", extra[i], checkpoint_->file_of(extra[i]));
+  if (extra.size() > 5) list += fmt::format(" and {} more", extra.size() - 5);
+  fail("unexpected tensor{} in the checkpoint: {}", extra.size() > 1 ? "s" : "", list);
+}
+
+}  // namespace tessera

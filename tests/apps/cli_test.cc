@@ -1,0 +1,137 @@
+// The tessera command line as a user meets it: results on stdout, one clear error line on
+// stderr and a non-zero exit for bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "model/model_test_util.h"
+
+namespace tessera {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliRun {
+  int status;
+  std::string out, err;
+};
+
+CliRun run(const std::string& args) {
+  const fs::path err_file =
+      fs::path(::testing::TempDir()) / ("tessera_cli_err_" + std::to_string(getpid()));
+  const std::string cmd =
+      std::string(TESSERA_BINARY_DIR "/tessera ") + args + " 2>" + err_file.string();
+  CliRun r;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  r.status = WEXITSTATUS(pclose(p));
+  std::ifstream in(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(in), {});
+  fs::remove(err_file);
+  return r;
+}
+
+// The last line of stderr (earlier lines are the log).
+std::string last_line(const std::string& s) {
+  std::string t = s;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  const size_t nl = t.rfind('\n');
+  return nl == std::string::npos ? t : t.substr(nl + 1);
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(testing::make_tiny("llama", DType::kBF16, 9));
+  }
+  static void TearDownTestSuite() {
+    fs::remove_all(*dir_);
+    delete dir_;
+  }
+  static fs::path* dir_;
+};
+fs::path* CliTest::dir_ = nullptr;
+
+TEST_F(CliTest, GenerateJsonIsDeterministicWithLogprobs) {
+  const std::string args =
+      "generate --model " + dir_->string() +
+      " --prompt-ids 5,6,7,8 --max-tokens 6 --temperature 0 --logprobs 3 --json";
+  CliRun a = run(args), b = run(args);
+  ASSERT_EQ(a.status, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  nlohmann::json j = nlohmann::json::parse(a.out);
+  EXPECT_EQ(j["prompt_ids"], nlohmann::json({5, 6, 7, 8}));
+  ASSERT_EQ(j["output_ids"].size(), 6u);
+  EXPECT_EQ(j["finish_reason"], "length");
+  ASSERT_EQ(j["logprobs"].size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    ASSERT_EQ(j["logprobs"][i].size(), 3u);
+    // Greedy: the chosen token is the most likely one.
+    EXPECT_EQ(j["logprobs"][i][0][0], j["output_ids"][i]);
+    EXPECT_LT(j["logprobs"][i][0][1].get<double>(), 0.0);
+  }
+  // Sampling with a seed is reproducible, and the seed matters.
+  CliRun s1 = run("generate --model " + dir_->string() +
+                  " --prompt-ids 5,6 --max-tokens 8 --seed 3 --json");
+  CliRun s2 = run("generate --model " + dir_->string() +
+                  " --prompt-ids 5,6 --max-tokens 8 --seed 3 --json");
+  CliRun s3 = run("generate --model " + dir_->string() +
+                  " --prompt-ids 5,6 --max-tokens 8 --seed 4 --json");
+  EXPECT_EQ(s1.out, s2.out);
+  EXPECT_NE(s1.out, s3.out);
+}
+
+TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
+  struct Case {
+    std::string args, expect;
+  };
+  const std::string m = " --model " + dir_->string();
+  const Case cases[] = {
+      {"generate --model /no/such/folder --prompt-ids 1,2", "does not exist"},
+      {"generate" + m + " --prompt-ids 1,2 --no-such-flag", "--no-such-flag"},
+      {"generate" + m + " --prompt-ids 1,x", "not a token id"},
+      {"generate" + m + " --prompt-ids 1,99999", "outside the vocabulary"},
+      {"generate" + m + " --max-model-len 8 --prompt-ids 1,2,3,4,5,6,7,8,9,10",
+       "maximum context length is 8 tokens"},
+      {"generate" + m + " --prompt-ids 1,2 --temperature -1", "temperature"},
+      {"generate" + m, "exactly one of --prompt or --prompt-ids"},
+      {"generate" + m + " --prompt-ids 1 --load-format pt", "--load-format pt is not supported"},
+      {"make-model --arch mamba --out /tmp/never", "unknown architecture \"mamba\""},
+      {"bench latency" + m + " --output-len 1", "--output-len >= 2"},
+      {"no-such-command", "no-such-command"},
+  };
+  for (const Case& c : cases) {
+    CliRun r = run(c.args);
+    EXPECT_NE(r.status, 0) << c.args;
+    const std::string line = last_line(r.err);
+    EXPECT_NE(line.find(c.expect), std::string::npos) << c.args << "\nstderr: " << r.err;
+    EXPECT_EQ(line.rfind("error: ", 0), 0u) << "one line starting with 'error: ': " << line;
+  }
+}
+
+TEST_F(CliTest, MakeModelIsBitForBitDeterministic) {
+  const fs::path a = testing::temp_dir("mm_a"), b = testing::temp_dir("mm_b"),
+                 c = testing::temp_dir("mm_c");
+  for (const auto& [dir, seed] : {std::make_pair(a, 1), std::make_pair(b, 1), std::make_pair(c, 2)})
+    ASSERT_EQ(run("make-model --arch gemma2 --preset tiny --seed " + std::to_string(seed) +
+                  " --out " + dir.string())
+                  .status,
+              0);
+  auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(bytes(a / "model.safetensors"), bytes(b / "model.safetensors"));
+  EXPECT_NE(bytes(a / "model.safetensors"), bytes(c / "model.safetensors"));
+  EXPECT_EQ(bytes(a / "config.json"), bytes(b / "config.json"));
+  for (const auto& d : {a, b, c}) fs::remove_all(d);
+}
+
+}  // namespace
+}  // namespace tessera

@@ -1,0 +1,165 @@
+// The block pool, prefix caching and the scheduler's policies, on ids and counts only.
+#include <gtest/gtest.h>
+
+#include "engine/block_manager.h"
+#include "engine/scheduler.h"
+
+namespace tessera {
+namespace {
+
+std::vector<int32_t> iota_tokens(int n, int start = 0) {
+  std::vector<int32_t> t(n);
+  for (int i = 0; i < n; ++i) t[i] = start + i;
+  return t;
+}
+
+TEST(BlockManager, GrowAndReleaseCountBlocks) {
+  BlockManager bm(10, 4, true);
+  std::vector<int32_t> table;
+  std::vector<uint64_t> hashes;
+  EXPECT_TRUE(bm.can_grow(table, 40));
+  EXPECT_FALSE(bm.can_grow(table, 41));
+  bm.grow(table, 9);  // 3 blocks
+  EXPECT_EQ(table.size(), 3u);
+  EXPECT_EQ(bm.num_free_blocks(), 7);
+  EXPECT_DOUBLE_EQ(bm.usage(), 0.3);
+  bm.release(table, hashes);
+  EXPECT_EQ(bm.num_free_blocks(), 10);
+  EXPECT_TRUE(table.empty());
+}
+
+TEST(BlockManager, FullBlocksOfAPrefixAreReused) {
+  BlockManager bm(16, 4, true);
+  const auto tokens = iota_tokens(10);  // two full blocks and a partial one
+  std::vector<int32_t> a;
+  std::vector<uint64_t> ha;
+  bm.grow(a, 10);
+  bm.cache_full_blocks(tokens, 10, a, ha);
+  EXPECT_EQ(ha.size(), 2u);
+
+  // A second sequence with the same first 9 tokens then different ones.
+  auto other = iota_tokens(9);
+  other.push_back(99);
+  other.push_back(100);
+  std::vector<int32_t> b;
+  std::vector<uint64_t> hb;
+  EXPECT_EQ(bm.match_prefix(other, 10, b, hb), 8);
+  EXPECT_EQ(b, std::vector<int32_t>(a.begin(), a.begin() + 2));  // shared physical blocks
+  EXPECT_EQ(bm.prefix_queries(), 11);
+  EXPECT_EQ(bm.prefix_hits(), 8);
+  // At most max_tokens are reused: one block when only 7 tokens may come from the cache.
+  std::vector<int32_t> c;
+  std::vector<uint64_t> hc;
+  EXPECT_EQ(bm.match_prefix(tokens, 7, c, hc), 4);
+
+  // After everyone leaves, cached blocks survive until reused by fresh allocations.
+  bm.release(a, ha);
+  bm.release(b, hb);
+  bm.release(c, hc);
+  EXPECT_EQ(bm.num_free_blocks(), 16);
+  std::vector<int32_t> d;
+  std::vector<uint64_t> hd;
+  EXPECT_EQ(bm.match_prefix(tokens, 100, d, hd), 8);
+  bm.release(d, hd);
+  // Take every block: the cached ones are evicted last, then gone.
+  std::vector<int32_t> all;
+  std::vector<uint64_t> hall;
+  bm.grow(all, 64);
+  bm.release(all, hall);
+  std::vector<int32_t> e;
+  std::vector<uint64_t> he;
+  EXPECT_EQ(bm.match_prefix(tokens, 100, e, he), 0);
+}
+
+TEST(BlockManager, DifferentTokensNeverMatchAndPrefixCachingCanBeOff) {
+  BlockManager bm(8, 4, true);
+  std::vector<int32_t> a;
+  std::vector<uint64_t> ha;
+  bm.grow(a, 8);
+  bm.cache_full_blocks(iota_tokens(8), 8, a, ha);
+  std::vector<int32_t> b;
+  std::vector<uint64_t> hb;
+  // Same second block, different first block: the chain hash differs, nothing matches.
+  auto t = iota_tokens(8);
+  t[0] = 77;
+  EXPECT_EQ(bm.match_prefix(t, 8, b, hb), 0);
+  BlockManager off(8, 4, false);
+  std::vector<int32_t> x;
+  std::vector<uint64_t> hx;
+  off.grow(x, 8);
+  off.cache_full_blocks(iota_tokens(8), 8, x, hx);
+  std::vector<int32_t> y;
+  std::vector<uint64_t> hy;
+  EXPECT_EQ(off.match_prefix(iota_tokens(8), 8, y, hy), 0);
+}
+
+Sequence* new_seq(std::vector<std::unique_ptr<Sequence>>& store, int prompt, int64_t arrival) {
+  auto s = std::make_unique<Sequence>();
+  s->tokens = iota_tokens(prompt, static_cast<int>(arrival * 1000));
+  s->num_prompt_tokens = prompt;
+  s->arrival_index = arrival;
+  store.push_back(std::move(s));
+  return store.back().get();
+}
+
+TEST(Scheduler, BudgetChunksLongPromptsAndCapsSequences) {
+  BlockManager bm(100, 4, false);
+  SchedulerConfig cfg;
+  cfg.max_num_batched_tokens = 10;
+  cfg.max_num_seqs = 2;
+  Scheduler sched(cfg, bm);
+  std::vector<std::unique_ptr<Sequence>> store;
+  Sequence* a = new_seq(store, 25, 0);
+  Sequence* b = new_seq(store, 3, 1);
+  Sequence* c = new_seq(store, 3, 2);
+  sched.add(a);
+  sched.add(b);
+  sched.add(c);
+  SchedulerOutput o = sched.schedule();
+  ASSERT_EQ(o.scheduled.size(), 1u);  // the long prompt takes the whole budget
+  EXPECT_EQ(o.scheduled[0].num_new_tokens, 10);
+  sched.on_step_done(o);
+  o = sched.schedule();
+  ASSERT_EQ(o.scheduled.size(), 1u);
+  EXPECT_EQ(o.scheduled[0].num_new_tokens, 10);
+  sched.on_step_done(o);
+  o = sched.schedule();  // 5 left for a, then b gets 3 of the remaining 5; c waits (max 2 seqs)
+  ASSERT_EQ(o.scheduled.size(), 2u);
+  EXPECT_EQ(o.scheduled[0].seq, a);
+  EXPECT_EQ(o.scheduled[0].num_new_tokens, 5);
+  EXPECT_EQ(o.scheduled[1].seq, b);
+  EXPECT_EQ(sched.num_waiting(), 1u);
+}
+
+TEST(Scheduler, PreemptsTheNewestWhenBlocksRunOut) {
+  BlockManager bm(4, 4, false);  // 16 tokens in all
+  SchedulerConfig cfg;
+  cfg.max_num_batched_tokens = 64;
+  Scheduler sched(cfg, bm);
+  std::vector<std::unique_ptr<Sequence>> store;
+  Sequence* a = new_seq(store, 8, 0);
+  Sequence* b = new_seq(store, 8, 1);
+  sched.add(a);
+  sched.add(b);
+  SchedulerOutput o = sched.schedule();
+  ASSERT_EQ(o.scheduled.size(), 2u);
+  sched.on_step_done(o);
+  a->tokens.push_back(1);  // both sampled a token: each needs a new block, none is free
+  b->tokens.push_back(1);
+  o = sched.schedule();
+  ASSERT_EQ(o.preempted.size(), 1u);
+  EXPECT_EQ(o.preempted[0], b);
+  EXPECT_EQ(b->num_computed_tokens, 0);
+  EXPECT_EQ(sched.num_preemptions(), 1);
+  ASSERT_EQ(o.scheduled.size(), 1u);
+  EXPECT_EQ(o.scheduled[0].seq, a);
+  sched.on_step_done(o);
+  sched.remove(a);  // a finishes; b comes back and recomputes prompt + its output token
+  o = sched.schedule();
+  ASSERT_EQ(o.scheduled.size(), 1u);
+  EXPECT_EQ(o.scheduled[0].seq, b);
+  EXPECT_EQ(o.scheduled[0].num_new_tokens, 9);
+}
+
+}  // namespace
+}  // namespace tessera

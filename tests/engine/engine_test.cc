@@ -1,0 +1,268 @@
+// The engine end to end on a tiny model: batch invariance (alone vs together, with chunked
+// prefill, preemption and prefix-cache hits), stop conditions and aborts.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "engine/llm_engine.h"
+#include "model/model_test_util.h"
+
+namespace tessera {
+namespace {
+
+struct Result {
+  std::vector<int32_t> tokens;
+  std::vector<TokenLogprobs> logprobs;
+  std::string text;
+  FinishReason reason = FinishReason::kNone;
+  std::string stop_reason;
+};
+
+// Text for token t: a letter for ids < 26, else "<t>" (enough to test stop strings).
+class LetterDecoder : public TextDecoder {
+ public:
+  std::string step(int32_t t) override {
+    return t < 26 ? std::string(1, static_cast<char>('a' + t)) : "<" + std::to_string(t) + ">";
+  }
+  std::string finish() override { return ""; }
+};
+
+class EngineHarness {
+ public:
+  EngineHarness(const std::filesystem::path& dir, int64_t blocks, int64_t budget,
+                bool prefix = true, bool letters = false)
+      : pool_(2), backend_(pool_), ctx_{backend_, comm_} {
+    model_ = load_model(dir, ctx_);
+    cache_ = allocate_kv_cache(backend_, *model_, blocks, 16, DType::kF32);
+    runner_ = std::make_unique<ModelRunner>(backend_, *model_, cache_);
+    EngineConfig c;
+    c.scheduler.max_num_batched_tokens = budget;
+    c.scheduler.max_model_len = 256;
+    c.block_size = 16;
+    c.num_blocks = blocks;
+    c.enable_prefix_caching = prefix;
+    c.vocab_size = model_->config().vocab_size;
+    c.eos_token_ids = {2};
+    TextDecoderFactory f;
+    if (letters) f = [](bool) { return std::make_unique<LetterDecoder>(); };
+    engine_ = std::make_unique<LLMEngine>(c, *runner_, f, &pool_);
+  }
+  LLMEngine& engine() { return *engine_; }
+
+  std::map<std::string, Result> run_all() {
+    std::map<std::string, Result> results;
+    while (engine_->has_unfinished()) {
+      for (const RequestOutput& o : engine_->step()) {
+        Result& r = results[o.request_id];
+        r.tokens.insert(r.tokens.end(), o.new_token_ids.begin(), o.new_token_ids.end());
+        r.logprobs.insert(r.logprobs.end(), o.new_logprobs.begin(), o.new_logprobs.end());
+        r.text += o.new_text;
+        if (o.finished) {
+          r.reason = o.finish_reason;
+          r.stop_reason = o.stop_reason;
+        }
+      }
+    }
+    return results;
+  }
+
+ private:
+  ThreadPool pool_;
+  CpuBackend backend_;
+  SingleCommunicator comm_;
+  ModelContext ctx_;
+  std::unique_ptr<CausalLM> model_;
+  KVCache cache_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<LLMEngine> engine_;
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::filesystem::path(testing::make_tiny("llama", DType::kBF16, 5));
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+  static std::filesystem::path* dir_;
+};
+std::filesystem::path* EngineTest::dir_ = nullptr;
+
+// Prompts of varied lengths; with `shared`, all start with the same 40 tokens.
+std::vector<std::vector<int32_t>> prompts(int n, bool shared) {
+  std::vector<std::vector<int32_t>> out;
+  const auto prefix = testing::test_ids(40, 4096, 99);
+  for (int i = 0; i < n; ++i) {
+    auto p = testing::test_ids(3 + (i * 37) % 90, 4096, 1000 + i);
+    if (shared) p.insert(p.begin(), prefix.begin(), prefix.end());
+    out.push_back(p);
+  }
+  return out;
+}
+
+SamplingParams greedy(int max_tokens) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = max_tokens;
+  p.logprobs = 3;
+  p.ignore_eos = true;
+  return p;
+}
+
+void expect_same(const Result& a, const Result& b, const std::string& what) {
+  ASSERT_EQ(a.tokens, b.tokens) << what;
+  ASSERT_EQ(a.logprobs.size(), b.logprobs.size()) << what;
+  for (size_t i = 0; i < a.logprobs.size(); ++i) {
+    // Bitwise: the same function of the same inputs.
+    ASSERT_EQ(a.logprobs[i].logprob, b.logprobs[i].logprob) << what << " position " << i;
+    ASSERT_EQ(a.logprobs[i].top, b.logprobs[i].top) << what << " position " << i;
+  }
+}
+
+// Runs each prompt alone in a fresh engine, one after the other.
+std::map<std::string, Result> alone(const std::filesystem::path& dir,
+                                    const std::vector<std::vector<int32_t>>& ps,
+                                    const SamplingParams& p) {
+  std::map<std::string, Result> out;
+  EngineHarness h(dir, 64, 2048);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    h.engine().add_request("r" + std::to_string(i), ps[i], p);
+    auto r = h.run_all();
+    out.insert(r.begin(), r.end());
+  }
+  return out;
+}
+
+TEST_F(EngineTest, SixtyFourConcurrentRequestsMatchRunningAlone) {
+  const auto ps = prompts(64, false);
+  const auto solo = alone(*dir_, ps, greedy(12));
+  // Together, with a small token budget so that prompts are chunked and mixed with decodes.
+  EngineHarness h(*dir_, 512, 96);
+  for (size_t i = 0; i < ps.size(); ++i)
+    h.engine().add_request("r" + std::to_string(i), ps[i], greedy(12));
+  const auto together = h.run_all();
+  for (const auto& [id, r] : solo) expect_same(r, together.at(id), id);
+}
+
+TEST_F(EngineTest, PreemptionAndPrefixCachingChangeNothing) {
+  const auto ps = prompts(24, true);
+  const auto solo = alone(*dir_, ps, greedy(20));
+  // 40 blocks of 16 tokens cannot hold 24 sequences of ~100 tokens: preemption must happen.
+  EngineHarness h(*dir_, 40, 256);
+  for (size_t i = 0; i < ps.size(); ++i)
+    h.engine().add_request("r" + std::to_string(i), ps[i], greedy(20));
+  const auto together = h.run_all();
+  const EngineStats s = h.engine().stats();
+  EXPECT_GT(s.num_preemptions, 0);
+  EXPECT_GT(s.prefix_cache_hits, 0);
+  EXPECT_EQ(s.kv_cache_usage, 0.0);
+  for (const auto& [id, r] : solo) expect_same(r, together.at(id), id);
+}
+
+TEST_F(EngineTest, SeededSamplingIsBatchInvariant) {
+  const auto ps = prompts(8, false);
+  SamplingParams p;
+  p.temperature = 0.9;
+  p.top_p = 0.95;
+  p.max_tokens = 10;
+  p.ignore_eos = true;
+  p.seed = 1234;
+  const auto solo = alone(*dir_, ps, p);
+  EngineHarness h(*dir_, 128, 64);
+  for (size_t i = 0; i < ps.size(); ++i) h.engine().add_request("r" + std::to_string(i), ps[i], p);
+  const auto together = h.run_all();
+  for (const auto& [id, r] : solo) EXPECT_EQ(r.tokens, together.at(id).tokens) << id;
+}
+
+TEST_F(EngineTest, StopStringsTokensLengthAndEos) {
+  EngineHarness h(*dir_, 64, 256, true, true);
+  const auto prompt = testing::test_ids(10, 4096, 5);
+  // First learn what greedy decoding produces, then stop on pieces of it.
+  SamplingParams base = greedy(12);
+  base.logprobs.reset();
+  h.engine().add_request("probe", prompt, base);
+  const Result probe = h.run_all().at("probe");
+  ASSERT_EQ(probe.tokens.size(), 12u);
+  EXPECT_EQ(probe.reason, FinishReason::kLength);
+  LetterDecoder letters;
+  std::string full;
+  for (int32_t t : probe.tokens) full += letters.step(t);
+  EXPECT_EQ(probe.text, full);
+
+  // A stop string spanning the end of the 3rd token's text and the 4th token's.
+  std::string t3 = letters.step(probe.tokens[2]), t4 = letters.step(probe.tokens[3]);
+  SamplingParams p = base;
+  p.stop = {t3.substr(t3.size() / 2) + t4};
+  h.engine().add_request("stop", prompt, p);
+  Result r = h.run_all().at("stop");
+  EXPECT_EQ(r.reason, FinishReason::kStop);
+  EXPECT_EQ(r.stop_reason, p.stop[0]);
+  const size_t cut = full.find(p.stop[0]);
+  // Generation ends with the token that completes the first occurrence.
+  size_t needed = 0, len = 0;
+  while (len < cut + p.stop[0].size()) len += letters.step(probe.tokens[needed++]).size();
+  EXPECT_EQ(r.tokens.size(), needed);
+  EXPECT_EQ(r.text, full.substr(0, cut));
+  p.include_stop_str_in_output = true;
+  h.engine().add_request("stop2", prompt, p);
+  EXPECT_EQ(h.run_all().at("stop2").text, full.substr(0, cut + p.stop[0].size()));
+
+  // A stop token id: generation ends on it.
+  p = base;
+  p.stop_token_ids = {probe.tokens[5]};
+  h.engine().add_request("stopid", prompt, p);
+  r = h.run_all().at("stopid");
+  EXPECT_EQ(r.reason, FinishReason::kStop);
+  EXPECT_EQ(r.stop_reason, std::to_string(probe.tokens[5]));
+  EXPECT_LE(r.tokens.size(), 6u);
+  EXPECT_EQ(r.tokens.back(), probe.tokens[5]);
+
+  // EOS: bias token 2 up so that it is chosen at once; ignore_eos carries on.
+  p = base;
+  p.ignore_eos = false;
+  p.logit_bias = {{2, 100.0}};
+  h.engine().add_request("eos", prompt, p);
+  r = h.run_all().at("eos");
+  EXPECT_EQ(r.reason, FinishReason::kStop);
+  EXPECT_EQ(r.tokens, std::vector<int32_t>{2});
+  p.min_tokens = 3;
+  h.engine().add_request("min", prompt, p);
+  r = h.run_all().at("min");
+  EXPECT_EQ(r.tokens.size(), 4u);
+  EXPECT_NE(r.tokens[0], 2);
+  p.ignore_eos = true;
+  p.min_tokens = 0;
+  h.engine().add_request("ignore", prompt, p);
+  EXPECT_EQ(h.run_all().at("ignore").tokens.size(), 12u);
+}
+
+TEST_F(EngineTest, AbortFreesBlocksAndBadRequestsAreRejected) {
+  EngineHarness h(*dir_, 64, 256);
+  h.engine().add_request("a", testing::test_ids(100, 4096, 1), greedy(50));
+  h.engine().add_request("b", testing::test_ids(30, 4096, 2), greedy(50));
+  h.engine().step();
+  h.engine().step();
+  EXPECT_GT(h.engine().stats().kv_cache_usage, 0.0);
+  h.engine().abort_request("a");
+  h.engine().abort_request("b");
+  h.engine().abort_request("unknown");
+  EXPECT_EQ(h.engine().stats().kv_cache_usage, 0.0);
+  auto out = h.engine().step();
+  ASSERT_EQ(out.size(), 2u);
+  for (const auto& o : out) EXPECT_EQ(o.finish_reason, FinishReason::kAbort);
+  EXPECT_FALSE(h.engine().has_unfinished());
+
+  EXPECT_THROW(h.engine().add_request("x", {}, greedy(5)), Error);
+  EXPECT_THROW(h.engine().add_request("x", {1, 5000}, greedy(5)), Error);
+  EXPECT_THROW(h.engine().add_request("x", std::vector<int32_t>(256, 1), greedy(5)), Error);
+  SamplingParams bad = greedy(5);
+  bad.top_p = 0;
+  EXPECT_THROW(h.engine().add_request("x", {1, 2}, bad), Error);
+  h.engine().add_request("dup", {1, 2}, greedy(2));
+  EXPECT_THROW(h.engine().add_request("dup", {1, 2}, greedy(2)), Error);
+}
+
+}  // namespace
+}  // namespace tessera

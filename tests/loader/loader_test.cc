@@ -1,0 +1,282 @@
+// Safetensors reading and writing, model folders, and the errors a bad folder gives.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "config/model_config.h"
+#include "loader/checkpoint.h"
+#include "loader/safetensors.h"
+#include "loader/weight_source.h"
+#include "model/model_test_util.h"
+#include "test_util.h"
+
+namespace tessera {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::random_tensor;
+
+std::string read_all(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_all(const fs::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Writes a raw safetensors file from a header JSON and a data section.
+void write_raw(const fs::path& p, const std::string& header, const std::string& data) {
+  uint64_t n = header.size();
+  write_all(p, std::string(reinterpret_cast<const char*>(&n), 8) + header + data);
+}
+
+// The message of the tessera::Error thrown by f, or "" if none.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Safetensors, RoundTripsEveryDtype) {
+  const fs::path dir = testing::temp_dir("st");
+  std::vector<std::pair<std::string, Tensor>> tensors = {
+      {"a", random_tensor({3, 5}, DType::kF32, 1)},
+      {"b", random_tensor({7}, DType::kBF16, 2)},
+      {"c", random_tensor({2, 2, 2}, DType::kF16, 3)}};
+  write_safetensors(dir / "x.safetensors", tensors, {{"format", "pt"}});
+  auto file = SafetensorsFile::open(dir / "x.safetensors");
+  ASSERT_EQ(file->tensors().size(), 3u);
+  EXPECT_EQ(file->data_offset() % 8, 0u) << "header padded to 8 bytes";
+  for (const auto& [name, t] : tensors) {
+    Tensor r = file->tensor(name);
+    EXPECT_EQ(r.dtype(), t.dtype());
+    ASSERT_EQ(r.shape_string(), t.shape_string());
+    EXPECT_EQ(0, std::memcmp(r.raw(), t.raw(), t.nbytes())) << name;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Safetensors, CorruptFilesGiveErrorsNamingTheFile) {
+  const fs::path dir = testing::temp_dir("st_bad");
+  const fs::path p = dir / "bad.safetensors";
+  const std::string data(24, '\0');
+  struct Case {
+    std::string header, data, expect;
+  };
+  const Case cases[] = {
+      {R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})", data, ""},
+      {R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})", data.substr(0, 20),
+       "truncated"},
+      {R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})", data,
+       "20 bytes of data for shape"},
+      {R"({"w": {"dtype": "Q4", "shape": [6], "data_offsets": [0, 24]}})", data,
+       "unsupported dtype"},
+      {R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 24]}})", data, "bad shape"},
+      {R"({"w": {"dtype": "F32", "shape": [6]}})", data, "needs dtype, shape and data_offsets"},
+      {R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},)"
+       R"( "v": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}})",
+       data, "overlap"},
+      {R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]})", data,
+       "malformed safetensors header"},
+      {R"([1, 2])", data, "not a JSON object"},
+  };
+  for (const Case& c : cases) {
+    write_raw(p, c.header, c.data);
+    const std::string msg = error_of([&] { SafetensorsFile::open(p); });
+    if (c.expect.empty()) {
+      EXPECT_EQ(msg, "") << c.header;
+    } else {
+      EXPECT_NE(msg.find(c.expect), std::string::npos) << "header " << c.header << " gave: " << msg;
+      EXPECT_NE(msg.find("bad.safetensors"), std::string::npos) << msg;
+    }
+  }
+  // A header length larger than the file, and a file shorter than the length field.
+  write_all(p, std::string("\xff\xff\xff\x00\x00\x00\x00\x00{}", 10));
+  EXPECT_NE(error_of([&] { SafetensorsFile::open(p); }).find("truncated or corrupt"),
+            std::string::npos);
+  write_all(p, "abc");
+  EXPECT_NE(error_of([&] { SafetensorsFile::open(p); }).find("truncated"), std::string::npos);
+  EXPECT_NE(
+      error_of([&] { SafetensorsFile::open(dir / "missing.safetensors"); }).find("cannot open"),
+      std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(Checkpoint, ShardedFolderMissingShardAndStrayTensor) {
+  const fs::path dir =
+      testing::make_tiny("llama", DType::kF32, 1, nlohmann::json::object(), 400000);
+  ASSERT_TRUE(fs::exists(dir / "model.safetensors.index.json"));
+  Checkpoint ok = Checkpoint::open(dir);
+  EXPECT_GT(ok.files().size(), 2u);
+  EXPECT_TRUE(ok.contains("model.norm.weight"));
+
+  // A tensor listed in the index but stored nowhere.
+  nlohmann::json index = nlohmann::json::parse(read_all(dir / "model.safetensors.index.json"));
+  const std::string first_shard = index["weight_map"]["model.norm.weight"];
+  index["weight_map"]["model.extra.weight"] = first_shard;
+  write_all(dir / "model.safetensors.index.json", index.dump());
+  std::string msg = error_of([&] { Checkpoint::open(dir); });
+  EXPECT_NE(msg.find("model.extra.weight"), std::string::npos) << msg;
+
+  // A missing shard file.
+  index["weight_map"].erase("model.extra.weight");
+  write_all(dir / "model.safetensors.index.json", index.dump());
+  fs::rename(dir / first_shard, dir / "moved.bin");
+  msg = error_of([&] { Checkpoint::open(dir); });
+  EXPECT_NE(msg.find("is missing"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(first_shard), std::string::npos) << msg;
+  fs::remove_all(dir);
+}
+
+TEST(WeightSource, ChecksShapesDtypesAndLeftovers) {
+  const fs::path dir = testing::temp_dir("ws");
+  write_safetensors(dir / "model.safetensors", {{"a", random_tensor({4, 6}, DType::kBF16, 1)},
+                                                {"ids", Tensor::zeros({3}, DType::kI64)},
+                                                {"spare", random_tensor({2}, DType::kF32, 2)}});
+  Checkpoint ckpt = Checkpoint::open(dir);
+  for (LoadFormat format : {LoadFormat::kAuto, LoadFormat::kMmap}) {
+    WeightSource w(&ckpt, format, nullptr, DType::kBF16);
+    EXPECT_NE(error_of([&] {
+                w.get("a", {6, 4});
+              }).find("has shape [4, 6], expected [6, 4]"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { w.get("ids", {3}); }).find("has dtype I64"), std::string::npos);
+    EXPECT_NE(error_of([&] { w.get("nope", {1}); }).find("missing tensor \"nope\""),
+              std::string::npos);
+    Tensor rows = w.get("a", {4, 6}, Slice{0, 1, 3});
+    Tensor cols = w.get("a", {4, 6}, Slice{1, 2, 5});
+    Tensor full = ckpt.tensor("a");
+    for (int64_t i = 0; i < 2; ++i)
+      for (int64_t j = 0; j < 6; ++j)
+        EXPECT_EQ(testing::at(rows, i, j), testing::at(full, i + 1, j));
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t j = 0; j < 3; ++j)
+        EXPECT_EQ(testing::at(cols, i, j), testing::at(full, i, j + 2));
+    // Only the slices' bytes are read: 2 rows of 6 and 4 rows of 3 bf16 values.
+    if (format == LoadFormat::kAuto) EXPECT_EQ(w.bytes_read(), (2 * 6 + 4 * 3) * 2u);
+    const std::string msg = error_of([&] { w.check_all_used(); });
+    EXPECT_NE(msg.find("unexpected tensor"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("spare"), std::string::npos) << msg;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(ModelFolder, BadFoldersGiveClearErrors) {
+  ThreadPool pool(1);
+  CpuBackend backend(pool);
+  SingleCommunicator comm;
+  ModelContext ctx{backend, comm};
+  EXPECT_NE(error_of([&] { load_model("/nonexistent/model", ctx); }).find("does not exist"),
+            std::string::npos);
+
+  const fs::path dir = testing::make_tiny("qwen2", DType::kF32);
+  nlohmann::json config = nlohmann::json::parse(read_all(dir / "config.json"));
+  config["architectures"] = {"MambaForCausalLM"};
+  write_all(dir / "config.json", config.dump());
+  std::string msg = error_of([&] { load_model(dir, ctx); });
+  EXPECT_NE(msg.find("unsupported architecture \"MambaForCausalLM\""), std::string::npos) << msg;
+  EXPECT_NE(msg.find("LlamaForCausalLM"), std::string::npos) << "lists the supported ones: " << msg;
+
+  config["architectures"] = {"Qwen2ForCausalLM"};
+  config.erase("hidden_size");
+  write_all(dir / "config.json", config.dump());
+  msg = error_of([&] { load_model(dir, ctx); });
+  EXPECT_NE(msg.find("missing required field \"hidden_size\""), std::string::npos) << msg;
+
+  config["hidden_size"] = 64;
+  config["num_attention_heads"] = 3;  // 2 kv heads do not divide 3
+  write_all(dir / "config.json", config.dump());
+  msg = error_of([&] { load_model(dir, ctx); });
+  EXPECT_NE(msg.find("not a multiple of num_key_value_heads"), std::string::npos) << msg;
+
+  // A weight with the wrong shape for the config.
+  config["num_attention_heads"] = 4;
+  config["intermediate_size"] = 256;
+  write_all(dir / "config.json", config.dump());
+  msg = error_of([&] { load_model(dir, ctx); });
+  EXPECT_NE(msg.find("expected [256, 64]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+
+  write_all(dir / "config.json", "{not json");
+  EXPECT_NE(error_of([&] { load_model(dir, ctx); }).find("config.json is not valid JSON"),
+            std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(ModelConfig, ReadsEveryArchitectureRule) {
+  nlohmann::json base = {{"architectures", {"Gemma2ForCausalLM"}},
+                         {"vocab_size", 10},
+                         {"hidden_size", 8},
+                         {"intermediate_size", 16},
+                         {"num_hidden_layers", 4},
+                         {"num_attention_heads", 2},
+                         {"num_key_value_heads", 1},
+                         {"head_dim", 6},
+                         {"sliding_window", 3},
+                         {"query_pre_attn_scalar", 9},
+                         {"torch_dtype", "bfloat16"},
+                         {"eos_token_id", {1, 7}}};
+  ModelConfig g = parse_model_config(base, "test");
+  EXPECT_EQ(g.head_dim, 6);
+  EXPECT_EQ(g.sliding_window, (std::vector<int32_t>{3, 0, 3, 0}));  // even layers slide
+  EXPECT_FLOAT_EQ(g.attention_scale(), 1.0f / 3.0f);
+  EXPECT_TRUE(g.tie_word_embeddings && g.norm_unit_offset && g.sandwich_norms);
+  EXPECT_EQ(g.eos_token_ids, (std::vector<int32_t>{1, 7}));
+  base["layer_types"] = {"full_attention", "sliding_attention", "full_attention", "full_attention"};
+  EXPECT_EQ(parse_model_config(base, "test").sliding_window, (std::vector<int32_t>{0, 3, 0, 0}));
+  base["layer_types"] = {"chunked_attention", "full_attention", "full_attention", "full_attention"};
+  EXPECT_NE(error_of([&] { parse_model_config(base, "test"); }).find("unsupported layer type"),
+            std::string::npos);
+  base.erase("layer_types");
+  base["architectures"] = {"Qwen2ForCausalLM"};
+  base["use_sliding_window"] = true;
+  base["max_window_layers"] = 2;
+  EXPECT_EQ(parse_model_config(base, "test").sliding_window, (std::vector<int32_t>{0, 0, 3, 3}));
+  base["rope_scaling"] = {{"rope_type", "longrope"}};
+  EXPECT_NE(
+      error_of([&] { parse_model_config(base, "test"); }).find("unsupported rope_scaling type"),
+      std::string::npos);
+}
+
+TEST(ModelConfig, Llama3RopeScalingMatchesTheFormula) {
+  nlohmann::json c = {{"architectures", {"LlamaForCausalLM"}},
+                      {"vocab_size", 10},
+                      {"hidden_size", 256},
+                      {"intermediate_size", 16},
+                      {"num_hidden_layers", 1},
+                      {"num_attention_heads", 2},
+                      {"rope_theta", 500000.0},
+                      {"rope_scaling",
+                       {{"rope_type", "llama3"},
+                        {"factor", 8.0},
+                        {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0},
+                        {"original_max_position_embeddings", 8192}}}};
+  ModelConfig config = parse_model_config(c, "test");
+  float scaling = 0;
+  std::vector<float> inv = rope_inv_freq(config, &scaling);
+  ASSERT_EQ(inv.size(), 64u);
+  EXPECT_EQ(scaling, 1.0f);
+  for (size_t i = 0; i < inv.size(); ++i) {
+    const double base = 1.0 / std::pow(500000.0, 2.0 * i / 128.0);
+    const double wavelen = 2 * M_PI / base;
+    double expect = base;
+    if (wavelen > 8192.0) {
+      expect = base / 8;
+    } else if (wavelen >= 8192.0 / 4) {
+      const double smooth = (8192.0 / wavelen - 1) / 3;
+      expect = (1 - smooth) * base / 8 + smooth * base;
+    }
+    EXPECT_NEAR(inv[i], expect, 1e-6 * expect) << i;
+  }
+}
+
+}  // namespace
+}  // namespace tessera
