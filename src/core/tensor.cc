@@ -39,14 +39,24 @@ Tensor Tensor::wrap(void* data, std::span<const int64_t> shape, DType dtype,
 
 Tensor Tensor::empty(std::span<const int64_t> shape, DType dtype) {
   const size_t bytes = static_cast<size_t>(product(shape)) * dtype_size(dtype);
-  // Large buffers (weights, the KV cache) get transparent huge pages: 512x fewer page faults
-  // when first written and fewer TLB misses when streamed.
-  constexpr size_t kHuge = 2u << 20;
-  const size_t align = bytes >= 2 * kHuge ? kHuge : 64;
-  const size_t rounded = std::max<size_t>((bytes + align - 1) / align * align, align);
-  void* data = std::aligned_alloc(align, rounded);
+  // Large buffers (weights, the KV cache) are mapped directly with transparent huge pages: the
+  // memory is committed as it is first written, 2 MiB at a time, reads as zeros until then, and
+  // is streamed with few TLB misses.
+  constexpr size_t kLarge = 4u << 20, kHuge = 2u << 20;
+  if (bytes >= kLarge) {
+    // Over-map by one huge page and start at a 2 MiB boundary: huge pages need aligned ranges.
+    const size_t mapped = bytes + kHuge;
+    void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TESSERA_CHECK(base != MAP_FAILED) << "out of memory mapping " << bytes << " bytes";
+    const uintptr_t aligned = (reinterpret_cast<uintptr_t>(base) + kHuge - 1) & ~(kHuge - 1);
+    void* data = reinterpret_cast<void*>(aligned);
+    if (!std::getenv("TESSERA_NO_THP")) madvise(data, bytes, MADV_HUGEPAGE);
+    std::shared_ptr<void> owner(base, [mapped](void* p) { munmap(p, mapped); });
+    return wrap(data, shape, dtype, std::move(owner));
+  }
+  const size_t rounded = std::max<size_t>((bytes + 63) / 64 * 64, 64);
+  void* data = std::aligned_alloc(64, rounded);
   TESSERA_CHECK(data != nullptr) << "out of memory allocating " << bytes << " bytes";
-  if (align == kHuge) madvise(data, rounded, MADV_HUGEPAGE);
   std::shared_ptr<void> owner(data, [](void* p) { std::free(p); });
   return wrap(data, shape, dtype, std::move(owner));
 }

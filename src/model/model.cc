@@ -44,14 +44,11 @@ KVCache allocate_kv_cache(Backend& backend, const CausalLM& model, int64_t num_b
   cache.block_size = block_size;
   cache.dtype = dtype;
   const int64_t heads = model.kv_heads_local(), d = model.config().head_dim;
-  // Zeroed up front: the memory is committed once at start rather than page by page during
-  // serving, and slots a kernel reads past a sequence's end hold finite values.
+  // Not cleared: attention reads only slots written before (other lanes of a tile are masked
+  // out before use), and on CPU untouched memory is committed lazily as it is first written.
   for (int64_t l = 0; l < model.num_layers_local(); ++l) {
-    for (auto* list : {&cache.k, &cache.v}) {
-      Tensor t = backend.empty({num_blocks, block_size, heads, d}, dtype);
-      backend.fill_zero(t);
-      list->push_back(t);
-    }
+    cache.k.push_back(backend.empty({num_blocks, block_size, heads, d}, dtype));
+    cache.v.push_back(backend.empty({num_blocks, block_size, heads, d}, dtype));
   }
   return cache;
 }

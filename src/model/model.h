@@ -64,7 +64,7 @@ struct LoadReport {
 std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, ModelContext& ctx,
                                      const LoadOptions& options = {}, LoadReport* report = nullptr);
 
-// Allocates a zeroed cache for `model` with `num_blocks` blocks.
+// Allocates a cache for `model` with `num_blocks` blocks (contents undefined until written).
 KVCache allocate_kv_cache(Backend& backend, const CausalLM& model, int64_t num_blocks,
                           int block_size, DType dtype);
 // Bytes one block takes across all of this rank's layers (keys and values).

@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+
+#include "core/sys.h"
 
 #include "core/status.h"
 
@@ -28,13 +32,37 @@ int64_t min_rows_per_thread(int64_t width) {
 
 }  // namespace
 
+const char* CpuBackend::op_name(Op op) {
+  static const char* kNames[] = {
+      "embedding", "linear",  "rms_norm",    "rope_table", "rope",           "gated_activation",
+      "add",       "softcap", "gather_rows", "write_kv",   "paged_attention"};
+  return kNames[static_cast<int>(op)];
+}
+
+CpuBackend::~CpuBackend() {
+  if (!profile_) return;
+  double total = 0;
+  for (const auto& e : profile_->entries) total += e.seconds;
+  std::fprintf(stderr, "cpu backend op profile (TESSERA_PROFILE):\n");
+  for (int i = 0; i < kNumOps; ++i) {
+    const auto& e = profile_->entries[i];
+    if (e.calls == 0) continue;
+    std::fprintf(stderr, "  %-18s %9lld calls %9.3f s %5.1f%%\n", op_name(static_cast<Op>(i)),
+                 static_cast<long long>(e.calls), e.seconds,
+                 100 * e.seconds / std::max(total, 1e-9));
+  }
+}
+
 CpuBackend::CpuBackend(ThreadPool& pool, cpu::Isa isa, MatmulPrecision precision)
     : pool_(pool),
       isa_(isa),
       precision_(precision),
       gemm_(isa == cpu::Isa::kAvx512 ? cpu::gemm_kernels_avx512() : cpu::gemm_kernels_generic()),
       ops_(isa == cpu::Isa::kAvx512 ? cpu::ops_kernels_avx512() : cpu::ops_kernels_generic()),
-      attn_scratch_(pool.size()) {}
+      attn_scratch_(pool.size()) {
+  if (const char* env = std::getenv("TESSERA_PROFILE"); env && *env && std::string(env) != "0")
+    profile_ = std::make_unique<Profile>();
+}
 
 std::string CpuBackend::name() const {
   return "cpu (" + std::string(cpu::isa_name(isa_)) + ", " + std::to_string(pool_.size()) +
@@ -78,6 +106,7 @@ void CpuBackend::fill_zero(const Tensor& dst) {
 
 void CpuBackend::embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
                            const Tensor& out) {
+  OpTimer timer(profile_, Op::kEmbedding);
   check_rows(table, "embedding table");
   check_f32_rows(out, "embedding output");
   TESSERA_CHECK(ids.dtype() == DType::kI32 && ids.numel() == out.size(0));
@@ -101,6 +130,7 @@ void CpuBackend::embedding(const Tensor& table, const Tensor& ids, int64_t vocab
 
 void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments,
                         const Tensor& out) {
+  OpTimer timer(profile_, Op::kLinear);
   check_f32_rows(x, "linear input");
   check_f32_rows(out, "linear output");
   const int64_t m = x.size(0), k = x.size(1);
@@ -179,6 +209,7 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
 
 void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, bool unit_offset,
                           const Tensor& out) {
+  OpTimer timer(profile_, Op::kRmsNorm);
   TESSERA_CHECK(x.dtype() == DType::kF32 && out.dtype() == DType::kF32);
   TESSERA_CHECK(weight.dtype() == DType::kF32 && weight.is_contiguous());
   const int64_t width = x.size(-1);
@@ -217,6 +248,7 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, bool
 
 void CpuBackend::rope_table(const Tensor& positions, const Tensor& inv_freq,
                             float attention_scaling, const Tensor& table) {
+  OpTimer timer(profile_, Op::kRopeTable);
   TESSERA_CHECK(positions.dtype() == DType::kI32 && inv_freq.dtype() == DType::kF32);
   TESSERA_CHECK(table.is_contiguous() && table.dim() == 2);
   const int rot_half = static_cast<int>(inv_freq.numel());
@@ -227,6 +259,7 @@ void CpuBackend::rope_table(const Tensor& positions, const Tensor& inv_freq,
 }
 
 void CpuBackend::rope(const Tensor& x, int head_dim, const Tensor& table) {
+  OpTimer timer(profile_, Op::kRope);
   check_f32_rows(x, "rope input");
   TESSERA_CHECK(x.size(1) % head_dim == 0);
   TESSERA_CHECK(table.is_contiguous() && table.size(0) == x.size(0));
@@ -245,6 +278,7 @@ void CpuBackend::rope(const Tensor& x, int head_dim, const Tensor& table) {
 }
 
 void CpuBackend::gated_activation(const Tensor& gate_up, Activation act, const Tensor& out) {
+  OpTimer timer(profile_, Op::kGatedActivation);
   check_f32_rows(gate_up, "gate_up");
   check_f32_rows(out, "activation output");
   const int64_t width = out.size(1);
@@ -258,6 +292,7 @@ void CpuBackend::gated_activation(const Tensor& gate_up, Activation act, const T
 }
 
 void CpuBackend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  OpTimer timer(profile_, Op::kAdd);
   check_f32_rows(a, "add input");
   check_f32_rows(b, "add input");
   check_f32_rows(out, "add output");
@@ -276,6 +311,7 @@ void CpuBackend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
 }
 
 void CpuBackend::softcap(const Tensor& x, float cap) {
+  OpTimer timer(profile_, Op::kSoftcap);
   check_f32_rows(x, "softcap input");
   pool_.parallel_for(x.size(0), [&](int64_t begin, int64_t end) {
     ops_.softcap(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, x.size(1), cap);
@@ -283,6 +319,7 @@ void CpuBackend::softcap(const Tensor& x, float cap) {
 }
 
 void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) {
+  OpTimer timer(profile_, Op::kGatherRows);
   check_rows(x, "gather input");
   check_rows(out, "gather output");
   TESSERA_CHECK(rows.dtype() == DType::kI32 && rows.numel() == out.size(0));
@@ -299,6 +336,7 @@ void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, const Tensor& 
 
 void CpuBackend::write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cache,
                           const Tensor& v_cache, const AttentionMetadata& meta) {
+  OpTimer timer(profile_, Op::kWriteKv);
   check_f32_rows(k, "k");
   check_f32_rows(v, "v");
   TESSERA_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous());
@@ -328,6 +366,7 @@ void CpuBackend::write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cach
 void CpuBackend::paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                  const AttentionMetadata& meta, const AttentionParams& params,
                                  const Tensor& out) {
+  OpTimer timer(profile_, Op::kPagedAttention);
   check_f32_rows(q, "q");
   check_f32_rows(out, "attention output");
   TESSERA_CHECK(params.num_kv_heads > 0 && params.num_heads % params.num_kv_heads == 0);

@@ -2,7 +2,10 @@
 // parallelised over a ThreadPool. One caller at a time (the engine's step loop).
 #pragma once
 
+#include <memory>
 #include <vector>
+
+#include "core/sys.h"
 
 #include "core/thread_pool.h"
 #include "kernels/backend.h"
@@ -22,6 +25,8 @@ class CpuBackend : public Backend {
  public:
   explicit CpuBackend(ThreadPool& pool, cpu::Isa isa = cpu::detect_isa(),
                       MatmulPrecision precision = MatmulPrecision::kExact);
+  // With TESSERA_PROFILE=1, prints the time spent in each op when destroyed.
+  ~CpuBackend() override;
 
   Device device() const override { return Device::kCPU; }
   std::string name() const override;
@@ -56,6 +61,48 @@ class CpuBackend : public Backend {
                        const Tensor& out) override;
 
  private:
+  enum class Op {
+    kEmbedding,
+    kLinear,
+    kRmsNorm,
+    kRopeTable,
+    kRope,
+    kGatedActivation,
+    kAdd,
+    kSoftcap,
+    kGatherRows,
+    kWriteKv,
+    kPagedAttention,
+    kCount
+  };
+  static constexpr int kNumOps = static_cast<int>(Op::kCount);
+  struct Profile {
+    struct Entry {
+      int64_t calls = 0;
+      double seconds = 0;
+    };
+    Entry entries[kNumOps];
+  };
+  // Adds the op's wall time to the profile, when profiling.
+  class OpTimer {
+   public:
+    OpTimer(const std::unique_ptr<Profile>& p, Op op)
+        : p_(p.get()), op_(op), t0_(p_ ? now_seconds() : 0) {}
+    ~OpTimer() {
+      if (!p_) return;
+      auto& e = p_->entries[static_cast<int>(op_)];
+      ++e.calls;
+      e.seconds += now_seconds() - t0_;
+    }
+
+   private:
+    Profile* p_;
+    Op op_;
+    double t0_;
+  };
+  static const char* op_name(Op op);
+
+  std::unique_ptr<Profile> profile_;
   ThreadPool& pool_;
   cpu::Isa isa_;
   cpu::GemmKernels gemm_;
