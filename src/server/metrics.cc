@@ -1,0 +1,158 @@
+#include "server/metrics.h"
+
+#include <prometheus/text_serializer.h>
+
+#include <algorithm>
+#include <sstream>
+
+namespace tessera {
+
+namespace {
+
+using prometheus::Histogram;
+
+const Histogram::BucketBoundaries kTtftBuckets = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,  0.75,
+    1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160., 640., 2560.};
+const Histogram::BucketBoundaries kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,
+                                                 0.3,  0.4,   0.5,  0.75,  1.0,  2.5,  5.0,
+                                                 7.5,  10.0,  20.0, 40.0,  80.0};
+const Histogram::BucketBoundaries kRequestBuckets = {
+    0.3, 0.5,  0.8,  1.0,  1.5,  2.0,  2.5,   5.0,   10.0,  15.0,  20.0,
+    30., 40.0, 50.0, 60.0, 120., 240., 480.0, 960.0, 1920., 7680.};
+
+}  // namespace
+
+std::vector<double> one_two_five_buckets(int64_t max) {
+  std::vector<double> buckets;
+  for (int64_t scale = 1;; scale *= 10) {
+    for (int64_t m : {1, 2, 5}) {
+      if (m * scale > max) return buckets;
+      buckets.push_back(static_cast<double>(m * scale));
+    }
+  }
+}
+
+EngineMetrics::EngineMetrics(const std::string& model_name, int64_t max_model_len,
+                             const CacheConfigInfo& cache)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  const prometheus::Labels labels = {{"model_name", model_name}};
+  auto gauge = [&](const char* name, const char* help) {
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add(labels);
+  };
+  auto counter = [&](const char* name, const char* help) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(*registry_).Add(labels);
+  };
+  auto histogram = [&](const char* name, const char* help,
+                       const Histogram::BucketBoundaries& buckets) {
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(*registry_).Add(labels,
+                                                                                          buckets);
+  };
+  running_ = gauge("vllm:num_requests_running", "Number of requests in model execution batches.");
+  waiting_ = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.");
+  kv_usage_ = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.");
+  gpu_cache_usage_ = gauge("vllm:gpu_cache_usage_perc",
+                           "KV-cache usage. 1 means 100 percent usage (older name).");
+  prefix_queries_ = counter("vllm:prefix_cache_queries_total",
+                            "Prefix cache queries, in terms of number of queried tokens.");
+  prefix_hits_ = counter("vllm:prefix_cache_hits_total",
+                         "Prefix cache hits, in terms of number of cached tokens.");
+  preemptions_ = counter("vllm:num_preemptions_total", "Cumulative number of preemptions.");
+  prompt_tokens_ = counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.");
+  generation_tokens_ =
+      counter("vllm:generation_tokens_total", "Number of generation tokens processed.");
+  auto& success = prometheus::BuildCounter()
+                      .Name("vllm:request_success_total")
+                      .Help("Count of successfully processed requests.")
+                      .Register(*registry_);
+  for (FinishReason reason : {FinishReason::kStop, FinishReason::kLength, FinishReason::kAbort}) {
+    prometheus::Labels with_reason = labels;
+    with_reason["finished_reason"] = finish_reason_name(reason);
+    success_[reason] = &success.Add(with_reason);
+  }
+  ttft_ = histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                    kTtftBuckets);
+  itl_ = histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                   kItlBuckets);
+  tpot_ = histogram("vllm:time_per_output_token_seconds",
+                    "Histogram of time per output token in seconds (older name).", kItlBuckets);
+  e2e_ = histogram("vllm:e2e_request_latency_seconds",
+                   "Histogram of e2e request latency in seconds.", kRequestBuckets);
+  queue_ = histogram("vllm:request_queue_time_seconds",
+                     "Histogram of time spent in WAITING phase for request.", kRequestBuckets);
+  prefill_ = histogram("vllm:request_prefill_time_seconds",
+                       "Histogram of time spent in PREFILL phase for request.", kRequestBuckets);
+  decode_ = histogram("vllm:request_decode_time_seconds",
+                      "Histogram of time spent in DECODE phase for request.", kRequestBuckets);
+  inference_ = histogram("vllm:request_inference_time_seconds",
+                         "Histogram of time spent in RUNNING phase for request.", kRequestBuckets);
+  const auto token_buckets = one_two_five_buckets(std::max<int64_t>(max_model_len, 1));
+  request_prompt_tokens_ = histogram("vllm:request_prompt_tokens",
+                                     "Number of prefill tokens processed.", token_buckets);
+  request_generation_tokens_ = histogram("vllm:request_generation_tokens",
+                                         "Number of generation tokens processed.", token_buckets);
+
+  prometheus::Labels info = labels;
+  info["block_size"] = std::to_string(cache.block_size);
+  info["num_gpu_blocks"] = std::to_string(cache.num_gpu_blocks);
+  info["num_cpu_blocks"] = "0";
+  info["gpu_memory_utilization"] = fmt::format("{}", cache.gpu_memory_utilization);
+  info["enable_prefix_caching"] = cache.enable_prefix_caching ? "True" : "False";
+  info["cache_dtype"] = cache.cache_dtype;
+  prometheus::BuildGauge()
+      .Name("vllm:cache_config_info")
+      .Help("Information of the LLMEngine CacheConfig.")
+      .Register(*registry_)
+      .Add(info)
+      .Set(1);
+}
+
+void EngineMetrics::update(const EngineStats& s) {
+  running_->Set(static_cast<double>(s.num_running));
+  waiting_->Set(static_cast<double>(s.num_waiting));
+  kv_usage_->Set(s.kv_cache_usage);
+  gpu_cache_usage_->Set(s.kv_cache_usage);
+  auto add = [](prometheus::Counter* c, int64_t now, int64_t before) {
+    if (now > before) c->Increment(static_cast<double>(now - before));
+  };
+  add(prefix_queries_, s.prefix_cache_queries, last_.prefix_cache_queries);
+  add(prefix_hits_, s.prefix_cache_hits, last_.prefix_cache_hits);
+  add(preemptions_, s.num_preemptions, last_.num_preemptions);
+  add(prompt_tokens_, s.prompt_tokens, last_.prompt_tokens);
+  add(generation_tokens_, s.generation_tokens, last_.generation_tokens);
+  last_ = s;
+}
+
+void EngineMetrics::observe_first_token(double seconds) { ttft_->Observe(seconds); }
+
+void EngineMetrics::observe_inter_token(double seconds) {
+  itl_->Observe(seconds);
+  tpot_->Observe(seconds);
+}
+
+void EngineMetrics::count_finish(FinishReason reason) {
+  auto it = success_.find(reason);
+  if (it != success_.end()) it->second->Increment();
+}
+
+void EngineMetrics::observe_finished(const RequestOutput& o) {
+  count_finish(o.finish_reason);
+  if (o.finished_time <= 0) return;
+  e2e_->Observe(o.finished_time - o.arrival_time);
+  if (o.first_scheduled_time > 0) {
+    queue_->Observe(o.first_scheduled_time - o.arrival_time);
+    inference_->Observe(o.finished_time - o.first_scheduled_time);
+    if (o.first_token_time > 0) {
+      prefill_->Observe(o.first_token_time - o.first_scheduled_time);
+      decode_->Observe(o.finished_time - o.first_token_time);
+    }
+  }
+  request_prompt_tokens_->Observe(static_cast<double>(o.num_prompt_tokens));
+  request_generation_tokens_->Observe(static_cast<double>(o.num_output_tokens));
+}
+
+std::string EngineMetrics::serialize() const {
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+}  // namespace tessera

@@ -1,0 +1,47 @@
+// The OpenAI request bodies (completions and chat completions, with vLLM's extra fields) read
+// into engine terms. Parsing checks types and ranges and throws ApiError(400) naming the field;
+// what needs the model (tokenizing, context length) is the server's job.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/sampling_params.h"
+#include "server/text_processor.h"
+
+namespace tessera {
+
+struct PromptInput {
+  std::optional<std::string> text;  // set when the prompt was text
+  std::vector<int32_t> ids;         // set when it was token ids (filled by tokenizing otherwise)
+};
+
+struct GenerateRequest {
+  bool chat = false;
+  std::optional<std::string> model;
+  std::vector<PromptInput> prompts;  // completions: one or more; chat: filled after rendering
+  ChatRenderInputs chat_inputs;      // chat only
+  SamplingParams params;             // max_tokens resolved by the server when unset
+  bool max_tokens_set = false;
+  int64_t n = 1;
+  bool stream = false;
+  bool include_usage = false;
+  bool continuous_usage = false;
+  bool echo = false;
+  bool add_special_tokens = true;
+  // Completions: `logprobs` k; chat: `top_logprobs` when `logprobs` is true.
+  std::optional<int> logprobs;
+  bool return_tokens_as_token_ids = false;
+};
+
+// Limits vLLM applies by default.
+inline constexpr int kMaxLogprobs = 20;
+
+GenerateRequest parse_completion_request(const nlohmann::json& body,
+                                         const SamplingParams& defaults);
+GenerateRequest parse_chat_request(const nlohmann::json& body, const SamplingParams& defaults);
+
+}  // namespace tessera

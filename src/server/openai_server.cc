@@ -1,0 +1,638 @@
+#include "server/openai_server.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <random>
+
+#include "core/logging.h"
+#include "core/sys.h"
+#include "server/api_error.h"
+#include "server/openai_protocol.h"
+
+namespace tessera {
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::system_clock;
+
+// Generated text may end in the middle of a character; never let that break a response.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message,
+                const std::string& param = "") {
+  send_json(res, status, error_json(status, message, param));
+}
+
+std::string random_id(const char* prefix) {
+  thread_local std::mt19937_64 rng(std::random_device{}() ^
+                                   std::hash<std::thread::id>()(std::this_thread::get_id()));
+  return fmt::format("{}{:016x}{:016x}", prefix, rng(), rng());
+}
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
+}
+
+json parse_body(const httplib::Request& req) {
+  try {
+    return json::parse(req.body);
+  } catch (const json::exception& e) {
+    throw ApiError(400, fmt::format("Invalid JSON in the request body: {}", e.what()));
+  }
+}
+
+// One choice of a response as it accumulates.
+struct Choice {
+  int64_t index = 0;
+  int64_t prompt_index = 0;
+  std::shared_ptr<RequestStream> stream;
+  std::string text;
+  std::vector<int32_t> token_ids;
+  std::vector<TokenLogprobs> logprobs;
+  std::vector<TokenLogprobs> prompt_logprobs;
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string stop_reason;
+  int64_t num_prompt_tokens = 0;
+  int64_t num_cached_tokens = 0;
+  bool started = false;  // streaming: the first chunk (chat: the role) went out
+  bool done = false;
+  size_t text_offset = 0;  // completions logprobs: characters before the next token
+
+  void absorb(RequestOutput& out) {
+    text += out.new_text;
+    token_ids.insert(token_ids.end(), out.new_token_ids.begin(), out.new_token_ids.end());
+    logprobs.insert(logprobs.end(), out.new_logprobs.begin(), out.new_logprobs.end());
+    if (!out.prompt_logprobs.empty()) prompt_logprobs = out.prompt_logprobs;
+    num_prompt_tokens = out.num_prompt_tokens;
+    num_cached_tokens = out.num_cached_tokens;
+    if (out.finished) {
+      finish_reason = out.finish_reason;
+      stop_reason = out.stop_reason;
+      done = true;
+    }
+  }
+};
+
+// Everything a response needs besides the choices.
+struct ResponseContext {
+  std::string id;
+  std::string model;
+  int64_t created = 0;
+  bool chat = false;
+  GenerateRequest request;
+  std::vector<std::string> prompt_texts;  // for echo
+  std::vector<std::vector<int32_t>> prompt_ids;
+  const TextProcessor* text = nullptr;
+  AsyncEngine* engine = nullptr;
+  std::vector<Choice> choices;
+
+  std::string token_string(int32_t id) const {
+    if (!text || request.return_tokens_as_token_ids) return fmt::format("token_id:{}", id);
+    const int32_t ids[1] = {id};
+    return text->decode(ids, false);
+  }
+
+  json stop_reason_json(const Choice& c) const {
+    if (c.stop_reason.empty()) return nullptr;
+    // A stop token id is reported as a number, a stop string as the string.
+    const auto& ids = request.params.stop_token_ids;
+    char* end = nullptr;
+    const long id = std::strtol(c.stop_reason.c_str(), &end, 10);
+    if (*end == '\0' && std::find(ids.begin(), ids.end(), id) != ids.end()) return id;
+    return c.stop_reason;
+  }
+
+  json finish_reason_json(const Choice& c) const {
+    if (c.finish_reason == FinishReason::kNone) return nullptr;
+    return finish_reason_name(c.finish_reason);
+  }
+
+  // Completions logprobs for `entries` (prompt positions first when echoing).
+  json completion_logprobs(Choice& c, size_t from, bool with_prompt) {
+    json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
+         offsets = json::array();
+    auto add = [&](int32_t id, const TokenLogprobs* lp) {
+      const std::string s = token_string(id);
+      tokens.push_back(s);
+      offsets.push_back(c.text_offset);
+      c.text_offset += s.size();
+      if (!lp) {
+        token_logprobs.push_back(nullptr);
+        top.push_back(nullptr);
+        return;
+      }
+      token_logprobs.push_back(lp->logprob);
+      json t = json::object();
+      t[token_string(lp->token)] = lp->logprob;
+      for (const auto& [tid, v] : lp->top) t[token_string(tid)] = v;
+      top.push_back(t);
+    };
+    if (with_prompt) {
+      const auto& ids = prompt_ids[c.prompt_index];
+      for (size_t i = 0; i < ids.size(); ++i) {
+        const TokenLogprobs* lp =
+            i > 0 && i - 1 < c.prompt_logprobs.size() ? &c.prompt_logprobs[i - 1] : nullptr;
+        add(ids[i], lp);
+      }
+    }
+    for (size_t i = from; i < c.logprobs.size(); ++i) add(c.logprobs[i].token, &c.logprobs[i]);
+    return {{"text_offset", offsets},
+            {"token_logprobs", token_logprobs},
+            {"tokens", tokens},
+            {"top_logprobs", top}};
+  }
+
+  json chat_logprob_entry(int32_t id, float logprob) const {
+    const std::string s = token_string(id);
+    json bytes = json::array();
+    for (unsigned char ch : s) bytes.push_back(ch);
+    return {{"token", s}, {"logprob", logprob}, {"bytes", bytes}};
+  }
+
+  json chat_logprobs(const Choice& c, size_t from) const {
+    json content = json::array();
+    for (size_t i = from; i < c.logprobs.size(); ++i) {
+      const TokenLogprobs& lp = c.logprobs[i];
+      json entry = chat_logprob_entry(lp.token, lp.logprob);
+      json top = json::array();
+      for (const auto& [tid, v] : lp.top) top.push_back(chat_logprob_entry(tid, v));
+      entry["top_logprobs"] = top;
+      content.push_back(entry);
+    }
+    return {{"content", content}};
+  }
+
+  json prompt_logprobs_json(const Choice& c) const {
+    if (!request.params.prompt_logprobs) return nullptr;
+    json list = json::array();
+    list.push_back(nullptr);
+    for (const TokenLogprobs& lp : c.prompt_logprobs) {
+      json pos = json::object();
+      pos[std::to_string(lp.token)] = {
+          {"logprob", lp.logprob}, {"rank", lp.rank}, {"decoded_token", token_string(lp.token)}};
+      int64_t rank = 1;
+      for (const auto& [tid, v] : lp.top) {
+        if (!pos.contains(std::to_string(tid)))
+          pos[std::to_string(tid)] = {
+              {"logprob", v}, {"rank", rank}, {"decoded_token", token_string(tid)}};
+        ++rank;
+      }
+      list.push_back(pos);
+    }
+    return list;
+  }
+
+  json usage() const {
+    int64_t prompt = 0, completion = 0, cached = 0;
+    std::vector<bool> counted(prompt_ids.size(), false);
+    for (const Choice& c : choices) {
+      completion += static_cast<int64_t>(c.token_ids.size());
+      if (!counted[c.prompt_index]) {
+        counted[c.prompt_index] = true;
+        prompt += static_cast<int64_t>(prompt_ids[c.prompt_index].size());
+        cached += c.num_cached_tokens;
+      }
+    }
+    return {{"prompt_tokens", prompt},
+            {"total_tokens", prompt + completion},
+            {"completion_tokens", completion},
+            {"prompt_tokens_details", {{"cached_tokens", cached}}}};
+  }
+
+  json envelope(const char* object) const {
+    return {{"id", id}, {"object", object}, {"created", created}, {"model", model}};
+  }
+
+  json full_response() {
+    json out = envelope(chat ? "chat.completion" : "text_completion");
+    json list = json::array();
+    for (Choice& c : choices) {
+      json choice = {{"index", c.index}};
+      if (chat) {
+        std::string content = c.text;
+        if (request.echo) content = prompt_texts[c.prompt_index] + content;
+        choice["message"] = {{"role", "assistant"},
+                             {"content", content},
+                             {"reasoning_content", nullptr},
+                             {"tool_calls", json::array()}};
+        choice["logprobs"] = request.logprobs ? chat_logprobs(c, 0) : json();
+      } else {
+        choice["text"] = (request.echo ? prompt_texts[c.prompt_index] : "") + c.text;
+        choice["logprobs"] =
+            request.logprobs ? completion_logprobs(c, 0, request.echo) : json();
+      }
+      choice["finish_reason"] = finish_reason_json(c);
+      choice["stop_reason"] = stop_reason_json(c);
+      if (request.params.prompt_logprobs) choice["prompt_logprobs"] = prompt_logprobs_json(c);
+      list.push_back(choice);
+    }
+    out["choices"] = list;
+    out["usage"] = usage();
+    return out;
+  }
+
+  // The chunk for one choice's new outputs (streaming).
+  json chunk(Choice& c, const std::string& new_text, size_t logprobs_from, bool first) {
+    json out = envelope(chat ? "chat.completion.chunk" : "text_completion");
+    json choice = {{"index", c.index}};
+    if (chat) {
+      json delta = json::object();
+      if (first) delta["role"] = "assistant";
+      if (!new_text.empty() || first) delta["content"] = new_text;
+      choice["delta"] = delta;
+      choice["logprobs"] = request.logprobs && logprobs_from < c.logprobs.size()
+                               ? chat_logprobs(c, logprobs_from)
+                               : json();
+    } else {
+      choice["text"] = new_text;
+      choice["logprobs"] = request.logprobs ? completion_logprobs(c, logprobs_from,
+                                                                  first && request.echo)
+                                            : json();
+    }
+    choice["finish_reason"] = finish_reason_json(c);
+    choice["stop_reason"] = stop_reason_json(c);
+    if (first && request.params.prompt_logprobs) choice["prompt_logprobs"] = prompt_logprobs_json(c);
+    out["choices"] = json::array({choice});
+    if (request.continuous_usage) out["usage"] = usage();
+    return out;
+  }
+
+  void abort_all() {
+    for (Choice& c : choices)
+      if (!c.done) engine->abort(c.stream->request_id());
+  }
+};
+
+std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
+
+}  // namespace
+
+OpenAIServer::OpenAIServer(ServerOptions options) : options_(std::move(options)) {
+  if (options_.served_model_names.empty()) options_.served_model_names = {options_.model_path};
+  created_ = unix_now();
+  http_ = std::make_unique<httplib::Server>();
+  install_routes();
+}
+
+OpenAIServer::~OpenAIServer() { stop(); }
+
+void OpenAIServer::start() {
+  const int threads = options_.http_threads;
+  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http_->set_payload_max_length(options_.max_body_bytes);
+  http_->set_keep_alive_max_count(100000);
+  http_->set_read_timeout(600, 0);
+  http_->set_write_timeout(600, 0);
+  if (options_.port == 0) {
+    bound_port_ = http_->bind_to_any_port(options_.host);
+    if (bound_port_ < 0) fail("cannot listen on {}", options_.host);
+  } else {
+    if (!http_->bind_to_port(options_.host, options_.port))
+      fail("cannot listen on {}:{} (in use, or not an address of this machine)", options_.host,
+           options_.port);
+    bound_port_ = options_.port;
+  }
+  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  spdlog::info("listening on http://{}:{}", options_.host, bound_port_);
+}
+
+void OpenAIServer::set_ready(const ServingModel& model) {
+  model_ = model;
+  ready_ = true;
+}
+
+void OpenAIServer::stop() {
+  if (http_) http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+const ServingModel& OpenAIServer::ready_model() const {
+  if (!ready_) throw ApiError(503, "the model is still loading");
+  return model_;
+}
+
+void OpenAIServer::install_routes() {
+  httplib::Server& s = *http_;
+  // The API key guards /v1/* only (as in vLLM).
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (options_.api_key.empty() || req.path.rfind("/v1/", 0) != 0)
+      return httplib::Server::HandlerResponse::Unhandled;
+    const std::string expected = "Bearer " + options_.api_key;
+    if (req.get_header_value("Authorization") == expected)
+      return httplib::Server::HandlerResponse::Unhandled;
+    send_json(res, 401,
+              {{"error",
+                {{"message", "Unauthorized: a valid API key is required"},
+                 {"type", "AuthenticationError"},
+                 {"param", nullptr},
+                 {"code", 401}}}});
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  // Errors httplib produces itself (unknown path, body too large) get OpenAI-shaped bodies.
+  s.set_error_handler(httplib::Server::HandlerWithResponse(
+      [](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    std::string message = res.status == 413 ? "the request body is too large"
+                          : res.status == 404 ? fmt::format("{} {} not found", req.method, req.path)
+                                              : fmt::format("HTTP {}", res.status);
+    send_json(res, res.status, error_json(res.status, message));
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  s.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        try {
+          std::rethrow_exception(ep);
+        } catch (const ApiError& e) {
+          send_json(res, e.status(), e.to_json());
+        } catch (const Error& e) {
+          send_error(res, status_for_error_kind(e.kind()), e.what());
+        } catch (const std::exception& e) {
+          spdlog::error("request failed: {}", e.what());
+          send_error(res, 500, fmt::format("internal error: {}", e.what()));
+        } catch (...) {
+          send_error(res, 500, "internal error");
+        }
+      });
+
+  s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    const bool ok = ready_ && model_.engine->healthy();
+    res.status = ok ? 200 : 503;
+  });
+  s.Get("/ping", [this](const httplib::Request&, httplib::Response& res) {
+    res.status = ready_ && model_.engine->healthy() ? 200 : 503;
+  });
+  s.Get("/version", [this](const httplib::Request&, httplib::Response& res) {
+    send_json(res, 200, {{"version", options_.version}});
+  });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(ready_ && model_.metrics ? model_.metrics->serialize() : "",
+                    "text/plain; version=0.0.4; charset=utf-8");
+  });
+  s.Get("/v1/models",
+        [this](const httplib::Request&, httplib::Response& res) { handle_models(res); });
+  s.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generate(req, res, false);
+  });
+  s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generate(req, res, true);
+  });
+  s.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_tokenize(req, res);
+  });
+  s.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_detokenize(req, res);
+  });
+}
+
+void OpenAIServer::handle_models(httplib::Response& res) {
+  const ServingModel& m = ready_model();
+  json data = json::array();
+  for (const std::string& name : options_.served_model_names) {
+    data.push_back({{"id", name},
+                    {"object", "model"},
+                    {"created", created_},
+                    {"owned_by", "tessera"},
+                    {"root", options_.model_path},
+                    {"parent", nullptr},
+                    {"max_model_len", m.max_model_len}});
+  }
+  send_json(res, 200, {{"object", "list"}, {"data", data}});
+}
+
+void OpenAIServer::handle_tokenize(const httplib::Request& req, httplib::Response& res) {
+  const ServingModel& m = ready_model();
+  if (!m.text) throw ApiError(400, "this model folder has no tokenizer.json");
+  json body = parse_body(req);
+  if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object");
+  std::vector<int32_t> ids;
+  if (body.contains("messages")) {
+    GenerateRequest r = parse_chat_request(body, m.defaults);
+    const std::string prompt = m.text->render_chat(r.chat_inputs);
+    ids = m.text->encode(prompt, r.add_special_tokens);
+  } else {
+    auto it = body.find("prompt");
+    if (it == body.end() || !it->is_string())
+      throw ApiError(400, "'prompt' (a string) or 'messages' is required", "prompt");
+    bool add_special = true;
+    if (auto a = body.find("add_special_tokens"); a != body.end()) {
+      if (!a->is_boolean()) throw ApiError(400, "'add_special_tokens' must be a boolean");
+      add_special = a->get<bool>();
+    }
+    ids = m.text->encode(it->get<std::string>(), add_special);
+  }
+  json strs = nullptr;
+  if (body.value("return_token_strs", false)) {
+    strs = json::array();
+    for (int32_t id : ids) {
+      const int32_t one[1] = {id};
+      strs.push_back(m.text->decode(one, false));
+    }
+  }
+  send_json(res, 200,
+            {{"count", ids.size()},
+             {"max_model_len", m.max_model_len},
+             {"tokens", ids},
+             {"token_strs", strs}});
+}
+
+void OpenAIServer::handle_detokenize(const httplib::Request& req, httplib::Response& res) {
+  const ServingModel& m = ready_model();
+  if (!m.text) throw ApiError(400, "this model folder has no tokenizer.json");
+  json body = parse_body(req);
+  if (!body.is_object() || !body.contains("tokens") || !body["tokens"].is_array())
+    throw ApiError(400, "'tokens' (a list of token ids) is required", "tokens");
+  std::vector<int32_t> ids;
+  for (const json& t : body["tokens"]) {
+    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= m.vocab_size)
+      throw ApiError(400, fmt::format("token id {} is outside the vocabulary", t.dump()), "tokens");
+    ids.push_back(t.get<int32_t>());
+  }
+  send_json(res, 200, {{"prompt", m.text->decode(ids, false)}});
+}
+
+void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Response& res,
+                                   bool chat) {
+  const ServingModel& m = ready_model();
+  if (!accepting_) throw ApiError(503, "the server is shutting down");
+  json body = parse_body(req);
+  auto ctx = std::make_shared<ResponseContext>();
+  ctx->request = chat ? parse_chat_request(body, m.defaults)
+                      : parse_completion_request(body, m.defaults);
+  GenerateRequest& r = ctx->request;
+  const auto& names = options_.served_model_names;
+  if (r.model && std::find(names.begin(), names.end(), *r.model) == names.end())
+    throw ApiError(404, fmt::format("The model `{}` does not exist.", *r.model), "model");
+  ctx->chat = chat;
+  ctx->model = r.model.value_or(names.front());
+  ctx->id = random_id(chat ? "chatcmpl-" : "cmpl-");
+  ctx->created = unix_now();
+  ctx->text = m.text;
+  ctx->engine = m.engine;
+
+  // Prompts to token ids.
+  if (chat) {
+    if (!m.text) throw ApiError(400, "this model folder has no tokenizer.json: chat needs one");
+    std::string prompt;
+    try {
+      prompt = m.text->render_chat(r.chat_inputs);
+    } catch (const Error& e) {
+      throw ApiError(400, e.what(), "messages");
+    }
+    r.prompts = {PromptInput{prompt, {}}};
+  }
+  if (!m.text && !r.params.stop.empty())
+    throw ApiError(400, "stop strings need a tokenizer; this model folder has none", "stop");
+  for (PromptInput& p : r.prompts) {
+    if (p.text) {
+      if (!m.text)
+        throw ApiError(400, "this model folder has no tokenizer.json: send token ids", "prompt");
+      p.ids = m.text->encode(*p.text, r.add_special_tokens);
+      if (p.ids.empty()) throw ApiError(400, "the prompt is empty after tokenization", "prompt");
+    }
+    for (int32_t id : p.ids)
+      if (id >= m.vocab_size)
+        throw ApiError(400,
+                       fmt::format("token id {} is outside the vocabulary (size {})", id,
+                                   m.vocab_size),
+                       "prompt");
+    const int64_t len = static_cast<int64_t>(p.ids.size());
+    if (len >= m.max_model_len)
+      throw ApiError(400,
+                     fmt::format("This model's maximum context length is {} tokens. However, your "
+                                 "request has {} input tokens. Please reduce the length of the "
+                                 "input messages.",
+                                 m.max_model_len, len),
+                     chat ? "messages" : "prompt");
+    if (r.max_tokens_set && len + r.params.max_tokens > m.max_model_len)
+      throw ApiError(400,
+                     fmt::format("This model's maximum context length is {} tokens. However, you "
+                                 "requested {} tokens ({} in the messages, {} in the completion). "
+                                 "Please reduce the length of the messages or completion.",
+                                 m.max_model_len, len + r.params.max_tokens, len,
+                                 r.params.max_tokens),
+                     chat ? "max_tokens" : "max_tokens");
+    ctx->prompt_ids.push_back(p.ids);
+    ctx->prompt_texts.push_back(p.text ? *p.text : (m.text ? m.text->decode(p.ids, false) : ""));
+  }
+  try {
+    r.params.validate(m.vocab_size);
+  } catch (const Error& e) {
+    throw ApiError(400, e.what());
+  }
+  if (r.params.min_tokens > r.params.max_tokens && r.max_tokens_set)
+    throw ApiError(400, "min_tokens must be at most max_tokens", "min_tokens");
+
+  // One engine request per choice.
+  for (size_t p = 0; p < ctx->prompt_ids.size(); ++p) {
+    SamplingParams params = r.params;
+    const int64_t len = static_cast<int64_t>(ctx->prompt_ids[p].size());
+    if (!r.max_tokens_set && chat) params.max_tokens = m.max_model_len - len;
+    params.max_tokens = std::min(params.max_tokens, m.max_model_len - len);
+    for (int64_t i = 0; i < r.n; ++i) {
+      Choice c;
+      c.index = static_cast<int64_t>(p) * r.n + i;
+      c.prompt_index = static_cast<int64_t>(p);
+      SamplingParams choice_params = params;
+      // Distinct seeds so that n > 1 seeded choices differ yet reproduce.
+      if (choice_params.seed) *choice_params.seed += static_cast<uint64_t>(i);
+      try {
+        c.stream = m.engine->submit(fmt::format("{}-{}", ctx->id, c.index), ctx->prompt_ids[p],
+                                    choice_params);
+      } catch (const Error& e) {
+        ctx->abort_all();
+        throw ApiError(status_for_error_kind(e.kind()), e.what());
+      }
+      ctx->choices.push_back(std::move(c));
+    }
+  }
+
+  if (!r.stream) {
+    for (Choice& c : ctx->choices) {
+      while (!c.done) {
+        for (RequestOutput& out : c.stream->wait(std::chrono::milliseconds(500))) c.absorb(out);
+        if (auto err = c.stream->error()) {
+          ctx->abort_all();
+          throw ApiError(status_for_error_kind(err->kind()), err->what());
+        }
+      }
+    }
+    send_json(res, 200, ctx->full_response());
+    return;
+  }
+
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [ctx](size_t, httplib::DataSink& sink) {
+        auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+        // Writes the chunks for what a choice's stream produced; false when the client is gone.
+        auto emit = [&](Choice& c, std::vector<RequestOutput>& outs) {
+          for (RequestOutput& out : outs) {
+            const size_t lp_from = c.logprobs.size();
+            const bool first = !c.started;
+            c.absorb(out);
+            c.started = true;
+            std::string text = out.new_text;
+            if (first && ctx->request.echo) text = ctx->prompt_texts[c.prompt_index] + text;
+            if (text.empty() && out.new_logprobs.empty() && !out.finished && !first) continue;
+            if (!write(sse(ctx->chunk(c, text, lp_from, first)))) return false;
+          }
+          if (auto err = c.stream->error(); err && !c.done) {
+            c.done = true;
+            return write(sse(error_json(status_for_error_kind(err->kind()), err->what())));
+          }
+          return true;
+        };
+        if (ctx->chat) {
+          for (Choice& c : ctx->choices) {
+            if (c.started) continue;
+            c.started = true;
+            if (!write(sse(ctx->chunk(c, "", 0, true)))) return false;
+          }
+        }
+        bool any = false;
+        for (Choice& c : ctx->choices) {
+          if (c.done) continue;
+          std::vector<RequestOutput> outs = c.stream->wait(std::chrono::milliseconds(0));
+          any |= !outs.empty();
+          if (!emit(c, outs)) return false;
+        }
+        Choice* pending = nullptr;
+        for (Choice& c : ctx->choices)
+          if (!c.done) {
+            pending = &c;
+            break;
+          }
+        if (pending) {
+          if (!any) {
+            // Nothing new anywhere: block briefly on one unfinished choice; the provider is
+            // called again at once, so the others are polled too.
+            std::vector<RequestOutput> outs = pending->stream->wait(std::chrono::milliseconds(20));
+            if (!emit(*pending, outs)) return false;
+          }
+          return true;
+        }
+        if (ctx->request.include_usage) {
+          json usage = ctx->envelope(ctx->chat ? "chat.completion.chunk" : "text_completion");
+          usage["choices"] = json::array();
+          usage["usage"] = ctx->usage();
+          if (!write(sse(usage))) return false;
+        }
+        write("data: [DONE]\n\n");
+        sink.done();
+        return true;
+      },
+      [ctx](bool success) {
+        // The client went away (or the write failed): free the blocks now.
+        if (!success) ctx->abort_all();
+      });
+}
+
+}  // namespace tessera

@@ -1,0 +1,82 @@
+// The HTTP front end: vLLM's OpenAI-compatible API, /health, /version, /tokenize, /detokenize
+// and /metrics, on cpp-httplib. Requests are validated here (400 with an OpenAI-shaped error),
+// tokenized, fanned out into one engine request per choice and answered as JSON or as
+// server-sent events while the AsyncEngine generates.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/sampling_params.h"
+#include "server/async_engine.h"
+#include "server/metrics.h"
+#include "server/text_processor.h"
+
+namespace httplib {
+class Server;
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace tessera {
+
+struct ServerOptions {
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  std::vector<std::string> served_model_names;  // the first one names the metrics
+  std::string model_path;                       // shown as `root` in /v1/models
+  std::string api_key;                          // empty: no key needed
+  size_t max_body_bytes = 8u << 20;             // larger bodies get 413
+  int http_threads = 512;  // one per open connection: streams hold theirs until done
+  std::string version = "0.0.0";
+};
+
+// What the server needs from a loaded model.
+struct ServingModel {
+  AsyncEngine* engine = nullptr;
+  EngineMetrics* metrics = nullptr;
+  const TextProcessor* text = nullptr;  // null: token-id prompts only
+  int64_t max_model_len = 0;
+  int64_t vocab_size = 0;
+  SamplingParams defaults;  // from generation_config.json
+};
+
+class OpenAIServer {
+ public:
+  explicit OpenAIServer(ServerOptions options);
+  ~OpenAIServer();
+
+  // Binds the port (throws tessera::Error when it cannot) and serves on a background thread.
+  // Until set_ready(), /health and the API answer 503.
+  void start();
+  void set_ready(const ServingModel& model);
+  // New generation requests get 503; running ones go on.
+  void stop_accepting() { accepting_ = false; }
+  // Closes the listener and joins the serving thread.
+  void stop();
+  int port() const { return bound_port_; }
+
+ private:
+  void install_routes();
+  void handle_generate(const httplib::Request& req, httplib::Response& res, bool chat);
+  void handle_tokenize(const httplib::Request& req, httplib::Response& res);
+  void handle_detokenize(const httplib::Request& req, httplib::Response& res);
+  void handle_models(httplib::Response& res);
+  const ServingModel& ready_model() const;  // throws ApiError(503) before set_ready
+
+  ServerOptions options_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread thread_;
+  int bound_port_ = 0;
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> accepting_{true};
+  ServingModel model_;
+  int64_t created_ = 0;
+};
+
+}  // namespace tessera

@@ -1,0 +1,413 @@
+// The HTTP server in-process on a tiny model, through a real HTTP client: the endpoints, bad
+// input, batch invariance under concurrency, preemption and prefix caching, disconnects.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <fstream>
+#include <future>
+#include <map>
+#include <regex>
+#include <thread>
+
+#include "model/model_test_util.h"
+#include "server/loaded_model.h"
+#include "server/openai_server.h"
+
+namespace tessera {
+namespace {
+
+using nlohmann::json;
+
+// Bytes as token ids (byte + 3; ids 0-2 are specials): enough text handling to test the HTTP
+// layer without a real tokenizer.
+class ByteTextProcessor : public TextProcessor {
+ public:
+  std::vector<int32_t> encode(std::string_view text, bool add_special) const override {
+    std::vector<int32_t> ids;
+    if (add_special) ids.push_back(1);
+    for (unsigned char c : text) ids.push_back(c + 3);
+    return ids;
+  }
+  std::string decode(std::span<const int32_t> ids, bool skip_special) const override {
+    std::string s;
+    for (int32_t id : ids) s += piece(id);
+    return s;
+  }
+  std::string render_chat(const ChatRenderInputs& in) const override {
+    std::string s;
+    for (const auto& m : in.messages) {
+      if (m["role"] == "bad") throw Error("roles must alternate user/assistant");
+      s += m["role"].get<std::string>() + ": " + m.value("content", "") + "\n";
+    }
+    if (in.add_generation_prompt) s += "assistant:";
+    return s;
+  }
+  TextDecoderFactory decoder_factory() const override {
+    return [](bool) {
+      struct D : TextDecoder {
+        std::string step(int32_t t) override { return piece(t); }
+        std::string finish() override { return ""; }
+      };
+      return std::make_unique<D>();
+    };
+  }
+  std::optional<int32_t> eos_token_id() const override { return 2; }
+  // Printable ASCII for every id so that text is never empty or invalid UTF-8.
+  static std::string piece(int32_t id) {
+    if (id < 3) return "";
+    return std::string(1, static_cast<char>('!' + (id - 3) % 90));
+  }
+};
+
+struct ServerFixture {
+  ServerFixture(int64_t blocks, const std::string& api_key = "", int64_t max_num_seqs = 256) {
+    static std::filesystem::path dir = testing::make_tiny("llama", DType::kF32, 11);
+    EngineArgs args;
+    args.model = dir;
+    args.threads = 2;
+    args.num_gpu_blocks_override = blocks;
+    args.max_model_len = 256;
+    args.max_num_seqs = max_num_seqs;
+    args.kv_cache_dtype = DType::kF32;
+    model = LoadedModel::load(args, "tiny", "", std::make_unique<ByteTextProcessor>());
+    ServerOptions so;
+    so.host = "127.0.0.1";
+    so.port = 0;
+    so.served_model_names = {"tiny"};
+    so.api_key = api_key;
+    so.model_path = dir.string();
+    so.http_threads = 128;
+    server = std::make_unique<OpenAIServer>(so);
+    server->start();
+    server->set_ready(model->serving());
+  }
+  ~ServerFixture() {
+    server->stop();
+    server.reset();
+    model.reset();
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", server->port());
+    c.set_read_timeout(300, 0);
+    return c;
+  }
+  std::pair<int, json> post(const std::string& path, const std::string& body,
+                            const httplib::Headers& headers = {}) const {
+    auto res = client().Post(path, headers, body, "application/json");
+    if (!res) return {0, json()};
+    json j = res->body.empty() ? json() : json::parse(res->body, nullptr, false);
+    return {res->status, j};
+  }
+  std::string metrics() const { return client().Get("/metrics")->body; }
+  double metric(const std::string& name) const {
+    std::smatch m;
+    const std::string text = metrics();
+    std::regex re("\n" + std::regex_replace(name, std::regex(":"), ":") + "\\{[^}]*\\} ([0-9.e+-]+)");
+    if (!std::regex_search(text, m, re)) return -1;
+    return std::stod(m[1]);
+  }
+
+  std::unique_ptr<LoadedModel> model;
+  std::unique_ptr<OpenAIServer> server;
+};
+
+std::vector<int32_t> prompt_ids(int n, uint64_t seed) {
+  return testing::test_ids(n, 4096, seed);
+}
+
+TEST(ServerTest, HealthModelsVersionAndUnknownRoutes) {
+  ServerFixture f(256);
+  auto c = f.client();
+  EXPECT_EQ(c.Get("/health")->status, 200);
+  auto models = json::parse(c.Get("/v1/models")->body);
+  EXPECT_EQ(models["object"], "list");
+  EXPECT_EQ(models["data"][0]["id"], "tiny");
+  EXPECT_EQ(models["data"][0]["max_model_len"], 256);
+  EXPECT_TRUE(json::parse(c.Get("/version")->body).contains("version"));
+  auto missing = c.Get("/v1/nothing");
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_TRUE(json::parse(missing->body)["error"].contains("message"));
+}
+
+TEST(ServerTest, CompletionAndChatShapes) {
+  ServerFixture f(256);
+  auto [status, j] = f.post("/v1/completions",
+                            R"({"model":"tiny","prompt":"hello","max_tokens":5,"temperature":0,
+                                "n":2,"logprobs":2,"echo":true})");
+  ASSERT_EQ(status, 200) << j.dump();
+  EXPECT_EQ(j["object"], "text_completion");
+  ASSERT_EQ(j["choices"].size(), 2u);
+  EXPECT_EQ(j["choices"][0]["text"], j["choices"][1]["text"]);  // greedy: identical
+  EXPECT_EQ(j["choices"][0]["text"].get<std::string>().substr(0, 5), "hello");  // echo
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 6);  // BOS + 5 bytes
+  EXPECT_EQ(j["usage"]["completion_tokens"], 10);
+  EXPECT_TRUE(j["usage"]["prompt_tokens_details"].contains("cached_tokens"));
+  // echo + logprobs: the prompt positions come first, the first without a logprob.
+  EXPECT_EQ(j["choices"][0]["logprobs"]["tokens"].size(), 11u);
+  EXPECT_TRUE(j["choices"][0]["logprobs"]["token_logprobs"][0].is_null());
+
+  auto [cs, chat] = f.post("/v1/chat/completions",
+                           R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,
+                               "logprobs":true,"top_logprobs":3,"seed":5})");
+  ASSERT_EQ(cs, 200) << chat.dump();
+  EXPECT_EQ(chat["object"], "chat.completion");
+  EXPECT_EQ(chat["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(chat["choices"][0]["message"]["content"].get<std::string>().size(), 4u);
+  EXPECT_EQ(chat["choices"][0]["logprobs"]["content"].size(), 4u);
+  EXPECT_EQ(chat["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 3u);
+  // Same seed, same output.
+  auto [cs2, chat2] = f.post("/v1/chat/completions",
+                             R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,
+                                 "logprobs":true,"top_logprobs":3,"seed":5})");
+  EXPECT_EQ(chat2["choices"][0]["message"]["content"], chat["choices"][0]["message"]["content"]);
+}
+
+TEST(ServerTest, StopStringsAndStopTokens) {
+  ServerFixture f(256);
+  auto [s0, free_run] =
+      f.post("/v1/completions", R"({"prompt":"abc","max_tokens":12,"temperature":0})");
+  ASSERT_EQ(s0, 200);
+  const std::string text = free_run["choices"][0]["text"];
+  ASSERT_EQ(text.size(), 12u);
+  const std::string stop = text.substr(5, 2);
+  json body = {{"prompt", "abc"}, {"max_tokens", 12}, {"temperature", 0}, {"stop", {stop}}};
+  auto [s1, stopped] = f.post("/v1/completions", body.dump());
+  ASSERT_EQ(s1, 200);
+  EXPECT_EQ(stopped["choices"][0]["text"], text.substr(0, text.find(stop)));
+  EXPECT_EQ(stopped["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(stopped["choices"][0]["stop_reason"], stop);
+}
+
+TEST(ServerTest, StreamingWithUsage) {
+  ServerFixture f(256);
+  auto c = f.client();
+  std::string body;
+  auto res = c.Post("/v1/chat/completions",
+                    R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":6,
+                        "temperature":0,"stream":true,"stream_options":{"include_usage":true}})",
+                    "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  std::vector<json> events;
+  std::string content;
+  size_t pos = 0;
+  bool done = false;
+  while ((pos = res->body.find("data: ", pos)) != std::string::npos) {
+    const size_t end = res->body.find("\n\n", pos);
+    const std::string data = res->body.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (data == "[DONE]") {
+      done = true;
+      continue;
+    }
+    events.push_back(json::parse(data));
+  }
+  ASSERT_TRUE(done);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.front()["choices"][0]["delta"]["role"], "assistant");
+  for (const json& e : events)
+    if (!e["choices"].empty() && e["choices"][0]["delta"].contains("content"))
+      content += e["choices"][0]["delta"]["content"].get<std::string>();
+  EXPECT_EQ(content.size(), 6u);
+  EXPECT_TRUE(events.back()["choices"].empty());
+  EXPECT_EQ(events.back()["usage"]["completion_tokens"], 6);
+}
+
+TEST(ServerTest, BadInputGetsOpenAIErrorsAndServerKeepsServing) {
+  ServerFixture f(256, "secret");
+  const httplib::Headers auth = {{"Authorization", "Bearer secret"}};
+  struct Case {
+    std::string body;
+    int status;
+    std::string contains;
+  };
+  const std::vector<Case> cases = {
+      {"{not json", 400, "Invalid JSON"},
+      {R"({"prompt":"hi","temperature":"hot"})", 400, "temperature"},
+      {R"({"prompt":"hi","max_tokens":-1})", 400, "max_tokens"},
+      {R"({"prompt":"hi","temperature":-0.5})", 400, "temperature"},
+      {R"({"prompt":"hi","top_p":0})", 400, "top_p"},
+      {R"({"prompt":"hi","n":"two"})", 400, "n"},
+      {R"({"prompt":"hi","stop":[1]})", 400, "stop"},
+      {R"({"prompt":[]})", 400, "prompt"},
+      {R"({"prompt":[99999]})", 400, "vocabulary"},
+      {R"({"max_tokens":3})", 400, "prompt"},
+      {R"({"model":"gpt-4","prompt":"hi"})", 404, "does not exist"},
+      {json({{"prompt", std::string(300, 'x')}}).dump(), 400, "maximum context length is 256"},
+      {R"({"prompt":"hi","max_tokens":300})", 400, "maximum context length is 256"},
+  };
+  for (const Case& c : cases) {
+    auto [status, j] = f.post("/v1/completions", c.body, auth);
+    EXPECT_EQ(status, c.status) << c.body;
+    ASSERT_TRUE(j.contains("error")) << c.body << " -> " << j.dump();
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(c.contains), std::string::npos)
+        << j.dump();
+    EXPECT_EQ(j["error"]["code"], c.status);
+  }
+  auto [cs, chat] = f.post("/v1/chat/completions", R"({"messages":[{"role":"bad"}]})", auth);
+  EXPECT_EQ(cs, 400);
+  EXPECT_NE(chat["error"]["message"].get<std::string>().find("alternate"), std::string::npos);
+  auto [ms, missing] = f.post("/v1/chat/completions", R"({"messages":"hi"})", auth);
+  EXPECT_EQ(ms, 400);
+  // Wrong or missing API key.
+  EXPECT_EQ(f.post("/v1/completions", R"({"prompt":"hi"})").first, 401);
+  EXPECT_EQ(f.post("/v1/completions", R"({"prompt":"hi"})",
+                   {{"Authorization", "Bearer wrong"}})
+                .first,
+            401);
+  EXPECT_EQ(f.client().Get("/health")->status, 200);  // no key needed outside /v1
+  // A 10 MB body.
+  auto [big, bj] = f.post("/v1/completions", std::string(10'000'000, ' '), auth);
+  EXPECT_EQ(big, 413);
+  EXPECT_TRUE(bj.contains("error"));
+  // Still serving.
+  auto [ok, good] = f.post("/v1/completions", R"({"prompt":"hi","max_tokens":2})", auth);
+  EXPECT_EQ(ok, 200) << good.dump();
+}
+
+struct Greedy {
+  std::vector<std::string> tokens;
+  std::vector<double> logprobs;
+  bool operator==(const Greedy&) const = default;
+};
+
+Greedy run_greedy(const ServerFixture& f, const std::vector<int32_t>& prompt, int max_tokens) {
+  json body = {{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
+               {"logprobs", 1}, {"ignore_eos", true}};
+  auto [status, j] = f.post("/v1/completions", body.dump());
+  EXPECT_EQ(status, 200) << j.dump();
+  Greedy g;
+  if (status != 200) return g;
+  for (const json& t : j["choices"][0]["logprobs"]["tokens"]) g.tokens.push_back(t);
+  for (const json& v : j["choices"][0]["logprobs"]["token_logprobs"]) g.logprobs.push_back(v);
+  return g;
+}
+
+// 64 concurrent requests of different lengths == the same requests one at a time, bit for bit.
+void check_concurrent_matches_alone(ServerFixture& f, const std::vector<std::vector<int32_t>>& prompts,
+                                    int max_tokens) {
+  std::vector<Greedy> alone;
+  for (const auto& p : prompts) alone.push_back(run_greedy(f, p, max_tokens));
+  std::vector<std::future<Greedy>> futures;
+  for (const auto& p : prompts)
+    futures.push_back(std::async(std::launch::async, [&f, &p, max_tokens] {
+      return run_greedy(f, p, max_tokens);
+    }));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Greedy together = futures[i].get();
+    EXPECT_EQ(together.tokens, alone[i].tokens) << "request " << i;
+    EXPECT_EQ(together.logprobs, alone[i].logprobs) << "request " << i;
+  }
+}
+
+TEST(ServerTest, ConcurrentRequestsMatchSequentialOnes) {
+  ServerFixture f(2048);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 64; ++i) prompts.push_back(prompt_ids(3 + (i * 7) % 60, i));
+  check_concurrent_matches_alone(f, prompts, 8);
+  EXPECT_EQ(f.metric("vllm:num_preemptions_total"), 0);
+}
+
+TEST(ServerTest, PreemptionKeepsOutputsIdentical) {
+  // 24 blocks of 16 tokens: 16 requests growing to ~70 tokens cannot all fit.
+  ServerFixture f(24);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 16; ++i) prompts.push_back(prompt_ids(20 + i * 3, 100 + i));
+  check_concurrent_matches_alone(f, prompts, 40);
+  EXPECT_GT(f.metric("vllm:num_preemptions_total"), 0);
+}
+
+TEST(ServerTest, SharedPrefixesHitThePrefixCache) {
+  ServerFixture f(512);
+  const std::vector<int32_t> shared = prompt_ids(48, 999);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 16; ++i) {
+    std::vector<int32_t> p = shared;
+    for (int32_t t : prompt_ids(1 + i, 500 + i)) p.push_back(t);
+    prompts.push_back(p);
+  }
+  check_concurrent_matches_alone(f, prompts, 6);
+  EXPECT_GT(f.metric("vllm:prefix_cache_hits_total"), 0);
+  EXPECT_GT(f.metric("vllm:prefix_cache_queries_total"), f.metric("vllm:prefix_cache_hits_total"));
+}
+
+TEST(ServerTest, DisconnectMidStreamFreesBlocks) {
+  ServerFixture f(512);
+  {
+    auto c = f.client();
+    int chunks = 0;
+    json body = {{"prompt", prompt_ids(40, 3)}, {"max_tokens", 200}, {"stream", true},
+                 {"ignore_eos", true}};
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = body.dump();
+    req.set_header("Content-Type", "application/json");
+    // Hang up after a few chunks.
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };
+    httplib::Response res;
+    httplib::Error error;
+    c.send(req, res, error);
+    EXPECT_GE(chunks, 3);
+  }
+  double usage = 1;
+  for (int i = 0; i < 200 && usage != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    usage = f.metric("vllm:kv_cache_usage_perc");
+  }
+  EXPECT_EQ(usage, 0);
+  EXPECT_EQ(f.metric("vllm:num_requests_running"), 0);
+  EXPECT_GE(f.metrics().find("finished_reason=\"abort\",model_name=\"tiny\"} 1"), 0u);
+}
+
+TEST(ServerTest, MetricsHaveEveryVllmName) {
+  ServerFixture f(256);
+  f.post("/v1/completions", R"({"prompt":"hello","max_tokens":3})");
+  const std::string text = f.metrics();
+  for (const char* name :
+       {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc", "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total", "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total", "vllm:request_success_total",
+        "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
+        "vllm:time_per_output_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:request_queue_time_seconds_bucket", "vllm:request_prefill_time_seconds_bucket",
+        "vllm:request_decode_time_seconds_bucket", "vllm:request_inference_time_seconds_bucket",
+        "vllm:request_prompt_tokens_bucket", "vllm:request_generation_tokens_bucket",
+        "vllm:cache_config_info"})
+    EXPECT_NE(text.find(std::string(name) + "{"), std::string::npos) << name;
+  EXPECT_NE(text.find("model_name=\"tiny\""), std::string::npos);
+  EXPECT_NE(text.find("vllm:time_to_first_token_seconds_bucket{model_name=\"tiny\",le=\"2560\"}"),
+            std::string::npos);
+  EXPECT_EQ(f.metric("vllm:generation_tokens_total"), 3);
+  // promtool, when tests/server/fetch_promtool.sh could fetch it.
+  std::string promtool;
+  if (const char* env = std::getenv("TESSERA_PROMTOOL")) promtool = env;
+  else if (const char* home = std::getenv("HOME"))
+    promtool = std::string(home) + "/.cache/tessera/promtool/usr/bin/promtool";
+  if (!std::filesystem::exists(promtool) && std::system("command -v promtool >/dev/null") == 0)
+    promtool = "promtool";
+  else if (!std::filesystem::exists(promtool))
+    GTEST_SKIP() << "promtool not available: run tests/server/fetch_promtool.sh";
+  const auto path = testing::temp_dir("metrics") / "metrics.txt";
+  std::ofstream(path) << text;
+  const std::string cmd = promtool + " check metrics < " + path.string() + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int rc = pclose(p);
+  // Debian's promtool flags every name with ':' (vLLM's too); nothing else may appear.
+  std::string other;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty() && line.find("metric names should not contain ':'") == std::string::npos)
+      other += line + "\n";
+  EXPECT_EQ(other, "") << out;
+  EXPECT_TRUE(WEXITSTATUS(rc) == 0 || WEXITSTATUS(rc) == 3) << out;
+}
+
+}  // namespace
+}  // namespace tessera
