@@ -127,6 +127,7 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   latency->add_flag("--json", f->json, "Print one JSON object");
   latency->callback([f] { run_latency(*f); });
+  add_bench_serve_command(*bench);
 }
 
 }  // namespace tessera::cli

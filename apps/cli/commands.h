@@ -12,5 +12,7 @@ void add_bench_command(CLI::App& app);
 void add_make_model_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_bench_serve_command(CLI::App& bench);  // under `bench`
+void add_run_batch_command(CLI::App& app);
 
 }  // namespace tessera::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   });
   tessera::cli::add_serve_command(app);
   tessera::cli::add_generate_command(app);
+  tessera::cli::add_run_batch_command(app);
   tessera::cli::add_bench_command(app);
   tessera::cli::add_make_model_command(app);
   tessera::cli::add_tokenize_command(app);

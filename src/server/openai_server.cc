@@ -457,16 +457,16 @@ void OpenAIServer::handle_detokenize(const httplib::Request& req, httplib::Respo
   send_json(res, 200, {{"prompt", m.text->decode(ids, false)}});
 }
 
-void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Response& res,
-                                   bool chat) {
-  const ServingModel& m = ready_model();
-  if (!accepting_) throw ApiError(503, "the server is shutting down");
-  json body = parse_body(req);
+namespace {
+
+// Validates, tokenizes and submits one request: one engine request per choice.
+std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
+                                                  const std::vector<std::string>& names,
+                                                  const json& body, bool chat) {
   auto ctx = std::make_shared<ResponseContext>();
   ctx->request = chat ? parse_chat_request(body, m.defaults)
                       : parse_completion_request(body, m.defaults);
   GenerateRequest& r = ctx->request;
-  const auto& names = options_.served_model_names;
   if (r.model && std::find(names.begin(), names.end(), *r.model) == names.end())
     throw ApiError(404, fmt::format("The model `{}` does not exist.", *r.model), "model");
   ctx->chat = chat;
@@ -553,16 +553,41 @@ void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Respons
     }
   }
 
-  if (!r.stream) {
-    for (Choice& c : ctx->choices) {
-      while (!c.done) {
-        for (RequestOutput& out : c.stream->wait(std::chrono::milliseconds(500))) c.absorb(out);
-        if (auto err = c.stream->error()) {
-          ctx->abort_all();
-          throw ApiError(status_for_error_kind(err->kind()), err->what());
-        }
+  return ctx;
+}
+
+void collect(ResponseContext& ctx) {
+  for (Choice& c : ctx.choices) {
+    while (!c.done) {
+      for (RequestOutput& out : c.stream->wait(std::chrono::milliseconds(500))) c.absorb(out);
+      if (auto err = c.stream->error()) {
+        ctx.abort_all();
+        throw ApiError(status_for_error_kind(err->kind()), err->what());
       }
     }
+  }
+}
+
+}  // namespace
+
+json run_request_blocking(const ServingModel& model, const std::vector<std::string>& names,
+                          const json& body, bool chat) {
+  if (body.is_object() && body.contains("stream") && body["stream"] == true)
+    throw ApiError(400, "stream is not available in batch requests", "stream");
+  std::shared_ptr<ResponseContext> ctx = start_generation(model, names, body, chat);
+  collect(*ctx);
+  return ctx->full_response();
+}
+
+void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Response& res,
+                                   bool chat) {
+  const ServingModel& m = ready_model();
+  if (!accepting_) throw ApiError(503, "the server is shutting down");
+  std::shared_ptr<ResponseContext> ctx =
+      start_generation(m, options_.served_model_names, parse_body(req), chat);
+  const GenerateRequest& r = ctx->request;
+  if (!r.stream) {
+    collect(*ctx);
     send_json(res, 200, ctx->full_response());
     return;
   }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,6 +46,12 @@ struct ServingModel {
   int64_t vocab_size = 0;
   SamplingParams defaults;  // from generation_config.json
 };
+
+// Runs one non-streaming completions or chat request to the end (run-batch): the response body.
+// Throws ApiError.
+nlohmann::json run_request_blocking(const ServingModel& model,
+                                    const std::vector<std::string>& served_model_names,
+                                    const nlohmann::json& body, bool chat);
 
 class OpenAIServer {
  public:
