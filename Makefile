@@ -11,7 +11,7 @@ build: deps
 	@cmake --build --preset default
 
 run: build
-	build/tessera generate --prompt-ids 1,2,3,4 --max-tokens 32
+	build/tessera serve --model default
 
 test: build
 	ctest --preset default
