@@ -1,0 +1,5 @@
+#include <gtest/gtest.h>
+
+#include "tokenizer/tokenizer.h"
+
+TEST(Placeholder, Builds) {}
