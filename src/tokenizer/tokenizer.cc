@@ -157,7 +157,8 @@ void build_pipeline(Pipeline& p, const nlohmann::json& json, const TokenizerConf
     constexpr int32_t kSentinel = std::numeric_limits<int32_t>::min();
     const std::vector<int32_t> probe = post->process({kSentinel});
     const auto it = std::find(probe.begin(), probe.end(), kSentinel);
-    TESSERA_CHECK(it != probe.end()) << "post-processor dropped the sequence";
+    if (std::count(probe.begin(), probe.end(), kSentinel) != 1)
+      fail("post_processor: the single template must contain the sequence $A exactly once");
     p.prefix_ids.assign(probe.begin(), it);
     p.suffix_ids.assign(it + 1, probe.end());
   }
