@@ -257,8 +257,8 @@ void run_serve_bench(const ServeBenchFlags& f) {
   std::printf("%-40s %lld\n", "Total generated tokens:", static_cast<long long>(output_tokens));
   std::printf("%-40s %.2f\n", "Request throughput (req/s):", ok / duration);
   std::printf("%-40s %.2f\n", "Output token throughput (tok/s):", output_tokens / duration);
-  std::printf("%-40s %.2f\n", "Total token throughput (tok/s):",
-              (input_tokens + output_tokens) / duration);
+  std::printf("%-40s %.2f\n",
+              "Total token throughput (tok/s):", (input_tokens + output_tokens) / duration);
   for (const char* name : {"ttft", "tpot", "itl", "e2el"}) {
     std::printf("%-40s %.2f\n", fmt::format("Mean {} (ms):", name).c_str(),
                 out[fmt::format("mean_{}_ms", name)].get<double>());
@@ -283,7 +283,8 @@ void add_bench_serve_command(CLI::App& bench) {
   cmd->add_option("--num-prompts", f->num_prompts, "Requests to send")->capture_default_str();
   cmd->add_option("--request-rate", f->request_rate, "Requests/s (Poisson) or inf")
       ->capture_default_str();
-  cmd->add_option("--max-concurrency", f->max_concurrency, "Requests in flight at most (0: no cap)");
+  cmd->add_option("--max-concurrency", f->max_concurrency,
+                  "Requests in flight at most (0: no cap)");
   cmd->add_option("--random-input-len", f->random_input_len, "Prompt tokens")
       ->capture_default_str();
   cmd->add_option("--random-output-len", f->random_output_len, "Output tokens")

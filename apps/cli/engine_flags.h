@@ -27,6 +27,7 @@ struct EngineFlags {
   bool enable_prefix_caching = true;
   uint64_t seed = 0;
   std::string load_format = "auto";
+  std::string matmul_precision = "exact";
 };
 
 void add_engine_flags(CLI::App* cmd, EngineFlags& flags, bool model_positional = false);

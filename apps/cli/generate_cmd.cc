@@ -1,5 +1,6 @@
 // tessera generate: one prompt in, streamed text (or one JSON object) out.
 #include <cstdio>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -7,6 +8,7 @@
 #include "apps/cli/commands.h"
 #include "apps/cli/engine_flags.h"
 #include "core/status.h"
+#include "server/text_processor.h"
 
 namespace tessera::cli {
 
@@ -15,6 +17,8 @@ namespace {
 struct GenerateOptions {
   EngineFlags engine;
   std::string prompt;
+  std::string chat;  // FILE.json with {"messages": [...]} (OpenAI format)
+  std::string chat_template;
   std::string prompt_ids;
   int64_t max_tokens = 16;
   // Unset: generation_config.json's value, else vLLM's default.
@@ -50,14 +54,35 @@ std::vector<int32_t> parse_ids(const std::string& text) {
 }
 
 void run_generate(const GenerateOptions& o) {
-  if (o.prompt.empty() == o.prompt_ids.empty())
-    fail("generate needs exactly one of --prompt or --prompt-ids");
-  if (!o.prompt.empty())
-    fail(ErrorKind::kUnsupported,
-         "--prompt needs the tokenizer, which is not built yet; use --prompt-ids");
-  std::vector<int32_t> prompt = parse_ids(o.prompt_ids);
+  const int given = !o.prompt.empty() + !o.chat.empty() + !o.prompt_ids.empty();
+  if (given != 1) fail("generate needs exactly one of --prompt, --chat or --prompt-ids");
+  const EngineArgs args = to_engine_args(o.engine);
+  std::unique_ptr<TextProcessor> processor = load_text_processor(args.model, o.chat_template);
+  if (!processor && o.prompt_ids.empty())
+    fail("{} has no tokenizer.json: pass the prompt as token ids with --prompt-ids",
+         args.model.string());
+  std::vector<int32_t> prompt;
+  if (!o.prompt_ids.empty()) {
+    prompt = parse_ids(o.prompt_ids);
+  } else if (!o.prompt.empty()) {
+    prompt = processor->encode(o.prompt, /*add_special_tokens=*/true);
+  } else {
+    std::ifstream in(o.chat);
+    if (!in) fail(ErrorKind::kNotFound, "--chat: cannot read {}", o.chat);
+    nlohmann::ordered_json chat = nlohmann::ordered_json::parse(in, nullptr, false);
+    if (chat.is_discarded() || !chat.is_object() || !chat.contains("messages") ||
+        !chat["messages"].is_array())
+      fail("--chat: {} must hold a JSON object with a \"messages\" list (OpenAI format)", o.chat);
+    ChatRenderInputs inputs;
+    inputs.messages = chat["messages"];
+    if (chat.contains("tools")) inputs.tools = chat["tools"];
+    if (chat.contains("chat_template_kwargs")) inputs.kwargs = chat["chat_template_kwargs"];
+    prompt = processor->encode(processor->render_chat(inputs), /*add_special_tokens=*/false);
+  }
+  if (prompt.empty()) fail("the prompt is empty");
 
-  std::unique_ptr<EngineInstance> instance = EngineInstance::create(to_engine_args(o.engine));
+  std::unique_ptr<EngineInstance> instance =
+      EngineInstance::create(args, processor ? processor->decoder_factory() : TextDecoderFactory());
   SamplingParams params = SamplingParams::from_defaults(instance->generation_config());
   params.max_tokens = o.max_tokens;
   if (o.temperature) params.temperature = *o.temperature;
@@ -73,7 +98,7 @@ void run_generate(const GenerateOptions& o) {
   params.ignore_eos = o.ignore_eos;
   if (o.logprobs >= 0) params.logprobs = o.logprobs;
 
-  const bool text_mode = false;  // set once the model folder's tokenizer is used
+  const bool text_mode = processor != nullptr;
   LLMEngine& engine = instance->engine();
   engine.add_request("generate", prompt, params);
   std::vector<int32_t> output;
@@ -122,7 +147,11 @@ void add_generate_command(CLI::App& app) {
   auto opts = std::make_shared<GenerateOptions>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text for one prompt");
   add_engine_flags(cmd, opts->engine);
-  cmd->add_option("--prompt", opts->prompt, "Prompt text");
+  cmd->add_option("--prompt", opts->prompt, "Prompt text (BOS added as the tokenizer says)");
+  cmd->add_option("--chat", opts->chat,
+                  "JSON file with {\"messages\": [...]}, rendered with the chat template");
+  cmd->add_option("--chat-template", opts->chat_template,
+                  "Chat template file or inline Jinja (default: the tokenizer's)");
   cmd->add_option("--prompt-ids", opts->prompt_ids, "Prompt as comma-separated token ids");
   cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", opts->temperature,

@@ -1,7 +1,7 @@
 // tessera: serve and run Hugging Face LLMs. See README.md for the subcommands.
+#include <algorithm>
 #include <cstdio>
 #include <exception>
-#include <algorithm>
 #include <string>
 #include <vector>
 

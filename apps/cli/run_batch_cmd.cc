@@ -39,10 +39,12 @@ std::string random_hex() {
 }
 
 json error_line(const json& custom_id, int status, const std::string& message) {
-  return {{"id", "batch_req_" + random_hex()},
-          {"custom_id", custom_id},
-          {"response", {{"status_code", status}, {"request_id", nullptr}, {"body", error_json(status, message)}}},
-          {"error", {{"code", error_type_for_status(status)}, {"message", message}}}};
+  return {
+      {"id", "batch_req_" + random_hex()},
+      {"custom_id", custom_id},
+      {"response",
+       {{"status_code", status}, {"request_id", nullptr}, {"body", error_json(status, message)}}},
+      {"error", {{"code", error_type_for_status(status)}, {"message", message}}}};
 }
 
 // One input line to one output line; never throws.
@@ -66,7 +68,8 @@ json process_line(const std::string& line, const ServingModel& model,
       chat = false;
     else
       throw ApiError(400, fmt::format("url {} is not supported (/v1/chat/completions, "
-                                      "/v1/completions)", url));
+                                      "/v1/completions)",
+                                      url));
     if (!in.contains("body") || !in["body"].is_object())
       throw ApiError(400, "'body' must be a JSON object");
     json body = in["body"];

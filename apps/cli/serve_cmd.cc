@@ -104,8 +104,8 @@ void run_serve(ServeOptions& o) {
       LoadedModel::load(args, so.served_model_names.front(), o.chat_template);
   AsyncEngine& async = loaded->engine();
   server.set_ready(loaded->serving());
-  spdlog::info("ready: serving {} on http://{}:{}", fmt::join(so.served_model_names, ", "),
-               so.host, server.port());
+  spdlog::info("ready: serving {} on http://{}:{}", fmt::join(so.served_model_names, ", "), so.host,
+               server.port());
 
   // Periodic throughput log, like vLLM's.
   EngineStats last = async.stats();
@@ -133,7 +133,8 @@ void run_serve(ServeOptions& o) {
   const int64_t in_flight = async.num_unfinished();
   if (in_flight > 0) {
     spdlog::info("waiting up to {:.0f} s for {} in-flight requests", o.shutdown_timeout, in_flight);
-    if (!async.wait_idle(std::chrono::milliseconds(static_cast<int64_t>(o.shutdown_timeout * 1000))))
+    if (!async.wait_idle(
+            std::chrono::milliseconds(static_cast<int64_t>(o.shutdown_timeout * 1000))))
       spdlog::warn("{} requests still running at the shutdown timeout", async.num_unfinished());
   }
   server.stop();
@@ -144,7 +145,8 @@ void run_serve(ServeOptions& o) {
 
 void add_serve_command(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
-  CLI::App* cmd = app.add_subcommand("serve", "Serve a model over the OpenAI API (like vllm serve)");
+  CLI::App* cmd =
+      app.add_subcommand("serve", "Serve a model over the OpenAI API (like vllm serve)");
   add_engine_flags(cmd, o->engine, /*model_positional=*/true);
   cmd->add_option("--host", o->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", o->port, "Port (0: any free port)")->capture_default_str();

@@ -82,7 +82,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   e->args_ = args;
   const int threads = args.threads > 0 ? args.threads : physical_core_count();
   e->pool_ = std::make_unique<ThreadPool>(threads);
-  e->backend_ = std::make_unique<CpuBackend>(*e->pool_);
+  e->backend_ = std::make_unique<CpuBackend>(*e->pool_, cpu::detect_isa(), args.matmul_precision);
   e->tp_comm_ = std::make_unique<SingleCommunicator>();
   e->ctx_ = std::make_unique<ModelContext>(ModelContext{*e->backend_, *e->tp_comm_});
 

@@ -15,6 +15,7 @@
 #include "engine/llm_engine.h"
 #include "engine/model_runner.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "model/model.h"
 
 namespace tessera {
@@ -35,6 +36,8 @@ struct EngineArgs {
   bool enable_prefix_caching = true;
   uint64_t seed = 0;
   LoadFormat load_format = LoadFormat::kAuto;  // --load-format
+  // --cpu-matmul-precision: exact (activations split into two bf16 halves) or bf16 (rounded).
+  MatmulPrecision matmul_precision = MatmulPrecision::kExact;
 
   // Throws tessera::Error naming the flag when a value is out of range.
   void validate() const;

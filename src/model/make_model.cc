@@ -1,5 +1,7 @@
 #include "model/make_model.h"
 
+#include "tokenizer/tokenizer.h"
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -175,8 +177,24 @@ uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
     if (!options.config_override.is_object()) fail("--config-override must be a JSON object");
     config_json.merge_patch(options.config_override);
   }
-  const ModelConfig config = parse_model_config(config_json, "generated config");
   fs::create_directories(options.out);
+  // A real tokenizer (the built-in byte-level BPE) so that the folder works with text prompts
+  // and chat; BOS/EOS ids follow it unless the override sets them.
+  tokenizer::write_builtin_tokenizer(options.out, config_json["vocab_size"].get<int64_t>());
+  {
+    std::unique_ptr<tokenizer::Tokenizer> tok = tokenizer::Tokenizer::load(options.out);
+    const json& o = options.config_override;
+    const bool bos_set = o.is_object() && o.contains("bos_token_id");
+    const bool eos_set = o.is_object() && o.contains("eos_token_id");
+    if (!bos_set && tok->bos_token_id()) config_json["bos_token_id"] = *tok->bos_token_id();
+    if (!eos_set) {
+      json eos = json::array();
+      for (const char* name : {"<|end_of_text|>", "<|eot_id|>"})
+        if (auto id = tok->token_to_id(name)) eos.push_back(*id);
+      if (!eos.empty()) config_json["eos_token_id"] = eos;
+    }
+  }
+  const ModelConfig config = parse_model_config(config_json, "generated config");
   write_json(options.out / "config.json", config_json);
   json generation = {{"bos_token_id", config_json["bos_token_id"]},
                      {"eos_token_id", config_json["eos_token_id"]},

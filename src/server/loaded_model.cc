@@ -13,8 +13,8 @@ std::unique_ptr<LoadedModel> LoadedModel::load(const EngineArgs& args,
   if (!m->text_)
     spdlog::warn("{} has no tokenizer.json: only token-id prompts can be served",
                  args.model.string());
-  m->instance_ = EngineInstance::create(
-      args, m->text_ ? m->text_->decoder_factory() : TextDecoderFactory());
+  m->instance_ =
+      EngineInstance::create(args, m->text_ ? m->text_->decoder_factory() : TextDecoderFactory());
   const EngineConfig& ec = m->instance_->engine().config();
   CacheConfigInfo cache;
   cache.block_size = args.block_size;
@@ -27,7 +27,9 @@ std::unique_ptr<LoadedModel> LoadedModel::load(const EngineArgs& args,
   return m;
 }
 
-LoadedModel::~LoadedModel() { async_.reset(); }
+LoadedModel::~LoadedModel() {
+  async_.reset();
+}
 
 ServingModel LoadedModel::serving() {
   const EngineConfig& ec = instance_->engine().config();

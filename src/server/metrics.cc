@@ -11,15 +11,15 @@ namespace {
 
 using prometheus::Histogram;
 
-const Histogram::BucketBoundaries kTtftBuckets = {
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,  0.75,
-    1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160., 640., 2560.};
-const Histogram::BucketBoundaries kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,
-                                                 0.3,  0.4,   0.5,  0.75,  1.0,  2.5,  5.0,
+const Histogram::BucketBoundaries kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                                  0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0,
+                                                  20.0,  40.0,  80.0, 160., 640., 2560.};
+const Histogram::BucketBoundaries kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                                                 0.3,  0.4,   0.5,  0.75,  1.0, 2.5,  5.0,
                                                  7.5,  10.0,  20.0, 40.0,  80.0};
-const Histogram::BucketBoundaries kRequestBuckets = {
-    0.3, 0.5,  0.8,  1.0,  1.5,  2.0,  2.5,   5.0,   10.0,  15.0,  20.0,
-    30., 40.0, 50.0, 60.0, 120., 240., 480.0, 960.0, 1920., 7680.};
+const Histogram::BucketBoundaries kRequestBuckets = {0.3,  0.5,  0.8,  1.0,   1.5,   2.0,   2.5,
+                                                     5.0,  10.0, 15.0, 20.0,  30.,   40.0,  50.0,
+                                                     60.0, 120., 240., 480.0, 960.0, 1920., 7680.};
 
 }  // namespace
 
@@ -45,14 +45,17 @@ EngineMetrics::EngineMetrics(const std::string& model_name, int64_t max_model_le
   };
   auto histogram = [&](const char* name, const char* help,
                        const Histogram::BucketBoundaries& buckets) {
-    return &prometheus::BuildHistogram().Name(name).Help(help).Register(*registry_).Add(labels,
-                                                                                          buckets);
+    return &prometheus::BuildHistogram()
+                .Name(name)
+                .Help(help)
+                .Register(*registry_)
+                .Add(labels, buckets);
   };
   running_ = gauge("vllm:num_requests_running", "Number of requests in model execution batches.");
   waiting_ = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.");
   kv_usage_ = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.");
-  gpu_cache_usage_ = gauge("vllm:gpu_cache_usage_perc",
-                           "KV-cache usage. 1 means 100 percent usage (older name).");
+  gpu_cache_usage_ =
+      gauge("vllm:gpu_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage (older name).");
   prefix_queries_ = counter("vllm:prefix_cache_queries_total",
                             "Prefix cache queries, in terms of number of queried tokens.");
   prefix_hits_ = counter("vllm:prefix_cache_hits_total",
@@ -70,10 +73,10 @@ EngineMetrics::EngineMetrics(const std::string& model_name, int64_t max_model_le
     with_reason["finished_reason"] = finish_reason_name(reason);
     success_[reason] = &success.Add(with_reason);
   }
-  ttft_ = histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                    kTtftBuckets);
-  itl_ = histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
-                   kItlBuckets);
+  ttft_ = histogram("vllm:time_to_first_token_seconds",
+                    "Histogram of time to first token in seconds.", kTtftBuckets);
+  itl_ = histogram("vllm:inter_token_latency_seconds",
+                   "Histogram of inter-token latency in seconds.", kItlBuckets);
   tpot_ = histogram("vllm:time_per_output_token_seconds",
                     "Histogram of time per output token in seconds (older name).", kItlBuckets);
   e2e_ = histogram("vllm:e2e_request_latency_seconds",
@@ -87,8 +90,8 @@ EngineMetrics::EngineMetrics(const std::string& model_name, int64_t max_model_le
   inference_ = histogram("vllm:request_inference_time_seconds",
                          "Histogram of time spent in RUNNING phase for request.", kRequestBuckets);
   const auto token_buckets = one_two_five_buckets(std::max<int64_t>(max_model_len, 1));
-  request_prompt_tokens_ = histogram("vllm:request_prompt_tokens",
-                                     "Number of prefill tokens processed.", token_buckets);
+  request_prompt_tokens_ =
+      histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets);
   request_generation_tokens_ = histogram("vllm:request_generation_tokens",
                                          "Number of generation tokens processed.", token_buckets);
 
@@ -123,7 +126,9 @@ void EngineMetrics::update(const EngineStats& s) {
   last_ = s;
 }
 
-void EngineMetrics::observe_first_token(double seconds) { ttft_->Observe(seconds); }
+void EngineMetrics::observe_first_token(double seconds) {
+  ttft_->Observe(seconds);
+}
 
 void EngineMetrics::observe_inter_token(double seconds) {
   itl_->Observe(seconds);

@@ -26,8 +26,7 @@ struct CacheConfigInfo {
 
 class EngineMetrics {
  public:
-  EngineMetrics(const std::string& model_name, int64_t max_model_len,
-                const CacheConfigInfo& cache);
+  EngineMetrics(const std::string& model_name, int64_t max_model_len, const CacheConfigInfo& cache);
 
   // Gauges and counters from the engine's totals after a step.
   void update(const EngineStats& stats);

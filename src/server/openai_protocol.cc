@@ -111,7 +111,8 @@ void parse_common(const json& body, GenerateRequest& r) {
     r.n = *v;
   }
   if (auto v = get_int(body, "best_of")) {
-    if (*v != r.n) bad("best_of", "best_of must equal n (beam search and best_of are not supported)");
+    if (*v != r.n)
+      bad("best_of", "best_of must equal n (beam search and best_of are not supported)");
   }
   if (const json* stop = field(body, "stop")) {
     if (stop->is_string()) {

@@ -18,7 +18,9 @@ using nlohmann::json;
 using Clock = std::chrono::system_clock;
 
 // Generated text may end in the middle of a character; never let that break a response.
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -225,8 +227,7 @@ struct ResponseContext {
         choice["logprobs"] = request.logprobs ? chat_logprobs(c, 0) : json();
       } else {
         choice["text"] = (request.echo ? prompt_texts[c.prompt_index] : "") + c.text;
-        choice["logprobs"] =
-            request.logprobs ? completion_logprobs(c, 0, request.echo) : json();
+        choice["logprobs"] = request.logprobs ? completion_logprobs(c, 0, request.echo) : json();
       }
       choice["finish_reason"] = finish_reason_json(c);
       choice["stop_reason"] = stop_reason_json(c);
@@ -252,13 +253,13 @@ struct ResponseContext {
                                : json();
     } else {
       choice["text"] = new_text;
-      choice["logprobs"] = request.logprobs ? completion_logprobs(c, logprobs_from,
-                                                                  first && request.echo)
-                                            : json();
+      choice["logprobs"] =
+          request.logprobs ? completion_logprobs(c, logprobs_from, first && request.echo) : json();
     }
     choice["finish_reason"] = finish_reason_json(c);
     choice["stop_reason"] = stop_reason_json(c);
-    if (first && request.params.prompt_logprobs) choice["prompt_logprobs"] = prompt_logprobs_json(c);
+    if (first && request.params.prompt_logprobs)
+      choice["prompt_logprobs"] = prompt_logprobs_json(c);
     out["choices"] = json::array({choice});
     if (request.continuous_usage) out["usage"] = usage();
     return out;
@@ -270,7 +271,9 @@ struct ResponseContext {
   }
 };
 
-std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
+std::string sse(const json& j) {
+  return "data: " + dump(j) + "\n\n";
+}
 
 }  // namespace
 
@@ -281,7 +284,9 @@ OpenAIServer::OpenAIServer(ServerOptions options) : options_(std::move(options))
   install_routes();
 }
 
-OpenAIServer::~OpenAIServer() { stop(); }
+OpenAIServer::~OpenAIServer() {
+  stop();
+}
 
 void OpenAIServer::start() {
   const int threads = options_.http_threads;
@@ -336,10 +341,10 @@ void OpenAIServer::install_routes() {
     return httplib::Server::HandlerResponse::Handled;
   });
   // Errors httplib produces itself (unknown path, body too large) get OpenAI-shaped bodies.
-  s.set_error_handler(httplib::Server::HandlerWithResponse(
-      [](const httplib::Request& req, httplib::Response& res) {
+  s.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
+                                                              httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    std::string message = res.status == 413 ? "the request body is too large"
+    std::string message = res.status == 413   ? "the request body is too large"
                           : res.status == 404 ? fmt::format("{} {} not found", req.method, req.path)
                                               : fmt::format("HTTP {}", res.status);
     send_json(res, res.status, error_json(res.status, message));
@@ -464,8 +469,8 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
                                                   const std::vector<std::string>& names,
                                                   const json& body, bool chat) {
   auto ctx = std::make_shared<ResponseContext>();
-  ctx->request = chat ? parse_chat_request(body, m.defaults)
-                      : parse_completion_request(body, m.defaults);
+  ctx->request =
+      chat ? parse_chat_request(body, m.defaults) : parse_completion_request(body, m.defaults);
   GenerateRequest& r = ctx->request;
   if (r.model && std::find(names.begin(), names.end(), *r.model) == names.end())
     throw ApiError(404, fmt::format("The model `{}` does not exist.", *r.model), "model");
@@ -498,10 +503,9 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
     }
     for (int32_t id : p.ids)
       if (id >= m.vocab_size)
-        throw ApiError(400,
-                       fmt::format("token id {} is outside the vocabulary (size {})", id,
-                                   m.vocab_size),
-                       "prompt");
+        throw ApiError(
+            400, fmt::format("token id {} is outside the vocabulary (size {})", id, m.vocab_size),
+            "prompt");
     const int64_t len = static_cast<int64_t>(p.ids.size());
     if (len >= m.max_model_len)
       throw ApiError(400,
@@ -511,13 +515,13 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
                                  m.max_model_len, len),
                      chat ? "messages" : "prompt");
     if (r.max_tokens_set && len + r.params.max_tokens > m.max_model_len)
-      throw ApiError(400,
-                     fmt::format("This model's maximum context length is {} tokens. However, you "
-                                 "requested {} tokens ({} in the messages, {} in the completion). "
-                                 "Please reduce the length of the messages or completion.",
-                                 m.max_model_len, len + r.params.max_tokens, len,
-                                 r.params.max_tokens),
-                     chat ? "max_tokens" : "max_tokens");
+      throw ApiError(
+          400,
+          fmt::format("This model's maximum context length is {} tokens. However, you "
+                      "requested {} tokens ({} in the messages, {} in the completion). "
+                      "Please reduce the length of the messages or completion.",
+                      m.max_model_len, len + r.params.max_tokens, len, r.params.max_tokens),
+          chat ? "max_tokens" : "max_tokens");
     ctx->prompt_ids.push_back(p.ids);
     ctx->prompt_texts.push_back(p.text ? *p.text : (m.text ? m.text->decode(p.ids, false) : ""));
   }
@@ -579,8 +583,7 @@ json run_request_blocking(const ServingModel& model, const std::vector<std::stri
   return ctx->full_response();
 }
 
-void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Response& res,
-                                   bool chat) {
+void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Response& res, bool chat) {
   const ServingModel& m = ready_model();
   if (!accepting_) throw ApiError(503, "the server is shutting down");
   std::shared_ptr<ResponseContext> ctx =

@@ -102,7 +102,8 @@ struct ServerFixture {
   double metric(const std::string& name) const {
     std::smatch m;
     const std::string text = metrics();
-    std::regex re("\n" + std::regex_replace(name, std::regex(":"), ":") + "\\{[^}]*\\} ([0-9.e+-]+)");
+    std::regex re("\n" + std::regex_replace(name, std::regex(":"), ":") +
+                  "\\{[^}]*\\} ([0-9.e+-]+)");
     if (!std::regex_search(text, m, re)) return -1;
     return std::stod(m[1]);
   }
@@ -137,7 +138,7 @@ TEST(ServerTest, CompletionAndChatShapes) {
   ASSERT_EQ(status, 200) << j.dump();
   EXPECT_EQ(j["object"], "text_completion");
   ASSERT_EQ(j["choices"].size(), 2u);
-  EXPECT_EQ(j["choices"][0]["text"], j["choices"][1]["text"]);  // greedy: identical
+  EXPECT_EQ(j["choices"][0]["text"], j["choices"][1]["text"]);                  // greedy: identical
   EXPECT_EQ(j["choices"][0]["text"].get<std::string>().substr(0, 5), "hello");  // echo
   EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
   EXPECT_EQ(j["usage"]["prompt_tokens"], 6);  // BOS + 5 bytes
@@ -253,10 +254,9 @@ TEST(ServerTest, BadInputGetsOpenAIErrorsAndServerKeepsServing) {
   EXPECT_EQ(ms, 400);
   // Wrong or missing API key.
   EXPECT_EQ(f.post("/v1/completions", R"({"prompt":"hi"})").first, 401);
-  EXPECT_EQ(f.post("/v1/completions", R"({"prompt":"hi"})",
-                   {{"Authorization", "Bearer wrong"}})
-                .first,
-            401);
+  EXPECT_EQ(
+      f.post("/v1/completions", R"({"prompt":"hi"})", {{"Authorization", "Bearer wrong"}}).first,
+      401);
   EXPECT_EQ(f.client().Get("/health")->status, 200);  // no key needed outside /v1
   // A 10 MB body.
   auto [big, bj] = f.post("/v1/completions", std::string(10'000'000, ' '), auth);
@@ -274,8 +274,11 @@ struct Greedy {
 };
 
 Greedy run_greedy(const ServerFixture& f, const std::vector<int32_t>& prompt, int max_tokens) {
-  json body = {{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
-               {"logprobs", 1}, {"ignore_eos", true}};
+  json body = {{"prompt", prompt},
+               {"max_tokens", max_tokens},
+               {"temperature", 0},
+               {"logprobs", 1},
+               {"ignore_eos", true}};
   auto [status, j] = f.post("/v1/completions", body.dump());
   EXPECT_EQ(status, 200) << j.dump();
   Greedy g;
@@ -286,15 +289,15 @@ Greedy run_greedy(const ServerFixture& f, const std::vector<int32_t>& prompt, in
 }
 
 // 64 concurrent requests of different lengths == the same requests one at a time, bit for bit.
-void check_concurrent_matches_alone(ServerFixture& f, const std::vector<std::vector<int32_t>>& prompts,
+void check_concurrent_matches_alone(ServerFixture& f,
+                                    const std::vector<std::vector<int32_t>>& prompts,
                                     int max_tokens) {
   std::vector<Greedy> alone;
   for (const auto& p : prompts) alone.push_back(run_greedy(f, p, max_tokens));
   std::vector<std::future<Greedy>> futures;
   for (const auto& p : prompts)
-    futures.push_back(std::async(std::launch::async, [&f, &p, max_tokens] {
-      return run_greedy(f, p, max_tokens);
-    }));
+    futures.push_back(std::async(std::launch::async,
+                                 [&f, &p, max_tokens] { return run_greedy(f, p, max_tokens); }));
   for (size_t i = 0; i < prompts.size(); ++i) {
     Greedy together = futures[i].get();
     EXPECT_EQ(together.tokens, alone[i].tokens) << "request " << i;
@@ -338,8 +341,8 @@ TEST(ServerTest, DisconnectMidStreamFreesBlocks) {
   {
     auto c = f.client();
     int chunks = 0;
-    json body = {{"prompt", prompt_ids(40, 3)}, {"max_tokens", 200}, {"stream", true},
-                 {"ignore_eos", true}};
+    json body = {
+        {"prompt", prompt_ids(40, 3)}, {"max_tokens", 200}, {"stream", true}, {"ignore_eos", true}};
     httplib::Request req;
     req.method = "POST";
     req.path = "/v1/completions";
@@ -366,17 +369,27 @@ TEST(ServerTest, MetricsHaveEveryVllmName) {
   ServerFixture f(256);
   f.post("/v1/completions", R"({"prompt":"hello","max_tokens":3})");
   const std::string text = f.metrics();
-  for (const char* name :
-       {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-        "vllm:gpu_cache_usage_perc", "vllm:prefix_cache_queries_total",
-        "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total", "vllm:prompt_tokens_total",
-        "vllm:generation_tokens_total", "vllm:request_success_total",
-        "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
-        "vllm:time_per_output_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
-        "vllm:request_queue_time_seconds_bucket", "vllm:request_prefill_time_seconds_bucket",
-        "vllm:request_decode_time_seconds_bucket", "vllm:request_inference_time_seconds_bucket",
-        "vllm:request_prompt_tokens_bucket", "vllm:request_generation_tokens_bucket",
-        "vllm:cache_config_info"})
+  for (const char* name : {"vllm:num_requests_running",
+                           "vllm:num_requests_waiting",
+                           "vllm:kv_cache_usage_perc",
+                           "vllm:gpu_cache_usage_perc",
+                           "vllm:prefix_cache_queries_total",
+                           "vllm:prefix_cache_hits_total",
+                           "vllm:num_preemptions_total",
+                           "vllm:prompt_tokens_total",
+                           "vllm:generation_tokens_total",
+                           "vllm:request_success_total",
+                           "vllm:time_to_first_token_seconds_bucket",
+                           "vllm:inter_token_latency_seconds_bucket",
+                           "vllm:time_per_output_token_seconds_bucket",
+                           "vllm:e2e_request_latency_seconds_bucket",
+                           "vllm:request_queue_time_seconds_bucket",
+                           "vllm:request_prefill_time_seconds_bucket",
+                           "vllm:request_decode_time_seconds_bucket",
+                           "vllm:request_inference_time_seconds_bucket",
+                           "vllm:request_prompt_tokens_bucket",
+                           "vllm:request_generation_tokens_bucket",
+                           "vllm:cache_config_info"})
     EXPECT_NE(text.find(std::string(name) + "{"), std::string::npos) << name;
   EXPECT_NE(text.find("model_name=\"tiny\""), std::string::npos);
   EXPECT_NE(text.find("vllm:time_to_first_token_seconds_bucket{model_name=\"tiny\",le=\"2560\"}"),
@@ -384,7 +397,8 @@ TEST(ServerTest, MetricsHaveEveryVllmName) {
   EXPECT_EQ(f.metric("vllm:generation_tokens_total"), 3);
   // promtool, when tests/server/fetch_promtool.sh could fetch it.
   std::string promtool;
-  if (const char* env = std::getenv("TESSERA_PROMTOOL")) promtool = env;
+  if (const char* env = std::getenv("TESSERA_PROMTOOL"))
+    promtool = env;
   else if (const char* home = std::getenv("HOME"))
     promtool = std::string(home) + "/.cache/tessera/promtool/usr/bin/promtool";
   if (!std::filesystem::exists(promtool) && std::system("command -v promtool >/dev/null") == 0)
