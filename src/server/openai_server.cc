@@ -1,6 +1,7 @@
 #include "server/openai_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <random>
@@ -295,6 +296,13 @@ void OpenAIServer::start() {
   http_->set_keep_alive_max_count(100000);
   http_->set_read_timeout(600, 0);
   http_->set_write_timeout(600, 0);
+  // The library listens with a backlog of 5, too few for hundreds of clients connecting at
+  // once: remember the listening socket and raise its backlog after binding.
+  auto listen_fd = std::make_shared<int>(-1);
+  http_->set_socket_options([listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    *listen_fd = sock;
+  });
   if (options_.port == 0) {
     bound_port_ = http_->bind_to_any_port(options_.host);
     if (bound_port_ < 0) fail("cannot listen on {}", options_.host);
@@ -304,6 +312,7 @@ void OpenAIServer::start() {
            options_.port);
     bound_port_ = options_.port;
   }
+  if (*listen_fd >= 0) ::listen(*listen_fd, 4096);
   thread_ = std::thread([this] { http_->listen_after_bind(); });
   spdlog::info("listening on http://{}:{}", options_.host, bound_port_);
 }

@@ -100,7 +100,7 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
       {"generate" + m + " --max-model-len 8 --prompt-ids 1,2,3,4,5,6,7,8,9,10",
        "maximum context length is 8 tokens"},
       {"generate" + m + " --prompt-ids 1,2 --temperature -1", "temperature"},
-      {"generate" + m, "exactly one of --prompt or --prompt-ids"},
+      {"generate" + m, "exactly one of --prompt, --chat or --prompt-ids"},
       {"generate" + m + " --prompt-ids 1 --load-format pt", "--load-format pt is not supported"},
       {"make-model --arch mamba --out /tmp/never", "unknown architecture \"mamba\""},
       {"bench latency" + m + " --output-len 1", "--output-len >= 2"},

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <atomic>
 #include <fstream>
 #include <future>
 #include <map>
@@ -60,7 +61,8 @@ class ByteTextProcessor : public TextProcessor {
 };
 
 struct ServerFixture {
-  ServerFixture(int64_t blocks, const std::string& api_key = "", int64_t max_num_seqs = 256) {
+  ServerFixture(int64_t blocks, const std::string& api_key = "", int64_t max_num_seqs = 256,
+                int http_threads = 128) {
     static std::filesystem::path dir = testing::make_tiny("llama", DType::kF32, 11);
     EngineArgs args;
     args.model = dir;
@@ -76,7 +78,7 @@ struct ServerFixture {
     so.served_model_names = {"tiny"};
     so.api_key = api_key;
     so.model_path = dir.string();
-    so.http_threads = 128;
+    so.http_threads = http_threads;
     server = std::make_unique<OpenAIServer>(so);
     server->start();
     server->set_ready(model->serving());
@@ -94,7 +96,7 @@ struct ServerFixture {
   std::pair<int, json> post(const std::string& path, const std::string& body,
                             const httplib::Headers& headers = {}) const {
     auto res = client().Post(path, headers, body, "application/json");
-    if (!res) return {0, json()};
+    if (!res) return {0, json{{"client_error", httplib::to_string(res.error())}}};
     json j = res->body.empty() ? json() : json::parse(res->body, nullptr, false);
     return {res->status, j};
   }
@@ -363,6 +365,28 @@ TEST(ServerTest, DisconnectMidStreamFreesBlocks) {
   EXPECT_EQ(usage, 0);
   EXPECT_EQ(f.metric("vllm:num_requests_running"), 0);
   EXPECT_GE(f.metrics().find("finished_reason=\"abort\",model_name=\"tiny\"} 1"), 0u);
+}
+
+TEST(ServerTest, Holds256ConcurrentStreams) {
+  ServerFixture f(4096, "", 256, 300);
+  std::atomic<int> completed{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 256; ++i) {
+    clients.emplace_back([&, i] {
+      json body = {{"prompt", prompt_ids(4 + i % 13, i)},
+                   {"max_tokens", 6},
+                   {"stream", true},
+                   {"ignore_eos", true}};
+      auto res = f.client().Post("/v1/completions", body.dump(), "application/json");
+      if (res && res->status == 200 && res->body.find("data: [DONE]") != std::string::npos)
+        ++completed;
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(completed.load(), 256);
+  // /health stayed answerable and the engine is idle again.
+  EXPECT_EQ(f.client().Get("/health")->status, 200);
+  EXPECT_EQ(f.metric("vllm:num_requests_running"), 0);
 }
 
 TEST(ServerTest, MetricsHaveEveryVllmName) {
