@@ -17,3 +17,10 @@ endif()
 if(TESSERA_BUILD_BENCH)
   find_package(benchmark REQUIRED)
 endif()
+
+# ccache, when installed, makes rebuilds of unchanged files (other checkouts, CI reruns) cheap.
+find_program(TESSERA_CCACHE ccache)
+if(TESSERA_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  set(CMAKE_C_COMPILER_LAUNCHER ${TESSERA_CCACHE})
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${TESSERA_CCACHE})
+endif()
