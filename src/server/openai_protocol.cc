@@ -165,9 +165,10 @@ void parse_common(const json& body, GenerateRequest& r) {
   }
   if (auto v = get_bool(body, "return_tokens_as_token_ids")) r.return_tokens_as_token_ids = *v;
   if (auto v = get_string(body, "user")) (void)v;
-  if (const json* tp = field(body, "truncate_prompt_tokens")) {
-    (void)tp;
-    bad("truncate_prompt_tokens", "truncate_prompt_tokens is not supported");
+  if (auto v = get_int(body, "truncate_prompt_tokens")) {
+    if (*v < -1 || *v == 0)
+      bad("truncate_prompt_tokens", "truncate_prompt_tokens must be -1 or at least 1");
+    r.truncate_prompt_tokens = *v;
   }
 }
 

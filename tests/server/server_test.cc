@@ -182,6 +182,34 @@ TEST(ServerTest, StopStringsAndStopTokens) {
   EXPECT_EQ(stopped["choices"][0]["stop_reason"], stop);
 }
 
+// truncate_prompt_tokens keeps the last k prompt tokens: the request then answers exactly as
+// the shortened prompt does.
+TEST(ServerTest, TruncatePromptTokensKeepsTheLastTokens) {
+  ServerFixture f(256);
+  auto [s1, cut] = f.post("/v1/completions",
+                          R"({"prompt":[10,11,12,13,14],"max_tokens":6,"temperature":0,
+                              "truncate_prompt_tokens":2,"logprobs":1})");
+  ASSERT_EQ(s1, 200) << cut.dump();
+  auto [s2, shortp] = f.post("/v1/completions",
+                             R"({"prompt":[13,14],"max_tokens":6,"temperature":0,"logprobs":1})");
+  ASSERT_EQ(s2, 200) << shortp.dump();
+  EXPECT_EQ(cut["usage"]["prompt_tokens"], 2);
+  EXPECT_EQ(cut["choices"][0]["text"], shortp["choices"][0]["text"]);
+  EXPECT_EQ(cut["choices"][0]["logprobs"]["token_logprobs"],
+            shortp["choices"][0]["logprobs"]["token_logprobs"]);
+  // Longer than the prompt: nothing is cut. Zero or below -1: 400.
+  auto [s3, whole] = f.post("/v1/completions",
+                            R"({"prompt":[10,11,12],"max_tokens":2,"truncate_prompt_tokens":50})");
+  ASSERT_EQ(s3, 200);
+  EXPECT_EQ(whole["usage"]["prompt_tokens"], 3);
+  for (const char* bad : {"0", "-2", "\"x\""}) {
+    auto [s4, err] = f.post(
+        "/v1/completions", std::string(R"({"prompt":[1,2],"truncate_prompt_tokens":)") + bad + "}");
+    EXPECT_EQ(s4, 400) << bad;
+    EXPECT_EQ(err["error"]["param"], "truncate_prompt_tokens") << err.dump();
+  }
+}
+
 TEST(ServerTest, StreamingWithUsage) {
   ServerFixture f(256);
   auto c = f.client();
