@@ -361,6 +361,8 @@ TEST(ServerTest, TemplateErrorsAre400) {
        "not valid JSON"},
       {R"({"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{}}]})",
        "'name'"},
+      {R"({"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}]})",
+       "content parts of type 'image_url' are not supported: this model takes text only"},
   };
   for (const Case& c : cases) {
     auto [status, j] = f.post("/v1/chat/completions", c.body);
