@@ -90,7 +90,9 @@ TEST_P(ChatOracleTest, PromptsMatchTransformersAndVllm) {
     } else {
       EXPECT_NE(error, "") << "the oracle fails (" << want["error"] << ") but we rendered:\n"
                            << got;
-      if (want["raised"].get<bool>()) EXPECT_EQ(error, want["error"].get<std::string>());
+      if (want["raised"].get<bool>()) {
+        EXPECT_EQ(error, want["error"].get<std::string>());
+      }
       ++errors;
     }
   }
