@@ -276,6 +276,30 @@ TEST(ServerTest, BadInputGetsOpenAIErrorsAndServerKeepsServing) {
   EXPECT_EQ(ok, 200) << good.dump();
 }
 
+// The model folder's text processor: tokenizer, streaming decoder and EOS from the folder.
+TEST(TextProcessorTest, LoadsTheFoldersTokenizer) {
+  const std::filesystem::path dir = testing::make_tiny("llama", DType::kF32, 12);
+  std::unique_ptr<TextProcessor> text = load_text_processor(dir, "");
+  ASSERT_TRUE(text);
+  const std::string sample = "Grüße, world! 42 ✓ <|eot_id|> tail";
+  const std::vector<int32_t> ids = text->encode(sample, true);
+  EXPECT_EQ(text->decode(ids, true), sample.substr(0, sample.find("<|eot_id|>")) + " tail");
+  EXPECT_EQ(text->decode(ids, false), "<|begin_of_text|>" + sample);
+  for (bool skip : {true, false}) {
+    std::unique_ptr<TextDecoder> d = text->decoder_factory()(skip);
+    std::string streamed;
+    for (int32_t id : ids) streamed += d->step(id);
+    streamed += d->finish();
+    EXPECT_EQ(streamed, text->decode(ids, skip));
+  }
+  EXPECT_EQ(text->eos_token_id(), text->encode("<|eot_id|>", false).at(0));
+  // No tokenizer.json: token ids only; a chat template then makes no sense.
+  std::filesystem::remove(dir / "tokenizer.json");
+  EXPECT_EQ(load_text_processor(dir, ""), nullptr);
+  EXPECT_THROW(load_text_processor(dir, "{{ x }}"), Error);
+  std::filesystem::remove_all(dir);
+}
+
 // Chat through the model folder's own tokenizer and Llama-3-style template (the built-in one
 // make-model writes): the prompt the template defines, tokenized without extra BOS.
 TEST(ServerTest, ChatThroughTheModelsTemplate) {
