@@ -9,11 +9,12 @@ with newlines, tool-call arguments parsed from JSON, tools as its request model 
 
 Usage: chat_oracle.py CONVERSATIONS.json OUT.json NAME=TOKENIZER_CONFIG.json...
 Writes {NAME: {"format": "string"|"openai", "results": [{"name", "prompt"} or
-{"name", "error", "raised"}]}}. Exit 3 when jinja2 is missing.
+{"name", "error", "raised"}], "render_us": mean time per conversation}}. Exit 3 when jinja2 is missing.
 """
 import json
 import sys
 from collections import deque
+import time
 from datetime import datetime
 
 try:
@@ -245,6 +246,7 @@ def main():
         fmt = detect_content_format(env, source)
         specials = special_tokens_map(config)
         results = []
+        start = time.perf_counter()
         for conv in conversations:
             try:
                 results.append({"name": conv["name"],
@@ -253,7 +255,9 @@ def main():
                 results.append({"name": conv["name"], "error": str(e), "raised": True})
             except Exception as e:  # noqa: BLE001 - any failure is an expected error
                 results.append({"name": conv["name"], "error": repr(e), "raised": False})
-        out[name] = {"format": fmt, "results": results}
+        seconds = time.perf_counter() - start
+        out[name] = {"format": fmt, "results": results,
+                     "render_us": seconds * 1e6 / len(conversations)}
     with open(sys.argv[2], "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
 

@@ -5,6 +5,7 @@
 // too, and a template's raise_exception message must come through unchanged.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 
 #include "real_tokenizers.h"
@@ -72,17 +73,21 @@ TEST_P(ChatOracleTest, PromptsMatchTransformersAndVllm) {
       << "content format detection differs from vLLM's";
 
   int matched = 0, errors = 0;
+  double seconds = 0;
   for (size_t i = 0; i < conversations.size(); ++i) {
     const Json& conv = conversations[i];
     const nlohmann::json& want = expected["results"][i];
     ASSERT_EQ(want["name"], conv["name"]);
     SCOPED_TRACE(GetParam() + " / " + conv["name"].get<std::string>());
     std::string got, error;
+    const ChatInputs inputs = inputs_of(conv);
+    const auto start = std::chrono::steady_clock::now();
     try {
-      got = templates.render(inputs_of(conv));
+      got = templates.render(inputs);
     } catch (const Error& e) {
       error = e.what();
     }
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (want.contains("prompt")) {
       EXPECT_EQ(error, "");
       EXPECT_EQ(got, want["prompt"].get<std::string>());
@@ -96,8 +101,11 @@ TEST_P(ChatOracleTest, PromptsMatchTransformersAndVllm) {
       ++errors;
     }
   }
-  std::printf("[ oracle   ] %s: %d prompts identical, %d errors agreed\n", GetParam().c_str(),
-              matched, errors);
+  const double us = seconds * 1e6 / static_cast<double>(conversations.size());
+  std::printf(
+      "[ oracle   ] %s: %d prompts identical, %d errors agreed; %.1f us per conversation "
+      "(Python Jinja2 oracle: %.1f us)\n",
+      GetParam().c_str(), matched, errors, us, expected.value("render_us", 0.0));
   EXPECT_GE(matched, 15);
 }
 
