@@ -262,15 +262,8 @@ GenerateRequest parse_chat_request(const json& body, const SamplingParams& defau
     auto content = m.find("content");
     if (content != m.end() && !content->is_null() && !content->is_string() && !content->is_array())
       bad("messages", "message 'content' must be a string or a list of parts");
-    if (content != m.end() && content->is_array()) {
-      for (const json& part : *content) {
-        if (!part.is_object() || !part.contains("type"))
-          bad("messages", "each content part must be an object with a 'type'");
-        if (part["type"] != "text")
-          bad("messages", fmt::format("content parts of type {} are not supported (text only)",
-                                      part["type"].dump()));
-      }
-    }
+    // Content parts are checked where the conversation is prepared for the template
+    // (tokenizer/chat_template.cc), as vLLM does: text-like parts pass, media parts are refused.
   }
   r.chat_inputs.messages = nlohmann::ordered_json::parse(messages->dump());
   if (const json* tools = field(body, "tools")) {

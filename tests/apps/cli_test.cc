@@ -117,6 +117,55 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
   }
 }
 
+// A chat file through the model folder's template (make-model writes a Llama-3-style one).
+TEST_F(CliTest, TokenizeAndGenerateAChat) {
+  const fs::path chat = testing::temp_dir("chat") / "chat.json";
+  std::ofstream(chat) << R"({"messages": [{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": " Hi! "}]})";
+  const std::string m = " --model " + dir_->string();
+  CliRun t = run("tokenize" + m + " --chat " + chat.string());
+  ASSERT_EQ(t.status, 0) << t.err;
+  const nlohmann::json j = nlohmann::json::parse(t.out);
+  const std::string expected =
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+      "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+      "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  EXPECT_EQ(j["prompt"], expected);
+  ASSERT_EQ(j["tokens"].size(), j["ids"].size());
+  EXPECT_EQ(j["tokens"][0], "<|begin_of_text|>");
+  CliRun nogen = run("tokenize" + m + " --no-generation-prompt --chat " + chat.string());
+  ASSERT_EQ(nogen.status, 0) << nogen.err;
+  EXPECT_EQ(nlohmann::json::parse(nogen.out)["prompt"],
+            expected.substr(
+                0, expected.size() -
+                       std::string("<|start_header_id|>assistant<|end_header_id|>\n\n").size()));
+
+  CliRun g = run("generate" + m + " --chat " + chat.string() +
+                 " --max-tokens 3 --temperature 0 --ignore-eos --json");
+  ASSERT_EQ(g.status, 0) << g.err;
+  const nlohmann::json out = nlohmann::json::parse(g.out);
+  EXPECT_EQ(out["prompt_ids"], j["ids"]);
+  EXPECT_EQ(out["output_ids"].size(), 3u);
+  // The same ids as a token prompt generate the same tokens.
+  std::string ids;
+  for (const auto& id : j["ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id.get<int>());
+  CliRun same = run("generate" + m + " --prompt-ids " + ids +
+                    " --max-tokens 3 --temperature 0 --ignore-eos --json");
+  ASSERT_EQ(same.status, 0) << same.err;
+  EXPECT_EQ(nlohmann::json::parse(same.out)["output_ids"], out["output_ids"]);
+
+  // A template's error is one clear line and a non-zero exit.
+  const fs::path tmpl = chat.parent_path() / "strict.jinja";
+  std::ofstream(tmpl) << "{% if messages[0].role == 'system' %}"
+                         "{{ raise_exception('System role not supported') }}{% endif %}";
+  for (const std::string cmd : {"tokenize", "generate"}) {
+    CliRun bad = run(cmd + m + " --chat " + chat.string() + " --chat-template " + tmpl.string());
+    EXPECT_NE(bad.status, 0) << cmd;
+    EXPECT_EQ(last_line(bad.err), "error: System role not supported") << cmd;
+  }
+  fs::remove_all(chat.parent_path());
+}
+
 TEST_F(CliTest, MakeModelIsBitForBitDeterministic) {
   const fs::path a = testing::temp_dir("mm_a"), b = testing::temp_dir("mm_b"),
                  c = testing::temp_dir("mm_c");
