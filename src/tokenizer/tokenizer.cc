@@ -11,6 +11,7 @@
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/decoder.h"
+#include "tokenizer/json_reader.h"
 #include "tokenizer/normalizer.h"
 #include "tokenizer/post_processor.h"
 #include "tokenizer/pre_tokenizer.h"
@@ -82,15 +83,17 @@ TokenizerConfig parse_config(const nlohmann::json& json) {
   return config;
 }
 
-void build_pipeline(Pipeline& p, const nlohmann::json& json, const TokenizerConfig& config) {
+void build_pipeline(Pipeline& p, std::string_view text, const TokenizerConfig& config) {
+  const TokenizerJson parsed = split_tokenizer_json(text);
+  const nlohmann::json& json = parsed.doc;
   if (!json.is_object()) fail("the top level must be an object");
   const auto& model = json.at("model");
   std::string type = model.value("type", std::string());
-  if (type.empty() && model.contains("merges")) type = "BPE";  // older files omit the type
+  if (type.empty() && !parsed.merges.empty()) type = "BPE";  // older files omit the type
   if (type != "BPE") {
     fail(ErrorKind::kUnsupported, "model type \"{}\" is not supported (supported: BPE)", type);
   }
-  p.model = std::make_unique<Bpe>(model);
+  p.model = std::make_unique<Bpe>(model, parsed.vocab, parsed.merges);
   const auto null = nlohmann::json();
   const auto field = [&](const char* key) -> const nlohmann::json& {
     return json.contains(key) ? json.at(key) : null;
@@ -137,15 +140,16 @@ void build_pipeline(Pipeline& p, const nlohmann::json& json, const TokenizerConf
 
   // Id -> token table.
   int64_t size = 0;
-  for (const auto& [token, id] : p.model->vocab()) size = std::max<int64_t>(size, id + 1);
+  p.model->vocab().for_each(
+      [&](std::string_view, int32_t id) { size = std::max<int64_t>(size, id + 1); });
   for (const AddedToken& token : p.added_tokens) size = std::max<int64_t>(size, token.id + 1);
   p.id_to_token.resize(size);
   p.known.assign(size, 0);
   p.special.assign(size, 0);
-  for (const auto& [token, id] : p.model->vocab()) {
+  p.model->vocab().for_each([&](std::string_view token, int32_t id) {
     p.id_to_token[id] = token;
     p.known[id] = 1;
-  }
+  });
   for (const AddedToken& token : p.added_tokens) {
     p.id_to_token[token.id] = token.content;
     p.known[token.id] = 1;
@@ -220,7 +224,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   });
   const std::string json_text = read_file(json_path);
   with_context(json_path.string(), [&] {
-    build_pipeline(*tokenizer->pipeline_, nlohmann::json::parse(json_text), tokenizer->config_);
+    build_pipeline(*tokenizer->pipeline_, json_text, tokenizer->config_);
     return 0;
   });
   return tokenizer;
@@ -235,8 +239,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
                : parse_config(nlohmann::json::parse(tokenizer_config_json));
   });
   with_context("tokenizer.json", [&] {
-    build_pipeline(*tokenizer->pipeline_, nlohmann::json::parse(tokenizer_json),
-                   tokenizer->config_);
+    build_pipeline(*tokenizer->pipeline_, tokenizer_json, tokenizer->config_);
     return 0;
   });
   return tokenizer;
