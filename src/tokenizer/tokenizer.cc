@@ -254,7 +254,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_special_
   }
   std::vector<int32_t> ids;
   if (add_special_tokens) ids = p.prefix_ids;
-  std::vector<Piece> pieces;
+  Pieces pieces;
   // 1. Added tokens matched in the raw text; 2. normalize the rest; 3. added tokens matched in
   // the normalized text; 4. pre-tokenize; 5. BPE each piece.
   for (const Segment& segment : p.raw_matcher.split(input)) {
@@ -270,10 +270,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_special_
         ids.push_back(sub.id);
         continue;
       }
-      pieces.clear();
-      pieces.push_back({std::string(sub.text), at_origin && sub.text.data() == normalized.data()});
+      pieces = Pieces(sub.text, at_origin && sub.text.data() == normalized.data());
       if (p.pre_tokenizer) p.pre_tokenizer->pre_tokenize(pieces);
-      for (const Piece& piece : pieces) p.model->tokenize(piece.text, ids);
+      for (const Pieces::Span& span : pieces.spans) p.model->tokenize(pieces.view(span), ids);
     }
   }
   if (add_special_tokens) ids.insert(ids.end(), p.suffix_ids.begin(), p.suffix_ids.end());

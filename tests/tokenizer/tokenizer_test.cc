@@ -38,10 +38,10 @@ std::string make_json(const std::vector<std::string>& tokens, const json& merges
 }
 
 std::vector<std::string> pre_tokenize(const json& config, const std::string& text) {
-  std::vector<Piece> pieces{{text, true}};
+  Pieces pieces(text, true);
   parse_pre_tokenizer(config)->pre_tokenize(pieces);
   std::vector<std::string> out;
-  for (const Piece& p : pieces) out.push_back(p.text);
+  for (const Pieces::Span& span : pieces.spans) out.emplace_back(pieces.view(span));
   return out;
 }
 
@@ -237,9 +237,10 @@ TEST(PreTokenizer, Metaspace) {
   EXPECT_EQ(pre_tokenize(meta("never", true), "hi you"), (V{"hi", m + "you"}));
   EXPECT_EQ(pre_tokenize(meta("always", false), "hi you"), (V{m + "hi" + m + "you"}));
   // "first": only at the start of the input, not after an added token.
-  std::vector<Piece> pieces{{"a", false}};
+  Pieces pieces("a", false);
   parse_pre_tokenizer(meta("first", true))->pre_tokenize(pieces);
-  EXPECT_EQ(pieces[0].text, "a");
+  ASSERT_EQ(pieces.spans.size(), 1u);
+  EXPECT_EQ(pieces.view(pieces.spans[0]), "a");
   EXPECT_EQ(pre_tokenize(meta("first", true), "a"), (V{m + "a"}));
 }
 
