@@ -2,9 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <limits>
-#include <queue>
 #include <random>
 
 #include "core/status.h"
@@ -47,6 +47,11 @@ Bpe::Bpe(const nlohmann::json& model, std::string_view vocab_json, std::string_v
   for (int b = 0; b < 256; ++b) {
     const int32_t* id = vocab_.find(fmt::format("<0x{:02X}>", b));
     byte_ids_[b] = id ? *id : -1;
+  }
+  for (int c = 0; c < 128; ++c) {
+    const char ch = static_cast<char>(c);
+    const int32_t* id = vocab_.find(std::string_view(&ch, 1));
+    ascii_ids_[c] = id ? *id : -1;
   }
   parse_merges(merges_json);
 }
@@ -234,8 +239,9 @@ void Bpe::merge_word(std::string_view word, std::vector<int32_t>& out) const {
     int32_t next;
     bool alive;
   };
-  std::vector<Symbol> symbols;
-  symbols.reserve(word.size());
+  // Per-thread buffers: words that miss the cache would otherwise allocate twice each.
+  thread_local std::vector<Symbol> symbols;
+  symbols.clear();
   const auto add = [&](int32_t id) {
     const auto n = static_cast<int32_t>(symbols.size());
     symbols.push_back({id, n - 1, -1, true});
@@ -249,6 +255,14 @@ void Bpe::merge_word(std::string_view word, std::vector<int32_t>& out) const {
   while (pos < word.size()) {
     const size_t begin = pos;
     pos += std::min(utf8_char_len(static_cast<unsigned char>(word[pos])), word.size() - pos);
+    if (affixes_empty && pos == begin + 1 && static_cast<unsigned char>(word[begin]) < 0x80) {
+      const int32_t id = ascii_ids_[static_cast<unsigned char>(word[begin])];
+      if (id >= 0) {  // the common case, without hashing
+        if (pending_unk) add(*std::exchange(pending_unk, std::nullopt));
+        add(id);
+        continue;
+      }
+    }
     std::string_view key = word.substr(begin, pos - begin);
     if (!affixes_empty) {
       piece.clear();
@@ -282,25 +296,31 @@ void Bpe::merge_word(std::string_view word, std::vector<int32_t>& out) const {
   if (pending_unk) add(*pending_unk);
 
   struct Candidate {
-    int32_t rank;
-    int32_t pos;
+    uint64_t order;  // rank, then position: lowest first
     int32_t new_id;
-    bool operator>(const Candidate& o) const {
-      return rank != o.rank ? rank > o.rank : pos > o.pos;
-    }
+    int32_t pos() const { return static_cast<int32_t>(order & 0xFFFFFFFF); }
+    bool operator>(const Candidate& o) const { return order > o.order; }
   };
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
+  // A binary heap in a per-thread vector (std::priority_queue cannot reuse its memory).
+  thread_local std::vector<Candidate> heap;
+  heap.clear();
+  const auto push = [&](const Candidate& c) {
+    heap.push_back(c);
+    std::push_heap(heap.begin(), heap.end(), std::greater<>());
+  };
   const auto push_pair = [&](int32_t left) {
     const int32_t right = symbols[left].next;
     if (right < 0) return;
     if (const auto* m = merges_.find(PairTable::key(symbols[left].id, symbols[right].id)))
-      queue.push({m->rank, left, m->new_id});
+      push({(static_cast<uint64_t>(m->rank) << 32) | static_cast<uint32_t>(left), m->new_id});
   };
   for (int32_t i = 0; i + 1 < static_cast<int32_t>(symbols.size()); ++i) push_pair(i);
-  while (!queue.empty()) {
-    const Candidate top = queue.top();
-    queue.pop();
-    Symbol& left = symbols[top.pos];
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+    const Candidate top = heap.back();
+    heap.pop_back();
+    const int32_t top_pos = top.pos();
+    Symbol& left = symbols[top_pos];
     if (!left.alive || left.next < 0) continue;
     // The pair may have changed since it was queued.
     const auto* m = merges_.find(PairTable::key(left.id, symbols[left.next].id));
@@ -309,13 +329,17 @@ void Bpe::merge_word(std::string_view word, std::vector<int32_t>& out) const {
     left.id = top.new_id;
     right.alive = false;
     left.next = right.next;
-    if (left.next >= 0) symbols[left.next].prev = top.pos;
+    if (left.next >= 0) symbols[left.next].prev = top_pos;
     if (left.prev >= 0) push_pair(left.prev);
-    push_pair(top.pos);
+    push_pair(top_pos);
   }
   for (const Symbol& s : symbols) {
     if (s.alive) out.push_back(s.id);
   }
+  // A huge word must not pin its buffers to the thread for good.
+  constexpr size_t kKeep = size_t{1} << 16;
+  if (symbols.capacity() > kKeep) std::vector<Symbol>().swap(symbols);
+  if (heap.capacity() > kKeep) std::vector<Candidate>().swap(heap);
 }
 
 }  // namespace tessera::tokenizer

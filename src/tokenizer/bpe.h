@@ -51,7 +51,8 @@ class Bpe {
   bool fuse_unk_ = false;
   bool byte_fallback_ = false;
   bool ignore_merges_ = false;
-  int32_t byte_ids_[256];  // ids of "<0xNN>" tokens for byte_fallback, -1 when absent
+  int32_t byte_ids_[256];   // ids of "<0xNN>" tokens for byte_fallback, -1 when absent
+  int32_t ascii_ids_[128];  // ids of the one-character tokens, -1 when absent
 
   // Word cache, sharded to keep lock contention low between server threads. A full shard is
   // cleared rather than evicted entry by entry: simple, bounded, and hot words come back fast.
