@@ -83,9 +83,12 @@ void Bpe::parse_vocab(std::string_view json) {
   do {
     const std::string_view token = reader.read_string(scratch);
     reader.expect(':');
-    if (reader.peek() != '-' && (reader.peek() < '0' || reader.peek() > '9'))
+    const std::optional<int64_t> parsed = reader.read_integer();
+    if (!parsed) {
+      reader.skip_value();  // a malformed value is reported as such
       fail("model.vocab: the id of \"{}\" is not an integer", token);
-    const int64_t id = reader.read_integer();
+    }
+    const int64_t id = *parsed;
     if (id < 0 || id > kMaxTokenId) fail("model.vocab: id {} of \"{}\" is out of range", id, token);
     Pending& p = ring[count % kAhead];
     if (count >= kAhead) vocab_.insert_or_assign(p.token, p.hash, p.id);

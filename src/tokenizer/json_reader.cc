@@ -123,7 +123,7 @@ std::string_view JsonReader::read_string(std::string& scratch) {
   return scratch;
 }
 
-int64_t JsonReader::read_integer() {
+std::optional<int64_t> JsonReader::read_integer() {
   skip_ws();
   const size_t begin = pos_;
   bool negative = false;
@@ -131,18 +131,24 @@ int64_t JsonReader::read_integer() {
     negative = true;
     ++pos_;
   }
-  if (pos_ >= text_.size() || !is_digit(text_[pos_])) error("expected an integer");
+  if (pos_ >= text_.size() || !is_digit(text_[pos_])) {
+    pos_ = begin;
+    return std::nullopt;
+  }
   int64_t value = 0;
   size_t digits = 0;
   while (pos_ < text_.size() && is_digit(text_[pos_])) {
     if (digits == 1 && value == 0) error("leading zero in a number");
-    if (++digits > 18) error("integer too large");
+    if (++digits > 18) {
+      pos_ = begin;
+      return std::nullopt;
+    }
     value = value * 10 + (text_[pos_] - '0');
     ++pos_;
   }
   if (pos_ < text_.size() && (text_[pos_] == '.' || text_[pos_] == 'e' || text_[pos_] == 'E')) {
     pos_ = begin;
-    error("expected an integer");
+    return std::nullopt;
   }
   return negative ? -value : value;
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,8 +40,8 @@ class JsonReader {
   void expect(char c);
   // A string: a view of the text when it has no escapes, else of `scratch`. Checks UTF-8.
   std::string_view read_string(std::string& scratch);
-  // An integer (no fraction or exponent) of at most 18 digits.
-  int64_t read_integer();
+  // An integer of at most 18 digits; nullopt (nothing read) for any other value.
+  std::optional<int64_t> read_integer();
   // Skips (and checks) any value.
   void skip_value();
   size_t pos() const { return pos_; }
