@@ -1,6 +1,8 @@
 #include "tokenizer/json_reader.h"
 
+#include <cstring>
 #include <string>
+#include <utility>
 
 #include "core/status.h"
 #include "tokenizer/utf8.h"
@@ -33,7 +35,19 @@ std::string_view JsonReader::read_string(std::string& scratch) {
   if (!consume('"')) error("expected a string");
   const size_t begin = pos_;
   bool non_ascii = false;
-  // Fast path: no escapes, the string is a view of the text.
+  // Fast path: no escapes, the string is a view of the text. Eight bytes at a time while none
+  // of them is a quote, a backslash or a control character.
+  constexpr uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
+  const auto has_zero = [](uint64_t x) { return (x - kOnes) & ~x & kHigh; };
+  while (pos_ + 8 <= text_.size()) {
+    uint64_t v;
+    std::memcpy(&v, text_.data() + pos_, 8);
+    const uint64_t special = has_zero(v ^ (kOnes * '"')) | has_zero(v ^ (kOnes * '\\')) |
+                             ((v - kOnes * 0x20) & ~v & kHigh);
+    if (special != 0) break;
+    non_ascii |= (v & kHigh) != 0;
+    pos_ += 8;
+  }
   while (pos_ < text_.size()) {
     const auto c = static_cast<unsigned char>(text_[pos_]);
     if (c == '"') {
@@ -229,11 +243,57 @@ void JsonReader::skip_value() {
   }
 }
 
+void JsonReader::skip_value_unchecked() {
+  const char c = peek();
+  if (c != '{' && c != '[') {
+    skip_value();
+    return;
+  }
+  size_t depth = 0;
+  const char* p = text_.data() + pos_;
+  const char* const end = text_.data() + text_.size();
+  while (p < end) {
+    const char ch = *p++;
+    if (ch == '"') {
+      // To the closing quote: one not preceded by an odd run of backslashes.
+      while (true) {
+        const auto* q = static_cast<const char*>(std::memchr(p, '"', static_cast<size_t>(end - p)));
+        if (q == nullptr) {
+          pos_ = text_.size();
+          error("unterminated string");
+        }
+        size_t backslashes = 0;
+        while (q - backslashes > p && q[-1 - static_cast<ptrdiff_t>(backslashes)] == '\\')
+          ++backslashes;
+        p = q + 1;
+        if (backslashes % 2 == 0) break;
+      }
+    } else if (ch == '{' || ch == '[') {
+      ++depth;
+    } else if (ch == '}' || ch == ']') {
+      if (--depth == 0) {
+        pos_ = static_cast<size_t>(p - text_.data());
+        return;
+      }
+    }
+  }
+  pos_ = text_.size();
+  error("unterminated value");
+}
+
 namespace {
 
 // Parses the raw text of one value with nlohmann.
 nlohmann::json parse_span(std::string_view text) {
   return nlohmann::json::parse(text.begin(), text.end());
+}
+
+// Checks a skipped-unchecked value that will not be read after all (its key repeats).
+void check_span(std::string_view text) {
+  if (text.empty()) return;
+  JsonReader reader(text);
+  reader.skip_value();
+  if (!reader.at_end()) reader.error("unexpected text after a value");
 }
 
 }  // namespace
@@ -256,20 +316,26 @@ TokenizerJson split_tokenizer_json(std::string_view text) {
       if (key == "model" && reader.peek() == '{') {
         // Keys repeat rarely; when they do the last one wins, as with nlohmann.
         nlohmann::json model = nlohmann::json::object();
-        out.vocab = out.merges = {};
+        check_span(std::exchange(out.vocab, {}));
+        check_span(std::exchange(out.merges, {}));
         reader.expect('{');
         if (!reader.consume('}')) {
           do {
             const std::string model_key(reader.read_string(scratch));
             reader.expect(':');
             const size_t value_begin = (reader.skip_ws(), reader.pos());
-            reader.skip_value();
+            // Bpe reads vocab and merges fully (and rejects what follows a value there).
+            if (model_key == "vocab" || model_key == "merges") {
+              reader.skip_value_unchecked();
+            } else {
+              reader.skip_value();
+            }
             const std::string_view value = text.substr(value_begin, reader.pos() - value_begin);
             if (model_key == "vocab") {
-              out.vocab = value;
+              check_span(std::exchange(out.vocab, value));
               model.erase("vocab");
             } else if (model_key == "merges") {
-              out.merges = value;
+              check_span(std::exchange(out.merges, value));
               model.erase("merges");
             } else {
               model[model_key] = parse_span(value);
@@ -282,7 +348,10 @@ TokenizerJson split_tokenizer_json(std::string_view text) {
       }
       reader.skip_value();
       out.doc[key] = parse_span(text.substr(begin, reader.pos() - begin));
-      if (key == "model") out.vocab = out.merges = {};
+      if (key == "model") {
+        check_span(std::exchange(out.vocab, {}));
+        check_span(std::exchange(out.merges, {}));
+      }
     } while (reader.consume(','));
     reader.expect('}');
   }

@@ -44,6 +44,9 @@ class JsonReader {
   std::optional<int64_t> read_integer();
   // Skips (and checks) any value.
   void skip_value();
+  // Skips a value without checking more than its brackets and strings' ends: for text that is
+  // checked fully afterwards.
+  void skip_value_unchecked();
   size_t pos() const { return pos_; }
   std::string_view text() const { return text_; }
   [[noreturn]] void error(std::string_view message) const;

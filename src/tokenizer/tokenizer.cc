@@ -39,12 +39,24 @@ class Pipeline {
 
 namespace {
 
+// Reads straight into the string (a stringstream would copy 33 MB twice more).
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(ErrorKind::kNotFound, "cannot read {}", path.string());
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  std::string text;
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  if (size > 0) {
+    text.resize(static_cast<size_t>(size));
+    in.seekg(0, std::ios::beg);
+    in.read(text.data(), size);
+    text.resize(static_cast<size_t>(in.gcount()));
+  }
+  // Files that report no size (pipes, /proc) or that grew: read the rest in chunks.
+  in.clear();
+  char chunk[65536];
+  while (in.read(chunk, sizeof(chunk)) || in.gcount() > 0) text.append(chunk, in.gcount());
+  return text;
 }
 
 // A special token in tokenizer_config.json: a string, an AddedToken object or null.
@@ -146,10 +158,15 @@ void build_pipeline(Pipeline& p, std::string_view text, const TokenizerConfig& c
   p.id_to_token.resize(size);
   p.known.assign(size, 0);
   p.special.assign(size, 0);
+  // Filled in id order so that the longer (heap-allocated) tokens lie in id order too.
+  std::vector<std::string_view> by_id(size);
   p.model->vocab().for_each([&](std::string_view token, int32_t id) {
-    p.id_to_token[id] = token;
+    by_id[id] = token;
     p.known[id] = 1;
   });
+  for (int64_t id = 0; id < size; ++id) {
+    if (p.known[id]) p.id_to_token[id] = by_id[id];
+  }
   for (const AddedToken& token : p.added_tokens) {
     p.id_to_token[token.id] = token.content;
     p.known[token.id] = 1;

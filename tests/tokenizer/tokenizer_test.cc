@@ -520,6 +520,14 @@ TEST(JsonReader, RejectsWhatNlohmannRejects) {
     EXPECT_THROW(json::parse(text), json::exception) << text;
     EXPECT_THROW(Tokenizer::from_json(text), Error) << text;
   }
+  // A bad vocabulary or merge list under a key that repeats (the last one is used).
+  for (const std::string& text : std::vector<std::string>{
+           R"({"model": {"vocab": {"a": 0,}, "vocab": {"a": 0}, "type": "BPE", "merges": []}})",
+           R"({"model": {"merges": [}, "type": "BPE", "vocab": {"a": 0}, "merges": []}})",
+           R"({"model": {"vocab": {"a" 0}}, "model": )" + good.substr(10)}) {
+    EXPECT_THROW(json::parse(text), json::exception) << text;
+    EXPECT_THROW(Tokenizer::from_json(text), Error) << text;
+  }
   EXPECT_NE(error_of([&] { Tokenizer::from_json("[" + good + "]"); }).find("must be an object"),
             std::string::npos);
   // A fractional id is valid JSON but no token id.
