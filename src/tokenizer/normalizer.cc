@@ -16,7 +16,8 @@ class UnicodeNormalizer : public Normalizer {
  public:
   explicit UnicodeNormalizer(int options) : options_(options) {}
   std::string normalize(std::string text) const override {
-    if (text.empty()) return text;
+    // Every ASCII character is its own normal form in NFC, NFD, NFKC and NFKD.
+    if (is_ascii(text)) return text;
     utf8proc_uint8_t* out = nullptr;
     const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
                                             static_cast<utf8proc_ssize_t>(text.size()), &out,
@@ -38,6 +39,12 @@ class Lowercase : public Normalizer {
     out.reserve(text.size());
     size_t pos = 0;
     while (pos < text.size()) {
+      const auto c = static_cast<unsigned char>(text[pos]);
+      if (c < 0x80) {  // ASCII lowercases within ASCII
+        out.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : static_cast<char>(c));
+        ++pos;
+        continue;
+      }
       const char32_t cp = utf8_next(text, pos);
       if (cp == 0x130) {  // the one full (multi-char) lowercase mapping Rust applies
         out += "i\xCC\x87";

@@ -1,6 +1,7 @@
 #include "tokenizer/pre_tokenizer.h"
 
-#include <functional>
+#include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include "core/status.h"
@@ -33,26 +34,37 @@ struct Span {
   bool is_match;
 };
 
-// Splits `piece` around `matches` the way Hugging Face's NormalizedString::split does.
-void split_piece(const Piece& piece, const std::vector<std::pair<size_t, size_t>>& matches,
-                 Behavior behavior, bool invert, std::vector<Piece>& out) {
-  const std::string& text = piece.text;
-  std::vector<Span> spans;
+using Matches = std::vector<std::pair<size_t, size_t>>;
+
+// Vectors reused across the pieces of one pre_tokenize call.
+struct Scratch {
+  Matches matches;
+  std::vector<Span> spans, result;
+};
+
+// Splits `piece` (the text of `at` in `pieces`) around `matches` (offsets in the piece) the way
+// Hugging Face's NormalizedString::split does, appending the parts to `out`.
+void split_piece(const Pieces::Span& at, std::string_view piece, const Matches& matches,
+                 Behavior behavior, bool invert, Scratch& scratch, std::vector<Pieces::Span>& out) {
+  std::vector<Span>& spans = scratch.spans;
+  std::vector<Span>& result = scratch.result;
+  spans.clear();
+  result.clear();
   size_t last = 0;
   for (const auto& [b, e] : matches) {
     if (b > last) spans.push_back({last, b, false});
     spans.push_back({b, e, true});
     last = e;
   }
-  if (last < text.size()) spans.push_back({last, text.size(), false});
+  if (last < piece.size()) spans.push_back({last, piece.size(), false});
   if (invert) {
     for (Span& s : spans) s.is_match = !s.is_match;
   }
 
-  std::vector<Span> result;
+  const std::vector<Span>* parts = &result;
   switch (behavior) {
     case Behavior::kIsolated:
-      result = spans;
+      parts = &spans;
       break;
     case Behavior::kRemoved:
       for (const Span& s : spans) {
@@ -97,30 +109,32 @@ void split_piece(const Piece& piece, const std::vector<std::pair<size_t, size_t>
       break;
     }
   }
-  for (const Span& s : result) {
-    if (s.end > s.begin) {
-      out.push_back({text.substr(s.begin, s.end - s.begin), piece.at_origin && s.begin == 0});
-    }
+  for (const Span& s : *parts) {
+    if (s.end > s.begin)
+      out.push_back({at.begin + s.begin, at.begin + s.end, at.at_origin && s.begin == 0});
   }
 }
 
-// Applies `split` to every piece.
+// Replaces the spans of `pieces` by what `split(span, piece text, out)` makes of each.
 template <typename SplitFn>
-void split_all(std::vector<Piece>& pieces, SplitFn&& split) {
-  std::vector<Piece> out;
-  out.reserve(pieces.size());
-  for (const Piece& piece : pieces) split(piece, out);
-  pieces = std::move(out);
+void split_all(Pieces& pieces, SplitFn&& split) {
+  std::vector<Pieces::Span> out;
+  out.reserve(pieces.spans.size() * 2);
+  for (const Pieces::Span& at : pieces.spans) split(at, pieces.view(at), out);
+  pieces.spans = std::move(out);
 }
 
 class SplitPreTokenizer : public PreTokenizer {
  public:
   SplitPreTokenizer(std::unique_ptr<Regex> pattern, Behavior behavior, bool invert)
       : pattern_(std::move(pattern)), behavior_(behavior), invert_(invert) {}
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
-    split_all(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-      split_piece(piece, pattern_->find_all(piece.text), behavior_, invert_, out);
-    });
+  void pre_tokenize(Pieces& pieces) const override {
+    Scratch scratch;
+    split_all(pieces,
+              [&](const Pieces::Span& at, std::string_view piece, std::vector<Pieces::Span>& out) {
+                pattern_->find_all(piece, scratch.matches);
+                split_piece(at, piece, scratch.matches, behavior_, invert_, scratch, out);
+              });
   }
 
  private:
@@ -129,47 +143,92 @@ class SplitPreTokenizer : public PreTokenizer {
   bool invert_;
 };
 
+// Each byte's GPT-2 byte-level character, UTF-8 encoded (one or two bytes).
+struct ByteLevelMap {
+  char bytes[256][2];
+  uint8_t length[256];
+  ByteLevelMap() {
+    for (int b = 0; b < 256; ++b) {
+      std::string s;
+      utf8_append(s, byte_to_char(static_cast<unsigned char>(b)));
+      length[b] = static_cast<uint8_t>(s.size());
+      for (size_t i = 0; i < s.size(); ++i) bytes[b][i] = s[i];
+    }
+  }
+};
+
 class ByteLevel : public PreTokenizer {
  public:
   ByteLevel(bool add_prefix_space, bool use_regex)
       : add_prefix_space_(add_prefix_space),
         regex_(use_regex ? std::make_unique<Regex>(kGpt2Pattern, false) : nullptr) {}
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
-    split_all(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-      Piece p = piece;
-      if (add_prefix_space_ && (p.text.empty() || p.text[0] != ' ')) p.text.insert(0, " ");
-      if (regex_) {
-        split_piece(p, regex_->find_all(p.text), Behavior::kIsolated, false, out);
-      } else if (!p.text.empty()) {
-        out.push_back(std::move(p));
+  void pre_tokenize(Pieces& pieces) const override {
+    Pieces out;
+    // Room for the worst case: two bytes per byte, one prefix space per piece. Spans do not
+    // overlap, so their bytes add up to at most the text's.
+    out.text.resize(pieces.text.size() * 2 + pieces.spans.size() * 2);
+    out.spans.reserve(pieces.spans.size());
+    size_t size = 0;  // of out.text in use
+    // Appends the byte-level form of `piece` as one span.
+    const auto emit = [&](std::string_view piece, bool at_origin) {
+      const size_t begin = size;
+      char* dst = out.text.data();
+      for (const char c : piece) {
+        const auto b = static_cast<unsigned char>(c);
+        dst[size] = map_.bytes[b][0];
+        dst[size + 1] = map_.bytes[b][1];
+        size += map_.length[b];
       }
-    });
-    for (Piece& p : pieces) {
-      std::string mapped;
-      mapped.reserve(p.text.size() * 2);
-      for (const char c : p.text) utf8_append(mapped, byte_to_char(static_cast<unsigned char>(c)));
-      p.text = std::move(mapped);
+      out.spans.push_back({begin, size, at_origin});
+    };
+    Scratch scratch;
+    std::string prefixed;
+    for (const Pieces::Span& at : pieces.spans) {
+      std::string_view piece = pieces.view(at);
+      if (add_prefix_space_ && (piece.empty() || piece[0] != ' ')) {
+        prefixed.assign(" ");
+        prefixed += piece;
+        piece = prefixed;
+      }
+      if (!regex_) {
+        if (!piece.empty()) emit(piece, at.at_origin);
+        continue;
+      }
+      regex_->find_all(piece, scratch.matches);
+      size_t last = 0;  // Isolated: the gaps and the matches, in order
+      for (const auto& [b, e] : scratch.matches) {
+        if (b > last) emit(piece.substr(last, b - last), at.at_origin && last == 0);
+        emit(piece.substr(b, e - b), at.at_origin && b == 0);
+        last = e;
+      }
+      if (last < piece.size()) emit(piece.substr(last), at.at_origin && last == 0);
     }
+    out.text.resize(size);
+    pieces = std::move(out);
   }
 
  private:
   bool add_prefix_space_;
   std::unique_ptr<Regex> regex_;
+  ByteLevelMap map_;
 };
 
 class Digits : public PreTokenizer {
  public:
   explicit Digits(bool individual) : individual_(individual) {}
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
-    split_all(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-      std::vector<std::pair<size_t, size_t>> matches;
+  void pre_tokenize(Pieces& pieces) const override {
+    Scratch scratch;
+    split_all(pieces, [&](const Pieces::Span& at, std::string_view piece,
+                          std::vector<Pieces::Span>& out) {
+      Matches& matches = scratch.matches;
+      matches.clear();
       size_t pos = 0;
-      while (pos < piece.text.size()) {
+      while (pos < piece.size()) {
         const size_t start = pos;
-        if (is_numeric(utf8_next(piece.text, pos))) matches.emplace_back(start, pos);
+        if (is_numeric(utf8_next(piece, pos))) matches.emplace_back(start, pos);
       }
-      split_piece(piece, matches, individual_ ? Behavior::kIsolated : Behavior::kContiguous, false,
-                  out);
+      split_piece(at, piece, matches, individual_ ? Behavior::kIsolated : Behavior::kContiguous,
+                  false, scratch, out);
     });
   }
 
@@ -182,30 +241,39 @@ class Metaspace : public PreTokenizer {
   enum class Prepend { kAlways, kFirst, kNever };
   Metaspace(std::string replacement, Prepend prepend, bool split)
       : replacement_(std::move(replacement)), prepend_(prepend), split_(split) {}
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
-    split_all(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-      Piece p{{}, piece.at_origin};
-      for (const char c : piece.text) {
+  void pre_tokenize(Pieces& pieces) const override {
+    Pieces out;
+    out.text.reserve(pieces.text.size() * 2);
+    Scratch scratch;
+    std::string p;
+    for (const Pieces::Span& at : pieces.spans) {
+      p.clear();
+      for (const char c : pieces.view(at)) {
         if (c == ' ') {
-          p.text += replacement_;
+          p += replacement_;
         } else {
-          p.text += c;
+          p += c;
         }
       }
-      const bool starts = p.text.compare(0, replacement_.size(), replacement_) == 0;
-      if (!starts && (prepend_ == Prepend::kAlways || (prepend_ == Prepend::kFirst && p.at_origin)))
-        p.text.insert(0, replacement_);
+      const bool starts = p.compare(0, replacement_.size(), replacement_) == 0;
+      if (!starts &&
+          (prepend_ == Prepend::kAlways || (prepend_ == Prepend::kFirst && at.at_origin)))
+        p.insert(0, replacement_);
+      const Pieces::Span placed{out.text.size(), out.text.size() + p.size(), at.at_origin};
+      out.text += p;
       if (!split_) {
-        if (!p.text.empty()) out.push_back(std::move(p));
-        return;
+        if (!p.empty()) out.spans.push_back(placed);
+        continue;
       }
-      std::vector<std::pair<size_t, size_t>> matches;
-      for (size_t pos = p.text.find(replacement_); pos != std::string::npos;
-           pos = p.text.find(replacement_, pos + replacement_.size())) {
+      Matches& matches = scratch.matches;
+      matches.clear();
+      for (size_t pos = p.find(replacement_); pos != std::string::npos;
+           pos = p.find(replacement_, pos + replacement_.size())) {
         matches.emplace_back(pos, pos + replacement_.size());
       }
-      split_piece(p, matches, Behavior::kMergedWithNext, false, out);
-    });
+      split_piece(placed, p, matches, Behavior::kMergedWithNext, false, scratch, out.spans);
+    }
+    pieces = std::move(out);
   }
 
  private:
@@ -217,7 +285,7 @@ class Metaspace : public PreTokenizer {
 class Sequence : public PreTokenizer {
  public:
   explicit Sequence(std::vector<std::unique_ptr<PreTokenizer>> steps) : steps_(std::move(steps)) {}
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
+  void pre_tokenize(Pieces& pieces) const override {
     for (const auto& step : steps_) step->pre_tokenize(pieces);
   }
 

@@ -1,25 +1,40 @@
 // tokenizer.json "pre_tokenizer": ByteLevel, Split, Digits, Metaspace, Sequence.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace tessera::tokenizer {
 
-// A piece of the normalized text on its way to the model.
-struct Piece {
+// Pieces of the normalized text on their way to the model: spans of one buffer, so that
+// splitting moves no text and only rewriting steps (ByteLevel, Metaspace) copy it.
+struct Pieces {
+  struct Span {
+    size_t begin, end;
+    bool at_origin;  // starts at offset 0 of the input (Metaspace prepend_scheme "first")
+  };
   std::string text;
-  bool at_origin = false;  // starts at offset 0 of the input (Metaspace prepend_scheme "first")
+  std::vector<Span> spans;
+
+  Pieces() = default;
+  // One piece: all of `text`.
+  Pieces(std::string_view whole, bool at_origin)
+      : text(whole), spans{{0, text.size(), at_origin}} {}
+  std::string_view view(const Span& s) const {
+    return std::string_view(text).substr(s.begin, s.end - s.begin);
+  }
 };
 
 class PreTokenizer {
  public:
   virtual ~PreTokenizer() = default;
   // Splits (and may rewrite) every piece. Empty pieces are dropped.
-  virtual void pre_tokenize(std::vector<Piece>& pieces) const = 0;
+  virtual void pre_tokenize(Pieces& pieces) const = 0;
 };
 
 // Returns nullptr for a JSON null. Throws tessera::Error for unsupported types.

@@ -96,13 +96,19 @@ Regex::~Regex() {
 
 std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) const {
   std::vector<std::pair<size_t, size_t>> matches;
+  find_all(text, matches);
+  return matches;
+}
+
+void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& matches) const {
+  matches.clear();
   if (code_ == nullptr) {
-    if (literal_.empty()) return matches;
+    if (literal_.empty()) return;
     for (size_t pos = text.find(literal_); pos != std::string_view::npos;
          pos = text.find(literal_, pos + literal_.size())) {
       matches.emplace_back(pos, pos + literal_.size());
     }
-    return matches;
+    return;
   }
   auto* code = static_cast<pcre2_code*>(code_);
   MatchState& state = match_state();
@@ -125,7 +131,6 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
         ++start;
     }
   }
-  return matches;
 }
 
 std::string Regex::replace_all(std::string_view text, std::string_view replacement) const {

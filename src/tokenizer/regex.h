@@ -23,6 +23,8 @@ class Regex {
   // Non-overlapping, non-empty matches in valid UTF-8 `text` as [begin, end) byte offsets.
   // Thread-safe.
   std::vector<std::pair<size_t, size_t>> find_all(std::string_view text) const;
+  // The same into `matches` (cleared first), reusing its memory.
+  void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& matches) const;
   // Every match replaced by `replacement` (taken literally).
   std::string replace_all(std::string_view text, std::string_view replacement) const;
 

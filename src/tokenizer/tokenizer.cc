@@ -11,6 +11,7 @@
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/decoder.h"
+#include "tokenizer/json_reader.h"
 #include "tokenizer/normalizer.h"
 #include "tokenizer/post_processor.h"
 #include "tokenizer/pre_tokenizer.h"
@@ -38,12 +39,24 @@ class Pipeline {
 
 namespace {
 
+// Reads straight into the string (a stringstream would copy 33 MB twice more).
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(ErrorKind::kNotFound, "cannot read {}", path.string());
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  std::string text;
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  if (size > 0) {
+    text.resize(static_cast<size_t>(size));
+    in.seekg(0, std::ios::beg);
+    in.read(text.data(), size);
+    text.resize(static_cast<size_t>(in.gcount()));
+  }
+  // Files that report no size (pipes, /proc) or that grew: read the rest in chunks.
+  in.clear();
+  char chunk[65536];
+  while (in.read(chunk, sizeof(chunk)) || in.gcount() > 0) text.append(chunk, in.gcount());
+  return text;
 }
 
 // A special token in tokenizer_config.json: a string, an AddedToken object or null.
@@ -82,15 +95,17 @@ TokenizerConfig parse_config(const nlohmann::json& json) {
   return config;
 }
 
-void build_pipeline(Pipeline& p, const nlohmann::json& json, const TokenizerConfig& config) {
+void build_pipeline(Pipeline& p, std::string_view text, const TokenizerConfig& config) {
+  const TokenizerJson parsed = split_tokenizer_json(text);
+  const nlohmann::json& json = parsed.doc;
   if (!json.is_object()) fail("the top level must be an object");
   const auto& model = json.at("model");
   std::string type = model.value("type", std::string());
-  if (type.empty() && model.contains("merges")) type = "BPE";  // older files omit the type
+  if (type.empty() && !parsed.merges.empty()) type = "BPE";  // older files omit the type
   if (type != "BPE") {
     fail(ErrorKind::kUnsupported, "model type \"{}\" is not supported (supported: BPE)", type);
   }
-  p.model = std::make_unique<Bpe>(model);
+  p.model = std::make_unique<Bpe>(model, parsed.vocab, parsed.merges);
   const auto null = nlohmann::json();
   const auto field = [&](const char* key) -> const nlohmann::json& {
     return json.contains(key) ? json.at(key) : null;
@@ -137,14 +152,20 @@ void build_pipeline(Pipeline& p, const nlohmann::json& json, const TokenizerConf
 
   // Id -> token table.
   int64_t size = 0;
-  for (const auto& [token, id] : p.model->vocab()) size = std::max<int64_t>(size, id + 1);
+  p.model->vocab().for_each(
+      [&](std::string_view, int32_t id) { size = std::max<int64_t>(size, id + 1); });
   for (const AddedToken& token : p.added_tokens) size = std::max<int64_t>(size, token.id + 1);
   p.id_to_token.resize(size);
   p.known.assign(size, 0);
   p.special.assign(size, 0);
-  for (const auto& [token, id] : p.model->vocab()) {
-    p.id_to_token[id] = token;
+  // Filled in id order so that the longer (heap-allocated) tokens lie in id order too.
+  std::vector<std::string_view> by_id(size);
+  p.model->vocab().for_each([&](std::string_view token, int32_t id) {
+    by_id[id] = token;
     p.known[id] = 1;
+  });
+  for (int64_t id = 0; id < size; ++id) {
+    if (p.known[id]) p.id_to_token[id] = by_id[id];
   }
   for (const AddedToken& token : p.added_tokens) {
     p.id_to_token[token.id] = token.content;
@@ -220,7 +241,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   });
   const std::string json_text = read_file(json_path);
   with_context(json_path.string(), [&] {
-    build_pipeline(*tokenizer->pipeline_, nlohmann::json::parse(json_text), tokenizer->config_);
+    build_pipeline(*tokenizer->pipeline_, json_text, tokenizer->config_);
     return 0;
   });
   return tokenizer;
@@ -235,8 +256,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
                : parse_config(nlohmann::json::parse(tokenizer_config_json));
   });
   with_context("tokenizer.json", [&] {
-    build_pipeline(*tokenizer->pipeline_, nlohmann::json::parse(tokenizer_json),
-                   tokenizer->config_);
+    build_pipeline(*tokenizer->pipeline_, tokenizer_json, tokenizer->config_);
     return 0;
   });
   return tokenizer;
@@ -251,7 +271,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_special_
   }
   std::vector<int32_t> ids;
   if (add_special_tokens) ids = p.prefix_ids;
-  std::vector<Piece> pieces;
+  Pieces pieces;
   // 1. Added tokens matched in the raw text; 2. normalize the rest; 3. added tokens matched in
   // the normalized text; 4. pre-tokenize; 5. BPE each piece.
   for (const Segment& segment : p.raw_matcher.split(input)) {
@@ -267,10 +287,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_special_
         ids.push_back(sub.id);
         continue;
       }
-      pieces.clear();
-      pieces.push_back({std::string(sub.text), at_origin && sub.text.data() == normalized.data()});
+      pieces = Pieces(sub.text, at_origin && sub.text.data() == normalized.data());
       if (p.pre_tokenizer) p.pre_tokenizer->pre_tokenize(pieces);
-      for (const Piece& piece : pieces) p.model->tokenize(piece.text, ids);
+      for (const Pieces::Span& span : pieces.spans) p.model->tokenize(pieces.view(span), ids);
     }
   }
   if (add_special_tokens) ids.insert(ids.end(), p.suffix_ids.begin(), p.suffix_ids.end());

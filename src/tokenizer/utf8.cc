@@ -60,6 +60,14 @@ std::string utf8_lossy(std::string_view bytes) {
 bool utf8_valid(std::string_view bytes) {
   size_t pos = 0;
   while (pos < bytes.size()) {
+    // Skip ASCII eight bytes at a time.
+    while (pos + 8 <= bytes.size()) {
+      uint64_t v;
+      std::memcpy(&v, bytes.data() + pos, 8);
+      if (v & 0x8080808080808080ULL) break;
+      pos += 8;
+    }
+    if (pos >= bytes.size()) break;
     size_t consumed;
     const size_t len = valid_sequence(bytes, pos, consumed);
     if (len == 0) return false;

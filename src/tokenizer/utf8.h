@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -11,6 +12,19 @@ namespace tessera::tokenizer {
 // subparts" practice, as Rust's String::from_utf8_lossy and the WHATWG TextDecoder do).
 std::string utf8_lossy(std::string_view bytes);
 bool utf8_valid(std::string_view bytes);
+
+// All bytes below 0x80 (eight at a time).
+inline bool is_ascii(std::string_view s) {
+  size_t i = 0;
+  uint64_t bits = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t v;
+    std::memcpy(&v, s.data() + i, 8);
+    bits |= v;
+  }
+  for (; i < s.size(); ++i) bits |= static_cast<unsigned char>(s[i]);
+  return (bits & 0x8080808080808080ULL) == 0;
+}
 
 // Decodes the code point at `pos` of valid UTF-8 and advances `pos`.
 char32_t utf8_next(std::string_view s, size_t& pos);

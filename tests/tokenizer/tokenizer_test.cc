@@ -38,10 +38,10 @@ std::string make_json(const std::vector<std::string>& tokens, const json& merges
 }
 
 std::vector<std::string> pre_tokenize(const json& config, const std::string& text) {
-  std::vector<Piece> pieces{{text, true}};
+  Pieces pieces(text, true);
   parse_pre_tokenizer(config)->pre_tokenize(pieces);
   std::vector<std::string> out;
-  for (const Piece& p : pieces) out.push_back(p.text);
+  for (const Pieces::Span& span : pieces.spans) out.emplace_back(pieces.view(span));
   return out;
 }
 
@@ -237,9 +237,10 @@ TEST(PreTokenizer, Metaspace) {
   EXPECT_EQ(pre_tokenize(meta("never", true), "hi you"), (V{"hi", m + "you"}));
   EXPECT_EQ(pre_tokenize(meta("always", false), "hi you"), (V{m + "hi" + m + "you"}));
   // "first": only at the start of the input, not after an added token.
-  std::vector<Piece> pieces{{"a", false}};
+  Pieces pieces("a", false);
   parse_pre_tokenizer(meta("first", true))->pre_tokenize(pieces);
-  EXPECT_EQ(pieces[0].text, "a");
+  ASSERT_EQ(pieces.spans.size(), 1u);
+  EXPECT_EQ(pieces.view(pieces.spans[0]), "a");
   EXPECT_EQ(pre_tokenize(meta("first", true), "a"), (V{m + "a"}));
 }
 
@@ -461,6 +462,84 @@ TEST(Errors, NameTheProblem) {
               Tokenizer::from_json(make_json({"a"}, json::array()), "[1]");
             }).find("tokenizer_config.json"),
             std::string::npos);
+}
+
+// model.vocab and model.merges are read by our own JSON reader (json_reader.h); nlohmann, which
+// reads the rest, is the reference for what the text means.
+TEST(JsonReader, VocabAndMergesDecodeAsNlohmannDoes) {
+  // Escapes of every kind, a surrogate pair, raw UTF-8, a repeated key (the last one wins),
+  // unusual spacing and a merge written both ways.
+  const std::string text = R"({"version": "1.0", "model": { "type" : "BPE",
+    "vocab": {"a": 0, "b": 1, "ab": 2, "\u00e9": 3, "\ud83d\ude00": 4, "\"q\"": 5, "a\\b": 6,
+              "\n": 7, "\/": 8, "\t\r\b\f": 9, "é\u00e9": 10, "b": 11, "abb": 12,
+              "x" :13 , "\u0041": 14},
+    "merges": ["a b", ["ab", "b"], ["é", "\u00e9"]], "ignore_merges": false},
+    "added_tokens": [], "extra": [[[{"k": [1, -2.5e3, true, false, null, "s\u0000"]}]]]})";
+  const json reference = json::parse(text);
+  auto t = Tokenizer::from_json(text);
+  int64_t max_id = 0;
+  for (const auto& [token, id] : reference["model"]["vocab"].items()) {
+    EXPECT_EQ(t->token_to_id(token), id.get<int32_t>()) << token;
+    max_id = std::max<int64_t>(max_id, id.get<int64_t>());
+  }
+  EXPECT_EQ(t->vocab_size(), max_id + 1);
+  EXPECT_FALSE(t->id_to_token(1).has_value());  // "b" moved to 11
+  EXPECT_EQ(t->id_to_token(4), "\xF0\x9F\x98\x80");
+  // The merges took: "abb" is one token, "éé" too.
+  EXPECT_EQ(t->encode("abb", false), (Ids{12}));
+  EXPECT_EQ(t->encode("\xC3\xA9\xC3\xA9", false), (Ids{10}));
+}
+
+TEST(JsonReader, RejectsWhatNlohmannRejects) {
+  // Each is put where a vocabulary entry, a merge or the top level goes.
+  const std::vector<std::string> bad_vocab = {
+      R"("\ud800": 0)", R"("\udc00": 0)",      R"("\x41": 0)", "\"a\x01\": 0",
+      "\"\xC3\": 0",    "\"\xED\xA0\x80\": 0", R"("a": 0,)",   R"("a" 0)",
+      R"("a": 01)",     R"("a": -)",           R"("a)",        R"(a: 0)",
+      R"("\u12G4": 0)"};
+  for (const std::string& entry : bad_vocab) {
+    const std::string text =
+        R"({"model": {"type": "BPE", "vocab": {)" + entry + R"(}, "merges": []}})";
+    EXPECT_THROW(json::parse(text), json::exception) << entry;
+    EXPECT_NE(error_of([&] { Tokenizer::from_json(text); }).find("tokenizer.json"),
+              std::string::npos)
+        << entry;
+  }
+  const std::vector<std::string> bad_merges = {R"(["a b",])", R"([["a", "b"],,])", R"(["a b"] x)",
+                                               R"([["a" "b"]])"};
+  for (const std::string& merges : bad_merges) {
+    const std::string text =
+        R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": )" + merges +
+        "}}";
+    EXPECT_THROW(json::parse(text), json::exception) << merges;
+    EXPECT_THROW(Tokenizer::from_json(text), Error) << merges;
+  }
+  const std::string good = R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})";
+  EXPECT_NO_THROW(Tokenizer::from_json(good));
+  for (const std::string& text : {good + " x", good + "}", good.substr(0, good.size() - 1)}) {
+    EXPECT_THROW(json::parse(text), json::exception) << text;
+    EXPECT_THROW(Tokenizer::from_json(text), Error) << text;
+  }
+  // A bad vocabulary or merge list under a key that repeats (the last one is used).
+  for (const std::string& text : std::vector<std::string>{
+           R"({"model": {"vocab": {"a": 0,}, "vocab": {"a": 0}, "type": "BPE", "merges": []}})",
+           R"({"model": {"merges": [}, "type": "BPE", "vocab": {"a": 0}, "merges": []}})",
+           R"({"model": {"vocab": {"a" 0}}, "model": )" + good.substr(10)}) {
+    EXPECT_THROW(json::parse(text), json::exception) << text;
+    EXPECT_THROW(Tokenizer::from_json(text), Error) << text;
+  }
+  EXPECT_NE(error_of([&] { Tokenizer::from_json("[" + good + "]"); }).find("must be an object"),
+            std::string::npos);
+  // A fractional id is valid JSON but no token id.
+  EXPECT_NE(
+      error_of([] {
+        Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 1.5}, "merges": []}})");
+      }).find("not an integer"),
+      std::string::npos);
+  // Deep nesting elsewhere in the file is skipped without recursion.
+  const std::string deep = R"({"extra": )" + std::string(20000, '[') + std::string(20000, ']') +
+                           R"(, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})";
+  EXPECT_NO_THROW(Tokenizer::from_json(deep));
 }
 
 TEST(Errors, MissingFiles) {
