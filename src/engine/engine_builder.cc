@@ -6,6 +6,7 @@
 #include "core/logging.h"
 #include "core/status.h"
 #include "core/sys.h"
+#include "engine/planner.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace tessera {
@@ -109,7 +110,11 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
                  args.max_model_len, config.max_position_embeddings);
   const DType kv_dtype =
       args.kv_cache_dtype.value_or(e->backend_->default_kv_cache_dtype(config.dtype));
-  const int64_t block_bytes = kv_cache_block_bytes(*e->model_, args.block_size, kv_dtype);
+  // The planner's arithmetic (engine/planner.h), so that `tessera plan` predicts this count.
+  const KvShape kv_shape{e->model_->num_layers_local(), e->model_->kv_heads_local(),
+                         config.head_dim, config.head_dim};
+  const int64_t block_bytes =
+      kv_block_bytes(kv_shape, args.block_size, static_cast<int64_t>(dtype_size(kv_dtype)));
   const int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
   e->kv_plan_ =
       plan_kv_cache(args, total_memory_bytes(), static_cast<int64_t>(e->model_->weight_bytes()),
