@@ -1,4 +1,5 @@
 """Shared helpers of the deployment tests: paths, a tiny model, a `tessera serve` process."""
+import atexit
 import json
 import os
 import re
@@ -36,6 +37,13 @@ def skip(message):
 def check(condition, message):
     if not condition:
         fail(message)
+
+
+def work_dir():
+    """A temporary folder removed when the test exits."""
+    d = tempfile.mkdtemp(prefix="tessera_deploy_")
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def free_port():
@@ -84,7 +92,7 @@ class Server:
 
     def __init__(self, model, args=(), work=None, argv=None, port=None, env=None):
         self.port = port or free_port()
-        self.work = work or tempfile.mkdtemp()
+        self.work = work or work_dir()
         self.log_path = os.path.join(self.work, f"serve-{self.port}.log")
         self.argv = argv or [tessera(), "serve", model, "--host", "127.0.0.1", "--port",
                              str(self.port), *args]
