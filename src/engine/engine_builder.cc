@@ -100,9 +100,12 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
                config.architecture, dtype_name(config.dtype), config.num_layers,
                args.model.string(), e->model_->weight_bytes() / 1e9, report.seconds,
                report.bytes_read
-                   ? fmt::format(" ({:.2f} GB read at {:.1f} GB/s)", report.bytes_read / 1e9,
-                                 report.bytes_read / 1e9 / std::max(report.seconds, 1e-9))
-                   : "");
+                   ? fmt::format(" ({:.2f} GB read in {:.2f} s at {:.2f} GB/s)",
+                                 report.bytes_read / 1e9, report.read_seconds,
+                                 report.bytes_read / 1e9 / std::max(report.read_seconds, 1e-9))
+               : args.load_format == LoadFormat::kMmap
+                   ? std::string(" (memory-mapped: pages are read on first use)")
+                   : std::string(""));
 
   int64_t max_len = args.max_model_len > 0 ? args.max_model_len : config.max_position_embeddings;
   if (args.max_model_len > config.max_position_embeddings)

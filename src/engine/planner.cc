@@ -590,12 +590,13 @@ std::vector<int> divisors_above_one(int n) {
 std::string serve_command(const Plan& p) {
   const ModelShape& m = p.model;
   const PlanRequest& r = p.request;
+  // A folder as given; a config.json file: its folder; a built-in name: where the manifests
+  // mount models.
   const fs::path as_path(m.name);
-  std::string model = fs::is_directory(as_path)             ? m.name
-                      : as_path.filename() == "config.json" ? as_path.parent_path().string()
-                                                            : "/models/" + m.name;
-  if (model.empty()) model = ".";
-  std::string cmd = "tessera serve " + model;
+  fs::path model = fs::path("/models") / m.name;
+  if (fs::is_directory(as_path)) model = as_path;
+  if (fs::is_regular_file(as_path)) model = fs::absolute(as_path).parent_path();
+  std::string cmd = "tessera serve " + model.string();
   if (!m.hf_id.empty()) cmd += " --served-model-name " + m.hf_id;
   if (p.chosen.tp > 1) cmd += fmt::format(" --tensor-parallel-size {}", p.chosen.tp);
   if (p.chosen.pp > 1) cmd += fmt::format(" --pipeline-parallel-size {}", p.chosen.pp);

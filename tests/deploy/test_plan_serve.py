@@ -4,10 +4,11 @@ machine's memory (the CPU engine's device memory: physical memory or the cgroup 
 import json
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 
-from deploy_util import Server, check, make_tiny_model, tessera, work_dir
+from deploy_util import Server, check, make_tiny_model, serve_flag_problems, tessera, work_dir
 
 
 def machine_memory():
@@ -22,7 +23,9 @@ def machine_memory():
 
 
 def plan(model, args):
-    r = subprocess.run([tessera(), "plan", model, "--json", "--devices-per-node", "1", *args],
+    if "--devices-per-node" not in args:
+        args = ["--devices-per-node", "1", *args]
+    r = subprocess.run([tessera(), "plan", model, "--json", *args],
                        capture_output=True, text=True)
     check(r.returncode == 0, f"tessera plan {' '.join(args)}: {r.stderr}")
     return json.loads(r.stdout)
@@ -53,7 +56,19 @@ def main():
               f"{block_bytes} per {block_size}-token block")
         check(r["num_blocks"] == served_blocks,
               f"{arch} {settings}: plan predicts {r['num_blocks']} blocks, serve logged {served_blocks}")
+        # The command the plan prints is one tessera serve accepts, for this folder.
+        argv = shlex.split(p["serve_command"])
+        check(argv[:3] == ["tessera", "serve", model], f"plan command: {p['serve_command']}")
+        problem = serve_flag_problems(argv[3:], extra=[model])
+        check(problem is None, f"tessera serve rejects the planned command: {problem}")
         print(f"ok: {arch} {dtype} {' '.join(settings)}: {served_blocks} blocks of {block_bytes} bytes")
+    # Built-in models: the printed commands parse too (flags only; the folders are not here).
+    for name in ("Llama-3.1-70B", "Llama-3.1-405B", "DeepSeek-R1", "Mixtral-8x7B"):
+        p = plan(name, ["--device-memory", "80GiB", "--devices-per-node", "8"])
+        argv = shlex.split(p["serve_command"])
+        problem = serve_flag_problems(argv[2:])
+        check(problem is None, f"{name}: tessera serve rejects the planned command: {problem}")
+        print(f"ok: {name}: {p['serve_command']}")
 
 
 main()
