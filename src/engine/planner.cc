@@ -545,6 +545,17 @@ LayoutEval evaluate_layout(const ModelShape& m, const PlanRequest& r, int tp, in
     const int64_t block = kv_block_bytes(kv, r.block_size, x.kv_bytes);
     e.weight_bytes_rank = std::max(e.weight_bytes_rank, w);
     e.kv_bytes_per_token_rank = std::max(e.kv_bytes_per_token_rank, block / r.block_size);
+    // A fixed --kv-cache-memory must still fit next to the weights.
+    const int64_t share = static_cast<int64_t>(
+        std::floor(r.gpu_memory_utilization * static_cast<double>(r.device_memory)));
+    if (r.kv_cache_memory && share - w - e.activation_bytes_rank < *r.kv_cache_memory) {
+      e.reason = fmt::format(
+          "{} of weights{} per rank and {} of --kv-cache-memory exceed the {} "
+          "x {} budget",
+          gib(w), pp > 1 ? fmt::format(" (stage {})", s) : "", gib(*r.kv_cache_memory),
+          r.gpu_memory_utilization, gib(r.device_memory));
+      return e;
+    }
     KvCachePlan kp;
     try {
       kp = plan_kv_cache(args, r.device_memory, w, e.activation_bytes_rank, block, x.max_len);
@@ -728,19 +739,23 @@ std::string format_plan(const Plan& p) {
                             m.shared_experts ? fmt::format(", {} shared", m.shared_experts) : "")
               : "");
   o += fmt::format("parameters: {:.2f} B ({})\n", p.params.total() / 1e9, p.params.total());
-  o += fmt::format("weights ({}): {:.1f} GB ({}) total, {:.1f} GB ({}) per rank\n",
-                   weight_format_name(p.dtype), p.weight_bytes / 1e9, gib(p.weight_bytes),
-                   p.chosen.weight_bytes_rank / 1e9, gib(p.chosen.weight_bytes_rank));
+  o += fmt::format("weights ({}): {:.1f} GB ({}) total", weight_format_name(p.dtype),
+                   p.weight_bytes / 1e9, gib(p.weight_bytes));
+  // Per-rank figures of the recommendation, or of the largest layout tried when none fits.
+  const LayoutEval& shown = p.found || p.rejected.empty() ? p.chosen : p.rejected.back();
+  o += fmt::format(", {:.1f} GB ({}) per rank{}\n", shown.weight_bytes_rank / 1e9,
+                   gib(shown.weight_bytes_rank),
+                   p.found ? "" : fmt::format(" at tp={} pp={}", shown.tp, shown.pp));
   o += fmt::format(
       "KV cache per token ({} bytes per element{}): {:.2f} KiB total, {:.2f} KiB per "
       "rank; {} for one {}-token sequence\n",
       p.kv_element_bytes, m.mla() ? ", MLA latent replicated over TP ranks" : "",
-      p.kv_bytes_per_token / 1024.0, p.chosen.kv_bytes_per_token_rank / 1024.0,
+      p.kv_bytes_per_token / 1024.0, shown.kv_bytes_per_token_rank / 1024.0,
       gib(p.kv_bytes_per_token * p.max_model_len), p.max_model_len);
   o += fmt::format(
       "activations: {} per rank for {} batched tokens; runtime overhead: {} per "
       "device outside --gpu-memory-utilization {} (CUDA context, NCCL, graphs)\n",
-      gib(p.chosen.activation_bytes_rank), r.max_num_batched_tokens,
+      gib(shown.activation_bytes_rank), r.max_num_batched_tokens,
       gib(r.device_memory - static_cast<int64_t>(std::floor(r.gpu_memory_utilization *
                                                             static_cast<double>(r.device_memory)))),
       r.gpu_memory_utilization);
