@@ -165,9 +165,10 @@ void parse_common(const json& body, GenerateRequest& r) {
   }
   if (auto v = get_bool(body, "return_tokens_as_token_ids")) r.return_tokens_as_token_ids = *v;
   if (auto v = get_string(body, "user")) (void)v;
-  if (const json* tp = field(body, "truncate_prompt_tokens")) {
-    (void)tp;
-    bad("truncate_prompt_tokens", "truncate_prompt_tokens is not supported");
+  if (auto v = get_int(body, "truncate_prompt_tokens")) {
+    if (*v < -1 || *v == 0)
+      bad("truncate_prompt_tokens", "truncate_prompt_tokens must be -1 or at least 1");
+    r.truncate_prompt_tokens = *v;
   }
 }
 
@@ -261,15 +262,8 @@ GenerateRequest parse_chat_request(const json& body, const SamplingParams& defau
     auto content = m.find("content");
     if (content != m.end() && !content->is_null() && !content->is_string() && !content->is_array())
       bad("messages", "message 'content' must be a string or a list of parts");
-    if (content != m.end() && content->is_array()) {
-      for (const json& part : *content) {
-        if (!part.is_object() || !part.contains("type"))
-          bad("messages", "each content part must be an object with a 'type'");
-        if (part["type"] != "text")
-          bad("messages", fmt::format("content parts of type {} are not supported (text only)",
-                                      part["type"].dump()));
-      }
-    }
+    // Content parts are checked where the conversation is prepared for the template
+    // (tokenizer/chat_template.cc), as vLLM does: text-like parts pass, media parts are refused.
   }
   r.chat_inputs.messages = nlohmann::ordered_json::parse(messages->dump());
   if (const json* tools = field(body, "tools")) {

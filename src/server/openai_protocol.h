@@ -35,6 +35,8 @@ struct GenerateRequest {
   // Completions: `logprobs` k; chat: `top_logprobs` when `logprobs` is true.
   std::optional<int> logprobs;
   bool return_tokens_as_token_ids = false;
+  // Keep only the last k prompt tokens (vLLM's truncate_prompt_tokens; -1: max_model_len).
+  std::optional<int64_t> truncate_prompt_tokens;
 };
 
 // Limits vLLM applies by default.

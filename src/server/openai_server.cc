@@ -510,6 +510,14 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
       p.ids = m.text->encode(*p.text, r.add_special_tokens);
       if (p.ids.empty()) throw ApiError(400, "the prompt is empty after tokenization", "prompt");
     }
+    if (r.truncate_prompt_tokens) {
+      const int64_t keep =
+          *r.truncate_prompt_tokens < 0 ? m.max_model_len : *r.truncate_prompt_tokens;
+      if (static_cast<int64_t>(p.ids.size()) > keep) {
+        p.ids.erase(p.ids.begin(), p.ids.end() - keep);
+        p.text.reset();  // the echoed prompt is the truncated one
+      }
+    }
     for (int32_t id : p.ids)
       if (id >= m.vocab_size)
         throw ApiError(

@@ -1,13 +1,77 @@
 #include "server/text_processor.h"
 
 #include "core/status.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tessera {
 
-// Interim: the tokenizer library lands separately; until then model folders serve token ids.
+namespace {
+
+class StreamDecoder : public TextDecoder {
+ public:
+  StreamDecoder(std::shared_ptr<const tokenizer::Tokenizer> t, bool skip_special)
+      : tokenizer_(std::move(t)), decoder_(*tokenizer_, skip_special) {}
+  std::string step(int32_t token) override { return decoder_.add(token); }
+  std::string finish() override { return decoder_.flush(); }
+
+ private:
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;  // outlives the decoder
+  tokenizer::IncrementalDecoder decoder_;
+};
+
+// A Hugging Face model folder's tokenizer and chat templates.
+class HfTextProcessor : public TextProcessor {
+ public:
+  HfTextProcessor(std::shared_ptr<const tokenizer::Tokenizer> tokenizer,
+                  tokenizer::ChatTemplates templates)
+      : tokenizer_(std::move(tokenizer)), templates_(std::move(templates)) {}
+
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override {
+    return tokenizer_->encode(text, add_special_tokens);
+  }
+  std::string decode(std::span<const int32_t> ids, bool skip_special_tokens) const override {
+    return tokenizer_->decode(ids, skip_special_tokens);
+  }
+  std::string render_chat(const ChatRenderInputs& in) const override {
+    tokenizer::ChatInputs inputs;
+    inputs.messages = in.messages;
+    inputs.tools = in.tools;
+    inputs.add_generation_prompt = in.add_generation_prompt;
+    inputs.continue_final_message = in.continue_final_message;
+    inputs.kwargs = in.kwargs.is_null() ? tokenizer::Json::object() : in.kwargs;
+    try {
+      return templates_.render(inputs, in.chat_template);
+    } catch (const Error& e) {
+      // Whatever the template or the conversation got wrong is the request's fault.
+      throw Error(e.what(), ErrorKind::kInvalidArgument);
+    }
+  }
+  TextDecoderFactory decoder_factory() const override {
+    std::shared_ptr<const tokenizer::Tokenizer> t = tokenizer_;
+    return [t](bool skip_special) -> std::unique_ptr<TextDecoder> {
+      return std::make_unique<StreamDecoder>(t, skip_special);
+    };
+  }
+  std::optional<int32_t> eos_token_id() const override { return tokenizer_->eos_token_id(); }
+
+ private:
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
+  tokenizer::ChatTemplates templates_;
+};
+
+}  // namespace
+
 std::unique_ptr<TextProcessor> load_text_processor(const std::filesystem::path& model_dir,
                                                    const std::string& chat_template_arg) {
-  return nullptr;
+  if (!std::filesystem::exists(model_dir / "tokenizer.json")) {
+    if (!chat_template_arg.empty())
+      fail("--chat-template needs a tokenizer, and {} has no tokenizer.json", model_dir.string());
+    return nullptr;
+  }
+  std::shared_ptr<const tokenizer::Tokenizer> tok = tokenizer::Tokenizer::load(model_dir);
+  return std::make_unique<HfTextProcessor>(
+      std::move(tok), tokenizer::ChatTemplates::load(model_dir, chat_template_arg));
 }
 
 }  // namespace tessera

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
+#include <vector>
 
 #include "model/model_test_util.h"
 
@@ -115,6 +117,55 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
   }
 }
 
+// A chat file through the model folder's template (make-model writes a Llama-3-style one).
+TEST_F(CliTest, TokenizeAndGenerateAChat) {
+  const fs::path chat = testing::temp_dir("chat") / "chat.json";
+  std::ofstream(chat) << R"({"messages": [{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": " Hi! "}]})";
+  const std::string m = " --model " + dir_->string();
+  CliRun t = run("tokenize" + m + " --chat " + chat.string());
+  ASSERT_EQ(t.status, 0) << t.err;
+  const nlohmann::json j = nlohmann::json::parse(t.out);
+  const std::string expected =
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+      "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+      "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  EXPECT_EQ(j["prompt"], expected);
+  ASSERT_EQ(j["tokens"].size(), j["ids"].size());
+  EXPECT_EQ(j["tokens"][0], "<|begin_of_text|>");
+  CliRun nogen = run("tokenize" + m + " --no-generation-prompt --chat " + chat.string());
+  ASSERT_EQ(nogen.status, 0) << nogen.err;
+  EXPECT_EQ(nlohmann::json::parse(nogen.out)["prompt"],
+            expected.substr(
+                0, expected.size() -
+                       std::string("<|start_header_id|>assistant<|end_header_id|>\n\n").size()));
+
+  CliRun g = run("generate" + m + " --chat " + chat.string() +
+                 " --max-tokens 3 --temperature 0 --ignore-eos --json");
+  ASSERT_EQ(g.status, 0) << g.err;
+  const nlohmann::json out = nlohmann::json::parse(g.out);
+  EXPECT_EQ(out["prompt_ids"], j["ids"]);
+  EXPECT_EQ(out["output_ids"].size(), 3u);
+  // The same ids as a token prompt generate the same tokens.
+  std::string ids;
+  for (const auto& id : j["ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id.get<int>());
+  CliRun same = run("generate" + m + " --prompt-ids " + ids +
+                    " --max-tokens 3 --temperature 0 --ignore-eos --json");
+  ASSERT_EQ(same.status, 0) << same.err;
+  EXPECT_EQ(nlohmann::json::parse(same.out)["output_ids"], out["output_ids"]);
+
+  // A template's error is one clear line and a non-zero exit.
+  const fs::path tmpl = chat.parent_path() / "strict.jinja";
+  std::ofstream(tmpl) << "{% if messages[0].role == 'system' %}"
+                         "{{ raise_exception('System role not supported') }}{% endif %}";
+  for (const std::string cmd : {"tokenize", "generate"}) {
+    CliRun bad = run(cmd + m + " --chat " + chat.string() + " --chat-template " + tmpl.string());
+    EXPECT_NE(bad.status, 0) << cmd;
+    EXPECT_EQ(last_line(bad.err), "error: System role not supported") << cmd;
+  }
+  fs::remove_all(chat.parent_path());
+}
+
 TEST_F(CliTest, MakeModelIsBitForBitDeterministic) {
   const fs::path a = testing::temp_dir("mm_a"), b = testing::temp_dir("mm_b"),
                  c = testing::temp_dir("mm_c");
@@ -131,6 +182,88 @@ TEST_F(CliTest, MakeModelIsBitForBitDeterministic) {
   EXPECT_NE(bytes(a / "model.safetensors"), bytes(c / "model.safetensors"));
   EXPECT_EQ(bytes(a / "config.json"), bytes(b / "config.json"));
   for (const auto& d : {a, b, c}) fs::remove_all(d);
+}
+
+// run-batch: every input line gets exactly one output line, in order, keyed by custom_id; good
+// lines answer what `generate` answers for the same prompt, bad lines get an error line.
+TEST_F(CliTest, RunBatchAnswersGoodLinesAndReportsBadOnes) {
+  const fs::path dir = testing::temp_dir("run_batch");
+  const std::string model = dir_->string();
+  auto completion = [&](const std::string& id, const std::string& prompt, int max_tokens) {
+    return nlohmann::json{{"custom_id", id},
+                          {"method", "POST"},
+                          {"url", "/v1/completions"},
+                          {"body",
+                           {{"model", model},
+                            {"prompt", nlohmann::json::parse(prompt)},
+                            {"max_tokens", max_tokens},
+                            {"temperature", 0},
+                            {"logprobs", 1}}}}
+        .dump();
+  };
+  const std::vector<std::pair<std::string, int>> expected = {
+      {"good-1", 200},    {"not-json", 400}, {"negative", 400}, {"good-2", 200},
+      {"wrong-url", 400}, {"no-model", 404}, {"no-id", 400},    {"good-3", 200},
+  };
+  {
+    std::ofstream in(dir / "in.jsonl");
+    in << completion("good-1", "[5,6,7,8]", 6) << "\n";
+    in << "{this is not json\n";
+    in << completion("negative", "[1,2]", -1) << "\n";
+    in << completion("good-2", "[9,10,11]", 4) << "\n";
+    in << R"({"custom_id":"wrong-url","method":"POST","url":"/v1/embeddings","body":{}})"
+       << "\n";
+    in << R"({"custom_id":"no-model","method":"POST","url":"/v1/completions",)"
+       << R"("body":{"model":"nope","prompt":[1],"max_tokens":2}})"
+       << "\n";
+    in << "\n";  // blank lines are skipped, as vLLM does
+    in << R"({"method":"POST","url":"/v1/completions","body":{"prompt":[1],"max_tokens":2}})"
+       << "\n";
+    in << completion("good-3", "[5,6,7,8]", 6) << "\n";
+  }
+  CliRun r = run("run-batch -i " + (dir / "in.jsonl").string() + " -o " +
+                 (dir / "out.jsonl").string() + " --model " + model);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::ifstream out(dir / "out.jsonl");
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(out, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), expected.size());
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const auto& [id, status] = expected[i];
+    const nlohmann::json& l = lines[i];
+    if (id == "not-json" || id == "no-id") {
+      EXPECT_TRUE(l["custom_id"].is_null()) << l;
+    } else {
+      EXPECT_EQ(l["custom_id"], id);
+    }
+    EXPECT_EQ(l["response"]["status_code"], status) << l;
+    if (status == 200) {
+      EXPECT_TRUE(l["error"].is_null()) << l;
+    } else {
+      EXPECT_TRUE(l["error"].is_object()) << l;
+      EXPECT_TRUE(l["response"]["body"]["error"]["message"].is_string()) << l;
+    }
+  }
+  // Good lines are answered as `generate` answers the same prompt alone.
+  auto generated = [&](const std::string& ids, int n) {
+    CliRun g = run("generate --model " + model + " --prompt-ids " + ids + " --max-tokens " +
+                   std::to_string(n) + " --temperature 0 --logprobs 1 --json");
+    EXPECT_EQ(g.status, 0) << g.err;
+    return nlohmann::json::parse(g.out);
+  };
+  for (const auto& [line, ids, n] :
+       {std::make_tuple(0, "5,6,7,8", 6), std::make_tuple(3, "9,10,11", 4),
+        std::make_tuple(7, "5,6,7,8", 6)}) {
+    const nlohmann::json g = generated(ids, n);
+    const nlohmann::json& choice = lines[line]["response"]["body"]["choices"][0];
+    EXPECT_EQ(choice["text"], g["text"]);
+    EXPECT_EQ(lines[line]["response"]["body"]["usage"]["completion_tokens"], n);
+    ASSERT_EQ(choice["logprobs"]["token_logprobs"].size(), static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i)
+      EXPECT_DOUBLE_EQ(choice["logprobs"]["token_logprobs"][i].get<double>(),
+                       g["logprobs"][i][0][1].get<double>());
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

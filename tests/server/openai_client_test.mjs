@@ -96,6 +96,21 @@ async function main() {
     (e) => e instanceof OpenAI.APIError && e.status === 400 && /temperature/.test(e.message));
   await assert.rejects(client.chat.completions.create({ model: 'tiny', messages: [], max_tokens: 2 }),
     (e) => e instanceof OpenAI.APIError && e.status === 400);
+  // Content parts, and an assistant tool call sent back with its arguments as a JSON string.
+  const parts = await client.chat.completions.create({
+    model: 'tiny', max_tokens: 2, messages: [
+      { role: 'user', content: [{ type: 'text', text: 'Weather' }, { type: 'text', text: 'in Paris?' }] },
+      { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'weather', arguments: '{"city":"Paris"}' } }] },
+      { role: 'tool', tool_call_id: 'c1', content: 'sunny' },
+      { role: 'user', content: 'Thanks' }],
+    tools: [{ type: 'function', function: { name: 'weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } } }],
+  });
+  assert.equal(parts.choices[0].message.role, 'assistant');
+  // A non-text part is a 400 that names the problem.
+  await assert.rejects(client.chat.completions.create({
+    model: 'tiny', max_tokens: 2,
+    messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://x/y.png' } }] }],
+  }), (e) => e instanceof OpenAI.APIError && e.status === 400 && /image_url/.test(e.message));
   console.log('openai client: all checks passed');
 }
 

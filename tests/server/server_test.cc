@@ -60,9 +60,15 @@ class ByteTextProcessor : public TextProcessor {
   }
 };
 
+// The model folder's own tokenizer and chat template (or `chat_template`, as --chat-template)
+// instead of the byte fake.
+struct RealText {
+  std::string chat_template;
+};
+
 struct ServerFixture {
   ServerFixture(int64_t blocks, const std::string& api_key = "", int64_t max_num_seqs = 256,
-                int http_threads = 128) {
+                int http_threads = 128, std::optional<RealText> real_text = std::nullopt) {
     static std::filesystem::path dir = testing::make_tiny("llama", DType::kF32, 11);
     EngineArgs args;
     args.model = dir;
@@ -71,7 +77,8 @@ struct ServerFixture {
     args.max_model_len = 256;
     args.max_num_seqs = max_num_seqs;
     args.kv_cache_dtype = DType::kF32;
-    model = LoadedModel::load(args, "tiny", "", std::make_unique<ByteTextProcessor>());
+    model = real_text ? LoadedModel::load(args, "tiny", real_text->chat_template)
+                      : LoadedModel::load(args, "tiny", "", std::make_unique<ByteTextProcessor>());
     ServerOptions so;
     so.host = "127.0.0.1";
     so.port = 0;
@@ -182,6 +189,34 @@ TEST(ServerTest, StopStringsAndStopTokens) {
   EXPECT_EQ(stopped["choices"][0]["stop_reason"], stop);
 }
 
+// truncate_prompt_tokens keeps the last k prompt tokens: the request then answers exactly as
+// the shortened prompt does.
+TEST(ServerTest, TruncatePromptTokensKeepsTheLastTokens) {
+  ServerFixture f(256);
+  auto [s1, cut] = f.post("/v1/completions",
+                          R"({"prompt":[10,11,12,13,14],"max_tokens":6,"temperature":0,
+                              "truncate_prompt_tokens":2,"logprobs":1})");
+  ASSERT_EQ(s1, 200) << cut.dump();
+  auto [s2, shortp] = f.post("/v1/completions",
+                             R"({"prompt":[13,14],"max_tokens":6,"temperature":0,"logprobs":1})");
+  ASSERT_EQ(s2, 200) << shortp.dump();
+  EXPECT_EQ(cut["usage"]["prompt_tokens"], 2);
+  EXPECT_EQ(cut["choices"][0]["text"], shortp["choices"][0]["text"]);
+  EXPECT_EQ(cut["choices"][0]["logprobs"]["token_logprobs"],
+            shortp["choices"][0]["logprobs"]["token_logprobs"]);
+  // Longer than the prompt: nothing is cut. Zero or below -1: 400.
+  auto [s3, whole] = f.post("/v1/completions",
+                            R"({"prompt":[10,11,12],"max_tokens":2,"truncate_prompt_tokens":50})");
+  ASSERT_EQ(s3, 200);
+  EXPECT_EQ(whole["usage"]["prompt_tokens"], 3);
+  for (const char* bad : {"0", "-2", "\"x\""}) {
+    auto [s4, err] = f.post(
+        "/v1/completions", std::string(R"({"prompt":[1,2],"truncate_prompt_tokens":)") + bad + "}");
+    EXPECT_EQ(s4, 400) << bad;
+    EXPECT_EQ(err["error"]["param"], "truncate_prompt_tokens") << err.dump();
+  }
+}
+
 TEST(ServerTest, StreamingWithUsage) {
   ServerFixture f(256);
   auto c = f.client();
@@ -267,6 +302,135 @@ TEST(ServerTest, BadInputGetsOpenAIErrorsAndServerKeepsServing) {
   // Still serving.
   auto [ok, good] = f.post("/v1/completions", R"({"prompt":"hi","max_tokens":2})", auth);
   EXPECT_EQ(ok, 200) << good.dump();
+}
+
+// The model folder's text processor: tokenizer, streaming decoder and EOS from the folder.
+TEST(TextProcessorTest, LoadsTheFoldersTokenizer) {
+  const std::filesystem::path dir = testing::make_tiny("llama", DType::kF32, 12);
+  std::unique_ptr<TextProcessor> text = load_text_processor(dir, "");
+  ASSERT_TRUE(text);
+  const std::string sample = "Grüße, world! 42 ✓ <|eot_id|> tail";
+  const std::vector<int32_t> ids = text->encode(sample, true);
+  EXPECT_EQ(text->decode(ids, true), sample.substr(0, sample.find("<|eot_id|>")) + " tail");
+  EXPECT_EQ(text->decode(ids, false), "<|begin_of_text|>" + sample);
+  for (bool skip : {true, false}) {
+    std::unique_ptr<TextDecoder> d = text->decoder_factory()(skip);
+    std::string streamed;
+    for (int32_t id : ids) streamed += d->step(id);
+    streamed += d->finish();
+    EXPECT_EQ(streamed, text->decode(ids, skip));
+  }
+  EXPECT_EQ(text->eos_token_id(), text->encode("<|eot_id|>", false).at(0));
+  // No tokenizer.json: token ids only; a chat template then makes no sense.
+  std::filesystem::remove(dir / "tokenizer.json");
+  EXPECT_EQ(load_text_processor(dir, ""), nullptr);
+  EXPECT_THROW(load_text_processor(dir, "{{ x }}"), Error);
+  std::filesystem::remove_all(dir);
+}
+
+// Chat through the model folder's own tokenizer and Llama-3-style template (the built-in one
+// make-model writes): the prompt the template defines, tokenized without extra BOS.
+TEST(ServerTest, ChatThroughTheModelsTemplate) {
+  ServerFixture f(256, "", 256, 128, RealText{});
+  const std::string messages =
+      R"([{"role":"system","content":"Be brief. "},{"role":"user","content":[)"
+      R"({"type":"text","text":"Hello"},{"type":"text","text":"there"}]}])";
+  // The template trims each message and the text parts are joined with a newline (vLLM).
+  const std::string expected =
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+      "<|start_header_id|>user<|end_header_id|>\n\nHello\nthere<|eot_id|>"
+      "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  auto [ts, tok] =
+      f.post("/tokenize", R"({"messages":)" + messages + R"(,"return_token_strs":true})");
+  ASSERT_EQ(ts, 200) << tok.dump();
+  auto [ps, plain] =
+      f.post("/tokenize", json({{"prompt", expected}, {"add_special_tokens", false}}).dump());
+  ASSERT_EQ(ps, 200) << plain.dump();
+  EXPECT_EQ(tok["tokens"], plain["tokens"]);
+  EXPECT_EQ(tok["count"], plain["tokens"].size());
+  std::string joined;
+  for (const json& s : tok["token_strs"]) joined += s.get<std::string>();
+  EXPECT_EQ(joined, expected);
+  auto [ds, detok] = f.post("/detokenize", json({{"tokens", tok["tokens"]}}).dump());
+  ASSERT_EQ(ds, 200);
+  EXPECT_EQ(detok["prompt"], expected);
+  // Without the generation prompt.
+  auto [ns, nogen] =
+      f.post("/tokenize", R"({"add_generation_prompt":false,"messages":)" + messages + "}");
+  ASSERT_EQ(ns, 200);
+  ASSERT_LT(nogen["tokens"].size(), tok["tokens"].size());
+  for (size_t i = 0; i < nogen["tokens"].size(); ++i)
+    EXPECT_EQ(nogen["tokens"][i], tok["tokens"][i]);
+
+  auto [cs, chat] =
+      f.post("/v1/chat/completions",
+             R"({"max_tokens":5,"temperature":0,"ignore_eos":true,"messages":)" + messages + "}");
+  ASSERT_EQ(cs, 200) << chat.dump();
+  EXPECT_EQ(chat["usage"]["prompt_tokens"], tok["count"]);
+  EXPECT_EQ(chat["usage"]["completion_tokens"], 5);
+  EXPECT_TRUE(chat["choices"][0]["message"]["content"].is_string());
+  // The same prompt as a completion gives the same greedy text.
+  auto [ks, completion] = f.post(
+      "/v1/completions",
+      json({{"prompt", tok["tokens"]}, {"max_tokens", 5}, {"temperature", 0}, {"ignore_eos", true}})
+          .dump());
+  ASSERT_EQ(ks, 200);
+  EXPECT_EQ(completion["choices"][0]["text"], chat["choices"][0]["message"]["content"]);
+}
+
+// A template's own error (Gemma-style role check) and bad conversations are the client's
+// fault: 400 with the message, on every endpoint that renders, and the server keeps serving.
+TEST(ServerTest, TemplateErrorsAre400) {
+  const std::string alternate =
+      "Conversation roles must alternate user/assistant/user/assistant/...";
+  ServerFixture f(256, "", 256, 128,
+                  RealText{"{% for m in messages %}{% if (m['role'] == 'user') != "
+                           "(loop.index0 % 2 == 0) %}{{ raise_exception('" +
+                           alternate +
+                           "') }}{% endif %}{{ m['role'] + ': ' + m['content'] + '\\n' }}"
+                           "{% endfor %}"});
+  const std::string twice =
+      R"({"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}],"max_tokens":2)";
+  for (const char* path : {"/v1/chat/completions", "/tokenize"}) {
+    auto [status, j] = f.post(path, twice + "}");
+    EXPECT_EQ(status, 400) << path << " " << j.dump();
+    EXPECT_EQ(j["error"]["message"], alternate) << path;
+    EXPECT_EQ(j["error"]["code"], 400);
+  }
+  auto [ss, streamed] = f.post("/v1/chat/completions", twice + R"(,"stream":true})");
+  EXPECT_EQ(ss, 400) << streamed.dump();
+  EXPECT_EQ(streamed["error"]["message"], alternate);
+  struct Case {
+    std::string body;
+    std::string contains;
+  };
+  const std::vector<Case> cases = {
+      {R"({"messages":[{"role":"user","content":"a"}],"chat_template":"{% for %}"})", "template"},
+      {R"({"messages":[{"role":"user","content":"a"}],"chat_template_kwargs":{"tokenize":true}})",
+       "tokenize"},
+      {R"({"messages":[{"role":"user","content":"a"},{"role":"assistant","content":null,
+          "tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"{x"}}]}]})",
+       "not valid JSON"},
+      {R"({"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{}}]})",
+       "'name'"},
+      {R"({"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}]})",
+       "content parts of type 'image_url' are not supported: this model takes text only"},
+  };
+  for (const Case& c : cases) {
+    auto [status, j] = f.post("/v1/chat/completions", c.body);
+    EXPECT_EQ(status, 400) << c.body << " -> " << j.dump();
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(c.contains), std::string::npos)
+        << j.dump();
+  }
+  auto [ok, good] = f.post("/v1/chat/completions",
+                           R"({"messages":[{"role":"user","content":"a"}],"max_tokens":2})");
+  EXPECT_EQ(ok, 200) << good.dump();
+  // A per-request template renders (vLLM accepts chat_template in the body).
+  auto [rs, rendered] = f.post("/tokenize", R"({"messages":[{"role":"user","content":"a"}],
+      "chat_template":"{{ messages[0].content }}{{ eos_token }}"})");
+  ASSERT_EQ(rs, 200) << rendered.dump();
+  auto [ps, plain] = f.post("/tokenize", R"({"prompt":"a<|eot_id|>","add_special_tokens":false})");
+  EXPECT_EQ(rendered["tokens"], plain["tokens"]);
 }
 
 struct Greedy {

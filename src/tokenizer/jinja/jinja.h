@@ -5,6 +5,7 @@
 // See docs/chat-templates.md for the supported constructs.
 #pragma once
 
+#include <cstddef>
 #include <ctime>
 #include <functional>
 #include <memory>
@@ -21,6 +22,8 @@ struct Options {
   bool lstrip_blocks = true;  // strip spaces and tabs before a block tag at line start
   // The clock strftime_now() reads (local time). Tests pin it; empty: std::time.
   std::function<std::time_t()> now;
+  // Rendering fails (tessera::Error) rather than produce or build a string longer than this.
+  size_t max_output_bytes = size_t{64} << 20;
 };
 
 class Node;  // parsed template (jinja.cc)
