@@ -3,7 +3,9 @@ runs it: non-streaming chat completions, RPS and latency percentiles in Locust's
 
     locust -f bench/locustfile.py --host http://127.0.0.1:8000 --headless -u 16 -r 4 -t 60s
 
-Environment: MODEL (default: the server's first model), MAX_TOKENS (64), API_KEY (none).
+Environment: MODEL (default: the server's first model), MAX_TOKENS (64), API_KEY (none),
+TOKEN_IDS (set to 1: completions with random token-id prompts, for model folders without a
+tokenizer).
 """
 import os
 import random
@@ -22,6 +24,7 @@ PROMPTS = [
 ]
 
 MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "64"))
+TOKEN_IDS = os.environ.get("TOKEN_IDS") == "1"
 HEADERS = {"Authorization": f"Bearer {os.environ['API_KEY']}"} if os.environ.get("API_KEY") else {}
 _model = {"id": os.environ.get("MODEL")}
 
@@ -43,6 +46,8 @@ class ChatUser(HttpUser):
 
     @task
     def chat(self):
+        if TOKEN_IDS:
+            return self.token_ids()
         body = {
             "model": _model["id"],
             "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
@@ -51,6 +56,20 @@ class ChatUser(HttpUser):
         }
         with self.client.post("/v1/chat/completions", json=body, headers=HEADERS,
                               name="chat", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif not response.json().get("choices"):
+                response.failure("no choices in the response")
+
+    def token_ids(self):
+        body = {
+            "model": _model["id"],
+            "prompt": [random.randint(1, 1000) for _ in range(random.randint(4, 64))],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0.7,
+        }
+        with self.client.post("/v1/completions", json=body, headers=HEADERS,
+                              name="completion", catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif not response.json().get("choices"):

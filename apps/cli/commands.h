@@ -14,5 +14,6 @@ void add_tokenize_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_bench_serve_command(CLI::App& bench);  // under `bench`
 void add_run_batch_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
 
 }  // namespace tessera::cli

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   tessera::cli::add_bench_command(app);
   tessera::cli::add_make_model_command(app);
   tessera::cli::add_tokenize_command(app);
+  tessera::cli::add_plan_command(app);
   // An unknown command gets a clearer message than CLI11's "a subcommand is required".
   bool known = false;
   std::string names;

@@ -6,6 +6,7 @@
 #include "core/logging.h"
 #include "core/status.h"
 #include "core/sys.h"
+#include "engine/planner.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace tessera {
@@ -99,9 +100,12 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
                config.architecture, dtype_name(config.dtype), config.num_layers,
                args.model.string(), e->model_->weight_bytes() / 1e9, report.seconds,
                report.bytes_read
-                   ? fmt::format(" ({:.2f} GB read at {:.1f} GB/s)", report.bytes_read / 1e9,
-                                 report.bytes_read / 1e9 / std::max(report.seconds, 1e-9))
-                   : "");
+                   ? fmt::format(" ({:.2f} GB read in {:.2f} s at {:.2f} GB/s)",
+                                 report.bytes_read / 1e9, report.read_seconds,
+                                 report.bytes_read / 1e9 / std::max(report.read_seconds, 1e-9))
+               : args.load_format == LoadFormat::kMmap
+                   ? std::string(" (memory-mapped: pages are read on first use)")
+                   : std::string(""));
 
   int64_t max_len = args.max_model_len > 0 ? args.max_model_len : config.max_position_embeddings;
   if (args.max_model_len > config.max_position_embeddings)
@@ -109,7 +113,11 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
                  args.max_model_len, config.max_position_embeddings);
   const DType kv_dtype =
       args.kv_cache_dtype.value_or(e->backend_->default_kv_cache_dtype(config.dtype));
-  const int64_t block_bytes = kv_cache_block_bytes(*e->model_, args.block_size, kv_dtype);
+  // The planner's arithmetic (engine/planner.h), so that `tessera plan` predicts this count.
+  const KvShape kv_shape{e->model_->num_layers_local(), e->model_->kv_heads_local(),
+                         config.head_dim, config.head_dim};
+  const int64_t block_bytes =
+      kv_block_bytes(kv_shape, args.block_size, static_cast<int64_t>(dtype_size(kv_dtype)));
   const int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
   e->kv_plan_ =
       plan_kv_cache(args, total_memory_bytes(), static_cast<int64_t>(e->model_->weight_bytes()),

@@ -142,6 +142,12 @@ void SafetensorsFile::read(uint64_t offset, uint64_t bytes, void* dst) const {
   }
 }
 
+void SafetensorsFile::prefetch(uint64_t offset, uint64_t bytes) const {
+  if (offset >= size_) return;
+  bytes = std::min(bytes, size_ - offset);
+  ::posix_fadvise(*fd_, static_cast<off_t>(offset), static_cast<off_t>(bytes), POSIX_FADV_WILLNEED);
+}
+
 Tensor SafetensorsFile::tensor(const std::string& name) const {
   auto it = tensors_.find(name);
   TESSERA_CHECK(it != tensors_.end()) << name << " not in " << path_;

@@ -46,6 +46,9 @@ class SafetensorsFile {
   // Reads `bytes` at file offset `offset` into dst with pread (no page faults on the mapping);
   // throws on an I/O error or a short read.
   void read(uint64_t offset, uint64_t bytes, void* dst) const;
+  // Asks the kernel to start reading [offset, offset + bytes) in the background (readahead for
+  // the tensors after the one being read); clipped to the file, never fails.
+  void prefetch(uint64_t offset, uint64_t bytes) const;
 
  private:
   SafetensorsFile() = default;

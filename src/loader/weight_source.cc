@@ -5,10 +5,14 @@
 #include <cstdlib>
 
 #include "core/status.h"
+#include "core/sys.h"
 
 namespace tessera {
 
 namespace {
+
+// How far ahead of the current tensor the kernel is asked to read (pread path).
+constexpr uint64_t kReadAheadBytes = 256ull << 20;
 
 std::string shape_str(std::span<const int64_t> dims) {
   std::string s = "[";
@@ -77,6 +81,7 @@ Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape
 
 Tensor WeightSource::read_slice(const std::string& name, const TensorInfo& info, Slice slice) {
   const SafetensorsFile& file = checkpoint_->file(name);
+  const double start = now_seconds();
   const size_t elem = dtype_size(info.dtype);
   std::vector<int64_t> out_shape = info.shape;
   if (slice.dim >= 0) out_shape[slice.dim] = slice.end - slice.begin;
@@ -91,11 +96,18 @@ Tensor WeightSource::read_slice(const std::string& name, const TensorInfo& info,
     const uint64_t offset =
         base + (slice.dim == 0 ? static_cast<uint64_t>(slice.begin) * row_bytes : 0);
     const uint64_t bytes = out.nbytes();
-    constexpr uint64_t kChunk = 16ull << 20;
-    const int64_t chunks = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
+    // Keep the device busy between tensors: the kernel reads the next tensors of the file in
+    // the background while this one is copied (checkpoints store tensors roughly in load order).
+    file.prefetch(offset + bytes, kReadAheadBytes);
+    // Chunks small enough that every thread has reads in flight even for a mid-sized tensor,
+    // large enough to be sequential reads (network filesystems want >= 1 MiB requests).
+    const uint64_t threads = pool_ ? static_cast<uint64_t>(pool_->size()) : 1;
+    const uint64_t chunk =
+        std::clamp<uint64_t>(bytes / (2 * threads) / (1 << 20) * (1 << 20), 1 << 20, 16ull << 20);
+    const int64_t chunks = static_cast<int64_t>((bytes + chunk - 1) / chunk);
     auto body = [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
-        const uint64_t lo = static_cast<uint64_t>(c) * kChunk, n = std::min(kChunk, bytes - lo);
+        const uint64_t lo = static_cast<uint64_t>(c) * chunk, n = std::min(chunk, bytes - lo);
         file.read(offset + lo, n, dst + lo);
       }
     };
@@ -121,6 +133,7 @@ Tensor WeightSource::read_slice(const std::string& name, const TensorInfo& info,
       body(0, info.shape[0]);
   }
   bytes_read_ += out.nbytes();
+  read_seconds_ += now_seconds() - start;
   return out;
 }
 

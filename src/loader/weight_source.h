@@ -53,6 +53,8 @@ class WeightSource {
   // Bytes of the slices taken (this rank's share) and bytes actually read from files.
   uint64_t bytes_used() const { return bytes_used_; }
   uint64_t bytes_read() const { return bytes_read_; }
+  // Wall time spent reading files (pread path), for the GB/s of the start-up log.
+  double read_seconds() const { return read_seconds_; }
   LoadFormat format() const { return format_; }
 
  private:
@@ -66,6 +68,7 @@ class WeightSource {
   std::optional<DType> convert_to_;
   std::set<std::string> used_;
   uint64_t bytes_used_ = 0, bytes_read_ = 0;
+  double read_seconds_ = 0;
 };
 
 }  // namespace tessera

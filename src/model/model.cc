@@ -33,6 +33,7 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
   if (report) {
     report->seconds = now_seconds() - t0;
     report->bytes_read = weights.bytes_read();
+    report->read_seconds = weights.read_seconds();
   }
   return model;
 }

