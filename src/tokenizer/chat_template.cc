@@ -183,8 +183,10 @@ bool has_top_level(const std::vector<Tok>& t, size_t begin, size_t end, std::str
   return false;
 }
 
-ExprPtr parse_expr(const std::vector<Tok>& t, size_t begin, size_t end) {
-  if (begin >= end) return other();
+ExprPtr parse_expr(const std::vector<Tok>& t, size_t begin, size_t end, int depth = 0) {
+  // Deeper parentheses than any template writes: not worth the stack (templates may come from
+  // requests).
+  if (begin >= end || depth > 64) return other();
   size_t i = begin;
   ExprPtr node;
   static const std::set<std::string> kKeywords = {"not",  "and",   "or",   "in",    "is",
@@ -196,7 +198,7 @@ ExprPtr parse_expr(const std::vector<Tok>& t, size_t begin, size_t end) {
   } else if (is_op(t, i, "(")) {
     const size_t close = matching(t, i, end);
     if (close == std::string::npos) return other();
-    node = parse_expr(t, i + 1, close);  // parentheses make no node
+    node = parse_expr(t, i + 1, close, depth + 1);  // parentheses make no node
     i = close + 1;
   } else {
     return other();

@@ -70,6 +70,16 @@ TEST(ContentFormat, WhatVllmDoesNotCountStaysString) {
             ContentFormat::kString);
 }
 
+TEST(ContentFormat, SurvivesAnyInput) {
+  // Templates may come from requests: deep nesting and unterminated tags must not hurt.
+  const std::string deep = std::string(200000, '(') + "messages" + std::string(200000, ')');
+  EXPECT_EQ(format("{% for m in " + deep + " %}{% for p in m.content %}"), ContentFormat::kString);
+  for (const char* src : {"{%", "{% for", "{% for m in messages %}{% for p in m.content", "{{ '",
+                          "{% set = %}", "{% for in %}", "{% raw %}", "{#", "{% 'unterminated %}",
+                          "{% for m in messages[ %}{% for p in m.content %}{% endfor %}"})
+    EXPECT_EQ(format(src), ContentFormat::kString) << src;
+}
+
 TEST(PrepareMessages, StringFormatJoinsTextPartsWithNewlines) {
   const Json in = Json::parse(R"([
     {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": ""},
