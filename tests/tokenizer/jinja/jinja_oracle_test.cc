@@ -3,6 +3,11 @@
 // give byte-identical output, or fail in both (with raise_exception's message exactly).
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "tokenizer/jinja/conversations.h"
 #include "tokenizer/jinja/oracle_util.h"
 
 namespace tessera::testing {
@@ -405,6 +410,34 @@ TEST(JinjaOracle, TableMatchesPythonJinja2) {
   int rendered = 0;
   EXPECT_EQ(compare_with_oracle(cases, &rendered), 0);
   EXPECT_GE(rendered, 150);  // most rows render; the others check that both reject them
+}
+
+// Chat templates of our own (tests/tokenizer/jinja/templates/*.jinja) written in the styles of
+// the major model families, on conversations with tools, reasoning and multimodal content.
+TEST(JinjaOracle, ChatTemplatesMatchPythonJinja2) {
+  TESSERA_REQUIRE_PYTHON_JINJA2();
+  const std::filesystem::path dir =
+      std::filesystem::path(TESSERA_SOURCE_DIR) / "tests/tokenizer/jinja/templates";
+  std::vector<OracleCase> cases;
+  int templates = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() != ".jinja") continue;
+    ++templates;
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::stringstream source;
+    source << in.rdbuf();
+    int k = 0;
+    for (Json context : test_conversations()) {
+      context["bos_token"] = "<s>";
+      context["eos_token"] = "</s>";
+      cases.push_back({entry.path().filename().string() + " conversation " + std::to_string(k++),
+                       source.str(), context});
+    }
+  }
+  ASSERT_GE(templates, 6);
+  int rendered = 0;
+  EXPECT_EQ(compare_with_oracle(cases, &rendered), 0);
+  EXPECT_GE(rendered, static_cast<int>(cases.size()) / 2);
 }
 
 }  // namespace
