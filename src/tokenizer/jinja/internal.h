@@ -285,11 +285,10 @@ struct Scope {
   }
 };
 
-inline constexpr int kMaxDepth = 400;           // nesting of evaluation (parse and render)
-inline constexpr int kMaxMacroDepth = 100;      // nested macro calls
-inline constexpr int64_t kMaxRange = 100000;    // range() size, as Jinja2's sandbox
-inline constexpr int64_t kMaxSteps = 20000000;  // statements, loop iterations, bytes/64 built
-inline constexpr size_t kMaxItems = 1 << 20;    // elements of a list built by an operation
+inline constexpr int kMaxDepth = 400;         // nesting of evaluation (parse and render)
+inline constexpr int kMaxMacroDepth = 100;    // nested macro calls
+inline constexpr int64_t kMaxRange = 100000;  // range() size, as Jinja2's sandbox
+inline constexpr size_t kMaxItems = 1 << 20;  // elements of a list built by an operation
 
 struct RenderState {
   const Options* options = nullptr;
@@ -299,9 +298,10 @@ struct RenderState {
   int depth = 0;
   int macro_depth = 0;
   int64_t steps = 0;
+  int64_t max_steps = 0;
   void step(int64_t n = 1) {
     steps += n;
-    if (steps > kMaxSteps) fail("the template does too much work (loop or recursion too long)");
+    if (steps > max_steps) fail("the template does too much work (loop or recursion too long)");
   }
   void charge_bytes(size_t n) { step(static_cast<int64_t>(n / 64)); }
   void check_size(size_t n) {

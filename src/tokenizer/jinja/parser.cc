@@ -112,7 +112,9 @@ class Lexer {
         ++t;
       }
       if (t == std::string_view::npos) {
+        data_line_ = line_;
         emit_data(s.substr(pos));
+        line_ += count_lines(s.substr(pos));
         break;
       }
       const char kind = s[t + 1];
@@ -298,8 +300,9 @@ class Lexer {
         }
       }
       if (!op) {
-        std::string shown = c >= 0x20 && c < 0x7f ? std::string(1, c) : "\\x" + hex(c);
-        syntax_error(line_, "unexpected char '" + shown + "' at " + std::to_string(p));
+        const size_t n = std::min<size_t>(s.size() - p, std::max<size_t>(1, utf8_len(c)));
+        syntax_error(line_,
+                     "unexpected char " + string_repr(s.substr(p, n)) + " at " + std::to_string(p));
       }
       const std::string o(op);
       if (o == "{" || o == "(" || o == "[") {
@@ -317,10 +320,13 @@ class Lexer {
     }
   }
 
-  static std::string hex(char c) {
-    static const char* digits = "0123456789abcdef";
+  static size_t utf8_len(char c) {
     const auto u = static_cast<unsigned char>(c);
-    return std::string{digits[u >> 4], digits[u & 15]};
+    return u < 0x80             ? 1
+           : (u & 0xE0) == 0xC0 ? 2
+           : (u & 0xF0) == 0xE0 ? 3
+           : (u & 0xF8) == 0xF0 ? 4
+                                : 1;
   }
 
   // Python integer and float literals as Jinja2 lexes them (underscores allowed).
@@ -449,9 +455,9 @@ class Lexer {
       if (s[q] == '\\') ++q;
       ++q;
     }
-    if (q >= s.size()) {
-      syntax_error(line_, std::string("unexpected char '") + quote + "' at " + std::to_string(p));
-    }
+    if (q >= s.size())
+      syntax_error(line_, "unexpected char " + string_repr(std::string(1, quote)) + " at " +
+                              std::to_string(p));
     const std::string_view body = s.substr(p + 1, q - p - 1);
     std::string out;
     for (size_t k = 0; k < body.size(); ++k) {
@@ -629,8 +635,34 @@ class Parser {
 
   // Parses template data, prints and statements until a block whose tag name is in `ends`;
   // leaves the parser at that name.
+  // Jinja2's message for an unknown tag (name) or an early end of template (name empty).
+  [[noreturn]] void fail_unknown_tag(const std::string& name) const {
+    std::string msg =
+        name.empty() ? "Unexpected end of template." : "Encountered unknown tag '" + name + "'.";
+    if (!end_stack_.empty() && !end_stack_.back().empty()) {
+      std::string looking;
+      for (const auto& e : end_stack_.back())
+        looking += (looking.empty() ? "'" : " or '") + e + "'";
+      bool expected = false;
+      for (const auto& ends : end_stack_)
+        for (const auto& e : ends) expected |= e == name;
+      if (expected) {
+        msg +=
+            " You probably made a nesting mistake. Jinja is expecting this tag, but currently "
+            "looking for " +
+            looking + ".";
+      } else {
+        msg += " Jinja was looking for the following tags: " + looking + ".";
+      }
+    }
+    if (!tag_stack_.empty())
+      msg += " The innermost block that needs to be closed is '" + tag_stack_.back() + "'.";
+    fail_here(msg);
+  }
+
   Body subparse(const std::vector<std::string>& ends) {
     DepthGuard guard(*this);
+    if (!ends.empty()) end_stack_.push_back(ends);
     Body body;
     while (cur().type != Tok::kEof) {
       const Token& t = cur();
@@ -648,8 +680,12 @@ class Parser {
       } else if (t.type == Tok::kBlockBegin) {
         advance();
         if (cur().type == Tok::kName) {
-          for (const auto& e : ends)
-            if (cur().text == e) return body;
+          for (const auto& e : ends) {
+            if (cur().text == e) {
+              end_stack_.pop_back();
+              return body;
+            }
+          }
         }
         parse_statement(body);
         expect(Tok::kBlockEnd, "end of statement block");
@@ -657,12 +693,7 @@ class Parser {
         fail_here("unexpected '" + describe(t) + "'");
       }
     }
-    if (!ends.empty()) {
-      std::string list;
-      for (const auto& e : ends) list += (list.empty() ? "'" : " or '") + e + "'";
-      fail_here("Unexpected end of template. Jinja was looking for the following tags: " + list +
-                ".");
-    }
+    if (!ends.empty()) fail_unknown_tag("");
     return body;
   }
 
@@ -675,6 +706,12 @@ class Parser {
     if (cur().type != Tok::kName) fail_here("tag name expected");
     const std::string tag = cur().text;
     const int line = cur().line;
+    tag_stack_.push_back(tag);
+    parse_tag(tag, line, out);
+    tag_stack_.pop_back();
+  }
+
+  void parse_tag(const std::string& tag, int line, Body& out) {
     if (tag == "for") {
       out.push_back(parse_for());
     } else if (tag == "if") {
@@ -723,13 +760,16 @@ class Parser {
                tag == "from" || tag == "call" || tag == "autoescape" || tag == "do") {
       fail_here("the '" + tag + "' tag is not supported in chat templates");
     } else {
-      fail_here("Encountered unknown tag '" + tag + "'.");
+      tag_stack_.pop_back();
+      fail_unknown_tag(tag);
     }
   }
 
   void parse_targets(Stmt& s, const char* end_name) {
     // Names, optionally a tuple of names (with or without parentheses).
     const bool paren = skip_op("(");
+    if (cur().type == Tok::kBlockEnd || cur().type == Tok::kVarEnd)
+      fail_here("Expected an expression, got '" + describe(cur()) + "'");
     while (true) {
       s.targets.push_back(expect_name());
       if (!skip_op(",")) break;
@@ -1271,6 +1311,8 @@ class Parser {
   std::vector<Token> toks_;
   size_t pos_ = 0;
   int depth_ = 0;
+  std::vector<std::vector<std::string>> end_stack_;  // end tags each open block waits for
+  std::vector<std::string> tag_stack_;               // the statements being parsed
 };
 
 }  // namespace

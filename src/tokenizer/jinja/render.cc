@@ -285,26 +285,34 @@ Flow Renderer::exec_for(const Stmt& s, const std::shared_ptr<Scope>& scope, std:
   DepthGuard guard(st_);
   const Value iterable = eval(*s.expr, *scope);
   st_.line = s.line;
-  std::vector<Value> items = iterate(st_, iterable);
+  // Lists are iterated in place (they are immutable); other iterables are materialized.
+  std::vector<Value> local;
+  const std::vector<Value>* items = &local;
+  if (iterable.kind == Value::kList) {
+    items = &iterable.list->items;
+  } else {
+    local = iterate(st_, iterable);
+  }
   if (s.cond) {
     std::vector<Value> kept;
     auto probe = std::make_shared<Scope>();
     probe->parent = scope;
-    for (auto& item : items) {
+    for (const auto& item : *items) {
       st_.step();
       probe->vars.clear();
       bind_targets(*probe, s.targets, s.tuple_target, item);
-      if (truthy(eval(*s.cond, *probe))) kept.push_back(std::move(item));
+      if (truthy(eval(*s.cond, *probe))) kept.push_back(item);
     }
-    items = std::move(kept);
+    local = std::move(kept);
+    items = &local;
   }
-  if (items.empty()) return exec(s.else_body, scope, out);
+  if (items->empty()) return exec(s.else_body, scope, out);
   auto loop = std::make_shared<LoopObj>();
-  loop->items = &items;
+  loop->items = items;
   const Value loop_value = Value::object(loop);
   auto body_scope = std::make_shared<Scope>();
   body_scope->parent = scope;
-  for (size_t k = 0; k < items.size(); ++k) {
+  for (size_t k = 0; k < items->size(); ++k) {
     st_.step();
     loop->index = k;
     // A fresh scope per iteration (Jinja2 resets assignments made in the body).
@@ -315,7 +323,7 @@ Flow Renderer::exec_for(const Stmt& s, const std::shared_ptr<Scope>& scope, std:
       body_scope->vars.clear();
     }
     body_scope->vars.emplace_back("loop", loop_value);
-    bind_targets(*body_scope, s.targets, s.tuple_target, items[k]);
+    bind_targets(*body_scope, s.targets, s.tuple_target, (*items)[k]);
     const Flow f = exec(s.body, body_scope, out);
     if (f == Flow::kBreak) break;
   }
@@ -630,7 +638,7 @@ Value get_item(RenderState& st, const Value& obj, const Value& key) {
         if (is_unsafe_method(obj, key.s)) return unsafe_attr(obj, key.s);
         return missing_attr(obj, key.s);
       }
-      return Value::undefined("'dict object' has no element " + repr(key));
+      return Value::undefined("dict object has no element " + repr(key));
     }
     case Value::kList:
     case Value::kString: {
@@ -650,18 +658,18 @@ Value get_item(RenderState& st, const Value& obj, const Value& key) {
             return Value::string(std::move(out));
           }
         }
-        return Value::undefined("'" + object_desc(obj) + "' has no element " + repr(key));
+        return Value::undefined(object_desc(obj) + " has no element " + repr(key));
       }
       if (key.kind == Value::kString) return get_attr(st, obj, key.s);
       if (key.is_undefined()) fail_undefined(st, key);
-      return Value::undefined("'" + object_desc(obj) + "' has no element " + repr(key));
+      return Value::undefined(object_desc(obj) + " has no element " + repr(key));
     }
     case Value::kObject:
       if (key.kind == Value::kString) return get_attr(st, obj, key.s);
-      return Value::undefined("'" + object_desc(obj) + "' has no element " + repr(key));
+      return Value::undefined(object_desc(obj) + " has no element " + repr(key));
     default:
       if (key.kind == Value::kString) return missing_attr(obj, key.s);
-      return Value::undefined("'" + object_desc(obj) + "' has no element " + repr(key));
+      return Value::undefined(object_desc(obj) + " has no element " + repr(key));
   }
 }
 
@@ -766,6 +774,7 @@ std::string Template::render(const Json& context) const {
   RenderState st;
   st.options = &options_;
   st.max_output = options_.max_output_bytes;
+  st.max_steps = options_.max_steps;
   Renderer renderer(st);
   st.renderer = &renderer;
   try {

@@ -147,30 +147,48 @@ std::string py_strip(std::string_view s, const Value* chars, bool left, bool rig
     if (by_space) return is_py_space(cp);
     return std::find(set.begin(), set.end(), cp) != set.end();
   };
-  // Work on byte offsets of code points so that the result is a substring of `s`.
-  std::vector<size_t> starts;
-  std::vector<uint32_t> cps;
-  for (size_t i = 0; i < s.size();) {
+  // Code point boundaries are found by stepping over continuation bytes, so the result is a
+  // substring of `s` and untouched text is never decoded.
+  const auto cp_at = [&](size_t i, size_t& len) {
     const auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80             ? 1
-               : (c & 0xE0) == 0xC0 ? 2
-               : (c & 0xF0) == 0xE0 ? 3
-               : (c & 0xF8) == 0xF0 ? 4
-                                    : 1;
-    if (i + n > s.size()) n = 1;
-    starts.push_back(i);
-    const auto decoded = decode_utf8(s.substr(i, n));
-    cps.push_back(decoded.size() == 1 ? decoded[0] : 0xFFFD);
-    i += n;
+    len = c < 0x80             ? 1
+          : (c & 0xE0) == 0xC0 ? 2
+          : (c & 0xF0) == 0xE0 ? 3
+          : (c & 0xF8) == 0xF0 ? 4
+                               : 1;
+    if (i + len > s.size()) len = 1;
+    if (len == 1) return static_cast<uint32_t>(c < 0x80 ? c : 0xFFFD);
+    const auto cps = decode_utf8(s.substr(i, len));
+    if (cps.size() != 1) len = 1;
+    return cps.size() == 1 ? cps[0] : 0xFFFD;
+  };
+  size_t b = 0, e = s.size();
+  if (left) {
+    while (b < e) {
+      size_t len;
+      if (!strip_it(cp_at(b, len))) break;
+      b += len;
+    }
   }
-  size_t b = 0, e = cps.size();
-  if (left)
-    while (b < e && strip_it(cps[b])) ++b;
-  if (right)
-    while (e > b && strip_it(cps[e - 1])) --e;
-  const size_t from = b < starts.size() ? starts[b] : s.size();
-  const size_t to = e < starts.size() ? starts[e] : s.size();
-  return std::string(s.substr(from, to - from));
+  if (right) {
+    while (e > b) {
+      size_t start = e - 1;
+      while (start > b && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80 && e - start < 4)
+        --start;
+      size_t len;
+      const uint32_t cp = cp_at(start, len);
+      if (start + len != e) {
+        // Not a well-formed sequence ending at e: treat the last byte alone.
+        start = e - 1;
+        if (!strip_it(0xFFFD)) break;
+        e = start;
+        continue;
+      }
+      if (!strip_it(cp)) break;
+      e = start;
+    }
+  }
+  return std::string(s.substr(b, e - b));
 }
 
 std::string ascii_lower(std::string_view s) {
