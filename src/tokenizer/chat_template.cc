@@ -345,12 +345,15 @@ ContentFormat detect_content_format(std::string_view source) {
       break;
     }
   }
-  // A loop over one message's content.
+  // A loop over one message's content, or (newer vLLM) over a variable named `content`, which
+  // templates that pass the content to a macro write.
   for (const Loop& l : loops) {
     for (const std::string& var : message_vars) {
       if (!is_var_or_elems_access(*l.iter, var, "content")) continue;
       return l.target ? ContentFormat::kOpenAI : ContentFormat::kString;
     }
+    if (l.iter->kind == Expr::kName && l.iter->text == "content")
+      return l.target ? ContentFormat::kOpenAI : ContentFormat::kString;
   }
   return ContentFormat::kString;
 }

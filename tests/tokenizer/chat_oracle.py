@@ -101,6 +101,9 @@ def detect_content_format(env, source):
                 if is_var_or_elems_access(loop.iter, var, "content"):
                     assert isinstance(loop.target, jinja2.nodes.Name)
                     return "openai"
+            if isinstance(loop.iter, jinja2.nodes.Name) and loop.iter.name == "content":
+                assert isinstance(loop.target, jinja2.nodes.Name)
+                return "openai"
         return "string"
     except Exception:
         return "string"

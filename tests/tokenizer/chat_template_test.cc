@@ -46,6 +46,15 @@ TEST(ContentFormat, LoopOverMessageContentIsOpenAI) {
             ContentFormat::kOpenAI);
 }
 
+TEST(ContentFormat, LoopOverAVariableNamedContentIsOpenAI) {
+  // Newer vLLM: templates that hand the content to a macro loop over `content`.
+  EXPECT_EQ(format("{% macro render(content) %}{% for item in content %}{{ item.text }}"
+                   "{% endfor %}{% endmacro %}{% for m in messages %}{{ render(m.content) }}"
+                   "{% endfor %}"),
+            ContentFormat::kOpenAI);
+  EXPECT_EQ(format("{% for item in content | list %}{% endfor %}"), ContentFormat::kString);
+}
+
 TEST(ContentFormat, WhatVllmDoesNotCountStaysString) {
   // A loop over some other object's content.
   EXPECT_EQ(format("{% for m in messages %}{% endfor %}{% for p in other.content %}{% endfor %}"),
