@@ -450,8 +450,10 @@ Json prepare_messages(const Json& messages, ContentFormat format) {
       m["content"] = kept;
     } else {
       std::string joined;
-      for (size_t k = 0; k < kept.size(); ++k)
-        joined += (k ? "\n" : "") + kept[k].get<std::string>();
+      for (size_t k = 0; k < kept.size(); ++k) {
+        if (k) joined += '\n';
+        joined += kept[k].get_ref<const std::string&>();
+      }
       m["content"] = joined;
     }
     if (r == "assistant") {
