@@ -314,8 +314,8 @@ class Lexer {
       }
       if (!op) {
         const size_t n = std::min<size_t>(s.size() - p, std::max<size_t>(1, utf8_len(c)));
-        syntax_error(line_,
-                     "unexpected char " + string_repr(s.substr(p, n)) + " at " + std::to_string(p));
+        syntax_error(line_, "unexpected char " + string_repr(s.substr(p, n)) + " at " +
+                                std::to_string(utf8_length(s.substr(0, p))));
       }
       const std::string o(op);
       if (o == "{" || o == "(" || o == "[") {
@@ -470,7 +470,7 @@ class Lexer {
     }
     if (q >= s.size())
       syntax_error(line_, "unexpected char " + string_repr(std::string(1, quote)) + " at " +
-                              std::to_string(p));
+                              std::to_string(utf8_length(s.substr(0, p))));
     const std::string_view body = s.substr(p + 1, q - p - 1);
     std::string out;
     for (size_t k = 0; k < body.size(); ++k) {
