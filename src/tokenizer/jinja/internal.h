@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -140,6 +141,16 @@ void append_utf8(std::string& out, uint32_t cp);
 size_t utf8_length(std::string_view s);
 bool is_py_space(uint32_t cp);
 std::string py_strip(std::string_view s, const Value* chars, bool left, bool right);
+// Python's str.lower/upper/title/capitalize/islower/isupper with Unicode's simple case
+// mappings (utf8proc; the few multi-character special cases such as "ß".upper() aside).
+std::string py_lower(std::string_view s);
+std::string py_upper(std::string_view s);
+std::string py_title(std::string_view s);
+std::string py_capitalize(std::string_view s);
+bool py_islower(std::string_view s);
+bool py_isupper(std::string_view s);
+bool py_isalpha(uint32_t cp);
+bool py_isalnum(uint32_t cp);
 std::string ascii_lower(std::string_view s);
 std::string ascii_upper(std::string_view s);
 
@@ -176,6 +187,8 @@ FilterFn find_filter(std::string_view name);
 TestFn find_test(std::string_view name);
 bool is_known_jinja_filter(std::string_view name);
 bool is_known_jinja_test(std::string_view name);
+// Raises Python's TypeError when a test gets the wrong number of arguments.
+void check_test_args(RenderState& st, std::string_view name, const Args& args);
 
 struct Expr {
   enum Kind : uint8_t {
@@ -251,6 +264,9 @@ struct Stmt {
   std::vector<std::string> params;
   std::vector<ExprPtr> defaults;  // aligned to the last defaults.size() params
   std::vector<ExprPtr> exprs;     // kWith values
+  // Names the body's frame binds to undefined on entry (symbols.cc); for kFor also the else.
+  std::vector<std::string> frame_undefined;
+  std::vector<std::string> else_undefined;
   Stmt(Kind k, int l) : kind(k), line(l) {}
 };
 
@@ -262,7 +278,11 @@ namespace tessera::jinja {
 class Node {
  public:
   Body body;
+  std::vector<std::string> frame_undefined;
 };
+
+// Jinja2's compile-time scoping (symbols.cc): fills the frame_undefined lists.
+void analyze_scopes(Node& root);
 
 Body parse_template(std::string_view source, const Options& options);
 

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include <utf8proc.h>
+
 #include "core/status.h"
 #include "tokenizer/jinja/internal.h"
 
@@ -189,6 +191,106 @@ std::string py_strip(std::string_view s, const Value* chars, bool left, bool rig
     }
   }
   return std::string(s.substr(b, e - b));
+}
+
+namespace {
+
+bool ascii_only(std::string_view s) {
+  for (const char c : s)
+    if (static_cast<unsigned char>(c) >= 0x80) return false;
+  return true;
+}
+
+// Cased letters: categories Lu, Ll, Lt.
+bool is_cased(uint32_t cp) {
+  const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+  return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
+}
+
+uint32_t to_lower(uint32_t cp) {
+  return static_cast<uint32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp)));
+}
+uint32_t to_title(uint32_t cp) {
+  return static_cast<uint32_t>(utf8proc_totitle(static_cast<utf8proc_int32_t>(cp)));
+}
+
+void append_upper(std::string& out, uint32_t cp) {
+  if (cp == 0xDF) {  // ß has no single-character upper case; Python gives "SS"
+    out += "SS";
+    return;
+  }
+  append_utf8(out, static_cast<uint32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(cp))));
+}
+
+}  // namespace
+
+std::string py_lower(std::string_view s) {
+  if (ascii_only(s)) return ascii_lower(s);
+  std::string out;
+  for (const uint32_t cp : decode_utf8(s)) append_utf8(out, to_lower(cp));
+  return out;
+}
+
+std::string py_upper(std::string_view s) {
+  if (ascii_only(s)) return ascii_upper(s);
+  std::string out;
+  for (const uint32_t cp : decode_utf8(s)) append_upper(out, cp);
+  return out;
+}
+
+std::string py_title(std::string_view s) {
+  std::string out;
+  bool prev_cased = false;
+  for (const uint32_t cp : decode_utf8(s)) {
+    if (prev_cased) {
+      append_utf8(out, to_lower(cp));
+    } else {
+      append_utf8(out, to_title(cp));
+    }
+    prev_cased = is_cased(cp);
+  }
+  return out;
+}
+
+std::string py_capitalize(std::string_view s) {
+  std::string out;
+  bool first = true;
+  for (const uint32_t cp : decode_utf8(s)) {
+    append_utf8(out, first ? to_title(cp) : to_lower(cp));
+    first = false;
+  }
+  return out;
+}
+
+bool py_islower(std::string_view s) {
+  bool any = false;
+  for (const uint32_t cp : decode_utf8(s)) {
+    if (!is_cased(cp)) continue;
+    if (utf8proc_category(static_cast<utf8proc_int32_t>(cp)) != UTF8PROC_CATEGORY_LL) return false;
+    any = true;
+  }
+  return any;
+}
+
+bool py_isupper(std::string_view s) {
+  bool any = false;
+  for (const uint32_t cp : decode_utf8(s)) {
+    if (!is_cased(cp)) continue;
+    if (utf8proc_category(static_cast<utf8proc_int32_t>(cp)) != UTF8PROC_CATEGORY_LU) return false;
+    any = true;
+  }
+  return any;
+}
+
+bool py_isalpha(uint32_t cp) {
+  const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+  return cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
+}
+
+bool py_isalnum(uint32_t cp) {
+  const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+  return py_isalpha(cp) || cat == UTF8PROC_CATEGORY_ND || cat == UTF8PROC_CATEGORY_NL ||
+         cat == UTF8PROC_CATEGORY_NO;
 }
 
 std::string ascii_lower(std::string_view s) {
@@ -397,6 +499,9 @@ static void repr_into(const Value& v, std::string& out, int depth) {
         return;
       }
       out += "<" + type_name(v) + " object>";
+      return;
+    case Value::kUndefined:
+      out += "Undefined";
       return;
     default:
       out += to_str(v);
