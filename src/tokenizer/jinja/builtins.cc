@@ -1527,6 +1527,7 @@ Value g_namespace(RenderState& st, const Args& a) {
     for (const auto& [k, v] : src.dict->items) put(to_str(k), v);
   }
   for (const auto& [k, v] : a.kw) put(k, v);
+  st.cyclic.push_back(ns);
   return Value::object(std::move(ns));
 }
 
@@ -1548,9 +1549,10 @@ Value g_strftime_now(RenderState& st, const Args& a) {
   return Value::string(std::move(buf));
 }
 
-Value g_cycler(RenderState&, const Args& a) {
+Value g_cycler(RenderState& st, const Args& a) {
   auto c = std::make_shared<CyclerObj>();
   c->items = a.pos;
+  st.cyclic.push_back(c);
   return Value::object(std::move(c));
 }
 

@@ -101,11 +101,15 @@ struct Object {
   enum Type : uint8_t { kNamespace, kFunction, kMacro, kBoundMethod, kLoop, kCycler, kJoiner };
   explicit Object(Type t) : type(t) {}
   virtual ~Object() = default;
+  // Drops the values the object holds, breaking reference cycles (a namespace holding itself,
+  // a macro's scope holding the macro) when a render ends.
+  virtual void release() {}
   Type type;
 };
 
 struct NamespaceObj : Object {
   NamespaceObj() : Object(kNamespace) {}
+  void release() override { attrs.clear(); }
   std::vector<std::pair<std::string, Value>> attrs;
   Value* find(std::string_view name);
 };
@@ -319,6 +323,8 @@ struct RenderState {
   int macro_depth = 0;
   int64_t steps = 0;
   int64_t max_steps = 0;
+  // Objects that can be part of a reference cycle, released when the render ends.
+  std::vector<std::shared_ptr<Object>> cyclic;
   void step(int64_t n = 1) {
     steps += n;
     if (steps > max_steps) fail("the template does too much work (loop or recursion too long)");
@@ -365,6 +371,7 @@ struct BoundMethodObj : Object {
 
 struct LoopObj : Object {
   LoopObj() : Object(kLoop) {}
+  void release() override { last_changed = Value(); }
   const std::vector<Value>* items = nullptr;
   size_t index = 0;
   bool has_last_changed = false;
@@ -373,6 +380,7 @@ struct LoopObj : Object {
 
 struct CyclerObj : Object {
   CyclerObj() : Object(kCycler) {}
+  void release() override { items.clear(); }
   std::vector<Value> items;
   size_t pos = 0;
 };

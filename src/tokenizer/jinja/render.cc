@@ -13,6 +13,7 @@ namespace {
 
 struct MacroObj : Object {
   MacroObj() : Object(kMacro) {}
+  void release() override { closure.reset(); }
   const Stmt* def = nullptr;
   std::shared_ptr<Scope> closure;
 };
@@ -264,6 +265,7 @@ Flow Renderer::exec_stmt(const Stmt& s, const std::shared_ptr<Scope>& scope, std
       auto m = std::make_shared<MacroObj>();
       m->def = &s;
       m->closure = scope;
+      st_.cyclic.push_back(m);
       scope->set(s.name, Value::object(std::move(m)));
       return Flow::kNormal;
     }
@@ -319,6 +321,7 @@ Flow Renderer::exec_for(const Stmt& s, const std::shared_ptr<Scope>& scope, std:
   if (items->empty()) return exec(s.else_body, child_scope(scope, s.else_undefined), out);
   auto loop = std::make_shared<LoopObj>();
   loop->items = items;
+  st_.cyclic.push_back(loop);
   const Value loop_value = Value::object(loop);
   auto body_scope = std::make_shared<Scope>();
   body_scope->parent = scope;
@@ -799,6 +802,12 @@ std::string Template::render(const Json& context) const {
   st.max_steps = options_.max_steps;
   Renderer renderer(st);
   st.renderer = &renderer;
+  struct ReleaseCycles {
+    ~ReleaseCycles() {
+      for (const auto& o : st.cyclic) o->release();
+    }
+    RenderState& st;
+  } release_cycles{st};
   try {
     auto root = std::make_shared<Scope>();
     if (!context.is_null()) {
