@@ -137,6 +137,8 @@ void run_serve(ServeOptions& o) {
             std::chrono::milliseconds(static_cast<int64_t>(o.shutdown_timeout * 1000))))
       spdlog::warn("{} requests still running at the shutdown timeout", async.num_unfinished());
   }
+  // Let finished streams write their last events and [DONE] before the sockets close.
+  server.wait_responses_written(std::chrono::seconds(2));
   server.stop();
   spdlog::info("shut down");
 }

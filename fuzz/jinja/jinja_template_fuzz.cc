@@ -21,6 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     tessera::jinja::Options options;
     options.now = [] { return std::time_t{0}; };
     options.max_output_bytes = 1 << 20;
+    options.max_steps = 100000;
     const tessera::jinja::Template tmpl(text, options);
     (void)tmpl.render(context);
   } catch (const tessera::Error&) {

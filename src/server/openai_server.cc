@@ -322,6 +322,15 @@ void OpenAIServer::set_ready(const ServingModel& model) {
   ready_ = true;
 }
 
+bool OpenAIServer::wait_responses_written(std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (open_streams_ > 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 void OpenAIServer::stop() {
   if (http_) http_->stop();
   if (thread_.joinable()) thread_.join();
@@ -613,6 +622,7 @@ void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Respons
   }
 
   res.set_header("Cache-Control", "no-cache");
+  ++open_streams_;
   res.set_chunked_content_provider(
       "text/event-stream",
       [ctx](size_t, httplib::DataSink& sink) {
@@ -674,9 +684,10 @@ void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Respons
         sink.done();
         return true;
       },
-      [ctx](bool success) {
+      [ctx, this](bool success) {
         // The client went away (or the write failed): free the blocks now.
         if (!success) ctx->abort_all();
+        --open_streams_;  // httplib calls this once the response is written (or abandoned)
       });
 }
 

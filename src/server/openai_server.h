@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -64,6 +65,9 @@ class OpenAIServer {
   void set_ready(const ServingModel& model);
   // New generation requests get 503; running ones go on.
   void stop_accepting() { accepting_ = false; }
+  // Waits (at most `timeout`) until every streamed response has been written to the end: the
+  // engine finishing a request comes before its last events and [DONE] reach the socket.
+  bool wait_responses_written(std::chrono::milliseconds timeout) const;
   // Closes the listener and joins the serving thread.
   void stop();
   int port() const { return bound_port_; }
@@ -82,6 +86,7 @@ class OpenAIServer {
   int bound_port_ = 0;
   std::atomic<bool> ready_{false};
   std::atomic<bool> accepting_{true};
+  std::atomic<int64_t> open_streams_{0};  // streamed responses not yet fully written
   ServingModel model_;
   int64_t created_ = 0;
 };

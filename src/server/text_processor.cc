@@ -45,6 +45,8 @@ class HfTextProcessor : public TextProcessor {
     } catch (const Error& e) {
       // Whatever the template or the conversation got wrong is the request's fault.
       throw Error(e.what(), ErrorKind::kInvalidArgument);
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("chat template: {}", e.what()), ErrorKind::kInvalidArgument);
     }
   }
   TextDecoderFactory decoder_factory() const override {

@@ -183,8 +183,10 @@ bool has_top_level(const std::vector<Tok>& t, size_t begin, size_t end, std::str
   return false;
 }
 
-ExprPtr parse_expr(const std::vector<Tok>& t, size_t begin, size_t end) {
-  if (begin >= end) return other();
+ExprPtr parse_expr(const std::vector<Tok>& t, size_t begin, size_t end, int depth = 0) {
+  // Deeper parentheses than any template writes: not worth the stack (templates may come from
+  // requests).
+  if (begin >= end || depth > 64) return other();
   size_t i = begin;
   ExprPtr node;
   static const std::set<std::string> kKeywords = {"not",  "and",   "or",   "in",    "is",
@@ -196,7 +198,7 @@ ExprPtr parse_expr(const std::vector<Tok>& t, size_t begin, size_t end) {
   } else if (is_op(t, i, "(")) {
     const size_t close = matching(t, i, end);
     if (close == std::string::npos) return other();
-    node = parse_expr(t, i + 1, close);  // parentheses make no node
+    node = parse_expr(t, i + 1, close, depth + 1);  // parentheses make no node
     i = close + 1;
   } else {
     return other();
@@ -343,12 +345,15 @@ ContentFormat detect_content_format(std::string_view source) {
       break;
     }
   }
-  // A loop over one message's content.
+  // A loop over one message's content, or (newer vLLM) over a variable named `content`, which
+  // templates that pass the content to a macro write.
   for (const Loop& l : loops) {
     for (const std::string& var : message_vars) {
       if (!is_var_or_elems_access(*l.iter, var, "content")) continue;
       return l.target ? ContentFormat::kOpenAI : ContentFormat::kString;
     }
+    if (l.iter->kind == Expr::kName && l.iter->text == "content")
+      return l.target ? ContentFormat::kOpenAI : ContentFormat::kString;
   }
   return ContentFormat::kString;
 }
@@ -371,14 +376,17 @@ bool is_media_part(const std::string& type) {
   return kMedia.count(type) > 0;
 }
 
-// The text of one content part (vLLM's part parsers); nullopt: skipped (no text given).
-std::optional<Json> part_text(const Json& part, size_t m, size_t p) {
-  if (part.is_string()) return part;
+// One content part as vLLM's part parsers give it: for kOpenAI a {"type": "text", "text"} (or
+// {"type": "tool_reference", "name"}) object, for kString the text; null when it has none.
+Json parse_part(const Json& part, ContentFormat format, size_t m, size_t p) {
+  const bool wrap = format == ContentFormat::kOpenAI;
+  if (part.is_string()) return wrap ? Json{{"type", "text"}, {"text", part}} : part;
   if (!part.is_object())
     fail("messages[{}].content[{}] must be a string or an object with a 'type'", m, p);
   const auto type = part.find("type");
   if (type == part.end() || type->is_null()) {
-    for (const char* key : {"image_url", "audio_url", "input_audio", "image_embeds", "video_url"})
+    for (const char* key : {"image_url", "image_pil", "image_embeds", "audio_embeds",
+                            "prompt_embeds", "audio_url", "input_audio", "video_url"})
       if (part.contains(key))
         fail("messages[{}].content[{}]: {} parts are not supported: this model takes text only", m,
              p, key);
@@ -386,22 +394,28 @@ std::optional<Json> part_text(const Json& part, size_t m, size_t p) {
   }
   if (!type->is_string()) fail("messages[{}].content[{}]: 'type' must be a string", m, p);
   const std::string& t = type->get_ref<const std::string&>();
-  const char* key = t == "text" || t == "input_text" ? "text"
-                    : t == "refusal"                 ? "refusal"
-                    : t == "thinking"                ? "thinking"
-                                                     : nullptr;
+  const char* key = t == "text" || t == "input_text" || t == "output_text" ? "text"
+                    : t == "refusal"                                       ? "refusal"
+                    : t == "thinking"                                      ? "thinking"
+                    : t == "tool_reference"                                ? "name"
+                                                                           : nullptr;
   if (!key) {
     if (is_media_part(t))
       fail(
           "messages[{}].content[{}]: content parts of type '{}' are not supported: this model "
           "takes text only",
           m, p, t);
-    fail("messages[{}].content[{}]: unknown content part type '{}'", m, p, t);
+    fail("messages[{}].content[{}]: unsupported content part type '{}'", m, p, t);
   }
-  const auto text = part.find(key);
-  if (text == part.end() || text->is_null()) return std::nullopt;
-  if (!text->is_string()) fail("messages[{}].content[{}].{} must be a string", m, p, key);
-  return Json{{"type", "text"}, {"text", *text}};
+  const auto found = part.find(key);
+  const Json value = found == part.end() ? Json() : *found;
+  if (!value.is_null() && !value.is_string())
+    fail("messages[{}].content[{}].{} must be a string", m, p, key);
+  // vLLM skips text and refusal parts without content; the others keep a null.
+  if (value.is_null() && (t == "text" || t == "refusal")) return nullptr;
+  if (!wrap) return value;
+  if (t == "tool_reference") return Json{{"type", "tool_reference"}, {"name", value}};
+  return Json{{"type", "text"}, {"text", value}};
 }
 
 }  // namespace
@@ -414,78 +428,99 @@ Json prepare_messages(const Json& messages, ContentFormat format) {
     if (!msg.is_object()) fail("messages[{}] must be an object", i);
     const auto role = msg.find("role");
     if (role == msg.end() || !role->is_string()) fail("messages[{}] needs a string 'role'", i);
-    // Content as a list of parts: a string is one text part, null none.
+    const std::string& r = role->get_ref<const std::string&>();
+    // Content as a list of parts (a string is one text part, null none), each parsed; vLLM drops
+    // the parts that come out empty ("" or null).
     Json parts = Json::array();
     if (const auto c = msg.find("content"); c != msg.end() && !c->is_null()) {
       if (c->is_string()) {
-        parts.push_back(Json{{"type", "text"}, {"text", *c}});
+        parts.push_back(parse_part(Json{{"type", "text"}, {"text", *c}}, format, i, 0));
       } else if (c->is_array()) {
-        for (size_t p = 0; p < c->size(); ++p)
-          if (std::optional<Json> part = part_text((*c)[p], i, p)) parts.push_back(*part);
+        for (size_t p = 0; p < c->size(); ++p) parts.push_back(parse_part((*c)[p], format, i, p));
       } else {
         fail("messages[{}].content must be a string, a list of parts or null", i);
       }
     }
+    Json kept = Json::array();
+    for (Json& part : parts)
+      if (truthy(part)) kept.push_back(std::move(part));
     Json m = Json::object();
     m["role"] = *role;
     if (format == ContentFormat::kOpenAI) {
-      Json content = Json::array();
-      for (const Json& part : parts)
-        if (truthy(part)) content.push_back(part);  // vLLM drops empty plain-string parts
-      m["content"] = content;
+      m["content"] = kept;
     } else {
       std::string joined;
-      bool first = true;
-      for (const Json& part : parts) {
-        const std::string& text = part.is_string() ? part.get_ref<const std::string&>()
-                                                   : part["text"].get_ref<const std::string&>();
-        if (text.empty()) continue;  // vLLM drops empty parts before joining
-        if (!first) joined += '\n';
-        joined += text;
-        first = false;
+      for (size_t k = 0; k < kept.size(); ++k) {
+        if (k) joined += '\n';
+        joined += kept[k].get_ref<const std::string&>();
       }
       m["content"] = joined;
     }
-    const std::string& r = role->get_ref<const std::string&>();
     if (r == "assistant") {
-      if (const auto calls = msg.find("tool_calls"); calls != msg.end() && !calls->is_null()) {
-        if (!calls->is_array()) fail("messages[{}].tool_calls must be a list", i);
-        Json list = *calls;
-        // OpenAI clients send arguments as a JSON string; templates expect an object (vLLM
-        // parses it, as transformers asks).
-        for (size_t k = 0; k < list.size(); ++k) {
-          Json& call = list[k];
-          if (!call.is_object() || !call.contains("function") || !call["function"].is_object())
-            fail("messages[{}].tool_calls[{}] needs a 'function' object", i, k);
-          Json& function = call["function"];
-          const Json args = function.value("arguments", Json());
-          if (!truthy(args)) {
-            function["arguments"] = Json::object();
-          } else if (args.is_string()) {
-            Json parsed = Json::parse(args.get_ref<const std::string&>(), nullptr, false);
-            if (parsed.is_discarded())
-              fail("messages[{}].tool_calls[{}].function.arguments is not valid JSON: {}", i, k,
-                   args.get_ref<const std::string&>());
-            function["arguments"] = std::move(parsed);
-          } else if (!args.is_object() && !args.is_array()) {
-            fail("messages[{}].tool_calls[{}].function.arguments must be a JSON string", i, k);
-          }
-        }
-        m["tool_calls"] = std::move(list);
-      }
-      for (const char* key : {"reasoning_content", "reasoning"}) {
+      if (const auto calls = msg.find("tool_calls"); calls != msg.end() && !calls->is_null())
+        m["tool_calls"] = *calls;
+      // vLLM reads `reasoning`; `reasoning_content` (its older name) is accepted too.
+      for (const char* key : {"reasoning", "reasoning_content"}) {
         const auto it = msg.find(key);
         if (it != msg.end() && it->is_string()) {
+          m["reasoning"] = *it;
           m["reasoning_content"] = *it;
           break;
         }
       }
     } else if (r == "tool") {
       if (const auto id = msg.find("tool_call_id"); id != msg.end()) m["tool_call_id"] = *id;
+      // Tool results given as text parts become one string (most templates expect one).
+      Json& content = m["content"];
+      if (content.is_array()) {
+        bool text_only = true;
+        for (const Json& part : content)
+          if (part.is_object() && part.value("type", "") != "text") text_only = false;
+        if (text_only) {
+          std::string joined;
+          bool first = true;
+          for (const Json& part : content) {
+            if (!part.is_object()) continue;
+            if (!first) joined += '\n';
+            const Json text = part.value("text", Json(""));
+            if (text.is_string()) joined += text.get<std::string>();
+            first = false;
+          }
+          content = joined;
+        }
+      }
     }
     if (const auto name = msg.find("name"); name != msg.end() && name->is_string())
       m["name"] = *name;
+    if (const auto task = msg.find("task"); task != msg.end() && task->is_string())
+      m["task"] = *task;
+    if (r == "developer") m["tools"] = msg.value("tools", Json());
     out.push_back(std::move(m));
+  }
+  // Tool-call arguments: OpenAI clients send a JSON string; templates expect an object (vLLM
+  // parses it, as transformers asks). What is not valid JSON becomes {}, as in vLLM.
+  for (size_t i = 0; i < out.size(); ++i) {
+    Json& m = out[i];
+    if (m["role"] != "assistant" || !m.contains("tool_calls") || !m["tool_calls"].is_array())
+      continue;
+    Json& calls = m["tool_calls"];
+    if (calls.empty()) {
+      m.erase("tool_calls");  // keeps templates on the plain assistant path
+      continue;
+    }
+    for (size_t k = 0; k < calls.size(); ++k) {
+      Json& call = calls[k];
+      if (!call.is_object() || !call.contains("function") || !call["function"].is_object())
+        fail("messages[{}].tool_calls[{}] needs a 'function' object", i, k);
+      Json& function = call["function"];
+      const Json args = function.value("arguments", Json());
+      if (args.is_string()) {
+        Json parsed = Json::parse(args.get_ref<const std::string&>(), nullptr, false);
+        function["arguments"] = parsed.is_discarded() ? Json::object() : std::move(parsed);
+      } else if (!args.is_object() && !args.is_array()) {
+        function["arguments"] = Json::object();
+      }
+    }
   }
   return out;
 }

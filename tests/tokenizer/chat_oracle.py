@@ -101,6 +101,9 @@ def detect_content_format(env, source):
                 if is_var_or_elems_access(loop.iter, var, "content"):
                     assert isinstance(loop.target, jinja2.nodes.Name)
                     return "openai"
+            if isinstance(loop.iter, jinja2.nodes.Name) and loop.iter.name == "content":
+                assert isinstance(loop.target, jinja2.nodes.Name)
+                return "openai"
         return "string"
     except Exception:
         return "string"
@@ -108,17 +111,20 @@ def detect_content_format(env, source):
 
 # --- vLLM's conversation preparation ---------------------------------------------------------
 
-TEXT_KEYS = {"text": "text", "input_text": "text", "refusal": "refusal", "thinking": "thinking"}
+TEXT_TYPES = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
+              "thinking": "thinking"}
 
 
 def parse_part(part, wrap):
     if isinstance(part, str):
-        return part
+        return {"type": "text", "text": part} if wrap else part
     kind = part.get("type")
-    if kind not in TEXT_KEYS:
+    if kind == "tool_reference":
+        return {"type": "tool_reference", "name": part.get("name")} if wrap else part.get("name")
+    if kind not in TEXT_TYPES:
         raise ValueError("unsupported content part " + str(kind))
-    text = part.get(TEXT_KEYS[kind])
-    if text is None:
+    text = part.get(TEXT_TYPES[kind])
+    if kind in ("text", "refusal") and text is None:
         return None
     return {"type": "text", "text": text} if wrap else text
 
@@ -128,6 +134,9 @@ def prepare_messages(messages, fmt):
     for message in messages:
         role = message["role"]
         content = message.get("content")
+        reasoning = message.get("reasoning")
+        if reasoning is None and isinstance(message.get("reasoning_content"), str):
+            reasoning = message["reasoning_content"]  # tessera also takes the older name
         if content is None:
             content = []
         elif isinstance(content, str):
@@ -137,23 +146,37 @@ def prepare_messages(messages, fmt):
         if role == "assistant":
             if message.get("tool_calls") is not None:
                 m["tool_calls"] = [json.loads(json.dumps(c)) for c in message["tool_calls"]]
-            for key in ("reasoning_content", "reasoning"):
-                if isinstance(message.get(key), str):
-                    m["reasoning_content"] = message[key]
-                    break
-        elif role == "tool" and "tool_call_id" in message:
-            m["tool_call_id"] = message["tool_call_id"]
+            if reasoning is not None:
+                m["reasoning"] = reasoning
+                m["reasoning_content"] = reasoning
+        elif role == "tool":
+            if "tool_call_id" in message:
+                m["tool_call_id"] = message["tool_call_id"]
+            if isinstance(m["content"], list):
+                if not any(isinstance(i, dict) and i.get("type") != "text" for i in m["content"]):
+                    texts = [i.get("text", "") for i in m["content"]
+                             if isinstance(i, dict) and i.get("type") == "text"]
+                    m["content"] = "\n".join(texts) if texts else ""
         if isinstance(message.get("name"), str):
             m["name"] = message["name"]
+        if isinstance(message.get("task"), str):
+            m["task"] = message["task"]
+        if role == "developer":
+            m["tools"] = message.get("tools")
         out.append(m)
     for m in out:
         if m["role"] == "assistant" and isinstance(m.get("tool_calls"), list):
+            if not m["tool_calls"]:
+                m.pop("tool_calls")
+                continue
             for call in m["tool_calls"]:
                 args = call["function"].get("arguments")
-                if args:
-                    if not isinstance(args, (dict, list)):
+                if isinstance(args, str):
+                    try:
                         call["function"]["arguments"] = json.loads(args)
-                else:
+                    except json.JSONDecodeError:
+                        call["function"]["arguments"] = {}
+                elif not isinstance(args, (dict, list)):
                     call["function"]["arguments"] = {}
     return out
 

@@ -26,6 +26,15 @@ const Value* Args::get(size_t index, std::string_view name) const {
 
 namespace {
 
+size_t utf8_char_len(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return u < 0x80             ? 1
+         : (u & 0xE0) == 0xC0 ? 2
+         : (u & 0xF0) == 0xE0 ? 3
+         : (u & 0xF8) == 0xF0 ? 4
+                              : 1;
+}
+
 // Length of the Python-whitespace code point at s[i], or 0.
 size_t space_len(const std::string& s, size_t i) {
   const auto c = static_cast<unsigned char>(s[i]);
@@ -170,35 +179,6 @@ int64_t cp_index(const std::string& s, size_t byte) {
   return static_cast<int64_t>(utf8_length(std::string_view(s).substr(0, byte)));
 }
 
-// Python's str.title(): uppercase a cased character after an uncased one, lowercase the rest.
-// Case mapping is ASCII-only; other letters count as cased and stay as they are.
-std::string py_title(std::string_view s) {
-  std::string out(s);
-  bool prev_cased = false;
-  for (char& c : out) {
-    const auto u = static_cast<unsigned char>(c);
-    const bool lower = c >= 'a' && c <= 'z';
-    const bool upper = c >= 'A' && c <= 'Z';
-    if (lower || upper) {
-      if (prev_cased && upper) c = static_cast<char>(c - 'A' + 'a');
-      if (!prev_cased && lower) c = static_cast<char>(c - 'a' + 'A');
-      prev_cased = true;
-    } else if (u >= 0x80) {
-      if ((u & 0xC0) != 0x80) prev_cased = true;  // a non-ASCII letter (approximation)
-    } else {
-      prev_cased = false;
-    }
-  }
-  return out;
-}
-
-std::string py_capitalize(std::string_view s) {
-  std::string out = ascii_lower(s);
-  if (!out.empty() && out[0] >= 'a' && out[0] <= 'z')
-    out[0] = static_cast<char>(out[0] - 'a' + 'A');
-  return out;
-}
-
 // Python's str.splitlines() (no keepends).
 std::vector<std::string> splitlines(const std::string& s) {
   std::vector<std::string> lines;
@@ -224,7 +204,9 @@ std::vector<std::string> splitlines(const std::string& s) {
 // %% with flags, width and precision, positional or %(name)s.
 std::string percent_format(RenderState& st, const std::string& fmt, const Value& arg) {
   std::vector<Value> args;
-  const bool mapping = arg.is_dict();
+  // Python treats any non-tuple with __getitem__ (dicts, lists) as a possible mapping: unused
+  // arguments are then not an error.
+  const bool mapping = arg.is_dict() || (arg.is_list() && !arg.list->tuple) || arg.is_undefined();
   if (arg.kind == Value::kList && arg.list->tuple) {
     args = arg.list->items;
   } else {
@@ -242,7 +224,7 @@ std::string percent_format(RenderState& st, const std::string& fmt, const Value&
     if (fmt[k] == '(') {
       const size_t close = fmt.find(')', k);
       if (close == std::string::npos) st.fail("incomplete format key");
-      if (!mapping) st.fail("format requires a mapping");
+      if (!arg.is_dict()) st.fail("format requires a mapping");
       v = arg.dict->find(std::string_view(fmt).substr(k + 1, close - k - 1));
       if (!v) st.fail("KeyError: '" + fmt.substr(k + 1, close - k - 1) + "'");
       k = close + 1;
@@ -476,7 +458,7 @@ Value get_path(RenderState& st, Value item, const Value& attribute) {
 }
 
 Value lower_if_string(const Value& v) {
-  if (v.kind == Value::kString) return Value::string(ascii_lower(v.s));
+  if (v.kind == Value::kString) return Value::string(py_lower(v.s));
   return v;
 }
 
@@ -489,7 +471,6 @@ Value f_abs(RenderState& st, const Value& v, const Args&) {
   }
   if (v.kind == Value::kBool) return Value::integer(v.b);
   if (v.kind == Value::kFloat) return Value::real(std::fabs(v.f));
-  if (v.is_undefined()) fail_undefined(st, v);
   st.fail("bad operand type for abs(): '" + type_name(v) + "'");
 }
 
@@ -581,7 +562,7 @@ Value f_default(RenderState&, const Value& v, const Args& a) {
 Value f_dictsort(RenderState& st, const Value& v, const Args& a) {
   if (!v.is_dict()) {
     if (v.is_undefined()) fail_undefined(st, v);
-    st.fail("dictsort() needs a mapping, not '" + type_name(v) + "'");
+    st.fail("'" + type_name(v) + "' object has no attribute 'items'");
   }
   const bool case_sensitive = arg_bool(a, 0, "case_sensitive", false);
   const std::string by = arg_str(a, 1, "by", "key");
@@ -647,7 +628,8 @@ Value f_last(RenderState& st, const Value& v, const Args&) {
     if (v.list->items.empty()) return Value::undefined("No last item, sequence was empty.");
     return v.list->items.back();
   }
-  if (v.kind == Value::kDict) st.fail("'dict' object is not reversible");
+  if (!v.is_dict() && !v.is_string() && !v.is_undefined())
+    st.fail("'" + type_name(v) + "' object is not reversible");
   auto items = iterate(st, v);
   if (items.empty()) return Value::undefined("No last item, sequence was empty.");
   return items.back();
@@ -727,10 +709,12 @@ bool parse_py_int(const std::string& text, int64_t base, int64_t& out) {
   return true;
 }
 
-Value f_float(RenderState&, const Value& v, const Args& a) {
+Value f_float(RenderState& st, const Value& v, const Args& a) {
   const Value* d = a.get(0, "default");
   const Value dflt = d ? *d : Value::real(0.0);
   switch (v.kind) {
+    case Value::kUndefined:
+      fail_undefined(st, v);
     case Value::kFloat:
       return v;
     case Value::kInt:
@@ -753,6 +737,8 @@ Value f_int(RenderState& st, const Value& v, const Args& a) {
   const Value* b = a.get(1, "base");
   const int64_t base = b ? to_int(st, *b, "base") : 10;
   switch (v.kind) {
+    case Value::kUndefined:
+      fail_undefined(st, v);
     case Value::kInt:
       return v;
     case Value::kBool:
@@ -796,7 +782,14 @@ Value f_indent(RenderState& st, const Value& v, const Args& a) {
   }
   const bool first = arg_bool(a, 1, "first", false);
   const bool blank = arg_bool(a, 2, "blank", false);
-  const std::string s = to_str(v) + "\n";
+  // Jinja2 appends "\n" to the value itself: only strings work.
+  if (v.is_undefined()) fail_undefined(st, v);
+  if (v.kind == Value::kList && !v.list->tuple)
+    st.fail("'list' object has no attribute 'splitlines'");
+  if (v.kind == Value::kList) st.fail("can only concatenate tuple (not \"str\") to tuple");
+  if (!v.is_string())
+    st.fail("unsupported operand type(s) for +=: '" + type_name(v) + "' and 'str'");
+  const std::string s = v.s + "\n";
   const auto lines = splitlines(s);
   std::string rv;
   if (blank) {
@@ -850,13 +843,14 @@ Value f_list(RenderState& st, const Value& v, const Args&) {
 }
 
 Value f_lower(RenderState& st, const Value& v, const Args&) {
-  return make_str(st, ascii_lower(to_str(v)));
+  return make_str(st, py_lower(to_str(v)));
 }
 Value f_upper(RenderState& st, const Value& v, const Args&) {
-  return make_str(st, ascii_upper(to_str(v)));
+  return make_str(st, py_upper(to_str(v)));
 }
 
 Value f_map(RenderState& st, const Value& v, const Args& a) {
+  if (!truthy(v)) return Value::make_list({});  // Jinja2 only iterates a truthy value
   std::vector<Value> items = iterate(st, v);
   if (const Value* attribute = a.kwarg("attribute")) {
     const Value* dflt = a.kwarg("default");
@@ -891,6 +885,8 @@ Value min_max(RenderState& st, const Value& v, const Args& a, bool want_max) {
   Value best_key = key(items[0]);
   for (size_t k = 1; k < items.size(); ++k) {
     Value kk = key(items[k]);
+    if (kk.is_undefined()) fail_undefined(st, kk);
+    if (best_key.is_undefined()) fail_undefined(st, best_key);
     const int c = compare(kk, best_key, want_max ? ">" : "<");
     if (want_max ? c > 0 : c < 0) {
       best = k;
@@ -909,6 +905,7 @@ Value f_min(RenderState& st, const Value& v, const Args& a) {
 
 Value select_impl(RenderState& st, const Value& v, const Args& a, bool by_attr, bool keep) {
   std::vector<Value> out;
+  if (!truthy(v)) return Value::make_list({});  // Jinja2 only iterates a truthy value
   size_t k = 0;
   const Value* attribute = nullptr;
   if (by_attr) {
@@ -962,7 +959,7 @@ Value f_reverse(RenderState& st, const Value& v, const Args&) {
     for (auto it = cps.rbegin(); it != cps.rend(); ++it) append_utf8(out, *it);
     return Value::string(std::move(out));
   }
-  if (v.is_dict()) st.fail("argument to reversed() must be a sequence");
+  if (!v.is_list() && !v.is_dict() && !v.is_undefined()) st.fail("argument must be iterable");
   auto items = iterate(st, v);
   std::reverse(items.begin(), items.end());
   return Value::make_list(std::move(items));
@@ -974,10 +971,7 @@ Value f_round(RenderState& st, const Value& v, const Args& a) {
   const std::string method = arg_str(a, 1, "method", "common");
   if (method != "common" && method != "ceil" && method != "floor")
     st.fail("method must be common, ceil or floor");
-  if (!v.is_number()) {
-    if (v.is_undefined()) fail_undefined(st, v);
-    st.fail("type " + type_name(v) + " doesn't define __round__ method");
-  }
+  if (!v.is_number()) st.fail("type " + type_name(v) + " doesn't define __round__ method");
   if (method == "common") {
     if (v.kind != Value::kFloat && precision >= 0)
       return Value::integer(v.kind == Value::kInt ? v.i : v.b);
@@ -1082,7 +1076,8 @@ Value f_title(RenderState& st, const Value& v, const Args&) {
     } else {
       while (e < s.size() && !is_sep(e)) ++e;
       const std::string word = s.substr(k, e - k);
-      out += ascii_upper(word.substr(0, 1)) + ascii_lower(word.substr(1));
+      const size_t first = std::min(word.size(), utf8_char_len(word[0]));
+      out += py_upper(word.substr(0, first)) + py_lower(word.substr(first));
     }
     k = e;
   }
@@ -1152,6 +1147,8 @@ Value f_unique(RenderState& st, const Value& v, const Args& a) {
   for (const auto& item : iterate(st, v)) {
     Value key = attribute && !attribute->is_none() ? get_path(st, item, *attribute) : item;
     if (!case_sensitive) key = lower_if_string(key);
+    if ((key.is_list() && !key.list->tuple) || key.is_dict())
+      st.fail("unhashable type: '" + type_name(key) + "'");
     bool dup = false;
     for (const auto& s : seen) {
       if (equal(s, key)) {
@@ -1256,11 +1253,11 @@ bool t_callable(RenderState&, const Value& v, const Args&) {
 }
 bool t_lower(RenderState&, const Value& v, const Args&) {
   const std::string s = to_str(v);
-  return ascii_lower(s) == s && ascii_upper(s) != s;
+  return py_islower(s);
 }
 bool t_upper(RenderState&, const Value& v, const Args&) {
   const std::string s = to_str(v);
-  return ascii_upper(s) == s && ascii_lower(s) != s;
+  return py_isupper(s);
 }
 bool t_escaped(RenderState&, const Value&, const Args&) {
   return false;
@@ -1530,6 +1527,7 @@ Value g_namespace(RenderState& st, const Args& a) {
     for (const auto& [k, v] : src.dict->items) put(to_str(k), v);
   }
   for (const auto& [k, v] : a.kw) put(k, v);
+  st.cyclic.push_back(ns);
   return Value::object(std::move(ns));
 }
 
@@ -1551,9 +1549,10 @@ Value g_strftime_now(RenderState& st, const Args& a) {
   return Value::string(std::move(buf));
 }
 
-Value g_cycler(RenderState&, const Args& a) {
+Value g_cycler(RenderState& st, const Args& a) {
   auto c = std::make_shared<CyclerObj>();
   c->items = a.pos;
+  st.cyclic.push_back(c);
   return Value::object(std::move(c));
 }
 
@@ -1666,8 +1665,8 @@ Value str_method(RenderState& st, const std::string& s, std::string_view name, c
     const Value* c = a.get(2, "count");
     return make_str(st, replace_all(st, s, from, to, c ? to_int(st, *c, "count") : -1));
   }
-  if (name == "upper") return Value::string(ascii_upper(s));
-  if (name == "lower" || name == "casefold") return Value::string(ascii_lower(s));
+  if (name == "upper") return Value::string(py_upper(s));
+  if (name == "lower" || name == "casefold") return Value::string(py_lower(s));
   if (name == "title") return Value::string(py_title(s));
   if (name == "capitalize") return Value::string(py_capitalize(s));
   if (name == "swapcase") {
@@ -1732,19 +1731,19 @@ Value str_method(RenderState& st, const std::string& s, std::string_view name, c
   }
   if (name == "isalpha" || name == "isalnum") {
     const bool alnum = name == "isalnum";
-    return Value::boolean(!s.empty() && std::all_of(s.begin(), s.end(), [&](char c) {
-      const auto u = static_cast<unsigned char>(c);
-      return std::isalpha(u) || (alnum && std::isdigit(u)) || u >= 0x80;
+    const auto cps = decode_utf8(s);
+    return Value::boolean(!cps.empty() && std::all_of(cps.begin(), cps.end(), [&](uint32_t cp) {
+      return alnum ? py_isalnum(cp) : py_isalpha(cp);
     }));
   }
   if (name == "isspace") {
     const auto cps = decode_utf8(s);
     return Value::boolean(!cps.empty() && std::all_of(cps.begin(), cps.end(), is_py_space));
   }
-  if (name == "islower") return Value::boolean(ascii_lower(s) == s && ascii_upper(s) != s);
-  if (name == "isupper") return Value::boolean(ascii_upper(s) == s && ascii_lower(s) != s);
+  if (name == "islower") return Value::boolean(py_islower(s));
+  if (name == "isupper") return Value::boolean(py_isupper(s));
   if (name == "istitle")
-    return Value::boolean(py_title(s) == s && ascii_lower(s) != ascii_upper(s));
+    return Value::boolean(py_title(s) == s && (py_islower(py_lower(s)) || py_isupper(py_upper(s))));
   if (name == "removeprefix" || name == "removesuffix") {
     const std::string& fix = arg_string(0, "fix");
     if (name == "removeprefix")
@@ -1862,6 +1861,29 @@ bool is_known_jinja_test(std::string_view) {
   return false;
 }
 
+void check_test_args(RenderState& st, std::string_view name, const Args& a) {
+  static const char* const kUnary[] = {"defined", "undefined", "none",     "boolean", "false",
+                                       "true",    "integer",   "float",    "number",  "string",
+                                       "mapping", "sequence",  "iterable", "lower",   "upper",
+                                       "escaped", "odd",       "even"};
+  static const std::pair<const char*, const char*> kBinary[] = {
+      {"divisibleby", "num"}, {"sameas", "other"}, {"in", "seq"}};
+  const size_t given = a.pos.size() + a.kw.size();
+  for (const char* n : kUnary)
+    if (name == n && given > 0)
+      st.fail("test_" + std::string(name) + "() takes 1 positional argument but " +
+              std::to_string(given + 1) + " were given");
+  for (const auto& [n, arg] : kBinary) {
+    if (name != n) continue;
+    if (given == 0)
+      st.fail("test_" + std::string(name) + "() missing 1 required positional argument: '" + arg +
+              "'");
+    if (given > 1)
+      st.fail("test_" + std::string(name) + "() takes 2 positional arguments but " +
+              std::to_string(given + 1) + " were given");
+  }
+}
+
 bool find_global(std::string_view name, Value& out) {
   static const GlobalTable globals;
   for (const auto& [k, v] : globals.entries) {
@@ -1949,6 +1971,9 @@ Value repeat(RenderState& st, const Value& seq, int64_t n) {
 
 Value binary_op(RenderState& st, std::string_view op, const Value& a, const Value& b) {
   if (a.is_undefined()) fail_undefined(st, a);
+  // str % undefined formats (an undefined value has __getitem__, so Python takes it for a
+  // mapping and prints it as "").
+  if (op == "%" && a.is_string()) return make_str(st, percent_format(st, a.s, b));
   if (b.is_undefined()) fail_undefined(st, b);
   const bool nums = a.is_number() && b.is_number();
   const bool ints = nums && a.kind != Value::kFloat && b.kind != Value::kFloat;
@@ -2015,7 +2040,8 @@ Value binary_op(RenderState& st, std::string_view op, const Value& a, const Valu
     if (!nums) unsupported(st, op, a, b);
     if (ints) {
       const int64_t x = ival(a), y = ival(b);
-      if (y == 0) st.fail("integer division or modulo by zero");
+      if (y == 0)
+        st.fail(op == "%" ? "integer modulo by zero" : "integer division or modulo by zero");
       if (x == INT64_MIN && y == -1) {
         if (op == "%") return Value::integer(0);
         st.fail("integer overflow");
@@ -2042,7 +2068,7 @@ Value binary_op(RenderState& st, std::string_view op, const Value& a, const Valu
     return Value::real(fq);
   }
   if (op == "**") {
-    if (!nums) unsupported(st, op, a, b);
+    if (!nums) unsupported(st, "** or pow()", a, b);
     if (ints && ival(b) >= 0) {
       int64_t base = ival(a), e = ival(b), r = 1;
       while (e > 0) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -100,11 +101,15 @@ struct Object {
   enum Type : uint8_t { kNamespace, kFunction, kMacro, kBoundMethod, kLoop, kCycler, kJoiner };
   explicit Object(Type t) : type(t) {}
   virtual ~Object() = default;
+  // Drops the values the object holds, breaking reference cycles (a namespace holding itself,
+  // a macro's scope holding the macro) when a render ends.
+  virtual void release() {}
   Type type;
 };
 
 struct NamespaceObj : Object {
   NamespaceObj() : Object(kNamespace) {}
+  void release() override { attrs.clear(); }
   std::vector<std::pair<std::string, Value>> attrs;
   Value* find(std::string_view name);
 };
@@ -140,6 +145,16 @@ void append_utf8(std::string& out, uint32_t cp);
 size_t utf8_length(std::string_view s);
 bool is_py_space(uint32_t cp);
 std::string py_strip(std::string_view s, const Value* chars, bool left, bool right);
+// Python's str.lower/upper/title/capitalize/islower/isupper with Unicode's simple case
+// mappings (utf8proc; the few multi-character special cases such as "ß".upper() aside).
+std::string py_lower(std::string_view s);
+std::string py_upper(std::string_view s);
+std::string py_title(std::string_view s);
+std::string py_capitalize(std::string_view s);
+bool py_islower(std::string_view s);
+bool py_isupper(std::string_view s);
+bool py_isalpha(uint32_t cp);
+bool py_isalnum(uint32_t cp);
 std::string ascii_lower(std::string_view s);
 std::string ascii_upper(std::string_view s);
 
@@ -176,6 +191,8 @@ FilterFn find_filter(std::string_view name);
 TestFn find_test(std::string_view name);
 bool is_known_jinja_filter(std::string_view name);
 bool is_known_jinja_test(std::string_view name);
+// Raises Python's TypeError when a test gets the wrong number of arguments.
+void check_test_args(RenderState& st, std::string_view name, const Args& args);
 
 struct Expr {
   enum Kind : uint8_t {
@@ -251,6 +268,9 @@ struct Stmt {
   std::vector<std::string> params;
   std::vector<ExprPtr> defaults;  // aligned to the last defaults.size() params
   std::vector<ExprPtr> exprs;     // kWith values
+  // Names the body's frame binds to undefined on entry (symbols.cc); for kFor also the else.
+  std::vector<std::string> frame_undefined;
+  std::vector<std::string> else_undefined;
   Stmt(Kind k, int l) : kind(k), line(l) {}
 };
 
@@ -262,7 +282,11 @@ namespace tessera::jinja {
 class Node {
  public:
   Body body;
+  std::vector<std::string> frame_undefined;
 };
+
+// Jinja2's compile-time scoping (symbols.cc): fills the frame_undefined lists.
+void analyze_scopes(Node& root);
 
 Body parse_template(std::string_view source, const Options& options);
 
@@ -285,11 +309,10 @@ struct Scope {
   }
 };
 
-inline constexpr int kMaxDepth = 400;           // nesting of evaluation (parse and render)
-inline constexpr int kMaxMacroDepth = 100;      // nested macro calls
-inline constexpr int64_t kMaxRange = 100000;    // range() size, as Jinja2's sandbox
-inline constexpr int64_t kMaxSteps = 20000000;  // statements, loop iterations, bytes/64 built
-inline constexpr size_t kMaxItems = 1 << 20;    // elements of a list built by an operation
+inline constexpr int kMaxDepth = 400;         // nesting of evaluation (parse and render)
+inline constexpr int kMaxMacroDepth = 100;    // nested macro calls
+inline constexpr int64_t kMaxRange = 100000;  // range() size, as Jinja2's sandbox
+inline constexpr size_t kMaxItems = 1 << 20;  // elements of a list built by an operation
 
 struct RenderState {
   const Options* options = nullptr;
@@ -299,9 +322,12 @@ struct RenderState {
   int depth = 0;
   int macro_depth = 0;
   int64_t steps = 0;
+  int64_t max_steps = 0;
+  // Objects that can be part of a reference cycle, released when the render ends.
+  std::vector<std::shared_ptr<Object>> cyclic;
   void step(int64_t n = 1) {
     steps += n;
-    if (steps > kMaxSteps) fail("the template does too much work (loop or recursion too long)");
+    if (steps > max_steps) fail("the template does too much work (loop or recursion too long)");
   }
   void charge_bytes(size_t n) { step(static_cast<int64_t>(n / 64)); }
   void check_size(size_t n) {
@@ -345,6 +371,7 @@ struct BoundMethodObj : Object {
 
 struct LoopObj : Object {
   LoopObj() : Object(kLoop) {}
+  void release() override { last_changed = Value(); }
   const std::vector<Value>* items = nullptr;
   size_t index = 0;
   bool has_last_changed = false;
@@ -353,6 +380,7 @@ struct LoopObj : Object {
 
 struct CyclerObj : Object {
   CyclerObj() : Object(kCycler) {}
+  void release() override { items.clear(); }
   std::vector<Value> items;
   size_t pos = 0;
 };

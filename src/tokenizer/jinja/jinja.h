@@ -24,6 +24,9 @@ struct Options {
   std::function<std::time_t()> now;
   // Rendering fails (tessera::Error) rather than produce or build a string longer than this.
   size_t max_output_bytes = size_t{64} << 20;
+  // Rendering fails rather than run longer than this many steps (statements, loop iterations,
+  // list items and 64-byte pieces of strings built): a guard against runaway loops.
+  int64_t max_steps = 20'000'000;
 };
 
 class Node;  // parsed template (jinja.cc)

@@ -19,7 +19,8 @@ enum class Tok : uint8_t {
   kInt,
   kFloat,
   kOp,
-  kEof
+  kEof,
+  kError  // a lexing error, raised when the parser reaches it (Jinja2 lexes lazily)
 };
 
 struct Token {
@@ -95,6 +96,18 @@ class Lexer {
   }
 
   std::vector<Token> run() {
+    try {
+      lex();
+    } catch (const Error& e) {
+      tokens_.push_back({Tok::kError, line_, e.what()});
+      return std::move(tokens_);
+    }
+    tokens_.push_back({Tok::kEof, line_, {}});
+    return std::move(tokens_);
+  }
+
+ private:
+  void lex() {
     size_t pos = 0;
     bool line_starting = true;
     const std::string_view s(src_);
@@ -112,7 +125,9 @@ class Lexer {
         ++t;
       }
       if (t == std::string_view::npos) {
+        data_line_ = line_;
         emit_data(s.substr(pos));
+        line_ += count_lines(s.substr(pos));
         break;
       }
       const char kind = s[t + 1];
@@ -138,11 +153,8 @@ class Lexer {
         pos = lex_comment(s, after, line_starting);
       }
     }
-    tokens_.push_back({Tok::kEof, line_, {}});
-    return std::move(tokens_);
   }
 
- private:
   void emit_data(std::string_view text) {
     if (!text.empty()) tokens_.push_back({Tok::kData, data_line_, std::string(text)});
   }
@@ -226,12 +238,17 @@ class Lexer {
       line_ += count_lines(s.substr(p, r - p));
       return after_block_end(s, r, end_sign, line_starting);
     }
+    if (p >= s.size()) return p;  // nothing after the tag: Jinja2's lexer just stops
     syntax_error(start_line, "Missing end of raw directive");
   }
 
   size_t lex_comment(std::string_view s, size_t p, bool& line_starting) {
     const size_t q = s.find("#}", p);
-    if (q == std::string_view::npos) syntax_error(line_, "Missing end of comment tag");
+    if (q == std::string_view::npos) {
+      // Jinja2's lexer only complains when there is text after the unclosed tag.
+      if (p >= s.size()) return p;
+      syntax_error(line_, "Missing end of comment tag");
+    }
     char sign = 0;
     if (q > p && (s[q - 1] == '-' || s[q - 1] == '+')) sign = s[q - 1];
     line_ += count_lines(s.substr(p, q - p));
@@ -241,9 +258,7 @@ class Lexer {
   size_t lex_tag(std::string_view s, size_t p, bool block, bool& line_starting) {
     std::vector<char> balance;
     while (true) {
-      if (p >= s.size())
-        syntax_error(line_, block ? "unexpected end of template, expected end of block tag"
-                                  : "unexpected end of template, expected end of print tag");
+      if (p >= s.size()) return p;  // the parser reports the missing end
       if (balance.empty()) {
         if (block) {
           if (s.compare(p, 3, "+%}") == 0 || s.compare(p, 3, "-%}") == 0) {
@@ -298,8 +313,9 @@ class Lexer {
         }
       }
       if (!op) {
-        std::string shown = c >= 0x20 && c < 0x7f ? std::string(1, c) : "\\x" + hex(c);
-        syntax_error(line_, "unexpected char '" + shown + "' at " + std::to_string(p));
+        const size_t n = std::min<size_t>(s.size() - p, std::max<size_t>(1, utf8_len(c)));
+        syntax_error(line_, "unexpected char " + string_repr(s.substr(p, n)) + " at " +
+                                std::to_string(utf8_length(s.substr(0, p))));
       }
       const std::string o(op);
       if (o == "{" || o == "(" || o == "[") {
@@ -317,10 +333,13 @@ class Lexer {
     }
   }
 
-  static std::string hex(char c) {
-    static const char* digits = "0123456789abcdef";
+  static size_t utf8_len(char c) {
     const auto u = static_cast<unsigned char>(c);
-    return std::string{digits[u >> 4], digits[u & 15]};
+    return u < 0x80             ? 1
+           : (u & 0xE0) == 0xC0 ? 2
+           : (u & 0xF0) == 0xE0 ? 3
+           : (u & 0xF8) == 0xF0 ? 4
+                                : 1;
   }
 
   // Python integer and float literals as Jinja2 lexes them (underscores allowed).
@@ -449,9 +468,9 @@ class Lexer {
       if (s[q] == '\\') ++q;
       ++q;
     }
-    if (q >= s.size()) {
-      syntax_error(line_, std::string("unexpected char '") + quote + "' at " + std::to_string(p));
-    }
+    if (q >= s.size())
+      syntax_error(line_, "unexpected char " + string_repr(std::string(1, quote)) + " at " +
+                              std::to_string(utf8_length(s.substr(0, p))));
     const std::string_view body = s.substr(p + 1, q - p - 1);
     std::string out;
     for (size_t k = 0; k < body.size(); ++k) {
@@ -548,7 +567,9 @@ class Lexer {
 
 class Parser {
  public:
-  explicit Parser(std::vector<Token> tokens) : toks_(std::move(tokens)) {}
+  explicit Parser(std::vector<Token> tokens) : toks_(std::move(tokens)) {
+    if (toks_[0].type == Tok::kError) throw Error(toks_[0].text);
+  }
 
   Body parse() {
     Body body = subparse({});
@@ -566,9 +587,16 @@ class Parser {
   };
 
   const Token& cur() const { return toks_[pos_]; }
-  const Token& peek(size_t n = 1) const { return toks_[std::min(pos_ + n, toks_.size() - 1)]; }
+  // Reaching a lexing error raises it: Jinja2 lexes as the parser pulls tokens, so an error
+  // in the template's syntax before it wins.
+  const Token& peek(size_t n = 1) const {
+    const Token& t = toks_[std::min(pos_ + n, toks_.size() - 1)];
+    if (t.type == Tok::kError) throw Error(t.text);
+    return t;
+  }
   void advance() {
     if (pos_ + 1 < toks_.size()) ++pos_;
+    if (toks_[pos_].type == Tok::kError) throw Error(toks_[pos_].text);
   }
   bool is_op(const char* op) const { return cur().type == Tok::kOp && cur().text == op; }
   bool is_name(const char* name) const { return cur().type == Tok::kName && cur().text == name; }
@@ -607,19 +635,22 @@ class Parser {
     }
   }
   [[noreturn]] void fail_here(const std::string& what) const { syntax_error(cur().line, what); }
+  [[noreturn]] void fail_expected(const char* what) const {
+    if (cur().type == Tok::kEof)
+      fail_here(std::string("unexpected end of template, expected '") + what + "'.");
+    fail_here(std::string("expected token '") + what + "', got '" + describe(cur()) + "'");
+  }
   void expect_op(const char* op) {
-    if (!skip_op(op))
-      fail_here(std::string("expected token '") + op + "', got '" + describe(cur()) + "'");
+    if (!skip_op(op)) fail_expected(op);
   }
   std::string expect_name() {
-    if (cur().type != Tok::kName) fail_here("expected token 'name', got '" + describe(cur()) + "'");
+    if (cur().type != Tok::kName) fail_expected("name");
     std::string n = cur().text;
     advance();
     return n;
   }
   void expect(Tok type, const char* what) {
-    if (cur().type != type)
-      fail_here(std::string("expected token '") + what + "', got '" + describe(cur()) + "'");
+    if (cur().type != type) fail_expected(what);
     advance();
   }
   void expect_block_end() {
@@ -629,8 +660,34 @@ class Parser {
 
   // Parses template data, prints and statements until a block whose tag name is in `ends`;
   // leaves the parser at that name.
+  // Jinja2's message for an unknown tag (name) or an early end of template (name empty).
+  [[noreturn]] void fail_unknown_tag(const std::string& name) const {
+    std::string msg =
+        name.empty() ? "Unexpected end of template." : "Encountered unknown tag '" + name + "'.";
+    if (!end_stack_.empty() && !end_stack_.back().empty()) {
+      std::string looking;
+      for (const auto& e : end_stack_.back())
+        looking += (looking.empty() ? "'" : " or '") + e + "'";
+      bool expected = false;
+      for (const auto& ends : end_stack_)
+        for (const auto& e : ends) expected |= e == name;
+      if (expected) {
+        msg +=
+            " You probably made a nesting mistake. Jinja is expecting this tag, but currently "
+            "looking for " +
+            looking + ".";
+      } else {
+        msg += " Jinja was looking for the following tags: " + looking + ".";
+      }
+    }
+    if (!tag_stack_.empty())
+      msg += " The innermost block that needs to be closed is '" + tag_stack_.back() + "'.";
+    fail_here(msg);
+  }
+
   Body subparse(const std::vector<std::string>& ends) {
     DepthGuard guard(*this);
+    if (!ends.empty()) end_stack_.push_back(ends);
     Body body;
     while (cur().type != Tok::kEof) {
       const Token& t = cur();
@@ -648,8 +705,12 @@ class Parser {
       } else if (t.type == Tok::kBlockBegin) {
         advance();
         if (cur().type == Tok::kName) {
-          for (const auto& e : ends)
-            if (cur().text == e) return body;
+          for (const auto& e : ends) {
+            if (cur().text == e) {
+              end_stack_.pop_back();
+              return body;
+            }
+          }
         }
         parse_statement(body);
         expect(Tok::kBlockEnd, "end of statement block");
@@ -657,12 +718,7 @@ class Parser {
         fail_here("unexpected '" + describe(t) + "'");
       }
     }
-    if (!ends.empty()) {
-      std::string list;
-      for (const auto& e : ends) list += (list.empty() ? "'" : " or '") + e + "'";
-      fail_here("Unexpected end of template. Jinja was looking for the following tags: " + list +
-                ".");
-    }
+    if (!ends.empty()) fail_unknown_tag("");
     return body;
   }
 
@@ -675,6 +731,12 @@ class Parser {
     if (cur().type != Tok::kName) fail_here("tag name expected");
     const std::string tag = cur().text;
     const int line = cur().line;
+    tag_stack_.push_back(tag);
+    parse_tag(tag, line, out);
+    tag_stack_.pop_back();
+  }
+
+  void parse_tag(const std::string& tag, int line, Body& out) {
     if (tag == "for") {
       out.push_back(parse_for());
     } else if (tag == "if") {
@@ -723,13 +785,16 @@ class Parser {
                tag == "from" || tag == "call" || tag == "autoescape" || tag == "do") {
       fail_here("the '" + tag + "' tag is not supported in chat templates");
     } else {
-      fail_here("Encountered unknown tag '" + tag + "'.");
+      tag_stack_.pop_back();
+      fail_unknown_tag(tag);
     }
   }
 
   void parse_targets(Stmt& s, const char* end_name) {
     // Names, optionally a tuple of names (with or without parentheses).
     const bool paren = skip_op("(");
+    if (cur().type == Tok::kBlockEnd || cur().type == Tok::kVarEnd)
+      fail_here("Expected an expression, got '" + describe(cur()) + "'");
     while (true) {
       s.targets.push_back(expect_name());
       if (!skip_op(",")) break;
@@ -832,8 +897,7 @@ class Parser {
   ExprPtr make(Expr::Kind k, int line) { return std::make_unique<Expr>(k, line); }
 
   bool is_tuple_end(const std::vector<std::string>& extra) const {
-    if (cur().type == Tok::kVarEnd || cur().type == Tok::kBlockEnd || cur().type == Tok::kEof)
-      return true;
+    if (cur().type == Tok::kVarEnd || cur().type == Tok::kBlockEnd) return true;
     if (cur().type == Tok::kOp && cur().text == ")") return true;
     if (cur().type == Tok::kName)
       for (const auto& e : extra)
@@ -1141,8 +1205,7 @@ class Parser {
       subs.push_back(parse_subscribed());
     }
     expect_op("]");
-    if (subs.empty()) fail_here("expected subscript expression");
-    auto e = make(Expr::kGetItem, line);
+    auto e = make(Expr::kGetItem, line);  // x[] subscripts with an empty tuple
     e->args.push_back(std::move(node));
     if (subs.size() == 1) {
       e->args.push_back(std::move(subs[0]));
@@ -1271,6 +1334,8 @@ class Parser {
   std::vector<Token> toks_;
   size_t pos_ = 0;
   int depth_ = 0;
+  std::vector<std::vector<std::string>> end_stack_;  // end tags each open block waits for
+  std::vector<std::string> tag_stack_;               // the statements being parsed
 };
 
 }  // namespace

@@ -13,6 +13,7 @@ namespace {
 
 struct MacroObj : Object {
   MacroObj() : Object(kMacro) {}
+  void release() override { closure.reset(); }
   const Stmt* def = nullptr;
   std::shared_ptr<Scope> closure;
 };
@@ -155,6 +156,19 @@ class Renderer {
 
 Renderer* current_renderer(RenderState& st);
 
+// A frame's own variables start undefined (symbols.cc), hiding the context and outer frames.
+void bind_undefined(Scope& scope, const std::vector<std::string>& names) {
+  for (const auto& name : names) scope.set(name, Value::undefined("'" + name + "' is undefined"));
+}
+
+std::shared_ptr<Scope> child_scope(const std::shared_ptr<Scope>& parent,
+                                   const std::vector<std::string>& undefined_names) {
+  auto inner = std::make_shared<Scope>();
+  inner->parent = parent;
+  bind_undefined(*inner, undefined_names);
+  return inner;
+}
+
 Value Renderer::lookup(const std::string& name, Scope& scope) {
   for (Scope* s = &scope; s; s = s->parent.get())
     if (Value* v = s->find(name)) return *v;
@@ -240,8 +254,7 @@ Flow Renderer::exec_stmt(const Stmt& s, const std::shared_ptr<Scope>& scope, std
       return Flow::kNormal;
     }
     case Stmt::kSetBlock: {
-      auto inner = std::make_shared<Scope>();
-      inner->parent = scope;
+      auto inner = child_scope(scope, s.frame_undefined);
       std::string text;
       exec(s.body, inner, text);
       Value v = apply_filters(s.filters, Value::string(std::move(text)), *scope);
@@ -252,6 +265,7 @@ Flow Renderer::exec_stmt(const Stmt& s, const std::shared_ptr<Scope>& scope, std
       auto m = std::make_shared<MacroObj>();
       m->def = &s;
       m->closure = scope;
+      st_.cyclic.push_back(m);
       scope->set(s.name, Value::object(std::move(m)));
       return Flow::kNormal;
     }
@@ -260,8 +274,7 @@ Flow Renderer::exec_stmt(const Stmt& s, const std::shared_ptr<Scope>& scope, std
     case Stmt::kContinue:
       return Flow::kContinue;
     case Stmt::kFilterBlock: {
-      auto inner = std::make_shared<Scope>();
-      inner->parent = scope;
+      auto inner = child_scope(scope, s.frame_undefined);
       std::string text;
       const Flow f = exec(s.body, inner, text);
       const Value v = apply_filters(s.filters, Value::string(std::move(text)), *scope);
@@ -269,14 +282,13 @@ Flow Renderer::exec_stmt(const Stmt& s, const std::shared_ptr<Scope>& scope, std
       return f;
     }
     case Stmt::kWith: {
-      auto inner = std::make_shared<Scope>();
-      inner->parent = scope;
+      auto inner = child_scope(scope, s.frame_undefined);
       for (size_t k = 0; k < s.targets.size(); ++k)
         inner->set(s.targets[k], eval(*s.exprs[k], *scope));
       return exec(s.body, inner, out);
     }
     case Stmt::kScope:
-      return exec(s.body, scope, out);
+      return exec(s.body, child_scope(scope, s.frame_undefined), out);
   }
   return Flow::kNormal;
 }
@@ -285,26 +297,36 @@ Flow Renderer::exec_for(const Stmt& s, const std::shared_ptr<Scope>& scope, std:
   DepthGuard guard(st_);
   const Value iterable = eval(*s.expr, *scope);
   st_.line = s.line;
-  std::vector<Value> items = iterate(st_, iterable);
+  // Lists are iterated in place (they are immutable); other iterables are materialized.
+  std::vector<Value> local;
+  const std::vector<Value>* items = &local;
+  if (iterable.kind == Value::kList) {
+    items = &iterable.list->items;
+  } else {
+    local = iterate(st_, iterable);
+  }
   if (s.cond) {
     std::vector<Value> kept;
     auto probe = std::make_shared<Scope>();
     probe->parent = scope;
-    for (auto& item : items) {
+    for (const auto& item : *items) {
       st_.step();
       probe->vars.clear();
       bind_targets(*probe, s.targets, s.tuple_target, item);
-      if (truthy(eval(*s.cond, *probe))) kept.push_back(std::move(item));
+      if (truthy(eval(*s.cond, *probe))) kept.push_back(item);
     }
-    items = std::move(kept);
+    local = std::move(kept);
+    items = &local;
   }
-  if (items.empty()) return exec(s.else_body, scope, out);
+  if (items->empty()) return exec(s.else_body, child_scope(scope, s.else_undefined), out);
   auto loop = std::make_shared<LoopObj>();
-  loop->items = &items;
+  loop->items = items;
+  st_.cyclic.push_back(loop);
   const Value loop_value = Value::object(loop);
   auto body_scope = std::make_shared<Scope>();
   body_scope->parent = scope;
-  for (size_t k = 0; k < items.size(); ++k) {
+  bool completed = false;
+  for (size_t k = 0; k < items->size(); ++k) {
     st_.step();
     loop->index = k;
     // A fresh scope per iteration (Jinja2 resets assignments made in the body).
@@ -315,11 +337,17 @@ Flow Renderer::exec_for(const Stmt& s, const std::shared_ptr<Scope>& scope, std:
       body_scope->vars.clear();
     }
     body_scope->vars.emplace_back("loop", loop_value);
-    bind_targets(*body_scope, s.targets, s.tuple_target, items[k]);
+    bind_targets(*body_scope, s.targets, s.tuple_target, (*items)[k]);
+    bind_undefined(*body_scope, s.frame_undefined);
     const Flow f = exec(s.body, body_scope, out);
     if (f == Flow::kBreak) break;
+    if (f == Flow::kNormal) completed = true;
   }
   loop->items = nullptr;  // the loop object may outlive the items (stored in a namespace)
+  // Jinja2 runs the else block unless an iteration ran to its end (break and continue skip
+  // the flag that it sets there).
+  if (!completed && !s.else_body.empty())
+    return exec(s.else_body, child_scope(scope, s.else_undefined), out);
   return Flow::kNormal;
 }
 
@@ -374,6 +402,7 @@ Value Renderer::call_macro(const MacroObj& m, const Args& args) {
   }
   scope->vars.emplace_back("varargs", Value::make_list(std::move(varargs), true));
   scope->vars.emplace_back("kwargs", Value::make_dict(std::move(kwargs)));
+  bind_undefined(*scope, def.frame_undefined);
   std::string text;
   exec(def.body, scope, text);
   return Value::string(std::move(text));
@@ -449,7 +478,9 @@ Value Renderer::eval(const Expr& e, Scope& scope) {
           for (const size_t p : slice_positions(b, en, step)) append_utf8(out, cps[p]);
           return Value::string(std::move(out));
         }
-        return Value::undefined("'" + object_desc(obj) + "' is not subscriptable");
+        // Slices bypass Jinja2's getitem: Python's own errors.
+        if (obj.kind == Value::kDict) st_.fail("unhashable type: 'slice'");
+        st_.fail("'" + type_name(obj) + "' object is not subscriptable");
       }
       const Value k = eval(key, scope);
       st_.line = e.line;
@@ -489,6 +520,7 @@ Value Renderer::eval(const Expr& e, Scope& scope) {
       const Value v = eval(*e.args[0], scope);
       const Args a = eval_args(e, 1, scope);
       st_.line = e.line;
+      check_test_args(st_, e.name, a);
       return Value::boolean(e.test(st_, v, a));
     }
     case Expr::kNeg:
@@ -630,7 +662,7 @@ Value get_item(RenderState& st, const Value& obj, const Value& key) {
         if (is_unsafe_method(obj, key.s)) return unsafe_attr(obj, key.s);
         return missing_attr(obj, key.s);
       }
-      return Value::undefined("'dict object' has no element " + repr(key));
+      return Value::undefined("dict object has no element " + repr(key));
     }
     case Value::kList:
     case Value::kString: {
@@ -650,18 +682,18 @@ Value get_item(RenderState& st, const Value& obj, const Value& key) {
             return Value::string(std::move(out));
           }
         }
-        return Value::undefined("'" + object_desc(obj) + "' has no element " + repr(key));
+        return Value::undefined(object_desc(obj) + " has no element " + repr(key));
       }
       if (key.kind == Value::kString) return get_attr(st, obj, key.s);
       if (key.is_undefined()) fail_undefined(st, key);
-      return Value::undefined("'" + object_desc(obj) + "' has no element " + repr(key));
+      return Value::undefined(object_desc(obj) + " has no element " + repr(key));
     }
     case Value::kObject:
       if (key.kind == Value::kString) return get_attr(st, obj, key.s);
-      return Value::undefined("'" + object_desc(obj) + "' has no element " + repr(key));
+      return Value::undefined(object_desc(obj) + " has no element " + repr(key));
     default:
       if (key.kind == Value::kString) return missing_attr(obj, key.s);
-      return Value::undefined("'" + object_desc(obj) + "' has no element " + repr(key));
+      return Value::undefined(object_desc(obj) + " has no element " + repr(key));
   }
 }
 
@@ -753,6 +785,7 @@ Template::Template(std::string_view source, Options options)
     : root_(std::make_unique<Node>()), options_(std::move(options)) {
   try {
     root_->body = parse_template(source, options_);
+    analyze_scopes(*root_);
   } catch (const PyError& e) {
     throw Error(std::string("template: ") + e.what());
   }
@@ -766,8 +799,15 @@ std::string Template::render(const Json& context) const {
   RenderState st;
   st.options = &options_;
   st.max_output = options_.max_output_bytes;
+  st.max_steps = options_.max_steps;
   Renderer renderer(st);
   st.renderer = &renderer;
+  struct ReleaseCycles {
+    ~ReleaseCycles() {
+      for (const auto& o : st.cyclic) o->release();
+    }
+    RenderState& st;
+  } release_cycles{st};
   try {
     auto root = std::make_shared<Scope>();
     if (!context.is_null()) {
@@ -776,6 +816,7 @@ std::string Template::render(const Json& context) const {
       for (auto it = context.begin(); it != context.end(); ++it)
         root->vars.emplace_back(it.key(), from_json(it.value()));
     }
+    bind_undefined(*root, root_->frame_undefined);
     std::string out;
     renderer.exec(root_->body, root, out);
     return out;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include <utf8proc.h>
+
 #include "core/status.h"
 #include "tokenizer/jinja/internal.h"
 
@@ -147,30 +149,148 @@ std::string py_strip(std::string_view s, const Value* chars, bool left, bool rig
     if (by_space) return is_py_space(cp);
     return std::find(set.begin(), set.end(), cp) != set.end();
   };
-  // Work on byte offsets of code points so that the result is a substring of `s`.
-  std::vector<size_t> starts;
-  std::vector<uint32_t> cps;
-  for (size_t i = 0; i < s.size();) {
+  // Code point boundaries are found by stepping over continuation bytes, so the result is a
+  // substring of `s` and untouched text is never decoded.
+  const auto cp_at = [&](size_t i, size_t& len) {
     const auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80             ? 1
-               : (c & 0xE0) == 0xC0 ? 2
-               : (c & 0xF0) == 0xE0 ? 3
-               : (c & 0xF8) == 0xF0 ? 4
-                                    : 1;
-    if (i + n > s.size()) n = 1;
-    starts.push_back(i);
-    const auto decoded = decode_utf8(s.substr(i, n));
-    cps.push_back(decoded.size() == 1 ? decoded[0] : 0xFFFD);
-    i += n;
+    len = c < 0x80             ? 1
+          : (c & 0xE0) == 0xC0 ? 2
+          : (c & 0xF0) == 0xE0 ? 3
+          : (c & 0xF8) == 0xF0 ? 4
+                               : 1;
+    if (i + len > s.size()) len = 1;
+    if (len == 1) return static_cast<uint32_t>(c < 0x80 ? c : 0xFFFD);
+    const auto cps = decode_utf8(s.substr(i, len));
+    if (cps.size() != 1) len = 1;
+    return cps.size() == 1 ? cps[0] : 0xFFFD;
+  };
+  size_t b = 0, e = s.size();
+  if (left) {
+    while (b < e) {
+      size_t len;
+      if (!strip_it(cp_at(b, len))) break;
+      b += len;
+    }
   }
-  size_t b = 0, e = cps.size();
-  if (left)
-    while (b < e && strip_it(cps[b])) ++b;
-  if (right)
-    while (e > b && strip_it(cps[e - 1])) --e;
-  const size_t from = b < starts.size() ? starts[b] : s.size();
-  const size_t to = e < starts.size() ? starts[e] : s.size();
-  return std::string(s.substr(from, to - from));
+  if (right) {
+    while (e > b) {
+      size_t start = e - 1;
+      while (start > b && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80 && e - start < 4)
+        --start;
+      size_t len;
+      const uint32_t cp = cp_at(start, len);
+      if (start + len != e) {
+        // Not a well-formed sequence ending at e: treat the last byte alone.
+        start = e - 1;
+        if (!strip_it(0xFFFD)) break;
+        e = start;
+        continue;
+      }
+      if (!strip_it(cp)) break;
+      e = start;
+    }
+  }
+  return std::string(s.substr(b, e - b));
+}
+
+namespace {
+
+bool ascii_only(std::string_view s) {
+  for (const char c : s)
+    if (static_cast<unsigned char>(c) >= 0x80) return false;
+  return true;
+}
+
+// Cased letters: categories Lu, Ll, Lt.
+bool is_cased(uint32_t cp) {
+  const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+  return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
+}
+
+uint32_t to_lower(uint32_t cp) {
+  return static_cast<uint32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp)));
+}
+uint32_t to_title(uint32_t cp) {
+  return static_cast<uint32_t>(utf8proc_totitle(static_cast<utf8proc_int32_t>(cp)));
+}
+
+void append_upper(std::string& out, uint32_t cp) {
+  if (cp == 0xDF) {  // ß has no single-character upper case; Python gives "SS"
+    out += "SS";
+    return;
+  }
+  append_utf8(out, static_cast<uint32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(cp))));
+}
+
+}  // namespace
+
+std::string py_lower(std::string_view s) {
+  if (ascii_only(s)) return ascii_lower(s);
+  std::string out;
+  for (const uint32_t cp : decode_utf8(s)) append_utf8(out, to_lower(cp));
+  return out;
+}
+
+std::string py_upper(std::string_view s) {
+  if (ascii_only(s)) return ascii_upper(s);
+  std::string out;
+  for (const uint32_t cp : decode_utf8(s)) append_upper(out, cp);
+  return out;
+}
+
+std::string py_title(std::string_view s) {
+  std::string out;
+  bool prev_cased = false;
+  for (const uint32_t cp : decode_utf8(s)) {
+    if (prev_cased) {
+      append_utf8(out, to_lower(cp));
+    } else {
+      append_utf8(out, to_title(cp));
+    }
+    prev_cased = is_cased(cp);
+  }
+  return out;
+}
+
+std::string py_capitalize(std::string_view s) {
+  std::string out;
+  bool first = true;
+  for (const uint32_t cp : decode_utf8(s)) {
+    append_utf8(out, first ? to_title(cp) : to_lower(cp));
+    first = false;
+  }
+  return out;
+}
+
+bool py_islower(std::string_view s) {
+  bool any = false;
+  for (const uint32_t cp : decode_utf8(s)) {
+    if (!is_cased(cp)) continue;
+    if (utf8proc_category(static_cast<utf8proc_int32_t>(cp)) != UTF8PROC_CATEGORY_LL) return false;
+    any = true;
+  }
+  return any;
+}
+
+bool py_isupper(std::string_view s) {
+  bool any = false;
+  for (const uint32_t cp : decode_utf8(s)) {
+    if (!is_cased(cp)) continue;
+    if (utf8proc_category(static_cast<utf8proc_int32_t>(cp)) != UTF8PROC_CATEGORY_LU) return false;
+    any = true;
+  }
+  return any;
+}
+
+bool py_isalpha(uint32_t cp) {
+  const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+  return cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
+}
+
+bool py_isalnum(uint32_t cp) {
+  const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+  return py_isalpha(cp) || cat == UTF8PROC_CATEGORY_ND || cat == UTF8PROC_CATEGORY_NL ||
+         cat == UTF8PROC_CATEGORY_NO;
 }
 
 std::string ascii_lower(std::string_view s) {
@@ -379,6 +499,9 @@ static void repr_into(const Value& v, std::string& out, int depth) {
         return;
       }
       out += "<" + type_name(v) + " object>";
+      return;
+    case Value::kUndefined:
+      out += "Undefined";
       return;
     default:
       out += to_str(v);

@@ -3,6 +3,8 @@
 transformers' apply_chat_template configures it, as the reference for tessera's interpreter.
 
 Usage: jinja_oracle.py IN.json OUT.json
+       jinja_oracle.py --bench TOKENIZER_CONFIG.json   (render time of its chat_template on the
+       10-message conversation of bench/tokenizer/jinja_bench.cc, the baseline for that bench)
 IN:  {"now": <unix seconds for strftime_now>, "cases": [{"template": str, "context": {...}}]}
 OUT: [{"ok": true, "output": str} | {"ok": false, "error": "<ExceptionType>: <message>",
        "raised": true when the error came from raise_exception}]
@@ -58,7 +60,33 @@ def make_env(now):
     return env
 
 
+def bench(config_path):
+    import time
+    with open(config_path, encoding="utf-8") as f:
+        source = json.load(f)["chat_template"]
+    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    for k in range(9):
+        user = k % 2 == 0
+        content = ("Question " if user else "Answer ") + "".join(f"word{w} " for w in range(40))
+        messages.append({"role": "user" if user else "assistant", "content": content})
+    context = {"messages": messages, "add_generation_prompt": True, "bos_token": "<s>",
+               "eos_token": "</s>"}
+    env = make_env(0)
+    start = time.process_time()
+    template = env.from_string(source)
+    parse = time.process_time() - start
+    n = 2000
+    start = time.process_time()
+    for _ in range(n):
+        template.render(**context)
+    render = (time.process_time() - start) / n
+    print(f"parse {parse * 1e6:.0f} us (CPU), render {render * 1e6:.1f} us (CPU) per call")
+
+
 def main():
+    if sys.argv[1] == "--bench":
+        bench(sys.argv[2])
+        return
     with open(sys.argv[1], encoding="utf-8") as f:
         request = json.load(f)
     env = make_env(request.get("now", 0))

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "test_util.h"
+#include "tokenizer/jinja/conversations.h"
 #include "tokenizer/jinja/oracle_util.h"
 #include "tokenizer/real_tokenizers.h"
 
@@ -25,39 +26,6 @@ void add_special_tokens(const Json& config, Json& context) {
   }
 }
 
-std::vector<Json> conversations() {
-  return {
-      Json::parse(R"({"messages": [{"role": "user", "content": "Hello!"}],
-                      "add_generation_prompt": true})"),
-      Json::parse(R"({"messages": [{"role": "system", "content": "  Be brief.  "},
-                                   {"role": "user", "content": "What is 2+2?"},
-                                   {"role": "assistant", "content": "4"},
-                                   {"role": "user", "content": "And 3+3? ünïcödé 日本語"}],
-                      "add_generation_prompt": true})"),
-      Json::parse(R"({"messages": [{"role": "user", "content": "Hi"},
-                                   {"role": "assistant", "content": "Hello, how can I help?"}],
-                      "add_generation_prompt": false})"),
-      Json::parse(R"({"messages": [{"role": "user", "content": "Think first"},
-                                   {"role": "assistant",
-                                    "content": "<think>\nLet me see.\n</think>\n\nDone."},
-                                   {"role": "user", "content": "Again"}],
-                      "add_generation_prompt": true, "enable_thinking": false})"),
-      Json::parse(R"({"messages": [{"role": "user", "content": "Weather in Paris?"},
-                                   {"role": "assistant", "content": null, "tool_calls": [
-                                     {"type": "function", "function": {"name": "get_weather",
-                                      "arguments": "{\"city\": \"Paris\"}"}}]},
-                                   {"role": "tool", "content": "{\"temp\": 21}"},
-                                   {"role": "assistant", "content": "It is 21 degrees."}],
-                      "tools": [{"type": "function", "function": {"name": "get_weather",
-                                 "description": "Current weather", "parameters": {
-                                   "type": "object", "properties": {"city": {"type": "string"}},
-                                   "required": ["city"]}}}],
-                      "add_generation_prompt": true})"),
-      Json::parse(R"({"messages": [{"role": "assistant", "content": "I speak first"}],
-                      "add_generation_prompt": true})"),
-  };
-}
-
 TEST(JinjaRealTemplates, MatchPythonJinja2) {
   TESSERA_REQUIRE_NPM();
   TESSERA_REQUIRE_PYTHON_JINJA2();
@@ -71,7 +39,7 @@ TEST(JinjaRealTemplates, MatchPythonJinja2) {
     if (!config.contains("chat_template") || !config["chat_template"].is_string()) continue;
     ++templates;
     int k = 0;
-    for (Json context : conversations()) {
+    for (Json context : test_conversations()) {
       add_special_tokens(config, context);
       cases.push_back({name + " conversation " + std::to_string(k++),
                        config["chat_template"].get<std::string>(), context});
