@@ -194,11 +194,19 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
     run_columns(0, n_total);
     return;
   }
-  // Column ranges in multiples of 8 so that decode tiles stay full width.
-  const int64_t units = (n_total + 7) / 8;
-  pool_.run([&](int t) {
-    int64_t begin = units * t / threads * 8, end = std::min(n_total, units * (t + 1) / threads * 8);
-    if (begin < end) run_columns(begin, end);
+  // Threads take chunks of columns from a shared counter rather than fixed halves, so a thread
+  // that the OS deschedules (the cores are shared with the engine and HTTP threads, or with
+  // other programs) holds up one chunk, not half the op. Chunks are multiples of 48 columns (full
+  // 16-wide decode and 6-wide prefill tiles); many rows take fewer, larger chunks because each
+  // chunk re-reads all activations. A column's arithmetic does not depend on its chunk.
+  const int64_t per_thread = m >= 8 ? 2 : 8;
+  const int64_t chunk =
+      cpu::round_up((n_total + threads * per_thread - 1) / (threads * per_thread), 48);
+  const int64_t chunks = (n_total + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  pool_.run([&](int) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)
+      run_columns(c * chunk, std::min(n_total, (c + 1) * chunk));
   });
 }
 
