@@ -197,7 +197,7 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   // Threads take chunks of columns from a shared counter rather than fixed halves, so a thread
   // that the OS deschedules (the cores are shared with the engine and HTTP threads, or with
   // other programs) holds up one chunk, not half the op. Chunks are multiples of 48 columns (full
-  // 16-wide decode and 6-wide prefill tiles); many rows take fewer, larger chunks because each
+  // 8-wide decode and 6-wide prefill tiles); many rows take fewer, larger chunks because each
   // chunk re-reads all activations. A column's arithmetic does not depend on its chunk.
   const int64_t per_thread = m >= 8 ? 2 : 8;
   const int64_t chunk =

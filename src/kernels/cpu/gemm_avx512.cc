@@ -365,7 +365,7 @@ void gemm_bf16_panel(const float* a, int64_t lda, int64_t m, int64_t k, const ui
 }
 
 // Below this many rows converting weights in registers is cheaper than a panel.
-constexpr int64_t kPanelMinRows = 8;
+constexpr int64_t kPanelMinRows = 16;
 
 void gemm_bf16_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
                       int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
