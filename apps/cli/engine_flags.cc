@@ -41,8 +41,8 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
                   "auto/safetensors (read into memory), mmap (zero copy), dummy (random weights)")
       ->capture_default_str();
   cmd->add_option("--cpu-matmul-precision", f.matmul_precision,
-                  "exact (f32-accurate products, default) or bf16 (activations rounded to bf16, "
-                  "as PyTorch and llama.cpp do: about 2x the matmul throughput)")
+                  "exact (f32 activations times bf16 weights, default) or bf16 (activations "
+                  "rounded to bf16 first, as PyTorch and llama.cpp do; same speed)")
       ->check(CLI::IsMember({"exact", "bf16"}))
       ->capture_default_str();
   cmd->add_option("--seed", f.seed, "Seed for sampling (requests without their own seed)")

@@ -67,12 +67,50 @@ BENCHMARK(BM_Linear)
     ->Args({1, 5632, 2048, 0})
     ->Args({1, 2048, 5632, 0})
     ->Args({16, 2048, 2048, 0})
+    ->Args({16, 5632, 2048, 0})
     ->Args({512, 2048, 2048, 0})
     ->Args({512, 5632, 2048, 0})
     ->Args({512, 2048, 5632, 0})
     ->Args({1, 2048, 2048, 1})
     ->Args({512, 2048, 2048, 1})
     ->UseRealTime();
+
+// Issue rate of the two instructions a bf16 matmul can be built on, 16 independent accumulators
+// in registers (no memory traffic): items/s = instructions per second on one core. Each
+// instruction does 32 (vdpbf16ps) or 16 (vfmadd231ps) multiply-adds. On the development machine
+// vdpbf16ps issues once per ~2.1 cycles and the f32 FMA twice per cycle (docs/performance.md).
+#define TESSERA_X16(op)                                                                          \
+  op(0) op(1) op(2) op(3) op(4) op(5) op(6) op(7) op(8) op(9) op(10) op(11) op(12) op(13) op(14) \
+      op(15)
+#define TESSERA_DP(i) "vdpbf16ps %%zmm30, %%zmm31, %%zmm" #i "\n\t"
+#define TESSERA_FMA(i) "vfmadd231ps %%zmm30, %%zmm31, %%zmm" #i "\n\t"
+#define TESSERA_ZERO(i) "vpxord %%zmm" #i ", %%zmm" #i ", %%zmm" #i "\n\t"
+#define TESSERA_ZERO_ALL TESSERA_X16(TESSERA_ZERO) TESSERA_ZERO(30) TESSERA_ZERO(31)
+template <bool kDot>
+void BM_IssueRate(benchmark::State& state) {
+  constexpr int64_t kLoops = 1 << 16;
+  for (auto _ : state) {
+    int64_t n = kLoops;
+    if constexpr (kDot) {
+      asm volatile(TESSERA_ZERO_ALL "1:\n\t" TESSERA_X16(TESSERA_DP) "dec %0\n\tjnz 1b"
+                   : "+r"(n)
+                   :
+                   : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                     "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm30", "xmm31");
+    } else {
+      asm volatile(TESSERA_ZERO_ALL "1:\n\t" TESSERA_X16(TESSERA_FMA) "dec %0\n\tjnz 1b"
+                   : "+r"(n)
+                   :
+                   : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                     "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm30", "xmm31");
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * kLoops * 16);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      state.iterations() * kLoops * 16 * (kDot ? 64.0 : 32.0) / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_IssueRate<true>)->Name("BM_IssueRate/vdpbf16ps");
+BENCHMARK(BM_IssueRate<false>)->Name("BM_IssueRate/vfmadd231ps");
 
 }  // namespace
 }  // namespace tessera

@@ -145,6 +145,37 @@ TEST_P(CpuBackendTest, LinearRowsAreBatchInvariant) {
   }
 }
 
+// The bf16 GEMM has two kernels (weights converted in registers for few rows, an f32 weight
+// panel for many) and blocks of 128 rows x 1024 columns: shapes that cross every boundary must
+// agree with the reference and give each row the same bits in any batch.
+TEST_P(CpuBackendTest, Bf16LinearAcrossKernelAndBlockBoundaries) {
+  const int64_t k = 2100, n = 53, m = 131;
+  Tensor x = random_tensor({m, k}, DType::kF32, 41);
+  Tensor w = random_tensor({n, k}, DType::kBF16, 42);
+  Tensor bias = random_tensor({n}, DType::kF32, 43);
+  LinearSegment seg{w, bias};
+  Tensor full = Tensor::empty({m, n}, DType::kF32);
+  backend_.linear(x, {&seg, 1}, full);
+  const bool round_x = rounds_activations();
+  for (int64_t i : {0, 1, 3, 4, 63, 127, 128, 130})
+    for (int64_t j = 0; j < n; ++j) {
+      double ref = linear_ref(x, i, w, j, round_x) + bias.data<float>()[j], mag = 0;
+      for (int64_t kk = 0; kk < k; ++kk)
+        mag += std::abs(static_cast<double>(at(x, i, kk)) * at(w, j, kk));
+      ASSERT_NEAR(at(full, i, j), ref, 2e-6 * mag) << i << "," << j;
+    }
+  for (int64_t batch : {1, 2, 5, 7, 8, 15, 16, 17, 64, 129}) {
+    for (int64_t start : {int64_t{0}, m - batch}) {
+      Tensor part = Tensor::empty({batch, n}, DType::kF32);
+      backend_.linear(x.slice(0, start, start + batch), {&seg, 1}, part);
+      for (int64_t i = 0; i < batch; ++i)
+        ASSERT_EQ(0, std::memcmp(part.data<float>() + i * n, full.data<float>() + (start + i) * n,
+                                 n * sizeof(float)))
+            << "row " << start + i << " differs in a batch of " << batch;
+    }
+  }
+}
+
 TEST_P(CpuBackendTest, RmsNormPlainAndUnitOffset) {
   Tensor x = random_tensor({5, 70}, DType::kF32, 13, 3.0f);
   Tensor w = random_tensor({70}, DType::kF32, 14);

@@ -149,23 +149,19 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   TESSERA_CHECK_EQ(out.size(1), n_total);
   if (m == 0 || n_total == 0) return;
 
-  const bool bf16_path = any_bf16 && gemm_.bf16_dot;
-  const bool split = precision_ == MatmulPrecision::kExact;
+  const bool bf16_path = any_bf16 && gemm_.bf16_fma;
+  const bool round_bf16 = precision_ == MatmulPrecision::kBf16;
   const int64_t kp = cpu::round_up(k, 32);
   if (bf16_path) {
-    if (act_hi_.size() < static_cast<size_t>(m * kp)) {
-      act_hi_.resize(m * kp);
-      if (split) act_lo_.resize(m * kp);
-    }
-    auto convert = [&](int64_t begin, int64_t end) {
-      gemm_.to_bf16_rows(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, k,
-                         act_hi_.data() + begin * kp, split ? act_lo_.data() + begin * kp : nullptr,
-                         kp);
+    if (act_.size() < static_cast<size_t>(m * kp)) act_.resize(m * kp);
+    auto pack = [&](int64_t begin, int64_t end) {
+      gemm_.pack_rows(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, k,
+                      act_.data() + begin * kp, kp, round_bf16);
     };
     if (m >= 8) {
-      pool_.parallel_for(m, convert);
+      pool_.parallel_for(m, pack);
     } else {
-      convert(0, m);
+      pack(0, m);
     }
   }
 
@@ -183,9 +179,8 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
         const float* bias = seg.bias.defined() ? seg.bias.data<float>() + local : nullptr;
         float* c = out.data<float>() + lo;
         if (bf16_path && seg.weight.dtype() == DType::kBF16) {
-          gemm_.gemm_bf16(act_hi_.data(), split ? act_lo_.data() : nullptr, kp, m, k,
-                          static_cast<const uint16_t*>(w), seg.weight.stride(0), hi - lo, c,
-                          out.stride(0), bias);
+          gemm_.gemm_bf16(act_.data(), kp, m, k, static_cast<const uint16_t*>(w),
+                          seg.weight.stride(0), hi - lo, c, out.stride(0), bias);
         } else {
           gemm_.gemm_f32(x.data<float>(), x.stride(0), m, k, w, seg.weight.dtype(),
                          seg.weight.stride(0), hi - lo, c, out.stride(0), bias);
@@ -199,11 +194,19 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
     run_columns(0, n_total);
     return;
   }
-  // Column ranges in multiples of 8 so that decode tiles stay full width.
-  const int64_t units = (n_total + 7) / 8;
-  pool_.run([&](int t) {
-    int64_t begin = units * t / threads * 8, end = std::min(n_total, units * (t + 1) / threads * 8);
-    if (begin < end) run_columns(begin, end);
+  // Threads take chunks of columns from a shared counter rather than fixed halves, so a thread
+  // that the OS deschedules (the cores are shared with the engine and HTTP threads, or with
+  // other programs) holds up one chunk, not half the op. Chunks are multiples of 48 columns (full
+  // 8-wide decode and 6-wide prefill tiles); many rows take fewer, larger chunks because each
+  // chunk re-reads all activations. A column's arithmetic does not depend on its chunk.
+  const int64_t per_thread = m >= 8 ? 2 : 8;
+  const int64_t chunk =
+      cpu::round_up((n_total + threads * per_thread - 1) / (threads * per_thread), 48);
+  const int64_t chunks = (n_total + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  pool_.run([&](int) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)
+      run_columns(c * chunk, std::min(n_total, (c + 1) * chunk));
   });
 }
 

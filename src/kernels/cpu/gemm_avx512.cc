@@ -1,8 +1,8 @@
 // AVX-512 GEMM for weights in their stored [n, k] layout. Each output keeps its own 16-lane
 // accumulator along k ("dot along k"), so weights are read in place, row by row, and an output's
-// additions happen in one fixed order whatever tile computes it. bf16 weights use the native bf16
-// dot product (vdpbf16ps) on bf16-rounded activations, as PyTorch's bf16 matmul rounds its
-// inputs; f32 and f16 weights use f32 FMAs.
+// additions happen in one fixed order whatever tile computes it. All weights meet f32
+// activations in f32 FMAs: bf16 weights through the even/odd split below, f32 and f16 weights
+// converted per 16 lanes.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -54,49 +54,6 @@ inline void store_tile(__m512 (&acc)[RM][RN], float* c, int64_t ldc, const float
   }
 }
 
-// bf16 x bf16 tile. The activations come as hi = bf16(a) and, in exact mode, lo = bf16(a - hi):
-// two dot products per step recover a to about 16 bits of mantissa, so bf16 weights meet
-// f32-accurate activations at half the bf16 rate (still twice the f32 FMA rate). Both are zero
-// padded to a multiple of 32 columns; w is read with a tail mask. Weights stream one row at a
-// time across the rows of activations held in registers.
-//
-// Columns [k0, k1) only: long rows are done in blocks whose accumulators are parked in `state`
-// between blocks (first: start from zero; last: reduce into c), which keeps a block's weights
-// and activations in L1 and changes no result bit.
-template <int RM, int RN, bool kSplit>
-void tile_bf16(const uint16_t* hi, const uint16_t* lo, int64_t lda, const uint16_t* w, int64_t ldw,
-               int64_t k0, int64_t k1, float* state, bool first, bool last, float* c, int64_t ldc,
-               const float* bias) {
-  __m512 acc[RM][RN];
-  for (int i = 0; i < RM; ++i)
-    for (int j = 0; j < RN; ++j)
-      acc[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(state + (i * RN + j) * 16);
-  auto step = [&](int64_t kk, __mmask32 mask, bool masked) {
-    __m512i ah[RM], al[RM];
-    for (int i = 0; i < RM; ++i) {
-      ah[i] = _mm512_loadu_si512(hi + i * lda + kk);
-      if constexpr (kSplit) al[i] = _mm512_loadu_si512(lo + i * lda + kk);
-    }
-    for (int j = 0; j < RN; ++j) {
-      const __m512i b = masked ? _mm512_maskz_loadu_epi16(mask, w + j * ldw + kk)
-                               : _mm512_loadu_si512(w + j * ldw + kk);
-      for (int i = 0; i < RM; ++i) {
-        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)ah[i], (__m512bh)b);
-        if constexpr (kSplit) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)al[i], (__m512bh)b);
-      }
-    }
-  };
-  int64_t kk = k0;
-  for (; kk + 32 <= k1; kk += 32) step(kk, 0, false);
-  if (kk < k1) step(kk, _cvtu32_mask32((1u << (k1 - kk)) - 1u), true);
-  if (last) {
-    store_tile<RM, RN>(acc, c, ldc, bias);
-  } else {
-    for (int i = 0; i < RM; ++i)
-      for (int j = 0; j < RN; ++j) _mm512_store_ps(state + (i * RN + j) * 16, acc[i][j]);
-  }
-}
-
 template <DType W>
 inline __m512 load_w16(const void* w, int64_t offset, __mmask16 mask) {
   if constexpr (W == DType::kF32) {
@@ -141,10 +98,6 @@ void tile_f32(const float* a, int64_t lda, const void* w, int64_t ldw, int64_t k
 
 // Tile shapes (16 accumulators each): kRows activation rows at most, and the widest run of
 // weight rows for a given number of activation rows.
-struct Bf16Shape {
-  static constexpr int kRows = 2;
-  static constexpr int max_rn(int rm) { return 8; }
-};
 struct F32Shape {
   static constexpr int kRows = 4;
   static constexpr int max_rn(int rm) { return rm == 1 ? 8 : rm == 2 ? 8 : rm == 3 ? 5 : 4; }
@@ -171,18 +124,16 @@ inline void dispatch_tile(int rm, int rn, Args... args) {
     if (rm == 3) return dispatch_rn<Tile, Shape, 3>(rn, args...);
   if constexpr (Shape::kRows >= 4)
     if (rm == 4) return dispatch_rn<Tile, Shape, 4>(rn, args...);
+  if constexpr (Shape::kRows >= 5)
+    if (rm == 5) return dispatch_rn<Tile, Shape, 5>(rn, args...);
+  if constexpr (Shape::kRows >= 6)
+    if (rm == 6) return dispatch_rn<Tile, Shape, 6>(rn, args...);
+  if constexpr (Shape::kRows >= 7)
+    if (rm == 7) return dispatch_rn<Tile, Shape, 7>(rn, args...);
+  if constexpr (Shape::kRows >= 8)
+    if (rm == 8) return dispatch_rn<Tile, Shape, 8>(rn, args...);
   TESSERA_CHECK(false) << "tile height " << rm;
 }
-
-template <bool kSplit>
-struct Bf16Tile {
-  template <int RM, int RN>
-  static void run(const uint16_t* hi, const uint16_t* lo, int64_t lda, const uint16_t* w,
-                  int64_t ldw, int64_t k0, int64_t k1, float* state, bool first, bool last,
-                  float* c, int64_t ldc, const float* bias) {
-    tile_bf16<RM, RN, kSplit>(hi, lo, lda, w, ldw, k0, k1, state, first, last, c, ldc, bias);
-  }
-};
 
 template <DType W>
 struct F32Tile {
@@ -219,18 +170,180 @@ void gemm_blocked(const A* a, const A* a2, int64_t lda, int64_t m, int64_t k, WP
   }
 }
 
-// Blocks of kBlockM activation rows x block_k columns stay in L2 while each tile of weight rows
-// (8 x block_k) is reused from L1 across the block's rows.
-template <bool kSplit>
-void gemm_bf16_blocked(const uint16_t* hi, const uint16_t* lo, int64_t lda, int64_t m, int64_t k,
-                       const uint16_t* w, int64_t ldw, int64_t n, float* c, int64_t ldc,
-                       const float* bias) {
+// bf16 weights times f32 activations with f32 FMAs. On this generation of cores vdpbf16ps
+// issues one per ~2 cycles (32 products) while f32 FMAs issue two per cycle (32 products), so
+// converting weights to f32 is twice as fast as the bf16 dot product, and keeps activations
+// in full f32. A 64-byte load of 32 bf16 weights holds pairs (w[2l], w[2l+1]) in each 32-bit
+// lane: a shift left by 16 gives f32 w[2l], masking the low half gives f32 w[2l+1]. Activations
+// are packed (pack_rows) into the matching even/odd order, so every output accumulates, per
+// group of 32 columns, fma(even) then fma(odd) into one 16-lane accumulator: the same sequence
+// of operations in both kernels below, whatever m is (batch invariance).
+//
+// Two kernels with identical arithmetic: tile_bf16_direct converts weights in registers (few
+// rows: decode); tile_bf16_panel reads weights converted once into an f32 panel in L1 and
+// reused by every row tile of a block (many rows: prefill).
+
+inline __m512 even_f32(__m512i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+inline __m512 odd_f32(__m512i v) {
+  return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// Software prefetch distance along each weight row: the hardware prefetcher follows one stream
+// per page well but a tile reads RN rows at once.
+constexpr int64_t kPrefetchBytes = 1024;
+
+template <int RM, int RN>
+__attribute__((noinline)) void tile_bf16_direct(const float* a, int64_t lda, const uint16_t* w,
+                                                int64_t ldw, int64_t k, float* c, int64_t ldc,
+                                                const float* bias) {
+  __m512 acc[RM][RN];
+#pragma GCC unroll 16
+  for (int i = 0; i < RM; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < RN; ++j) acc[i][j] = _mm512_setzero_ps();
+  auto step = [&](int64_t kk, __mmask32 mask, bool masked) __attribute__((always_inline)) {
+    __m512 ae[RM], ao[RM];
+#pragma GCC unroll 16
+    for (int i = 0; i < RM; ++i) {
+      ae[i] = _mm512_loadu_ps(a + i * lda + kk);
+      ao[i] = _mm512_loadu_ps(a + i * lda + kk + 16);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < RN; ++j) {
+      const uint16_t* wp = w + j * ldw + kk;
+      if (!masked) _mm_prefetch(reinterpret_cast<const char*>(wp) + kPrefetchBytes, _MM_HINT_T0);
+      const __m512i v = masked ? _mm512_maskz_loadu_epi16(mask, wp) : _mm512_loadu_si512(wp);
+      const __m512 we = even_f32(v), wo = odd_f32(v);
+#pragma GCC unroll 16
+      for (int i = 0; i < RM; ++i) {
+        acc[i][j] = _mm512_fmadd_ps(ae[i], we, acc[i][j]);
+        acc[i][j] = _mm512_fmadd_ps(ao[i], wo, acc[i][j]);
+      }
+    }
+  };
+  int64_t kk = 0;
+  for (; kk + 32 <= k; kk += 32) step(kk, 0, false);
+  if (kk < k) step(kk, _cvtu32_mask32((1u << (k - kk)) - 1u), true);
+  store_tile<RM, RN>(acc, c, ldc, bias);
+}
+
+// Weight rows [0, RN) of columns [k0, k1) converted to f32, row r at panel + r * ldp, each
+// group of 32 as even then odd (exactly the vectors tile_bf16_direct makes).
+inline void convert_panel(const uint16_t* w, int64_t ldw, int rn, int64_t k0, int64_t k1, int64_t k,
+                          float* panel, int64_t ldp) {
+#pragma GCC unroll 16
+  for (int r = 0; r < rn; ++r) {
+    float* p = panel + r * ldp;
+    for (int64_t kk = k0; kk < k1; kk += 32) {
+      const uint16_t* wp = w + r * ldw + kk;
+      const __m512i v = kk + 32 <= k
+                            ? _mm512_loadu_si512(wp)
+                            : _mm512_maskz_loadu_epi16(_cvtu32_mask32((1u << (k - kk)) - 1u), wp);
+      _mm512_store_ps(p + (kk - k0), even_f32(v));
+      _mm512_store_ps(p + (kk - k0) + 16, odd_f32(v));
+    }
+  }
+}
+
+// Columns [k0, k1) (multiples of 32, k1 <= round_up(k, 32)) of a tile; accumulators are parked
+// in `state` between column blocks (first: start from zero; last: reduce into c).
+template <int RM, int RN>
+__attribute__((noinline)) void tile_bf16_panel(const float* a, int64_t lda, const float* panel,
+                                               int64_t ldp, int64_t k0, int64_t k1, float* state,
+                                               bool first, bool last, float* c, int64_t ldc,
+                                               const float* bias) {
+  __m512 acc[RM][RN];
+#pragma GCC unroll 16
+  for (int i = 0; i < RM; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < RN; ++j)
+      acc[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(state + (i * RN + j) * 16);
+  for (int64_t kk = k0; kk < k1; kk += 32) {
+#pragma GCC unroll 16
+    for (int half = 0; half < 32; half += 16) {
+      __m512 wv[RN];
+      for (int j = 0; j < RN; ++j) wv[j] = _mm512_load_ps(panel + j * ldp + (kk - k0) + half);
+#pragma GCC unroll 16
+      for (int i = 0; i < RM; ++i) {
+        const __m512 av = _mm512_loadu_ps(a + i * lda + kk + half);
+#pragma GCC unroll 16
+        for (int j = 0; j < RN; ++j) acc[i][j] = _mm512_fmadd_ps(av, wv[j], acc[i][j]);
+      }
+    }
+  }
+  if (last) {
+    store_tile<RM, RN>(acc, c, ldc, bias);
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < RM; ++i)
+#pragma GCC unroll 16
+      for (int j = 0; j < RN; ++j) _mm512_store_ps(state + (i * RN + j) * 16, acc[i][j]);
+  }
+}
+
+// Few rows: tiles of up to 4 rows x 8, 8, 5, 4 weight rows, weights converted in registers.
+// One row: 8 rows with a 1 KB prefetch read DRAM fastest of 16/12/8 rows and 0-2 KB (best of
+// 12 interleaved rounds, three runs; differences ~15%, near the noise of the loaded machine).
+struct DirectShape {
+  static constexpr int kRows = 4;
+  static constexpr int max_rn(int rm) { return rm == 1 ? 8 : rm == 2 ? 8 : rm == 3 ? 5 : 4; }
+};
+// Many rows: 4 x 6 tiles over the f32 panel (24 accumulators, 6 weights, 1 activation).
+// (Measured on one core at k = 2048: 4 x 6 ~125 GFLOP/s, 6 x 4 and 5 x 5 ~110, 8 x 3 ~55.)
+struct PanelShape {
+  static constexpr int kRows = 4;
+  static constexpr int max_rn(int rm) { return 6; }
+};
+
+struct DirectTile {
+  template <int RM, int RN>
+  static void run(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, float* c,
+                  int64_t ldc, const float* bias) {
+    tile_bf16_direct<RM, RN>(a, lda, w, ldw, k, c, ldc, bias);
+  }
+};
+
+struct PanelTile {
+  template <int RM, int RN>
+  static void run(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t k0,
+                  int64_t k1, float* state, bool first, bool last, float* c, int64_t ldc,
+                  const float* bias) {
+    tile_bf16_panel<RM, RN>(a, lda, panel, ldp, k0, k1, state, first, last, c, ldc, bias);
+  }
+};
+
+void gemm_bf16_direct(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
+                      int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
   constexpr int64_t kBlockM = 64;
-  constexpr int kRows = Bf16Shape::kRows, kWidth = Bf16Shape::max_rn(kRows);
+  for (int64_t m0 = 0; m0 < m; m0 += kBlockM) {
+    const int64_t m1 = std::min(m, m0 + kBlockM);
+    const int rows_main = static_cast<int>(std::min<int64_t>(DirectShape::kRows, m1 - m0));
+    const int rn_main = DirectShape::max_rn(rows_main);
+    for (int64_t j = 0; j < n; j += rn_main) {
+      const int rn = static_cast<int>(std::min<int64_t>(rn_main, n - j));
+      for (int64_t i = m0; i < m1; i += DirectShape::kRows) {
+        const int rm = static_cast<int>(std::min<int64_t>(DirectShape::kRows, m1 - i));
+        dispatch_tile<DirectTile, DirectShape>(rm, rn, a + i * lda, lda, w + j * ldw, ldw, k,
+                                               c + i * ldc + j, ldc, bias ? bias + j : nullptr);
+      }
+    }
+  }
+}
+
+// Blocks of kBlockM rows x kBlockK columns of activations (512 KB) stay in L2 while each
+// 6 x kBlockK f32 weight panel (24 KB) is converted once and reused from L1 by all the block's
+// row tiles.
+void gemm_bf16_panel(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
+                     int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
+  constexpr int64_t kBlockM = 128, kBlockK = 1024;
+  constexpr int kRows = PanelShape::kRows, kWidth = PanelShape::max_rn(kRows);
+  constexpr int64_t kLdp = kBlockK + 16;  // padded: rows of the panel fall in different L1 sets
+  alignas(64) float panel[kWidth * kLdp];
   alignas(64) float state[kBlockM / kRows][kRows * kWidth * 16];
-  // Few rows (decode) stream the weights once whatever k is: no blocking.
-  const int64_t block_k = m >= 16 ? 2048 : k;
-  const int64_t kblocks = (k + block_k - 1) / block_k;
+  const int64_t kp = round_up(k, 32);
+  const int64_t kblocks = (kp + kBlockK - 1) / kBlockK;
   for (int64_t m0 = 0; m0 < m; m0 += kBlockM) {
     const int64_t m1 = std::min(m, m0 + kBlockM);
     for (int64_t j = 0; j < n; j += kWidth) {
@@ -238,25 +351,28 @@ void gemm_bf16_blocked(const uint16_t* hi, const uint16_t* lo, int64_t lda, int6
       const uint16_t* wj = w + j * ldw;
       const float* bj = bias ? bias + j : nullptr;
       for (int64_t kb = 0; kb < kblocks; ++kb) {
-        const int64_t k0 = kb * block_k, k1 = std::min(k, k0 + block_k);
+        const int64_t k0 = kb * kBlockK, k1 = std::min(kp, k0 + kBlockK);
+        convert_panel(wj, ldw, rn, k0, k1, k, panel, kLdp);
         for (int64_t i = m0; i < m1; i += kRows) {
           const int rm = static_cast<int>(std::min<int64_t>(kRows, m1 - i));
-          dispatch_tile<Bf16Tile<kSplit>, Bf16Shape>(
-              rm, rn, hi + i * lda, lo ? lo + i * lda : nullptr, lda, wj, ldw, k0, k1,
-              state[(i - m0) / kRows], kb == 0, kb == kblocks - 1, c + i * ldc + j, ldc, bj);
+          dispatch_tile<PanelTile, PanelShape>(rm, rn, a + i * lda, lda, panel, kLdp, k0, k1,
+                                               state[(i - m0) / kRows], kb == 0, kb == kblocks - 1,
+                                               c + i * ldc + j, ldc, bj);
         }
       }
     }
   }
 }
 
-void gemm_bf16_avx512(const uint16_t* hi, const uint16_t* lo, int64_t lda, int64_t m, int64_t k,
-                      const uint16_t* w, int64_t ldw, int64_t n, float* c, int64_t ldc,
-                      const float* bias) {
-  if (lo) {
-    gemm_bf16_blocked<true>(hi, lo, lda, m, k, w, ldw, n, c, ldc, bias);
+// Below this many rows converting weights in registers is cheaper than a panel.
+constexpr int64_t kPanelMinRows = 16;
+
+void gemm_bf16_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
+                      int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
+  if (m >= kPanelMinRows) {
+    gemm_bf16_panel(a, lda, m, k, w, ldw, n, c, ldc, bias);
   } else {
-    gemm_bf16_blocked<false>(hi, lo, lda, m, k, w, ldw, n, c, ldc, bias);
+    gemm_bf16_direct(a, lda, m, k, w, ldw, n, c, ldc, bias);
   }
 }
 
@@ -277,25 +393,30 @@ void gemm_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const vo
   }
 }
 
-void to_bf16_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, uint16_t* hi,
-                         uint16_t* lo, int64_t kp) {
+void pack_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, float* out, int64_t ldo,
+                      bool round_bf16) {
+  const int64_t kp = round_up(k, 32);
+  // Gathers 32 consecutive columns as 16 even then 16 odd ones.
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int64_t i = 0; i < m; ++i) {
     const float* ai = a + i * lda;
-    for (int64_t kk = 0; kk < kp; kk += 16) {
-      const int64_t left = k - kk;
-      const __mmask16 mask = left >= 16  ? 0xffff
-                             : left <= 0 ? 0
-                                         : static_cast<__mmask16>((1u << left) - 1u);
-      const __m512 v = _mm512_maskz_loadu_ps(mask, ai + kk);
-      const __m256bh h = _mm512_cvtneps_pbh(v);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + i * kp + kk), (__m256i)h);
-      if (lo) {
-        // The remainder v - hi is exact in f32; rounding it to bf16 keeps ~16 bits of v.
-        const __m512 hv =
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
-        const __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + i * kp + kk), (__m256i)l);
+    float* o = out + i * ldo;
+    for (int64_t kk = 0; kk < kp; kk += 32) {
+      __m512 v[2];
+      for (int h = 0; h < 2; ++h) {
+        const int64_t left = k - kk - 16 * h;
+        const __mmask16 mask = left >= 16  ? 0xffff
+                               : left <= 0 ? 0
+                                           : static_cast<__mmask16>((1u << left) - 1u);
+        v[h] = _mm512_maskz_loadu_ps(mask, ai + kk + 16 * h);
+        if (round_bf16) {
+          const __m256bh r = _mm512_cvtneps_pbh(v[h]);
+          v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)r), 16));
+        }
       }
+      _mm512_storeu_ps(o + kk, _mm512_permutex2var_ps(v[0], even, v[1]));
+      _mm512_storeu_ps(o + kk + 16, _mm512_permutex2var_ps(v[0], odd, v[1]));
     }
   }
 }
@@ -304,9 +425,9 @@ void to_bf16_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, uint
 
 GemmKernels gemm_kernels_avx512() {
   GemmKernels kernels;
-  kernels.bf16_dot = true;
+  kernels.bf16_fma = true;
   kernels.gemm_bf16 = gemm_bf16_avx512;
-  kernels.to_bf16_rows = to_bf16_rows_avx512;
+  kernels.pack_rows = pack_rows_avx512;
   kernels.gemm_f32 = gemm_f32_avx512;
   return kernels;
 }

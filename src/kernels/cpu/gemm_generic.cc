@@ -59,7 +59,7 @@ void gemm_f32_generic(const float* a, int64_t lda, int64_t m, int64_t k, const v
 
 GemmKernels gemm_kernels_generic() {
   GemmKernels kernels;
-  kernels.bf16_dot = false;
+  kernels.bf16_fma = false;
   kernels.gemm_f32 = gemm_f32_generic;
   return kernels;
 }
