@@ -8,6 +8,8 @@
 #include "apps/cli/commands.h"
 #include "core/logging.h"
 #include "core/status.h"
+#include "distributed/world.h"
+#include "engine/engine_builder.h"
 
 int main(int argc, char** argv) {
   tessera::init_logging();
@@ -49,8 +51,11 @@ int main(int argc, char** argv) {
     app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const tessera::WorkerRankFinished&) {
+    return 0;  // a worker rank of a tp/pp job, stopped by rank 0
   } catch (const tessera::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    // Every rank of a job reaches the same verdict at start-up; rank 0 says it.
+    if (tessera::launcher_rank() == 0) std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -55,6 +55,12 @@ int launcher_world_size() {
   return 0;
 }
 
+int launcher_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+    if (const char* v = std::getenv(name); v && *v) return std::atoi(v);
+  return 0;
+}
+
 std::string DistributedWorld::describe_rank(int rank) const {
   return fmt::format("rank {} (host {})", rank, host(rank));
 }

@@ -49,5 +49,7 @@ bool mpi_available();
 // The world size the launcher (OpenMPI, PMI/PMIx, SLURM) gave this process, or 0 when it was not
 // started by one.
 int launcher_world_size();
+// This process's rank in the launcher's job, or 0.
+int launcher_rank();
 
 }  // namespace tessera
