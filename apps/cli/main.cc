@@ -1,8 +1,10 @@
 // tessera: serve and run Hugging Face LLMs. See README.md for the subcommands.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "apps/cli/commands.h"
@@ -55,7 +57,12 @@ int main(int argc, char** argv) {
     return 0;  // a worker rank of a tp/pp job, stopped by rank 0
   } catch (const tessera::Error& e) {
     // Every rank of a job reaches the same verdict at start-up; rank 0 says it.
-    if (tessera::launcher_rank() == 0) std::fprintf(stderr, "error: %s\n", e.what());
+    if (tessera::launcher_rank() == 0) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+    } else {
+      // mpirun kills the job when the first rank exits non-zero: let rank 0 print first.
+      std::this_thread::sleep_for(std::chrono::seconds(2));
+    }
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

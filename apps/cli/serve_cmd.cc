@@ -80,6 +80,10 @@ void run_serve(ServeOptions& o) {
   EngineArgs args = to_engine_args(o.engine);  // validates flags before the port opens
   if (launcher_rank() > 0) {
     // Another rank of a tp/pp job: no port; it runs steps until rank 0 stops (never returns).
+    // SIGTERM/SIGINT reach every rank through mpirun: rank 0 drains its requests and then stops
+    // the others, so they must not die first.
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     EngineInstance::create(args);
     return;
   }

@@ -25,11 +25,11 @@ struct CliRun {
   std::string out, err;
 };
 
-CliRun run(const std::string& args) {
+// Runs a shell command line; stdout and stderr apart.
+CliRun run_shell(const std::string& command) {
   const fs::path err_file =
       fs::path(::testing::TempDir()) / ("tessera_dist_err_" + std::to_string(getpid()));
-  const std::string cmd =
-      std::string(TESSERA_BINARY_DIR "/tessera ") + args + " 2>" + err_file.string();
+  const std::string cmd = command + " 2>" + err_file.string();
   CliRun r;
   FILE* p = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;
@@ -40,6 +40,10 @@ CliRun run(const std::string& args) {
   r.err.assign(std::istreambuf_iterator<char>(in), {});
   fs::remove(err_file);
   return r;
+}
+
+CliRun run(const std::string& args) {
+  return run_shell(TESSERA_BINARY_DIR "/tessera " + args);
 }
 
 std::vector<nlohmann::json> lines(const std::string& out) {
@@ -121,6 +125,55 @@ TEST(ParallelLoading, EachRankReadsItsShare) {
     ++seen;
   }
   EXPECT_EQ(seen, 2) << r.err;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tessera
+
+namespace tessera {
+namespace {
+
+// Configurations that cannot work fail at start with a message naming the problem.
+TEST(ParallelErrors, MismatchedConfigurationsFailAtStart) {
+  const fs::path dir = testing::make_tiny("llama", DType::kF32, 3);  // 4 heads, 2 KV, 3 layers
+  const std::string gen = "generate --model " + dir.string() + " --prompt-ids 1,2 --json ";
+  CliRun r = run(gen + "-tp 3");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("tensor-parallel size 3 does not divide the 4 attention heads"),
+            std::string::npos)
+      << r.err;
+  r = run(gen + "-pp 4");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("--pipeline-parallel-size 4 is more than the model's 3 layers"),
+            std::string::npos)
+      << r.err;
+  r = run(gen + "-pp 2 --pp-layer-partition 1,1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("adds up to 2 layers, but the model has 3"), std::string::npos) << r.err;
+  r = run(gen + "-tp 2 --distributed-executor-backend ray");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("ray is not supported"), std::string::npos) << r.err;
+  // tp 4 > 2 KV heads: each rank holds one KV head, replicated twice, as vLLM does.
+  r = run(gen + "-tp 4 --max-tokens 4");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("rank 3/4 (tp rank 3/4, pp stage 0/1) on"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 KV heads"), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
+
+// The model folder missing on one rank (launched by hand with mpirun, one folder per rank):
+// every rank stops at start and the message names the rank.
+TEST(ParallelErrors, ModelMissingOnOneRank) {
+  const fs::path dir = testing::make_tiny("llama", DType::kF32, 3);
+  const std::string exe = TESSERA_BINARY_DIR "/tessera";
+  const CliRun r =
+      run_shell(std::string(TESSERA_MPIEXEC) + " --allow-run-as-root --oversubscribe -np 1 " + exe +
+                " generate --model " + dir.string() + " -tp 2 --prompt-ids 1,2 --json : -np 1 " +
+                exe + " generate --model /nonexistent/model -tp 2 --prompt-ids 1,2 --json");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("error: rank 1 (host "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("/nonexistent/model does not exist"), std::string::npos) << r.err;
   fs::remove_all(dir);
 }
 
