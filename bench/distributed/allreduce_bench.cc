@@ -32,10 +32,11 @@ int main(int argc, char** argv) {
     }
     std::sort(us.begin(), us.end());
     if (c.rank() == 0)
-      fmt::print("all_reduce_sum {} x {} over {} ranks ({}): median {:.1f} us, p90 {:.1f} us\n",
-                 dtype_name(dtype), n, c.size(),
-                 world->host(0) == world->host(c.size() - 1) ? "one host" : "several hosts",
-                 us[us.size() / 2], us[us.size() * 9 / 10]);
+      fmt::print(
+          "all_reduce_sum {} x {} over {} ranks (hosts {} .. {}): median {:.1f} us, p90 {:.1f} "
+          "us\n",
+          dtype_name(dtype), n, c.size(), world->host(0), world->host(c.size() - 1),
+          us[us.size() / 2], us[us.size() * 9 / 10]);
   }
   return 0;
 }
