@@ -135,7 +135,8 @@ void MpiCommunicator::all_reduce_sum(const Tensor& t) {
   const int64_t n = t.numel();
   const size_t bytes = t.nbytes();
   // Every rank's contribution, then the same sum in the same order on every rank.
-  std::vector<char> gathered(bytes * size_);
+  gathered_.resize(bytes * size_);
+  std::vector<char>& gathered = gathered_;
   all_gather_bytes(t.raw(), gathered.data(), bytes, "all_reduce_sum");
   if (t.dtype() == DType::kF32) {
     const float* parts = reinterpret_cast<const float*>(gathered.data());

@@ -53,6 +53,7 @@ class MpiCommunicator : public Communicator {
   double timeout_s_;
   std::string name_;
   std::vector<float> scratch_;
+  std::vector<char> gathered_;  // every rank's contribution to an all-reduce
   std::vector<MPI_Request> pending_sends_;
   std::vector<int> pending_peers_;
 };

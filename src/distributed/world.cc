@@ -50,7 +50,7 @@ int env_int(const char* name) {
 }  // namespace
 
 int launcher_world_size() {
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS"})
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
     if (int n = env_int(name); n > 0) return n;
   return 0;
 }
