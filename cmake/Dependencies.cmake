@@ -24,3 +24,17 @@ if(TESSERA_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
   set(CMAKE_C_COMPILER_LAUNCHER ${TESSERA_CCACHE})
   set(CMAKE_CXX_COMPILER_LAUNCHER ${TESSERA_CCACHE})
 endif()
+
+# MPI (Debian: libopenmpi-dev, openmpi-bin) for tensor and pipeline parallelism. Without it the
+# build has only the single-rank communicator and `-tp 2` says that MPI is missing.
+option(TESSERA_WITH_MPI "Build the MPI communicator when MPI is installed" ON)
+set(TESSERA_HAVE_MPI OFF)
+if(TESSERA_WITH_MPI)
+  find_package(MPI COMPONENTS C)
+  if(MPI_C_FOUND)
+    set(TESSERA_HAVE_MPI ON)
+    find_program(TESSERA_MPIEXEC NAMES mpirun mpiexec)
+  else()
+    message(STATUS "MPI not found: building without tensor/pipeline parallelism across ranks")
+  endif()
+endif()

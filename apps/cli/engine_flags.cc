@@ -1,12 +1,16 @@
 #include "apps/cli/engine_flags.h"
 
 #include <unistd.h>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 
 #include "core/logging.h"
 #include "core/status.h"
 #include "core/thread_pool.h"
+#include "distributed/world.h"
 #include "model/make_model.h"
 
 namespace tessera::cli {
@@ -45,6 +49,20 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
                   "rounded to bf16 first, as PyTorch and llama.cpp do; same speed)")
       ->check(CLI::IsMember({"exact", "bf16"}))
       ->capture_default_str();
+  cmd->add_option("--tensor-parallel-size", f.tensor_parallel_size,
+                  "Ranks per pipeline stage, each with 1/tp of every layer (-tp)")
+      ->capture_default_str();
+  cmd->add_option("--pipeline-parallel-size", f.pipeline_parallel_size,
+                  "Pipeline stages, each with a contiguous range of layers (-pp)")
+      ->capture_default_str();
+  cmd->add_option("--distributed-executor-backend", f.distributed_executor_backend,
+                  "mp or mpi: both start the ranks with MPI (ray is not supported)");
+  cmd->add_option("--pp-layer-partition", f.pp_layer_partition,
+                  "Layers per stage, e.g. 5,4,3 (default: env VLLM_PP_LAYER_PARTITION, else "
+                  "vLLM's split)");
+  cmd->add_option("--distributed-timeout", f.distributed_timeout,
+                  "Seconds a rank waits for a peer inside a step before stopping the job")
+      ->capture_default_str();
   cmd->add_option("--seed", f.seed, "Seed for sampling (requests without their own seed)")
       ->capture_default_str();
 }
@@ -80,6 +98,47 @@ int64_t parse_bytes(const std::string& text, const std::string& flag) {
 }
 
 namespace {
+
+// Re-executes this process's own command line as `mpirun -np RANKS <it>` (one node); the ranks
+// then find themselves launched and join. Does not return.
+[[noreturn]] void relaunch_under_mpi(int ranks) {
+  if (!mpi_available())
+    fail(ErrorKind::kUnsupported,
+         "{} ranks are needed (tensor x pipeline parallel), but this build of tessera has no MPI: "
+         "install libopenmpi-dev and openmpi-bin and rebuild",
+         ranks);
+#if TESSERA_HAVE_MPI
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(in)), {});
+  std::vector<std::string> args;
+  std::string cur;
+  for (char ch : all) {
+    if (ch == '\0') {
+      args.push_back(cur);
+      cur.clear();
+    } else {
+      cur += ch;
+    }
+  }
+  if (args.empty()) fail(ErrorKind::kInternal, "cannot read /proc/self/cmdline");
+  std::vector<std::string> cmd = {TESSERA_MPIEXEC,   "-np",       std::to_string(ranks),
+                                  "--oversubscribe", "--bind-to", "none"};
+  if (geteuid() == 0) cmd.push_back("--allow-run-as-root");
+  // Our own path, not argv[0]: the ranks must run this very binary.
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  cmd.push_back(ec ? args[0] : self.string());
+  cmd.insert(cmd.end(), args.begin() + 1, args.end());
+  spdlog::info("starting {} ranks: {} -np {} {} ...", ranks, TESSERA_MPIEXEC, ranks, cmd[6]);
+  std::vector<char*> argv;
+  for (auto& s : cmd) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::fflush(nullptr);
+  execv(TESSERA_MPIEXEC, argv.data());
+  fail(ErrorKind::kUnavailable, "cannot start {}: {}", TESSERA_MPIEXEC, std::strerror(errno));
+#endif
+}
+
 std::optional<DType> parse_dtype_flag(const std::string& s, const char* flag) {
   if (s == "auto") return std::nullopt;
   DType d;
@@ -108,6 +167,24 @@ EngineArgs to_engine_args(const EngineFlags& f) {
   a.load_format = parse_load_format(f.load_format);
   a.matmul_precision =
       f.matmul_precision == "bf16" ? MatmulPrecision::kBf16 : MatmulPrecision::kExact;
+  const std::string& backend = f.distributed_executor_backend;
+  if (backend == "ray")
+    fail(ErrorKind::kUnsupported,
+         "--distributed-executor-backend ray is not supported: tessera starts its ranks with MPI "
+         "(use mp or mpi, or leave it out)");
+  if (!backend.empty() && backend != "mp" && backend != "mpi" && backend != "uni")
+    fail("--distributed-executor-backend must be mp, mpi or uni, got \"{}\"", backend);
+  if (f.tensor_parallel_size < 1)
+    fail("--tensor-parallel-size must be at least 1, got {}", f.tensor_parallel_size);
+  if (f.pipeline_parallel_size < 1)
+    fail("--pipeline-parallel-size must be at least 1, got {}", f.pipeline_parallel_size);
+  if (!(f.distributed_timeout > 0)) fail("--distributed-timeout must be positive");
+  a.tensor_parallel_size = f.tensor_parallel_size;
+  a.pipeline_parallel_size = f.pipeline_parallel_size;
+  a.pp_layer_partition = f.pp_layer_partition;
+  a.distributed_timeout_s = f.distributed_timeout;
+  const int ranks = a.tensor_parallel_size * a.pipeline_parallel_size;
+  if (ranks > 1 && launcher_world_size() == 0) relaunch_under_mpi(ranks);
   return a;
 }
 

@@ -28,9 +28,16 @@ struct EngineFlags {
   uint64_t seed = 0;
   std::string load_format = "auto";
   std::string matmul_precision = "exact";
+  int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  std::string distributed_executor_backend;
+  std::string pp_layer_partition;
+  double distributed_timeout = 60;
 };
 
 void add_engine_flags(CLI::App* cmd, EngineFlags& flags, bool model_positional = false);
+// Resolves the flags. With tp x pp > 1 and no launcher around (not started by mpirun/srun), it
+// does not return: it re-executes this command line under mpirun with tp x pp ranks on this node.
 EngineArgs to_engine_args(const EngineFlags& flags);
 
 // "4GiB", "512MiB", "2G", "1e9", "123" -> bytes. Throws tessera::Error.

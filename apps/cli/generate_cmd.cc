@@ -19,7 +19,7 @@ struct GenerateOptions {
   std::string prompt;
   std::string chat;  // FILE.json with {"messages": [...]} (OpenAI format)
   std::string chat_template;
-  std::string prompt_ids;
+  std::vector<std::string> prompt_ids;  // repeatable: several prompts run as one batch
   int64_t max_tokens = 16;
   // Unset: generation_config.json's value, else vLLM's default.
   std::optional<double> temperature, top_p, min_p, repetition_penalty;
@@ -56,14 +56,19 @@ std::vector<int32_t> parse_ids(const std::string& text) {
 void run_generate(const GenerateOptions& o) {
   const int given = !o.prompt.empty() + !o.chat.empty() + !o.prompt_ids.empty();
   if (given != 1) fail("generate needs exactly one of --prompt, --chat or --prompt-ids");
+  if (o.prompt_ids.size() > 1 && !o.json)
+    fail("several --prompt-ids need --json (one JSON object per prompt, one per line)");
   const EngineArgs args = to_engine_args(o.engine);
   std::unique_ptr<TextProcessor> processor = load_text_processor(args.model, o.chat_template);
   if (!processor && o.prompt_ids.empty())
     fail("{} has no tokenizer.json: pass the prompt as token ids with --prompt-ids",
          args.model.string());
   std::vector<int32_t> prompt;
+  std::vector<std::vector<int32_t>> extra_prompts;  // the second and later --prompt-ids
   if (!o.prompt_ids.empty()) {
-    prompt = parse_ids(o.prompt_ids);
+    prompt = parse_ids(o.prompt_ids[0]);
+    for (size_t i = 1; i < o.prompt_ids.size(); ++i)
+      extra_prompts.push_back(parse_ids(o.prompt_ids[i]));
   } else if (!o.prompt.empty()) {
     prompt = processor->encode(o.prompt, /*add_special_tokens=*/true);
   } else {
@@ -100,16 +105,27 @@ void run_generate(const GenerateOptions& o) {
 
   const bool text_mode = processor != nullptr;
   LLMEngine& engine = instance->engine();
-  engine.add_request("generate", prompt, params);
-  std::vector<int32_t> output;
-  std::vector<TokenLogprobs> logprobs;
-  std::string text;
-  FinishReason reason = FinishReason::kNone;
+  std::vector<std::vector<int32_t>> prompts = {prompt};
+  prompts.insert(prompts.end(), extra_prompts.begin(), extra_prompts.end());
+  struct Result {
+    std::vector<int32_t> output;
+    std::vector<TokenLogprobs> logprobs;
+    std::string text;
+    FinishReason reason = FinishReason::kNone;
+  };
+  std::vector<Result> results(prompts.size());
+  // All prompts are in the engine at once: they run as one continuous batch.
+  for (size_t i = 0; i < prompts.size(); ++i)
+    engine.add_request(prompts.size() == 1 ? "generate" : fmt::format("generate-{}", i), prompts[i],
+                       params);
   while (engine.has_unfinished()) {
     for (const RequestOutput& out : engine.step()) {
-      output.insert(output.end(), out.new_token_ids.begin(), out.new_token_ids.end());
-      logprobs.insert(logprobs.end(), out.new_logprobs.begin(), out.new_logprobs.end());
-      text += out.new_text;
+      const size_t i =
+          prompts.size() == 1 ? 0 : std::stoul(out.request_id.substr(out.request_id.find('-') + 1));
+      Result& r = results[i];
+      r.output.insert(r.output.end(), out.new_token_ids.begin(), out.new_token_ids.end());
+      r.logprobs.insert(r.logprobs.end(), out.new_logprobs.begin(), out.new_logprobs.end());
+      r.text += out.new_text;
       if (!o.json) {
         if (text_mode) {
           std::fwrite(out.new_text.data(), 1, out.new_text.size(), stdout);
@@ -118,24 +134,27 @@ void run_generate(const GenerateOptions& o) {
         }
         std::fflush(stdout);
       }
-      if (out.finished) reason = out.finish_reason;
+      if (out.finished) r.reason = out.finish_reason;
     }
   }
   if (o.json) {
-    nlohmann::json j = {{"prompt_ids", prompt},
-                        {"output_ids", output},
-                        {"text", text},
-                        {"finish_reason", finish_reason_name(reason)}};
-    if (o.logprobs >= 0) {
-      nlohmann::json lp = nlohmann::json::array();
-      for (const TokenLogprobs& t : logprobs) {
-        nlohmann::json pos = nlohmann::json::array();
-        for (const auto& [id, value] : t.top) pos.push_back({id, value});
-        lp.push_back(pos);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const Result& r = results[i];
+      nlohmann::json j = {{"prompt_ids", prompts[i]},
+                          {"output_ids", r.output},
+                          {"text", r.text},
+                          {"finish_reason", finish_reason_name(r.reason)}};
+      if (o.logprobs >= 0) {
+        nlohmann::json lp = nlohmann::json::array();
+        for (const TokenLogprobs& t : r.logprobs) {
+          nlohmann::json pos = nlohmann::json::array();
+          for (const auto& [id, value] : t.top) pos.push_back({id, value});
+          lp.push_back(pos);
+        }
+        j["logprobs"] = lp;
       }
-      j["logprobs"] = lp;
+      std::printf("%s\n", j.dump().c_str());
     }
-    std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("\n");
   }
@@ -152,7 +171,9 @@ void add_generate_command(CLI::App& app) {
                   "JSON file with {\"messages\": [...]}, rendered with the chat template");
   cmd->add_option("--chat-template", opts->chat_template,
                   "Chat template file or inline Jinja (default: the tokenizer's)");
-  cmd->add_option("--prompt-ids", opts->prompt_ids, "Prompt as comma-separated token ids");
+  cmd->add_option("--prompt-ids", opts->prompt_ids,
+                  "Prompt as comma-separated token ids; repeat for several prompts run as one "
+                  "batch (with --json: one line each)");
   cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", opts->temperature,
                   "0 = greedy (default: generation_config.json, else 1)");

@@ -1,13 +1,17 @@
 // tessera: serve and run Hugging Face LLMs. See README.md for the subcommands.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "apps/cli/commands.h"
 #include "core/logging.h"
 #include "core/status.h"
+#include "distributed/world.h"
+#include "engine/engine_builder.h"
 
 int main(int argc, char** argv) {
   tessera::init_logging();
@@ -50,8 +54,16 @@ int main(int argc, char** argv) {
     app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const tessera::WorkerRankFinished&) {
+    return 0;  // a worker rank of a tp/pp job, stopped by rank 0
   } catch (const tessera::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    // Every rank of a job reaches the same verdict at start-up; rank 0 says it.
+    if (tessera::launcher_rank() == 0) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+    } else {
+      // mpirun kills the job when the first rank exits non-zero: let rank 0 print first.
+      std::this_thread::sleep_for(std::chrono::seconds(2));
+    }
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

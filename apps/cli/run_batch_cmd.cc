@@ -15,6 +15,7 @@
 #include "core/logging.h"
 #include "core/status.h"
 #include "core/sys.h"
+#include "distributed/world.h"
 #include "server/api_error.h"
 #include "server/loaded_model.h"
 #include "server/openai_server.h"
@@ -90,6 +91,12 @@ json process_line(const std::string& line, const ServingModel& model,
 }
 
 void run_batch(const RunBatchOptions& o) {
+  EngineArgs args = to_engine_args(o.engine);
+  if (launcher_rank() > 0) {
+    // Another rank of a tp/pp job: only rank 0 reads and writes the files.
+    EngineInstance::create(args);
+    return;
+  }
   std::vector<std::string> lines;
   {
     std::ifstream in(o.input);
@@ -101,7 +108,6 @@ void run_batch(const RunBatchOptions& o) {
   if (!out) fail("cannot write {}", o.output);
   std::vector<std::string> names = o.served_model_names;
   if (names.empty()) names = {o.engine.model};
-  EngineArgs args = to_engine_args(o.engine);
   std::unique_ptr<LoadedModel> loaded = LoadedModel::load(args, names.front(), o.chat_template);
   const ServingModel model = loaded->serving();
 

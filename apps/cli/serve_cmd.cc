@@ -14,6 +14,7 @@
 #include "core/logging.h"
 #include "core/status.h"
 #include "core/sys.h"
+#include "distributed/world.h"
 #include "server/loaded_model.h"
 #include "server/openai_server.h"
 
@@ -30,9 +31,6 @@ struct ServeOptions {
   std::string chat_template;
   double shutdown_timeout = 30;
   std::string max_request_body = "8MiB";
-  int tensor_parallel_size = 1;
-  int pipeline_parallel_size = 1;
-  std::string distributed_executor_backend;
   std::string quantization;
 };
 
@@ -73,12 +71,6 @@ class ShutdownSignal {
 };
 
 void run_serve(ServeOptions& o) {
-  if (o.tensor_parallel_size != 1 || o.pipeline_parallel_size != 1)
-    fail(ErrorKind::kUnsupported,
-         "--tensor-parallel-size/--pipeline-parallel-size > 1 are not available in this build yet");
-  if (o.distributed_executor_backend == "ray")
-    fail(ErrorKind::kUnsupported,
-         "--distributed-executor-backend ray is not supported: tessera uses mp (one node) or mpi");
   if (!o.quantization.empty() && o.quantization != "none")
     fail(ErrorKind::kUnsupported, "--quantization {} is not supported", o.quantization);
   if (o.port < 0 || o.port > 65535) fail("--port must be between 0 and 65535, got {}", o.port);
@@ -86,6 +78,15 @@ void run_serve(ServeOptions& o) {
   if (o.api_key.empty())
     if (const char* key = std::getenv("VLLM_API_KEY")) o.api_key = key;
   EngineArgs args = to_engine_args(o.engine);  // validates flags before the port opens
+  if (launcher_rank() > 0) {
+    // Another rank of a tp/pp job: no port; it runs steps until rank 0 stops (never returns).
+    // SIGTERM/SIGINT reach every rank through mpirun: rank 0 drains its requests and then stops
+    // the others, so they must not die first.
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    EngineInstance::create(args);
+    return;
+  }
 
   ShutdownSignal signal;
   ServerOptions so;
@@ -162,10 +163,6 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-request-body", o->max_request_body, "Largest request body (413 beyond)")
       ->capture_default_str();
-  cmd->add_option("--tensor-parallel-size", o->tensor_parallel_size, "Ranks per replica");
-  cmd->add_option("--pipeline-parallel-size", o->pipeline_parallel_size, "Pipeline stages");
-  cmd->add_option("--distributed-executor-backend", o->distributed_executor_backend,
-                  "mp or mpi (ray is not supported)");
   cmd->add_option("--quantization,-q", o->quantization, "Only none is supported");
   // Flags the public recipes pass that change nothing here.
   auto noop = std::make_shared<std::string>();

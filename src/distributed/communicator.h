@@ -1,6 +1,8 @@
 // Collectives over a group of ranks. Implementations: SingleCommunicator (one rank, no MPI),
 // MpiCommunicator (OpenMPI), and later NCCL for GPUs; the interface takes device tensors so that
 // an NCCL implementation fits. Every rank of the group must make the same calls in the same order.
+// A peer that does not answer within the communicator's timeout makes the call throw
+// DistributedError naming that peer and its host.
 #pragma once
 
 #include <cstdint>
@@ -8,9 +10,18 @@
 #include <string>
 #include <vector>
 
+#include "core/status.h"
 #include "core/tensor.h"
 
 namespace tessera {
+
+// A rank died or stopped answering; the message names it. Not a user error: callers bring the
+// whole job down (DistributedWorld::abort) after reporting it.
+class DistributedError : public Error {
+ public:
+  explicit DistributedError(std::string message)
+      : Error(std::move(message), ErrorKind::kInternal) {}
+};
 
 class Communicator {
  public:
@@ -18,15 +29,23 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
 
-  // In place: t = sum over ranks of t (f32 or bf16).
+  // In place: t = sum over ranks of t (f32 or bf16). The sum is taken in f32 in rank order
+  // (((r0 + r1) + r2) + ...), so every rank gets bitwise the same result.
   virtual void all_reduce_sum(const Tensor& t) = 0;
   // out (contiguous, size() * in.numel() elements) = the ranks' `in` concatenated in rank order.
+  // Any dtype.
   virtual void all_gather(const Tensor& in, const Tensor& out) = 0;
   // t on every rank = t on `root`.
   virtual void broadcast(const Tensor& t, int root) = 0;
   virtual void send(const Tensor& t, int dst) = 0;
   virtual void recv(const Tensor& t, int src) = 0;
-  // Variable-length bytes from root to all (control messages: scheduler decisions).
+  // Starts a send and returns at once; `t` must stay alive and unchanged until wait_sends().
+  // Lets pipeline stages hand on a micro-batch while they compute the next.
+  virtual void send_async(const Tensor& t, int dst) { send(t, dst); }
+  virtual void wait_sends() {}
+  // Variable-length bytes from root to all (control messages: scheduler decisions). Receivers
+  // may wait indefinitely for the message to start (an idle server sends nothing); once it has
+  // started, the usual timeout applies.
   virtual void broadcast_bytes(std::string& data, int root) = 0;
   virtual void barrier() = 0;
 };

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
+#include <vector>
+
 #include "core/status.h"
 
 namespace tessera {
@@ -27,6 +30,43 @@ Range split_evenly(int64_t total, int parts, int index) {
   Range r;
   r.begin = index * base + std::min<int64_t>(index, extra);
   r.end = r.begin + base + (index < extra ? 1 : 0);
+  return r;
+}
+
+Range pipeline_layers(int64_t num_layers, int pp, int stage, const std::string& partition) {
+  TESSERA_CHECK(pp > 0 && stage >= 0 && stage < pp);
+  std::vector<int64_t> parts;
+  if (!partition.empty()) {
+    size_t at = 0;
+    while (at <= partition.size()) {
+      size_t comma = partition.find(',', at);
+      if (comma == std::string::npos) comma = partition.size();
+      const std::string item = partition.substr(at, comma - at);
+      char* end = nullptr;
+      const long long v = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || v < 1)
+        fail("pipeline layer partition \"{}\": \"{}\" is not a positive layer count", partition,
+             item);
+      parts.push_back(v);
+      at = comma + 1;
+    }
+    if (static_cast<int>(parts.size()) != pp)
+      fail("pipeline layer partition \"{}\" has {} entries for {} pipeline stages", partition,
+           parts.size(), pp);
+    int64_t sum = 0;
+    for (int64_t v : parts) sum += v;
+    if (sum != num_layers)
+      fail("pipeline layer partition \"{}\" adds up to {} layers, but the model has {}", partition,
+           sum, num_layers);
+  } else {
+    if (pp > num_layers)
+      fail("--pipeline-parallel-size {} is more than the model's {} layers", pp, num_layers);
+    parts.assign(pp, num_layers / pp);
+    for (int64_t i = 2; i < num_layers % pp + 2; ++i) parts[pp - i] += 1;
+  }
+  Range r;
+  for (int s = 0; s < stage; ++s) r.begin += parts[s];
+  r.end = r.begin + parts[stage];
   return r;
 }
 

@@ -35,4 +35,10 @@ struct Range {
 };
 Range split_evenly(int64_t total, int parts, int index);
 
+// Layers [begin, end) of pipeline stage `stage` of `pp`, as vLLM splits them: num_layers / pp
+// each, the remainder one extra to the stages just before the last (counting back from the
+// second to last). `partition` ("4,5,3": layers per stage, as VLLM_PP_LAYER_PARTITION) overrides
+// it. Throws tessera::Error when there are more stages than layers or the partition does not fit.
+Range pipeline_layers(int64_t num_layers, int pp, int stage, const std::string& partition = "");
+
 }  // namespace tessera

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "core/logging.h"
 #include "core/status.h"
@@ -24,6 +26,10 @@ void EngineArgs::validate() const {
     fail("--num-gpu-blocks-override must be positive, got {}", *num_gpu_blocks_override);
   if (max_model_len < 0) fail("--max-model-len must be positive, got {}", max_model_len);
   if (threads < 0) fail("--threads must be positive, got {}", threads);
+  if (tensor_parallel_size < 1)
+    fail("--tensor-parallel-size must be at least 1, got {}", tensor_parallel_size);
+  if (pipeline_parallel_size < 1)
+    fail("--pipeline-parallel-size must be at least 1, got {}", pipeline_parallel_size);
 }
 
 KvCachePlan plan_kv_cache(const EngineArgs& args, int64_t device_memory, int64_t weight_bytes,
@@ -76,39 +82,119 @@ std::vector<int32_t> eos_token_ids(const ModelConfig& config, const GenerationCo
 
 EngineInstance::~EngineInstance() = default;
 
+namespace {
+
+// Runs `body` on every rank and makes all of them agree on the outcome: when any rank fails
+// (a model folder missing on one node, a configuration that does not divide), every rank throws
+// the same error naming the first failing rank, instead of the others waiting for it forever.
+template <typename F>
+void on_all_ranks(DistributedWorld& world, const char* what, F&& body) {
+  std::string error;
+  ErrorKind kind = ErrorKind::kInternal;
+  try {
+    body();
+  } catch (const Error& e) {
+    error = e.what();
+    kind = e.kind();
+  }
+  Communicator& c = world.world();
+  if (c.size() == 1) {
+    if (!error.empty()) throw Error(error, kind);
+    return;
+  }
+  constexpr int64_t kLen = 1024;
+  Tensor mine = Tensor::zeros({kLen}, DType::kI8);
+  char* text = static_cast<char*>(mine.raw());
+  if (!error.empty()) {
+    text[0] = 1;
+    text[1] = static_cast<char>(kind);
+    std::snprintf(text + 2, kLen - 2, "%s", error.c_str());
+  }
+  Tensor all = Tensor::empty({c.size() * kLen}, DType::kI8);
+  c.all_gather(mine, all);
+  for (int r = 0; r < c.size(); ++r) {
+    const char* t = static_cast<const char*>(all.raw()) + r * kLen;
+    if (t[0] == 1) {
+      spdlog::debug("{} failed on {}", what, world.describe_rank(r));
+      fail(static_cast<ErrorKind>(t[1]), "{}{}", c.size() > 1 ? world.describe_rank(r) + ": " : "",
+           t + 2);
+    }
+  }
+}
+
+// Threads per rank when --threads is not given: the node's cores shared by its ranks.
+int default_threads() {
+  int local = 1;
+  for (const char* name :
+       {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
+    if (const char* v = std::getenv(name); v && std::atoi(v) > 0) {
+      local = std::atoi(v);
+      break;
+    }
+  return std::max(1, physical_core_count() / local);
+}
+
+}  // namespace
+
 std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
                                                        TextDecoderFactory text_decoders) {
   args.validate();
   std::unique_ptr<EngineInstance> e(new EngineInstance());
   e->args_ = args;
-  const int threads = args.threads > 0 ? args.threads : physical_core_count();
+  DistributedOptions dist;
+  dist.tp = args.tensor_parallel_size;
+  dist.pp = args.pipeline_parallel_size;
+  dist.timeout_s = args.distributed_timeout_s;
+  e->world_ = DistributedWorld::create(dist);
+  DistributedWorld& world = *e->world_;
+  const WorldConfig& wc = world.config();
+  const bool multi = wc.world_size > 1;
+  const int threads = args.threads > 0 ? args.threads : default_threads();
   e->pool_ = std::make_unique<ThreadPool>(threads);
   e->backend_ = std::make_unique<CpuBackend>(*e->pool_, cpu::detect_isa(), args.matmul_precision);
-  e->tp_comm_ = std::make_unique<SingleCommunicator>();
-  e->ctx_ = std::make_unique<ModelContext>(ModelContext{*e->backend_, *e->tp_comm_});
+  PipelineStage stage;
+  stage.index = wc.pp_rank();
+  stage.count = wc.pp;
+  stage.partition = args.pp_layer_partition;
+  if (stage.partition.empty())
+    if (const char* v = std::getenv("VLLM_PP_LAYER_PARTITION")) stage.partition = v;
+  e->ctx_ = std::make_unique<ModelContext>(ModelContext{*e->backend_, world.tp(), stage});
 
   LoadOptions load;
   load.dtype = args.dtype;
   load.format = args.load_format;
   load.pool = e->pool_.get();
   LoadReport report;
-  e->model_ = load_model(args.model, *e->ctx_, load, &report);
-  e->generation_ = load_generation_config(args.model);
+  on_all_ranks(world, "loading the model", [&] {
+    e->model_ = load_model(args.model, *e->ctx_, load, &report);
+    e->generation_ = load_generation_config(args.model);
+  });
   e->load_seconds_ = report.seconds;
   const ModelConfig& config = e->model_->config();
-  spdlog::info("loaded {} ({}, {} layers) from {}: {:.2f} GB of weights in {:.2f} s{}",
-               config.architecture, dtype_name(config.dtype), config.num_layers,
-               args.model.string(), e->model_->weight_bytes() / 1e9, report.seconds,
-               report.bytes_read
-                   ? fmt::format(" ({:.2f} GB read in {:.2f} s at {:.2f} GB/s)",
-                                 report.bytes_read / 1e9, report.read_seconds,
-                                 report.bytes_read / 1e9 / std::max(report.read_seconds, 1e-9))
-               : args.load_format == LoadFormat::kMmap
-                   ? std::string(" (memory-mapped: pages are read on first use)")
-                   : std::string(""));
+  if (wc.is_driver())
+    spdlog::info("loaded {} ({}, {} layers) from {}: {:.2f} GB of weights in {:.2f} s{}",
+                 config.architecture, dtype_name(config.dtype), config.num_layers,
+                 args.model.string(), e->model_->weight_bytes() / 1e9, report.seconds,
+                 report.bytes_read
+                     ? fmt::format(" ({:.2f} GB read in {:.2f} s at {:.2f} GB/s)",
+                                   report.bytes_read / 1e9, report.read_seconds,
+                                   report.bytes_read / 1e9 / std::max(report.read_seconds, 1e-9))
+                 : args.load_format == LoadFormat::kMmap
+                     ? std::string(" (memory-mapped: pages are read on first use)")
+                     : std::string(""));
+  if (multi) {
+    const Range layers = e->ctx_->owned_layers(config.num_layers);
+    spdlog::info(
+        "{} on {}: layers [{}, {}) of {}{}{}, {} KV heads, {:.1f} MB of weights ({:.1f} MB read), "
+        "{} threads, RSS {:.1f} MB",
+        wc.describe(), world.host(wc.rank), layers.begin, layers.end, config.num_layers,
+        e->ctx_->owns_embedding() ? ", embedding" : "", e->ctx_->owns_lm_head() ? ", LM head" : "",
+        e->model_->kv_heads_local(), e->model_->weight_bytes() / 1e6, report.bytes_read / 1e6,
+        threads, current_rss_bytes() / 1e6);
+  }
 
   int64_t max_len = args.max_model_len > 0 ? args.max_model_len : config.max_position_embeddings;
-  if (args.max_model_len > config.max_position_embeddings)
+  if (args.max_model_len > config.max_position_embeddings && wc.is_driver())
     spdlog::warn("--max-model-len {} exceeds max_position_embeddings {} in config.json",
                  args.max_model_len, config.max_position_embeddings);
   const DType kv_dtype =
@@ -119,10 +205,23 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   const int64_t block_bytes =
       kv_block_bytes(kv_shape, args.block_size, static_cast<int64_t>(dtype_size(kv_dtype)));
   const int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
-  e->kv_plan_ =
-      plan_kv_cache(args, total_memory_bytes(), static_cast<int64_t>(e->model_->weight_bytes()),
-                    activations, block_bytes, max_len);
-  const int64_t blocks = e->kv_plan_.num_blocks;
+  on_all_ranks(world, "sizing the KV cache", [&] {
+    e->kv_plan_ =
+        plan_kv_cache(args, total_memory_bytes(), static_cast<int64_t>(e->model_->weight_bytes()),
+                      activations, block_bytes, max_len);
+  });
+  int64_t blocks = e->kv_plan_.num_blocks;
+  if (multi) {
+    // Every rank must hold every block: the smallest count wins.
+    Tensor mine = Tensor::empty({1}, DType::kI64);
+    mine.data<int64_t>()[0] = blocks;
+    Tensor all = Tensor::empty({wc.world_size}, DType::kI64);
+    world.world().all_gather(mine, all);
+    for (int r = 0; r < wc.world_size; ++r) blocks = std::min(blocks, all.data<int64_t>()[r]);
+    if (blocks != e->kv_plan_.num_blocks)
+      e->kv_plan_.rule += fmt::format(", the minimum over {} ranks", wc.world_size);
+    e->kv_plan_.num_blocks = blocks;
+  }
   const int64_t tokens = blocks * args.block_size;
   if (tokens < max_len) {
     if (args.max_model_len > 0)
@@ -131,16 +230,31 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
            "(--kv-cache-memory, --gpu-memory-utilization) or lower --max-model-len",
            tokens, max_len);
     max_len = tokens;  // like vLLM's automatic fallback when the default does not fit
-    spdlog::warn("max_model_len lowered to {} tokens to fit the KV cache", max_len);
+    if (wc.is_driver())
+      spdlog::warn("max_model_len lowered to {} tokens to fit the KV cache", max_len);
   }
   e->cache_ = allocate_kv_cache(*e->backend_, *e->model_, blocks, args.block_size, kv_dtype);
-  spdlog::info("# CPU blocks: {}, block size {}, {} per block ({})", blocks, args.block_size,
-               block_bytes, e->kv_plan_.rule);
-  spdlog::info("KV cache size: {} tokens", tokens);
-  spdlog::info("Maximum concurrency for {} tokens per request: {:.2f}x", max_len,
-               static_cast<double>(tokens) / static_cast<double>(max_len));
+  if (wc.is_driver()) {
+    spdlog::info("# CPU blocks: {}, block size {}, {} per block ({})", blocks, args.block_size,
+                 block_bytes, e->kv_plan_.rule);
+    spdlog::info("KV cache size: {} tokens", tokens);
+    spdlog::info("Maximum concurrency for {} tokens per request: {:.2f}x", max_len,
+                 static_cast<double>(tokens) / static_cast<double>(max_len));
+  }
 
-  e->runner_ = std::make_unique<ModelRunner>(*e->backend_, *e->model_, e->cache_);
+  PipelineLinks links;
+  links.world_config = wc;
+  links.world = &world.world();
+  links.pp = &world.pp();
+  e->runner_ = std::make_unique<ModelRunner>(*e->backend_, *e->model_, e->cache_, links);
+  if (multi) {
+    world.world().barrier();  // every rank is ready before the first step
+    if (!wc.is_driver()) {
+      run_worker_loop(*e->runner_, world);
+      throw WorkerRankFinished{};
+    }
+    e->executor_ = std::make_unique<DistributedExecutor>(*e->runner_, world);
+  }
   EngineConfig ec;
   ec.scheduler.max_num_seqs = args.max_num_seqs;
   ec.scheduler.max_num_batched_tokens = args.max_num_batched_tokens;
@@ -150,8 +264,8 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   ec.enable_prefix_caching = args.enable_prefix_caching;
   ec.vocab_size = config.vocab_size;
   ec.eos_token_ids = eos_token_ids(config, e->generation_);
-  e->engine_ =
-      std::make_unique<LLMEngine>(ec, *e->runner_, std::move(text_decoders), e->pool_.get());
+  ModelExecutor& executor = e->executor_ ? static_cast<ModelExecutor&>(*e->executor_) : *e->runner_;
+  e->engine_ = std::make_unique<LLMEngine>(ec, executor, std::move(text_decoders), e->pool_.get());
   return e;
 }
 

@@ -12,6 +12,8 @@
 #include "config/model_config.h"
 #include "core/thread_pool.h"
 #include "distributed/communicator.h"
+#include "distributed/world.h"
+#include "engine/distributed_executor.h"
 #include "engine/llm_engine.h"
 #include "engine/model_runner.h"
 #include "kernels/backend.h"
@@ -38,6 +40,11 @@ struct EngineArgs {
   LoadFormat load_format = LoadFormat::kAuto;  // --load-format
   // --cpu-matmul-precision: exact (activations split into two bf16 halves) or bf16 (rounded).
   MatmulPrecision matmul_precision = MatmulPrecision::kExact;
+  // Parallelism (docs/distributed.md): ranks = tp x pp, launched by mpirun/srun.
+  int tensor_parallel_size = 1;       // --tensor-parallel-size / -tp
+  int pipeline_parallel_size = 1;     // --pipeline-parallel-size / -pp
+  std::string pp_layer_partition;     // --pp-layer-partition or VLLM_PP_LAYER_PARTITION
+  double distributed_timeout_s = 60;  // a peer silent this long inside a step is declared dead
 
   // Throws tessera::Error naming the flag when a value is out of range.
   void validate() const;
@@ -60,8 +67,15 @@ struct KvCachePlan {
 KvCachePlan plan_kv_cache(const EngineArgs& args, int64_t device_memory, int64_t weight_bytes,
                           int64_t activation_bytes, int64_t block_bytes, int64_t max_model_len);
 
+// Thrown by EngineInstance::create on ranks other than the driver once the driver has told them
+// to stop: they have served the whole job inside create(). Not an std::exception, so that only
+// the program's entry point (which returns 0) catches it.
+struct WorkerRankFinished {};
+
 class EngineInstance {
  public:
+  // On the driver (and without parallelism) returns the instance. On other ranks, runs the
+  // worker loop until the driver stops and then throws WorkerRankFinished.
   static std::unique_ptr<EngineInstance> create(const EngineArgs& args,
                                                 TextDecoderFactory text_decoders = {});
   ~EngineInstance();
@@ -75,17 +89,19 @@ class EngineInstance {
   double load_seconds() const { return load_seconds_; }
   uint64_t weight_bytes() const { return model_->weight_bytes(); }
   std::string backend_name() const { return backend_->name(); }
+  const WorldConfig& world_config() const { return world_->config(); }
 
  private:
   EngineInstance() = default;
   EngineArgs args_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<SingleCommunicator> tp_comm_;
+  std::unique_ptr<DistributedWorld> world_;
   std::unique_ptr<ModelContext> ctx_;
   std::unique_ptr<CausalLM> model_;
   KVCache cache_;
   std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<DistributedExecutor> executor_;  // multi-rank runs
   std::unique_ptr<LLMEngine> engine_;
   GenerationConfig generation_;
   KvCachePlan kv_plan_;

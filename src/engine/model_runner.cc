@@ -6,8 +6,8 @@
 
 namespace tessera {
 
-ModelRunner::ModelRunner(Backend& backend, CausalLM& model, KVCache& cache)
-    : backend_(backend), model_(model), cache_(cache) {}
+ModelRunner::ModelRunner(Backend& backend, CausalLM& model, KVCache& cache, PipelineLinks links)
+    : backend_(backend), model_(model), cache_(cache), links_(links) {}
 
 Tensor ModelRunner::to_device(const std::vector<int32_t>& values,
                               std::initializer_list<int64_t> shape) {
@@ -20,7 +20,7 @@ Tensor ModelRunner::to_device(const std::vector<int32_t>& values,
   return dev;
 }
 
-Tensor ModelRunner::execute(const StepInputs& in) {
+ForwardBatch ModelRunner::make_batch(const StepInputs& in) {
   const int64_t t = in.num_tokens(), s = in.num_seqs();
   TESSERA_CHECK_GT(t, 0);
   ForwardBatch batch;
@@ -34,11 +34,96 @@ Tensor ModelRunner::execute(const StepInputs& in) {
   meta.seq_lens = to_device(in.seq_lens, {s});
   meta.block_tables = to_device(in.block_tables, {s, in.max_blocks});
   meta.slot_mapping = to_device(in.slot_mapping, {t});
-  Tensor logits = model_.forward(batch, cache_);
+  return batch;
+}
+
+Tensor ModelRunner::execute(const StepInputs& in) {
+  if (links_.world_config.pp > 1) return execute_pipelined(in);
+  Tensor logits = model_.forward(make_batch(in), cache_);
+  if (!links_.world_config.is_driver()) return Tensor();
   if (logits.device() == Device::kCPU) return logits;
   Tensor host = Tensor::empty(logits.shape(), DType::kF32);
   backend_.copy(logits, host);
   return host;
+}
+
+Tensor ModelRunner::execute_pipelined(const StepInputs& in) {
+  const WorldConfig& w = links_.world_config;
+  Communicator& pp = *links_.pp;
+  const int64_t hidden = model_.config().hidden_size, vocab = model_.config().vocab_size;
+  MicroBatches mb = split_micro_batches(in, w.pp);
+  const size_t n = mb.parts.size();
+  // Kept alive until the asynchronous sends complete.
+  std::vector<Tensor> outgoing(n);
+  const bool sends_logits = w.is_last_stage() && w.tp_rank() == 0 && !w.is_driver();
+  for (size_t k = 0; k < n; ++k) {
+    ForwardBatch batch = make_batch(mb.parts[k]);
+    if (!w.is_first_stage()) {
+      batch.hidden_in = backend_.empty({mb.parts[k].num_tokens(), hidden}, DType::kF32);
+      pp.recv(batch.hidden_in, pp.rank() - 1);
+    }
+    Tensor out = model_.forward(batch, cache_);
+    if (!w.is_last_stage()) {
+      // The model's buffer is reused by the next micro-batch: send a copy.
+      outgoing[k] = backend_.empty(out.shape(), DType::kF32);
+      backend_.copy(out, outgoing[k]);
+      pp.send_async(outgoing[k], pp.rank() + 1);
+    } else if (sends_logits) {
+      outgoing[k] = out;
+      links_.world->send_async(outgoing[k], 0);
+    }
+  }
+  pp.wait_sends();
+  links_.world->wait_sends();
+  if (!w.is_driver()) return Tensor();
+  // The driver (first stage) collects the logits of every micro-batch from the last stage.
+  Tensor logits = Tensor::empty({static_cast<int64_t>(in.logit_rows.size()), vocab}, DType::kF32);
+  const int last = w.rank_of(w.pp - 1, 0);
+  for (size_t k = 0; k < n; ++k) {
+    const int64_t rows = static_cast<int64_t>(mb.logit_index[k].size());
+    Tensor part = Tensor::empty({rows, vocab}, DType::kF32);
+    links_.world->recv(part, last);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(logits.data<float>() + static_cast<int64_t>(mb.logit_index[k][r]) * vocab,
+                  part.data<float>() + r * vocab, vocab * sizeof(float));
+  }
+  return logits;
+}
+
+MicroBatches split_micro_batches(const StepInputs& in, int parts) {
+  MicroBatches mb;
+  const int64_t seqs = in.num_seqs();
+  const int count = static_cast<int>(std::min<int64_t>(parts, seqs));
+  // Which sequence each logit row belongs to (rows are token indices of the batch).
+  std::vector<int32_t> row_seq(in.logit_rows.size());
+  for (size_t j = 0; j < in.logit_rows.size(); ++j) {
+    const int32_t row = in.logit_rows[j];
+    int32_t s = 0;
+    while (in.query_start[s + 1] <= row) ++s;
+    row_seq[j] = s;
+  }
+  for (int k = 0; k < count; ++k) {
+    const Range r = split_evenly(seqs, count, k);
+    const int32_t t0 = in.query_start[r.begin], t1 = in.query_start[r.end];
+    StepInputs p;
+    p.token_ids.assign(in.token_ids.begin() + t0, in.token_ids.begin() + t1);
+    p.positions.assign(in.positions.begin() + t0, in.positions.begin() + t1);
+    p.slot_mapping.assign(in.slot_mapping.begin() + t0, in.slot_mapping.begin() + t1);
+    for (int64_t s = r.begin; s <= r.end; ++s) p.query_start.push_back(in.query_start[s] - t0);
+    p.seq_lens.assign(in.seq_lens.begin() + r.begin, in.seq_lens.begin() + r.end);
+    p.max_blocks = in.max_blocks;
+    p.block_tables.assign(in.block_tables.begin() + r.begin * in.max_blocks,
+                          in.block_tables.begin() + r.end * in.max_blocks);
+    std::vector<int32_t> index;
+    for (size_t j = 0; j < in.logit_rows.size(); ++j) {
+      if (row_seq[j] < r.begin || row_seq[j] >= r.end) continue;
+      p.logit_rows.push_back(in.logit_rows[j] - t0);
+      index.push_back(static_cast<int32_t>(j));
+    }
+    mb.parts.push_back(std::move(p));
+    mb.logit_index.push_back(std::move(index));
+  }
+  return mb;
 }
 
 }  // namespace tessera

@@ -172,6 +172,12 @@ Tensor WeightSource::dummy(const std::string& name, std::span<const int64_t> sha
   return out;
 }
 
+void WeightSource::ignore_prefix(const std::string& prefix) {
+  if (!checkpoint_) return;
+  for (const auto& name : checkpoint_->names())
+    if (name.rfind(prefix, 0) == 0) used_.insert(name);
+}
+
 void WeightSource::check_all_used() const {
   if (format_ == LoadFormat::kDummy) return;
   std::vector<std::string> extra;

@@ -48,6 +48,8 @@ class WeightSource {
   }
   // Marks a tensor as known but unused (e.g. rotary_emb.inv_freq in old checkpoints).
   void ignore(const std::string& name) { used_.insert(name); }
+  // Marks every tensor whose name starts with `prefix` (another pipeline stage's layers).
+  void ignore_prefix(const std::string& prefix);
   // Throws listing the checkpoint tensors nobody took.
   void check_all_used() const;
   // Bytes of the slices taken (this rank's share) and bytes actually read from files.

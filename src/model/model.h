@@ -30,13 +30,18 @@ struct ForwardBatch {
   Tensor positions;  // [T] int32
   AttentionMetadata attention;
   Tensor logit_rows;  // [R] int32: rows of the batch whose logits are returned
+  // Pipeline stages after the first: the residual stream [T, hidden] f32 that the previous stage
+  // returned (its hidden states after its last layer).
+  Tensor hidden_in;
 };
 
 class CausalLM {
  public:
   virtual ~CausalLM() = default;
   virtual const ModelConfig& config() const = 0;
-  // Logits [R, vocab] f32 on the backend's device for the rows in batch.logit_rows.
+  // Logits [R, vocab] f32 on the backend's device for the rows in batch.logit_rows; on a
+  // pipeline stage before the last, the hidden states [T, hidden] f32 for the next stage (a view
+  // of a buffer the next forward reuses).
   virtual Tensor forward(const ForwardBatch& batch, KVCache& cache) = 0;
   // Key/value heads and layers held by this rank (sizes the KV cache).
   virtual int64_t kv_heads_local() const = 0;

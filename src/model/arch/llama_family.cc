@@ -228,16 +228,38 @@ class LlamaFamilyModel : public CausalLM {
       if (c.dtype == DType::kBF16) scale = round_to_bf16(scale);
       if (c.dtype == DType::kF16) scale = f16_to_f32(f32_to_f16(scale));
     }
-    embed_.emplace(ctx, w, "model.embed_tokens.weight", c.vocab_size, c.hidden_size, scale);
-    for (int64_t l = 0; l < c.num_layers; ++l) layers_.emplace_back(ctx, w, c, l);
-    norm_ = load_norm(ctx, w, "model.norm.weight", c.hidden_size, c);
-    if (c.tie_word_embeddings) {
-      if (w.has("lm_head.weight")) w.ignore("lm_head.weight");  // tied: the embedding is used
-      lm_head_.emplace(ctx, embed_->shard(), embed_->range(), c.vocab_size);
+    // Pipeline stages: the first holds the embedding, the last the final norm and LM head, each
+    // its own range of layers; the rest of the checkpoint belongs to other stages.
+    const Range owned = ctx.owned_layers(c.num_layers);
+    if (ctx.owns_embedding()) {
+      embed_.emplace(ctx, w, "model.embed_tokens.weight", c.vocab_size, c.hidden_size, scale);
+    } else if (!(c.tie_word_embeddings && ctx.owns_lm_head())) {
+      w.ignore("model.embed_tokens.weight");
+    }
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      if (l >= owned.begin && l < owned.end) {
+        layers_.emplace_back(ctx, w, c, l);
+      } else {
+        w.ignore_prefix(fmt::format("model.layers.{}.", l));
+      }
+    }
+    if (ctx.owns_lm_head()) {
+      norm_ = load_norm(ctx, w, "model.norm.weight", c.hidden_size, c);
+      if (c.tie_word_embeddings && embed_) {
+        if (w.has("lm_head.weight")) w.ignore("lm_head.weight");  // tied: the embedding is used
+        lm_head_.emplace(ctx, embed_->shard(), embed_->range(), c.vocab_size);
+      } else {
+        // Untied, or tied on a last stage that does not hold the embedding: load the rows.
+        const std::string name =
+            c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+        if (c.tie_word_embeddings && w.has("lm_head.weight")) w.ignore("lm_head.weight");
+        Range r = split_evenly(c.vocab_size, ctx.tp_size(), ctx.tp_rank());
+        Tensor t = w.get(name, {c.vocab_size, c.hidden_size}, Slice{0, r.begin, r.end});
+        lm_head_.emplace(ctx, ctx.backend.prepare_weight(t), r, c.vocab_size);
+      }
     } else {
-      Range r = split_evenly(c.vocab_size, ctx.tp_size(), ctx.tp_rank());
-      Tensor t = w.get("lm_head.weight", {c.vocab_size, c.hidden_size}, Slice{0, r.begin, r.end});
-      lm_head_.emplace(ctx, ctx.backend.prepare_weight(t), r, c.vocab_size);
+      w.ignore("model.norm.weight");
+      if (w.has("lm_head.weight")) w.ignore("lm_head.weight");
     }
     for (int64_t l = 0; l < c.num_layers; ++l)
       w.ignore(fmt::format("model.layers.{}.self_attn.rotary_emb.inv_freq", l));
@@ -261,7 +283,7 @@ class LlamaFamilyModel : public CausalLM {
     // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits.
     const int64_t floats = t * (3 * c.hidden_size + (heads + 2 * kv) * d + heads * d + 3 * ffn +
                                 2 * inv_freq_.numel()) +
-                           c.vocab_size;
+                           (ctx_.owns_lm_head() ? c.vocab_size : 0);
     return floats * 4;
   }
   void set_weight_bytes(uint64_t bytes) { weight_bytes_ = bytes; }
@@ -270,11 +292,17 @@ class LlamaFamilyModel : public CausalLM {
     Backend& b = ctx_.backend;
     const int64_t t = batch.token_ids.numel(), h = config_.hidden_size;
     Tensor residual = buf_.residual.get(b, t, h);
-    embed_->forward(batch.token_ids, residual);
+    if (embed_) {
+      embed_->forward(batch.token_ids, residual);
+    } else {
+      TESSERA_CHECK(batch.hidden_in.numel() == t * h) << "a later stage needs the hidden states";
+      b.copy(batch.hidden_in, residual);
+    }
     Tensor table = rope_table_.get(b, t, inv_freq_.numel() * 2);
     b.rope_table(batch.positions, inv_freq_, attention_scaling_, table);
     for (size_t l = 0; l < layers_.size(); ++l)
       layers_[l].forward(residual, table, batch.attention, cache.k[l], cache.v[l], buf_);
+    if (!lm_head_) return residual;  // to the next stage
     const int64_t r = batch.logit_rows.numel();
     Tensor rows = b.empty({r, h}, DType::kF32);
     b.gather_rows(residual, batch.logit_rows, rows);

@@ -1,0 +1,63 @@
+// Communicator over an MPI communicator (OpenMPI: shared memory within a node, TCP between
+// nodes). Collectives are built from point-to-point messages so that a wait knows which peer is
+// missing: after `timeout_s` it throws DistributedError naming that rank and its host. Waits
+// spin briefly, then yield, then sleep, so idle ranks do not take the cores from busy ones.
+#pragma once
+
+#if TESSERA_HAVE_MPI
+
+#include <mpi.h>
+
+#include <string>
+#include <vector>
+
+#include "distributed/communicator.h"
+
+namespace tessera {
+
+class MpiCommunicator : public Communicator {
+ public:
+  // `world_ranks[i]` and `hosts[i]`: the world rank and host of group rank i (for messages).
+  // Takes ownership of `comm` (freed in the destructor unless it is MPI_COMM_WORLD).
+  MpiCommunicator(MPI_Comm comm, std::vector<int> world_ranks, std::vector<std::string> hosts,
+                  double timeout_s, std::string name);
+  ~MpiCommunicator() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void all_reduce_sum(const Tensor& t) override;
+  void all_gather(const Tensor& in, const Tensor& out) override;
+  void broadcast(const Tensor& t, int root) override;
+  void send(const Tensor& t, int dst) override;
+  void recv(const Tensor& t, int src) override;
+  void send_async(const Tensor& t, int dst) override;
+  void wait_sends() override;
+  void broadcast_bytes(std::string& data, int root) override;
+  void barrier() override;
+
+  MPI_Comm comm() const { return comm_; }
+  void set_timeout(double seconds) { timeout_s_ = seconds; }
+
+ private:
+  // Waits for all of `requests`; peers[i] is the group rank requests[i] talks to.
+  void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers,
+                const char* what);
+  void all_gather_bytes(const void* in, void* out, size_t bytes, const char* what);
+  [[noreturn]] void timed_out(const std::vector<int>& missing, const char* what);
+  std::string describe(int group_rank) const;
+
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1;
+  std::vector<int> world_ranks_;
+  std::vector<std::string> hosts_;
+  double timeout_s_;
+  std::string name_;
+  std::vector<float> scratch_;
+  std::vector<char> gathered_;  // every rank's contribution to an all-reduce
+  std::vector<MPI_Request> pending_sends_;
+  std::vector<int> pending_peers_;
+};
+
+}  // namespace tessera
+
+#endif  // TESSERA_HAVE_MPI

@@ -1,0 +1,75 @@
+#include "engine/distributed_executor.h"
+
+#include <chrono>
+#include <thread>
+
+#include "core/logging.h"
+
+namespace tessera {
+
+namespace {
+// The first byte of each control message.
+constexpr char kStep = 'S', kStop = 'Q';
+}  // namespace
+
+DistributedExecutor::DistributedExecutor(ModelRunner& runner, DistributedWorld& world,
+                                         double grace_s)
+    : runner_(runner), world_(world), grace_s_(grace_s) {}
+
+DistributedExecutor::~DistributedExecutor() {
+  if (!failed_) shutdown();
+}
+
+void DistributedExecutor::fail_job(const DistributedError& e) {
+  spdlog::error("{}; stopping every rank", e.what());
+  if (!failed_.exchange(true)) {
+    DistributedWorld* world = &world_;
+    const double grace = grace_s_;
+    std::thread([world, grace] {
+      std::this_thread::sleep_for(std::chrono::duration<double>(grace));
+      world->abort(1);
+    }).detach();
+  }
+  throw e;
+}
+
+Tensor DistributedExecutor::execute(const StepInputs& inputs) {
+  if (failed_) throw DistributedError("a rank has failed; the job is stopping");
+  try {
+    std::string message = std::string(1, kStep) + inputs.serialize();
+    world_.world().broadcast_bytes(message, 0);
+    return runner_.execute(inputs);
+  } catch (const DistributedError& e) {
+    fail_job(e);
+  }
+}
+
+void DistributedExecutor::shutdown() {
+  if (stopped_ || failed_) return;
+  stopped_ = true;
+  std::string message(1, kStop);
+  try {
+    world_.world().broadcast_bytes(message, 0);
+  } catch (const DistributedError& e) {
+    spdlog::error("{}", e.what());
+    world_.abort(1);
+  }
+}
+
+void run_worker_loop(ModelRunner& runner, DistributedWorld& world) {
+  try {
+    for (;;) {
+      std::string message;
+      world.world().broadcast_bytes(message, 0);
+      TESSERA_CHECK(!message.empty());
+      if (message[0] == kStop) return;
+      TESSERA_CHECK_EQ(message[0], kStep);
+      runner.execute(StepInputs::deserialize(std::string_view(message).substr(1)));
+    }
+  } catch (const DistributedError& e) {
+    spdlog::error("{}; stopping every rank", e.what());
+    world.abort(1);
+  }
+}
+
+}  // namespace tessera

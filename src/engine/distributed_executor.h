@@ -1,0 +1,38 @@
+// Multi-rank execution: rank 0 (the driver) runs the one scheduler; every step it broadcasts the
+// step's inputs to all ranks, and every rank runs the same forward pass on its share of the
+// model. Only the driver samples. A DistributedError (a rank that died or stopped answering)
+// brings the whole job down: workers at once, the driver after a short grace period in which
+// the server reports itself unhealthy and fails the open requests.
+#pragma once
+
+#include <atomic>
+
+#include "distributed/world.h"
+#include "engine/model_runner.h"
+
+namespace tessera {
+
+class DistributedExecutor : public ModelExecutor {
+ public:
+  // `grace_s`: seconds between a failure and the abort of the job.
+  DistributedExecutor(ModelRunner& runner, DistributedWorld& world, double grace_s = 2.0);
+  ~DistributedExecutor() override;
+  const ModelConfig& config() const override { return runner_.config(); }
+  Tensor execute(const StepInputs& inputs) override;
+  // Tells the workers to leave their loop (once; also done by the destructor).
+  void shutdown();
+
+ private:
+  [[noreturn]] void fail_job(const DistributedError& e);
+
+  ModelRunner& runner_;
+  DistributedWorld& world_;
+  double grace_s_;
+  bool stopped_ = false;
+  std::atomic<bool> failed_{false};
+};
+
+// A worker rank: runs each step the driver broadcasts until it says stop.
+void run_worker_loop(ModelRunner& runner, DistributedWorld& world);
+
+}  // namespace tessera

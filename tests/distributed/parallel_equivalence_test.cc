@@ -1,0 +1,204 @@
+// Tensor and pipeline parallelism give the single-rank results: for every architecture, a tiny
+// f32 model generates greedily for 8 prompts (one batch) through `tessera generate --json` with
+// TP=1 and with TP=2, PP=2, PP=3 (uneven: 4 layers as 1,2,1), TP=2 x PP=2 (4 ranks on 2 cores).
+// The tp/pp runs re-execute themselves under mpirun, as a user's would. Tokens must be
+// identical and log-probs within 1e-4. Also: each rank reads only its share of the weights.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "model/arch/registry.h"
+#include "model/model_test_util.h"
+
+namespace tessera {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliRun {
+  int status = 0;
+  std::string out, err;
+};
+
+// Runs a shell command line; stdout and stderr apart.
+CliRun run_shell(const std::string& command) {
+  const fs::path err_file =
+      fs::path(::testing::TempDir()) / ("tessera_dist_err_" + std::to_string(getpid()));
+  const std::string cmd = command + " 2>" + err_file.string();
+  CliRun r;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  r.status = WEXITSTATUS(pclose(p));
+  std::ifstream in(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(in), {});
+  fs::remove(err_file);
+  return r;
+}
+
+CliRun run(const std::string& args) {
+  return run_shell(TESSERA_BINARY_DIR "/tessera " + args);
+}
+
+std::vector<nlohmann::json> lines(const std::string& out) {
+  std::vector<nlohmann::json> v;
+  std::stringstream in(out);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty() && line[0] == '{') v.push_back(nlohmann::json::parse(line));
+  return v;
+}
+
+class ParallelEquivalence : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ParallelEquivalence, MatchesOneRank) {
+  const std::string arch = GetParam();
+  const fs::path dir =
+      testing::make_tiny(arch, DType::kF32, 3, nlohmann::json{{"num_hidden_layers", 4}});
+  std::string args = "generate --model " + dir.string() +
+                     " --max-tokens 32 --temperature 0 --ignore-eos --logprobs 1 --json";
+  for (int i = 0; i < 8; ++i) {
+    std::string ids;
+    for (int32_t id : testing::test_ids(3 + 5 * i, 4000, 100 + i))
+      ids += (ids.empty() ? "" : ",") + std::to_string(id);
+    args += " --prompt-ids " + ids;
+  }
+  const CliRun base = run(args);
+  ASSERT_EQ(base.status, 0) << base.err;
+  const std::vector<nlohmann::json> want = lines(base.out);
+  ASSERT_EQ(want.size(), 8u) << base.out;
+  for (const char* layout : {"-tp 2", "-pp 2", "-pp 3", "-tp 2 -pp 2"}) {
+    SCOPED_TRACE(std::string(arch) + " " + layout);
+    const CliRun r = run(args + " " + layout);
+    ASSERT_EQ(r.status, 0) << r.err;
+    const std::vector<nlohmann::json> got = lines(r.out);
+    ASSERT_EQ(got.size(), 8u) << r.out << r.err;
+    for (size_t p = 0; p < 8; ++p) {
+      ASSERT_EQ(got[p]["output_ids"], want[p]["output_ids"]) << "prompt " << p;
+      ASSERT_EQ(got[p]["output_ids"].size(), 32u);
+      for (size_t t = 0; t < 32; ++t) {
+        const double a = got[p]["logprobs"][t][0][1], b = want[p]["logprobs"][t][0][1];
+        EXPECT_NEAR(a, b, 1e-4) << "prompt " << p << " token " << t;
+      }
+    }
+    // The stages and shards the log reports.
+    if (std::string(layout) == "-pp 3") {
+      EXPECT_NE(r.err.find("layers [0, 1) of 4, embedding"), std::string::npos) << r.err;
+      EXPECT_NE(r.err.find("layers [1, 3) of 4,"), std::string::npos) << r.err;
+      EXPECT_NE(r.err.find("layers [3, 4) of 4, LM head"), std::string::npos) << r.err;
+    }
+  }
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Arch, ParallelEquivalence,
+                         ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2"));
+
+// Chunked prefill (8 tokens a step): micro-batches without logit rows pass through the stages.
+TEST(ParallelEquivalenceChunked, ChunkedPrefillMatchesOneRank) {
+  const fs::path dir = testing::make_tiny("llama", DType::kF32, 4);
+  std::string ids;
+  for (int32_t id : testing::test_ids(40, 4000, 7))
+    ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  const std::string args = "generate --model " + dir.string() + " --prompt-ids " + ids +
+                           " --prompt-ids 5,6,7 --max-tokens 8 --temperature 0 --ignore-eos --json "
+                           "--max-num-batched-tokens 8";
+  const CliRun base = run(args);
+  ASSERT_EQ(base.status, 0) << base.err;
+  const std::vector<nlohmann::json> want = lines(base.out);
+  ASSERT_EQ(want.size(), 2u);
+  for (const char* layout : {"-pp 2", "-tp 2 -pp 2"}) {
+    const CliRun r = run(args + " " + layout);
+    ASSERT_EQ(r.status, 0) << r.err;
+    const std::vector<nlohmann::json> got = lines(r.out);
+    ASSERT_EQ(got.size(), 2u) << r.out;
+    for (size_t p = 0; p < 2; ++p) EXPECT_EQ(got[p]["output_ids"], want[p]["output_ids"]) << layout;
+  }
+  fs::remove_all(dir);
+}
+
+// Bytes each rank reads: with TP=2 every sharded weight is read half by each rank and the small
+// replicated ones (norms) by both, so each rank reads (total - replicated) / 2 + replicated.
+TEST(ParallelLoading, EachRankReadsItsShare) {
+  const fs::path dir = testing::make_tiny("llama", DType::kF32, 3);
+  const ModelConfig c = load_model_config(dir);
+  uint64_t total = 0, replicated = 0;
+  for (const WeightSpec& s : weight_specs(c)) {
+    uint64_t bytes = 4;
+    for (int64_t d : s.shape) bytes *= d;
+    total += bytes;
+    if (s.role == WeightRole::kNorm) replicated += bytes;
+  }
+  const uint64_t expect = (total - replicated) / 2 + replicated;
+  const CliRun r =
+      run("generate --model " + dir.string() + " --prompt-ids 1,2,3 --max-tokens 2 --json -tp 2");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::regex line(R"(rank (\d)/2 .*\(([0-9.]+) MB read\))");
+  int seen = 0;
+  for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), line);
+       it != std::sregex_iterator(); ++it) {
+    const double mb = std::stod((*it)[2]);
+    EXPECT_NEAR(mb, expect / 1e6, 0.051) << (*it)[0];
+    EXPECT_LT(mb, 0.6 * total / 1e6);
+    ++seen;
+  }
+  EXPECT_EQ(seen, 2) << r.err;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tessera
+
+namespace tessera {
+namespace {
+
+// Configurations that cannot work fail at start with a message naming the problem.
+TEST(ParallelErrors, MismatchedConfigurationsFailAtStart) {
+  const fs::path dir = testing::make_tiny("llama", DType::kF32, 3);  // 4 heads, 2 KV, 3 layers
+  const std::string gen = "generate --model " + dir.string() + " --prompt-ids 1,2 --json ";
+  CliRun r = run(gen + "-tp 3");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("tensor-parallel size 3 does not divide the 4 attention heads"),
+            std::string::npos)
+      << r.err;
+  r = run(gen + "-pp 4");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("--pipeline-parallel-size 4 is more than the model's 3 layers"),
+            std::string::npos)
+      << r.err;
+  r = run(gen + "-pp 2 --pp-layer-partition 1,1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("adds up to 2 layers, but the model has 3"), std::string::npos) << r.err;
+  r = run(gen + "-tp 2 --distributed-executor-backend ray");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("ray is not supported"), std::string::npos) << r.err;
+  // tp 4 > 2 KV heads: each rank holds one KV head, replicated twice, as vLLM does.
+  r = run(gen + "-tp 4 --max-tokens 4");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("rank 3/4 (tp rank 3/4, pp stage 0/1) on"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 KV heads"), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
+
+// The model folder missing on one rank (launched by hand with mpirun, one folder per rank):
+// every rank stops at start and the message names the rank.
+TEST(ParallelErrors, ModelMissingOnOneRank) {
+  const fs::path dir = testing::make_tiny("llama", DType::kF32, 3);
+  const std::string exe = TESSERA_BINARY_DIR "/tessera";
+  const CliRun r =
+      run_shell(std::string(TESSERA_MPIEXEC) + " --allow-run-as-root --oversubscribe -np 1 " + exe +
+                " generate --model " + dir.string() + " -tp 2 --prompt-ids 1,2 --json : -np 1 " +
+                exe + " generate --model /nonexistent/model -tp 2 --prompt-ids 1,2 --json");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("error: rank 1 (host "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("/nonexistent/model does not exist"), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tessera

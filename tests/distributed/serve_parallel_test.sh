@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# `tessera serve -tp 2` as a user runs it (it starts its own ranks under mpirun):
+#  1. a completion through the server gives the tokens `tessera generate` gives with one rank;
+#  2. a rank that hangs (SIGSTOP) mid-request: /health turns 503, the client gets an error naming
+#     the rank, and every process exits within 10 s;
+#  3. a rank killed (SIGKILL) mid-request: every other rank exits within 10 s, the client gets an
+#     error, and no process is left behind.
+# Usage: serve_parallel_test.sh TESSERA_BINARY
+set -euo pipefail
+tessera="$1"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+"$tessera" make-model --arch llama --preset tiny --dtype f32 --out "$work/model" >/dev/null 2>&1
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_server PORT: serve -tp 2 in the background; sets $server (the mpirun process).
+start_server() {
+  "$tessera" serve "$work/model" --host 127.0.0.1 --port "$1" -tp 2 --distributed-timeout 3 \
+    --max-model-len 512 >"$work/serve.log" 2>&1 &
+  server=$!
+  pids+=("$server")
+  for _ in $(seq 1 300); do
+    code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/health" || true)"
+    [ "$code" = 200 ] && return 0
+    kill -0 "$server" 2>/dev/null || { cat "$work/serve.log"; echo "FAIL: server died"; exit 1; }
+    sleep 0.1
+  done
+  cat "$work/serve.log"
+  echo "FAIL: server not ready"
+  exit 1
+}
+
+# rank_pid N: the pid of world rank N among the server's children.
+rank_pid() {
+  for p in $(pgrep -P "$server"); do
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+      echo "$p"
+      return
+    fi
+  done
+}
+
+# wait_exit SECONDS: waits for the server to exit; fails after SECONDS.
+wait_exit() {
+  local deadline=$((SECONDS + $1))
+  while kill -0 "$server" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { echo "FAIL: still running after $1 s"; exit 1; }
+    sleep 0.1
+  done
+  wait "$server" 2>/dev/null || true
+}
+
+no_leftovers() {
+  sleep 0.5
+  if pgrep -f -- "--port $1 " >/dev/null; then
+    ps -ef | grep -- "--port $1 " | grep -v grep
+    echo "FAIL: processes left behind"
+    exit 1
+  fi
+}
+
+# 1. Same tokens as one rank.
+prompt="5,6,7,8,9"
+want="$("$tessera" generate --model "$work/model" --prompt-ids "$prompt" --max-tokens 12 \
+  --temperature 0 --ignore-eos --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["output_ids"])')"
+port="$(free_port)"
+start_server "$port"
+got="$(curl -s "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+  -d "{\"model\":\"$work/model\",\"prompt\":[$prompt],\"max_tokens\":12,\"temperature\":0,\"ignore_eos\":true,\"return_tokens_as_token_ids\":true,\"logprobs\":1}" |
+  python3 -c 'import json,sys; r=json.load(sys.stdin); print([int(t.split(":")[1]) for t in r["choices"][0]["logprobs"]["tokens"]])')"
+echo "one rank: $want; served with -tp 2: $got"
+[ "$want" = "$got" ] || { echo "FAIL: tokens differ"; exit 1; }
+grep -q "rank 1/2 (tp rank 1/2" "$work/serve.log" || { echo "FAIL: no shard log of rank 1"; exit 1; }
+kill -TERM "$server"
+wait_exit 15
+no_leftovers "$port"
+
+# 2. A rank that hangs.
+port="$(free_port)"
+start_server "$port"
+r1="$(rank_pid 1)"
+[ -n "$r1" ] || { echo "FAIL: rank 1 not found"; exit 1; }
+kill -STOP "$r1"
+start=$SECONDS
+curl -sN "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+  -d "{\"model\":\"$work/model\",\"prompt\":[1,2,3],\"max_tokens\":400,\"ignore_eos\":true,\"stream\":true}" \
+  >"$work/stream.txt" 2>&1 &
+saw503=0
+while kill -0 "$server" 2>/dev/null && [ $((SECONDS - start)) -lt 15 ]; do
+  [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 503 ] && saw503=1
+  sleep 0.1
+done
+wait_exit 10
+echo "hung rank: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
+[ $((SECONDS - start)) -le 10 ] || { echo "FAIL: took longer than 10 s"; exit 1; }
+[ $saw503 = 1 ] || { echo "FAIL: /health never answered 503"; exit 1; }
+grep -q "no answer from rank 1" "$work/stream.txt" || { cat "$work/stream.txt"; echo "FAIL: no error to the client"; exit 1; }
+kill -9 "$r1" 2>/dev/null || true
+no_leftovers "$port"
+
+# 3. A rank that dies mid-request.
+port="$(free_port)"
+start_server "$port"
+r1="$(rank_pid 1)"
+for i in $(seq 1 16); do
+  curl -sN "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\":\"$work/model\",\"prompt\":[1,2,$i],\"max_tokens\":500,\"ignore_eos\":true,\"stream\":true}" \
+    >"$work/stream$i.txt" 2>&1 &
+done
+sleep 0.3
+kill -9 "$r1"
+start=$SECONDS
+wait_exit 10
+echo "killed rank: exited after $((SECONDS - start)) s"
+wait  # the clients
+complete=0
+for i in $(seq 1 16); do grep -q '\[DONE\]' "$work/stream$i.txt" && complete=$((complete + 1)); done
+echo "$complete of 16 streams completed"
+[ $complete -lt 16 ] || { echo "FAIL: every client finished normally"; exit 1; }
+grep -q "rank 1" "$work/serve.log" || { cat "$work/serve.log"; echo "FAIL: the log does not name rank 1"; exit 1; }
+no_leftovers "$port"
+echo PASS
