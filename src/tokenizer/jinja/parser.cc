@@ -259,7 +259,8 @@ class Lexer {
     std::vector<char> balance;
     while (true) {
       if (p >= s.size()) return p;  // the parser reports the missing end
-      if (balance.empty()) {
+      const char c0 = s[p];
+      if (balance.empty() && (c0 == '+' || c0 == '-' || c0 == '%' || c0 == '}')) {
         if (block) {
           if (s.compare(p, 3, "+%}") == 0 || s.compare(p, 3, "-%}") == 0) {
             tokens_.push_back({Tok::kBlockEnd, line_, {}});
@@ -307,6 +308,7 @@ class Lexer {
                                          "|",  ".",  ",",  ":",  ";",  "=",  "<", ">"};
       const char* op = nullptr;
       for (const char* candidate : kOps) {
+        if (candidate[0] != c0) continue;
         if (s.compare(p, std::strlen(candidate), candidate) == 0) {
           op = candidate;
           break;

@@ -34,8 +34,10 @@ std::string object_desc(const Value& v) {
 }
 
 Value missing_attr(const Value& obj, std::string_view name) {
-  return Value::undefined("'" + object_desc(obj) + "' has no attribute '" + std::string(name) +
-                          "'");
+  // Built with append: GCC 12 warns falsely (-Wrestrict) on the operator+ chain here.
+  std::string why = "'";
+  why.append(object_desc(obj)).append("' has no attribute '").append(name).append("'");
+  return Value::undefined(std::move(why));
 }
 
 Value unsafe_attr(const Value& obj, std::string_view name) {

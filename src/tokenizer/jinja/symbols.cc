@@ -64,6 +64,15 @@ struct Symbols {
   }
 };
 
+// A nested frame, analyzed once its parent frame is complete (as Jinja2 does at code
+// generation, with the parent's final symbol table).
+struct Pending {
+  Body* body;
+  std::vector<std::string>* out;
+  std::vector<std::string> params;
+  std::vector<const Expr*> exprs;
+};
+
 void visit_expr(const Expr* e, Symbols& sym) {
   if (!e) return;
   if (e->kind == Expr::kName) sym.load(e->name);
@@ -74,24 +83,24 @@ void visit_expr(const Expr* e, Symbols& sym) {
 void analyze_frame(Body& body, const Symbols* parent, std::vector<std::string>& out,
                    const std::vector<std::string>& params, std::vector<const Expr*> exprs = {});
 
-void visit_body(Body& body, Symbols& sym);
+void visit_body(Body& body, Symbols& sym, std::vector<Pending>& pending);
 
 // Jinja2's If node holds body, elif_ (each an If without its own elif/else) and else_; the
 // branch tables are copies of the enclosing one.
-void visit_if(Stmt& s, size_t k, Symbols& sym) {
+void visit_if(Stmt& s, size_t k, Symbols& sym, std::vector<Pending>& pending) {
   visit_expr(s.conds[k].get(), sym);
   Symbols body = sym;
-  visit_body(s.bodies[k], body);
+  visit_body(s.bodies[k], body, pending);
   Symbols elifs = sym;
   Symbols other = sym;
   if (k == 0) {
-    for (size_t e = 1; e < s.conds.size(); ++e) visit_if(s, e, elifs);
-    visit_body(s.else_body, other);
+    for (size_t e = 1; e < s.conds.size(); ++e) visit_if(s, e, elifs, pending);
+    visit_body(s.else_body, other, pending);
   }
   sym.branch_update({body, elifs, other});
 }
 
-void visit_stmt(Stmt& s, Symbols& sym) {
+void visit_stmt(Stmt& s, Symbols& sym, std::vector<Pending>& pending) {
   switch (s.kind) {
     case Stmt::kText:
     case Stmt::kBreak:
@@ -101,15 +110,15 @@ void visit_stmt(Stmt& s, Symbols& sym) {
       visit_expr(s.expr.get(), sym);
       return;
     case Stmt::kIf:
-      visit_if(s, 0, sym);
+      visit_if(s, 0, sym, pending);
       return;
     case Stmt::kFor: {
       visit_expr(s.expr.get(), sym);
       // The body (with the filter condition) is a frame of its own; the else block too.
       std::vector<std::string> params = s.targets;
       params.push_back("loop");
-      analyze_frame(s.body, &sym, s.frame_undefined, params, {s.cond.get()});
-      analyze_frame(s.else_body, &sym, s.else_undefined, {});
+      pending.push_back({&s.body, &s.frame_undefined, params, {s.cond.get()}});
+      pending.push_back({&s.else_body, &s.else_undefined, {}, {}});
       return;
     }
     case Stmt::kSet:
@@ -122,7 +131,7 @@ void visit_stmt(Stmt& s, Symbols& sym) {
       return;
     case Stmt::kSetBlock:
       for (const auto& f : s.filters) visit_expr(f.get(), sym);
-      analyze_frame(s.body, &sym, s.frame_undefined, {});
+      pending.push_back({&s.body, &s.frame_undefined, {}, {}});
       sym.store(s.targets[0]);
       return;
     case Stmt::kMacro: {
@@ -132,25 +141,25 @@ void visit_stmt(Stmt& s, Symbols& sym) {
       params.push_back("kwargs");
       std::vector<const Expr*> defaults;
       for (const auto& d : s.defaults) defaults.push_back(d.get());
-      analyze_frame(s.body, &sym, s.frame_undefined, params, defaults);
+      pending.push_back({&s.body, &s.frame_undefined, params, defaults});
       return;
     }
     case Stmt::kFilterBlock:
       for (const auto& f : s.filters) visit_expr(f.get(), sym);
-      analyze_frame(s.body, &sym, s.frame_undefined, {});
+      pending.push_back({&s.body, &s.frame_undefined, {}, {}});
       return;
     case Stmt::kWith:
       for (const auto& e : s.exprs) visit_expr(e.get(), sym);
-      analyze_frame(s.body, &sym, s.frame_undefined, s.targets);
+      pending.push_back({&s.body, &s.frame_undefined, s.targets, {}});
       return;
     case Stmt::kScope:
-      analyze_frame(s.body, &sym, s.frame_undefined, {});
+      pending.push_back({&s.body, &s.frame_undefined, {}, {}});
       return;
   }
 }
 
-void visit_body(Body& body, Symbols& sym) {
-  for (auto& s : body) visit_stmt(*s, sym);
+void visit_body(Body& body, Symbols& sym, std::vector<Pending>& pending) {
+  for (auto& s : body) visit_stmt(*s, sym, pending);
 }
 
 // `exprs` belong to the frame too (a loop's filter condition, a macro's defaults).
@@ -160,10 +169,12 @@ void analyze_frame(Body& body, const Symbols* parent, std::vector<std::string>& 
   sym.parent = parent;
   for (const auto& p : params) sym.parameter(p);
   for (const Expr* e : exprs) visit_expr(e, sym);
-  visit_body(body, sym);
+  std::vector<Pending> pending;
+  visit_body(body, sym, pending);
   out.clear();
   for (const auto& [name, load] : sym.loads)
     if (load == Load::kUndefined) out.push_back(name);
+  for (auto& p : pending) analyze_frame(*p.body, &sym, *p.out, p.params, p.exprs);
 }
 
 }  // namespace

@@ -584,6 +584,9 @@ bool equal(const Value& a, const Value& b) {
 }
 
 int compare(const Value& a, const Value& b, const char* op) {
+  // Ordering an undefined value raises its UndefinedError (also inside lists).
+  if (a.is_undefined()) throw PyError(a.s.empty() ? "undefined value" : a.s);
+  if (b.is_undefined()) throw PyError(b.s.empty() ? "undefined value" : b.s);
   if (a.is_number() && b.is_number()) {
     if (a.kind != Value::kFloat && b.kind != Value::kFloat) {
       const int64_t x = a.kind == Value::kInt ? a.i : a.b;

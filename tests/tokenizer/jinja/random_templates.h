@@ -52,7 +52,7 @@ class RandomTemplates {
   std::string node() {
     ++depth_;
     std::string out;
-    const int choice = depth_ > 3 ? pick(3) : pick(9);
+    const int choice = depth_ > 3 ? pick(3) : pick(13);
     switch (choice) {
       case 0:
         out = text();
@@ -92,6 +92,27 @@ class RandomTemplates {
       case 7:
         out = block("macro mm(a, b=" + atom() + ")") + body() + "{{ a }}{{ b }}" +
               block("endmacro") + "{{ mm(" + expr(1) + ") }}" + text();
+        break;
+      case 8:
+        out = block("set sb" + std::string(pick(2) ? " | upper" : "")) + body() + block("endset") +
+              "[{{ sb }}]";
+        break;
+      case 9:
+        out = block("filter " +
+                    one<std::string>({"upper", "trim", "replace('a', 'b')", "indent(2)"})) +
+              body() + block("endfilter");
+        break;
+      case 10:
+        out = block("for x in " + one<std::string>({"xs", "names", "'ab'", "messages"})) + "{{ " +
+              one<std::string>({"loop.index0", "loop.revindex", "loop.first", "loop.last",
+                                "loop.length", "loop.previtem", "loop.nextitem",
+                                "loop.cycle('a', 'b')", "loop.changed(x)", "loop.depth"}) +
+              " }}" + body() + block("endfor");
+        break;
+      case 11:
+        out = block("macro mk(p, q='d', r=none)") + "{{ p }}-{{ q }}-{{ r }}" + body() +
+              block("endmacro") + "{{ mk(" + expr(1) + ", r=" + atom() + ") }}" +
+              "{{ mk(q=" + atom() + ", p=1) }}";
         break;
       default:
         out = text() + "{{ " + expr(0) + " }}";
