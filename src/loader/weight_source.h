@@ -3,9 +3,8 @@
 //
 // Load formats (--load-format):
 //  - auto / safetensors: each slice is read with large pread calls (several threads) into
-//    memory of our own. Reads only this rank's bytes, suits network filesystems, and gives the
-//    kernels physically contiguous (huge-page) memory: decode is ~45% faster than streaming
-//    from page-cache pages on our test machine (docs/loading.md).
+//    memory of our own. Reads only this rank's bytes and suits network filesystems
+//    (docs/models.md, docs/deploy.md).
 //  - mmap: zero copy; weights stay views of the memory-mapped files (shared page cache, instant
 //    start, slower decode).
 //  - dummy: random weights from the configuration alone (no safetensors needed).
