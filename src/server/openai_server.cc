@@ -636,7 +636,11 @@ void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Respons
             c.started = true;
             std::string text = out.new_text;
             if (first && ctx->request.echo) text = ctx->prompt_texts[c.prompt_index] + text;
-            if (text.empty() && out.new_logprobs.empty() && !out.finished && !first) continue;
+            // A chunk per engine step that produced tokens, even when they add no text yet (a
+            // special token, half a character), as vLLM does: clients time tokens by chunks.
+            if (text.empty() && out.new_token_ids.empty() && out.new_logprobs.empty() &&
+                !out.finished && !first)
+              continue;
             if (!write(sse(ctx->chunk(c, text, lp_from, first)))) return false;
           }
           if (auto err = c.stream->error(); err && !c.done) {
