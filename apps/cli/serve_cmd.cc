@@ -29,6 +29,7 @@ struct ServeOptions {
   std::vector<std::string> served_model_names;
   std::string api_key;
   std::string chat_template;
+  bool trust_request_chat_template = false;
   double shutdown_timeout = 30;
   std::string max_request_body = "8MiB";
   std::string quantization;
@@ -98,6 +99,7 @@ void run_serve(ServeOptions& o) {
   so.api_key = o.api_key;
   so.max_body_bytes = static_cast<size_t>(parse_bytes(o.max_request_body, "--max-request-body"));
   so.version = TESSERA_VERSION;
+  so.trust_request_chat_template = o.trust_request_chat_template;
   OpenAIServer server(so);
   server.start();
 
@@ -158,6 +160,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--api-key", o->api_key, "Bearer token required on /v1/* (env VLLM_API_KEY)");
   cmd->add_option("--chat-template", o->chat_template,
                   "Chat template file or inline Jinja (default: the tokenizer's)");
+  cmd->add_flag("--trust-request-chat-template", o->trust_request_chat_template,
+                "Let requests bring their own chat_template (refused with 400 otherwise)");
   cmd->add_option("--shutdown-timeout", o->shutdown_timeout,
                   "Seconds to let in-flight requests finish on SIGTERM")
       ->capture_default_str();

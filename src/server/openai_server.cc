@@ -429,6 +429,25 @@ void OpenAIServer::handle_models(httplib::Response& res) {
   send_json(res, 200, {{"object", "list"}, {"data", data}});
 }
 
+namespace {
+
+// vLLM's rule: a chat template sent with the request (`chat_template`, or inside
+// `chat_template_kwargs`) runs only when the operator trusts request templates.
+void check_request_chat_template(const json& body, bool trusted) {
+  if (trusted || !body.is_object()) return;
+  const auto kw = body.find("chat_template_kwargs");
+  const bool in_kwargs = kw != body.end() && kw->is_object() && kw->contains("chat_template") &&
+                         !(*kw)["chat_template"].is_null();
+  const auto ct = body.find("chat_template");
+  if ((ct != body.end() && !ct->is_null()) || in_kwargs)
+    throw ApiError(400,
+                   "Chat template is passed with request, but --trust-request-chat-template is not "
+                   "set. Refused request with untrusted chat template.",
+                   "chat_template");
+}
+
+}  // namespace
+
 void OpenAIServer::handle_tokenize(const httplib::Request& req, httplib::Response& res) {
   const ServingModel& m = ready_model();
   if (!m.text) throw ApiError(400, "this model folder has no tokenizer.json");
@@ -436,6 +455,7 @@ void OpenAIServer::handle_tokenize(const httplib::Request& req, httplib::Respons
   if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object");
   std::vector<int32_t> ids;
   if (body.contains("messages")) {
+    check_request_chat_template(body, options_.trust_request_chat_template);
     GenerateRequest r = parse_chat_request(body, m.defaults);
     const std::string prompt = m.text->render_chat(r.chat_inputs);
     ids = m.text->encode(prompt, r.add_special_tokens);
@@ -612,8 +632,10 @@ json run_request_blocking(const ServingModel& model, const std::vector<std::stri
 void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Response& res, bool chat) {
   const ServingModel& m = ready_model();
   if (!accepting_) throw ApiError(503, "the server is shutting down");
+  const json body = parse_body(req);
+  if (chat) check_request_chat_template(body, options_.trust_request_chat_template);
   std::shared_ptr<ResponseContext> ctx =
-      start_generation(m, options_.served_model_names, parse_body(req), chat);
+      start_generation(m, options_.served_model_names, body, chat);
   const GenerateRequest& r = ctx->request;
   if (!r.stream) {
     collect(*ctx);

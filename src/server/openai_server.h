@@ -36,6 +36,9 @@ struct ServerOptions {
   size_t max_body_bytes = 8u << 20;             // larger bodies get 413
   int http_threads = 512;  // one per open connection: streams hold theirs until done
   std::string version = "0.0.0";
+  // vLLM's --trust-request-chat-template: without it a request's own chat template (Jinja
+  // chosen by the client) is refused with 400.
+  bool trust_request_chat_template = false;
 };
 
 // What the server needs from a loaded model.

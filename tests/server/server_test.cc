@@ -64,6 +64,7 @@ class ByteTextProcessor : public TextProcessor {
 // instead of the byte fake.
 struct RealText {
   std::string chat_template;
+  bool trust_request_chat_template = true;  // --trust-request-chat-template
 };
 
 struct ServerFixture {
@@ -86,6 +87,7 @@ struct ServerFixture {
     so.api_key = api_key;
     so.model_path = dir.string();
     so.http_threads = http_threads;
+    so.trust_request_chat_template = real_text && real_text->trust_request_chat_template;
     server = std::make_unique<OpenAIServer>(so);
     server->start();
     server->set_ready(model->serving());
@@ -431,6 +433,30 @@ TEST(ServerTest, TemplateErrorsAre400) {
   ASSERT_EQ(rs, 200) << rendered.dump();
   auto [ps, plain] = f.post("/tokenize", R"({"prompt":"a<|eot_id|>","add_special_tokens":false})");
   EXPECT_EQ(rendered["tokens"], plain["tokens"]);
+}
+
+// Without --trust-request-chat-template a request's own template is refused, as vLLM 0.11 does;
+// the model's template still serves.
+TEST(ServerTest, RequestChatTemplatesNeedTrust) {
+  ServerFixture f(256, "", 256, 128, RealText{"", false});
+  const std::string refused =
+      "Chat template is passed with request, but --trust-request-chat-template is not set. "
+      "Refused request with untrusted chat template.";
+  for (const auto& [path, body] : std::vector<std::pair<std::string, std::string>>{
+           {"/v1/chat/completions",
+            R"({"messages":[{"role":"user","content":"a"}],"chat_template":"{{ 1 }}"})"},
+           {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"a"}],
+              "chat_template_kwargs":{"chat_template":"{{ 1 }}"}})"},
+           {"/tokenize", R"({"messages":[{"role":"user","content":"a"}],"chat_template":"x"})"}}) {
+    auto [status, j] = f.post(path, body);
+    EXPECT_EQ(status, 400) << path << " " << j.dump();
+    EXPECT_EQ(j["error"]["message"], refused) << j.dump();
+  }
+  auto [ok, good] = f.post("/v1/chat/completions",
+                           R"({"messages":[{"role":"user","content":"a"}],"max_tokens":2})");
+  EXPECT_EQ(ok, 200) << good.dump();
+  auto [tok, tokens] = f.post("/tokenize", R"({"messages":[{"role":"user","content":"a"}]})");
+  EXPECT_EQ(tok, 200) << tokens.dump();
 }
 
 struct Greedy {
