@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cli_run.h"
 #include "model/model_test_util.h"
 
 namespace tessera {
@@ -17,26 +18,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int status;
-  std::string out, err;
-};
+using testing::CliRun;
 
 CliRun run(const std::string& args) {
-  const fs::path err_file =
-      fs::path(::testing::TempDir()) / ("tessera_cli_err_" + std::to_string(getpid()));
-  const std::string cmd =
-      std::string(TESSERA_BINARY_DIR "/tessera ") + args + " 2>" + err_file.string();
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  r.status = WEXITSTATUS(pclose(p));
-  std::ifstream in(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(in), {});
-  fs::remove(err_file);
-  return r;
+  return testing::run_tessera(args);
 }
 
 // The last line of stderr (earlier lines are the log).

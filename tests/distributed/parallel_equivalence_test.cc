@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
+#include "cli_run.h"
 #include "model/arch/registry.h"
 #include "model/model_test_util.h"
 
@@ -20,30 +21,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int status = 0;
-  std::string out, err;
-};
-
-// Runs a shell command line; stdout and stderr apart.
-CliRun run_shell(const std::string& command) {
-  const fs::path err_file =
-      fs::path(::testing::TempDir()) / ("tessera_dist_err_" + std::to_string(getpid()));
-  const std::string cmd = command + " 2>" + err_file.string();
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  r.status = WEXITSTATUS(pclose(p));
-  std::ifstream in(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(in), {});
-  fs::remove(err_file);
-  return r;
-}
+using testing::CliRun;
+using testing::run_shell;
 
 CliRun run(const std::string& args) {
-  return run_shell(TESSERA_BINARY_DIR "/tessera " + args);
+  return testing::run_tessera(args);
 }
 
 std::vector<nlohmann::json> lines(const std::string& out) {
