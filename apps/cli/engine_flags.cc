@@ -194,7 +194,7 @@ fs::path resolve_model(const std::string& model) {
   const char* home = std::getenv("HOME");
   fs::path base = xdg && *xdg ? fs::path(xdg) : fs::path(home ? home : "/tmp") / ".cache";
   // The folder name carries a version so that a change of the default regenerates it.
-  fs::path dir = base / "tessera" / "models" / "default-v2";
+  fs::path dir = base / "tessera" / "models" / "default-v3";
   if (fs::exists(dir / "config.json")) return dir;
   spdlog::info(
       "creating the built-in default model (random weights, Llama 'small' shapes, built-in "

@@ -153,8 +153,11 @@ void write_builtin_tokenizer(const std::filesystem::path& dir, int64_t vocab_siz
          int64_t{1} << 24);
   }
   const int64_t first_special = vocab_size - kSpecials;
-  // Merges fill what the training text allows; reserved special tokens fill the rest, as in
-  // Llama 3, so that every id below vocab_size names a token.
+  // Merges fill what the training text allows; word-like tokens (a learned word joined with a
+  // learned subword) fill the rest, so that every id below vocab_size names a token and a
+  // random-weight model's output decodes to visible (meaningless) text. With Llama 3's
+  // reserved special tokens there instead, almost every sampled id would be a special token and
+  // the text empty once they are skipped.
   const auto merges = learn_merges(static_cast<size_t>(first_special - 256));
 
   nlohmann::json vocab = nlohmann::json::object();
@@ -176,8 +179,20 @@ void write_builtin_tokenizer(const std::filesystem::path& dir, int64_t vocab_siz
                      {"normalized", false},
                      {"special", true}});
   };
-  for (int64_t id = next_id, n = 0; id < first_special; ++id, ++n)
-    add_special(id, fmt::format("<|reserved_special_token_{}|>", n));
+  std::vector<std::string> words, pieces;  // learned tokens with and without a leading space
+  for (const auto& [left, right] : merges) {
+    const std::string merged = left + right;
+    (merged.rfind("\xC4\xA0", 0) == 0 ? words : pieces).push_back(merged);  // "Ġ": a space
+  }
+  // word + piece, then word + piece + piece: far more combinations than any vocabulary needs.
+  const size_t w = words.size(), p = pieces.size();
+  for (size_t i = 0; i < w * p * (p + 1) && next_id < first_special; ++i) {
+    std::string token = words[i % w] + pieces[(i / w) % p];
+    if (i >= w * p) token += pieces[i / (w * p) - 1];
+    if (!vocab.contains(token)) vocab[token] = next_id++;
+  }
+  for (int64_t n = 0; next_id < first_special; ++next_id, ++n)  // tiny training text only
+    add_special(next_id, fmt::format("<|reserved_special_token_{}|>", n));
   for (int64_t i = 0; i < kSpecials; ++i) add_special(first_special + i, kSpecialTokens[i]);
   const std::string bos = kSpecialTokens[0];
 

@@ -622,6 +622,10 @@ TEST_P(Builtin, RoundTripsAndIsDeterministic) {
     for (const int32_t id : ids) EXPECT_LT(id, vocab_size);
     EXPECT_EQ(t->decode(ids, false), "<|begin_of_text|>" + text);
   }
+  // Every id below the specials decodes to visible text even when special tokens are skipped,
+  // so that a random-weight model's output is never empty.
+  for (int32_t id = 256; id < vocab_size - 5; ++id)
+    ASSERT_FALSE(t->decode(std::vector<int32_t>{id}, true).empty()) << id;
   // The merges are real: common English takes fewer tokens than bytes.
   EXPECT_EQ(t->encode(" the the the", false).size(), 3u);
   const auto& chat = t->config().chat_template;
