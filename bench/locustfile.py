@@ -54,12 +54,7 @@ class ChatUser(HttpUser):
             "max_tokens": MAX_TOKENS,
             "temperature": 0.7,
         }
-        with self.client.post("/v1/chat/completions", json=body, headers=HEADERS,
-                              name="chat", catch_response=True) as response:
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
-            elif not response.json().get("choices"):
-                response.failure("no choices in the response")
+        self._post("/v1/chat/completions", body, "chat")
 
     def token_ids(self):
         body = {
@@ -68,8 +63,12 @@ class ChatUser(HttpUser):
             "max_tokens": MAX_TOKENS,
             "temperature": 0.7,
         }
-        with self.client.post("/v1/completions", json=body, headers=HEADERS,
-                              name="completion", catch_response=True) as response:
+        self._post("/v1/completions", body, "completion")
+
+    def _post(self, path, body, name):
+        """A request that fails unless it answers 200 with choices."""
+        with self.client.post(path, json=body, headers=HEADERS, name=name,
+                              catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif not response.json().get("choices"):
