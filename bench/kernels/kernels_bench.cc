@@ -48,12 +48,14 @@ void BM_Linear(benchmark::State& state) {
   const DType dtype = state.range(3) == 0 ? DType::kBF16 : DType::kF32;
   const int layers =
       static_cast<int>(std::max<int64_t>(1, (256ll << 20) / (n * k * dtype_size(dtype))));
-  std::vector<Tensor> weights;
-  for (int l = 0; l < layers; ++l) weights.push_back(testing::random_tensor({n, k}, dtype, l));
-  Tensor x = testing::random_tensor({m, k}, DType::kF32, 99);
-  Tensor out = Tensor::empty({m, n}, DType::kF32);
   ThreadPool pool(bench_threads());
   CpuBackend backend(pool);
+  // Prepared as the model loader prepares them (bf16: packed for the outer-product kernel).
+  std::vector<Tensor> weights;
+  for (int l = 0; l < layers; ++l)
+    weights.push_back(backend.prepare_linear_weight(testing::random_tensor({n, k}, dtype, l)));
+  Tensor x = testing::random_tensor({m, k}, DType::kF32, 99);
+  Tensor out = Tensor::empty({m, n}, DType::kF32);
   int l = 0;
   for (auto _ : state) {
     LinearSegment seg{weights[l], {}};

@@ -107,12 +107,14 @@ Tensor Tensor::reshape(std::initializer_list<int64_t> shape) const {
 }
 
 Tensor Tensor::reshape(std::span<const int64_t> shape) const {
+  TESSERA_CHECK(layout_ == 0) << "view of a packed tensor " << shape_string();
   TESSERA_CHECK(is_contiguous()) << "reshape of a strided tensor " << shape_string();
   TESSERA_CHECK_EQ(product(shape), numel());
   return wrap(data_, shape, dtype_, owner_, device_);
 }
 
 Tensor Tensor::slice(int d, int64_t begin, int64_t end) const {
+  TESSERA_CHECK(layout_ == 0) << "view of a packed tensor " << shape_string();
   if (d < 0) d += ndim_;
   TESSERA_CHECK(d >= 0 && d < ndim_);
   TESSERA_CHECK(0 <= begin && begin <= end && end <= shape_[d])
@@ -124,6 +126,7 @@ Tensor Tensor::slice(int d, int64_t begin, int64_t end) const {
 }
 
 Tensor Tensor::split_dim(int d, int64_t inner) const {
+  TESSERA_CHECK(layout_ == 0) << "view of a packed tensor " << shape_string();
   if (d < 0) d += ndim_;
   TESSERA_CHECK(d >= 0 && d < ndim_ && ndim_ < kMaxDims);
   TESSERA_CHECK(inner > 0 && shape_[d] % inner == 0)
@@ -142,6 +145,7 @@ Tensor Tensor::split_dim(int d, int64_t inner) const {
 }
 
 Tensor Tensor::operator[](int64_t i) const {
+  TESSERA_CHECK(layout_ == 0) << "view of a packed tensor " << shape_string();
   TESSERA_CHECK_GE(ndim_, 1);
   TESSERA_CHECK(0 <= i && i < shape_[0]) << "index " << i << " of " << shape_string();
   Tensor t;
@@ -158,6 +162,7 @@ Tensor Tensor::operator[](int64_t i) const {
 }
 
 Tensor Tensor::contiguous() const {
+  TESSERA_CHECK(layout_ == 0) << "view of a packed tensor " << shape_string();
   TESSERA_CHECK(device_ == Device::kCPU);
   if (is_contiguous()) return *this;
   Tensor out = empty(shape(), dtype_);
@@ -182,6 +187,7 @@ Tensor Tensor::contiguous() const {
 }
 
 Tensor Tensor::to(DType dtype) const {
+  TESSERA_CHECK(layout_ == 0) << "view of a packed tensor " << shape_string();
   TESSERA_CHECK(is_float(dtype) && is_float(dtype_));
   Tensor src = contiguous();
   Tensor out = empty(shape(), dtype);

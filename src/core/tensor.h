@@ -66,6 +66,17 @@ class Tensor {
 
   const std::shared_ptr<void>& owner() const { return owner_; }
 
+  // 0: the strided layout that the shape and strides describe. Other values name a backend's
+  // packed format (a weight rearranged for its kernels, e.g. kernels/cpu's bf16 tiles): the shape
+  // stays the logical one, the bytes are that backend's business, and views (reshape, slice,
+  // indexing, copies) refuse the tensor.
+  uint8_t layout() const { return layout_; }
+  Tensor with_layout(uint8_t layout) const {
+    Tensor t = *this;
+    t.layout_ = layout;
+    return t;
+  }
+
  private:
   void* data_ = nullptr;
   std::shared_ptr<void> owner_;
@@ -74,6 +85,7 @@ class Tensor {
   int ndim_ = 0;
   DType dtype_ = DType::kF32;
   Device device_ = Device::kCPU;
+  uint8_t layout_ = 0;
 };
 
 // Reads element i of a contiguous float tensor (any float dtype) as f32. For tests and cold paths.

@@ -65,6 +65,10 @@ class Backend {
   virtual void fill_zero(const Tensor& dst) = 0;
   // Makes a weight usable by this backend (a no-op on CPU; an upload on GPUs).
   virtual Tensor prepare_weight(const Tensor& host_weight) = 0;
+  // Makes a Linear weight [out_features, in_features] usable by linear() (and, for tied
+  // embeddings, by embedding()), possibly rearranged into a packed layout for this backend's
+  // kernels. Pass the tensor by value with std::move: a backend may then rearrange it in place.
+  virtual Tensor prepare_linear_weight(Tensor host_weight) { return prepare_weight(host_weight); }
   virtual void synchronize() {}
 
   // out[t, :] = table[ids[t] - vocab_start, :] * scale for ids in [vocab_start, vocab_start +

@@ -145,9 +145,10 @@ TEST_P(CpuBackendTest, LinearRowsAreBatchInvariant) {
   }
 }
 
-// The bf16 GEMM has two kernels (weights converted in registers for few rows, an f32 weight
-// panel for many) and blocks of 128 rows x 1024 columns: shapes that cross every boundary must
-// agree with the reference and give each row the same bits in any batch.
+// The bf16 GEMM works in row tiles of up to 12 rows (read in place below 12 rows, rearranged
+// into tiles from 12), groups of 16 columns (1-8 per tile by height) and column blocks sized
+// by k: shapes that cross every boundary must agree with the reference and give each row the
+// same bits in any batch.
 TEST_P(CpuBackendTest, Bf16LinearAcrossKernelAndBlockBoundaries) {
   const int64_t k = 2100, n = 53, m = 131;
   Tensor x = random_tensor({m, k}, DType::kF32, 41);
@@ -174,6 +175,87 @@ TEST_P(CpuBackendTest, Bf16LinearAcrossKernelAndBlockBoundaries) {
             << "row " << start + i << " differs in a batch of " << batch;
     }
   }
+}
+
+// A bf16 weight prepared for the backend (packed at load, in place when nothing else holds it,
+// otherwise copied) gives the same bits as the same weight passed raw, for every tile height
+// and for shapes that need padding (n not a multiple of 16, odd k), fused with other segments.
+TEST_P(CpuBackendTest, PreparedBf16WeightsMatchRawOnes) {
+  for (auto [n, k] : std::vector<std::array<int64_t, 2>>{{48, 64}, {37, 33}, {100, 258}, {16, 7}}) {
+    Tensor raw = random_tensor({n, k}, DType::kBF16, 50 + n);
+    Tensor raw2 = random_tensor({5, k}, DType::kBF16, 51 + n);
+    // One copy is moved in (may be packed in place), one is still held here (must be copied).
+    Tensor copy = Tensor::empty({n, k}, DType::kBF16);
+    std::memcpy(copy.raw(), raw.raw(), raw.nbytes());
+    const void* copy_data = copy.raw();
+    std::vector<uint16_t> before(raw.data<uint16_t>(), raw.data<uint16_t>() + n * k);
+    Tensor moved = backend_.prepare_linear_weight(std::move(copy));
+    Tensor held = backend_.prepare_linear_weight(raw);
+    // The held tensor is never rearranged under its holder.
+    EXPECT_EQ(0, std::memcmp(before.data(), raw.raw(), raw.nbytes()));
+    if (GetParam().isa == cpu::Isa::kAvx512) {
+      EXPECT_EQ(moved.layout(), cpu::kLayoutBf16Tiles);
+      EXPECT_EQ(held.layout(), cpu::kLayoutBf16Tiles);
+      EXPECT_NE(held.raw(), raw.raw());
+      // No padding needed: packed in place.
+      if (n % 16 == 0 && k % 2 == 0) EXPECT_EQ(moved.raw(), copy_data);
+    }
+    Tensor bias = random_tensor({n}, DType::kF32, 52);
+    for (int64_t m : {1, 2, 3, 5, 11, 12, 13, 25, 40}) {
+      Tensor x = random_tensor({m, k}, DType::kF32, 53 + m);
+      Tensor want = Tensor::empty({m, n + 5}, DType::kF32);
+      std::vector<LinearSegment> raw_segs = {{raw, bias}, {raw2, {}}};
+      backend_.linear(x, raw_segs, want);
+      for (const Tensor& w : {moved, held}) {
+        Tensor got = Tensor::empty({m, n + 5}, DType::kF32);
+        std::vector<LinearSegment> segs = {{w, bias}, {backend_.prepare_linear_weight(raw2), {}}};
+        backend_.linear(x, segs, got);
+        ASSERT_EQ(0, std::memcmp(got.raw(), want.raw(), want.nbytes()))
+            << "n=" << n << " k=" << k << " m=" << m;
+      }
+    }
+  }
+}
+
+// Every tile height (1-12 rows, then tiles of 12 plus a remainder), across column blocks and
+// thread chunks: row i of any sub-batch equals row i of the full batch, bit for bit, and all
+// agree with the reference.
+TEST_P(CpuBackendTest, PreparedBf16LinearIsBatchInvariantForEveryTileHeight) {
+  const int64_t k = 3000, n = 301, m = 64;  // k = 3000: column blocks of 2 groups
+  Tensor x = random_tensor({m, k}, DType::kF32, 61);
+  Tensor w = random_tensor({n, k}, DType::kBF16, 62);
+  LinearSegment seg{backend_.prepare_linear_weight(w), {}};
+  Tensor full = Tensor::empty({m, n}, DType::kF32);
+  backend_.linear(x, {&seg, 1}, full);
+  const bool round_x = rounds_activations();
+  for (int64_t i : {0, 11, 12, 63})
+    for (int64_t j : {0, 15, 16, 31, 32, 300}) {
+      double mag = 0;
+      for (int64_t kk = 0; kk < k; ++kk)
+        mag += std::abs(static_cast<double>(at(x, i, kk)) * at(w, j, kk));
+      ASSERT_NEAR(at(full, i, j), linear_ref(x, i, w, j, round_x), 2e-6 * mag) << i << "," << j;
+    }
+  for (int64_t batch = 1; batch <= 26; ++batch) {
+    const int64_t start = (batch * 5) % (m - batch + 1);
+    Tensor part = Tensor::empty({batch, n}, DType::kF32);
+    backend_.linear(x.slice(0, start, start + batch), {&seg, 1}, part);
+    for (int64_t i = 0; i < batch; ++i)
+      ASSERT_EQ(0, std::memcmp(part.data<float>() + i * n, full.data<float>() + (start + i) * n,
+                               n * sizeof(float)))
+          << "row " << start + i << " differs in a batch of " << batch;
+  }
+}
+
+// A tied LM head's packed weight is also the embedding table: the embedding reads it back.
+TEST_P(CpuBackendTest, EmbeddingReadsAPreparedTable) {
+  Tensor table = random_tensor({40, 34}, DType::kBF16, 71);
+  Tensor prepared = backend_.prepare_linear_weight(table);
+  Tensor ids = i32_tensor({3, 17, 39, 0, 5, 60});
+  Tensor want = Tensor::empty({6, 34}, DType::kF32), got = Tensor::empty({6, 34}, DType::kF32);
+  backend_.embedding(table, ids, 0, 1.5f, want);
+  backend_.embedding(prepared, ids, 0, 1.5f, got);
+  EXPECT_EQ(0, std::memcmp(got.raw(), want.raw(), want.nbytes()));
+  EXPECT_EQ(at(got, 1, 33), 1.5f * at(table, 17, 33));
 }
 
 TEST_P(CpuBackendTest, RmsNormPlainAndUnitOffset) {

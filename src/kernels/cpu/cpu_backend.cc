@@ -121,11 +121,48 @@ void CpuBackend::embedding(const Tensor& table, const Tensor& ids, int64_t vocab
         std::fill(o, o + width, 0.0f);
         continue;
       }
+      if (table.layout() == cpu::kLayoutBf16Tiles) {  // a tied LM head's packed weight
+        const uint16_t* packed = table.data<uint16_t>();
+        for (int64_t i = 0; i < width; ++i)
+          o[i] = bf16_to_f32(cpu::packed_bf16_at(packed, width, r, i)) * scale;
+        continue;
+      }
       const char* src = static_cast<const char*>(table.raw()) +
                         r * table.stride(0) * static_cast<int64_t>(dtype_size(table.dtype()));
       for (int64_t i = 0; i < width; ++i) o[i] = load_as_f32(src, table.dtype(), i) * scale;
     }
   });
+}
+
+Tensor CpuBackend::prepare_linear_weight(Tensor w) {
+  if (!gemm_.bf16_packed || w.dtype() != DType::kBF16 || w.layout() != 0 || w.dim() != 2) return w;
+  check_rows(w, "linear weight");
+  const int64_t n = w.size(0), k = w.size(1), groups = cpu::round_up(n, 16) / 16;
+  const int64_t stride = cpu::tile_stride(k);
+  // Group g's packed values take exactly the bytes of rows [16g, 16g + 16) when n and k need no
+  // padding, so a weight that nothing else holds is packed in place (no second copy of the
+  // model, no fresh pages to fault in); otherwise into a new buffer.
+  const bool in_place =
+      n % 16 == 0 && k % 2 == 0 && w.is_contiguous() && w.owner() && w.owner().use_count() == 1;
+  if (in_place) {
+    uint16_t* base = w.data<uint16_t>();
+    pool_.parallel_for(groups, [&](int64_t b, int64_t e) {
+      std::vector<uint16_t> rows(static_cast<size_t>(16 * k));  // [16, k]: the group's rows
+      for (int64_t g = b; g < e; ++g) {
+        std::memcpy(rows.data(), base + g * stride, rows.size() * sizeof(uint16_t));
+        cpu::pack_bf16_tiles(rows.data(), k, 16, k, base + g * stride, 0, 1);
+      }
+    });
+    return w.with_layout(cpu::kLayoutBf16Tiles);
+  }
+  Tensor buf = Tensor::empty({cpu::packed_bf16_elems(n, k)}, DType::kBF16);
+  const uint16_t* src = w.data<uint16_t>();
+  pool_.parallel_for(groups, [&](int64_t b, int64_t e) {
+    cpu::pack_bf16_tiles(src, w.stride(0), n, k, buf.data<uint16_t>(), b, e);
+  });
+  const int64_t shape[] = {n, k};
+  return Tensor::wrap(buf.raw(), shape, DType::kBF16, buf.owner())
+      .with_layout(cpu::kLayoutBf16Tiles);
 }
 
 void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments,
@@ -136,54 +173,78 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   const int64_t m = x.size(0), k = x.size(1);
   TESSERA_CHECK_EQ(out.size(0), m);
   int64_t n_total = 0;
-  bool any_bf16 = false;
-  for (const auto& seg : segments) {
+  // Per segment: its weight packed for gemm_bf16 (prepared at load, or packed here for a bf16
+  // weight that was not), or null for the stored-layout path.
+  if (packed_.size() < segments.size()) packed_.resize(segments.size());
+  std::vector<const uint16_t*> packed(segments.size(), nullptr);
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const LinearSegment& seg = segments[s];
     check_rows(seg.weight, "linear weight");
     TESSERA_CHECK(seg.weight.size(1) == k)
         << "weight " << seg.weight.shape_string() << " vs input " << x.shape_string();
     if (seg.bias.defined())
       TESSERA_CHECK(seg.bias.dtype() == DType::kF32 && seg.bias.numel() == seg.weight.size(0));
     n_total += seg.weight.size(0);
-    any_bf16 |= seg.weight.dtype() == DType::kBF16;
+    if (seg.weight.layout() == cpu::kLayoutBf16Tiles) {
+      TESSERA_CHECK(gemm_.bf16_packed) << "packed weight on a backend without the packed kernels";
+      packed[s] = seg.weight.data<uint16_t>();
+    } else if (seg.weight.dtype() == DType::kBF16 && gemm_.bf16_packed && m > 0) {
+      const int64_t n = seg.weight.size(0);
+      packed_[s].resize(static_cast<size_t>(cpu::packed_bf16_elems(n, k)));
+      cpu::pack_bf16_tiles(seg.weight.data<uint16_t>(), seg.weight.stride(0), n, k,
+                           packed_[s].data(), 0, cpu::round_up(n, 16) / 16);
+      packed[s] = packed_[s].data();
+    } else {
+      TESSERA_CHECK(seg.weight.layout() == 0) << "linear weight in an unknown layout";
+    }
   }
   TESSERA_CHECK_EQ(out.size(1), n_total);
   if (m == 0 || n_total == 0) return;
 
-  const bool bf16_path = any_bf16 && gemm_.bf16_fma;
+  // Activations for the packed kernel: many rows are rearranged into row tiles (each tile one
+  // stream of 12-value groups, cpu/gemm.h); few rows are read in place, or copied when bf16
+  // matmul precision rounds them first.
+  const bool any_packed = std::any_of(packed.begin(), packed.end(), [](auto p) { return p; });
   const bool round_bf16 = precision_ == MatmulPrecision::kBf16;
-  const int64_t kp = cpu::round_up(k, 32);
-  if (bf16_path) {
-    if (act_.size() < static_cast<size_t>(m * kp)) act_.resize(m * kp);
-    auto pack = [&](int64_t begin, int64_t end) {
-      gemm_.pack_rows(x.data<float>() + begin * x.stride(0), x.stride(0), end - begin, k,
-                      act_.data() + begin * kp, kp, round_bf16);
-    };
-    if (m >= 8) {
-      pool_.parallel_for(m, pack);
-    } else {
-      pack(0, m);
-    }
+  const float* a = x.data<float>();
+  int64_t lda = x.stride(0);
+  if (any_packed && m >= gemm_.tile_rows) {
+    const int64_t tiles = (m + gemm_.tile_rows - 1) / gemm_.tile_rows;
+    const size_t need = static_cast<size_t>(tiles * gemm_.tile_rows * k);
+    if (act_.size() < need) act_.resize(need);
+    pool_.parallel_for(tiles, [&](int64_t b, int64_t e) {
+      gemm_.pack_tiles(x.data<float>(), x.stride(0), m, k, act_.data(), b, e, round_bf16);
+    });
+    a = act_.data();
+    lda = -1;
+  } else if (any_packed && round_bf16) {
+    if (act_.size() < static_cast<size_t>(m * k)) act_.resize(m * k);
+    gemm_.pack_rows(x.data<float>(), x.stride(0), m, k, act_.data(), k, true);
+    a = act_.data();
+    lda = k;
   }
 
   // Each thread takes a contiguous range of output columns, which may span several segments.
   auto run_columns = [&](int64_t col_begin, int64_t col_end) {
     int64_t seg_start = 0;
-    for (const auto& seg : segments) {
+    for (size_t s = 0; s < segments.size(); ++s) {
+      const LinearSegment& seg = segments[s];
       const int64_t rows = seg.weight.size(0);
       const int64_t lo = std::max(col_begin, seg_start), hi = std::min(col_end, seg_start + rows);
       if (lo < hi) {
         const int64_t local = lo - seg_start;
-        const size_t elem = dtype_size(seg.weight.dtype());
-        const void* w = static_cast<const char*>(seg.weight.raw()) +
-                        static_cast<size_t>(local * seg.weight.stride(0)) * elem;
-        const float* bias = seg.bias.defined() ? seg.bias.data<float>() + local : nullptr;
-        float* c = out.data<float>() + lo;
-        if (bf16_path && seg.weight.dtype() == DType::kBF16) {
-          gemm_.gemm_bf16(act_.data(), kp, m, k, static_cast<const uint16_t*>(w),
-                          seg.weight.stride(0), hi - lo, c, out.stride(0), bias);
+        if (packed[s]) {
+          gemm_.gemm_bf16(a, lda, m, k, packed[s], local, hi - seg_start,
+                          out.data<float>() + seg_start, out.stride(0),
+                          seg.bias.defined() ? seg.bias.data<float>() : nullptr);
         } else {
+          const size_t elem = dtype_size(seg.weight.dtype());
+          const void* w = static_cast<const char*>(seg.weight.raw()) +
+                          static_cast<size_t>(local * seg.weight.stride(0)) * elem;
+          const float* bias = seg.bias.defined() ? seg.bias.data<float>() + local : nullptr;
           gemm_.gemm_f32(x.data<float>(), x.stride(0), m, k, w, seg.weight.dtype(),
-                         seg.weight.stride(0), hi - lo, c, out.stride(0), bias);
+                         seg.weight.stride(0), hi - lo, out.data<float>() + lo, out.stride(0),
+                         bias);
         }
       }
       seg_start += rows;
@@ -196,12 +257,15 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   }
   // Threads take chunks of columns from a shared counter rather than fixed halves, so a thread
   // that the OS deschedules (the cores are shared with the engine and HTTP threads, or with
-  // other programs) holds up one chunk, not half the op. Chunks are multiples of 48 columns (full
-  // 8-wide decode and 6-wide prefill tiles); many rows take fewer, larger chunks because each
-  // chunk re-reads all activations. A column's arithmetic does not depend on its chunk.
+  // other programs) holds up one chunk, not half the op. Chunks are multiples of 48 columns for
+  // the stored-layout kernels (full 4 x 4 .. 1 x 8 tiles), of 128 (8 groups) for packed decode
+  // tiles and 32 (2 groups) for packed tiles of many rows; many rows take fewer, larger chunks
+  // because each chunk re-reads all activations. A column's arithmetic does not depend on its
+  // chunk.
   const int64_t per_thread = m >= 8 ? 2 : 8;
+  const int64_t multiple = !any_packed ? 48 : m >= 12 ? 32 : 128;
   const int64_t chunk =
-      cpu::round_up((n_total + threads * per_thread - 1) / (threads * per_thread), 48);
+      cpu::round_up((n_total + threads * per_thread - 1) / (threads * per_thread), multiple);
   const int64_t chunks = (n_total + chunk - 1) / chunk;
   std::atomic<int64_t> next{0};
   pool_.run([&](int) {
@@ -349,21 +413,35 @@ void CpuBackend::write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cach
   const int32_t* slot = meta.slot_mapping.data<int32_t>();
   const DType dtype = k_cache.dtype();
   // Within a block, keys are [heads, d, block_size] (a tile of keys is d rows of contiguous
-  // positions, ready for the score product) and values [heads, block_size, d].
-  for (int64_t t = 0; t < k.size(0); ++t) {
-    if (slot[t] < 0) continue;
-    TESSERA_CHECK_LT(slot[t], slots);
-    const int64_t block = slot[t] / bs, off = slot[t] % bs;
-    const float* kr = k.data<float>() + t * k.stride(0);
-    const float* vr = v.data<float>() + t * v.stride(0);
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t base = (block * heads + h) * d * bs;
-      for (int64_t e = 0; e < d; ++e) {
-        store_from_f32(k_cache.raw(), dtype, base + e * bs + off, kr[h * d + e]);
-        store_from_f32(v_cache.raw(), dtype, base + off * d + e, vr[h * d + e]);
+  // positions, ready for the score product) and values [heads, block_size, d]. Threads split the
+  // heads: each writes its own part of every block, so none share cache lines.
+  for (int64_t t = 0; t < k.size(0); ++t)
+    if (slot[t] >= 0) TESSERA_CHECK_LT(slot[t], slots);
+  auto body = [&](int64_t h0, int64_t h1) {
+    for (int64_t t = 0; t < k.size(0); ++t) {
+      if (slot[t] < 0) continue;
+      const int64_t block = slot[t] / bs, off = slot[t] % bs;
+      const float* kr = k.data<float>() + t * k.stride(0);
+      const float* vr = v.data<float>() + t * v.stride(0);
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t base = (block * heads + h) * d * bs;
+        if (dtype == DType::kF32) {
+          float* kc = k_cache.data<float>() + base + off;
+          for (int64_t e = 0; e < d; ++e) kc[e * bs] = kr[h * d + e];
+          std::memcpy(v_cache.data<float>() + base + off * d, vr + h * d, d * sizeof(float));
+          continue;
+        }
+        for (int64_t e = 0; e < d; ++e) {
+          store_from_f32(k_cache.raw(), dtype, base + e * bs + off, kr[h * d + e]);
+          store_from_f32(v_cache.raw(), dtype, base + off * d + e, vr[h * d + e]);
+        }
       }
     }
-  }
+  };
+  if (k.size(0) >= 16 && heads > 1)
+    pool_.parallel_for(heads, body);
+  else
+    body(0, heads);
 }
 
 void CpuBackend::paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

@@ -41,6 +41,9 @@ class CpuBackend : public Backend {
   void copy(const Tensor& src, const Tensor& dst) override;
   void fill_zero(const Tensor& dst) override;
   Tensor prepare_weight(const Tensor& host_weight) override { return host_weight; }
+  // bf16 weights on AVX-512: packed for the outer-product kernel (cpu/gemm.h), in place when
+  // nothing else holds the tensor. Other dtypes and ISAs: unchanged.
+  Tensor prepare_linear_weight(Tensor host_weight) override;
 
   void embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
                  const Tensor& out) override;
@@ -108,7 +111,8 @@ class CpuBackend : public Backend {
   cpu::GemmKernels gemm_;
   cpu::OpsKernels ops_;
   MatmulPrecision precision_;
-  std::vector<float> act_;                        // [m, round_up(k, 32)] packed activations
+  std::vector<float> act_;                        // [m, ldp >= k] copied activations
+  std::vector<std::vector<uint16_t>> packed_;     // per segment: bf16 weights packed per call
   std::vector<std::vector<float>> attn_scratch_;  // per thread
 };
 

@@ -1,5 +1,5 @@
-// One thread's share of a matrix product with weights in their stored layout:
-//   c[i * ldc + j] = sum_k a[i, k] * w[j * ldw + k] (+ bias[j]),  i < m, j < n.
+// One thread's share of a matrix product:
+//   c[i * ldc + j] = sum_k a[i, k] * w[j, k] (+ bias[j]),  i < m, j in the thread's columns.
 // Every output is reduced over k in the same order whatever m, n or the tile it falls in, so a
 // row's result does not depend on what else is in the batch (batch invariance).
 #pragma once
@@ -10,29 +10,59 @@
 
 namespace tessera::cpu {
 
+inline int64_t round_up(int64_t x, int64_t m) {
+  return (x + m - 1) / m * m;
+}
+
+// The packed layout of a bf16 weight [n, k] for the AVX-512 kernels (Tensor::layout() value
+// kLayoutBf16Tiles): output columns in groups of 16, each group one contiguous run of
+// round_up(k, 2) / 2 pairs of input columns, each pair 16 lanes x (w[j][2p], w[j][2p + 1]):
+//   packed[(j / 16) * tile_stride(k) + p * 32 + (j % 16) * 2 + e] = w[j][2p + e]
+// (zero where j >= n or 2p + e >= k). A 64-byte load is one 32-bit lane per output column
+// holding two consecutive weights: shifting left by 16 gives f32 w[j][2p], masking the low half
+// gives f32 w[j][2p + 1], so 16 columns advance two steps along k with two f32 FMAs.
+inline constexpr uint8_t kLayoutBf16Tiles = 1;
+inline int64_t tile_stride(int64_t k) {
+  return round_up(k, 2) * 16;
+}
+inline int64_t packed_bf16_elems(int64_t n, int64_t k) {
+  return round_up(n, 16) / 16 * tile_stride(k);
+}
+// w [n, k] with row stride ldw -> packed (packed_bf16_elems(n, k) values). Output groups
+// [g_begin, g_end) only, so that threads can share the work.
+void pack_bf16_tiles(const uint16_t* w, int64_t ldw, int64_t n, int64_t k, uint16_t* packed,
+                     int64_t g_begin, int64_t g_end);
+// w[j][i] of a packed weight.
+inline uint16_t packed_bf16_at(const uint16_t* packed, int64_t k, int64_t j, int64_t i) {
+  return packed[(j / 16) * tile_stride(k) + (i / 2) * 32 + (j % 16) * 2 + (i % 2)];
+}
+
 struct GemmKernels {
-  // Whether bf16 weights take the f32-FMA path below. Then the caller packs `a` with pack_rows
-  // into f32 rows of round_up(k, 32) values, each group of 32 columns stored as its 16 even
-  // columns then its 16 odd ones (zero padded), and calls gemm_bf16. That layout lets a 64-byte
-  // load of 32 bf16 weights become two f32 vectors (even, odd) with one shift and one mask.
-  bool bf16_fma = false;
-  void (*gemm_bf16)(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
-                    int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) = nullptr;
-  // out[i * ldo + (0 .. round_up(k, 32))] = a[i, :k] in the even/odd layout, zero padded;
-  // round_bf16 rounds each value to bf16 first (the bf16 matmul precision, as PyTorch rounds
-  // bf16 matmul inputs).
+  // Whether bf16 weights take the packed path below; the caller packs each weight once
+  // (pack_bf16_tiles) and calls gemm_bf16 for column ranges of it.
+  bool bf16_packed = false;
+  // Columns [lo, hi) of a packed bf16 weight (n >= hi columns, k inputs): c and bias point at
+  // column 0 of this weight. Each output is acc = 0; acc = fma(a[i][k'], w[j][k'], acc) for
+  // k' = 0, 1, ..., k - 1 in that order; c = acc (+ bias). a is f32: row-major with row stride
+  // lda >= k, or, with lda = -1, in pack_tiles' layout (many rows).
+  void (*gemm_bf16)(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* packed,
+                    int64_t lo, int64_t hi, float* c, int64_t ldc, const float* bias) = nullptr;
+  // out[i * ldo + (0 .. k)] = a[i, :k]; round_bf16 rounds each value to bf16 first (the bf16
+  // matmul precision, as PyTorch rounds bf16 matmul inputs).
   void (*pack_rows)(const float* a, int64_t lda, int64_t m, int64_t k, float* out, int64_t ldo,
                     bool round_bf16) = nullptr;
-  // f32 activations with f32, f16 or bf16 weights (converted to f32 in registers).
+  // Rows of a in tiles of tile_rows: out[t * k * tile_rows + kk * tile_rows + r] = a[t *
+  // tile_rows + r][kk] (zero for rows >= m), tiles [t_begin, t_end); rounded as pack_rows.
+  int tile_rows = 1;
+  void (*pack_tiles)(const float* a, int64_t lda, int64_t m, int64_t k, float* out, int64_t t_begin,
+                     int64_t t_end, bool round_bf16) = nullptr;
+  // f32 activations with f32, f16 or bf16 weights in their stored layout (converted to f32 in
+  // registers).
   void (*gemm_f32)(const float* a, int64_t lda, int64_t m, int64_t k, const void* w, DType wdtype,
                    int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) = nullptr;
 };
 
 GemmKernels gemm_kernels_generic();
 GemmKernels gemm_kernels_avx512();
-
-inline int64_t round_up(int64_t x, int64_t m) {
-  return (x + m - 1) / m * m;
-}
 
 }  // namespace tessera::cpu

@@ -1,8 +1,7 @@
-// AVX-512 GEMM for weights in their stored [n, k] layout. Each output keeps its own 16-lane
-// accumulator along k ("dot along k"), so weights are read in place, row by row, and an output's
-// additions happen in one fixed order whatever tile computes it. All weights meet f32
-// activations in f32 FMAs: bf16 weights through the even/odd split below, f32 and f16 weights
-// converted per 16 lanes.
+// AVX-512 GEMMs. bf16 weights (the models' usual dtype) are packed once at load (gemm.h) for an
+// outer-product kernel; f32 and f16 weights are read in their stored [n, k] layout, each output
+// keeping its own 16-lane accumulator along k ("dot along k"). In both an output's additions
+// happen in one fixed order whatever tile computes it. All products are f32 FMAs.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -170,18 +169,18 @@ void gemm_blocked(const A* a, const A* a2, int64_t lda, int64_t m, int64_t k, WP
   }
 }
 
-// bf16 weights times f32 activations with f32 FMAs. On this generation of cores vdpbf16ps
-// issues one per ~2 cycles (32 products) while f32 FMAs issue two per cycle (32 products), so
-// converting weights to f32 is twice as fast as the bf16 dot product, and keeps activations
-// in full f32. A 64-byte load of 32 bf16 weights holds pairs (w[2l], w[2l+1]) in each 32-bit
-// lane: a shift left by 16 gives f32 w[2l], masking the low half gives f32 w[2l+1]. Activations
-// are packed (pack_rows) into the matching even/odd order, so every output accumulates, per
-// group of 32 columns, fma(even) then fma(odd) into one 16-lane accumulator: the same sequence
-// of operations in both kernels below, whatever m is (batch invariance).
+// bf16 weights (packed, gemm.h) times f32 activations with f32 FMAs. On this generation of
+// cores vdpbf16ps issues one per ~2 cycles (32 products) while f32 FMAs issue two per cycle (32
+// products), so converting weights to f32 is twice as fast as the bf16 dot product and keeps the
+// activations in full f32.
 //
-// Two kernels with identical arithmetic: tile_bf16_direct converts weights in registers (few
-// rows: decode); tile_bf16_panel reads weights converted once into an f32 panel in L1 and
-// reused by every row tile of a block (many rows: prefill).
+// An outer-product tile: RM activation rows x NG groups of 16 output columns, one 16-lane
+// accumulator per (row, group), i.e. one f32 lane per output. Per pair of input columns it loads
+// one 64-byte vector per group (16 columns x 2 weights), converts it to the even and odd f32
+// vectors, and for each row broadcasts a[i][2p] and a[i][2p + 1] into two FMAs per group. Each
+// output's additions are therefore one chain in k order, whatever tile, block or thread computes
+// it: rows give the same bits in any batch. A weight vector serves RM rows and an activation
+// value NG groups, so few loads feed the FMAs (12 x 2: 26 loads per 48 FMAs).
 
 inline __m512 even_f32(__m512i v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
@@ -190,189 +189,137 @@ inline __m512 odd_f32(__m512i v) {
   return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
-// Software prefetch distance along each weight row: the hardware prefetcher follows one stream
-// per page well but a tile reads RN rows at once.
+// Lanes l of a group starting at column g0 with lo <= g0 + l < hi.
+inline __mmask16 lane_mask(int64_t g0, int64_t lo, int64_t hi) {
+  const int64_t b = std::clamp<int64_t>(lo - g0, 0, 16), e = std::clamp<int64_t>(hi - g0, 0, 16);
+  if (e <= b) return 0;
+  const uint32_t upto_e = e == 16 ? 0xffffu : (1u << e) - 1u;
+  return static_cast<__mmask16>(upto_e & ~((1u << b) - 1u));
+}
+
+// Few rows (decode) are bound by memory: software prefetch this far ahead in each group's run.
 constexpr int64_t kPrefetchBytes = 1024;
 
-template <int RM, int RN>
-__attribute__((noinline)) void tile_bf16_direct(const float* a, int64_t lda, const uint16_t* w,
-                                                int64_t ldw, int64_t k, float* c, int64_t ldc,
-                                                const float* bias) {
-  __m512 acc[RM][RN];
+// Rows [0, RM) of a times groups [0, NG) of packed weights (group stride gs); c and bias at the
+// tile's first column; columns outside [lo, hi) (relative to it) untouched. a is row-major with
+// row stride lda, or (kTiled) one tile of pack_tiles' layout, a[kk * kTileRows + i], which
+// a single pointer walks (no register spills for 12 row pointers).
+constexpr int kTileRows = 12;
+
+template <int RM, int NG, bool kTiled>
+__attribute__((noinline)) void tile_bf16(const float* a, int64_t lda, const uint16_t* w, int64_t gs,
+                                         int64_t k, float* c, int64_t ldc, const float* bias,
+                                         int64_t lo, int64_t hi) {
+  constexpr bool kPrefetch = RM <= 4;
+  auto at = [&](int i, int64_t kk) __attribute__((always_inline)) {
+    return kTiled ? a[kk * kTileRows + i] : a[i * lda + kk];
+  };
+  __m512 acc[RM][NG];
 #pragma GCC unroll 16
   for (int i = 0; i < RM; ++i)
 #pragma GCC unroll 16
-    for (int j = 0; j < RN; ++j) acc[i][j] = _mm512_setzero_ps();
-  auto step = [&](int64_t kk, __mmask32 mask, bool masked) __attribute__((always_inline)) {
-    __m512 ae[RM], ao[RM];
+    for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_setzero_ps();
+  const int64_t full = k / 2;
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < full; ++p) {
+    __m512 we[NG], wo[NG];
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) {
+      const uint16_t* wp = w + g * gs + p * 32;
+      if constexpr (kPrefetch)
+        _mm_prefetch(reinterpret_cast<const char*>(wp) + kPrefetchBytes, _MM_HINT_T0);
+      const __m512i v = _mm512_loadu_si512(wp);
+      we[g] = even_f32(v);
+      wo[g] = odd_f32(v);
+    }
 #pragma GCC unroll 16
     for (int i = 0; i < RM; ++i) {
-      ae[i] = _mm512_loadu_ps(a + i * lda + kk);
-      ao[i] = _mm512_loadu_ps(a + i * lda + kk + 16);
+      const __m512 ae = _mm512_set1_ps(at(i, 2 * p));
+#pragma GCC unroll 16
+      for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_fmadd_ps(ae, we[g], acc[i][g]);
+      const __m512 ao = _mm512_set1_ps(at(i, 2 * p + 1));
+#pragma GCC unroll 16
+      for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_fmadd_ps(ao, wo[g], acc[i][g]);
     }
+  }
+  if (k % 2 == 1) {  // the last column alone (its pair partner is zero padding)
 #pragma GCC unroll 16
-    for (int j = 0; j < RN; ++j) {
-      const uint16_t* wp = w + j * ldw + kk;
-      if (!masked) _mm_prefetch(reinterpret_cast<const char*>(wp) + kPrefetchBytes, _MM_HINT_T0);
-      const __m512i v = masked ? _mm512_maskz_loadu_epi16(mask, wp) : _mm512_loadu_si512(wp);
-      const __m512 we = even_f32(v), wo = odd_f32(v);
+    for (int g = 0; g < NG; ++g) {
+      const __m512 we = even_f32(_mm512_loadu_si512(w + g * gs + full * 32));
 #pragma GCC unroll 16
-      for (int i = 0; i < RM; ++i) {
-        acc[i][j] = _mm512_fmadd_ps(ae[i], we, acc[i][j]);
-        acc[i][j] = _mm512_fmadd_ps(ao[i], wo, acc[i][j]);
-      }
+      for (int i = 0; i < RM; ++i)
+        acc[i][g] = _mm512_fmadd_ps(_mm512_set1_ps(at(i, k - 1)), we, acc[i][g]);
     }
-  };
-  int64_t kk = 0;
-  for (; kk + 32 <= k; kk += 32) step(kk, 0, false);
-  if (kk < k) step(kk, _cvtu32_mask32((1u << (k - kk)) - 1u), true);
-  store_tile<RM, RN>(acc, c, ldc, bias);
-}
-
-// Weight rows [0, RN) of columns [k0, k1) converted to f32, row r at panel + r * ldp, each
-// group of 32 as even then odd (exactly the vectors tile_bf16_direct makes).
-inline void convert_panel(const uint16_t* w, int64_t ldw, int rn, int64_t k0, int64_t k1, int64_t k,
-                          float* panel, int64_t ldp) {
+  }
 #pragma GCC unroll 16
-  for (int r = 0; r < rn; ++r) {
-    float* p = panel + r * ldp;
-    for (int64_t kk = k0; kk < k1; kk += 32) {
-      const uint16_t* wp = w + r * ldw + kk;
-      const __m512i v = kk + 32 <= k
-                            ? _mm512_loadu_si512(wp)
-                            : _mm512_maskz_loadu_epi16(_cvtu32_mask32((1u << (k - kk)) - 1u), wp);
-      _mm512_store_ps(p + (kk - k0), even_f32(v));
-      _mm512_store_ps(p + (kk - k0) + 16, odd_f32(v));
+  for (int g = 0; g < NG; ++g) {
+    const __mmask16 mask = lane_mask(g * 16, lo, hi);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + g * 16) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int i = 0; i < RM; ++i) {
+      const __m512 v = bias ? _mm512_add_ps(acc[i][g], b) : acc[i][g];
+      _mm512_mask_storeu_ps(c + i * ldc + g * 16, mask, v);
     }
   }
 }
 
-// Columns [k0, k1) (multiples of 32, k1 <= round_up(k, 32)) of a tile; accumulators are parked
-// in `state` between column blocks (first: start from zero; last: reduce into c).
-template <int RM, int RN>
-__attribute__((noinline)) void tile_bf16_panel(const float* a, int64_t lda, const float* panel,
-                                               int64_t ldp, int64_t k0, int64_t k1, float* state,
-                                               bool first, bool last, float* c, int64_t ldc,
-                                               const float* bias) {
-  __m512 acc[RM][RN];
-#pragma GCC unroll 16
-  for (int i = 0; i < RM; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < RN; ++j)
-      acc[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(state + (i * RN + j) * 16);
-  for (int64_t kk = k0; kk < k1; kk += 32) {
-#pragma GCC unroll 16
-    for (int half = 0; half < 32; half += 16) {
-      __m512 wv[RN];
-      for (int j = 0; j < RN; ++j) wv[j] = _mm512_load_ps(panel + j * ldp + (kk - k0) + half);
-#pragma GCC unroll 16
-      for (int i = 0; i < RM; ++i) {
-        const __m512 av = _mm512_loadu_ps(a + i * lda + kk + half);
-#pragma GCC unroll 16
-        for (int j = 0; j < RN; ++j) acc[i][j] = _mm512_fmadd_ps(av, wv[j], acc[i][j]);
-      }
-    }
-  }
-  if (last) {
-    store_tile<RM, RN>(acc, c, ldc, bias);
+// Tile shapes: up to 12 rows; the widest run of groups for a given number of rows within 24
+// accumulators (8 groups for 1-2 rows: 8 independent chains keep one row's FMAs flowing).
+constexpr int tile_groups(int rm) {
+  return rm <= 2 ? 8 : rm <= 3 ? 6 : rm <= 4 ? 4 : rm <= 6 ? 3 : 2;
+}
+
+template <bool kTiled, int RM, int NG = 1>
+inline void dispatch_ng(int ng, const float* a, int64_t lda, const uint16_t* w, int64_t gs,
+                        int64_t k, float* c, int64_t ldc, const float* bias, int64_t lo,
+                        int64_t hi) {
+  if constexpr (NG <= tile_groups(RM)) {
+    if (ng == NG) return tile_bf16<RM, NG, kTiled>(a, lda, w, gs, k, c, ldc, bias, lo, hi);
+    return dispatch_ng<kTiled, RM, NG + 1>(ng, a, lda, w, gs, k, c, ldc, bias, lo, hi);
   } else {
-#pragma GCC unroll 16
-    for (int i = 0; i < RM; ++i)
-#pragma GCC unroll 16
-      for (int j = 0; j < RN; ++j) _mm512_store_ps(state + (i * RN + j) * 16, acc[i][j]);
+    TESSERA_CHECK(false) << "tile width " << ng;
   }
 }
 
-// Few rows: tiles of up to 4 rows x 8, 8, 5, 4 weight rows, weights converted in registers.
-// One row: 8 rows with a 1 KB prefetch read DRAM fastest of 16/12/8 rows and 0-2 KB (best of
-// 12 interleaved rounds, three runs; differences ~15%, near the noise of the loaded machine).
-struct DirectShape {
-  static constexpr int kRows = 4;
-  static constexpr int max_rn(int rm) { return rm == 1 ? 8 : rm == 2 ? 8 : rm == 3 ? 5 : 4; }
-};
-// Many rows: 4 x 6 tiles over the f32 panel (24 accumulators, 6 weights, 1 activation).
-// (Measured on one core at k = 2048: 4 x 6 ~125 GFLOP/s, 6 x 4 and 5 x 5 ~110, 8 x 3 ~55.)
-struct PanelShape {
-  static constexpr int kRows = 4;
-  static constexpr int max_rn(int rm) { return 6; }
-};
-
-struct DirectTile {
-  template <int RM, int RN>
-  static void run(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, float* c,
-                  int64_t ldc, const float* bias) {
-    tile_bf16_direct<RM, RN>(a, lda, w, ldw, k, c, ldc, bias);
-  }
-};
-
-struct PanelTile {
-  template <int RM, int RN>
-  static void run(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t k0,
-                  int64_t k1, float* state, bool first, bool last, float* c, int64_t ldc,
-                  const float* bias) {
-    tile_bf16_panel<RM, RN>(a, lda, panel, ldp, k0, k1, state, first, last, c, ldc, bias);
-  }
-};
-
-void gemm_bf16_direct(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
-                      int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
-  constexpr int64_t kBlockM = 64;
-  for (int64_t m0 = 0; m0 < m; m0 += kBlockM) {
-    const int64_t m1 = std::min(m, m0 + kBlockM);
-    const int rows_main = static_cast<int>(std::min<int64_t>(DirectShape::kRows, m1 - m0));
-    const int rn_main = DirectShape::max_rn(rows_main);
-    for (int64_t j = 0; j < n; j += rn_main) {
-      const int rn = static_cast<int>(std::min<int64_t>(rn_main, n - j));
-      for (int64_t i = m0; i < m1; i += DirectShape::kRows) {
-        const int rm = static_cast<int>(std::min<int64_t>(DirectShape::kRows, m1 - i));
-        dispatch_tile<DirectTile, DirectShape>(rm, rn, a + i * lda, lda, w + j * ldw, ldw, k,
-                                               c + i * ldc + j, ldc, bias ? bias + j : nullptr);
-      }
-    }
+template <bool kTiled, int RM = 1>
+inline void dispatch_rm(int rm, int ng, const float* a, int64_t lda, const uint16_t* w, int64_t gs,
+                        int64_t k, float* c, int64_t ldc, const float* bias, int64_t lo,
+                        int64_t hi) {
+  if constexpr (RM <= kTileRows) {
+    if (rm == RM) return dispatch_ng<kTiled, RM>(ng, a, lda, w, gs, k, c, ldc, bias, lo, hi);
+    return dispatch_rm<kTiled, RM + 1>(rm, ng, a, lda, w, gs, k, c, ldc, bias, lo, hi);
+  } else {
+    TESSERA_CHECK(false) << "tile height " << rm;
   }
 }
 
-// Blocks of kBlockM rows x kBlockK columns of activations (512 KB) stay in L2 while each
-// 6 x kBlockK f32 weight panel (24 KB) is converted once and reused from L1 by all the block's
-// row tiles.
-void gemm_bf16_panel(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
-                     int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
-  constexpr int64_t kBlockM = 128, kBlockK = 1024;
-  constexpr int kRows = PanelShape::kRows, kWidth = PanelShape::max_rn(kRows);
-  constexpr int64_t kLdp = kBlockK + 16;  // padded: rows of the panel fall in different L1 sets
-  alignas(64) float panel[kWidth * kLdp];
-  alignas(64) float state[kBlockM / kRows][kRows * kWidth * 16];
-  const int64_t kp = round_up(k, 32);
-  const int64_t kblocks = (kp + kBlockK - 1) / kBlockK;
-  for (int64_t m0 = 0; m0 < m; m0 += kBlockM) {
-    const int64_t m1 = std::min(m, m0 + kBlockM);
-    for (int64_t j = 0; j < n; j += kWidth) {
-      const int rn = static_cast<int>(std::min<int64_t>(kWidth, n - j));
-      const uint16_t* wj = w + j * ldw;
-      const float* bj = bias ? bias + j : nullptr;
-      for (int64_t kb = 0; kb < kblocks; ++kb) {
-        const int64_t k0 = kb * kBlockK, k1 = std::min(kp, k0 + kBlockK);
-        convert_panel(wj, ldw, rn, k0, k1, k, panel, kLdp);
-        for (int64_t i = m0; i < m1; i += kRows) {
-          const int rm = static_cast<int>(std::min<int64_t>(kRows, m1 - i));
-          dispatch_tile<PanelTile, PanelShape>(rm, rn, a + i * lda, lda, panel, kLdp, k0, k1,
-                                               state[(i - m0) / kRows], kb == 0, kb == kblocks - 1,
-                                               c + i * ldc + j, ldc, bj);
+// Blocks of output columns whose weights (~1 MB) stay in L2 while every row tile passes over
+// them; within a block, row tiles of 12 rows (whose activations stay in L1/L2) sweep the groups.
+// lda < 0: a is in pack_tiles' layout.
+void gemm_bf16_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* packed,
+                      int64_t lo, int64_t hi, float* c, int64_t ldc, const float* bias) {
+  if (lo >= hi || m == 0) return;
+  const bool tiled = lda < 0;
+  const int64_t gs = tile_stride(k);
+  const int64_t g_lo = lo / 16, g_hi = (hi + 15) / 16;
+  const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / (gs * 2), 2, 16);
+  for (int64_t b0 = g_lo; b0 < g_hi; b0 += block) {
+    const int64_t b1 = std::min(g_hi, b0 + block);
+    for (int64_t i = 0; i < m; i += kTileRows) {
+      const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
+      const int64_t width = tile_groups(rm);
+      const float* ai = tiled ? a + i * k : a + i * lda;
+      for (int64_t g = b0; g < b1; g += width) {
+        const int ng = static_cast<int>(std::min(width, b1 - g));
+        if (tiled) {
+          dispatch_rm<true>(rm, ng, ai, 0, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
+                            bias ? bias + g * 16 : nullptr, lo - g * 16, hi - g * 16);
+        } else {
+          dispatch_rm<false>(rm, ng, ai, lda, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
+                             bias ? bias + g * 16 : nullptr, lo - g * 16, hi - g * 16);
         }
       }
     }
-  }
-}
-
-// Below this many rows converting weights in registers is cheaper than a panel.
-constexpr int64_t kPanelMinRows = 16;
-
-void gemm_bf16_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* w,
-                      int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
-  if (m >= kPanelMinRows) {
-    gemm_bf16_panel(a, lda, m, k, w, ldw, n, c, ldc, bias);
-  } else {
-    gemm_bf16_direct(a, lda, m, k, w, ldw, n, c, ldc, bias);
   }
 }
 
@@ -395,28 +342,40 @@ void gemm_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const vo
 
 void pack_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, float* out, int64_t ldo,
                       bool round_bf16) {
-  const int64_t kp = round_up(k, 32);
-  // Gathers 32 consecutive columns as 16 even then 16 odd ones.
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int64_t i = 0; i < m; ++i) {
     const float* ai = a + i * lda;
     float* o = out + i * ldo;
-    for (int64_t kk = 0; kk < kp; kk += 32) {
-      __m512 v[2];
-      for (int h = 0; h < 2; ++h) {
-        const int64_t left = k - kk - 16 * h;
-        const __mmask16 mask = left >= 16  ? 0xffff
-                               : left <= 0 ? 0
-                                           : static_cast<__mmask16>((1u << left) - 1u);
-        v[h] = _mm512_maskz_loadu_ps(mask, ai + kk + 16 * h);
-        if (round_bf16) {
-          const __m256bh r = _mm512_cvtneps_pbh(v[h]);
-          v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)r), 16));
-        }
+    for (int64_t kk = 0; kk < k; kk += 16) {
+      const __mmask16 mask = k - kk >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - kk)) - 1u);
+      __m512 v = _mm512_maskz_loadu_ps(mask, ai + kk);
+      if (round_bf16) {
+        const __m256bh r = _mm512_cvtneps_pbh(v);
+        v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)r), 16));
       }
-      _mm512_storeu_ps(o + kk, _mm512_permutex2var_ps(v[0], even, v[1]));
-      _mm512_storeu_ps(o + kk + 16, _mm512_permutex2var_ps(v[0], odd, v[1]));
+      _mm512_mask_storeu_ps(o + kk, mask, v);
+    }
+  }
+}
+
+inline float round_to_bf16_f32(float x) {
+  const __m512 v = _mm512_set1_ps(x);
+  const __m256bh r = _mm512_cvtneps_pbh(v);
+  return _mm_cvtss_f32(_mm512_castps512_ps128(
+      _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)r), 16))));
+}
+
+void pack_tiles_avx512(const float* a, int64_t lda, int64_t m, int64_t k, float* out,
+                       int64_t t_begin, int64_t t_end, bool round_bf16) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    float* o = out + t * k * kTileRows;
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - t * kTileRows));
+    const float* row[kTileRows];
+    for (int i = 0; i < rows; ++i) row[i] = a + (t * kTileRows + i) * lda;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      int i = 0;
+      for (; i < rows; ++i)
+        o[kk * kTileRows + i] = round_bf16 ? round_to_bf16_f32(row[i][kk]) : row[i][kk];
+      for (; i < kTileRows; ++i) o[kk * kTileRows + i] = 0.0f;
     }
   }
 }
@@ -425,9 +384,11 @@ void pack_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, float* 
 
 GemmKernels gemm_kernels_avx512() {
   GemmKernels kernels;
-  kernels.bf16_fma = true;
+  kernels.bf16_packed = true;
   kernels.gemm_bf16 = gemm_bf16_avx512;
   kernels.pack_rows = pack_rows_avx512;
+  kernels.pack_tiles = pack_tiles_avx512;
+  kernels.tile_rows = kTileRows;
   kernels.gemm_f32 = gemm_f32_avx512;
   return kernels;
 }

@@ -1,5 +1,7 @@
 // Portable GEMM: plain C++, 16 partial sums per output so the compiler can vectorise it without
 // reassociating (the order of additions is fixed, hence batch invariant).
+#include <algorithm>
+
 #include "core/status.h"
 #include "kernels/cpu/gemm.h"
 
@@ -57,9 +59,37 @@ void gemm_f32_generic(const float* a, int64_t lda, int64_t m, int64_t k, const v
 
 }  // namespace
 
+void pack_bf16_tiles(const uint16_t* w, int64_t ldw, int64_t n, int64_t k, uint16_t* packed,
+                     int64_t g_begin, int64_t g_end) {
+  const int64_t full = k / 2, stride = tile_stride(k);
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    uint16_t* out = packed + g * stride;
+    const int rows = static_cast<int>(std::clamp<int64_t>(n - g * 16, 0, 16));
+    const uint16_t* row[16];
+    for (int l = 0; l < rows; ++l) row[l] = w + (g * 16 + l) * ldw;
+    // Pair p of the 16 columns is 32 consecutive values; the 16 source rows are read in step.
+    for (int64_t p = 0; p < full; ++p) {
+      uint16_t* o = out + p * 32;
+      int l = 0;
+      for (; l < rows; ++l) {
+        o[2 * l] = row[l][2 * p];
+        o[2 * l + 1] = row[l][2 * p + 1];
+      }
+      for (; l < 16; ++l) o[2 * l] = o[2 * l + 1] = 0;
+    }
+    if (k % 2 == 1) {
+      uint16_t* o = out + full * 32;
+      for (int l = 0; l < 16; ++l) {
+        o[2 * l] = l < rows ? row[l][k - 1] : 0;
+        o[2 * l + 1] = 0;
+      }
+    }
+  }
+}
+
 GemmKernels gemm_kernels_generic() {
   GemmKernels kernels;
-  kernels.bf16_fma = false;
+  kernels.bf16_packed = false;
   kernels.gemm_f32 = gemm_f32_generic;
   return kernels;
 }

@@ -232,7 +232,8 @@ class LlamaFamilyModel : public CausalLM {
     // its own range of layers; the rest of the checkpoint belongs to other stages.
     const Range owned = ctx.owned_layers(c.num_layers);
     if (ctx.owns_embedding()) {
-      embed_.emplace(ctx, w, "model.embed_tokens.weight", c.vocab_size, c.hidden_size, scale);
+      embed_.emplace(ctx, w, "model.embed_tokens.weight", c.vocab_size, c.hidden_size, scale,
+                     c.tie_word_embeddings && ctx.owns_lm_head());
     } else if (!(c.tie_word_embeddings && ctx.owns_lm_head())) {
       w.ignore("model.embed_tokens.weight");
     }
@@ -255,7 +256,7 @@ class LlamaFamilyModel : public CausalLM {
         if (c.tie_word_embeddings && w.has("lm_head.weight")) w.ignore("lm_head.weight");
         Range r = split_evenly(c.vocab_size, ctx.tp_size(), ctx.tp_rank());
         Tensor t = w.get(name, {c.vocab_size, c.hidden_size}, Slice{0, r.begin, r.end});
-        lm_head_.emplace(ctx, ctx.backend.prepare_weight(t), r, c.vocab_size);
+        lm_head_.emplace(ctx, ctx.backend.prepare_linear_weight(std::move(t)), r, c.vocab_size);
       }
     } else {
       w.ignore("model.norm.weight");

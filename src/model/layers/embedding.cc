@@ -8,10 +8,10 @@ namespace tessera {
 
 VocabParallelEmbedding::VocabParallelEmbedding(ModelContext& ctx, WeightSource& weights,
                                                const std::string& name, int64_t vocab,
-                                               int64_t hidden, float scale)
+                                               int64_t hidden, float scale, bool tied)
     : ctx_(ctx), range_(split_evenly(vocab, ctx.tp_size(), ctx.tp_rank())), scale_(scale) {
-  table_ = ctx.backend.prepare_weight(
-      weights.get(name, {vocab, hidden}, Slice{0, range_.begin, range_.end}));
+  Tensor t = weights.get(name, {vocab, hidden}, Slice{0, range_.begin, range_.end});
+  table_ = tied ? ctx.backend.prepare_linear_weight(std::move(t)) : ctx.backend.prepare_weight(t);
 }
 
 void VocabParallelEmbedding::forward(const Tensor& ids, const Tensor& out) const {

@@ -13,8 +13,10 @@ namespace tessera {
 
 class VocabParallelEmbedding {
  public:
+  // `tied`: the table is also the LM head's weight, so it is prepared as a linear weight (the
+  // backend's embedding op reads that layout too) and shared rather than held twice.
   VocabParallelEmbedding(ModelContext& ctx, WeightSource& weights, const std::string& name,
-                         int64_t vocab, int64_t hidden, float scale);
+                         int64_t vocab, int64_t hidden, float scale, bool tied = false);
   // ids [T] int32 -> out [T, hidden]
   void forward(const Tensor& ids, const Tensor& out) const;
   const Tensor& shard() const { return table_; }

@@ -22,7 +22,7 @@ ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weig
     Tensor w = weights.get(part.name + ".weight", {part.rows, in_features},
                            Slice{0, part.row_begin, part.row_end});
     LinearSegment seg;
-    seg.weight = ctx.backend.prepare_weight(w);
+    seg.weight = ctx.backend.prepare_linear_weight(std::move(w));
     if (part.bias)
       seg.bias = load_f32_vector(ctx, weights, part.name + ".bias", part.rows, part.row_begin,
                                  part.row_end);
@@ -43,7 +43,7 @@ RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
   in_local_ = cols.size();
   Tensor w =
       weights.get(name + ".weight", {out_features, in_features}, Slice{1, cols.begin, cols.end});
-  segment_.weight = ctx.backend.prepare_weight(w);
+  segment_.weight = ctx.backend.prepare_linear_weight(std::move(w));
   // The bias joins on rank 0 only, so that the all-reduce adds it once.
   if (bias) {
     Tensor b = load_f32_vector(ctx, weights, name + ".bias", out_features);
