@@ -384,12 +384,14 @@ void OpenAIServer::install_routes() {
         }
       });
 
+  // 503 while loading, after an engine fault, and once shutdown has begun (SIGTERM, including
+  // the one mpirun sends when another rank has died): load balancers stop routing here.
   s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-    const bool ok = ready_ && model_.engine->healthy();
+    const bool ok = ready_ && accepting_ && model_.engine->healthy();
     res.status = ok ? 200 : 503;
   });
   s.Get("/ping", [this](const httplib::Request&, httplib::Response& res) {
-    res.status = ready_ && model_.engine->healthy() ? 200 : 503;
+    res.status = ready_ && accepting_ && model_.engine->healthy() ? 200 : 503;
   });
   s.Get("/version", [this](const httplib::Request&, httplib::Response& res) {
     send_json(res, 200, {{"version", options_.version}});

@@ -3,8 +3,8 @@
 #  1. a completion through the server gives the tokens `tessera generate` gives with one rank;
 #  2. a rank that hangs (SIGSTOP) mid-request: /health turns 503, the client gets an error naming
 #     the rank, and every process exits within 10 s;
-#  3. a rank killed (SIGKILL) mid-request: every other rank exits within 10 s, the client gets an
-#     error, and no process is left behind.
+#  3. a rank killed (SIGKILL) mid-request: /health turns 503, every other rank exits within 10 s,
+#     the client gets an error, and no process is left behind.
 # Usage: serve_parallel_test.sh TESSERA_BINARY
 set -euo pipefail
 tessera="$1"
@@ -116,8 +116,15 @@ done
 sleep 0.3
 kill -9 "$r1"
 start=$SECONDS
+# mpirun notices the death and sends SIGTERM before SIGKILL: /health answers 503 in between.
+saw503=0
+while kill -0 "$server" 2>/dev/null && [ $((SECONDS - start)) -lt 15 ]; do
+  [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 503 ] && saw503=1
+  sleep 0.05
+done
 wait_exit 10
-echo "killed rank: exited after $((SECONDS - start)) s"
+echo "killed rank: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
+[ $saw503 = 1 ] || { echo "FAIL: /health never answered 503 before the exit"; exit 1; }
 wait  # the clients
 complete=0
 for i in $(seq 1 16); do grep -q '\[DONE\]' "$work/stream$i.txt" && complete=$((complete + 1)); done

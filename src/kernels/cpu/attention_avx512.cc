@@ -114,12 +114,14 @@ void attention_tiles(const AttentionArgs& args, int seq, int kv_head, int64_t ro
     }
     const int32_t key_lo = *std::min_element(lo, lo + nv),
                   key_hi = *std::max_element(pos, pos + nv);
+    // Running totals over partitions, in memory: they change once per partition, and keeping
+    // them in registers beside the partition accumulators would spill both.
     float mt[QV], lt[QV];
-    __m512 at[QV][DC];
+    alignas(64) float at[QV][D];
     for (int v = 0; v < QV; ++v) {
       mt[v] = neg_inf;
       lt[v] = 0;
-      for (int c = 0; c < DC; ++c) at[v][c] = _mm512_setzero_ps();
+      for (int c = 0; c < DC; ++c) _mm512_store_ps(at[v] + 16 * c, _mm512_setzero_ps());
     }
     for (int32_t part = key_lo / kPartition * kPartition; part <= key_hi; part += kPartition) {
       float m[QV], l[QV];
@@ -142,9 +144,15 @@ void attention_tiles(const AttentionArgs& args, int seq, int kv_head, int64_t ro
           for (int v = 0; v < QV; ++v)
             s[v] = _mm512_fmadd_ps(_mm512_set1_ps(qs[(g0 + v) * D + e]), k, s[v]);
         }
+        // Softmax of the tile per query, over the lanes [j0, j1) it sees.
+        int32_t jmin = kTile, jmax = 0, j0s[QV], j1s[QV];
         for (int v = 0; v < nv; ++v) {
           const int32_t j0 = std::max(lo[v] - tile, 0), j1 = std::min(pos[v] + 1 - tile, kTile);
+          j0s[v] = j0;
+          j1s[v] = j1;
           if (j0 >= j1) continue;  // this query does not see this tile
+          jmin = std::min(jmin, j0);
+          jmax = std::max(jmax, j1);
           const __mmask16 valid = static_cast<__mmask16>(((1u << j1) - 1u) & ~((1u << j0) - 1u));
           __m512 sv = s[v];
           if (p.softcap > 0) sv = softcap16(sv, p.softcap);
@@ -157,13 +165,18 @@ void attention_tiles(const AttentionArgs& args, int seq, int kv_head, int64_t ro
           const __m512 cv = _mm512_set1_ps(corr);
           for (int c = 0; c < DC; ++c) acc[v][c] = _mm512_mul_ps(acc[v][c], cv);
           _mm512_store_ps(pbuf[v], pv);
-          for (int j = j0; j < j1; ++j) {
-            const __m512 pj = _mm512_set1_ps(pbuf[v][j]);
-            for (int c = 0; c < DC; ++c)
-              acc[v][c] =
-                  _mm512_fmadd_ps(pj, load16<KV>(args.v_cache, vbase + j * D + 16 * c), acc[v][c]);
-          }
           m[v] = m_new;
+        }
+        // P x V with each value row loaded once for all the queries that see it; a query's
+        // accumulators take exactly the FMAs they would alone, in the same order.
+        for (int32_t j = jmin; j < jmax; ++j) {
+          __m512 vv[DC];
+          for (int c = 0; c < DC; ++c) vv[c] = load16<KV>(args.v_cache, vbase + j * D + 16 * c);
+          for (int v = 0; v < nv; ++v) {
+            if (j < j0s[v] || j >= j1s[v]) continue;
+            const __m512 pj = _mm512_set1_ps(pbuf[v][j]);
+            for (int c = 0; c < DC; ++c) acc[v][c] = _mm512_fmadd_ps(pj, vv[c], acc[v][c]);
+          }
         }
       }
       // Merge the partition into the running totals.
@@ -174,8 +187,9 @@ void attention_tiles(const AttentionArgs& args, int seq, int kv_head, int64_t ro
         const float b = exp1(m[v] - mm);
         lt[v] = lt[v] * a + l[v] * b;
         for (int c = 0; c < DC; ++c)
-          at[v][c] = _mm512_fmadd_ps(at[v][c], _mm512_set1_ps(a),
-                                     _mm512_mul_ps(acc[v][c], _mm512_set1_ps(b)));
+          _mm512_store_ps(at[v] + 16 * c,
+                          _mm512_fmadd_ps(_mm512_load_ps(at[v] + 16 * c), _mm512_set1_ps(a),
+                                          _mm512_mul_ps(acc[v][c], _mm512_set1_ps(b))));
         mt[v] = mm;
       }
     }
@@ -184,7 +198,8 @@ void attention_tiles(const AttentionArgs& args, int seq, int kv_head, int64_t ro
       float* o = args.out + (row_begin + qi / group) * args.ldo +
                  static_cast<int64_t>(kv_head * group + qi % group) * D;
       const __m512 inv = _mm512_set1_ps(1.0f / lt[v]);
-      for (int c = 0; c < DC; ++c) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(at[v][c], inv));
+      for (int c = 0; c < DC; ++c)
+        _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(_mm512_load_ps(at[v] + 16 * c), inv));
     }
   }
 }
