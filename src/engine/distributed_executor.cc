@@ -9,7 +9,7 @@ namespace tessera {
 
 namespace {
 // The first byte of each control message.
-constexpr char kStep = 'S', kStop = 'Q';
+constexpr char kStep = 'S', kStop = 'Q', kPing = 'P';
 }  // namespace
 
 DistributedExecutor::DistributedExecutor(ModelRunner& runner, DistributedWorld& world,
@@ -44,6 +44,17 @@ Tensor DistributedExecutor::execute(const StepInputs& inputs) {
   }
 }
 
+void DistributedExecutor::heartbeat() {
+  if (failed_) throw DistributedError("a rank has failed; the job is stopping");
+  try {
+    std::string message(1, kPing);
+    world_.world().broadcast_bytes(message, 0);
+    world_.world().barrier();
+  } catch (const DistributedError& e) {
+    fail_job(e);
+  }
+}
+
 void DistributedExecutor::shutdown() {
   if (stopped_ || failed_) return;
   stopped_ = true;
@@ -63,6 +74,10 @@ void run_worker_loop(ModelRunner& runner, DistributedWorld& world) {
       world.world().broadcast_bytes(message, 0);
       TESSERA_CHECK(!message.empty());
       if (message[0] == kStop) return;
+      if (message[0] == kPing) {
+        world.world().barrier();
+        continue;
+      }
       TESSERA_CHECK_EQ(message[0], kStep);
       runner.execute(StepInputs::deserialize(std::string_view(message).substr(1)));
     }

@@ -19,6 +19,8 @@ class DistributedExecutor : public ModelExecutor {
   ~DistributedExecutor() override;
   const ModelConfig& config() const override { return runner_.config(); }
   Tensor execute(const StepInputs& inputs) override;
+  // Every rank meets rank 0 in a barrier (bounded by the communicator's timeout).
+  void heartbeat() override;
   // Tells the workers to leave their loop (once; also done by the destructor).
   void shutdown();
 

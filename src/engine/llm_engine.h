@@ -68,6 +68,8 @@ class LLMEngine {
   // step. Unknown ids are ignored.
   void abort_request(const std::string& request_id);
   std::vector<RequestOutput> step();
+  // See ModelExecutor::heartbeat: for the loop to call while idle.
+  void heartbeat() { executor_.heartbeat(); }
   bool has_unfinished() const { return !sequences_.empty(); }
   EngineStats stats() const;
   const EngineConfig& config() const { return config_; }

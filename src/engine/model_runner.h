@@ -21,6 +21,9 @@ class ModelExecutor {
   // Logits [logit_rows, vocab] f32 in host memory (on ranks other than the driver: an empty
   // tensor).
   virtual Tensor execute(const StepInputs& inputs) = 0;
+  // Checks that every rank still answers, for an idle server (steps find a dead or hung rank
+  // themselves); throws DistributedError otherwise. Nothing to check with one rank.
+  virtual void heartbeat() {}
 };
 
 // The communicators a pipeline-parallel runner needs.

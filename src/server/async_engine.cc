@@ -42,8 +42,8 @@ std::optional<Error> RequestStream::error() const {
   return error_;
 }
 
-AsyncEngine::AsyncEngine(LLMEngine& engine, EngineMetrics* metrics)
-    : engine_(engine), metrics_(metrics) {
+AsyncEngine::AsyncEngine(LLMEngine& engine, EngineMetrics* metrics, double heartbeat_s)
+    : engine_(engine), metrics_(metrics), heartbeat_s_(heartbeat_s) {
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -96,7 +96,19 @@ void AsyncEngine::loop() {
     std::vector<std::string> aborts;
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || busy || !inbox_.empty() || !aborts_.empty(); });
+      const auto ready = [&] { return stop_ || busy || !inbox_.empty() || !aborts_.empty(); };
+      if (!cv_.wait_for(lock, std::chrono::duration<double>(heartbeat_s_), ready)) {
+        lock.unlock();
+        if (healthy_) {
+          try {
+            engine_.heartbeat();
+          } catch (const std::exception& e) {
+            spdlog::error("heartbeat failed: {}", e.what());
+            healthy_ = false;
+          }
+        }
+        continue;
+      }
       if (stop_) break;
       admitted.swap(inbox_);
       aborts.swap(aborts_);

@@ -49,7 +49,9 @@ class RequestStream {
 class AsyncEngine {
  public:
   // `metrics` may be null.
-  AsyncEngine(LLMEngine& engine, EngineMetrics* metrics);
+  // While idle, the loop checks every `heartbeat_s` seconds that all ranks still answer, so a
+  // dead or hung rank of an idle tp/pp server turns /health 503 instead of waiting for a request.
+  AsyncEngine(LLMEngine& engine, EngineMetrics* metrics, double heartbeat_s = 5.0);
   ~AsyncEngine();
 
   // Queues a request; its outputs arrive on the returned stream. Errors found when the engine
@@ -96,6 +98,7 @@ class AsyncEngine {
   bool stop_ = false;
   std::atomic<bool> accepting_{true};
   std::atomic<bool> healthy_{true};
+  double heartbeat_s_;
   std::atomic<int64_t> unfinished_{0};
   std::map<std::string, Live> live_;  // engine thread only
   mutable std::mutex stats_mu_;

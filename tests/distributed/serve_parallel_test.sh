@@ -3,6 +3,8 @@
 #  1. a completion through the server gives the tokens `tessera generate` gives with one rank;
 #  2. a rank that hangs (SIGSTOP) mid-request: /health turns 503, the client gets an error naming
 #     the rank, and every process exits within 10 s;
+#  2b. a rank that hangs while the server is idle: the idle heartbeat turns /health 503 and
+#     every process exits within 15 s;
 #  3. a rank killed (SIGKILL) mid-request: /health turns 503, every other rank exits within 10 s,
 #     the client gets an error, and no process is left behind.
 # Usage: serve_parallel_test.sh TESSERA_BINARY
@@ -101,6 +103,25 @@ echo "hung rank: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
 [ $((SECONDS - start)) -le 10 ] || { echo "FAIL: took longer than 10 s"; exit 1; }
 [ $saw503 = 1 ] || { echo "FAIL: /health never answered 503"; exit 1; }
 grep -q "no answer from rank 1" "$work/stream.txt" || { cat "$work/stream.txt"; echo "FAIL: no error to the client"; exit 1; }
+kill -9 "$r1" 2>/dev/null || true
+no_leftovers "$port"
+
+# 2b. A rank that hangs while the server is idle: the idle heartbeat (every 5 s) finds it.
+port="$(free_port)"
+start_server "$port"
+r1="$(rank_pid 1)"
+kill -STOP "$r1"
+start=$SECONDS
+saw503=0
+while kill -0 "$server" 2>/dev/null && [ $((SECONDS - start)) -lt 20 ]; do
+  [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 503 ] && saw503=1
+  sleep 0.1
+done
+wait_exit 10
+echo "rank hung while idle: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
+[ $((SECONDS - start)) -le 15 ] || { echo "FAIL: took longer than 15 s"; exit 1; }
+[ $saw503 = 1 ] || { echo "FAIL: /health never answered 503"; exit 1; }
+grep -q "heartbeat failed.*no answer from rank 1" "$work/serve.log" || { cat "$work/serve.log"; echo "FAIL: the log does not name rank 1"; exit 1; }
 kill -9 "$r1" 2>/dev/null || true
 no_leftovers "$port"
 
