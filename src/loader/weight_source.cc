@@ -67,6 +67,16 @@ Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape
       fail(ErrorKind::kUnsupported, "{}: tensor \"{}\" has dtype {}, expected F32, BF16 or F16",
            checkpoint_->file_of(name), name, dtype_name(info.dtype));
     if (format_ == LoadFormat::kMmap) {
+      // The previous tensor has been prepared by now (layers load and prepare one at a time):
+      // if the backend copied it, its mapped pages would count twice until the end of the
+      // load. Dropping them is always safe (a later read faults the same bytes back).
+      if (!last_mapped_.empty()) {
+        const TensorInfo& prev = checkpoint_->info(last_mapped_);
+        checkpoint_->file(last_mapped_)
+            .release_pages(checkpoint_->file(last_mapped_).data_offset() + prev.begin,
+                           prev.end - prev.begin);
+      }
+      last_mapped_ = name;
       t = checkpoint_->tensor(name);
       if (slice.dim >= 0) t = t.slice(slice.dim, slice.begin, slice.end);
     } else {

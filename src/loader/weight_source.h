@@ -68,6 +68,7 @@ class WeightSource {
   DType dummy_dtype_;
   std::optional<DType> convert_to_;
   std::set<std::string> used_;
+  std::string last_mapped_;  // mmap format: the tensor whose pages go at the next get()
   uint64_t bytes_used_ = 0, bytes_read_ = 0;
   double read_seconds_ = 0;
 };
