@@ -61,6 +61,24 @@ TEST_P(BatchInvariance, RowsMatchAcrossBatchSizes) {
   std::filesystem::remove_all(dir);
 }
 
+// --load-format mmap (weights packed from the mapping, whose pages are then dropped) and the
+// default read give bitwise the same logits, tied embeddings included (gemma2 ties them).
+TEST_P(BatchInvariance, MmapLoadGivesTheSameLogits) {
+  const auto [arch, dtype] = GetParam();
+  const auto dir = testing::make_tiny(arch, dtype, 5);
+  const auto ids = testing::test_ids(40, 4096, 9);
+  auto logits = [&](LoadFormat format) {
+    DirectRunner runner(dir, std::nullopt, 2, 64, cpu::detect_isa(), MatmulPrecision::kExact,
+                        format);
+    Tensor t = runner.run({{0, ids, 0, static_cast<int64_t>(ids.size()), true}});
+    return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+  };
+  const auto read = logits(LoadFormat::kAuto), mapped = logits(LoadFormat::kMmap);
+  ASSERT_EQ(read.size(), mapped.size());
+  EXPECT_EQ(0, std::memcmp(read.data(), mapped.data(), read.size() * sizeof(float)));
+  std::filesystem::remove_all(dir);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Arch, BatchInvariance,
     ::testing::Values(std::make_pair("llama", DType::kBF16), std::make_pair("llama", DType::kF32),

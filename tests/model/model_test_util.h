@@ -58,9 +58,13 @@ class DirectRunner {
   // kv_dtype: the KV cache dtype (default: the backend's choice for the model).
   explicit DirectRunner(const std::filesystem::path& dir, std::optional<DType> kv_dtype = {},
                         int threads = 2, int64_t blocks = 512, cpu::Isa isa = cpu::detect_isa(),
-                        MatmulPrecision precision = MatmulPrecision::kExact)
+                        MatmulPrecision precision = MatmulPrecision::kExact,
+                        LoadFormat format = LoadFormat::kAuto)
       : pool_(threads), backend_(pool_, isa, precision), ctx_{backend_, comm_} {
-    model_ = load_model(dir, ctx_);
+    LoadOptions options;
+    options.format = format;
+    options.pool = &pool_;
+    model_ = load_model(dir, ctx_, options);
     kv_dtype_ = kv_dtype.value_or(backend_.default_kv_cache_dtype(model_->config().dtype));
     cache_ = allocate_kv_cache(backend_, *model_, blocks, 16, kv_dtype_);
     runner_ = std::make_unique<ModelRunner>(backend_, *model_, cache_);
