@@ -75,6 +75,12 @@ BENCHMARK(BM_Linear)
     ->Args({512, 2048, 2048, 0})
     ->Args({512, 5632, 2048, 0})
     ->Args({512, 2048, 5632, 0})
+    // The small preset's shapes at a 2048-token step (serving) and a 16-row decode step.
+    ->Args({2048, 768, 768, 0})
+    ->Args({2048, 4096, 768, 0})
+    ->Args({2048, 768, 2048, 0})
+    ->Args({16, 4096, 768, 0})
+    ->Args({16, 32000, 768, 0})
     ->Args({1, 2048, 2048, 1})
     ->Args({512, 2048, 2048, 1})
     ->UseRealTime();
