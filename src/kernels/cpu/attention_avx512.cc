@@ -158,12 +158,17 @@ void attention_tiles(const AttentionArgs& args, int seq, int kv_head, int64_t ro
           if (p.softcap > 0) sv = softcap16(sv, p.softcap);
           const float tile_max = _mm512_mask_reduce_max_ps(valid, sv);
           const float m_new = std::max(m[v], tile_max);
-          const float corr = m[v] == neg_inf ? 0.0f : exp1(m[v] - m_new);
           const __m512 pv =
               _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(sv, _mm512_set1_ps(m_new))));
-          l[v] = l[v] * corr + _mm512_reduce_add_ps(pv);
-          const __m512 cv = _mm512_set1_ps(corr);
-          for (int c = 0; c < DC; ++c) acc[v][c] = _mm512_mul_ps(acc[v][c], cv);
+          // When the maximum stays, the correction is exp(0) = 1 exactly and rescaling by it
+          // changes no bit: skip it (most tiles after the first few).
+          if (m_new != m[v]) {
+            const float corr = m[v] == neg_inf ? 0.0f : exp1(m[v] - m_new);
+            l[v] *= corr;
+            const __m512 cv = _mm512_set1_ps(corr);
+            for (int c = 0; c < DC; ++c) acc[v][c] = _mm512_mul_ps(acc[v][c], cv);
+          }
+          l[v] += _mm512_reduce_add_ps(pv);
           _mm512_store_ps(pbuf[v], pv);
           m[v] = m_new;
         }
