@@ -47,6 +47,10 @@ class Communicator {
   // may wait indefinitely for the message to start (an idle server sends nothing); once it has
   // started, the usual timeout applies.
   virtual void broadcast_bytes(std::string& data, int root) = 0;
+  // On the root: starts sending `data` (which must stay alive and unchanged until wait_sends())
+  // and returns at once; elsewhere the same as broadcast_bytes. Lets the driver hand out the
+  // next step while pipeline stages are still busy with the previous one.
+  virtual void broadcast_bytes_async(std::string& data, int root) { broadcast_bytes(data, root); }
   virtual void barrier() = 0;
 };
 

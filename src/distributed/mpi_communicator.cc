@@ -221,6 +221,18 @@ void MpiCommunicator::recv(const Tensor& t, int src) {
   wait_all(requests, {src}, "recv");
 }
 
+void MpiCommunicator::broadcast_bytes_async(std::string& data, int root) {
+  if (rank_ != root || size_ == 1) return broadcast_bytes(data, root);
+  check_size(data.size());
+  for (int p = 0; p < size_; ++p) {
+    if (p == root) continue;
+    MPI_Request r;
+    MPI_Isend(data.data(), static_cast<int>(data.size()), MPI_BYTE, p, kTagBytes, comm_, &r);
+    pending_sends_.push_back(r);
+    pending_peers_.push_back(p);
+  }
+}
+
 void MpiCommunicator::broadcast_bytes(std::string& data, int root) {
   TESSERA_CHECK(root >= 0 && root < size_);
   if (size_ == 1) return;

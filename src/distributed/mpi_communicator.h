@@ -33,6 +33,7 @@ class MpiCommunicator : public Communicator {
   void send_async(const Tensor& t, int dst) override;
   void wait_sends() override;
   void broadcast_bytes(std::string& data, int root) override;
+  void broadcast_bytes_async(std::string& data, int root) override;
   void barrier() override;
 
   MPI_Comm comm() const { return comm_; }

@@ -44,6 +44,30 @@ Tensor DistributedExecutor::execute(const StepInputs& inputs) {
   }
 }
 
+void DistributedExecutor::submit(const StepInputs& inputs) {
+  if (runner_.pipeline_stages() <= 1) return ModelExecutor::submit(inputs);
+  if (failed_) throw DistributedError("a rank has failed; the job is stopping");
+  try {
+    std::string& message = messages_.emplace_back(std::string(1, kStep) + inputs.serialize());
+    world_.world().broadcast_bytes_async(message, 0);
+    runner_.begin(inputs);
+  } catch (const DistributedError& e) {
+    fail_job(e);
+  }
+}
+
+Tensor DistributedExecutor::complete() {
+  if (runner_.pipeline_stages() <= 1) return ModelExecutor::complete();
+  if (failed_) throw DistributedError("a rank has failed; the job is stopping");
+  try {
+    Tensor logits = runner_.finish();
+    messages_.pop_front();
+    return logits;
+  } catch (const DistributedError& e) {
+    fail_job(e);
+  }
+}
+
 void DistributedExecutor::heartbeat() {
   if (failed_) throw DistributedError("a rank has failed; the job is stopping");
   try {

@@ -5,6 +5,9 @@
 // the server reports itself unhealthy and fails the open requests.
 #pragma once
 
+#include <deque>
+#include <string>
+
 #include <atomic>
 
 #include "distributed/world.h"
@@ -19,6 +22,10 @@ class DistributedExecutor : public ModelExecutor {
   ~DistributedExecutor() override;
   const ModelConfig& config() const override { return runner_.config(); }
   Tensor execute(const StepInputs& inputs) override;
+  // With pipeline stages: the control message goes out without waiting, this rank runs its
+  // stage and hands the hidden states on; complete() collects the oldest step's logits.
+  void submit(const StepInputs& inputs) override;
+  Tensor complete() override;
   // Every rank meets rank 0 in a barrier (bounded by the communicator's timeout).
   void heartbeat() override;
   // Tells the workers to leave their loop (once; also done by the destructor).
@@ -32,6 +39,7 @@ class DistributedExecutor : public ModelExecutor {
   double grace_s_;
   bool stopped_ = false;
   std::atomic<bool> failed_{false};
+  std::deque<std::string> messages_;  // control messages of the steps in flight
 };
 
 // A worker rank: runs each step the driver broadcasts until it says stop.

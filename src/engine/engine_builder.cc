@@ -122,13 +122,11 @@ void on_all_ranks(DistributedWorld& world, const char* what, F&& body) {
   }
 }
 
-// Threads per rank when --threads is not given: the node's cores shared by the ranks on it that
-// compute at the same time. Tensor-parallel ranks of a stage run together and split the cores;
-// pipeline stages on one node mostly take turns (one waits for the other's hidden states), so
-// each stage gets all of its share: with -pp 2 on 2 cores, 2 threads per rank served the small
-// preset at 239-257 tokens/s against 178-195 with 1 (docs/performance.md). Ranks are placed
-// stage by stage (world rank = stage * tp + tp rank), so a node holds whole tp groups.
-int default_threads(int tp) {
+// Threads per rank when --threads is not given: the node's cores shared by its ranks. Tensor-
+// parallel ranks compute together, and so do pipeline stages, which keep one step each in
+// flight (-pp 2 on 2 cores: 1 thread per rank 237-239 tokens/s on the small preset at 16
+// concurrent, 2 threads 212-238: oversubscribed; docs/performance.md).
+int default_threads() {
   int local = 1;
   for (const char* name :
        {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
@@ -136,8 +134,7 @@ int default_threads(int tp) {
       local = std::atoi(v);
       break;
     }
-  const int concurrent = std::max(1, std::min(local, tp));
-  return std::max(1, physical_core_count() / concurrent);
+  return std::max(1, physical_core_count() / local);
 }
 
 }  // namespace
@@ -155,7 +152,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   DistributedWorld& world = *e->world_;
   const WorldConfig& wc = world.config();
   const bool multi = wc.world_size > 1;
-  const int threads = args.threads > 0 ? args.threads : default_threads(wc.tp);
+  const int threads = args.threads > 0 ? args.threads : default_threads();
   e->pool_ = std::make_unique<ThreadPool>(threads);
   e->backend_ = std::make_unique<CpuBackend>(*e->pool_, cpu::detect_isa(), args.matmul_precision);
   PipelineStage stage;
@@ -253,6 +250,12 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   links.world = &world.world();
   links.pp = &world.pp();
   e->runner_ = std::make_unique<ModelRunner>(*e->backend_, *e->model_, e->cache_, links);
+  // Pipeline parallelism keeps one step per stage in flight (the sequences split into pp
+  // groups, each scheduled on its own), so every step is a single micro-batch.
+  // TESSERA_PP_OVERLAP=0 falls back to pp micro-batches per step, one step at a time.
+  const char* overlap_env = std::getenv("TESSERA_PP_OVERLAP");
+  const bool pp_overlap = wc.pp > 1 && !(overlap_env && std::string(overlap_env) == "0");
+  if (pp_overlap) e->runner_->set_micro_batches(1);
   if (multi) {
     world.world().barrier();  // every rank is ready before the first step
     if (!wc.is_driver()) {
@@ -270,6 +273,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   ec.enable_prefix_caching = args.enable_prefix_caching;
   ec.vocab_size = config.vocab_size;
   ec.eos_token_ids = eos_token_ids(config, e->generation_);
+  ec.virtual_engines = pp_overlap ? wc.pp : 1;
   ModelExecutor& executor = e->executor_ ? static_cast<ModelExecutor&>(*e->executor_) : *e->runner_;
   e->engine_ = std::make_unique<LLMEngine>(ec, executor, std::move(text_decoders), e->pool_.get());
   return e;

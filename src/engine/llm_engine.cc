@@ -27,9 +27,12 @@ LLMEngine::LLMEngine(const EngineConfig& config, ModelExecutor& executor,
       text_decoders_(std::move(text_decoders)),
       pool_(pool),
       blocks_(config.num_blocks, config.block_size, config.enable_prefix_caching),
-      scheduler_(config.scheduler, blocks_),
       sampler_(config.eos_token_ids),
       seed_rng_(std::random_device{}()) {
+  const int groups = std::max(1, config.virtual_engines);
+  for (int g = 0; g < groups; ++g)
+    schedulers_.push_back(std::make_unique<Scheduler>(config.scheduler, blocks_));
+  group_busy_.assign(groups, false);
   const int64_t capacity = config.num_blocks * config.block_size;
   if (capacity < config.scheduler.max_model_len)
     fail(ErrorKind::kResourceExhausted,
@@ -63,7 +66,18 @@ void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> 
   seq->arrival_time = now_seconds();
   if (text_decoders_) seq->decoder = text_decoders_(params.skip_special_tokens);
   for (const auto& s : params.stop) max_stop_len_ = std::max(max_stop_len_, s.size());
-  scheduler_.add(seq.get());
+  // The group with the fewest sequences, so that the pipeline's steps stay balanced.
+  int best = 0;
+  size_t best_count = SIZE_MAX;
+  for (size_t g = 0; g < schedulers_.size(); ++g) {
+    const size_t n = schedulers_[g]->num_waiting() + schedulers_[g]->num_running();
+    if (n < best_count) {
+      best_count = n;
+      best = static_cast<int>(g);
+    }
+  }
+  seq->group = best;
+  schedulers_[best]->add(seq.get());
   sequences_.emplace(request_id, std::move(seq));
 }
 
@@ -71,7 +85,7 @@ void LLMEngine::abort_request(const std::string& request_id) {
   auto it = sequences_.find(request_id);
   if (it == sequences_.end()) return;
   Sequence& seq = *it->second;
-  scheduler_.remove(&seq);
+  schedulers_[seq.group]->remove(&seq);
   seq.status = SequenceStatus::kFinished;
   seq.finish_reason = FinishReason::kAbort;
   seq.finished_time = now_seconds();
@@ -162,19 +176,45 @@ RequestOutput LLMEngine::make_output(Sequence& seq, bool with_prompt_logprobs) {
 
 std::vector<RequestOutput> LLMEngine::step() {
   std::vector<RequestOutput> outputs;
-  for (auto& seq : aborted_) outputs.push_back(make_output(*seq, false));
+  for (auto& seq : aborted_) {
+    outputs.push_back(make_output(*seq, false));
+    if (!in_flight_.empty()) graveyard_.push_back(std::move(seq));
+  }
   aborted_.clear();
 
-  SchedulerOutput sched = scheduler_.schedule();
-  if (sched.empty()) return outputs;
+  // Every group without a step in flight schedules one and submits it; then the oldest step
+  // in flight completes. With one group this is schedule, execute, process.
   double now = now_seconds();
-  for (const auto& s : sched.scheduled)
-    if (s.seq->first_scheduled_time == 0) s.seq->first_scheduled_time = now;
-
-  LogitPlan plan;
-  StepInputs inputs = build_step_inputs(sched, config_.block_size, &plan);
-  Tensor logits = executor_.execute(inputs);
-  scheduler_.on_step_done(sched);
+  for (size_t g = 0; g < schedulers_.size(); ++g) {
+    if (group_busy_[g]) continue;
+    SchedulerOutput sched = schedulers_[g]->schedule();
+    if (sched.empty()) continue;
+    for (const auto& s : sched.scheduled)
+      if (s.seq->first_scheduled_time == 0) s.seq->first_scheduled_time = now;
+    LogitPlan plan;
+    StepInputs inputs = build_step_inputs(sched, config_.block_size, &plan);
+    executor_.submit(inputs);
+    group_busy_[g] = true;
+    in_flight_.push_back({static_cast<int>(g), std::move(sched), std::move(plan)});
+  }
+  if (in_flight_.empty()) {
+    graveyard_.clear();
+    return outputs;
+  }
+  InFlightStep step = std::move(in_flight_.front());
+  in_flight_.pop_front();
+  Tensor logits = executor_.complete();
+  group_busy_[step.group] = false;
+  SchedulerOutput& sched = step.sched;
+  const LogitPlan& plan = step.plan;
+  // Sequences aborted while their step was in flight are already reported and freed.
+  auto aborted = [](const Sequence& seq) { return seq.finish_reason == FinishReason::kAbort; };
+  {
+    SchedulerOutput live;
+    for (const auto& s : sched.scheduled)
+      if (!aborted(*s.seq)) live.scheduled.push_back(s);
+    schedulers_[step.group]->on_step_done(live);
+  }
   const int64_t vocab = logits.size(1);
   auto row = [&](int32_t r) {
     return std::span<const float>(logits.data<float>() + static_cast<int64_t>(r) * vocab, vocab);
@@ -183,6 +223,7 @@ std::vector<RequestOutput> LLMEngine::step() {
   // Prompt logprobs: row p of a chunk predicts prompt token p + 1.
   for (size_t i = 0; i < sched.scheduled.size(); ++i) {
     Sequence& seq = *sched.scheduled[i].seq;
+    if (aborted(seq)) continue;
     const int64_t begin = seq.num_computed_tokens - sched.scheduled[i].num_new_tokens;
     for (int32_t k = 0; k < plan.prompt_row_count[i]; ++k) {
       const int64_t pos = begin + k;
@@ -195,7 +236,7 @@ std::vector<RequestOutput> LLMEngine::step() {
   // Sample every sequence whose known tokens are all computed; rows are independent.
   std::vector<size_t> to_sample;
   for (size_t i = 0; i < sched.scheduled.size(); ++i)
-    if (plan.sample_row[i] >= 0) to_sample.push_back(i);
+    if (plan.sample_row[i] >= 0 && !aborted(*sched.scheduled[i].seq)) to_sample.push_back(i);
   std::vector<int32_t> tokens(to_sample.size());
   std::vector<TokenLogprobs> lps(to_sample.size());
   auto sample_range = [&](int64_t b, int64_t e) {
@@ -231,21 +272,24 @@ std::vector<RequestOutput> LLMEngine::step() {
     if (seq.finished()) seq.finished_time = now;
     outputs.push_back(make_output(seq, first && seq.params.prompt_logprobs.has_value()));
     if (seq.finished()) {
-      scheduler_.remove(&seq);
+      schedulers_[seq.group]->remove(&seq);
       sequences_.erase(seq.request_id);
     }
   }
+  if (in_flight_.empty()) graveyard_.clear();
   return outputs;
 }
 
 EngineStats LLMEngine::stats() const {
   EngineStats s;
-  s.num_running = static_cast<int64_t>(scheduler_.num_running());
-  s.num_waiting = static_cast<int64_t>(scheduler_.num_waiting());
+  for (const auto& scheduler : schedulers_) {
+    s.num_running += static_cast<int64_t>(scheduler->num_running());
+    s.num_waiting += static_cast<int64_t>(scheduler->num_waiting());
+    s.num_preemptions += scheduler->num_preemptions();
+  }
   s.kv_cache_usage = blocks_.usage();
   s.prefix_cache_queries = blocks_.prefix_queries();
   s.prefix_cache_hits = blocks_.prefix_hits();
-  s.num_preemptions = scheduler_.num_preemptions();
   s.prompt_tokens = prompt_tokens_total_;
   s.generation_tokens = generation_tokens_total_;
   return s;

@@ -4,6 +4,8 @@
 // AsyncEngine owns the thread that calls step().
 #pragma once
 
+#include <deque>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -18,6 +20,7 @@
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
+#include "engine/step_inputs.h"
 
 namespace tessera {
 
@@ -28,6 +31,9 @@ struct EngineConfig {
   bool enable_prefix_caching = true;
   int64_t vocab_size = 0;
   std::vector<int32_t> eos_token_ids;
+  // Groups of sequences scheduled separately, each with at most one step in flight, so that
+  // pp pipeline stages work on different groups' steps at once (vLLM's virtual engines).
+  int virtual_engines = 1;
 };
 
 // What one step produced for one request.
@@ -70,7 +76,7 @@ class LLMEngine {
   std::vector<RequestOutput> step();
   // See ModelExecutor::heartbeat: for the loop to call while idle.
   void heartbeat() { executor_.heartbeat(); }
-  bool has_unfinished() const { return !sequences_.empty(); }
+  bool has_unfinished() const { return !sequences_.empty() || !in_flight_.empty(); }
   EngineStats stats() const;
   const EngineConfig& config() const { return config_; }
 
@@ -84,10 +90,21 @@ class LLMEngine {
   TextDecoderFactory text_decoders_;
   ThreadPool* pool_;
   BlockManager blocks_;
-  Scheduler scheduler_;
+  // One scheduler per group (config.virtual_engines), sharing the block pool; a group's next
+  // step is scheduled only when its previous one has completed.
+  std::vector<std::unique_ptr<Scheduler>> schedulers_;
+  struct InFlightStep {
+    int group;
+    SchedulerOutput sched;
+    LogitPlan plan;
+  };
+  std::deque<InFlightStep> in_flight_;  // submitted to the executor, oldest first
+  std::vector<bool> group_busy_;
   Sampler sampler_;
   std::map<std::string, std::unique_ptr<Sequence>> sequences_;
   std::vector<std::unique_ptr<Sequence>> aborted_;  // reported on the next step
+  // Aborted sequences that a step in flight still names: freed when nothing is in flight.
+  std::vector<std::unique_ptr<Sequence>> graveyard_;
   int64_t next_arrival_ = 0;
   std::mt19937_64 seed_rng_;
   size_t max_stop_len_ = 0;

@@ -48,45 +48,65 @@ Tensor ModelRunner::execute(const StepInputs& in) {
 }
 
 Tensor ModelRunner::execute_pipelined(const StepInputs& in) {
+  begin(in);
+  return finish();
+}
+
+void ModelRunner::begin(const StepInputs& in) {
   const WorldConfig& w = links_.world_config;
+  TESSERA_CHECK_GT(w.pp, 1);
   Communicator& pp = *links_.pp;
-  const int64_t hidden = model_.config().hidden_size, vocab = model_.config().vocab_size;
-  MicroBatches mb = split_micro_batches(in, w.pp);
-  const size_t n = mb.parts.size();
-  // Kept alive until the asynchronous sends complete.
-  std::vector<Tensor> outgoing(n);
+  const int64_t hidden = model_.config().hidden_size;
+  InFlight& f = in_flight_.emplace_back();
+  f.inputs = in;
+  f.mb = split_micro_batches(in, micro_batches_ > 0 ? micro_batches_ : w.pp);
+  const size_t n = f.mb.parts.size();
+  f.outgoing.resize(n);
   const bool sends_logits = w.is_last_stage() && w.tp_rank() == 0 && !w.is_driver();
   for (size_t k = 0; k < n; ++k) {
-    ForwardBatch batch = make_batch(mb.parts[k]);
+    ForwardBatch batch = make_batch(f.mb.parts[k]);
     if (!w.is_first_stage()) {
-      batch.hidden_in = backend_.empty({mb.parts[k].num_tokens(), hidden}, DType::kF32);
+      batch.hidden_in = backend_.empty({f.mb.parts[k].num_tokens(), hidden}, DType::kF32);
       pp.recv(batch.hidden_in, pp.rank() - 1);
     }
     Tensor out = model_.forward(batch, cache_);
     if (!w.is_last_stage()) {
       // The model's buffer is reused by the next micro-batch: send a copy.
-      outgoing[k] = backend_.empty(out.shape(), DType::kF32);
-      backend_.copy(out, outgoing[k]);
-      pp.send_async(outgoing[k], pp.rank() + 1);
+      f.outgoing[k] = backend_.empty(out.shape(), DType::kF32);
+      backend_.copy(out, f.outgoing[k]);
+      pp.send_async(f.outgoing[k], pp.rank() + 1);
     } else if (sends_logits) {
-      outgoing[k] = out;
-      links_.world->send_async(outgoing[k], 0);
+      f.outgoing[k] = out;
+      links_.world->send_async(f.outgoing[k], 0);
     }
   }
-  pp.wait_sends();
-  links_.world->wait_sends();
-  if (!w.is_driver()) return Tensor();
-  // The driver (first stage) collects the logits of every micro-batch from the last stage.
-  Tensor logits = Tensor::empty({static_cast<int64_t>(in.logit_rows.size()), vocab}, DType::kF32);
-  const int last = w.rank_of(w.pp - 1, 0);
-  for (size_t k = 0; k < n; ++k) {
-    const int64_t rows = static_cast<int64_t>(mb.logit_index[k].size());
-    Tensor part = Tensor::empty({rows, vocab}, DType::kF32);
-    links_.world->recv(part, last);
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(logits.data<float>() + static_cast<int64_t>(mb.logit_index[k][r]) * vocab,
-                  part.data<float>() + r * vocab, vocab * sizeof(float));
+}
+
+Tensor ModelRunner::finish() {
+  TESSERA_CHECK(!in_flight_.empty());
+  const WorldConfig& w = links_.world_config;
+  InFlight f = std::move(in_flight_.front());
+  in_flight_.pop_front();
+  Tensor logits;
+  if (w.is_driver()) {
+    // The logits of every micro-batch, from the last stage. Received before waiting for this
+    // rank's own sends: the last stage may be blocked handing over an older step's logits.
+    const int64_t vocab = model_.config().vocab_size;
+    logits = Tensor::empty({static_cast<int64_t>(f.inputs.logit_rows.size()), vocab}, DType::kF32);
+    const int last = w.rank_of(w.pp - 1, 0);
+    for (size_t k = 0; k < f.mb.parts.size(); ++k) {
+      const int64_t rows = static_cast<int64_t>(f.mb.logit_index[k].size());
+      Tensor part = Tensor::empty({rows, vocab}, DType::kF32);
+      links_.world->recv(part, last);
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(logits.data<float>() + static_cast<int64_t>(f.mb.logit_index[k][r]) * vocab,
+                    part.data<float>() + r * vocab, vocab * sizeof(float));
+    }
   }
+  // Waits for every pending send, this step's and any newer one's (which complete once the
+  // next stage takes them, without waiting on this rank).
+  links_.pp->wait_sends();
+  links_.world->wait_sends();
   return logits;
 }
 

@@ -5,6 +5,8 @@
 // on micro-batch i, and the last stage sends the logits to the driver (world rank 0).
 #pragma once
 
+#include <deque>
+
 #include <memory>
 
 #include "distributed/communicator.h"
@@ -21,9 +23,21 @@ class ModelExecutor {
   // Logits [logit_rows, vocab] f32 in host memory (on ranks other than the driver: an empty
   // tensor).
   virtual Tensor execute(const StepInputs& inputs) = 0;
+  // Steps in flight (pipeline parallelism keeps one per stage): submit starts a step, complete
+  // returns the logits of the oldest submitted step, as execute would. By default submit runs
+  // the whole step.
+  virtual void submit(const StepInputs& inputs) { done_.push_back(execute(inputs)); }
+  virtual Tensor complete() {
+    Tensor t = std::move(done_.front());
+    done_.pop_front();
+    return t;
+  }
   // Checks that every rank still answers, for an idle server (steps find a dead or hung rank
   // themselves); throws DistributedError otherwise. Nothing to check with one rank.
   virtual void heartbeat() {}
+
+ private:
+  std::deque<Tensor> done_;
 };
 
 // The communicators a pipeline-parallel runner needs.
@@ -31,24 +45,6 @@ struct PipelineLinks {
   WorldConfig world_config;
   Communicator* world = nullptr;  // to send logits to the driver
   Communicator* pp = nullptr;     // this rank's pipeline group (group rank = stage)
-};
-
-// One rank's model and KV cache.
-class ModelRunner : public ModelExecutor {
- public:
-  ModelRunner(Backend& backend, CausalLM& model, KVCache& cache, PipelineLinks links = {});
-  const ModelConfig& config() const override { return model_.config(); }
-  Tensor execute(const StepInputs& inputs) override;
-
- private:
-  Tensor to_device(const std::vector<int32_t>& values, std::initializer_list<int64_t> shape);
-  ForwardBatch make_batch(const StepInputs& in);
-  Tensor execute_pipelined(const StepInputs& in);
-
-  Backend& backend_;
-  CausalLM& model_;
-  KVCache& cache_;
-  PipelineLinks links_;
 };
 
 // A step's sequences cut into `parts` contiguous groups (fewer when there are fewer sequences).
@@ -59,5 +55,39 @@ struct MicroBatches {
   std::vector<std::vector<int32_t>> logit_index;
 };
 MicroBatches split_micro_batches(const StepInputs& in, int parts);
+
+// One rank's model and KV cache.
+class ModelRunner : public ModelExecutor {
+ public:
+  ModelRunner(Backend& backend, CausalLM& model, KVCache& cache, PipelineLinks links = {});
+  const ModelConfig& config() const override { return model_.config(); }
+  Tensor execute(const StepInputs& inputs) override;
+  // Pipeline stages: micro-batches per step (default pp; 1 when the engine keeps a step per
+  // stage in flight). Every rank must use the same value.
+  void set_micro_batches(int n) { micro_batches_ = n; }
+  int pipeline_stages() const { return links_.world_config.pp; }
+  // The driver's half-steps with pp > 1: begin runs this stage on the step and starts sending
+  // its hidden states on; finish receives the step's logits from the last stage (in begin
+  // order) and waits for the sends. execute = begin + finish.
+  void begin(const StepInputs& in);
+  Tensor finish();
+
+ private:
+  struct InFlight {
+    StepInputs inputs;
+    MicroBatches mb;
+    std::vector<Tensor> outgoing;  // alive until the asynchronous sends complete
+  };
+  Tensor to_device(const std::vector<int32_t>& values, std::initializer_list<int64_t> shape);
+  ForwardBatch make_batch(const StepInputs& in);
+  Tensor execute_pipelined(const StepInputs& in);
+
+  Backend& backend_;
+  CausalLM& model_;
+  KVCache& cache_;
+  PipelineLinks links_;
+  int micro_batches_ = 0;  // 0: pp
+  std::deque<InFlight> in_flight_;
+};
 
 }  // namespace tessera

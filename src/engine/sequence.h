@@ -37,6 +37,7 @@ using TextDecoderFactory = std::function<std::unique_ptr<TextDecoder>(bool skip_
 struct Sequence {
   std::string request_id;
   int64_t arrival_index = 0;    // FCFS order
+  int group = 0;                // the engine's scheduling group (virtual engine)
   std::vector<int32_t> tokens;  // prompt, then output
   int64_t num_prompt_tokens = 0;
   int64_t num_computed_tokens = 0;       // tokens whose K/V are in the cache
