@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/logging.h"
 #include "core/status.h"
 #include "core/sys.h"
 
@@ -40,6 +41,14 @@ LLMEngine::LLMEngine(const EngineConfig& config, ModelExecutor& executor,
          "more "
          "memory or lower --max-model-len",
          capacity, config.num_blocks, config.block_size, config.scheduler.max_model_len);
+}
+
+LLMEngine::~LLMEngine() {
+  try {
+    for (; !in_flight_.empty(); in_flight_.pop_front()) executor_.complete();
+  } catch (const std::exception& e) {
+    spdlog::error("completing the steps in flight at shutdown: {}", e.what());
+  }
 }
 
 void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> prompt,

@@ -65,6 +65,8 @@ class LLMEngine {
  public:
   LLMEngine(const EngineConfig& config, ModelExecutor& executor,
             TextDecoderFactory text_decoders = {}, ThreadPool* pool = nullptr);
+  // Completes the steps still in flight, so that no rank is left handing over logits.
+  ~LLMEngine();
 
   // Queues a request. Throws tessera::Error (bad input) for an empty or over-long prompt, ids
   // outside the vocabulary, bad sampling parameters or a duplicate id.
