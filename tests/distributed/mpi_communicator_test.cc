@@ -111,6 +111,31 @@ TEST(MpiCommunicator, BroadcastBytesOfAnyLength) {
   }
 }
 
+// The driver hands out several steps without waiting (large ones included, which cannot go
+// out eagerly), then one blocking message: every rank receives them all, in order.
+TEST(MpiCommunicator, AsyncBroadcastBytesArriveInOrder) {
+  Communicator& c = world();
+  const std::vector<size_t> lens = {10, 3 << 20, 0, 5000, 1 << 20};
+  auto content = [](size_t m, size_t i) { return static_cast<char>(m * 17 + i * 31 + 7); };
+  std::vector<std::string> sent(lens.size());
+  for (size_t m = 0; m < lens.size(); ++m) {
+    if (c.rank() == 0) {
+      sent[m].resize(lens[m]);
+      for (size_t i = 0; i < lens[m]; ++i) sent[m][i] = content(m, i);
+      c.broadcast_bytes_async(sent[m], 0);  // returns at once on the root
+    } else {
+      std::string got;
+      c.broadcast_bytes_async(got, 0);  // a receive elsewhere
+      ASSERT_EQ(got.size(), lens[m]) << "message " << m;
+      for (size_t i = 0; i < lens[m]; ++i) ASSERT_EQ(got[i], content(m, i)) << m << " " << i;
+    }
+  }
+  std::string last = c.rank() == 0 ? "last" : "";
+  c.broadcast_bytes(last, 0);
+  EXPECT_EQ(last, "last");
+  c.wait_sends();  // the root's asynchronous sends are complete once everyone has them
+}
+
 TEST(MpiCommunicator, SendRecvRing) {
   Communicator& c = world();
   const int next = (c.rank() + 1) % c.size(), prev = (c.rank() + c.size() - 1) % c.size();
