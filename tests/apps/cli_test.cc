@@ -74,6 +74,22 @@ TEST_F(CliTest, GenerateJsonIsDeterministicWithLogprobs) {
   EXPECT_NE(s1.out, s3.out);
 }
 
+// bench latency's JSON has the figures of vllm bench latency's kind, and --stream-baseline
+// adds the same-run memory read rate and decode's share of it.
+TEST_F(CliTest, BenchLatencyJsonWithStreamBaseline) {
+  CliRun r = run("bench latency --model " + dir_->string() +
+                 " --input-len 16 --output-len 4 --num-iters 1 --num-iters-warmup 0 --threads 1 "
+                 "--stream-baseline --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  for (const char* key : {"prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes",
+                          "decode_weight_gb_per_s", "stream_read_gb_per_s"})
+    EXPECT_GT(j[key].get<double>(), 0.0) << key;
+  EXPECT_NEAR(j["decode_bandwidth_utilisation"].get<double>(),
+              j["decode_weight_gb_per_s"].get<double>() / j["stream_read_gb_per_s"].get<double>(),
+              1e-9);
+}
+
 TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
   struct Case {
     std::string args, expect;
