@@ -33,7 +33,6 @@ LLMEngine::LLMEngine(const EngineConfig& config, ModelExecutor& executor,
   const int groups = std::max(1, config.virtual_engines);
   for (int g = 0; g < groups; ++g)
     schedulers_.push_back(std::make_unique<Scheduler>(config.scheduler, blocks_));
-  group_busy_.assign(groups, false);
   const int64_t capacity = config.num_blocks * config.block_size;
   if (capacity < config.scheduler.max_model_len)
     fail(ErrorKind::kResourceExhausted,
@@ -195,7 +194,10 @@ std::vector<RequestOutput> LLMEngine::step() {
   // in flight completes. With one group this is schedule, execute, process.
   double now = now_seconds();
   for (size_t g = 0; g < schedulers_.size(); ++g) {
-    if (group_busy_[g]) continue;
+    const bool busy = std::any_of(in_flight_.begin(), in_flight_.end(), [&](const InFlightStep& f) {
+      return f.group == static_cast<int>(g);
+    });
+    if (busy) continue;
     SchedulerOutput sched = schedulers_[g]->schedule();
     if (sched.empty()) continue;
     for (const auto& s : sched.scheduled)
@@ -203,7 +205,6 @@ std::vector<RequestOutput> LLMEngine::step() {
     LogitPlan plan;
     StepInputs inputs = build_step_inputs(sched, config_.block_size, &plan);
     executor_.submit(inputs);
-    group_busy_[g] = true;
     in_flight_.push_back({static_cast<int>(g), std::move(sched), std::move(plan)});
   }
   if (in_flight_.empty()) {
@@ -213,7 +214,6 @@ std::vector<RequestOutput> LLMEngine::step() {
   InFlightStep step = std::move(in_flight_.front());
   in_flight_.pop_front();
   Tensor logits = executor_.complete();
-  group_busy_[step.group] = false;
   SchedulerOutput& sched = step.sched;
   const LogitPlan& plan = step.plan;
   // Sequences aborted while their step was in flight are already reported and freed.

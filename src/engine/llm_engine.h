@@ -101,7 +101,6 @@ class LLMEngine {
     LogitPlan plan;
   };
   std::deque<InFlightStep> in_flight_;  // submitted to the executor, oldest first
-  std::vector<bool> group_busy_;
   Sampler sampler_;
   std::map<std::string, std::unique_ptr<Sequence>> sequences_;
   std::vector<std::unique_ptr<Sequence>> aborted_;  // reported on the next step

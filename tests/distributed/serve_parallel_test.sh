@@ -58,6 +58,16 @@ wait_exit() {
   wait "$server" 2>/dev/null || true
 }
 
+# watch_health PORT SECONDS INTERVAL: polls /health every INTERVAL s until the server exits or
+# SECONDS have passed since $start; sets saw503=1 if it ever answered 503.
+watch_health() {
+  saw503=0
+  while kill -0 "$server" 2>/dev/null && [ $((SECONDS - start)) -lt "$2" ]; do
+    [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/health" || true)" = 503 ] && saw503=1
+    sleep "$3"
+  done
+}
+
 no_leftovers() {
   sleep 0.5
   if pgrep -f -- "--port $1 " >/dev/null; then
@@ -93,11 +103,7 @@ start=$SECONDS
 curl -sN "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
   -d "{\"model\":\"$work/model\",\"prompt\":[1,2,3],\"max_tokens\":400,\"ignore_eos\":true,\"stream\":true}" \
   >"$work/stream.txt" 2>&1 &
-saw503=0
-while kill -0 "$server" 2>/dev/null && [ $((SECONDS - start)) -lt 15 ]; do
-  [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 503 ] && saw503=1
-  sleep 0.1
-done
+watch_health "$port" 15 0.1
 wait_exit 10
 echo "hung rank: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
 [ $((SECONDS - start)) -le 10 ] || { echo "FAIL: took longer than 10 s"; exit 1; }
@@ -112,11 +118,7 @@ start_server "$port"
 r1="$(rank_pid 1)"
 kill -STOP "$r1"
 start=$SECONDS
-saw503=0
-while kill -0 "$server" 2>/dev/null && [ $((SECONDS - start)) -lt 20 ]; do
-  [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 503 ] && saw503=1
-  sleep 0.1
-done
+watch_health "$port" 20 0.1
 wait_exit 10
 echo "rank hung while idle: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
 [ $((SECONDS - start)) -le 15 ] || { echo "FAIL: took longer than 15 s"; exit 1; }
@@ -138,11 +140,7 @@ sleep 0.3
 kill -9 "$r1"
 start=$SECONDS
 # mpirun notices the death and sends SIGTERM before SIGKILL: /health answers 503 in between.
-saw503=0
-while kill -0 "$server" 2>/dev/null && [ $((SECONDS - start)) -lt 15 ]; do
-  [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 503 ] && saw503=1
-  sleep 0.05
-done
+watch_health "$port" 15 0.05
 wait_exit 10
 echo "killed rank: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
 [ $saw503 = 1 ] || { echo "FAIL: /health never answered 503 before the exit"; exit 1; }

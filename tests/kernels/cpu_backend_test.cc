@@ -55,6 +55,14 @@ double linear_ref(const Tensor& x, int64_t i, const Tensor& w, int64_t j, bool r
   return s;
 }
 
+// sum_k |x[i, k] * w[j, k]|: the scale of an output's rounding error (f32 accumulation).
+double abs_product_sum(const Tensor& x, int64_t i, const Tensor& w, int64_t j) {
+  double mag = 0;
+  for (int64_t k = 0; k < x.size(1); ++k)
+    mag += std::abs(static_cast<double>(at(x, i, k)) * at(w, j, k));
+  return mag;
+}
+
 TEST_P(CpuBackendTest, LinearMatchesReferenceForEveryDtypeAndShape) {
   for (DType wdtype : {DType::kF32, DType::kBF16, DType::kF16}) {
     for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{
@@ -88,10 +96,8 @@ TEST_P(CpuBackendTest, ExactPrecisionKeepsActivationsToSixteenBits) {
   backend_.linear(x, {&seg, 1}, out);
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j) {
-      double ref = linear_ref(x, i, w, j, false), mag = 0;
-      for (int64_t kk = 0; kk < k; ++kk)
-        mag += std::abs(static_cast<double>(at(x, i, kk)) * at(w, j, kk));
-      ASSERT_NEAR(at(out, i, j), ref, 2e-6 * mag) << i << "," << j;
+      ASSERT_NEAR(at(out, i, j), linear_ref(x, i, w, j, false), 2e-6 * abs_product_sum(x, i, w, j))
+          << i << "," << j;
     }
 }
 
@@ -160,10 +166,8 @@ TEST_P(CpuBackendTest, Bf16LinearAcrossKernelAndBlockBoundaries) {
   const bool round_x = rounds_activations();
   for (int64_t i : {0, 1, 3, 4, 63, 127, 128, 130})
     for (int64_t j = 0; j < n; ++j) {
-      double ref = linear_ref(x, i, w, j, round_x) + bias.data<float>()[j], mag = 0;
-      for (int64_t kk = 0; kk < k; ++kk)
-        mag += std::abs(static_cast<double>(at(x, i, kk)) * at(w, j, kk));
-      ASSERT_NEAR(at(full, i, j), ref, 2e-6 * mag) << i << "," << j;
+      const double ref = linear_ref(x, i, w, j, round_x) + bias.data<float>()[j];
+      ASSERT_NEAR(at(full, i, j), ref, 2e-6 * abs_product_sum(x, i, w, j)) << i << "," << j;
     }
   for (int64_t batch : {1, 2, 5, 7, 8, 15, 16, 17, 64, 129}) {
     for (int64_t start : {int64_t{0}, m - batch}) {
@@ -230,10 +234,9 @@ TEST_P(CpuBackendTest, PreparedBf16LinearIsBatchInvariantForEveryTileHeight) {
   const bool round_x = rounds_activations();
   for (int64_t i : {0, 11, 12, 63})
     for (int64_t j : {0, 15, 16, 31, 32, 300}) {
-      double mag = 0;
-      for (int64_t kk = 0; kk < k; ++kk)
-        mag += std::abs(static_cast<double>(at(x, i, kk)) * at(w, j, kk));
-      ASSERT_NEAR(at(full, i, j), linear_ref(x, i, w, j, round_x), 2e-6 * mag) << i << "," << j;
+      ASSERT_NEAR(at(full, i, j), linear_ref(x, i, w, j, round_x),
+                  2e-6 * abs_product_sum(x, i, w, j))
+          << i << "," << j;
     }
   for (int64_t batch = 1; batch <= 26; ++batch) {
     const int64_t start = (batch * 5) % (m - batch + 1);

@@ -202,13 +202,13 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   if (m == 0 || n_total == 0) return;
 
   // Activations for the packed kernel: many rows are rearranged into row tiles (each tile one
-  // stream of 12-value groups, cpu/gemm.h); few rows are read in place, or copied when bf16
-  // matmul precision rounds them first.
+  // stream of 12-value groups, cpu/gemm.h), and so are few rows when bf16 matmul precision
+  // rounds them first; otherwise few rows are read in place.
   const bool any_packed = std::any_of(packed.begin(), packed.end(), [](auto p) { return p; });
   const bool round_bf16 = precision_ == MatmulPrecision::kBf16;
   const float* a = x.data<float>();
   int64_t lda = x.stride(0);
-  if (any_packed && m >= gemm_.tile_rows) {
+  if (any_packed && (m >= gemm_.tile_rows || round_bf16)) {
     const int64_t tiles = (m + gemm_.tile_rows - 1) / gemm_.tile_rows;
     const size_t need = static_cast<size_t>(tiles * gemm_.tile_rows * k);
     if (act_.size() < need) act_.resize(need);
@@ -217,11 +217,6 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
     });
     a = act_.data();
     lda = -1;
-  } else if (any_packed && round_bf16) {
-    if (act_.size() < static_cast<size_t>(m * k)) act_.resize(m * k);
-    gemm_.pack_rows(x.data<float>(), x.stride(0), m, k, act_.data(), k, true);
-    a = act_.data();
-    lda = k;
   }
 
   // Each thread takes a contiguous range of output columns, which may span several segments.

@@ -111,7 +111,7 @@ class CpuBackend : public Backend {
   cpu::GemmKernels gemm_;
   cpu::OpsKernels ops_;
   MatmulPrecision precision_;
-  std::vector<float> act_;                        // [m, ldp >= k] copied activations
+  std::vector<float> act_;                        // [tiles, k, tile_rows] activations (pack_tiles)
   std::vector<std::vector<uint16_t>> packed_;     // per segment: bf16 weights packed per call
   std::vector<std::vector<float>> attn_scratch_;  // per thread
 };

@@ -47,12 +47,9 @@ struct GemmKernels {
   // lda >= k, or, with lda = -1, in pack_tiles' layout (many rows).
   void (*gemm_bf16)(const float* a, int64_t lda, int64_t m, int64_t k, const uint16_t* packed,
                     int64_t lo, int64_t hi, float* c, int64_t ldc, const float* bias) = nullptr;
-  // out[i * ldo + (0 .. k)] = a[i, :k]; round_bf16 rounds each value to bf16 first (the bf16
-  // matmul precision, as PyTorch rounds bf16 matmul inputs).
-  void (*pack_rows)(const float* a, int64_t lda, int64_t m, int64_t k, float* out, int64_t ldo,
-                    bool round_bf16) = nullptr;
   // Rows of a in tiles of tile_rows: out[t * k * tile_rows + kk * tile_rows + r] = a[t *
-  // tile_rows + r][kk] (zero for rows >= m), tiles [t_begin, t_end); rounded as pack_rows.
+  // tile_rows + r][kk] (zero for rows >= m), tiles [t_begin, t_end); round_bf16 rounds each
+  // value to bf16 first (the bf16 matmul precision, as PyTorch rounds bf16 matmul inputs).
   int tile_rows = 1;
   void (*pack_tiles)(const float* a, int64_t lda, int64_t m, int64_t k, float* out, int64_t t_begin,
                      int64_t t_end, bool round_bf16) = nullptr;

@@ -340,23 +340,8 @@ void gemm_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const vo
   }
 }
 
-void pack_rows_avx512(const float* a, int64_t lda, int64_t m, int64_t k, float* out, int64_t ldo,
-                      bool round_bf16) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float* ai = a + i * lda;
-    float* o = out + i * ldo;
-    for (int64_t kk = 0; kk < k; kk += 16) {
-      const __mmask16 mask = k - kk >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - kk)) - 1u);
-      __m512 v = _mm512_maskz_loadu_ps(mask, ai + kk);
-      if (round_bf16) {
-        const __m256bh r = _mm512_cvtneps_pbh(v);
-        v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)r), 16));
-      }
-      _mm512_mask_storeu_ps(o + kk, mask, v);
-    }
-  }
-}
-
+// With VCVTNEPS2BF16, the instruction the bf16 precision has always rounded with here (core's
+// f32_to_bf16 is its portable twin; the hardware's handling of denormals is its own).
 inline float round_to_bf16_f32(float x) {
   const __m512 v = _mm512_set1_ps(x);
   const __m256bh r = _mm512_cvtneps_pbh(v);
@@ -386,7 +371,6 @@ GemmKernels gemm_kernels_avx512() {
   GemmKernels kernels;
   kernels.bf16_packed = true;
   kernels.gemm_bf16 = gemm_bf16_avx512;
-  kernels.pack_rows = pack_rows_avx512;
   kernels.pack_tiles = pack_tiles_avx512;
   kernels.tile_rows = kTileRows;
   kernels.gemm_f32 = gemm_f32_avx512;

@@ -16,7 +16,8 @@ Isa detect_isa() {
     std::string name = forced;
     if (name == "generic") return Isa::kGeneric;
     if (name == "avx512") {
-      if (!avx512) fail(ErrorKind::kUnsupported, "TESSERA_CPU_ISA=avx512 but this CPU lacks AVX-512 BF16");
+      if (!avx512)
+        fail(ErrorKind::kUnsupported, "TESSERA_CPU_ISA=avx512 but this CPU lacks AVX-512 BF16");
       return Isa::kAvx512;
     }
     if (!name.empty() && name != "auto")
@@ -27,8 +28,10 @@ Isa detect_isa() {
 
 std::string_view isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kGeneric: return "generic";
-    case Isa::kAvx512: return "avx512-bf16";
+    case Isa::kGeneric:
+      return "generic";
+    case Isa::kAvx512:
+      return "avx512-bf16";
   }
   return "?";
 }

@@ -11,7 +11,9 @@ namespace generic {
 #include "kernels/cpu/ops_impl.h"
 }  // namespace generic
 
-OpsKernels ops_kernels_generic() { return generic::make_ops_kernels(); }
+OpsKernels ops_kernels_generic() {
+  return generic::make_ops_kernels();
+}
 
 int64_t attention_scratch_floats(const AttentionParams& params, int64_t rows) {
   int64_t nq = rows * (params.num_heads / params.num_kv_heads);
