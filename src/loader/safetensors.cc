@@ -142,10 +142,6 @@ void SafetensorsFile::read(uint64_t offset, uint64_t bytes, void* dst) const {
   }
 }
 
-void SafetensorsFile::release_pages() const {
-  if (base_ && size_) madvise(const_cast<char*>(base_), size_, MADV_DONTNEED);
-}
-
 void SafetensorsFile::release_pages(uint64_t offset, uint64_t bytes) const {
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t end = std::min(size_, offset + bytes);

@@ -49,11 +49,9 @@ class SafetensorsFile {
   // Asks the kernel to start reading [offset, offset + bytes) in the background (readahead for
   // the tensors after the one being read); clipped to the file, never fails.
   void prefetch(uint64_t offset, uint64_t bytes) const;
-  // Drops the mapping's resident pages from this process (they stay in the page cache, and a
-  // later read faults them back with the same bytes): after a --load-format mmap load, the
-  // pages of weights that the backend rearranged into its own memory stop counting twice.
-  void release_pages() const;
-  // The same for the whole pages inside [offset, offset + bytes) of the file.
+  // Drops the resident pages inside [offset, offset + bytes) of the mapping from this process
+  // (they stay in the page cache, and a later read faults them back with the same bytes): after
+  // the backend has copied a weight into its own layout, its mapped pages stop counting twice.
   void release_pages(uint64_t offset, uint64_t bytes) const;
 
  private:

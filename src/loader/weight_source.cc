@@ -48,6 +48,14 @@ bool WeightSource::has(const std::string& name) const {
   return checkpoint_ != nullptr && format_ != LoadFormat::kDummy && checkpoint_->contains(name);
 }
 
+void WeightSource::release_last_mapped() {
+  if (last_mapped_.empty()) return;
+  const SafetensorsFile& file = checkpoint_->file(last_mapped_);
+  const TensorInfo& info = checkpoint_->info(last_mapped_);
+  file.release_pages(file.data_offset() + info.begin, info.end - info.begin);
+  last_mapped_.clear();
+}
+
 Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape, Slice slice) {
   if (slice.dim >= 0)
     TESSERA_CHECK(slice.dim < static_cast<int>(shape.size()) && 0 <= slice.begin &&
@@ -70,12 +78,7 @@ Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape
       // The previous tensor has been prepared by now (layers load and prepare one at a time):
       // if the backend copied it, its mapped pages would count twice until the end of the
       // load. Dropping them is always safe (a later read faults the same bytes back).
-      if (!last_mapped_.empty()) {
-        const TensorInfo& prev = checkpoint_->info(last_mapped_);
-        checkpoint_->file(last_mapped_)
-            .release_pages(checkpoint_->file(last_mapped_).data_offset() + prev.begin,
-                           prev.end - prev.begin);
-      }
+      release_last_mapped();
       last_mapped_ = name;
       t = checkpoint_->tensor(name);
       if (slice.dim >= 0) t = t.slice(slice.dim, slice.begin, slice.end);

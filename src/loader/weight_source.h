@@ -51,6 +51,10 @@ class WeightSource {
   void ignore_prefix(const std::string& prefix);
   // Throws listing the checkpoint tensors nobody took.
   void check_all_used() const;
+  // mmap format: drops the mapped pages of the tensor returned last (get() does it for the one
+  // before): the layers have prepared it, so a backend's own copy does not count twice. Always
+  // safe: a later read faults the same bytes back.
+  void release_last_mapped();
   // Bytes of the slices taken (this rank's share) and bytes actually read from files.
   uint64_t bytes_used() const { return bytes_used_; }
   uint64_t bytes_read() const { return bytes_read_; }

@@ -30,8 +30,7 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
       break;
   }
   weights.check_all_used();
-  if (options.format == LoadFormat::kMmap && checkpoint)
-    for (const auto& file : checkpoint->files()) file->release_pages();
+  weights.release_last_mapped();
   if (report) {
     report->seconds = now_seconds() - t0;
     report->bytes_read = weights.bytes_read();
