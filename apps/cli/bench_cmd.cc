@@ -89,9 +89,12 @@ void run_latency(const LatencyFlags& f) {
     p.temperature = 0;
     p.max_tokens = f.output_len;
     p.ignore_eos = true;
+    // Fresh random prompts every time, so the prefix cache never helps; dropping the previous
+    // iteration's blocks from it lets this one reuse their memory instead of committing more
+    // (peak memory then counts one iteration's KV cache, not all of them).
+    engine.reset_prefix_cache();
     for (int64_t b = 0; b < f.batch_size; ++b) {
       std::vector<int32_t> prompt(f.input_len);
-      // Fresh random prompts every time, so the prefix cache never helps.
       for (auto& t : prompt) t = static_cast<int32_t>(rng() % config.vocab_size);
       engine.add_request(fmt::format("bench-{}-{}", it, b), std::move(prompt), p);
     }

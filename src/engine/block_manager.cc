@@ -181,8 +181,14 @@ void BlockManager::release(std::vector<int32_t>& table, std::vector<uint64_t>& h
 }
 
 void BlockManager::reset_prefix_cache() {
-  for (int32_t i = 0; i < num_blocks_; ++i)
-    if (blocks_[i].ref == 0) uncache(i);
+  // Forgotten blocks go to the front of the free list: they are worth no more than never-used
+  // ones, and their memory is already resident (the CPU pool commits pages on first write).
+  for (int32_t i = 0; i < num_blocks_; ++i) {
+    if (blocks_[i].ref != 0 || !blocks_[i].cached) continue;
+    uncache(i);
+    unlink_free(i);
+    push_free_front(i);
+  }
 }
 
 }  // namespace tessera

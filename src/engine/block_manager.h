@@ -39,7 +39,8 @@ class BlockManager {
   // Drops the sequence's references; blocks are released in reverse so that a prefix outlives
   // its tail in the cache.
   void release(std::vector<int32_t>& table, std::vector<uint64_t>& hashes);
-  // Forgets every cached block that no sequence uses (e.g. after weights change).
+  // Forgets every cached block that no sequence uses (e.g. after weights change) and hands those
+  // blocks out before never-used ones; blocks in use keep their hashes.
   void reset_prefix_cache();
 
   // Prefix cache counters in tokens, as vLLM reports them.

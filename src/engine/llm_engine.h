@@ -79,6 +79,9 @@ class LLMEngine {
   // See ModelExecutor::heartbeat: for the loop to call while idle.
   void heartbeat() { executor_.heartbeat(); }
   bool has_unfinished() const { return !sequences_.empty() || !in_flight_.empty(); }
+  // vLLM's LLM.reset_prefix_cache(): forgets the cached blocks no request uses, so that later
+  // requests recompute them (and reuse their memory first).
+  void reset_prefix_cache() { blocks_.reset_prefix_cache(); }
   EngineStats stats() const;
   const EngineConfig& config() const { return config_; }
 

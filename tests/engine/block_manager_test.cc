@@ -1,6 +1,8 @@
 // The block pool, prefix caching and the scheduler's policies, on ids and counts only.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "engine/block_manager.h"
 #include "engine/scheduler.h"
 
@@ -91,6 +93,32 @@ TEST(BlockManager, DifferentTokensNeverMatchAndPrefixCachingCanBeOff) {
   std::vector<int32_t> y;
   std::vector<uint64_t> hy;
   EXPECT_EQ(off.match_prefix(iota_tokens(8), 8, y, hy), 0);
+}
+
+TEST(BlockManager, ResetForgetsFreeCachedBlocksAndReusesThemFirst) {
+  BlockManager bm(8, 4, true);
+  std::vector<int32_t> a, b;
+  std::vector<uint64_t> ha, hb;
+  bm.grow(a, 8);  // blocks 0, 1: cached, then freed
+  bm.cache_full_blocks(iota_tokens(8), 8, a, ha);
+  const std::vector<int32_t> first = a;
+  bm.grow(b, 4);  // block 2: cached and still in use
+  bm.cache_full_blocks(iota_tokens(4, 50), 4, b, hb);
+  bm.release(a, ha);
+  bm.reset_prefix_cache();
+  EXPECT_EQ(bm.num_free_blocks(), 7);
+  // The freed prefix is gone; the block in use still matches.
+  std::vector<int32_t> c, d;
+  std::vector<uint64_t> hc, hd;
+  EXPECT_EQ(bm.match_prefix(iota_tokens(8), 8, c, hc), 0);
+  EXPECT_EQ(bm.match_prefix(iota_tokens(4, 50), 4, d, hd), 4);
+  EXPECT_EQ(d, b);
+  // Without the reset, new tables would take the never-used blocks 3.. first; now they take
+  // the forgotten ones.
+  std::vector<int32_t> e;
+  bm.grow(e, 8);
+  std::sort(e.begin(), e.end());
+  EXPECT_EQ(e, first);
 }
 
 Sequence* new_seq(std::vector<std::unique_ptr<Sequence>>& store, int prompt, int64_t arrival) {
