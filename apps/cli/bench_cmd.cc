@@ -26,7 +26,7 @@ struct LatencyFlags {
 };
 
 // The memory bandwidth baseline for decode, measured in the same run: the best of 5 passes
-// reading `bytes` of memory allocated like the weights (Tensor::empty: huge pages) and written
+// reading `bytes` of memory allocated like the weights (Tensor::empty) and written
 // first so that it is resident, with `threads` threads summing 64-bit words.
 double stream_read_rate(size_t bytes, int threads) {
   const int64_t words = static_cast<int64_t>(bytes / sizeof(uint64_t));

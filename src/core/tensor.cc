@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 namespace tessera {
 
@@ -39,10 +40,10 @@ Tensor Tensor::wrap(void* data, std::span<const int64_t> shape, DType dtype,
 
 Tensor Tensor::empty(std::span<const int64_t> shape, DType dtype) {
   const size_t bytes = static_cast<size_t>(product(shape)) * dtype_size(dtype);
-  // Large buffers (weights, the KV cache) are mapped directly with transparent huge pages: the
-  // memory is committed as it is first written, 2 MiB at a time, reads as zeros until then, and
-  // is streamed with few TLB misses (prefill ~30% faster than 4 KiB pages, docs/models.md).
-  // TESSERA_NO_THP=1 turns them off for hosts where first-touching fresh huge pages is slow.
+  // Large buffers (weights, the KV cache) are mapped directly: the memory is committed as it is
+  // first written and reads as zeros until then. Transparent huge pages follow the system's
+  // setting; TESSERA_THP=1 asks for them (madvise). The packed GEMM runs no faster with them,
+  // and first-touching fresh huge pages can cost seconds per GB (docs/models.md).
   constexpr size_t kLarge = 4u << 20, kHuge = 2u << 20;
   if (bytes >= kLarge) {
     // Over-map by one huge page and start at a 2 MiB boundary: huge pages need aligned ranges.
@@ -51,7 +52,8 @@ Tensor Tensor::empty(std::span<const int64_t> shape, DType dtype) {
     TESSERA_CHECK(base != MAP_FAILED) << "out of memory mapping " << bytes << " bytes";
     const uintptr_t aligned = (reinterpret_cast<uintptr_t>(base) + kHuge - 1) & ~(kHuge - 1);
     void* data = reinterpret_cast<void*>(aligned);
-    if (!std::getenv("TESSERA_NO_THP")) madvise(data, bytes, MADV_HUGEPAGE);
+    if (const char* thp = std::getenv("TESSERA_THP"); thp && std::string_view(thp) == "1")
+      madvise(data, bytes, MADV_HUGEPAGE);
     std::shared_ptr<void> owner(base, [mapped](void* p) { munmap(p, mapped); });
     return wrap(data, shape, dtype, std::move(owner));
   }
