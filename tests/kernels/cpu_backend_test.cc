@@ -39,6 +39,20 @@ class CpuBackendTest : public ::testing::TestWithParam<Variant> {
   bool rounds_activations() const {
     return GetParam().isa == cpu::Isa::kAvx512 && GetParam().precision == MatmulPrecision::kBf16;
   }
+  // Rows [start, start + batch) of x through the linear layer alone give the bits of the same
+  // rows in `full` (x through it at once).
+  ::testing::AssertionResult batch_matches(const Tensor& x, const LinearSegment& seg,
+                                           const Tensor& full, int64_t start, int64_t batch) {
+    const int64_t n = full.size(1);
+    Tensor part = Tensor::empty({batch, n}, DType::kF32);
+    backend_.linear(x.slice(0, start, start + batch), {&seg, 1}, part);
+    for (int64_t i = 0; i < batch; ++i)
+      if (std::memcmp(part.data<float>() + i * n, full.data<float>() + (start + i) * n,
+                      n * sizeof(float)) != 0)
+        return ::testing::AssertionFailure()
+               << "row " << start + i << " differs in a batch of " << batch;
+    return ::testing::AssertionSuccess();
+  }
   ThreadPool pool_{2};
   CpuBackend backend_{pool_, GetParam().isa, GetParam().precision};
 };
@@ -134,12 +148,7 @@ TEST_P(CpuBackendTest, LinearRowsAreBatchInvariant) {
     backend_.linear(x, {&seg, 1}, full);
     for (int64_t batch : {1, 3, 7}) {
       for (int64_t start = 0; start + batch <= 64; start += 9) {
-        Tensor part = Tensor::empty({batch, n}, DType::kF32);
-        backend_.linear(x.slice(0, start, start + batch), {&seg, 1}, part);
-        for (int64_t i = 0; i < batch; ++i)
-          ASSERT_EQ(0, std::memcmp(part.data<float>() + i * n, full.data<float>() + (start + i) * n,
-                                   n * sizeof(float)))
-              << "row " << start + i << " differs in a batch of " << batch;
+        ASSERT_TRUE(batch_matches(x, seg, full, start, batch));
       }
     }
     // One thread or two: the same bits.
@@ -171,12 +180,7 @@ TEST_P(CpuBackendTest, Bf16LinearAcrossKernelAndBlockBoundaries) {
     }
   for (int64_t batch : {1, 2, 5, 7, 8, 15, 16, 17, 64, 129}) {
     for (int64_t start : {int64_t{0}, m - batch}) {
-      Tensor part = Tensor::empty({batch, n}, DType::kF32);
-      backend_.linear(x.slice(0, start, start + batch), {&seg, 1}, part);
-      for (int64_t i = 0; i < batch; ++i)
-        ASSERT_EQ(0, std::memcmp(part.data<float>() + i * n, full.data<float>() + (start + i) * n,
-                                 n * sizeof(float)))
-            << "row " << start + i << " differs in a batch of " << batch;
+      ASSERT_TRUE(batch_matches(x, seg, full, start, batch));
     }
   }
 }
@@ -240,12 +244,7 @@ TEST_P(CpuBackendTest, PreparedBf16LinearIsBatchInvariantForEveryTileHeight) {
     }
   for (int64_t batch = 1; batch <= 26; ++batch) {
     const int64_t start = (batch * 5) % (m - batch + 1);
-    Tensor part = Tensor::empty({batch, n}, DType::kF32);
-    backend_.linear(x.slice(0, start, start + batch), {&seg, 1}, part);
-    for (int64_t i = 0; i < batch; ++i)
-      ASSERT_EQ(0, std::memcmp(part.data<float>() + i * n, full.data<float>() + (start + i) * n,
-                               n * sizeof(float)))
-          << "row " << start + i << " differs in a batch of " << batch;
+    ASSERT_TRUE(batch_matches(x, seg, full, start, batch));
   }
 }
 
