@@ -223,13 +223,19 @@ void MpiCommunicator::recv(const Tensor& t, int src) {
 
 void MpiCommunicator::broadcast_bytes_async(std::string& data, int root) {
   if (rank_ != root || size_ == 1) return broadcast_bytes(data, root);
+  isend_bytes_to_all(data, root, pending_sends_, pending_peers_);
+}
+
+void MpiCommunicator::isend_bytes_to_all(const std::string& data, int root,
+                                         std::vector<MPI_Request>& requests,
+                                         std::vector<int>& peers) {
   check_size(data.size());
   for (int p = 0; p < size_; ++p) {
     if (p == root) continue;
     MPI_Request r;
     MPI_Isend(data.data(), static_cast<int>(data.size()), MPI_BYTE, p, kTagBytes, comm_, &r);
-    pending_sends_.push_back(r);
-    pending_peers_.push_back(p);
+    requests.push_back(r);
+    peers.push_back(p);
   }
 }
 
@@ -237,16 +243,9 @@ void MpiCommunicator::broadcast_bytes(std::string& data, int root) {
   TESSERA_CHECK(root >= 0 && root < size_);
   if (size_ == 1) return;
   if (rank_ == root) {
-    check_size(data.size());
     std::vector<MPI_Request> requests;
     std::vector<int> peers;
-    for (int p = 0; p < size_; ++p) {
-      if (p == root) continue;
-      MPI_Request r;
-      MPI_Isend(data.data(), static_cast<int>(data.size()), MPI_BYTE, p, kTagBytes, comm_, &r);
-      requests.push_back(r);
-      peers.push_back(p);
-    }
+    isend_bytes_to_all(data, root, requests, peers);
     wait_all(requests, peers, "broadcast_bytes");
     return;
   }

@@ -43,6 +43,9 @@ class MpiCommunicator : public Communicator {
   // Waits for all of `requests`; peers[i] is the group rank requests[i] talks to.
   void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers,
                 const char* what);
+  // Starts sending `data` from `root` to every other rank, appending the requests and peers.
+  void isend_bytes_to_all(const std::string& data, int root, std::vector<MPI_Request>& requests,
+                          std::vector<int>& peers);
   void all_gather_bytes(const void* in, void* out, size_t bytes, const char* what);
   [[noreturn]] void timed_out(const std::vector<int>& missing, const char* what);
   std::string describe(int group_rank) const;

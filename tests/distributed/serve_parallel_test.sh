@@ -68,6 +68,14 @@ watch_health() {
   done
 }
 
+# stopped_with_503 WHAT: waits (at most 10 s) for the server to exit after the fault injected at
+# $start, reports how long it took, and fails unless /health answered 503 meanwhile.
+stopped_with_503() {
+  wait_exit 10
+  echo "$1: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
+  [ $saw503 = 1 ] || { echo "FAIL: /health never answered 503 before the exit"; exit 1; }
+}
+
 no_leftovers() {
   sleep 0.5
   if pgrep -f -- "--port $1 " >/dev/null; then
@@ -104,10 +112,8 @@ curl -sN "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/j
   -d "{\"model\":\"$work/model\",\"prompt\":[1,2,3],\"max_tokens\":400,\"ignore_eos\":true,\"stream\":true}" \
   >"$work/stream.txt" 2>&1 &
 watch_health "$port" 15 0.1
-wait_exit 10
-echo "hung rank: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
+stopped_with_503 "hung rank"
 [ $((SECONDS - start)) -le 10 ] || { echo "FAIL: took longer than 10 s"; exit 1; }
-[ $saw503 = 1 ] || { echo "FAIL: /health never answered 503"; exit 1; }
 grep -q "no answer from rank 1" "$work/stream.txt" || { cat "$work/stream.txt"; echo "FAIL: no error to the client"; exit 1; }
 kill -9 "$r1" 2>/dev/null || true
 no_leftovers "$port"
@@ -119,10 +125,8 @@ r1="$(rank_pid 1)"
 kill -STOP "$r1"
 start=$SECONDS
 watch_health "$port" 20 0.1
-wait_exit 10
-echo "rank hung while idle: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
+stopped_with_503 "rank hung while idle"
 [ $((SECONDS - start)) -le 15 ] || { echo "FAIL: took longer than 15 s"; exit 1; }
-[ $saw503 = 1 ] || { echo "FAIL: /health never answered 503"; exit 1; }
 grep -q "heartbeat failed.*no answer from rank 1" "$work/serve.log" || { cat "$work/serve.log"; echo "FAIL: the log does not name rank 1"; exit 1; }
 kill -9 "$r1" 2>/dev/null || true
 no_leftovers "$port"
@@ -141,9 +145,7 @@ kill -9 "$r1"
 start=$SECONDS
 # mpirun notices the death and sends SIGTERM before SIGKILL: /health answers 503 in between.
 watch_health "$port" 15 0.05
-wait_exit 10
-echo "killed rank: exited after $((SECONDS - start)) s; /health 503 seen: $saw503"
-[ $saw503 = 1 ] || { echo "FAIL: /health never answered 503 before the exit"; exit 1; }
+stopped_with_503 "killed rank"
 wait  # the clients
 complete=0
 for i in $(seq 1 16); do grep -q '\[DONE\]' "$work/stream$i.txt" && complete=$((complete + 1)); done
