@@ -39,15 +39,23 @@ class Communicator {
   virtual void broadcast(const Tensor& t, int root) = 0;
   virtual void send(const Tensor& t, int dst) = 0;
   virtual void recv(const Tensor& t, int src) = 0;
-  // Starts a send and returns at once; `t` must stay alive and unchanged until wait_sends().
-  // Lets pipeline stages hand on a micro-batch while they compute the next.
+  // Starts a send and returns at once; `t` must stay alive and unchanged until the send has
+  // been waited for. Lets pipeline stages hand on a micro-batch while they compute the next.
   virtual void send_async(const Tensor& t, int dst) { send(t, dst); }
-  virtual void wait_sends() {}
+  // Asynchronous sends (send_async and the root's broadcast_bytes_async) are numbered in the
+  // order they start: sends_started() counts them, wait_sends(n) waits for the first n (so a
+  // pipeline step can wait for its own sends, not for newer ones that a peer takes later), and
+  // wait_sends() for all.
+  virtual uint64_t sends_started() const { return 0; }
+  virtual void wait_sends(uint64_t /*first_n*/) {}
+  // Whether the first n have completed, without waiting (if so they count as waited for).
+  virtual bool sends_done(uint64_t /*first_n*/) { return true; }
+  void wait_sends() { wait_sends(sends_started()); }
   // Variable-length bytes from root to all (control messages: scheduler decisions). Receivers
   // may wait indefinitely for the message to start (an idle server sends nothing); once it has
   // started, the usual timeout applies.
   virtual void broadcast_bytes(std::string& data, int root) = 0;
-  // On the root: starts sending `data` (which must stay alive and unchanged until wait_sends())
+  // On the root: starts sending `data` (which must stay alive and unchanged until waited for)
   // and returns at once; elsewhere the same as broadcast_bytes. Lets the driver hand out the
   // next step while pipeline stages are still busy with the previous one.
   virtual void broadcast_bytes_async(std::string& data, int root) { broadcast_bytes(data, root); }

@@ -191,8 +191,14 @@ void MpiCommunicator::broadcast(const Tensor& t, int root) {
 }
 
 void MpiCommunicator::send(const Tensor& t, int dst) {
-  send_async(t, dst);
-  wait_sends();
+  TESSERA_CHECK(t.is_contiguous());
+  TESSERA_CHECK(dst >= 0 && dst < size_ && dst != rank_) << "send to " << dst;
+  check_size(t.nbytes());
+  // Waits for this send only: older asynchronous ones may be taken later.
+  std::vector<MPI_Request> requests(1);
+  MPI_Isend(t.raw(), static_cast<int>(t.nbytes()), MPI_BYTE, dst, kTagPointToPoint, comm_,
+            &requests[0]);
+  wait_all(requests, {dst}, "send");
 }
 
 void MpiCommunicator::send_async(const Tensor& t, int dst) {
@@ -205,10 +211,30 @@ void MpiCommunicator::send_async(const Tensor& t, int dst) {
   pending_peers_.push_back(dst);
 }
 
-void MpiCommunicator::wait_sends() {
-  wait_all(pending_sends_, pending_peers_, "send");
-  pending_sends_.clear();
-  pending_peers_.clear();
+void MpiCommunicator::retire_sends(size_t n) {
+  pending_sends_.erase(pending_sends_.begin(), pending_sends_.begin() + n);
+  pending_peers_.erase(pending_peers_.begin(), pending_peers_.begin() + n);
+  sends_retired_ += n;
+}
+
+void MpiCommunicator::wait_sends(uint64_t first_n) {
+  if (first_n <= sends_retired_) return;
+  const size_t n = std::min<size_t>(first_n - sends_retired_, pending_sends_.size());
+  std::vector<MPI_Request> requests(pending_sends_.begin(), pending_sends_.begin() + n);
+  std::vector<int> peers(pending_peers_.begin(), pending_peers_.begin() + n);
+  wait_all(requests, peers, "send");
+  retire_sends(n);
+}
+
+bool MpiCommunicator::sends_done(uint64_t first_n) {
+  if (first_n <= sends_retired_) return true;
+  const size_t n = std::min<size_t>(first_n - sends_retired_, pending_sends_.size());
+  // A copy: MPI_Testall leaves the requests as they were unless all are complete.
+  std::vector<MPI_Request> requests(pending_sends_.begin(), pending_sends_.begin() + n);
+  int done = 0;
+  MPI_Testall(static_cast<int>(n), requests.data(), &done, MPI_STATUSES_IGNORE);
+  if (done) retire_sends(n);
+  return done != 0;
 }
 
 void MpiCommunicator::recv(const Tensor& t, int src) {

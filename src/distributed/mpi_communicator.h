@@ -31,7 +31,10 @@ class MpiCommunicator : public Communicator {
   void send(const Tensor& t, int dst) override;
   void recv(const Tensor& t, int src) override;
   void send_async(const Tensor& t, int dst) override;
-  void wait_sends() override;
+  uint64_t sends_started() const override { return sends_retired_ + pending_sends_.size(); }
+  void wait_sends(uint64_t first_n) override;
+  bool sends_done(uint64_t first_n) override;
+  using Communicator::wait_sends;
   void broadcast_bytes(std::string& data, int root) override;
   void broadcast_bytes_async(std::string& data, int root) override;
   void barrier() override;
@@ -43,6 +46,8 @@ class MpiCommunicator : public Communicator {
   // Waits for all of `requests`; peers[i] is the group rank requests[i] talks to.
   void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers,
                 const char* what);
+  // The first n pending sends are complete: forget them.
+  void retire_sends(size_t n);
   // Starts sending `data` from `root` to every other rank, appending the requests and peers.
   void isend_bytes_to_all(const std::string& data, int root, std::vector<MPI_Request>& requests,
                           std::vector<int>& peers);
@@ -58,8 +63,10 @@ class MpiCommunicator : public Communicator {
   std::string name_;
   std::vector<float> scratch_;
   std::vector<char> gathered_;  // every rank's contribution to an all-reduce
+  // Asynchronous sends not yet waited for, oldest first; sends_retired_ counts those before.
   std::vector<MPI_Request> pending_sends_;
   std::vector<int> pending_peers_;
+  uint64_t sends_retired_ = 0;
 };
 
 }  // namespace tessera

@@ -92,18 +92,30 @@ void DistributedExecutor::shutdown() {
 }
 
 void run_worker_loop(ModelRunner& runner, DistributedWorld& world) {
+  const bool pipelined = runner.pipeline_stages() > 1;
   try {
     for (;;) {
       std::string message;
       world.world().broadcast_bytes(message, 0);
       TESSERA_CHECK(!message.empty());
-      if (message[0] == kStop) return;
+      // Stop and ping come when the driver has nothing in flight: every output was taken.
+      if (message[0] == kStop) {
+        if (pipelined) runner.retire(0);
+        return;
+      }
       if (message[0] == kPing) {
+        if (pipelined) runner.retire(0);
         world.world().barrier();
         continue;
       }
       TESSERA_CHECK_EQ(message[0], kStep);
-      runner.execute(StepInputs::deserialize(std::string_view(message).substr(1)));
+      StepInputs inputs = StepInputs::deserialize(std::string_view(message).substr(1));
+      if (pipelined) {
+        runner.begin(inputs);
+        runner.retire(kMaxPipelineGroups);
+      } else {
+        runner.execute(inputs);
+      }
     }
   } catch (const DistributedError& e) {
     spdlog::error("{}; stopping every rank", e.what());

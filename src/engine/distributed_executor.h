@@ -42,7 +42,12 @@ class DistributedExecutor : public ModelExecutor {
   std::deque<std::string> messages_;  // control messages of the steps in flight
 };
 
-// A worker rank: runs each step the driver broadcasts until it says stop.
+// The most steps a pipeline-parallel driver keeps in flight (its groups of sequences).
+constexpr int kMaxPipelineGroups = 8;
+
+// A worker rank: runs each step the driver broadcasts until it says stop. With pipeline stages
+// a step's sends complete in the background (up to kMaxPipelineGroups steps), so a stage never
+// waits for the driver to take its output before it starts on the next step.
 void run_worker_loop(ModelRunner& runner, DistributedWorld& world);
 
 }  // namespace tessera

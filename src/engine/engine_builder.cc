@@ -256,6 +256,16 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   const char* overlap_env = std::getenv("TESSERA_PP_OVERLAP");
   const bool pp_overlap = wc.pp > 1 && !(overlap_env && std::string(overlap_env) == "0");
   if (pp_overlap) e->runner_->set_micro_batches(1);
+  // TESSERA_PP_GROUPS sets the number of groups (steps in flight); default pp.
+  int groups = pp_overlap ? wc.pp : 1;
+  if (const char* env = std::getenv("TESSERA_PP_GROUPS"); pp_overlap && env && *env) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (*end != '\0' || n < 1 || n > kMaxPipelineGroups)
+      fail("TESSERA_PP_GROUPS must be a whole number from 1 to {}, got \"{}\"", kMaxPipelineGroups,
+           env);
+    groups = static_cast<int>(n);
+  }
   if (multi) {
     world.world().barrier();  // every rank is ready before the first step
     if (!wc.is_driver()) {
@@ -273,7 +283,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   ec.enable_prefix_caching = args.enable_prefix_caching;
   ec.vocab_size = config.vocab_size;
   ec.eos_token_ids = eos_token_ids(config, e->generation_);
-  ec.virtual_engines = pp_overlap ? wc.pp : 1;
+  ec.virtual_engines = groups;
   ModelExecutor& executor = e->executor_ ? static_cast<ModelExecutor&>(*e->executor_) : *e->runner_;
   e->engine_ = std::make_unique<LLMEngine>(ec, executor, std::move(text_decoders), e->pool_.get());
   return e;

@@ -76,10 +76,19 @@ void ModelRunner::begin(const StepInputs& in) {
       backend_.copy(out, f.outgoing[k]);
       pp.send_async(f.outgoing[k], pp.rank() + 1);
     } else if (sends_logits) {
-      f.outgoing[k] = out;
+      f.outgoing[k] = out;  // a new tensor each forward
       links_.world->send_async(f.outgoing[k], 0);
     }
   }
+  f.pp_sends = links_.pp->sends_started();
+  f.world_sends = links_.world->sends_started();
+}
+
+void ModelRunner::retire(size_t keep) {
+  auto sent = [&](const InFlight& f) {
+    return links_.pp->sends_done(f.pp_sends) && links_.world->sends_done(f.world_sends);
+  };
+  while (!in_flight_.empty() && (in_flight_.size() > keep || sent(in_flight_.front()))) finish();
 }
 
 Tensor ModelRunner::finish() {
@@ -103,10 +112,11 @@ Tensor ModelRunner::finish() {
                     part.data<float>() + r * vocab, vocab * sizeof(float));
     }
   }
-  // Waits for every pending send, this step's and any newer one's (which complete once the
-  // next stage takes them, without waiting on this rank).
-  links_.pp->wait_sends();
-  links_.world->wait_sends();
+  // This step's sends (and older ones): its hidden states were taken by the next stage, its
+  // logits by the driver, its control message by every rank. Newer steps' sends may still wait
+  // for a peer that is itself waiting for this rank.
+  links_.pp->wait_sends(f.pp_sends);
+  links_.world->wait_sends(f.world_sends);
   return logits;
 }
 

@@ -66,17 +66,25 @@ class ModelRunner : public ModelExecutor {
   // stage in flight). Every rank must use the same value.
   void set_micro_batches(int n) { micro_batches_ = n; }
   int pipeline_stages() const { return links_.world_config.pp; }
-  // The driver's half-steps with pp > 1: begin runs this stage on the step and starts sending
-  // its hidden states on; finish receives the step's logits from the last stage (in begin
-  // order) and waits for the sends. execute = begin + finish.
+  // Half-steps with pp > 1: begin runs this stage on the step and starts sending its hidden
+  // states on (the last stage: its logits to the driver); finish completes the oldest begun
+  // step: on the driver it receives the step's logits from the last stage, on every rank it
+  // waits for that step's own sends (not newer ones, which the next stage may take only after
+  // the driver has received older logits). execute = begin + finish.
   void begin(const StepInputs& in);
   Tensor finish();
+  // Worker ranks: finishes the oldest steps whose sends have completed, and more (waiting) until
+  // at most `keep` are still in flight; a stage thus goes on to the next step while the next
+  // stage or the driver has yet to take this one's output.
+  void retire(size_t keep);
 
  private:
   struct InFlight {
     StepInputs inputs;
     MicroBatches mb;
     std::vector<Tensor> outgoing;  // alive until the asynchronous sends complete
+    // The communicators' send counts after this step's sends (Communicator::wait_sends).
+    uint64_t pp_sends = 0, world_sends = 0;
   };
   Tensor to_device(const std::vector<int32_t>& values, std::initializer_list<int64_t> shape);
   ForwardBatch make_batch(const StepInputs& in);

@@ -148,6 +148,42 @@ TEST(MpiCommunicator, SendRecvRing) {
   EXPECT_EQ(std::memcmp(in.raw(), expect.data(), 4000), 0);
 }
 
+// A pipeline stage waits for one step's sends while the next stage has yet to take a newer
+// step's: wait_sends(n) must return once the first n are taken, and sends_done(n) must not
+// claim a send that the peer has not received (large messages: no eager copy completes them).
+TEST(MpiCommunicator, WaitsForTheFirstSendsOnly) {
+  Communicator& c = world();
+  const int64_t n = 100000;  // 400 KB, beyond every eager limit
+  const bool sender = c.rank() % 2 == 0, paired = sender ? c.rank() + 1 < c.size() : true;
+  if (sender && paired) {
+    Tensor a = f32(values(c.rank(), n, 21)), b = f32(values(c.rank(), n, 22));
+    const uint64_t before = c.sends_started();
+    c.send_async(a, c.rank() + 1);
+    const uint64_t after_a = c.sends_started();
+    c.send_async(b, c.rank() + 1);
+    const uint64_t after_b = c.sends_started();
+    EXPECT_EQ(after_a, before + 1);
+    EXPECT_EQ(after_b, before + 2);
+    c.wait_sends(after_a);  // the peer takes a, then waits in the barrier before it takes b
+    EXPECT_TRUE(c.sends_done(after_a));
+    EXPECT_FALSE(c.sends_done(after_b));
+    c.barrier();
+    c.wait_sends();
+    EXPECT_TRUE(c.sends_done(after_b));
+  } else if (!sender) {
+    Tensor in = Tensor::zeros({n}, DType::kF32);
+    c.recv(in, c.rank() - 1);
+    std::vector<float> expect = values(c.rank() - 1, n, 21);
+    EXPECT_EQ(std::memcmp(in.raw(), expect.data(), n * 4), 0);
+    c.barrier();
+    c.recv(in, c.rank() - 1);
+    expect = values(c.rank() - 1, n, 22);
+    EXPECT_EQ(std::memcmp(in.raw(), expect.data(), n * 4), 0);
+  } else {
+    c.barrier();
+  }
+}
+
 TEST(MpiCommunicator, BarrierOrdersPhases) {
   Communicator& c = world();
   // After a barrier every rank has passed the line before it: checked through a later gather of

@@ -104,6 +104,50 @@ TEST(ParallelEquivalenceChunked, ChunkedPrefillMatchesOneRank) {
   fs::remove_all(dir);
 }
 
+// More groups of sequences than stages (TESSERA_PP_GROUPS): more steps in flight than stages,
+// so a stage starts a newer step before the driver has taken an older one's logits. Same
+// tokens and log-probs as one rank, no deadlock, with chunked prefill in one of the runs.
+TEST(ParallelEquivalenceGroups, MoreGroupsThanStagesMatchOneRank) {
+  const fs::path dir =
+      testing::make_tiny("llama", DType::kF32, 5, nlohmann::json{{"num_hidden_layers", 4}});
+  std::string args = "generate --model " + dir.string() +
+                     " --max-tokens 16 --temperature 0 --ignore-eos --logprobs 1 --json";
+  for (int i = 0; i < 8; ++i) {
+    std::string ids;
+    for (int32_t id : testing::test_ids(4 + 3 * i, 4000, 200 + i))
+      ids += (ids.empty() ? "" : ",") + std::to_string(id);
+    args += " --prompt-ids " + ids;
+  }
+  const CliRun base = run(args);
+  ASSERT_EQ(base.status, 0) << base.err;
+  const std::vector<nlohmann::json> want = lines(base.out);
+  ASSERT_EQ(want.size(), 8u) << base.out;
+  const std::string bin = TESSERA_BINARY_DIR "/tessera ";
+  for (const char* layout : {"TESSERA_PP_GROUPS=3 | -pp 2", "TESSERA_PP_GROUPS=4 | -pp 3",
+                             "TESSERA_PP_GROUPS=3 | -tp 2 -pp 2",
+                             "TESSERA_PP_GROUPS=3 | -pp 2 --max-num-batched-tokens 8"}) {
+    SCOPED_TRACE(layout);
+    const std::string l = layout;
+    const size_t bar = l.find(" | ");
+    const CliRun r =
+        testing::run_shell(l.substr(0, bar) + " " + bin + args + " " + l.substr(bar + 3));
+    ASSERT_EQ(r.status, 0) << r.err;
+    const std::vector<nlohmann::json> got = lines(r.out);
+    ASSERT_EQ(got.size(), 8u) << r.out << r.err;
+    for (size_t p = 0; p < 8; ++p) {
+      ASSERT_EQ(got[p]["output_ids"], want[p]["output_ids"]) << "prompt " << p;
+      for (size_t t = 0; t < 16; ++t)
+        EXPECT_NEAR(double(got[p]["logprobs"][t][0][1]), double(want[p]["logprobs"][t][0][1]), 1e-4)
+            << "prompt " << p << " token " << t;
+    }
+  }
+  const CliRun bad = testing::run_shell("TESSERA_PP_GROUPS=0 " + bin + args + " -pp 2");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.err.find("TESSERA_PP_GROUPS must be a whole number from 1 to 8"), std::string::npos)
+      << bad.err;
+  fs::remove_all(dir);
+}
+
 // Bytes each rank reads: with TP=2 every sharded weight is read half by each rank and the small
 // replicated ones (norms) by both, so each rank reads (total - replicated) / 2 + replicated.
 TEST(ParallelLoading, EachRankReadsItsShare) {
