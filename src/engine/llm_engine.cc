@@ -74,13 +74,17 @@ void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> 
   seq->arrival_time = now_seconds();
   if (text_decoders_) seq->decoder = text_decoders_(params.skip_special_tokens);
   for (const auto& s : params.stop) max_stop_len_ = std::max(max_stop_len_, s.size());
-  // The group with the fewest sequences, so that the pipeline's steps stay balanced.
+  // The group with the least work queued (then the fewest sequences): the pipeline's stages
+  // work on different groups' steps at once, and a step much longer than the others' (a
+  // group's prefills while the others decode) leaves the other stages idle.
   int best = 0;
-  size_t best_count = SIZE_MAX;
+  std::pair<int64_t, size_t> best_load{INT64_MAX, SIZE_MAX};
   for (size_t g = 0; g < schedulers_.size(); ++g) {
-    const size_t n = schedulers_[g]->num_waiting() + schedulers_[g]->num_running();
-    if (n < best_count) {
-      best_count = n;
+    const std::pair<int64_t, size_t> load{
+        schedulers_[g]->pending_tokens(),
+        schedulers_[g]->num_waiting() + schedulers_[g]->num_running()};
+    if (load < best_load) {
+      best_load = load;
       best = static_cast<int>(g);
     }
   }

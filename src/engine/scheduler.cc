@@ -105,4 +105,11 @@ void Scheduler::on_step_done(const SchedulerOutput& output) {
   }
 }
 
+int64_t Scheduler::pending_tokens() const {
+  int64_t n = 0;
+  for (const Sequence* seq : waiting_) n += seq->num_tokens() - seq->num_computed_tokens;
+  for (const Sequence* seq : running_) n += seq->num_tokens() - seq->num_computed_tokens;
+  return n;
+}
+
 }  // namespace tessera

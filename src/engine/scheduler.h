@@ -47,6 +47,9 @@ class Scheduler {
   // After the model ran: advances num_computed_tokens and records full blocks in the prefix cache.
   void on_step_done(const SchedulerOutput& output);
 
+  // Tokens its sequences still have to run before each samples again: the uncomputed part of a
+  // prompt, 1 for a decode. What a group's next steps cost, for balancing pipeline groups.
+  int64_t pending_tokens() const;
   size_t num_waiting() const { return waiting_.size(); }
   size_t num_running() const { return running_.size(); }
   int64_t num_preemptions() const { return num_preemptions_; }

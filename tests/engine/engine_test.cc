@@ -27,6 +27,22 @@ class LetterDecoder : public TextDecoder {
   std::string finish() override { return ""; }
 };
 
+// Passes steps to the runner and notes their sizes.
+class Recorder : public ModelExecutor {
+ public:
+  explicit Recorder(ModelExecutor& inner) : inner_(inner) {}
+  const ModelConfig& config() const override { return inner_.config(); }
+  Tensor execute(const StepInputs& in) override { return inner_.execute(in); }
+  void submit(const StepInputs& in) override {
+    tokens.push_back(in.num_tokens());
+    ModelExecutor::submit(in);
+  }
+  std::vector<int64_t> tokens;
+
+ private:
+  ModelExecutor& inner_;
+};
+
 class EngineHarness {
  public:
   // groups: the engine's virtual engines (pipeline parallelism's steps in flight; here the
@@ -37,6 +53,7 @@ class EngineHarness {
     model_ = load_model(dir, ctx_);
     cache_ = allocate_kv_cache(backend_, *model_, blocks, 16, DType::kF32);
     runner_ = std::make_unique<ModelRunner>(backend_, *model_, cache_);
+    recorder_ = std::make_unique<Recorder>(*runner_);
     EngineConfig c;
     c.scheduler.max_num_batched_tokens = budget;
     c.scheduler.max_model_len = 256;
@@ -48,9 +65,11 @@ class EngineHarness {
     c.virtual_engines = groups;
     TextDecoderFactory f;
     if (letters) f = [](bool) { return std::make_unique<LetterDecoder>(); };
-    engine_ = std::make_unique<LLMEngine>(c, *runner_, f, &pool_);
+    engine_ = std::make_unique<LLMEngine>(c, *recorder_, f, &pool_);
   }
   LLMEngine& engine() { return *engine_; }
+  // Tokens of each step submitted so far, in order.
+  const std::vector<int64_t>& submitted_tokens() const { return recorder_->tokens; }
 
   std::map<std::string, Result> run_all() {
     std::map<std::string, Result> results;
@@ -77,6 +96,7 @@ class EngineHarness {
   std::unique_ptr<CausalLM> model_;
   KVCache cache_;
   std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<Recorder> recorder_;
   std::unique_ptr<LLMEngine> engine_;
 };
 
@@ -287,6 +307,21 @@ TEST_F(EngineTest, VirtualEnginesChangeNothing) {
   }
 }
 
+// New requests go to the group with the least work queued, not in turn: one long prompt in
+// group 0 and four short ones in group 1 make two steps of similar size (pipeline stages work
+// on both at once; a long step beside a short one leaves a stage idle).
+TEST_F(EngineTest, GroupsTakeRequestsByQueuedWork) {
+  EngineHarness h(*dir_, 64, 2048, true, false, 2);
+  h.engine().add_request("long", testing::test_ids(120, 4096, 1), greedy(2));
+  for (int i = 0; i < 4; ++i)
+    h.engine().add_request("short" + std::to_string(i), testing::test_ids(8, 4096, 10 + i),
+                           greedy(2));
+  h.engine().step();
+  // In turn they would be 120 + 8 + 8 and 8 + 8.
+  EXPECT_EQ(h.submitted_tokens(), (std::vector<int64_t>{120, 32}));
+  h.run_all();
+}
+
 // A request aborted while its group's step is in flight: reported once as aborted, its blocks
 // freed at once, the step's results for it dropped; the others finish as if alone.
 TEST_F(EngineTest, AbortWhileItsStepIsInFlight) {
@@ -296,15 +331,17 @@ TEST_F(EngineTest, AbortWhileItsStepIsInFlight) {
   for (size_t i = 0; i < ps.size(); ++i)
     h.engine().add_request("r" + std::to_string(i), ps[i], greedy(10));
   h.engine().step();  // both groups submitted, the first completed: group 1 is in flight
-  h.engine().abort_request("r1");  // the groups take requests in turn: r1 is in group 1
-  h.engine().abort_request("r4");  // group 0
+  // Each request went to the group with fewer prompt tokens queued (3, 40, 77, 24, 61, 8
+  // tokens): group 0 has r0, r2, r5, group 1 r1, r3, r4.
+  h.engine().abort_request("r1");  // group 1, in flight
+  h.engine().abort_request("r2");  // group 0
   const auto rest = h.run_all();
   EXPECT_EQ(rest.at("r1").reason, FinishReason::kAbort);
-  EXPECT_EQ(rest.at("r4").reason, FinishReason::kAbort);
+  EXPECT_EQ(rest.at("r2").reason, FinishReason::kAbort);
   EXPECT_EQ(h.engine().stats().kv_cache_usage, 0.0);
-  for (const std::string id : {"r0", "r2", "r3", "r5"}) {
+  for (const std::string id : {"r0", "r3", "r4", "r5"}) {
     ASSERT_EQ(rest.at(id).reason, FinishReason::kLength) << id;
-    // The first step's output (r0, r2, r4 of group 0 got their first token) was dropped by
+    // The first step's output (r0, r2, r5 of group 0 got their first token) was dropped by
     // run_all's caller above; compare what came after.
     const Result& want = solo.at(id);
     const Result& got = rest.at(id);
