@@ -1,10 +1,12 @@
 // tessera bench serve: a load generator for any OpenAI-compatible server (tessera, vLLM), like
 // `vllm bench serve` with the random dataset: streaming completions with random token-id prompts
-// of a fixed length, Poisson arrivals (or all at once), an optional concurrency cap; reports
+// (fixed lengths, or uniform in a range; optionally after a shared prefix), Poisson arrivals
+// (or all at once), an optional concurrency cap; reports
 // request and token throughput and TTFT / TPOT / ITL / end-to-end latency statistics.
 #include <httplib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -32,7 +34,9 @@ struct ServeBenchFlags {
   int max_concurrency = 0;
   int random_input_len = 1024;
   int random_output_len = 128;
-  int vocab = 0;  // ids are drawn from [100, vocab); 0: 32000 or the model's max
+  double random_range_ratio = 0;  // lengths uniform in [len * (1 - r), len * (1 + r)]
+  int random_prefix_len = 0;      // tokens shared by every prompt, before its own
+  int vocab = 0;                  // ids are drawn from [100, vocab); 0: 32000
   bool ignore_eos = false;
   uint64_t seed = 0;
   bool json_out = false;
@@ -62,15 +66,20 @@ Url split_url(const std::string& url) {
   return u;
 }
 
+struct BenchRequest {
+  std::vector<int32_t> prompt;
+  int max_tokens = 0;
+};
+
 RequestResult run_one(const ServeBenchFlags& f, const Url& url, const std::string& model,
-                      const std::vector<int32_t>& prompt) {
+                      const BenchRequest& request) {
   RequestResult r;
   httplib::Client client(url.scheme_host_port);
   client.set_read_timeout(3600, 0);
   client.set_connection_timeout(30, 0);
   json body = {{"model", model},
-               {"prompt", prompt},
-               {"max_tokens", f.random_output_len},
+               {"prompt", request.prompt},
+               {"max_tokens", request.max_tokens},
                {"temperature", 0},
                {"stream", true},
                {"stream_options", {{"include_usage", true}}},
@@ -122,7 +131,9 @@ RequestResult run_one(const ServeBenchFlags& f, const Url& url, const std::strin
     return r;
   }
   if (res.status != 200) {
-    r.error = fmt::format("HTTP {}: {}", res.status, res.body.substr(0, 200));
+    // The body went to the content receiver.
+    const std::string& body = res.body.empty() ? buffer : res.body;
+    r.error = fmt::format("HTTP {}: {}", res.status, body.substr(0, 300));
     return r;
   }
   r.e2e = now_seconds() - start;
@@ -150,6 +161,9 @@ void run_serve_bench(const ServeBenchFlags& f) {
   if (f.num_prompts < 1) fail("--num-prompts must be at least 1");
   if (f.random_input_len < 1 || f.random_output_len < 1)
     fail("--random-input-len and --random-output-len must be at least 1");
+  if (!(f.random_range_ratio >= 0 && f.random_range_ratio < 1))
+    fail("--random-range-ratio must be in [0, 1), got {}", f.random_range_ratio);
+  if (f.random_prefix_len < 0) fail("--random-prefix-len must not be negative");
   double rate = 0;
   if (f.request_rate != "inf") {
     char* end = nullptr;
@@ -170,10 +184,21 @@ void run_serve_bench(const ServeBenchFlags& f) {
   const int vocab = f.vocab > 0 ? f.vocab : 32000;
   std::mt19937_64 rng(f.seed);
   std::uniform_int_distribution<int32_t> token(100, vocab - 1);
-  std::vector<std::vector<int32_t>> prompts(f.num_prompts);
+  // As vllm bench serve's random dataset: each length uniform in [len * (1 - r), len * (1 + r)]
+  // (at least 1), the shared prefix before each prompt's own tokens.
+  auto length = [&](int len) {
+    const int lo = std::max(1, static_cast<int>(std::floor(len * (1 - f.random_range_ratio))));
+    const int hi = std::max(lo, static_cast<int>(std::ceil(len * (1 + f.random_range_ratio))));
+    return std::uniform_int_distribution<int>(lo, hi)(rng);
+  };
+  std::vector<int32_t> prefix(f.random_prefix_len);
+  for (auto& t : prefix) t = token(rng);
+  std::vector<BenchRequest> prompts(f.num_prompts);
   for (auto& p : prompts) {
-    p.resize(f.random_input_len);
-    for (auto& t : p) t = token(rng);
+    p.prompt = prefix;
+    const int own = length(f.random_input_len);
+    for (int i = 0; i < own; ++i) p.prompt.push_back(token(rng));
+    p.max_tokens = length(f.random_output_len);
   }
 
   std::vector<RequestResult> results(f.num_prompts);
@@ -227,6 +252,8 @@ void run_serve_bench(const ServeBenchFlags& f) {
               {"max_concurrency", f.max_concurrency},
               {"random_input_len", f.random_input_len},
               {"random_output_len", f.random_output_len},
+              {"random_range_ratio", f.random_range_ratio},
+              {"random_prefix_len", f.random_prefix_len},
               {"completed", ok},
               {"failed", f.num_prompts - ok},
               {"duration_s", duration},
@@ -288,6 +315,12 @@ void add_bench_serve_command(CLI::App& bench) {
   cmd->add_option("--random-input-len", f->random_input_len, "Prompt tokens")
       ->capture_default_str();
   cmd->add_option("--random-output-len", f->random_output_len, "Output tokens")
+      ->capture_default_str();
+  cmd->add_option("--random-range-ratio", f->random_range_ratio,
+                  "Input and output lengths uniform in [len * (1 - r), len * (1 + r)], r in [0, 1)")
+      ->capture_default_str();
+  cmd->add_option("--random-prefix-len", f->random_prefix_len,
+                  "Tokens of one random prefix put before every prompt")
       ->capture_default_str();
   cmd->add_option("--random-vocab", f->vocab, "Draw prompt ids below this (default 32000)");
   cmd->add_flag("--ignore-eos", f->ignore_eos, "Always generate --random-output-len tokens");
