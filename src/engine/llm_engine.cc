@@ -31,8 +31,9 @@ LLMEngine::LLMEngine(const EngineConfig& config, ModelExecutor& executor,
       sampler_(config.eos_token_ids),
       seed_rng_(std::random_device{}()) {
   const int groups = std::max(1, config.virtual_engines);
-  for (int g = 0; g < groups; ++g)
-    schedulers_.push_back(std::make_unique<Scheduler>(config.scheduler, blocks_));
+  SchedulerConfig sc = config.scheduler;
+  sc.prefill_shares = groups;
+  for (int g = 0; g < groups; ++g) schedulers_.push_back(std::make_unique<Scheduler>(sc, blocks_));
   const int64_t capacity = config.num_blocks * config.block_size;
   if (capacity < config.scheduler.max_model_len)
     fail(ErrorKind::kResourceExhausted,
@@ -202,7 +203,11 @@ std::vector<RequestOutput> LLMEngine::step() {
       return f.group == static_cast<int>(g);
     });
     if (busy) continue;
-    SchedulerOutput sched = schedulers_[g]->schedule();
+    // Other groups' prompts with a chunk in flight: this step may continue them.
+    std::vector<Sequence*> shared;
+    for (size_t h = 0; h < schedulers_.size(); ++h)
+      if (h != g) schedulers_[h]->shareable(shared);
+    SchedulerOutput sched = schedulers_[g]->schedule(shared);
     if (sched.empty()) continue;
     for (const auto& s : sched.scheduled)
       if (s.seq->first_scheduled_time == 0) s.seq->first_scheduled_time = now;

@@ -33,30 +33,36 @@ void Scheduler::preempt(Sequence* seq, SchedulerOutput& out) {
   ++num_preemptions_;
 }
 
-SchedulerOutput Scheduler::schedule() {
+SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
   SchedulerOutput out;
   int64_t budget = config_.max_num_batched_tokens;
   const int64_t chunk_cap =
       config_.long_prefill_token_threshold > 0 ? config_.long_prefill_token_threshold : budget;
 
-  // Running sequences first, oldest first; make room by preempting the newest.
+  // Running sequences first, oldest first; make room by preempting the newest (never one with
+  // tokens in flight: its step would write to freed blocks and count tokens it no longer has).
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence* seq = running_[i];
-    const int64_t num_new =
-        std::min({seq->num_tokens() - seq->num_computed_tokens, budget, chunk_cap});
+    if (seq->awaiting_sample()) {  // its last chunk is in another group's step
+      ++i;
+      continue;
+    }
+    const int64_t num_new = std::min(
+        {seq->num_tokens() - seq->num_scheduled_tokens(), budget, chunk_cap, share_cap(*seq)});
     TESSERA_CHECK_GT(num_new, 0);
-    bool self_preempted = false;
-    while (!blocks_.can_grow(seq->block_table, seq->num_computed_tokens + num_new)) {
-      Sequence* victim = running_.back();
-      preempt(victim, out);
-      if (victim == seq) {
-        self_preempted = true;
+    bool stop = false;
+    while (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
+      auto victim = std::find_if(running_.rbegin(), running_.rend(),
+                                 [](const Sequence* s) { return s->num_inflight_tokens == 0; });
+      if (victim == running_.rend() || *victim == seq) {
+        if (victim != running_.rend()) preempt(seq, out);
+        stop = true;
         break;
       }
+      preempt(*victim, out);
     }
-    if (self_preempted) break;
-    blocks_.grow(seq->block_table, seq->num_computed_tokens + num_new);
-    out.scheduled.push_back({seq, num_new});
+    if (stop) break;
+    take(seq, num_new, out);
     budget -= num_new;
     ++i;
   }
@@ -74,8 +80,8 @@ SchedulerOutput Scheduler::schedule() {
       if (seq->num_preemptions == 0)
         seq->num_cached_prompt_tokens = std::min(hit, seq->num_prompt_tokens);
     }
-    const int64_t num_new =
-        std::min({seq->num_tokens() - seq->num_computed_tokens, budget, chunk_cap});
+    const int64_t num_new = std::min(
+        {seq->num_tokens() - seq->num_computed_tokens, budget, chunk_cap, share_cap(*seq)});
     if (!blocks_.can_grow(seq->block_table, seq->num_computed_tokens + num_new)) {
       // Do not hold cached blocks while waiting for room.
       blocks_.release(seq->block_table, seq->block_hashes);
@@ -89,17 +95,52 @@ SchedulerOutput Scheduler::schedule() {
         running_.begin(), running_.end(), seq,
         [](Sequence* a, Sequence* b) { return a->arrival_index < b->arrival_index; });
     running_.insert(pos, seq);
-    out.scheduled.push_back({seq, num_new});
+    take(seq, num_new, out);
+    budget -= num_new;
+  }
+
+  // Then the rest of other groups' prompts whose earlier chunk is in flight.
+  for (Sequence* seq : shared) {
+    if (budget <= 0) break;
+    if (seq->finished() || seq->awaiting_sample() || seq->num_inflight_tokens == 0) continue;
+    const int64_t num_new =
+        std::min({seq->num_tokens() - seq->num_scheduled_tokens(), budget, chunk_cap});
+    if (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) break;
+    take(seq, num_new, out);
     budget -= num_new;
   }
   out.num_batched_tokens = config_.max_num_batched_tokens - budget;
   return out;
 }
 
+int64_t Scheduler::share_cap(const Sequence& seq) const {
+  const int64_t left = seq.num_tokens() - seq.num_scheduled_tokens();
+  // Prompt logprobs are collected in order by one group; short remainders are not worth it.
+  if (config_.prefill_shares <= 1 || seq.params.prompt_logprobs ||
+      seq.num_scheduled_tokens() >= seq.num_prompt_tokens || left < kMinSharedChunk)
+    return left;
+  return (left + config_.prefill_shares - 1) / config_.prefill_shares;
+}
+
+void Scheduler::take(Sequence* seq, int64_t num_new, SchedulerOutput& out) {
+  blocks_.grow(seq->block_table, seq->num_scheduled_tokens() + num_new);
+  out.scheduled.push_back({seq, num_new, seq->num_scheduled_tokens()});
+  seq->num_inflight_tokens += num_new;
+}
+
+void Scheduler::shareable(std::vector<Sequence*>& out) const {
+  if (config_.prefill_shares <= 1) return;
+  for (Sequence* seq : running_)
+    if (seq->num_inflight_tokens > 0 && !seq->awaiting_sample() && !seq->params.prompt_logprobs)
+      out.push_back(seq);
+}
+
 void Scheduler::on_step_done(const SchedulerOutput& output) {
   for (const ScheduledSequence& s : output.scheduled) {
     Sequence* seq = s.seq;
+    TESSERA_CHECK_EQ(s.start, seq->num_computed_tokens) << "steps complete in order";
     seq->num_computed_tokens += s.num_new_tokens;
+    seq->num_inflight_tokens -= s.num_new_tokens;
     blocks_.cache_full_blocks(seq->tokens, seq->num_computed_tokens, seq->block_table,
                               seq->block_hashes);
   }

@@ -22,11 +22,16 @@ struct SchedulerConfig {
   int64_t max_model_len = 4096;
   // Longest prefill chunk of one sequence per step (0 = the token budget).
   int64_t long_prefill_token_threshold = 0;
+  // Pipeline groups (virtual engines) sharing one prompt's prefill: with n > 1 a group takes at
+  // most 1/n of a prompt's remaining tokens and leaves the rest to the groups that schedule
+  // next (schedule's `shared`), so that concurrent steps are of similar size.
+  int prefill_shares = 1;
 };
 
 struct ScheduledSequence {
   Sequence* seq;
-  int64_t num_new_tokens;  // tokens [num_computed_tokens, + num_new_tokens) run this step
+  int64_t num_new_tokens;  // tokens [start, start + num_new_tokens) run this step
+  int64_t start = 0;
 };
 
 struct SchedulerOutput {
@@ -43,8 +48,13 @@ class Scheduler {
   void add(Sequence* seq);
   // Removes a waiting or running sequence and frees its blocks.
   void remove(Sequence* seq);
-  SchedulerOutput schedule();
-  // After the model ran: advances num_computed_tokens and records full blocks in the prefix cache.
+  // `shared`: other groups' prompts with a chunk in flight and tokens left, which this step may
+  // continue with what is left of its budget (their chunks then run in consecutive steps).
+  SchedulerOutput schedule(const std::vector<Sequence*>& shared = {});
+  // Own running prompts that other groups may continue (a chunk in flight, tokens left).
+  void shareable(std::vector<Sequence*>& out) const;
+  // After the model ran: advances num_computed_tokens and records full blocks in the prefix cache
+  // (steps complete in the order they were scheduled).
   void on_step_done(const SchedulerOutput& output);
 
   // Tokens its sequences still have to run before each samples again: the uncomputed part of a
@@ -57,6 +67,11 @@ class Scheduler {
 
  private:
   void preempt(Sequence* seq, SchedulerOutput& out);
+  // The most of `seq`'s remaining prompt this group takes in one step (prefill_shares).
+  int64_t share_cap(const Sequence& seq) const;
+  // Schedules tokens [scheduled, + num_new) of `seq` (its blocks must fit).
+  void take(Sequence* seq, int64_t num_new, SchedulerOutput& out);
+  static constexpr int64_t kMinSharedChunk = 32;
 
   SchedulerConfig config_;
   BlockManager& blocks_;

@@ -40,7 +40,10 @@ struct Sequence {
   int group = 0;                // the engine's scheduling group (virtual engine)
   std::vector<int32_t> tokens;  // prompt, then output
   int64_t num_prompt_tokens = 0;
-  int64_t num_computed_tokens = 0;       // tokens whose K/V are in the cache
+  int64_t num_computed_tokens = 0;  // tokens whose K/V are in the cache
+  // Tokens in steps still in flight (pipeline parallelism: a prompt's chunks may run in
+  // consecutive steps at once; each stage writes a chunk's K/V before it runs the next step).
+  int64_t num_inflight_tokens = 0;
   int64_t num_cached_prompt_tokens = 0;  // prefix-cache hit at first admission
   std::vector<int32_t> block_table;
   std::vector<uint64_t> block_hashes;
@@ -68,6 +71,10 @@ struct Sequence {
   std::vector<double> inter_token_latencies;
 
   int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
+  // Where the next chunk starts: after the computed tokens and those in flight.
+  int64_t num_scheduled_tokens() const { return num_computed_tokens + num_inflight_tokens; }
+  // Every known token is computed or in flight: the next one waits for a step's sample.
+  bool awaiting_sample() const { return num_scheduled_tokens() >= num_tokens(); }
   int64_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
   bool finished() const { return status == SequenceStatus::kFinished; }
 };

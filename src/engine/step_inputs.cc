@@ -22,7 +22,7 @@ StepInputs build_step_inputs(const SchedulerOutput& out, int block_size, LogitPl
   std::vector<int32_t> sample_rows;
   for (size_t i = 0; i < n; ++i) {
     const Sequence& seq = *out.scheduled[i].seq;
-    const int64_t begin = seq.num_computed_tokens, end = begin + out.scheduled[i].num_new_tokens;
+    const int64_t begin = out.scheduled[i].start, end = begin + out.scheduled[i].num_new_tokens;
     const int32_t row0 = static_cast<int32_t>(in.token_ids.size());
     for (int64_t p = begin; p < end; ++p) {
       in.token_ids.push_back(seq.tokens[p]);

@@ -106,7 +106,8 @@ TEST(ParallelEquivalenceChunked, ChunkedPrefillMatchesOneRank) {
 
 // More groups of sequences than stages (TESSERA_PP_GROUPS): more steps in flight than stages,
 // so a stage starts a newer step before the driver has taken an older one's logits. Same
-// tokens and log-probs as one rank, no deadlock, with chunked prefill in one of the runs.
+// tokens and log-probs as one rank, no deadlock, with chunked prefill in one of the runs and
+// long prompts whose chunks run in several groups' steps at once.
 TEST(ParallelEquivalenceGroups, MoreGroupsThanStagesMatchOneRank) {
   const fs::path dir =
       testing::make_tiny("llama", DType::kF32, 5, nlohmann::json{{"num_hidden_layers", 4}});
@@ -114,7 +115,8 @@ TEST(ParallelEquivalenceGroups, MoreGroupsThanStagesMatchOneRank) {
                      " --max-tokens 16 --temperature 0 --ignore-eos --logprobs 1 --json";
   for (int i = 0; i < 8; ++i) {
     std::string ids;
-    for (int32_t id : testing::test_ids(4 + 3 * i, 4000, 200 + i))
+    // Two long prompts: the groups share their prefill (chunks in consecutive steps at once).
+    for (int32_t id : testing::test_ids(i < 2 ? 90 + 7 * i : 4 + 3 * i, 4000, 200 + i))
       ids += (ids.empty() ? "" : ",") + std::to_string(id);
     args += " --prompt-ids " + ids;
   }

@@ -307,19 +307,23 @@ TEST_F(EngineTest, VirtualEnginesChangeNothing) {
   }
 }
 
-// New requests go to the group with the least work queued, not in turn: one long prompt in
-// group 0 and four short ones in group 1 make two steps of similar size (pipeline stages work
-// on both at once; a long step beside a short one leaves a stage idle).
-TEST_F(EngineTest, GroupsTakeRequestsByQueuedWork) {
+// New requests go to the group with the least work queued, not in turn, and a group takes at
+// most half of a prompt: the group that schedules next continues it in its own step, while the
+// first half is still in flight (pipeline stages work on both steps at once; a long step beside
+// a short one leaves a stage idle). The results are those of each request alone.
+TEST_F(EngineTest, GroupsShareQueuedWork) {
+  std::vector<std::vector<int32_t>> ps = {testing::test_ids(120, 4096, 1)};
+  for (int i = 0; i < 4; ++i) ps.push_back(testing::test_ids(8, 4096, 10 + i));
+  const auto solo = alone(*dir_, ps, greedy(6));
   EngineHarness h(*dir_, 64, 2048, true, false, 2);
-  h.engine().add_request("long", testing::test_ids(120, 4096, 1), greedy(2));
-  for (int i = 0; i < 4; ++i)
-    h.engine().add_request("short" + std::to_string(i), testing::test_ids(8, 4096, 10 + i),
-                           greedy(2));
+  for (size_t i = 0; i < ps.size(); ++i)
+    h.engine().add_request("r" + std::to_string(i), ps[i], greedy(6));
   h.engine().step();
-  // In turn they would be 120 + 8 + 8 and 8 + 8.
-  EXPECT_EQ(h.submitted_tokens(), (std::vector<int64_t>{120, 32}));
-  h.run_all();
+  // Group 0: the first 60 tokens of r0. Group 1: r1-r4 (8 each, joined there because group 0
+  // had more queued) and r0's other 60. In turn and unshared they would be 136 and 16.
+  EXPECT_EQ(h.submitted_tokens(), (std::vector<int64_t>{60, 92}));
+  const auto together = h.run_all();
+  for (const auto& [id, r] : solo) expect_same(r, together.at(id), id);
 }
 
 // A request aborted while its group's step is in flight: reported once as aborted, its blocks
