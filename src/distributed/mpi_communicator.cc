@@ -190,24 +190,23 @@ void MpiCommunicator::broadcast(const Tensor& t, int root) {
   wait_all(requests, peers, "broadcast");
 }
 
-void MpiCommunicator::send(const Tensor& t, int dst) {
-  TESSERA_CHECK(t.is_contiguous());
-  TESSERA_CHECK(dst >= 0 && dst < size_ && dst != rank_) << "send to " << dst;
-  check_size(t.nbytes());
-  // Waits for this send only: older asynchronous ones may be taken later.
-  std::vector<MPI_Request> requests(1);
-  MPI_Isend(t.raw(), static_cast<int>(t.nbytes()), MPI_BYTE, dst, kTagPointToPoint, comm_,
-            &requests[0]);
-  wait_all(requests, {dst}, "send");
-}
-
-void MpiCommunicator::send_async(const Tensor& t, int dst) {
+MPI_Request MpiCommunicator::isend(const Tensor& t, int dst) {
   TESSERA_CHECK(t.is_contiguous());
   TESSERA_CHECK(dst >= 0 && dst < size_ && dst != rank_) << "send to " << dst;
   check_size(t.nbytes());
   MPI_Request r;
   MPI_Isend(t.raw(), static_cast<int>(t.nbytes()), MPI_BYTE, dst, kTagPointToPoint, comm_, &r);
-  pending_sends_.push_back(r);
+  return r;
+}
+
+void MpiCommunicator::send(const Tensor& t, int dst) {
+  // Waits for this send only: older asynchronous ones may be taken later.
+  std::vector<MPI_Request> requests{isend(t, dst)};
+  wait_all(requests, {dst}, "send");
+}
+
+void MpiCommunicator::send_async(const Tensor& t, int dst) {
+  pending_sends_.push_back(isend(t, dst));
   pending_peers_.push_back(dst);
 }
 

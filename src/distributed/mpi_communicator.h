@@ -46,6 +46,8 @@ class MpiCommunicator : public Communicator {
   // Waits for all of `requests`; peers[i] is the group rank requests[i] talks to.
   void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers,
                 const char* what);
+  // Starts a point-to-point send of `t` to group rank `dst`.
+  MPI_Request isend(const Tensor& t, int dst);
   // The first n pending sends are complete: forget them.
   void retire_sends(size_t n);
   // Starts sending `data` from `root` to every other rank, appending the requests and peers.

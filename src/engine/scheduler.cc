@@ -52,6 +52,8 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
     TESSERA_CHECK_GT(num_new, 0);
     bool stop = false;
     while (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
+      // Never one before seq: those are scheduled in this step or wait for a sample, so they
+      // have tokens in flight.
       auto victim = std::find_if(running_.rbegin(), running_.rend(),
                                  [](const Sequence* s) { return s->num_inflight_tokens == 0; });
       if (victim == running_.rend() || *victim == seq) {

@@ -6,21 +6,16 @@
 # Usage: bench_serve_test.sh TESSERA_BINARY
 set -euo pipefail
 tessera="$1"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/serve.sh"
 work="$(mktemp -d)"
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 "$tessera" make-model --arch llama --preset tiny --out "$work/model" >/dev/null
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 "$tessera" serve "$work/model" --host 127.0.0.1 --port "$port" --max-model-len 512 \
   >"$work/serve.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 300); do
-  code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)"
-  [ "$code" = 200 ] && break
-  kill -0 $pid 2>/dev/null || { cat "$work/serve.log"; echo "server died"; exit 1; }
-  sleep 0.1
-done
-[ "$code" = 200 ] || { cat "$work/serve.log"; echo "server not ready"; exit 1; }
 url="http://127.0.0.1:$port"
+wait_ready "$url" $pid "$work/serve.log"
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$@"; }
 metric() { curl -s "$url/metrics" | awk -v n="$1" '$1 ~ "^"n"[{]" {s += $2} END {print s + 0}'; }
 

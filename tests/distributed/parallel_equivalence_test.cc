@@ -36,20 +36,43 @@ std::vector<nlohmann::json> lines(const std::string& out) {
   return v;
 }
 
+// Same greedy tokens as one rank and log-probs within 1e-4, `tokens` per prompt.
+void expect_matches(const std::vector<nlohmann::json>& got, const std::vector<nlohmann::json>& want,
+                    size_t tokens) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t p = 0; p < want.size(); ++p) {
+    ASSERT_EQ(got[p]["output_ids"], want[p]["output_ids"]) << "prompt " << p;
+    ASSERT_EQ(got[p]["output_ids"].size(), tokens);
+    for (size_t t = 0; t < tokens; ++t) {
+      const double a = got[p]["logprobs"][t][0][1], b = want[p]["logprobs"][t][0][1];
+      EXPECT_NEAR(a, b, 1e-4) << "prompt " << p << " token " << t;
+    }
+  }
+}
+
+// `generate` on `dir`, greedy with log-probs, for prompts of the given lengths (ids drawn with
+// seeds seed, seed + 1, ...).
+std::string generate_args(const fs::path& dir, int max_tokens, const std::vector<int>& lengths,
+                          uint64_t seed) {
+  std::string args = "generate --model " + dir.string() + " --max-tokens " +
+                     std::to_string(max_tokens) +
+                     " --temperature 0 --ignore-eos --logprobs 1 --json";
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    std::string ids;
+    for (int32_t id : testing::test_ids(lengths[i], 4000, seed + i))
+      ids += (ids.empty() ? "" : ",") + std::to_string(id);
+    args += " --prompt-ids " + ids;
+  }
+  return args;
+}
+
 class ParallelEquivalence : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ParallelEquivalence, MatchesOneRank) {
   const std::string arch = GetParam();
   const fs::path dir =
       testing::make_tiny(arch, DType::kF32, 3, nlohmann::json{{"num_hidden_layers", 4}});
-  std::string args = "generate --model " + dir.string() +
-                     " --max-tokens 32 --temperature 0 --ignore-eos --logprobs 1 --json";
-  for (int i = 0; i < 8; ++i) {
-    std::string ids;
-    for (int32_t id : testing::test_ids(3 + 5 * i, 4000, 100 + i))
-      ids += (ids.empty() ? "" : ",") + std::to_string(id);
-    args += " --prompt-ids " + ids;
-  }
+  const std::string args = generate_args(dir, 32, {3, 8, 13, 18, 23, 28, 33, 38}, 100);
   const CliRun base = run(args);
   ASSERT_EQ(base.status, 0) << base.err;
   const std::vector<nlohmann::json> want = lines(base.out);
@@ -60,14 +83,7 @@ TEST_P(ParallelEquivalence, MatchesOneRank) {
     ASSERT_EQ(r.status, 0) << r.err;
     const std::vector<nlohmann::json> got = lines(r.out);
     ASSERT_EQ(got.size(), 8u) << r.out << r.err;
-    for (size_t p = 0; p < 8; ++p) {
-      ASSERT_EQ(got[p]["output_ids"], want[p]["output_ids"]) << "prompt " << p;
-      ASSERT_EQ(got[p]["output_ids"].size(), 32u);
-      for (size_t t = 0; t < 32; ++t) {
-        const double a = got[p]["logprobs"][t][0][1], b = want[p]["logprobs"][t][0][1];
-        EXPECT_NEAR(a, b, 1e-4) << "prompt " << p << " token " << t;
-      }
-    }
+    expect_matches(got, want, 32);
     // The stages and shards the log reports.
     if (std::string(layout) == "-pp 3") {
       EXPECT_NE(r.err.find("layers [0, 1) of 4, embedding"), std::string::npos) << r.err;
@@ -111,15 +127,8 @@ TEST(ParallelEquivalenceChunked, ChunkedPrefillMatchesOneRank) {
 TEST(ParallelEquivalenceGroups, MoreGroupsThanStagesMatchOneRank) {
   const fs::path dir =
       testing::make_tiny("llama", DType::kF32, 5, nlohmann::json{{"num_hidden_layers", 4}});
-  std::string args = "generate --model " + dir.string() +
-                     " --max-tokens 16 --temperature 0 --ignore-eos --logprobs 1 --json";
-  for (int i = 0; i < 8; ++i) {
-    std::string ids;
-    // Two long prompts: the groups share their prefill (chunks in consecutive steps at once).
-    for (int32_t id : testing::test_ids(i < 2 ? 90 + 7 * i : 4 + 3 * i, 4000, 200 + i))
-      ids += (ids.empty() ? "" : ",") + std::to_string(id);
-    args += " --prompt-ids " + ids;
-  }
+  // Two long prompts: the groups share their prefill (chunks in consecutive steps at once).
+  const std::string args = generate_args(dir, 16, {90, 97, 10, 13, 16, 19, 22, 25}, 200);
   const CliRun base = run(args);
   ASSERT_EQ(base.status, 0) << base.err;
   const std::vector<nlohmann::json> want = lines(base.out);
@@ -136,12 +145,7 @@ TEST(ParallelEquivalenceGroups, MoreGroupsThanStagesMatchOneRank) {
     ASSERT_EQ(r.status, 0) << r.err;
     const std::vector<nlohmann::json> got = lines(r.out);
     ASSERT_EQ(got.size(), 8u) << r.out << r.err;
-    for (size_t p = 0; p < 8; ++p) {
-      ASSERT_EQ(got[p]["output_ids"], want[p]["output_ids"]) << "prompt " << p;
-      for (size_t t = 0; t < 16; ++t)
-        EXPECT_NEAR(double(got[p]["logprobs"][t][0][1]), double(want[p]["logprobs"][t][0][1]), 1e-4)
-            << "prompt " << p << " token " << t;
-    }
+    expect_matches(got, want, 16);
   }
   const CliRun bad = testing::run_shell("TESSERA_PP_GROUPS=0 " + bin + args + " -pp 2");
   EXPECT_NE(bad.status, 0);

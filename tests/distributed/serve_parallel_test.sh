@@ -10,6 +10,7 @@
 # Usage: serve_parallel_test.sh TESSERA_BINARY
 set -euo pipefail
 tessera="$1"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/serve.sh"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -19,7 +20,6 @@ cleanup() {
 trap cleanup EXIT
 "$tessera" make-model --arch llama --preset tiny --dtype f32 --out "$work/model" >/dev/null 2>&1
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # start_server PORT: serve -tp 2 in the background; sets $server (the mpirun process).
 start_server() {
@@ -27,15 +27,7 @@ start_server() {
     --max-model-len 512 >"$work/serve.log" 2>&1 &
   server=$!
   pids+=("$server")
-  for _ in $(seq 1 300); do
-    code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/health" || true)"
-    [ "$code" = 200 ] && return 0
-    kill -0 "$server" 2>/dev/null || { cat "$work/serve.log"; echo "FAIL: server died"; exit 1; }
-    sleep 0.1
-  done
-  cat "$work/serve.log"
-  echo "FAIL: server not ready"
-  exit 1
+  wait_ready "http://127.0.0.1:$1" "$server" "$work/serve.log"
 }
 
 # rank_pid N: the pid of world rank N among the server's children.

@@ -6,6 +6,7 @@
 set -euo pipefail
 tessera="$1"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../lib/serve.sh"
 modules="${TESSERA_NPM_CACHE:-$HOME/.cache/tessera/npm}/node_modules"
 if [ ! -d "$modules/openai" ] || ! command -v node >/dev/null; then
   echo "SKIP: the openai npm package is not available (tests/npm/fetch_assets.sh)"
@@ -14,17 +15,11 @@ fi
 work="$(mktemp -d)"
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 "$tessera" make-model --arch llama --preset tiny --out "$work/model" >/dev/null
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 "$tessera" serve "$work/model" --host 127.0.0.1 --port "$port" --served-model-name tiny \
   --api-key test-key --max-model-len 512 >"$work/serve.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 300); do
-  code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)"
-  [ "$code" = 200 ] && break
-  kill -0 $pid 2>/dev/null || { cat "$work/serve.log"; echo "server died"; exit 1; }
-  sleep 0.1
-done
-[ "$code" = 200 ] || { cat "$work/serve.log"; echo "server not ready"; exit 1; }
+wait_ready "http://127.0.0.1:$port" $pid "$work/serve.log"
 
 node "$here/openai_client_test.mjs" "http://127.0.0.1:$port/v1" "$modules"
 
