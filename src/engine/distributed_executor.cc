@@ -91,8 +91,9 @@ void DistributedExecutor::shutdown() {
   }
 }
 
-void run_worker_loop(ModelRunner& runner, DistributedWorld& world) {
+void run_worker_loop(ModelRunner& runner, DistributedWorld& world, bool lazy_sends) {
   const bool pipelined = runner.pipeline_stages() > 1;
+  const size_t keep = lazy_sends ? kMaxPipelineGroups : 0;
   try {
     for (;;) {
       std::string message;
@@ -112,7 +113,7 @@ void run_worker_loop(ModelRunner& runner, DistributedWorld& world) {
       StepInputs inputs = StepInputs::deserialize(std::string_view(message).substr(1));
       if (pipelined) {
         runner.begin(inputs);
-        runner.retire(kMaxPipelineGroups);
+        runner.retire(keep);
       } else {
         runner.execute(inputs);
       }

@@ -46,8 +46,11 @@ class DistributedExecutor : public ModelExecutor {
 constexpr int kMaxPipelineGroups = 8;
 
 // A worker rank: runs each step the driver broadcasts until it says stop. With pipeline stages
-// a step's sends complete in the background (up to kMaxPipelineGroups steps), so a stage never
-// waits for the driver to take its output before it starts on the next step.
-void run_worker_loop(ModelRunner& runner, DistributedWorld& world);
+// and `lazy_sends`, a step's sends complete in the background (it retires steps whose sends
+// completed, and waits only past kMaxPipelineGroups), so it starts the next step before the
+// driver has taken this one's output: needed when the driver keeps more groups in flight than
+// there are stages. Otherwise each step waits for its own sends, which keeps a transport
+// without a progress thread (TCP) moving them: nothing progresses while a stage computes.
+void run_worker_loop(ModelRunner& runner, DistributedWorld& world, bool lazy_sends = false);
 
 }  // namespace tessera

@@ -269,7 +269,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   if (multi) {
     world.world().barrier();  // every rank is ready before the first step
     if (!wc.is_driver()) {
-      run_worker_loop(*e->runner_, world);
+      run_worker_loop(*e->runner_, world, groups > wc.pp);
       throw WorkerRankFinished{};
     }
     e->executor_ = std::make_unique<DistributedExecutor>(*e->runner_, world);
