@@ -2,7 +2,8 @@
 # Two "nodes" for real: two network namespaces joined by a veth pair, one rank in each, MPI over
 # TCP on the veth (btl tcp; shared memory is off), mpirun starting the remote rank through an
 # rsh agent that enters the other namespace (as it would ssh to another host). Measures the
-# all-reduce latency over TCP and serves one request end to end with `serve -tp 2`.
+# all-reduce latency over TCP, serves one request end to end with `serve -tp 2` and generates
+# with `-pp 2` (one stage per namespace).
 # Usage: multinode_netns_test.sh TESSERA_BINARY ALLREDUCE_BENCH MPIRUN. Exit 77 (skipped) when
 # not root or `ip netns` is unavailable. All traffic stays inside the namespaces.
 set -euo pipefail
@@ -92,4 +93,17 @@ echo "one rank: $want; two namespaces: $got"
 kill -TERM "$server"
 wait "$server" || true
 server=
+
+# Pipeline parallelism across the namespaces: one stage per "node", hidden states and logits
+# over TCP, several prompts (groups in flight, a long prompt shared by both groups' steps).
+prompts=(--prompt-ids "$prompt" --prompt-ids "$(seq -s, 10 80)" --prompt-ids 3,4)
+want_pp="$("$tessera" generate --model "$work/model" "${prompts[@]}" --max-tokens 12 \
+  --temperature 0 --ignore-eos --json 2>/dev/null | python3 -c 'import sys; print(sys.stdin.read())')"
+got_pp="$(timeout 120 "${mpi[@]}" "$tessera" generate --model "$work/model" "${prompts[@]}" \
+  --max-tokens 12 --temperature 0 --ignore-eos --json -pp 2 2>"$work/pp.log" |
+  python3 -c 'import sys; print(sys.stdin.read())')" || { cat "$work/pp.log"; echo "FAIL: -pp 2"; exit 1; }
+ids() { python3 -c 'import json,sys; print([json.loads(l)["output_ids"] for l in sys.stdin if l.startswith("{")])'; }
+echo "one rank: $(echo "$want_pp" | ids); two stages: $(echo "$got_pp" | ids)"
+[ "$(echo "$want_pp" | ids)" = "$(echo "$got_pp" | ids)" ] || { cat "$work/pp.log"; echo "FAIL: -pp 2 tokens differ"; exit 1; }
+grep -q "pp stage 1/2" "$work/pp.log" || { cat "$work/pp.log"; echo "FAIL: no second stage"; exit 1; }
 echo PASS
