@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `tessera serve -tp 2` as a user runs it (it starts its own ranks under mpirun):
 #  1. a completion through the server gives the tokens `tessera generate` gives with one rank;
+#  1b. so do concurrent completions through `serve -pp 2`;
 #  2. a rank that hangs (SIGSTOP) mid-request: /health turns 503, the client gets an error naming
 #     the rank, and every process exits within 10 s;
 #  2b. a rank that hangs while the server is idle: the idle heartbeat turns /health 503 and
@@ -21,13 +22,18 @@ trap cleanup EXIT
 "$tessera" make-model --arch llama --preset tiny --dtype f32 --out "$work/model" >/dev/null 2>&1
 
 
-# start_server PORT: serve -tp 2 in the background; sets $server (the mpirun process).
+# start_server PORT [LAYOUT...]: serve (-tp 2 unless LAYOUT is given) in the background; sets
+# $server (the mpirun process).
 start_server() {
-  "$tessera" serve "$work/model" --host 127.0.0.1 --port "$1" -tp 2 --distributed-timeout 3 \
-    --max-model-len 512 >"$work/serve.log" 2>&1 &
+  local port="$1"
+  shift
+  local layout=("$@")
+  [ ${#layout[@]} -gt 0 ] || layout=(-tp 2)
+  "$tessera" serve "$work/model" --host 127.0.0.1 --port "$port" "${layout[@]}" \
+    --distributed-timeout 3 --max-model-len 512 >"$work/serve.log" 2>&1 &
   server=$!
   pids+=("$server")
-  wait_ready "http://127.0.0.1:$1" "$server" "$work/serve.log"
+  wait_ready "http://127.0.0.1:$port" "$server" "$work/serve.log"
 }
 
 # rank_pid N: the pid of world rank N among the server's children.
@@ -89,6 +95,41 @@ got="$(curl -s "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: applica
 echo "one rank: $want; served with -tp 2: $got"
 [ "$want" = "$got" ] || { echo "FAIL: tokens differ"; exit 1; }
 grep -q "rank 1/2 (tp rank 1/2" "$work/serve.log" || { echo "FAIL: no shard log of rank 1"; exit 1; }
+kill -TERM "$server"
+wait_exit 15
+no_leftovers "$port"
+
+# 1b. -pp 2 through the server: concurrent requests (both pipeline groups busy, long prompts
+# whose prefill the groups share) give one rank's tokens and log-probs.
+prompts=("5,6,7,8,9" "$(seq -s, 10 80)" "3,4" "$(seq -s, 100 190)" "7,7,7" "$(seq -s, 200 240)")
+args=()
+for p in "${prompts[@]}"; do args+=(--prompt-ids "$p"); done
+"$tessera" generate --model "$work/model" "${args[@]}" --max-tokens 12 --temperature 0 \
+  --ignore-eos --logprobs 1 --json 2>/dev/null >"$work/want_pp.jsonl"
+port="$(free_port)"
+start_server "$port" -pp 2
+python3 - "http://127.0.0.1:$port" "$work/model" "$work/want_pp.jsonl" "${prompts[@]}" <<'PY'
+import json, sys, threading, urllib.request
+url, model, want_file, prompts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+want = [json.loads(l) for l in open(want_file) if l.startswith("{")]
+got = [None] * len(prompts)
+def ask(i):
+    body = {"model": model, "prompt": [int(t) for t in prompts[i].split(",")], "max_tokens": 12,
+            "temperature": 0, "ignore_eos": True, "return_tokens_as_token_ids": True, "logprobs": 1}
+    req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    got[i] = json.load(urllib.request.urlopen(req, timeout=60))["choices"][0]["logprobs"]
+threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+for t in threads: t.start()
+for t in threads: t.join()
+for i, (g, w) in enumerate(zip(got, want)):
+    ids = [int(t.split(":")[1]) for t in g["tokens"]]
+    assert ids == w["output_ids"], (i, ids, w["output_ids"])
+    for a, b in zip(g["token_logprobs"], w["logprobs"]):
+        assert abs(a - b[0][1]) < 1e-4, (i, a, b)
+print("served with -pp 2, %d concurrent requests: same tokens and log-probs as one rank" % len(prompts))
+PY
+grep -q "pp stage 1/2" "$work/serve.log" || { echo "FAIL: no shard log of stage 1"; exit 1; }
 kill -TERM "$server"
 wait_exit 15
 no_leftovers "$port"
