@@ -98,10 +98,10 @@ server=
 # over TCP, several prompts (groups in flight, a long prompt shared by both groups' steps).
 prompts=(--prompt-ids "$prompt" --prompt-ids "$(seq -s, 10 80)" --prompt-ids 3,4)
 want_pp="$("$tessera" generate --model "$work/model" "${prompts[@]}" --max-tokens 12 \
-  --temperature 0 --ignore-eos --json 2>/dev/null | python3 -c 'import sys; print(sys.stdin.read())')"
+  --temperature 0 --ignore-eos --json 2>/dev/null)"
 got_pp="$(timeout 120 "${mpi[@]}" "$tessera" generate --model "$work/model" "${prompts[@]}" \
-  --max-tokens 12 --temperature 0 --ignore-eos --json -pp 2 2>"$work/pp.log" |
-  python3 -c 'import sys; print(sys.stdin.read())')" || { cat "$work/pp.log"; echo "FAIL: -pp 2"; exit 1; }
+  --max-tokens 12 --temperature 0 --ignore-eos --json -pp 2 2>"$work/pp.log")" ||
+  { cat "$work/pp.log"; echo "FAIL: -pp 2"; exit 1; }
 ids() { python3 -c 'import json,sys; print([json.loads(l)["output_ids"] for l in sys.stdin if l.startswith("{")])'; }
 echo "one rank: $(echo "$want_pp" | ids); two stages: $(echo "$got_pp" | ids)"
 [ "$(echo "$want_pp" | ids)" = "$(echo "$got_pp" | ids)" ] || { cat "$work/pp.log"; echo "FAIL: -pp 2 tokens differ"; exit 1; }
