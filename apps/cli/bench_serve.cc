@@ -193,12 +193,12 @@ void run_serve_bench(const ServeBenchFlags& f) {
   };
   std::vector<int32_t> prefix(f.random_prefix_len);
   for (auto& t : prefix) t = token(rng);
-  std::vector<BenchRequest> prompts(f.num_prompts);
-  for (auto& p : prompts) {
-    p.prompt = prefix;
+  std::vector<BenchRequest> requests(f.num_prompts);
+  for (auto& r : requests) {
+    r.prompt = prefix;
     const int own = length(f.random_input_len);
-    for (int i = 0; i < own; ++i) p.prompt.push_back(token(rng));
-    p.max_tokens = length(f.random_output_len);
+    for (int i = 0; i < own; ++i) r.prompt.push_back(token(rng));
+    r.max_tokens = length(f.random_output_len);
   }
 
   std::vector<RequestResult> results(f.num_prompts);
@@ -218,7 +218,7 @@ void run_serve_bench(const ServeBenchFlags& f) {
       ++in_flight;
     }
     threads.emplace_back([&, i] {
-      results[i] = run_one(f, url, model, prompts[i]);
+      results[i] = run_one(f, url, model, requests[i]);
       {
         std::lock_guard lock(mu);
         --in_flight;

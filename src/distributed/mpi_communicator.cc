@@ -216,9 +216,15 @@ void MpiCommunicator::retire_sends(size_t n) {
   sends_retired_ += n;
 }
 
+size_t MpiCommunicator::pending_among_first(uint64_t first_n) const {
+  return first_n <= sends_retired_
+             ? 0
+             : std::min<size_t>(first_n - sends_retired_, pending_sends_.size());
+}
+
 void MpiCommunicator::wait_sends(uint64_t first_n) {
-  if (first_n <= sends_retired_) return;
-  const size_t n = std::min<size_t>(first_n - sends_retired_, pending_sends_.size());
+  const size_t n = pending_among_first(first_n);
+  if (n == 0) return;
   std::vector<MPI_Request> requests(pending_sends_.begin(), pending_sends_.begin() + n);
   std::vector<int> peers(pending_peers_.begin(), pending_peers_.begin() + n);
   wait_all(requests, peers, "send");
@@ -226,8 +232,8 @@ void MpiCommunicator::wait_sends(uint64_t first_n) {
 }
 
 bool MpiCommunicator::sends_done(uint64_t first_n) {
-  if (first_n <= sends_retired_) return true;
-  const size_t n = std::min<size_t>(first_n - sends_retired_, pending_sends_.size());
+  const size_t n = pending_among_first(first_n);
+  if (n == 0) return true;
   // A copy: MPI_Testall leaves the requests as they were unless all are complete.
   std::vector<MPI_Request> requests(pending_sends_.begin(), pending_sends_.begin() + n);
   int done = 0;

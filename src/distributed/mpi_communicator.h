@@ -48,6 +48,8 @@ class MpiCommunicator : public Communicator {
                 const char* what);
   // Starts a point-to-point send of `t` to group rank `dst`.
   MPI_Request isend(const Tensor& t, int dst);
+  // How many of the first `first_n` sends started are still pending.
+  size_t pending_among_first(uint64_t first_n) const;
   // The first n pending sends are complete: forget them.
   void retire_sends(size_t n);
   // Starts sending `data` from `root` to every other rank, appending the requests and peers.

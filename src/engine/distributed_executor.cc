@@ -92,8 +92,6 @@ void DistributedExecutor::shutdown() {
 }
 
 void run_worker_loop(ModelRunner& runner, DistributedWorld& world, bool lazy_sends) {
-  const bool pipelined = runner.pipeline_stages() > 1;
-  const size_t keep = lazy_sends ? kMaxPipelineGroups : 0;
   try {
     for (;;) {
       std::string message;
@@ -101,21 +99,21 @@ void run_worker_loop(ModelRunner& runner, DistributedWorld& world, bool lazy_sen
       TESSERA_CHECK(!message.empty());
       // Stop and ping come when the driver has nothing in flight: every output was taken.
       if (message[0] == kStop) {
-        if (pipelined) runner.retire(0);
+        if (lazy_sends) runner.retire(0);
         return;
       }
       if (message[0] == kPing) {
-        if (pipelined) runner.retire(0);
+        if (lazy_sends) runner.retire(0);
         world.world().barrier();
         continue;
       }
       TESSERA_CHECK_EQ(message[0], kStep);
       StepInputs inputs = StepInputs::deserialize(std::string_view(message).substr(1));
-      if (pipelined) {
+      if (lazy_sends) {
         runner.begin(inputs);
-        runner.retire(keep);
+        runner.retire(kMaxPipelineGroups);
       } else {
-        runner.execute(inputs);
+        runner.execute(inputs);  // with pipeline stages: begin, then wait for its own sends
       }
     }
   } catch (const DistributedError& e) {

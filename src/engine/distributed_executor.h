@@ -45,8 +45,8 @@ class DistributedExecutor : public ModelExecutor {
 // The most steps a pipeline-parallel driver keeps in flight (its groups of sequences).
 constexpr int kMaxPipelineGroups = 8;
 
-// A worker rank: runs each step the driver broadcasts until it says stop. With pipeline stages
-// and `lazy_sends`, a step's sends complete in the background (it retires steps whose sends
+// A worker rank: runs each step the driver broadcasts until it says stop. With `lazy_sends`
+// (pipeline stages only), a step's sends complete in the background (it retires steps whose sends
 // completed, and waits only past kMaxPipelineGroups), so it starts the next step before the
 // driver has taken this one's output: needed when the driver keeps more groups in flight than
 // there are stages. Otherwise each step waits for its own sends, which keeps a transport

@@ -83,8 +83,8 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
         seq->num_cached_prompt_tokens = std::min(hit, seq->num_prompt_tokens);
     }
     const int64_t num_new = std::min(
-        {seq->num_tokens() - seq->num_computed_tokens, budget, chunk_cap, share_cap(*seq)});
-    if (!blocks_.can_grow(seq->block_table, seq->num_computed_tokens + num_new)) {
+        {seq->num_tokens() - seq->num_scheduled_tokens(), budget, chunk_cap, share_cap(*seq)});
+    if (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
       // Do not hold cached blocks while waiting for room.
       blocks_.release(seq->block_table, seq->block_hashes);
       seq->num_computed_tokens = 0;
@@ -104,7 +104,7 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
   // Then the rest of other groups' prompts whose earlier chunk is in flight.
   for (Sequence* seq : shared) {
     if (budget <= 0) break;
-    if (seq->finished() || seq->awaiting_sample() || seq->num_inflight_tokens == 0) continue;
+    TESSERA_CHECK(seq->num_inflight_tokens > 0 && !seq->awaiting_sample()) << "not shareable";
     const int64_t num_new =
         std::min({seq->num_tokens() - seq->num_scheduled_tokens(), budget, chunk_cap});
     if (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) break;
