@@ -33,6 +33,14 @@ LLMEngine::LLMEngine(const EngineConfig& config, ModelExecutor& executor,
   const int groups = std::max(1, config.virtual_engines);
   SchedulerConfig sc = config.scheduler;
   sc.prefill_shares = groups;
+  // With pipeline groups a step takes at most a quarter of the budget per group (not under
+  // kMinPipelinePrefill tokens), so that a burst of prompts as large as one budget runs as at
+  // least 4 x groups steps: the pipeline fills and drains once per burst (pp - 1 steps idle at
+  // each stage), and a large GEMM is already at full speed at this size.
+  if (groups > 1 && sc.max_prefill_tokens == 0)
+    sc.max_prefill_tokens =
+        std::min(sc.max_num_batched_tokens,
+                 std::max<int64_t>(kMinPipelinePrefill, sc.max_num_batched_tokens / (4 * groups)));
   for (int g = 0; g < groups; ++g) schedulers_.push_back(std::make_unique<Scheduler>(sc, blocks_));
   const int64_t capacity = config.num_blocks * config.block_size;
   if (capacity < config.scheduler.max_model_len)

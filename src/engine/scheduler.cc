@@ -36,6 +36,9 @@ void Scheduler::preempt(Sequence* seq, SchedulerOutput& out) {
 SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
   SchedulerOutput out;
   int64_t budget = config_.max_num_batched_tokens;
+  // Prompt tokens left for this step; a sequence with one token to run is a decode.
+  int64_t prefill_budget =
+      config_.max_prefill_tokens > 0 ? config_.max_prefill_tokens : config_.max_num_batched_tokens;
   const int64_t chunk_cap =
       config_.long_prefill_token_threshold > 0 ? config_.long_prefill_token_threshold : budget;
 
@@ -47,8 +50,13 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
       ++i;
       continue;
     }
-    const int64_t num_new = std::min(
-        {seq->num_tokens() - seq->num_scheduled_tokens(), budget, chunk_cap, share_cap(*seq)});
+    const int64_t left = seq->num_tokens() - seq->num_scheduled_tokens();
+    if (left > 1 && prefill_budget <= 0) {  // a prompt chunk, and this step has its share
+      ++i;
+      continue;
+    }
+    const int64_t num_new =
+        std::min({left, budget, chunk_cap, share_cap(*seq), left > 1 ? prefill_budget : left});
     TESSERA_CHECK_GT(num_new, 0);
     bool stop = false;
     while (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
@@ -66,6 +74,7 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
     if (stop) break;
     take(seq, num_new, out);
     budget -= num_new;
+    if (left > 1) prefill_budget -= num_new;
     ++i;
   }
 
@@ -82,10 +91,12 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
       if (seq->num_preemptions == 0)
         seq->num_cached_prompt_tokens = std::min(hit, seq->num_prompt_tokens);
     }
-    const int64_t num_new = std::min(
-        {seq->num_tokens() - seq->num_scheduled_tokens(), budget, chunk_cap, share_cap(*seq)});
-    if (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
-      // Do not hold cached blocks while waiting for room.
+    const int64_t left = seq->num_tokens() - seq->num_scheduled_tokens();
+    const int64_t num_new =
+        std::min({left, budget, chunk_cap, share_cap(*seq), left > 1 ? prefill_budget : left});
+    if (num_new <= 0 ||
+        !blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
+      // Do not hold cached blocks while waiting for room (or for the prompt-token cap).
       blocks_.release(seq->block_table, seq->block_hashes);
       seq->num_computed_tokens = 0;
       break;
@@ -99,17 +110,19 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
     running_.insert(pos, seq);
     take(seq, num_new, out);
     budget -= num_new;
+    if (left > 1) prefill_budget -= num_new;
   }
 
   // Then the rest of other groups' prompts whose earlier chunk is in flight.
   for (Sequence* seq : shared) {
-    if (budget <= 0) break;
+    if (budget <= 0 || prefill_budget <= 0) break;
     TESSERA_CHECK(seq->num_inflight_tokens > 0 && !seq->awaiting_sample()) << "not shareable";
-    const int64_t num_new =
-        std::min({seq->num_tokens() - seq->num_scheduled_tokens(), budget, chunk_cap});
+    const int64_t num_new = std::min(
+        {seq->num_tokens() - seq->num_scheduled_tokens(), budget, chunk_cap, prefill_budget});
     if (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) break;
     take(seq, num_new, out);
     budget -= num_new;
+    prefill_budget -= num_new;
   }
   out.num_batched_tokens = config_.max_num_batched_tokens - budget;
   return out;

@@ -26,6 +26,11 @@ struct SchedulerConfig {
   // most 1/n of a prompt's remaining tokens and leaves the rest to the groups that schedule
   // next (schedule's `shared`), so that concurrent steps are of similar size.
   int prefill_shares = 1;
+  // Most prompt tokens (prefill and recompute) one step takes, 0 = the token budget. Decodes do
+  // not count against it. Pipeline groups set it so that a burst of prompts runs as several
+  // small steps instead of a few large ones: a pipeline fills and drains once per burst, so the
+  // stages idle for one step's length at each end.
+  int64_t max_prefill_tokens = 0;
 };
 
 struct ScheduledSequence {

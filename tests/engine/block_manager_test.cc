@@ -189,5 +189,45 @@ TEST(Scheduler, PreemptsTheNewestWhenBlocksRunOut) {
   EXPECT_EQ(o.scheduled[0].num_new_tokens, 9);
 }
 
+// The prompt-token cap (what pipeline groups set): prompt chunks stop at it, decodes do not count
+// against it, and the token budget still bounds the whole step.
+TEST(Scheduler, PrefillCapLeavesDecodesAlone) {
+  BlockManager bm(200, 4, false);
+  SchedulerConfig cfg;
+  cfg.max_num_batched_tokens = 64;
+  cfg.max_prefill_tokens = 12;
+  Scheduler sched(cfg, bm);
+  std::vector<std::unique_ptr<Sequence>> store;
+  std::vector<Sequence*> decoding;
+  for (int i = 0; i < 20; ++i) {
+    Sequence* s = new_seq(store, 1, i);  // one prompt token each: decode-sized steps
+    decoding.push_back(s);
+    sched.add(s);
+  }
+  Sequence* a = new_seq(store, 30, 20);
+  Sequence* b = new_seq(store, 5, 21);
+  sched.add(a);
+  sched.add(b);
+  SchedulerOutput o = sched.schedule();
+  // 20 one-token sequences, then 12 of a's 30 prompt tokens; b waits for prompt room.
+  ASSERT_EQ(o.scheduled.size(), 21u);
+  EXPECT_EQ(o.scheduled[20].seq, a);
+  EXPECT_EQ(o.scheduled[20].num_new_tokens, 12);
+  EXPECT_EQ(o.num_batched_tokens, 32);
+  EXPECT_EQ(sched.num_waiting(), 1u);
+  sched.on_step_done(o);
+  for (Sequence* s : decoding) s->tokens.push_back(7);  // each sampled a token
+  o = sched.schedule();
+  ASSERT_EQ(o.scheduled.size(), 21u);  // 20 decodes and a's next 12; b still waits
+  EXPECT_EQ(o.scheduled[20].num_new_tokens, 12);
+  sched.on_step_done(o);
+  for (Sequence* s : decoding) sched.remove(s);
+  o = sched.schedule();  // a's last 6 and all 5 of b's (11 prompt tokens)
+  ASSERT_EQ(o.scheduled.size(), 2u);
+  EXPECT_EQ(o.scheduled[0].num_new_tokens, 6);
+  EXPECT_EQ(o.scheduled[1].seq, b);
+  EXPECT_EQ(o.scheduled[1].num_new_tokens, 5);
+}
+
 }  // namespace
 }  // namespace tessera

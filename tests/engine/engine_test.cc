@@ -326,6 +326,27 @@ TEST_F(EngineTest, GroupsShareQueuedWork) {
   for (const auto& [id, r] : solo) expect_same(r, together.at(id), id);
 }
 
+// With groups, a burst of prompts runs as small steps: at most max(128, budget / (4 x groups))
+// prompt tokens each (here 2048 / 8 = 256), where one group alone would take all 800 tokens at
+// once. The results are those of each request alone.
+TEST_F(EngineTest, GroupsTakeBurstsInSmallSteps) {
+  std::vector<std::vector<int32_t>> burst;
+  for (int i = 0; i < 8; ++i) burst.push_back(testing::test_ids(100, 4096, 40 + i));
+  const auto solo = alone(*dir_, burst, greedy(4));
+  EngineHarness h(*dir_, 128, 2048, true, false, 2);
+  for (size_t i = 0; i < burst.size(); ++i)
+    h.engine().add_request("r" + std::to_string(i), burst[i], greedy(4));
+  const auto together = h.run_all();
+  const std::vector<int64_t>& steps = h.submitted_tokens();
+  ASSERT_GE(steps.size(), 4u);
+  // Group 0 first takes half of each of its four prompts (the share rule: 200 tokens); then
+  // each step stops at the cap, continuing the other group's halves as well as its own.
+  EXPECT_EQ(std::vector<int64_t>(steps.begin(), steps.begin() + 3),
+            (std::vector<int64_t>{200, 256, 256}));
+  for (int64_t n : steps) EXPECT_LE(n, 256);
+  for (const auto& [id, r] : solo) expect_same(r, together.at(id), id);
+}
+
 // A request aborted while its group's step is in flight: reported once as aborted, its blocks
 // freed at once, the step's results for it dropped; the others finish as if alone.
 TEST_F(EngineTest, AbortWhileItsStepIsInFlight) {
