@@ -39,6 +39,12 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
   // Prompt tokens left for this step; a sequence with one token to run is a decode.
   int64_t prefill_budget =
       config_.max_prefill_tokens > 0 ? config_.max_prefill_tokens : config_.max_num_batched_tokens;
+  // What the prompt-token cap allows a sequence with `left` tokens to run, and its spending.
+  const auto prompt_room = [&](int64_t left) { return left > 1 ? prefill_budget : left; };
+  const auto spend = [&](int64_t left, int64_t num_new) {
+    budget -= num_new;
+    if (left > 1) prefill_budget -= num_new;
+  };
   const int64_t chunk_cap =
       config_.long_prefill_token_threshold > 0 ? config_.long_prefill_token_threshold : budget;
 
@@ -51,12 +57,11 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
       continue;
     }
     const int64_t left = seq->num_tokens() - seq->num_scheduled_tokens();
-    if (left > 1 && prefill_budget <= 0) {  // a prompt chunk, and this step has its share
+    if (prompt_room(left) <= 0) {  // a prompt chunk, and this step has its share
       ++i;
       continue;
     }
-    const int64_t num_new =
-        std::min({left, budget, chunk_cap, share_cap(*seq), left > 1 ? prefill_budget : left});
+    const int64_t num_new = std::min({left, budget, chunk_cap, share_cap(*seq), prompt_room(left)});
     TESSERA_CHECK_GT(num_new, 0);
     bool stop = false;
     while (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
@@ -73,8 +78,7 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
     }
     if (stop) break;
     take(seq, num_new, out);
-    budget -= num_new;
-    if (left > 1) prefill_budget -= num_new;
+    spend(left, num_new);
     ++i;
   }
 
@@ -92,8 +96,7 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
         seq->num_cached_prompt_tokens = std::min(hit, seq->num_prompt_tokens);
     }
     const int64_t left = seq->num_tokens() - seq->num_scheduled_tokens();
-    const int64_t num_new =
-        std::min({left, budget, chunk_cap, share_cap(*seq), left > 1 ? prefill_budget : left});
+    const int64_t num_new = std::min({left, budget, chunk_cap, share_cap(*seq), prompt_room(left)});
     if (num_new <= 0 ||
         !blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
       // Do not hold cached blocks while waiting for room (or for the prompt-token cap).
@@ -109,8 +112,7 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
         [](Sequence* a, Sequence* b) { return a->arrival_index < b->arrival_index; });
     running_.insert(pos, seq);
     take(seq, num_new, out);
-    budget -= num_new;
-    if (left > 1) prefill_budget -= num_new;
+    spend(left, num_new);
   }
 
   // Then the rest of other groups' prompts whose earlier chunk is in flight.
