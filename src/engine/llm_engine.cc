@@ -19,6 +19,9 @@ size_t utf8_floor(const std::string& text, size_t limit) {
   return limit;
 }
 
+// The smallest prompt-token cap per step that pipeline groups use.
+constexpr int64_t kMinPipelinePrefill = 128;
+
 }  // namespace
 
 LLMEngine::LLMEngine(const EngineConfig& config, ModelExecutor& executor,

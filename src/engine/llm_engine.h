@@ -36,9 +36,6 @@ struct EngineConfig {
   int virtual_engines = 1;
 };
 
-// The smallest prompt-token cap per step that pipeline groups use (see LLMEngine's constructor).
-constexpr int64_t kMinPipelinePrefill = 128;
-
 // What one step produced for one request.
 struct RequestOutput {
   std::string request_id;
