@@ -29,7 +29,7 @@ constexpr int kSpinIterations = 20000;
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num_threads) {
   workers_.reserve(num_threads_ - 1);
-  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -46,22 +46,46 @@ void ThreadPool::run(const std::function<void(int)>& fn) {
   }
   TESSERA_CHECK(task_ == nullptr) << "ThreadPool::run is not reentrant";
   task_ = &fn;
-  pending_.store(num_threads_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t region = generation_.load(std::memory_order_relaxed) + 1;
+  // Slot 0 is the caller's; the slot counter is published before the generation that wakes
+  // workers, so a worker that sees the new generation sees its slots.
+  next_slot_.store(uint64_t{region} << 32 | 1, std::memory_order_release);
+  generation_.store(region, std::memory_order_release);
   generation_.notify_all();
   fn(0);
-  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+  done_.fetch_add(1, std::memory_order_acq_rel);
+  run_slots(region);
+  // Only slots that some thread has started remain: wait for them, spinning while they are
+  // likely running and sleeping if one's thread was descheduled (it then has our core).
+  for (int spin = 0;; ++spin) {
+    int d = done_.load(std::memory_order_acquire);
+    if (d == num_threads_) break;
     if (spin < kSpinIterations) {
       TESSERA_PAUSE();
     } else {
-      int p = pending_.load(std::memory_order_acquire);
-      if (p != 0) pending_.wait(p, std::memory_order_acquire);
+      done_.wait(d, std::memory_order_acquire);
     }
   }
   task_ = nullptr;
 }
 
-void ThreadPool::worker_loop(int index) {
+void ThreadPool::run_slots(uint32_t region) {
+  uint64_t cur = next_slot_.load(std::memory_order_acquire);
+  while (static_cast<uint32_t>(cur >> 32) == region) {
+    const int slot = static_cast<int>(cur & 0xffffffffu);
+    if (slot >= num_threads_) return;
+    if (!next_slot_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel,
+                                          std::memory_order_acquire))
+      continue;
+    // The region cannot finish (nor task_ change) before this claimed slot is done.
+    (*task_)(slot);
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == num_threads_) done_.notify_one();
+    cur = next_slot_.load(std::memory_order_acquire);
+  }
+}
+
+void ThreadPool::worker_loop() {
   uint32_t seen = 0;
   while (true) {
     uint32_t gen;
@@ -76,8 +100,7 @@ void ThreadPool::worker_loop(int index) {
     }
     seen = gen;
     if (stop_.load(std::memory_order_acquire)) return;
-    (*task_)(index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    run_slots(gen);
   }
 }
 

@@ -1,7 +1,9 @@
 // A fixed pool of threads that run one parallel region at a time, OpenMP style: run(fn) calls
-// fn(thread_index) on every thread, the caller being thread 0, and returns when all are done.
-// Workers spin briefly between regions (decode issues hundreds of short regions per token) and
-// then sleep, so an idle pool costs no CPU.
+// fn(slot) once for every slot in [0, size()) and returns when all are done. Slots are claimed,
+// not assigned: the caller runs slot 0 and then any slot no worker has started, so a worker that
+// the OS has not scheduled (cores shared with HTTP threads, another rank, other programs) never
+// holds up a region it has not joined. Workers spin briefly between regions (decode issues
+// hundreds of short regions per token) and then sleep, so an idle pool costs no CPU.
 #pragma once
 
 #include <atomic>
@@ -21,7 +23,8 @@ class ThreadPool {
 
   int size() const { return num_threads_; }
 
-  // Runs fn(thread_index) for thread_index in [0, size()). Not reentrant: one region at a time.
+  // Runs fn(slot) once for each slot in [0, size()), concurrently on up to size() threads; a
+  // thread may run several slots in turn. Not reentrant: one region at a time.
   void run(const std::function<void(int)>& fn);
 
   // Splits [0, n) into size() contiguous ranges and calls fn(begin, end) for each non-empty one.
@@ -40,13 +43,16 @@ class ThreadPool {
   }
 
  private:
-  void worker_loop(int index);
+  void worker_loop();
+  // Claims and runs the current region's unclaimed slots; region is its generation.
+  void run_slots(uint32_t region);
 
   int num_threads_;
   std::vector<std::thread> workers_;
   const std::function<void(int)>* task_ = nullptr;
-  std::atomic<uint32_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<uint32_t> generation_{0};  // bumped per region; workers sleep on it
+  std::atomic<uint64_t> next_slot_{0};   // generation << 32 | next unclaimed slot
+  std::atomic<int> done_{0};             // slots of the current region finished
   std::atomic<bool> stop_{false};
 };
 
