@@ -278,6 +278,19 @@ std::string sse(const json& j) {
 
 }  // namespace
 
+namespace {
+// The routes install_routes() adds, with their methods (HEAD goes with GET), for 405 answers.
+std::string_view allowed_methods(const std::string& path) {
+  static const std::pair<std::string_view, std::string_view> kRoutes[] = {
+      {"/health", "GET, HEAD"},         {"/ping", "GET, HEAD, POST"}, {"/version", "GET, HEAD"},
+      {"/metrics", "GET, HEAD"},        {"/v1/models", "GET, HEAD"},  {"/v1/completions", "POST"},
+      {"/v1/chat/completions", "POST"}, {"/tokenize", "POST"},        {"/detokenize", "POST"}};
+  for (const auto& [route, methods] : kRoutes)
+    if (route == path) return methods;
+  return {};
+}
+}  // namespace
+
 OpenAIServer::OpenAIServer(ServerOptions options) : options_(std::move(options)) {
   if (options_.served_model_names.empty()) options_.served_model_names = {options_.model_path};
   created_ = unix_now();
@@ -358,13 +371,22 @@ void OpenAIServer::install_routes() {
                  {"code", 401}}}});
     return httplib::Server::HandlerResponse::Handled;
   });
-  // Errors httplib produces itself (unknown path, body too large) get OpenAI-shaped bodies.
+  // Errors httplib produces itself (unknown path, body too large) get OpenAI-shaped bodies. A
+  // known path asked with another method is 405 with an Allow header, as vLLM answers.
   s.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
                                                               httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    std::string message = res.status == 413   ? "the request body is too large"
-                          : res.status == 404 ? fmt::format("{} {} not found", req.method, req.path)
-                                              : fmt::format("HTTP {}", res.status);
+    const std::string_view allowed = allowed_methods(req.path);
+    if (res.status == 404 && !allowed.empty()) {
+      res.status = 405;
+      res.set_header("Allow", std::string(allowed));
+    }
+    std::string message =
+        res.status == 413 ? "the request body is too large"
+        : res.status == 405
+            ? fmt::format("Method Not Allowed: {} {} (allowed: {})", req.method, req.path, allowed)
+        : res.status == 404 ? fmt::format("{} {} not found", req.method, req.path)
+                            : fmt::format("HTTP {}", res.status);
     send_json(res, res.status, error_json(res.status, message));
     return httplib::Server::HandlerResponse::Handled;
   }));
@@ -390,9 +412,12 @@ void OpenAIServer::install_routes() {
     const bool ok = ready_ && accepting_ && model_.engine->healthy();
     res.status = ok ? 200 : 503;
   });
-  s.Get("/ping", [this](const httplib::Request&, httplib::Response& res) {
+  // /ping answers GET and POST, as vLLM's (SageMaker's health check posts).
+  const auto ping = [this](const httplib::Request&, httplib::Response& res) {
     res.status = ready_ && accepting_ && model_.engine->healthy() ? 200 : 503;
-  });
+  };
+  s.Get("/ping", ping);
+  s.Post("/ping", ping);
   s.Get("/version", [this](const httplib::Request&, httplib::Response& res) {
     send_json(res, 200, {{"version", options_.version}});
   });

@@ -139,6 +139,16 @@ TEST(ServerTest, HealthModelsVersionAndUnknownRoutes) {
   auto missing = c.Get("/v1/nothing");
   EXPECT_EQ(missing->status, 404);
   EXPECT_TRUE(json::parse(missing->body)["error"].contains("message"));
+  // A known path with the wrong method: 405 and the methods it takes.
+  auto wrong_method = c.Get("/v1/chat/completions");
+  EXPECT_EQ(wrong_method->status, 405);
+  EXPECT_EQ(wrong_method->get_header_value("Allow"), "POST");
+  EXPECT_EQ(json::parse(wrong_method->body)["error"]["code"], 405);
+  auto delete_models = c.Delete("/v1/models");
+  EXPECT_EQ(delete_models->status, 405);
+  EXPECT_EQ(delete_models->get_header_value("Allow"), "GET, HEAD");
+  EXPECT_EQ(c.Post("/ping", "", "application/json")->status, 200);
+  EXPECT_EQ(c.Head("/health")->status, 200);
 }
 
 TEST(ServerTest, CompletionAndChatShapes) {
