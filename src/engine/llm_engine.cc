@@ -82,6 +82,8 @@ void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> 
   seq->num_prompt_tokens = static_cast<int64_t>(prompt.size());
   seq->tokens = std::move(prompt);
   seq->params = params;
+  if (params.grammar)
+    seq->grammar = std::make_unique<GrammarMatcher>(params.grammar, params.grammar_vocab);
   seq->rng.seed(params.seed ? *params.seed : seed_rng_());
   seq->arrival_time = now_seconds();
   if (text_decoders_) seq->decoder = text_decoders_(params.skip_special_tokens);
@@ -120,8 +122,13 @@ void LLMEngine::abort_request(const std::string& request_id) {
 void LLMEngine::check_stop(Sequence& seq, int32_t token) {
   const SamplingParams& p = seq.params;
   std::string chunk = seq.decoder ? seq.decoder->step(token) : std::string();
+  // Structured output: the text is complete (nothing may follow), or no allowed token was left
+  // (a grammar the vocabulary cannot continue): stop rather than write outside the grammar.
+  const bool grammar_ends = seq.grammar && (!seq.grammar->accept(token) || seq.grammar->must_end());
   if (!p.ignore_eos && std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(),
                                  token) != config_.eos_token_ids.end()) {
+    seq.finish_reason = FinishReason::kStop;
+  } else if (grammar_ends) {
     seq.finish_reason = FinishReason::kStop;
   } else if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) !=
              p.stop_token_ids.end()) {

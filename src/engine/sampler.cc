@@ -58,10 +58,18 @@ int32_t Sampler::sample(std::span<const float> raw, Sequence& seq) const {
   const int32_t vocab = static_cast<int32_t>(raw.size());
   const bool needs_edit = !p.logit_bias.empty() || seq.num_output_tokens() < p.min_tokens ||
                           p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 ||
-                          p.frequency_penalty != 0.0;
+                          p.frequency_penalty != 0.0 || seq.grammar;
   if (p.greedy() && !needs_edit) return argmax(raw);
 
   std::vector<float> logits(raw.begin(), raw.end());
+  if (seq.grammar) {
+    // Before everything else, as vLLM applies the grammar's bitmask: top-k, top-p and min-p
+    // then choose among allowed tokens only.
+    std::vector<char> allowed;
+    seq.grammar->fill_allowed(allowed);
+    for (int32_t id = 0; id < vocab; ++id)
+      if (id >= static_cast<int32_t>(allowed.size()) || !allowed[id]) logits[id] = kNegInf;
+  }
   for (const auto& [id, bias] : p.logit_bias) logits[id] += static_cast<float>(bias);
   if (seq.num_output_tokens() < p.min_tokens) {
     if (!p.ignore_eos)

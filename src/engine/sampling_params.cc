@@ -21,6 +21,8 @@ void SamplingParams::validate(int64_t vocab_size) const {
     fail("frequency_penalty must be in [-2, 2], got {}", frequency_penalty);
   if (max_tokens < 1) fail("max_tokens must be at least 1, got {}", max_tokens);
   if (min_tokens < 0) fail("min_tokens must be non-negative, got {}", min_tokens);
+  TESSERA_CHECK(static_cast<bool>(grammar) == static_cast<bool>(grammar_vocab))
+      << "a grammar needs its token vocabulary";
   if (min_tokens > max_tokens)
     fail("min_tokens must be less than or equal to max_tokens={}, got {}", max_tokens, min_tokens);
   for (const auto& s : stop)

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -10,6 +11,8 @@
 namespace tessera {
 
 struct GenerationConfig;
+class Grammar;
+class TokenVocabulary;
 
 struct SamplingParams {
   double temperature = 1.0;         // < 1e-5 means greedy
@@ -32,6 +35,11 @@ struct SamplingParams {
 
   std::optional<int> logprobs;         // top-k logprobs per generated token (0: only the chosen)
   std::optional<int> prompt_logprobs;  // same for prompt tokens
+
+  // Structured output: only tokens the grammar allows are sampled, and the sequence stops when
+  // its text is complete (engine/structured_output.h). Both set, or neither.
+  std::shared_ptr<const Grammar> grammar;
+  std::shared_ptr<const TokenVocabulary> grammar_vocab;
 
   bool greedy() const { return temperature < 1e-5; }
   // Throws tessera::Error (kInvalidArgument) naming the first bad field.

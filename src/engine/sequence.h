@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/sampling_params.h"
+#include "engine/structured_output.h"
 
 namespace tessera {
 
@@ -48,6 +49,7 @@ struct Sequence {
   std::vector<int32_t> block_table;
   std::vector<uint64_t> block_hashes;
   SamplingParams params;
+  std::unique_ptr<GrammarMatcher> grammar;  // where the output is in params.grammar
   std::mt19937_64 rng;
   SequenceStatus status = SequenceStatus::kWaiting;
   FinishReason finish_reason = FinishReason::kNone;

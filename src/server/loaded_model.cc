@@ -39,6 +39,7 @@ ServingModel LoadedModel::serving() {
   s.text = text_.get();
   s.max_model_len = ec.scheduler.max_model_len;
   s.vocab_size = ec.vocab_size;
+  s.eos_token_ids = ec.eos_token_ids;
   s.defaults = SamplingParams::from_defaults(instance_->generation_config());
   return s;
 }

@@ -71,6 +71,82 @@ std::vector<int32_t> token_list(const json& v, const char* name) {
   return ids;
 }
 
+// Structured output fields. Exactly one kind may be given.
+void parse_structured(const json& body, GenerateRequest& r) {
+  auto set_schema = [&](const char* name, json schema) {
+    if (r.json_schema || !r.choices.empty())
+      bad(name, "only one kind of structured output may be given per request");
+    r.json_schema = std::move(schema);
+    r.structured_field = name;
+  };
+  auto set_choices = [&](const char* name, const json& list) {
+    if (r.json_schema || !r.choices.empty())
+      bad(name, "only one kind of structured output may be given per request");
+    if (!list.is_array() || list.empty())
+      bad(name, fmt::format("'{}' must be a non-empty list of strings", name));
+    for (const json& c : list) {
+      if (!c.is_string() || c.get<std::string>().empty())
+        bad(name, fmt::format("'{}' must be a non-empty list of non-empty strings", name));
+      r.choices.push_back(c.get<std::string>());
+    }
+    r.structured_field = name;
+  };
+  // A schema given as an object or as its JSON text.
+  auto schema_value = [&](const char* name, const json& v) {
+    if (v.is_object() || v.is_boolean()) return v;
+    if (v.is_string()) {
+      json parsed = json::parse(v.get<std::string>(), nullptr, false);
+      if (!parsed.is_discarded() && (parsed.is_object() || parsed.is_boolean())) return parsed;
+    }
+    bad(name, fmt::format("'{}' must be a JSON schema (an object, or its JSON text)", name));
+  };
+  if (const json* format = field(body, "response_format")) {
+    if (!format->is_object() || !format->contains("type") || !(*format)["type"].is_string())
+      bad("response_format", "'response_format' must be an object with a string 'type'");
+    const std::string type = (*format)["type"].get<std::string>();
+    if (type == "json_object") {
+      set_schema("response_format", json{{"type", "object"}});
+    } else if (type == "json_schema") {
+      auto js = format->find("json_schema");
+      if (js == format->end() || !js->is_object())
+        bad("response_format", "response_format json_schema needs a 'json_schema' object");
+      auto schema = js->find("schema");
+      set_schema("response_format",
+                 schema == js->end() ? json::object() : schema_value("response_format", *schema));
+    } else if (type != "text") {
+      bad("response_format",
+          fmt::format("response_format type '{}' is not supported (text, json_object, "
+                      "json_schema)",
+                      type));
+    }
+  }
+  if (const json* v = field(body, "guided_json"))
+    set_schema("guided_json", schema_value("guided_json", *v));
+  if (const json* v = field(body, "guided_choice")) set_choices("guided_choice", *v);
+  for (const char* name : {"guided_regex", "guided_grammar"})
+    if (field(body, name))
+      bad(name, fmt::format("'{}' is not supported (guided_json and guided_choice are)", name));
+  if (const json* so = field(body, "structured_outputs")) {
+    if (!so->is_object()) bad("structured_outputs", "'structured_outputs' must be an object");
+    for (const auto& [key, value] : so->items()) {
+      if (value.is_null()) continue;
+      if (key == "json") {
+        set_schema("structured_outputs", schema_value("structured_outputs", value));
+      } else if (key == "json_object") {
+        if (!value.is_boolean()) bad("structured_outputs", "'json_object' must be a boolean");
+        if (value.get<bool>()) set_schema("structured_outputs", json{{"type", "object"}});
+      } else if (key == "choice") {
+        set_choices("structured_outputs", value);
+      } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
+        bad("structured_outputs", fmt::format("structured_outputs.{} is not supported", key));
+      } else if (key != "disable_fallback" && key != "disable_any_whitespace" &&
+                 key != "disable_additional_properties" && key != "whitespace_pattern") {
+        bad("structured_outputs", fmt::format("unknown structured_outputs field '{}'", key));
+      }
+    }
+  }
+}
+
 // The fields completions and chat share (sampling, stopping, streaming, vLLM extras).
 void parse_common(const json& body, GenerateRequest& r) {
   if (!body.is_object()) bad("", "the request body must be a JSON object");
@@ -164,6 +240,7 @@ void parse_common(const json& body, GenerateRequest& r) {
     if (auto v = get_bool(*so, "continuous_usage_stats")) r.continuous_usage = *v;
   }
   if (auto v = get_bool(body, "return_tokens_as_token_ids")) r.return_tokens_as_token_ids = *v;
+  parse_structured(body, r);
   if (auto v = get_string(body, "user")) (void)v;
   if (auto v = get_int(body, "truncate_prompt_tokens")) {
     if (*v < -1 || *v == 0)
@@ -273,10 +350,6 @@ GenerateRequest parse_chat_request(const json& body, const SamplingParams& defau
   if (const json* choice = field(body, "tool_choice")) {
     if (!(choice->is_string() && (*choice == "none" || *choice == "auto")))
       bad("tool_choice", "only tool_choice \"none\" and \"auto\" are supported");
-  }
-  if (const json* format = field(body, "response_format")) {
-    if (!format->is_object() || format->value("type", "") != "text")
-      bad("response_format", "only response_format {\"type\": \"text\"} is supported");
   }
   if (auto v = get_bool(body, "add_generation_prompt")) r.chat_inputs.add_generation_prompt = *v;
   if (auto v = get_bool(body, "continue_final_message")) {

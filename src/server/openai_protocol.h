@@ -37,6 +37,12 @@ struct GenerateRequest {
   bool return_tokens_as_token_ids = false;
   // Keep only the last k prompt tokens (vLLM's truncate_prompt_tokens; -1: max_model_len).
   std::optional<int64_t> truncate_prompt_tokens;
+  // Structured output (response_format json_object / json_schema, vLLM's guided_json,
+  // guided_choice and structured_outputs): a JSON schema, or texts to choose from; compiled by
+  // the server. `structured_field` names the request field, for errors.
+  std::optional<nlohmann::json> json_schema;
+  std::vector<std::string> choices;
+  std::string structured_field;
 };
 
 // Limits vLLM applies by default.

@@ -1,5 +1,7 @@
 #include "server/openai_server.h"
 
+#include "engine/structured_output.h"
+
 #include <httplib.h>
 #include <sys/socket.h>
 
@@ -605,6 +607,18 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
   }
   if (r.params.min_tokens > r.params.max_tokens && r.max_tokens_set)
     throw ApiError(400, "min_tokens must be at most max_tokens", "min_tokens");
+  if (r.json_schema || !r.choices.empty()) {
+    if (!m.text)
+      throw ApiError(400, "structured output needs the model's tokenizer (tokenizer.json)",
+                     r.structured_field);
+    try {
+      r.params.grammar =
+          r.json_schema ? Grammar::from_json_schema(*r.json_schema) : Grammar::choice(r.choices);
+    } catch (const Error& e) {
+      throw ApiError(400, e.what(), r.structured_field);
+    }
+    r.params.grammar_vocab = m.text->token_vocabulary(m.eos_token_ids);
+  }
 
   // One engine request per choice.
   for (size_t p = 0; p < ctx->prompt_ids.size(); ++p) {

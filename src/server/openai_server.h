@@ -48,7 +48,8 @@ struct ServingModel {
   const TextProcessor* text = nullptr;  // null: token-id prompts only
   int64_t max_model_len = 0;
   int64_t vocab_size = 0;
-  SamplingParams defaults;  // from generation_config.json
+  SamplingParams defaults;             // from generation_config.json
+  std::vector<int32_t> eos_token_ids;  // the engine's (config and generation_config)
 };
 
 // Runs one non-streaming completions or chat request to the end (run-batch): the response body.

@@ -1,5 +1,7 @@
 #include "server/text_processor.h"
 
+#include <mutex>
+
 #include "core/status.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -49,6 +51,23 @@ class HfTextProcessor : public TextProcessor {
       throw Error(fmt::format("chat template: {}", e.what()), ErrorKind::kInvalidArgument);
     }
   }
+  std::shared_ptr<const TokenVocabulary> token_vocabulary(
+      const std::vector<int32_t>& eos_ids) const override {
+    std::call_once(vocab_once_, [&] {
+      const int64_t n = tokenizer_->vocab_size();
+      std::vector<std::string> texts(static_cast<size_t>(n));
+      for (int64_t id = 0; id < n; ++id) {
+        const auto i = static_cast<int32_t>(id);
+        if (tokenizer_->is_special(i)) continue;  // never inside a structured text
+        // Decoded mid-text, so that a leading space (Metaspace) is kept; a byte that only
+        // completes a character with its neighbours decodes to U+FFFD, which a grammar admits
+        // only inside strings, where the joined bytes belong.
+        texts[id] = tokenizer_->decode_window({&i, 1}, false, false);
+      }
+      vocab_ = std::make_shared<const TokenVocabulary>(std::move(texts), eos_ids);
+    });
+    return vocab_;
+  }
   TextDecoderFactory decoder_factory() const override {
     std::shared_ptr<const tokenizer::Tokenizer> t = tokenizer_;
     return [t](bool skip_special) -> std::unique_ptr<TextDecoder> {
@@ -58,6 +77,8 @@ class HfTextProcessor : public TextProcessor {
   std::optional<int32_t> eos_token_id() const override { return tokenizer_->eos_token_id(); }
 
  private:
+  mutable std::once_flag vocab_once_;
+  mutable std::shared_ptr<const TokenVocabulary> vocab_;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
   tokenizer::ChatTemplates templates_;
 };

@@ -36,6 +36,10 @@ class TextProcessor {
   virtual std::string render_chat(const ChatRenderInputs& inputs) const = 0;
   virtual TextDecoderFactory decoder_factory() const = 0;
   virtual std::optional<int32_t> eos_token_id() const = 0;
+  // What each token adds to a text, for structured outputs; built on first use (thread-safe)
+  // with `eos_ids` as the tokens that end a sequence.
+  virtual std::shared_ptr<const TokenVocabulary> token_vocabulary(
+      const std::vector<int32_t>& eos_ids) const = 0;
 };
 
 // The tokenizer of the model folder (tokenizer.json, tokenizer_config.json) with the chat

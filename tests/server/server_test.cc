@@ -53,6 +53,12 @@ class ByteTextProcessor : public TextProcessor {
     };
   }
   std::optional<int32_t> eos_token_id() const override { return 2; }
+  std::shared_ptr<const TokenVocabulary> token_vocabulary(
+      const std::vector<int32_t>& eos_ids) const override {
+    std::vector<std::string> texts;
+    for (int32_t id = 0; id < 259; ++id) texts.push_back(piece(id));
+    return std::make_shared<const TokenVocabulary>(std::move(texts), eos_ids);
+  }
   // Printable ASCII for every id so that text is never empty or invalid UTF-8.
   static std::string piece(int32_t id) {
     if (id < 3) return "";
@@ -388,6 +394,79 @@ TEST(ServerTest, ChatThroughTheModelsTemplate) {
           .dump());
   ASSERT_EQ(ks, 200);
   EXPECT_EQ(completion["choices"][0]["text"], chat["choices"][0]["message"]["content"]);
+}
+
+// Structured outputs through the real tokenizer: sampled (seeded) texts parse as JSON and keep
+// to the schema, the sequence stops when the text is complete, and bad schemas are 400s.
+TEST(ServerTest, StructuredOutputsFollowTheSchema) {
+  ServerFixture f(256, "", 256, 128, RealText{});
+  const json schema = json::parse(R"({"type":"object","properties":{
+      "name":{"type":"string","maxLength":8},"n":{"type":"integer"},
+      "color":{"enum":["red","green"]},"ok":{"type":["boolean","null"]}},
+      "required":["name","n","color","ok"],"additionalProperties":false})");
+  for (int seed = 0; seed < 6; ++seed) {
+    json body = {{"messages", {{{"role", "user"}, {"content", "A person, as JSON."}}}},
+                 {"max_tokens", 200},
+                 {"temperature", 1.0},
+                 {"seed", seed},
+                 {"response_format",
+                  {{"type", "json_schema"}, {"json_schema", {{"name", "p"}, {"schema", schema}}}}}};
+    auto [status, j] = f.post("/v1/chat/completions", body.dump());
+    ASSERT_EQ(status, 200) << j.dump();
+    ASSERT_EQ(j["choices"][0]["finish_reason"], "stop") << j.dump();
+    const std::string content = j["choices"][0]["message"]["content"];
+    const json v = json::parse(content, nullptr, false);
+    ASSERT_TRUE(v.is_object()) << content;
+    EXPECT_EQ(v.size(), 4u) << content;
+    // maxLength counts code points (a byte no token completed decodes to U+FFFD, one).
+    ASSERT_TRUE(v["name"].is_string()) << content;
+    const std::string name = v["name"];
+    EXPECT_LE(std::count_if(name.begin(), name.end(), [](char c) { return (c & 0xC0) != 0x80; }), 8)
+        << v.dump();
+    EXPECT_TRUE(v["n"].is_number_integer()) << content;
+    EXPECT_TRUE(v["color"] == "red" || v["color"] == "green") << content;
+    EXPECT_TRUE(v["ok"].is_boolean() || v["ok"].is_null()) << content;
+  }
+  // guided_choice on completions: exactly one of the texts, then stop.
+  for (int seed = 0; seed < 4; ++seed) {
+    json body = {{"prompt", "The answer is"},
+                 {"max_tokens", 20},
+                 {"temperature", 1.0},
+                 {"seed", seed},
+                 {"guided_choice", {"yes", "no", "not sure"}}};
+    auto [status, j] = f.post("/v1/completions", body.dump());
+    ASSERT_EQ(status, 200) << j.dump();
+    const std::string text = j["choices"][0]["text"];
+    EXPECT_TRUE(text == "yes" || text == "no" || text == "not sure") << text;
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  }
+  // json_object, greedy: the text so far is always an object's prefix; when it stops, it parses.
+  auto [os, obj] =
+      f.post("/v1/chat/completions",
+             R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":200,"temperature":0,
+          "response_format":{"type":"json_object"}})");
+  ASSERT_EQ(os, 200) << obj.dump();
+  const std::string text = obj["choices"][0]["message"]["content"];
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(text.find_first_not_of(" \n\t\r"), text.find('{')) << text;
+  if (obj["choices"][0]["finish_reason"] == "stop")
+    EXPECT_TRUE(json::parse(text, nullptr, false).is_object()) << text;
+  // Unsupported or malformed: 400 naming the field; the server keeps serving.
+  for (
+      const char* bad :
+      {R"({"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"string","pattern":"a"}}}})",
+       R"({"response_format":{"type":"yaml"}})", R"({"guided_json":"{not json"})",
+       R"({"guided_regex":"a+"})", R"({"guided_choice":[]})",
+       R"({"guided_choice":["a"],"response_format":{"type":"json_object"}})"}) {
+    json body = json::parse(bad);
+    body["messages"] = json::parse(R"([{"role":"user","content":"hi"}])");
+    auto [status, j] = f.post("/v1/chat/completions", body.dump());
+    EXPECT_EQ(status, 400) << bad << " " << j.dump();
+    EXPECT_TRUE(j["error"]["param"].is_string()) << j.dump();
+  }
+  auto [ok, after] = f.post("/v1/chat/completions",
+                            R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})");
+  EXPECT_EQ(ok, 200);
 }
 
 // A template's own error (Gemma-style role check) and bad conversations are the client's

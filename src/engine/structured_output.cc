@@ -1,0 +1,788 @@
+#include "engine/structured_output.h"
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "core/status.h"
+
+namespace tessera {
+
+struct GrammarNode {
+  enum class Kind { kObject, kArray, kString, kNumber, kInteger, kLiterals, kChoice };
+  Kind kind = Kind::kLiterals;
+  // kObject: named properties (in schema order), which are required, and the schema of any
+  // other key (null: no other keys).
+  std::vector<std::string> prop_names;
+  std::vector<const GrammarNode*> prop_nodes;
+  std::vector<char> required;
+  const GrammarNode* additional = nullptr;
+  // kArray
+  const GrammarNode* items = nullptr;
+  int64_t min_items = 0, max_items = -1;
+  // kString (in code points)
+  int64_t min_length = 0, max_length = -1;
+  // kLiterals: the exact texts (JSON texts for enum/const; raw texts for guided_choice, which
+  // takes no surrounding whitespace).
+  std::vector<std::string> literals;
+  bool raw_text = false;
+  // kChoice: alternatives told apart by their first byte.
+  std::vector<const GrammarNode*> alternatives;
+};
+
+namespace {
+
+bool is_ws(unsigned char c) {
+  return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+bool is_digit(unsigned char c) {
+  return c >= '0' && c <= '9';
+}
+bool is_hex(unsigned char c) {
+  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+// The bytes a value of `node` can start with.
+void first_bytes(const GrammarNode* node, std::vector<char>& out) {
+  using K = GrammarNode::Kind;
+  switch (node->kind) {
+    case K::kObject:
+      out['{'] = 1;
+      break;
+    case K::kArray:
+      out['['] = 1;
+      break;
+    case K::kString:
+      out['"'] = 1;
+      break;
+    case K::kNumber:
+    case K::kInteger:
+      out['-'] = 1;
+      for (char c = '0'; c <= '9'; ++c) out[static_cast<unsigned char>(c)] = 1;
+      break;
+    case K::kLiterals:
+      for (const auto& l : node->literals)
+        if (!l.empty()) out[static_cast<unsigned char>(l[0])] = 1;
+      break;
+    case K::kChoice:
+      for (const GrammarNode* alt : node->alternatives) first_bytes(alt, out);
+      break;
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary
+
+TokenVocabulary::TokenVocabulary(std::vector<std::string> texts, std::vector<int32_t> eos_ids)
+    : texts_(std::move(texts)), eos_ids_(std::move(eos_ids)) {
+  for (int32_t id = 0; id < static_cast<int32_t>(texts_.size()); ++id)
+    if (!texts_[id].empty()) sorted_.push_back(id);
+  std::sort(sorted_.begin(), sorted_.end(), [&](int32_t a, int32_t b) {
+    return texts_[a] < texts_[b] || (texts_[a] == texts_[b] && a < b);
+  });
+  lcp_.assign(sorted_.size(), 0);
+  for (size_t i = 1; i < sorted_.size(); ++i) {
+    const std::string &a = texts_[sorted_[i - 1]], &b = texts_[sorted_[i]];
+    size_t n = 0;
+    while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+    lcp_[i] = static_cast<int32_t>(n);
+  }
+  string_safe_.assign(texts_.size(), 0);
+  for (int32_t id : sorted_) {
+    const std::string& t = texts_[id];
+    const bool safe = std::none_of(t.begin(), t.end(), [](char ch) {
+      const auto c = static_cast<unsigned char>(ch);
+      return c == '"' || c == '\\' || c < 0x20;
+    });
+    if (safe)
+      string_safe_[id] = 1;
+    else
+      string_unsafe_ids_.push_back(id);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema compilation
+
+Grammar::Grammar() = default;
+Grammar::~Grammar() = default;
+
+GrammarNode* Grammar::add() {
+  nodes_.push_back(std::make_unique<GrammarNode>());
+  return nodes_.back().get();
+}
+
+struct SchemaCompiler {
+  Grammar& g;
+  const nlohmann::json& root_schema;
+  std::map<std::string, GrammarNode*> refs;  // $ref target -> node (recursion allowed)
+  GrammarNode* any = nullptr;
+  int depth = 0;
+
+  [[noreturn]] static void unsupported(const std::string& what) {
+    fail(ErrorKind::kInvalidArgument, "JSON schema: {}", what);
+  }
+
+  GrammarNode* literals(std::vector<std::string> texts) {
+    GrammarNode* n = g.add();
+    n->kind = GrammarNode::Kind::kLiterals;
+    n->literals = std::move(texts);
+    return n;
+  }
+
+  GrammarNode* any_value() {
+    if (any) return any;
+    any = g.add();
+    GrammarNode* object = g.add();
+    object->kind = GrammarNode::Kind::kObject;
+    object->additional = any;
+    GrammarNode* array = g.add();
+    array->kind = GrammarNode::Kind::kArray;
+    array->items = any;
+    GrammarNode* string = g.add();
+    string->kind = GrammarNode::Kind::kString;
+    GrammarNode* number = g.add();
+    number->kind = GrammarNode::Kind::kNumber;
+    any->kind = GrammarNode::Kind::kChoice;
+    any->alternatives = {object, array, string, number, literals({"true", "false", "null"})};
+    return any;
+  }
+
+  GrammarNode* choice(std::vector<const GrammarNode*> alts) {
+    if (alts.size() == 1) return const_cast<GrammarNode*>(alts[0]);
+    // Alternatives must be told apart by their first byte (this matcher keeps one state).
+    std::vector<char> seen(256, 0);
+    for (const GrammarNode* alt : alts) {
+      std::vector<char> bytes(256, 0);
+      first_bytes(alt, bytes);
+      for (int b = 0; b < 256; ++b)
+        if (bytes[b] && seen[b])
+          unsupported(
+              "anyOf/oneOf alternatives that begin alike (e.g. two objects) are not supported");
+      for (int b = 0; b < 256; ++b) seen[b] |= bytes[b];
+    }
+    GrammarNode* n = g.add();
+    n->kind = GrammarNode::Kind::kChoice;
+    n->alternatives = std::move(alts);
+    return n;
+  }
+
+  const nlohmann::json& resolve(const std::string& ref) {
+    if (ref == "#") return root_schema;
+    if (ref.rfind("#/", 0) != 0) unsupported("only local $ref ('#/...') is supported: " + ref);
+    const nlohmann::json* cur = &root_schema;
+    size_t pos = 2;
+    while (pos <= ref.size()) {
+      size_t next = ref.find('/', pos);
+      if (next == std::string::npos) next = ref.size();
+      std::string part = ref.substr(pos, next - pos);
+      for (size_t i; (i = part.find("~1")) != std::string::npos;) part.replace(i, 2, "/");
+      for (size_t i; (i = part.find("~0")) != std::string::npos;) part.replace(i, 2, "~");
+      if (!cur->is_object() || !cur->contains(part)) unsupported("$ref not found: " + ref);
+      cur = &(*cur)[part];
+      pos = next + 1;
+    }
+    return *cur;
+  }
+
+  GrammarNode* compile(const nlohmann::json& s) {
+    if (++depth > 64) unsupported("nesting deeper than 64");
+    struct Leave {
+      int& d;
+      ~Leave() { --d; }
+    } leave{depth};
+    if (s.is_boolean()) {
+      if (!s.get<bool>()) unsupported("the schema 'false' accepts nothing");
+      return any_value();
+    }
+    if (!s.is_object()) unsupported("a schema must be an object or a boolean");
+    if (auto it = s.find("$ref"); it != s.end()) {
+      if (!it->is_string()) unsupported("$ref must be a string");
+      const std::string ref = it->get<std::string>();
+      if (auto r = refs.find(ref); r != refs.end()) return r->second;
+      // A placeholder first, so that a recursive reference finds it; filled below.
+      GrammarNode* node = g.add();
+      refs[ref] = node;
+      *node = *compile(resolve(ref));
+      return node;
+    }
+    for (const char* key :
+         {"pattern", "patternProperties", "allOf", "not", "if", "dependentSchemas", "propertyNames",
+          "contains", "prefixItems", "uniqueItems"}) {
+      if (s.contains(key)) unsupported(fmt::format("'{}' is not supported", key));
+    }
+    if (auto it = s.find("const"); it != s.end()) return literals({it->dump()});
+    if (auto it = s.find("enum"); it != s.end()) {
+      if (!it->is_array() || it->empty()) unsupported("'enum' must be a non-empty list");
+      std::vector<std::string> texts;
+      for (const auto& v : *it) texts.push_back(v.dump());
+      return literals(std::move(texts));
+    }
+    for (const char* key : {"anyOf", "oneOf"}) {
+      if (auto it = s.find(key); it != s.end()) {
+        if (!it->is_array() || it->empty())
+          unsupported(fmt::format("'{}' must be a non-empty list", key));
+        std::vector<const GrammarNode*> alts;
+        for (const auto& alt : *it) alts.push_back(compile(alt));
+        return choice(std::move(alts));
+      }
+    }
+    auto type_it = s.find("type");
+    if (type_it == s.end()) {
+      // No type: infer from the keywords present, else any value.
+      if (s.contains("properties") || s.contains("required") || s.contains("additionalProperties"))
+        return compile_type("object", s);
+      if (s.contains("items")) return compile_type("array", s);
+      return any_value();
+    }
+    if (type_it->is_string()) return compile_type(type_it->get<std::string>(), s);
+    if (type_it->is_array() && !type_it->empty()) {
+      std::vector<const GrammarNode*> alts;
+      for (const auto& t : *type_it) {
+        if (!t.is_string()) unsupported("'type' entries must be strings");
+        alts.push_back(compile_type(t.get<std::string>(), s));
+      }
+      return choice(std::move(alts));
+    }
+    unsupported("'type' must be a string or a non-empty list of strings");
+  }
+
+  static int64_t count_field(const nlohmann::json& s, const char* key, int64_t fallback) {
+    auto it = s.find(key);
+    if (it == s.end()) return fallback;
+    if (!it->is_number_integer() || it->get<int64_t>() < 0)
+      unsupported(fmt::format("'{}' must be a non-negative integer", key));
+    return it->get<int64_t>();
+  }
+
+  GrammarNode* compile_type(const std::string& type, const nlohmann::json& s) {
+    using K = GrammarNode::Kind;
+    if (type == "null") return literals({"null"});
+    if (type == "boolean") return literals({"true", "false"});
+    GrammarNode* n = g.add();
+    if (type == "string") {
+      n->kind = K::kString;
+      n->min_length = count_field(s, "minLength", 0);
+      n->max_length = count_field(s, "maxLength", -1);
+      if (n->max_length >= 0 && n->max_length < n->min_length)
+        unsupported("maxLength is below minLength");
+    } else if (type == "number") {
+      n->kind = K::kNumber;
+    } else if (type == "integer") {
+      n->kind = K::kInteger;
+    } else if (type == "array") {
+      n->kind = K::kArray;
+      auto items = s.find("items");
+      n->items = items == s.end() ? any_value() : compile(*items);
+      n->min_items = count_field(s, "minItems", 0);
+      n->max_items = count_field(s, "maxItems", -1);
+      if (n->max_items >= 0 && n->max_items < n->min_items)
+        unsupported("maxItems is below minItems");
+    } else if (type == "object") {
+      n->kind = K::kObject;
+      if (auto props = s.find("properties"); props != s.end()) {
+        if (!props->is_object()) unsupported("'properties' must be an object");
+        for (const auto& [name, sub] : props->items()) {
+          n->prop_names.push_back(name);
+          n->prop_nodes.push_back(compile(sub));
+        }
+      }
+      n->required.assign(n->prop_names.size(), 0);
+      if (auto req = s.find("required"); req != s.end()) {
+        if (!req->is_array()) unsupported("'required' must be a list");
+        for (const auto& r : *req) {
+          if (!r.is_string()) unsupported("'required' entries must be strings");
+          auto at = std::find(n->prop_names.begin(), n->prop_names.end(), r.get<std::string>());
+          if (at == n->prop_names.end()) {
+            // A required key without a schema: any value under that name.
+            n->prop_names.push_back(r.get<std::string>());
+            n->prop_nodes.push_back(any_value());
+            n->required.push_back(1);
+          } else {
+            n->required[at - n->prop_names.begin()] = 1;
+          }
+        }
+      }
+      auto add = s.find("additionalProperties");
+      if (add == s.end()) {
+        // JSON Schema allows other keys by default; with named properties we keep to them (as
+        // vLLM's xgrammar backend does), so that the output has the asked-for shape.
+        n->additional = n->prop_names.empty() ? any_value() : nullptr;
+      } else if (add->is_boolean()) {
+        n->additional = add->get<bool>() ? any_value() : nullptr;
+      } else {
+        n->additional = compile(*add);
+      }
+    } else {
+      unsupported(fmt::format("unknown type '{}'", type));
+    }
+    return n;
+  }
+};
+
+std::shared_ptr<const Grammar> Grammar::from_json_schema(const nlohmann::json& schema) {
+  auto g = std::shared_ptr<Grammar>(new Grammar());
+  SchemaCompiler compiler{*g, schema, {}, nullptr, 0};
+  g->root_ = compiler.compile(schema);
+  return g;
+}
+
+std::shared_ptr<const Grammar> Grammar::any_json_object() {
+  return from_json_schema(nlohmann::json{{"type", "object"}});
+}
+
+std::shared_ptr<const Grammar> Grammar::choice(const std::vector<std::string>& options) {
+  if (options.empty()) fail(ErrorKind::kInvalidArgument, "guided_choice must not be empty");
+  for (const auto& o : options)
+    if (o.empty()) fail(ErrorKind::kInvalidArgument, "guided_choice entries must not be empty");
+  auto g = std::shared_ptr<Grammar>(new Grammar());
+  GrammarNode* n = g->add();
+  n->kind = GrammarNode::Kind::kLiterals;
+  n->literals = options;
+  n->raw_text = true;
+  g->root_ = n;
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matching
+
+namespace {
+
+enum class FrameKind : uint8_t { kValue, kObject, kArray, kString, kKey, kNumber, kLiteral };
+
+// Object states
+constexpr uint8_t kObjOpen = 0, kObjAfterKey = 1, kObjAfterValue = 2, kObjAfterComma = 3;
+// Array states
+constexpr uint8_t kArrOpen = 0, kArrAfterValue = 1, kArrAfterComma = 2;
+// Number states (terminal: zero, int, frac, exp)
+constexpr uint8_t kNumStart = 0, kNumMinus = 1, kNumZero = 2, kNumInt = 3, kNumDot = 4,
+                  kNumFrac = 5, kNumE = 6, kNumESign = 7, kNumExp = 8;
+constexpr int kMaxNumberChars = 32;
+
+bool number_terminal(uint8_t s) {
+  return s == kNumZero || s == kNumInt || s == kNumFrac || s == kNumExp;
+}
+
+struct Frame {
+  FrameKind kind = FrameKind::kValue;
+  uint8_t state = 0;
+  uint8_t ws = 0;  // whitespace run so far
+  const GrammarNode* node = nullptr;
+  int64_t count = 0;     // array: items; string/key: code points; number: chars
+  int32_t current = -1;  // object: the property of the value being read (-2: another key)
+  std::string buf;       // key or literal so far
+  std::string seen;      // object: 1 per property already given
+};
+
+}  // namespace
+
+struct GrammarMatcher::State {
+  std::vector<Frame> stack;
+};
+
+namespace {
+
+using State = GrammarMatcher::State;
+
+bool take_ws(Frame& f, unsigned char c) {
+  if (!is_ws(c)) return false;
+  return ++f.ws <= kMaxWhitespaceRun;
+}
+
+bool can_start_key(const Frame& f) {
+  if (f.node->additional) return true;
+  return f.seen.find('\0') != std::string::npos;
+}
+
+bool required_done(const Frame& f) {
+  for (size_t i = 0; i < f.node->required.size(); ++i)
+    if (f.node->required[i] && !f.seen[i]) return false;
+  return true;
+}
+
+// Whether some literal of `node` has `prefix` as a proper prefix / equals it.
+bool literal_extends(const GrammarNode* node, const std::string& prefix) {
+  for (const auto& l : node->literals)
+    if (l.size() > prefix.size() && l.compare(0, prefix.size(), prefix) == 0) return true;
+  return false;
+}
+bool literal_equals(const GrammarNode* node, const std::string& text) {
+  return std::find(node->literals.begin(), node->literals.end(), text) != node->literals.end();
+}
+
+Frame frame_for(FrameKind kind, const GrammarNode* node) {
+  Frame f;
+  f.kind = kind;
+  f.node = node;
+  return f;
+}
+
+// Replaces the Value frame on top by the frame that starts a value of `node` with byte c.
+bool start_value(State& s, const GrammarNode* node, unsigned char c) {
+  using K = GrammarNode::Kind;
+  switch (node->kind) {
+    case K::kChoice:
+      for (const GrammarNode* alt : node->alternatives) {
+        std::vector<char> bytes(256, 0);
+        first_bytes(alt, bytes);
+        if (bytes[c]) return start_value(s, alt, c);
+      }
+      return false;
+    case K::kObject: {
+      if (c != '{') return false;
+      Frame f = frame_for(FrameKind::kObject, node);
+      f.state = kObjOpen;
+      f.seen.assign(node->prop_names.size(), '\0');
+      s.stack.back() = std::move(f);
+      return true;
+    }
+    case K::kArray: {
+      if (c != '[') return false;
+      Frame f = frame_for(FrameKind::kArray, node);
+      f.state = kArrOpen;
+      s.stack.back() = std::move(f);
+      return true;
+    }
+    case K::kString:
+      if (c != '"') return false;
+      s.stack.back() = frame_for(FrameKind::kString, node);
+      return true;
+    case K::kNumber:
+    case K::kInteger: {
+      Frame f = frame_for(FrameKind::kNumber, node);
+      if (c == '-')
+        f.state = kNumMinus;
+      else if (c == '0')
+        f.state = kNumZero;
+      else if (is_digit(c))
+        f.state = kNumInt;
+      else
+        return false;
+      f.count = 1;
+      s.stack.back() = std::move(f);
+      return true;
+    }
+    case K::kLiterals: {
+      Frame f = frame_for(FrameKind::kLiteral, node);
+      f.buf.assign(1, static_cast<char>(c));
+      if (!literal_extends(node, f.buf) && !literal_equals(node, f.buf)) return false;
+      s.stack.back() = std::move(f);
+      // A literal nothing extends is complete at once (a guided choice can end here).
+      if (!literal_extends(node, s.stack.back().buf)) s.stack.pop_back();
+      return true;
+    }
+  }
+  return false;
+}
+
+// Feeds one byte; false if the grammar does not allow it (the state is then unspecified).
+bool step(State& s, unsigned char c) {
+  while (true) {
+    if (s.stack.empty()) return false;
+    Frame& f = s.stack.back();
+    switch (f.kind) {
+      case FrameKind::kValue:
+        if (!f.node->raw_text && is_ws(c)) return take_ws(f, c);
+        return start_value(s, f.node, c);
+
+      case FrameKind::kObject:
+        if (take_ws(f, c)) return true;
+        if (is_ws(c)) return false;
+        f.ws = 0;
+        switch (f.state) {
+          case kObjOpen:
+          case kObjAfterComma:
+            if (c == '"' && can_start_key(f)) {
+              f.state = kObjAfterKey;
+              s.stack.push_back(frame_for(FrameKind::kKey, f.node));
+              return true;
+            }
+            if (c == '}' && f.state == kObjOpen && required_done(f)) {
+              s.stack.pop_back();
+              return true;
+            }
+            return false;
+          case kObjAfterKey: {
+            if (c != ':') return false;
+            f.state = kObjAfterValue;
+            const GrammarNode* value =
+                f.current >= 0 ? f.node->prop_nodes[f.current] : f.node->additional;
+            s.stack.push_back(frame_for(FrameKind::kValue, value));
+            return true;
+          }
+          case kObjAfterValue:
+            if (c == ',' && can_start_key(f)) {
+              f.state = kObjAfterComma;
+              return true;
+            }
+            if (c == '}' && required_done(f)) {
+              s.stack.pop_back();
+              return true;
+            }
+            return false;
+        }
+        return false;
+
+      case FrameKind::kArray:
+        if (take_ws(f, c)) return true;
+        if (is_ws(c)) return false;
+        f.ws = 0;
+        if (f.state == kArrOpen || f.state == kArrAfterValue) {
+          if (c == ']' && f.count >= f.node->min_items) {
+            s.stack.pop_back();
+            return true;
+          }
+          if (f.state == kArrAfterValue) {
+            if (c == ',' && (f.node->max_items < 0 || f.count < f.node->max_items)) {
+              f.state = kArrAfterComma;
+              return true;
+            }
+            return false;
+          }
+        }
+        // The first byte of an item.
+        if (f.node->max_items >= 0 && f.count >= f.node->max_items) return false;
+        ++f.count;
+        f.state = kArrAfterValue;
+        s.stack.push_back(frame_for(FrameKind::kValue, f.node->items));
+        continue;  // the item's frame takes c
+
+      case FrameKind::kString:
+      case FrameKind::kKey: {
+        const bool key = f.kind == FrameKind::kKey;
+        const GrammarNode* obj = f.node;
+        // A key of an object without other keys must be one of its unused names, spelled
+        // without escapes.
+        const bool named_only = key && obj->additional == nullptr;
+        if (f.state == 0) {
+          if (c == '"') {
+            if (!key) {
+              if (f.count < f.node->min_length) return false;
+              s.stack.pop_back();
+              return true;
+            }
+            int32_t prop = -1;
+            for (size_t i = 0; i < obj->prop_names.size(); ++i)
+              if (obj->prop_names[i] == f.buf) prop = static_cast<int32_t>(i);
+            Frame& parent = s.stack[s.stack.size() - 2];
+            if (prop >= 0) {
+              if (parent.seen[prop]) return false;  // no duplicate keys
+              parent.seen[prop] = 1;
+              parent.current = prop;
+            } else {
+              if (!obj->additional) return false;
+              parent.current = -2;
+            }
+            s.stack.pop_back();
+            return true;
+          }
+          if (c < 0x20) return false;
+          if (c == '\\') {
+            if (named_only) return false;
+            if (!key && f.node->max_length >= 0 && f.count >= f.node->max_length) return false;
+            f.state = 1;
+            if (key) f.buf.push_back(static_cast<char>(c));
+            return true;
+          }
+          if ((c & 0xC0) != 0x80) ++f.count;  // a code point starts
+          if (!key && f.node->max_length >= 0 && f.count > f.node->max_length) return false;
+          if (key) {
+            f.buf.push_back(static_cast<char>(c));
+            if (named_only) {
+              bool prefix = false;
+              const Frame& parent = s.stack[s.stack.size() - 2];
+              for (size_t i = 0; i < obj->prop_names.size() && !prefix; ++i)
+                prefix = !parent.seen[i] &&
+                         obj->prop_names[i].compare(0, f.buf.size(), f.buf) == 0 &&
+                         obj->prop_names[i].size() >= f.buf.size();
+              if (!prefix) return false;
+            }
+          }
+          return true;
+        }
+        if (key) f.buf.push_back(static_cast<char>(c));
+        if (f.state == 1) {  // after a backslash
+          if (c == 'u') {
+            f.state = 2;
+            return true;
+          }
+          if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
+              c == 't') {
+            f.state = 0;
+            ++f.count;
+            return true;
+          }
+          return false;
+        }
+        if (!is_hex(c)) return false;  // \uXXXX
+        if (++f.state == 6) {
+          f.state = 0;
+          ++f.count;
+        }
+        return true;
+      }
+
+      case FrameKind::kNumber: {
+        const bool integer = f.node->kind == GrammarNode::Kind::kInteger;
+        uint8_t next = 255;
+        switch (f.state) {
+          case kNumMinus:
+            next = c == '0' ? kNumZero : is_digit(c) ? kNumInt : 255;
+            break;
+          case kNumZero:
+          case kNumInt:
+            if (f.state == kNumInt && is_digit(c))
+              next = kNumInt;
+            else if (c == '.' && !integer)
+              next = kNumDot;
+            else if ((c == 'e' || c == 'E') && !integer)
+              next = kNumE;
+            break;
+          case kNumDot:
+            next = is_digit(c) ? kNumFrac : 255;
+            break;
+          case kNumFrac:
+            next = is_digit(c) ? kNumFrac : (c == 'e' || c == 'E') ? kNumE : 255;
+            break;
+          case kNumE:
+            next = (c == '+' || c == '-') ? kNumESign : is_digit(c) ? kNumExp : 255;
+            break;
+          case kNumESign:
+          case kNumExp:
+            next = is_digit(c) ? kNumExp : 255;
+            break;
+          default:
+            break;
+        }
+        if (next != 255) {
+          if (++f.count > kMaxNumberChars) return false;
+          f.state = next;
+          return true;
+        }
+        if (!number_terminal(f.state)) return false;
+        s.stack.pop_back();  // the number ended; c belongs to what follows
+        if (s.stack.empty()) return false;
+        continue;
+      }
+
+      case FrameKind::kLiteral: {
+        std::string longer = f.buf + static_cast<char>(c);
+        if (literal_extends(f.node, longer) || literal_equals(f.node, longer)) {
+          f.buf = std::move(longer);
+          if (!literal_extends(f.node, f.buf)) s.stack.pop_back();  // complete
+          return true;
+        }
+        if (!literal_equals(f.node, f.buf)) return false;
+        s.stack.pop_back();  // complete (e.g. 1 of the enum [1, 12]); c follows it
+        if (s.stack.empty()) return false;
+        continue;
+      }
+    }
+    return false;
+  }
+}
+
+bool state_can_end(const State& s) {
+  if (s.stack.empty()) return true;
+  if (s.stack.size() != 1) return false;
+  const Frame& f = s.stack.back();
+  if (f.kind == FrameKind::kNumber) return number_terminal(f.state);
+  if (f.kind == FrameKind::kLiteral) return literal_equals(f.node, f.buf);
+  return false;
+}
+
+bool feed(State& s, const std::string& text) {
+  for (const char ch : text)
+    if (!step(s, static_cast<unsigned char>(ch))) return false;
+  return true;
+}
+
+}  // namespace
+
+GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar,
+                               std::shared_ptr<const TokenVocabulary> vocab)
+    : grammar_(std::move(grammar)), vocab_(std::move(vocab)), state_(std::make_unique<State>()) {
+  TESSERA_CHECK(grammar_ && vocab_);
+  state_->stack.push_back(frame_for(FrameKind::kValue, grammar_->root()));
+}
+
+GrammarMatcher::~GrammarMatcher() = default;
+GrammarMatcher::GrammarMatcher(GrammarMatcher&&) noexcept = default;
+
+bool GrammarMatcher::can_end() const {
+  return state_can_end(*state_);
+}
+
+bool GrammarMatcher::must_end() const {
+  return state_->stack.empty();
+}
+
+bool GrammarMatcher::accept_text(const std::string& text) {
+  State next = *state_;
+  if (!feed(next, text)) return false;
+  *state_ = std::move(next);
+  return true;
+}
+
+bool GrammarMatcher::accept(int32_t token) {
+  const auto& eos = vocab_->eos_ids();
+  if (std::find(eos.begin(), eos.end(), token) != eos.end()) return can_end();
+  if (token < 0 || token >= vocab_->size() || vocab_->text(token).empty()) return false;
+  return accept_text(vocab_->text(token));
+}
+
+void GrammarMatcher::fill_allowed(std::vector<char>& allowed) const {
+  const TokenVocabulary& v = *vocab_;
+  allowed.assign(static_cast<size_t>(v.size()), 0);
+  if (can_end())
+    for (int32_t id : v.eos_ids())
+      if (id >= 0 && id < v.size()) allowed[id] = 1;
+  if (must_end()) return;
+  const Frame& top = state_->stack.back();
+  // Inside a string any token without a quote, backslash or control byte continues it: copy
+  // that set and try only the others.
+  const bool plain_string =
+      top.state == 0 && ((top.kind == FrameKind::kString && top.node->max_length < 0) ||
+                         (top.kind == FrameKind::kKey && top.node->additional != nullptr));
+  if (plain_string) {
+    for (size_t id = 0; id < allowed.size(); ++id) allowed[id] |= v.string_safe_[id];
+    for (int32_t id : v.string_unsafe_ids_) {
+      State s = *state_;
+      if (feed(s, v.texts_[id])) allowed[id] = 1;
+    }
+    return;
+  }
+  // Tokens in byte order: a token shares its first lcp bytes with the one before, so the
+  // states after those bytes are reused, and a prefix that failed rules out every token after
+  // it that shares it (a walk of the vocabulary's trie).
+  std::vector<State> states(1, *state_);
+  size_t good = 0;  // states[0..good] are valid for the previous token's prefix
+  for (size_t i = 0; i < v.sorted_.size(); ++i) {
+    const int32_t id = v.sorted_[i];
+    const std::string& text = v.texts_[id];
+    const size_t l = static_cast<size_t>(v.lcp_[i]);
+    if (i > 0 && l > good) continue;  // shares the prefix that failed
+    good = std::min(good, l);
+    if (i == 0) good = 0;
+    bool ok = true;
+    for (size_t k = good; k < text.size(); ++k) {
+      if (states.size() < k + 2) states.resize(k + 2);
+      states[k + 1] = states[k];
+      if (!step(states[k + 1], static_cast<unsigned char>(text[k]))) {
+        ok = false;
+        break;
+      }
+      good = k + 1;
+    }
+    if (ok) allowed[id] = 1;
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,172 @@
+#include "engine/structured_output.h"
+
+#include <random>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "core/status.h"
+
+namespace tessera {
+namespace {
+
+using nlohmann::json;
+
+// A small vocabulary with single bytes and multi-byte pieces that cross JSON structure (as real
+// BPE tokens do: '{"', '":', '","', ' true', digits runs, text runs, U+FFFD).
+std::shared_ptr<const TokenVocabulary> test_vocab() {
+  std::vector<std::string> texts = {"", ""};  // 0: eos, 1: a special (never allowed)
+  for (int c = 0x20; c < 0x7f; ++c) texts.push_back(std::string(1, static_cast<char>(c)));
+  for (const char* t :
+       {"\n",   "\n  ", "  ",      "{\"",   "\":",         "\": ",         "\",",     "\", \"",
+        "\"}",  "\"]",  "},",      "}]",    "[{",          "true",         " true",   "false",
+        "null", "12",   "3.5",     "e+",    "-0",          "name",         "age",     "tags",
+        "ok",   "\\n",  "\\u00e9", "\\",    "hello world", "\xEF\xBF\xBD", "ab\"",    "1,",
+        "0}",   "yes",  "no",      "maybe", "red",         "green",        "\"red\"", "\"green"}) {
+    texts.push_back(t);
+  }
+  return std::make_shared<const TokenVocabulary>(std::move(texts), std::vector<int32_t>{0});
+}
+
+bool accepts(const std::shared_ptr<const Grammar>& g, const std::string& text, bool complete) {
+  GrammarMatcher m(g, test_vocab());
+  if (!m.accept_text(text)) return false;
+  return !complete || m.can_end();
+}
+
+const json kPerson = json::parse(R"({
+  "type": "object",
+  "properties": {
+    "name": {"type": "string", "maxLength": 12},
+    "age": {"type": "integer"},
+    "tags": {"type": "array", "items": {"enum": ["red", "green"]}, "maxItems": 3},
+    "ok": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}
+  },
+  "required": ["name", "age"],
+  "additionalProperties": false
+})");
+
+TEST(StructuredOutput, SchemaAcceptsValidAndRejectsInvalidTexts) {
+  auto g = Grammar::from_json_schema(kPerson);
+  EXPECT_TRUE(accepts(g, R"({"name":"Ann","age":31})", true));
+  EXPECT_TRUE(accepts(g, "{\n  \"age\": -4,\n  \"name\": \"B\\u00e9\",\n  \"ok\": null\n}", true));
+  EXPECT_TRUE(accepts(g, R"({"name":"x","age":0,"tags":["red","green"],"ok":true})", true));
+  EXPECT_TRUE(accepts(g, R"({"name":"x","age":1)", false));  // a prefix, not complete
+  EXPECT_FALSE(accepts(g, R"({"name":"x","age":1)", true));
+  EXPECT_FALSE(accepts(g, R"({"name":"x"})", true));                       // age is required
+  EXPECT_FALSE(accepts(g, R"({"name":"x","age":1,"zip":2})", false));      // no other keys
+  EXPECT_FALSE(accepts(g, R"({"name":"x","name":"y","age":1})", false));   // no duplicates
+  EXPECT_FALSE(accepts(g, R"({"name":"x","age":1.5})", false));            // integer
+  EXPECT_FALSE(accepts(g, R"({"name":"x","age":01})", false));             // JSON numbers
+  EXPECT_FALSE(accepts(g, R"({"name":"x","age":1,})", false));             // trailing comma
+  EXPECT_FALSE(accepts(g, R"({"name":"0123456789abc","age":1})", false));  // maxLength 12
+  EXPECT_FALSE(accepts(g, R"({"name":"x","age":1,"tags":["blue"]})", false));
+  EXPECT_FALSE(accepts(g, R"({"name":"x","age":1,"tags":["red","red","red","red"]})", false));
+  EXPECT_FALSE(accepts(g, R"({"name":"x","age":1} )", false));       // nothing after the value
+  EXPECT_FALSE(accepts(g, "{\"name\":\"a\nb\",\"age\":1}", false));  // raw control byte
+  GrammarMatcher done(g, test_vocab());
+  ASSERT_TRUE(done.accept_text(R"({"name":"x","age":1})"));
+  EXPECT_TRUE(done.must_end());
+}
+
+TEST(StructuredOutput, JsonObjectRefsChoicesAndTopLevelNumbers) {
+  auto any = Grammar::any_json_object();
+  EXPECT_TRUE(accepts(any, R"({"a":[1,{"b":null}],"c":"\"q\""})", true));
+  EXPECT_FALSE(accepts(any, "[1]", false));  // an object, not any value
+  const json tree = json::parse(R"({
+    "$defs": {"node": {"type": "object", "properties": {
+      "v": {"type": "number"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+      "required": ["v"]}},
+    "$ref": "#/$defs/node"})");
+  auto t = Grammar::from_json_schema(tree);
+  EXPECT_TRUE(accepts(t, R"({"v":1,"kids":[{"v":2.5e-3},{"v":-0,"kids":[]}]})", true));
+  EXPECT_FALSE(accepts(t, R"({"v":1,"kids":[{"w":2}]})", false));
+  auto num = Grammar::from_json_schema(json{{"type", "number"}});
+  GrammarMatcher m(num, test_vocab());
+  ASSERT_TRUE(m.accept_text("12"));
+  EXPECT_TRUE(m.can_end());
+  EXPECT_FALSE(m.must_end());  // more digits may follow
+  auto choice = Grammar::choice({"yes", "no", "maybe"});
+  EXPECT_TRUE(accepts(choice, "no", true));
+  EXPECT_FALSE(accepts(choice, " no", false));  // raw text: no whitespace
+  EXPECT_FALSE(accepts(choice, "nope", false));
+  GrammarMatcher c(choice, test_vocab());
+  ASSERT_TRUE(c.accept_text("yes"));
+  EXPECT_TRUE(c.must_end());
+}
+
+TEST(StructuredOutput, UnsupportedSchemasAreRequestErrors) {
+  for (const char* bad : {R"({"type":"string","pattern":"a+"})", R"({"type":"date"})",
+                          R"({"anyOf":[{"type":"object"},{"type":"object"}]})",
+                          R"({"$ref":"#/nowhere"})", R"({"$ref":"http://x/schema"})", "false"}) {
+    try {
+      Grammar::from_json_schema(json::parse(bad));
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument) << bad;
+      EXPECT_NE(std::string(e.what()).find("JSON schema"), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Independent check of a finished text: nlohmann's parser, then the schema's rules by hand.
+void expect_person(const std::string& text) {
+  json j = json::parse(text, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << text;
+  ASSERT_TRUE(j.is_object()) << text;
+  ASSERT_TRUE(j.contains("name") && j["name"].is_string()) << text;
+  ASSERT_TRUE(j.contains("age") && j["age"].is_number_integer()) << text;
+  for (const auto& [k, v] : j.items()) {
+    ASSERT_TRUE(k == "name" || k == "age" || k == "tags" || k == "ok") << text;
+    if (k == "tags") {
+      ASSERT_TRUE(v.is_array() && v.size() <= 3) << text;
+      for (const auto& t : v) ASSERT_TRUE(t == "red" || t == "green") << text;
+    }
+    if (k == "ok") ASSERT_TRUE(v.is_boolean() || v.is_null()) << text;
+  }
+}
+
+// The mask (a walk of the vocabulary in byte order, and the string shortcut) equals trying
+// every token alone; and random walks through allowed tokens end in texts the schema accepts.
+TEST(StructuredOutput, MaskMatchesTryingEveryTokenAndWalksEndValid) {
+  auto vocab = test_vocab();
+  auto g = Grammar::from_json_schema(kPerson);
+  std::mt19937 rng(7);
+  int finished = 0;
+  for (int walk = 0; walk < 200; ++walk) {
+    GrammarMatcher m(g, vocab);
+    std::string text;
+    for (int step = 0; step < 200 && !m.must_end(); ++step) {
+      std::vector<char> allowed;
+      m.fill_allowed(allowed);
+      ASSERT_EQ(allowed.size(), static_cast<size_t>(vocab->size()));
+      std::vector<int32_t> ids;
+      for (int32_t id = 0; id < vocab->size(); ++id) {
+        GrammarMatcher probe(g, vocab);
+        ASSERT_TRUE(probe.accept_text(text));
+        const bool ok = probe.accept(id);
+        ASSERT_EQ(static_cast<bool>(allowed[id]), ok)
+            << "token '" << vocab->text(id) << "' (" << id << ") after '" << text << "'";
+        if (ok) ids.push_back(id);
+      }
+      ASSERT_FALSE(ids.empty()) << text;
+      // Prefer closing tokens as the walk grows, so that most walks finish.
+      int32_t pick = ids[rng() % ids.size()];
+      if (step > 40) {
+        for (int32_t id : ids)
+          if (id == 0 || vocab->text(id).find_first_of("}]\"") != std::string::npos) pick = id;
+      }
+      if (pick == 0) break;  // end of sequence
+      ASSERT_TRUE(m.accept(pick));
+      text += vocab->text(pick);
+    }
+    if (m.can_end()) {
+      ++finished;
+      expect_person(text);
+    }
+  }
+  EXPECT_GT(finished, 100);
+}
+
+}  // namespace
+}  // namespace tessera
