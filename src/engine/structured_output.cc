@@ -30,8 +30,10 @@ struct GrammarNode {
   // takes no surrounding whitespace).
   std::vector<std::string> literals;
   bool raw_text = false;
-  // kChoice: alternatives told apart by their first byte.
+  // kChoice: alternatives told apart by their first byte; by_byte[b] is the one a value
+  // starting with byte b takes (null: none).
   std::vector<const GrammarNode*> alternatives;
+  std::vector<const GrammarNode*> by_byte;
 };
 
 namespace {
@@ -149,27 +151,33 @@ struct SchemaCompiler {
     string->kind = GrammarNode::Kind::kString;
     GrammarNode* number = g.add();
     number->kind = GrammarNode::Kind::kNumber;
-    any->kind = GrammarNode::Kind::kChoice;
-    any->alternatives = {object, array, string, number, literals({"true", "false", "null"})};
+    set_alternatives(any, {object, array, string, number, literals({"true", "false", "null"})});
     return any;
+  }
+
+  // Makes n a choice among alts, which must be told apart by their first byte (this matcher
+  // keeps one state).
+  static void set_alternatives(GrammarNode* n, std::vector<const GrammarNode*> alts) {
+    n->kind = GrammarNode::Kind::kChoice;
+    n->by_byte.assign(256, nullptr);
+    for (const GrammarNode* alt : alts) {
+      std::vector<char> bytes(256, 0);
+      first_bytes(alt, bytes);
+      for (int b = 0; b < 256; ++b) {
+        if (!bytes[b]) continue;
+        if (n->by_byte[b])
+          unsupported(
+              "anyOf/oneOf alternatives that begin alike (e.g. two objects) are not supported");
+        n->by_byte[b] = alt;
+      }
+    }
+    n->alternatives = std::move(alts);
   }
 
   GrammarNode* choice(std::vector<const GrammarNode*> alts) {
     if (alts.size() == 1) return const_cast<GrammarNode*>(alts[0]);
-    // Alternatives must be told apart by their first byte (this matcher keeps one state).
-    std::vector<char> seen(256, 0);
-    for (const GrammarNode* alt : alts) {
-      std::vector<char> bytes(256, 0);
-      first_bytes(alt, bytes);
-      for (int b = 0; b < 256; ++b)
-        if (bytes[b] && seen[b])
-          unsupported(
-              "anyOf/oneOf alternatives that begin alike (e.g. two objects) are not supported");
-      for (int b = 0; b < 256; ++b) seen[b] |= bytes[b];
-    }
     GrammarNode* n = g.add();
-    n->kind = GrammarNode::Kind::kChoice;
-    n->alternatives = std::move(alts);
+    set_alternatives(n, std::move(alts));
     return n;
   }
 
@@ -429,12 +437,7 @@ bool start_value(State& s, const GrammarNode* node, unsigned char c) {
   using K = GrammarNode::Kind;
   switch (node->kind) {
     case K::kChoice:
-      for (const GrammarNode* alt : node->alternatives) {
-        std::vector<char> bytes(256, 0);
-        first_bytes(alt, bytes);
-        if (bytes[c]) return start_value(s, alt, c);
-      }
-      return false;
+      return node->by_byte[c] && start_value(s, node->by_byte[c], c);
     case K::kObject: {
       if (c != '{') return false;
       Frame f = frame_for(FrameKind::kObject, node);
