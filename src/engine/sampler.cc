@@ -69,6 +69,10 @@ int32_t Sampler::sample(std::span<const float> raw, Sequence& seq) const {
     seq.grammar->fill_allowed(allowed);
     for (int32_t id = 0; id < vocab; ++id)
       if (id >= static_cast<int32_t>(allowed.size()) || !allowed[id]) logits[id] = kNegInf;
+    // The grammar lets a text end with EOS; a request that ignores EOS goes on instead.
+    if (p.ignore_eos)
+      for (int32_t id : eos_ids_)
+        if (id < vocab) logits[id] = kNegInf;
   }
   for (const auto& [id, bias] : p.logit_bias) logits[id] += static_cast<float>(bias);
   if (seq.num_output_tokens() < p.min_tokens) {

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/status.h"
+#include "engine/sampler.h"
+#include "engine/sequence.h"
 
 namespace tessera {
 namespace {
@@ -166,6 +168,32 @@ TEST(StructuredOutput, MaskMatchesTryingEveryTokenAndWalksEndValid) {
     }
   }
   EXPECT_GT(finished, 100);
+}
+
+// The sampler draws only allowed tokens; EOS once the text may end, unless EOS is ignored.
+TEST(StructuredOutput, SamplerDrawsOnlyAllowedTokens) {
+  auto vocab = test_vocab();
+  auto g = Grammar::from_json_schema(json{{"type", "integer"}});
+  for (bool ignore_eos : {false, true}) {
+    Sequence seq;
+    seq.params.temperature = 0;  // greedy: the best allowed token
+    seq.params.ignore_eos = ignore_eos;
+    seq.params.grammar = g;
+    seq.params.grammar_vocab = vocab;
+    seq.grammar = std::make_unique<GrammarMatcher>(g, vocab);
+    ASSERT_TRUE(seq.grammar->accept_text("12"));
+    std::vector<float> logits(static_cast<size_t>(vocab->size()), 0.0f);
+    logits[0] = 5;  // EOS best
+    int32_t letter_a = -1, digit_7 = -1;
+    for (int32_t id = 0; id < vocab->size(); ++id) {
+      if (vocab->text(id) == "a") letter_a = id;
+      if (vocab->text(id) == "7") digit_7 = id;
+    }
+    logits[letter_a] = 4;  // never allowed in a number
+    logits[digit_7] = 3;
+    Sampler sampler({0});
+    EXPECT_EQ(sampler.sample(logits, seq), ignore_eos ? digit_7 : 0);
+  }
 }
 
 }  // namespace
