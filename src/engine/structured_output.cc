@@ -572,8 +572,9 @@ bool step(State& s, unsigned char c) {
               return true;
             }
             int32_t prop = -1;
-            for (size_t i = 0; i < obj->prop_names.size(); ++i)
-              if (obj->prop_names[i] == f.buf) prop = static_cast<int32_t>(i);
+            auto named = std::find(obj->prop_names.begin(), obj->prop_names.end(), f.buf);
+            if (named != obj->prop_names.end())
+              prop = static_cast<int32_t>(named - obj->prop_names.begin());
             Frame& parent = s.stack[s.stack.size() - 2];
             if (prop >= 0) {
               if (parent.seen[prop]) return false;  // no duplicate keys
@@ -717,7 +718,6 @@ GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar,
 }
 
 GrammarMatcher::~GrammarMatcher() = default;
-GrammarMatcher::GrammarMatcher(GrammarMatcher&&) noexcept = default;
 
 bool GrammarMatcher::can_end() const {
   return state_can_end(*state_);
@@ -771,9 +771,8 @@ void GrammarMatcher::fill_allowed(std::vector<char>& allowed) const {
     const int32_t id = v.sorted_[i];
     const std::string& text = v.texts_[id];
     const size_t l = static_cast<size_t>(v.lcp_[i]);
-    if (i > 0 && l > good) continue;  // shares the prefix that failed
-    good = std::min(good, l);
-    if (i == 0) good = 0;
+    if (l > good) continue;  // shares the prefix that failed (lcp_[0] is 0)
+    good = l;
     bool ok = true;
     for (size_t k = good; k < text.size(); ++k) {
       if (states.size() < k + 2) states.resize(k + 2);

@@ -70,7 +70,6 @@ class GrammarMatcher {
   GrammarMatcher(std::shared_ptr<const Grammar> grammar,
                  std::shared_ptr<const TokenVocabulary> vocab);
   ~GrammarMatcher();
-  GrammarMatcher(GrammarMatcher&&) noexcept;
 
   // allowed[id] = 1 for every token that may come next (end-of-sequence ids when the text may
   // end here); resized to the vocabulary.
