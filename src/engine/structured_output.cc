@@ -30,10 +30,10 @@ struct GrammarNode {
   // takes no surrounding whitespace).
   std::vector<std::string> literals;
   bool raw_text = false;
-  // kChoice: alternatives told apart by their first byte; by_byte[b] is the one a value
-  // starting with byte b takes (null: none).
+  // kChoice: by_byte[b] lists the alternatives a value starting with byte b may take (several:
+  // the matcher follows each until the text tells them apart).
   std::vector<const GrammarNode*> alternatives;
-  std::vector<const GrammarNode*> by_byte;
+  std::vector<std::vector<const GrammarNode*>> by_byte;
 };
 
 namespace {
@@ -155,21 +155,15 @@ struct SchemaCompiler {
     return any;
   }
 
-  // Makes n a choice among alts, which must be told apart by their first byte (this matcher
-  // keeps one state).
+  // Makes n a choice among alts, indexed by the bytes each can start with.
   static void set_alternatives(GrammarNode* n, std::vector<const GrammarNode*> alts) {
     n->kind = GrammarNode::Kind::kChoice;
-    n->by_byte.assign(256, nullptr);
+    n->by_byte.assign(256, {});
     for (const GrammarNode* alt : alts) {
       std::vector<char> bytes(256, 0);
       first_bytes(alt, bytes);
-      for (int b = 0; b < 256; ++b) {
-        if (!bytes[b]) continue;
-        if (n->by_byte[b])
-          unsupported(
-              "anyOf/oneOf alternatives that begin alike (e.g. two objects) are not supported");
-        n->by_byte[b] = alt;
-      }
+      for (int b = 0; b < 256; ++b)
+        if (bytes[b]) n->by_byte[b].push_back(alt);
     }
     n->alternatives = std::move(alts);
   }
@@ -389,10 +383,20 @@ struct Frame {
   std::string seen;      // object: 1 per property already given
 };
 
+// One way of reading the text so far: a stack of frames (innermost last); empty once the
+// value is complete.
+struct Path {
+  std::vector<Frame> stack;
+};
+
+// anyOf alternatives that begin alike are followed side by side; more paths than this at once
+// is refused rather than let the work per byte grow.
+constexpr size_t kMaxPaths = 32;
+
 }  // namespace
 
 struct GrammarMatcher::State {
-  std::vector<Frame> stack;
+  std::vector<Path> paths;
 };
 
 namespace {
@@ -432,12 +436,21 @@ Frame frame_for(FrameKind kind, const GrammarNode* node) {
   return f;
 }
 
-// Replaces the Value frame on top by the frame that starts a value of `node` with byte c.
-bool start_value(State& s, const GrammarNode* node, unsigned char c) {
+// Replaces the Value frame on top by the frame that starts a value of `node` with byte c. A
+// choice continues with its first alternative for c; each other one goes to `forks` as a copy
+// of the path still to read c.
+bool start_value(Path& s, const GrammarNode* node, unsigned char c, std::vector<Path>& forks) {
   using K = GrammarNode::Kind;
   switch (node->kind) {
-    case K::kChoice:
-      return node->by_byte[c] && start_value(s, node->by_byte[c], c);
+    case K::kChoice: {
+      const auto& alts = node->by_byte[c];
+      if (alts.empty()) return false;
+      for (size_t i = 1; i < alts.size(); ++i) {
+        forks.push_back(s);
+        forks.back().stack.back().node = alts[i];
+      }
+      return start_value(s, alts[0], c, forks);
+    }
     case K::kObject: {
       if (c != '{') return false;
       Frame f = frame_for(FrameKind::kObject, node);
@@ -486,14 +499,14 @@ bool start_value(State& s, const GrammarNode* node, unsigned char c) {
 }
 
 // Feeds one byte; false if the grammar does not allow it (the state is then unspecified).
-bool step(State& s, unsigned char c) {
+bool step_path(Path& s, unsigned char c, std::vector<Path>& forks) {
   while (true) {
     if (s.stack.empty()) return false;
     Frame& f = s.stack.back();
     switch (f.kind) {
       case FrameKind::kValue:
         if (!f.node->raw_text && is_ws(c)) return take_ws(f, c);
-        return start_value(s, f.node, c);
+        return start_value(s, f.node, c, forks);
 
       case FrameKind::kObject:
         if (take_ws(f, c)) return true;
@@ -693,13 +706,36 @@ bool step(State& s, unsigned char c) {
   }
 }
 
-bool state_can_end(const State& s) {
+// Feeds one byte to every path; false if no path allows it (the state is then unspecified).
+// Paths advance in place; forks (alternatives that begin alike) are read after them.
+bool step(State& s, unsigned char c) {
+  std::vector<Path> forks;
+  size_t kept = 0;
+  for (size_t i = 0; i < s.paths.size(); ++i) {
+    if (!step_path(s.paths[i], c, forks)) continue;
+    if (kept != i) s.paths[kept] = std::move(s.paths[i]);
+    ++kept;
+  }
+  s.paths.resize(kept);
+  while (!forks.empty()) {
+    Path p = std::move(forks.back());
+    forks.pop_back();
+    if (step_path(p, c, forks)) s.paths.push_back(std::move(p));
+  }
+  return !s.paths.empty() && s.paths.size() <= kMaxPaths;
+}
+
+bool path_can_end(const Path& s) {
   if (s.stack.empty()) return true;
   if (s.stack.size() != 1) return false;
   const Frame& f = s.stack.back();
   if (f.kind == FrameKind::kNumber) return number_terminal(f.state);
   if (f.kind == FrameKind::kLiteral) return literal_equals(f.node, f.buf);
   return false;
+}
+
+bool state_can_end(const State& s) {
+  return std::any_of(s.paths.begin(), s.paths.end(), path_can_end);
 }
 
 bool feed(State& s, const std::string& text) {
@@ -714,7 +750,8 @@ GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar,
                                std::shared_ptr<const TokenVocabulary> vocab)
     : grammar_(std::move(grammar)), vocab_(std::move(vocab)), state_(std::make_unique<State>()) {
   TESSERA_CHECK(grammar_ && vocab_);
-  state_->stack.push_back(frame_for(FrameKind::kValue, grammar_->root()));
+  state_->paths.emplace_back();
+  state_->paths.back().stack.push_back(frame_for(FrameKind::kValue, grammar_->root()));
 }
 
 GrammarMatcher::~GrammarMatcher() = default;
@@ -724,7 +761,8 @@ bool GrammarMatcher::can_end() const {
 }
 
 bool GrammarMatcher::must_end() const {
-  return state_->stack.empty();
+  return std::all_of(state_->paths.begin(), state_->paths.end(),
+                     [](const Path& p) { return p.stack.empty(); });
 }
 
 bool GrammarMatcher::accept_text(const std::string& text) {
@@ -748,12 +786,12 @@ void GrammarMatcher::fill_allowed(std::vector<char>& allowed) const {
     for (int32_t id : v.eos_ids())
       if (id >= 0 && id < v.size()) allowed[id] = 1;
   if (must_end()) return;
-  const Frame& top = state_->stack.back();
   // Inside a string any token without a quote, backslash or control byte continues it: copy
   // that set and try only the others.
-  const bool plain_string =
-      top.state == 0 && ((top.kind == FrameKind::kString && top.node->max_length < 0) ||
-                         (top.kind == FrameKind::kKey && top.node->additional != nullptr));
+  const Frame* top = state_->paths.size() == 1 ? &state_->paths[0].stack.back() : nullptr;
+  const bool plain_string = top && top->state == 0 &&
+                            ((top->kind == FrameKind::kString && top->node->max_length < 0) ||
+                             (top->kind == FrameKind::kKey && top->node->additional != nullptr));
   if (plain_string) {
     for (size_t id = 0; id < allowed.size(); ++id) allowed[id] |= v.string_safe_[id];
     for (int32_t id : v.string_unsafe_ids_) {

@@ -5,7 +5,8 @@
 // The grammar is a JSON Schema subset compiled to nodes (object, array, string, number,
 // integer, boolean, null, enum/const, anyOf/oneOf/type lists, $ref into $defs/definitions,
 // items, minItems/maxItems, properties, required, additionalProperties), matched byte by byte by
-// a deterministic pushdown automaton. Whitespace between tokens is allowed (runs of at most
+// a pushdown automaton (one stack per way of reading the text: anyOf alternatives that begin
+// alike are followed side by side). Whitespace between tokens is allowed (runs of at most
 // kMaxWhitespaceRun) so that pretty-printed JSON passes. Written here: no Debian library
 // constrains decoding (vLLM uses xgrammar or outlines).
 #pragma once
