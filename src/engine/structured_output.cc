@@ -403,9 +403,17 @@ namespace {
 
 using State = GrammarMatcher::State;
 
+// Whitespace between tokens in the shapes JSON writers produce: a run is at most one line break,
+// first, then up to kMaxWhitespaceRun spaces or tabs (so "\n    " and ": " pass, and a model
+// cannot pad its output with blank lines).
 bool take_ws(Frame& f, unsigned char c) {
-  if (!is_ws(c)) return false;
-  return ++f.ws <= kMaxWhitespaceRun;
+  if (c == '\n') {
+    if (f.ws != 0) return false;
+    f.ws = 1;
+    return true;
+  }
+  if (c != ' ' && c != '\t') return false;
+  return ++f.ws <= kMaxWhitespaceRun + 1;
 }
 
 bool can_start_key(const Frame& f) {

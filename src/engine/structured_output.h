@@ -6,9 +6,9 @@
 // integer, boolean, null, enum/const, anyOf/oneOf/type lists, $ref into $defs/definitions,
 // items, minItems/maxItems, properties, required, additionalProperties), matched byte by byte by
 // a pushdown automaton (one stack per way of reading the text: anyOf alternatives that begin
-// alike are followed side by side). Whitespace between tokens is allowed (runs of at most
-// kMaxWhitespaceRun) so that pretty-printed JSON passes. Written here: no Debian library
-// constrains decoding (vLLM uses xgrammar or outlines).
+// alike are followed side by side). Whitespace between tokens is allowed (a line break, then up
+// to kMaxWhitespaceRun spaces or tabs) so that pretty-printed JSON passes. Written here: no Debian
+// library constrains decoding (vLLM uses xgrammar or outlines).
 #pragma once
 
 #include <cstdint>

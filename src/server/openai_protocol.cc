@@ -257,6 +257,66 @@ void parse_max_tokens(const json& body, const char* name, GenerateRequest& r) {
   }
 }
 
+// tool_choice: "none" and "auto" leave the output free (tool calls are not parsed out of free
+// text); "required" and a named function constrain it to JSON built from the tools' parameter
+// schemas, as vLLM does.
+void parse_tool_choice(const json& choice, const json& body, GenerateRequest& r) {
+  if (choice.is_string() && (choice == "none" || choice == "auto")) return;
+  const json* tools = field(body, "tools");
+  const bool have_tools = tools && tools->is_array() && !tools->empty();
+  auto parameters = [](const json& tool) {
+    const json& fn = tool["function"];
+    auto p = fn.find("parameters");
+    return p == fn.end() || p->is_null() ? json{{"type", "object"}} : *p;
+  };
+  auto check_tool = [](const json& tool) {
+    if (!tool.is_object() || !tool.contains("function") || !tool["function"].is_object() ||
+        !tool["function"].contains("name") || !tool["function"]["name"].is_string())
+      bad("tools", "each tool needs a 'function' object with a string 'name'");
+  };
+  if (r.json_schema || !r.choices.empty())
+    bad("tool_choice",
+        "tool_choice \"required\" or a named tool cannot be combined with "
+        "another structured output");
+  if (choice.is_string() && choice == "required") {
+    if (!have_tools) bad("tool_choice", "tool_choice \"required\" needs a non-empty 'tools' list");
+    json alternatives = json::array();
+    for (const json& tool : *tools) {
+      check_tool(tool);
+      alternatives.push_back(
+          {{"properties",
+            {{"name", {{"type", "string"}, {"enum", json::array({tool["function"]["name"]})}}},
+             {"parameters", parameters(tool)}}},
+           {"required", {"name", "parameters"}}});
+    }
+    r.json_schema = json{{"type", "array"},
+                         {"minItems", 1},
+                         {"items", {{"type", "object"}, {"anyOf", alternatives}}}};
+    r.structured_field = "tool_choice";
+    r.tools_required = true;
+    return;
+  }
+  if (choice.is_object() && choice.value("type", "") == "function" && choice.contains("function") &&
+      choice["function"].is_object() && choice["function"].contains("name") &&
+      choice["function"]["name"].is_string()) {
+    const std::string name = choice["function"]["name"];
+    if (!have_tools) bad("tool_choice", "a named tool_choice needs a non-empty 'tools' list");
+    for (const json& tool : *tools) {
+      check_tool(tool);
+      if (tool["function"]["name"] == name) {
+        r.json_schema = parameters(tool);
+        r.structured_field = "tool_choice";
+        r.forced_tool = name;
+        return;
+      }
+    }
+    bad("tool_choice", fmt::format("tool_choice names '{}', which is not in 'tools'", name));
+  }
+  bad("tool_choice",
+      "tool_choice must be \"none\", \"auto\", \"required\" or "
+      "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+}
+
 }  // namespace
 
 GenerateRequest parse_completion_request(const json& body, const SamplingParams& defaults) {
@@ -347,10 +407,7 @@ GenerateRequest parse_chat_request(const json& body, const SamplingParams& defau
     if (!tools->is_array()) bad("tools", "'tools' must be a list");
     if (!tools->empty()) r.chat_inputs.tools = nlohmann::ordered_json::parse(tools->dump());
   }
-  if (const json* choice = field(body, "tool_choice")) {
-    if (!(choice->is_string() && (*choice == "none" || *choice == "auto")))
-      bad("tool_choice", "only tool_choice \"none\" and \"auto\" are supported");
-  }
+  if (const json* choice = field(body, "tool_choice")) parse_tool_choice(*choice, body, r);
   if (auto v = get_bool(body, "add_generation_prompt")) r.chat_inputs.add_generation_prompt = *v;
   if (auto v = get_bool(body, "continue_final_message")) {
     r.chat_inputs.continue_final_message = *v;

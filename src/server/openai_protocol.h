@@ -43,6 +43,10 @@ struct GenerateRequest {
   std::optional<nlohmann::json> json_schema;
   std::vector<std::string> choices;
   std::string structured_field;
+  // Chat tool_choice: a named function (the output is its arguments, as JSON) or "required"
+  // (a JSON list of {"name", "parameters"} calls); both set json_schema.
+  std::optional<std::string> forced_tool;
+  bool tools_required = false;
 };
 
 // Limits vLLM applies by default.

@@ -41,6 +41,27 @@ std::string random_id(const char* prefix) {
   return fmt::format("{}{:016x}{:016x}", prefix, rng(), rng());
 }
 
+// json.dumps(v, ensure_ascii=False) as Python writes it (", " and ": " separators): vLLM
+// re-serialises "required" tool calls' arguments this way.
+std::string python_dumps(const json& v) {
+  if (v.is_object()) {
+    std::string out = "{";
+    bool first = true;
+    for (const auto& [k, x] : v.items()) {
+      if (!first) out += ", ";
+      first = false;
+      out += json(k).dump(-1, ' ', false, json::error_handler_t::replace) + ": " + python_dumps(x);
+    }
+    return out + "}";
+  }
+  if (v.is_array()) {
+    std::string out = "[";
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + python_dumps(v[i]);
+    return out + "]";
+  }
+  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
 }
@@ -66,7 +87,8 @@ struct Choice {
   std::string stop_reason;
   int64_t num_prompt_tokens = 0;
   int64_t num_cached_tokens = 0;
-  bool started = false;  // streaming: the first chunk (chat: the role) went out
+  bool started = false;      // streaming: the first chunk (chat: the role) went out
+  std::string tool_call_id;  // a named tool_choice's call, once its first delta went out
   bool done = false;
   size_t text_offset = 0;  // completions logprobs: characters before the next token
 
@@ -116,7 +138,30 @@ struct ResponseContext {
 
   json finish_reason_json(const Choice& c) const {
     if (c.finish_reason == FinishReason::kNone) return nullptr;
+    // tool_choice "required" that ended its list reports the calls, as vLLM does.
+    if (request.tools_required && c.finish_reason == FinishReason::kStop && !c.text.empty())
+      return "tool_calls";
     return finish_reason_name(c.finish_reason);
+  }
+
+  static json tool_call(std::string id, const std::string& name, const std::string& arguments) {
+    return {{"id", std::move(id)},
+            {"type", "function"},
+            {"function", {{"name", name}, {"arguments", arguments}}}};
+  }
+
+  // tool_choice "required": the generated list of {"name", "parameters"} as tool calls (null
+  // if the text is not a complete list, e.g. cut by max_tokens).
+  static json required_tool_calls(const std::string& text) {
+    const json list = json::parse(text, nullptr, false);
+    if (!list.is_array()) return nullptr;
+    json calls = json::array();
+    for (const json& call : list) {
+      if (!call.is_object() || !call.contains("name") || !call["name"].is_string()) return nullptr;
+      calls.push_back(tool_call(random_id("chatcmpl-tool-"), call["name"].get<std::string>(),
+                                python_dumps(call.value("parameters", json::object()))));
+    }
+    return calls;
   }
 
   // Completions logprobs for `entries` (prompt positions first when echoing).
@@ -223,10 +268,20 @@ struct ResponseContext {
       if (chat) {
         std::string content = c.text;
         if (request.echo) content = prompt_texts[c.prompt_index] + content;
+        json calls = json::array();
+        if (request.forced_tool) {
+          calls.push_back(tool_call(random_id("chatcmpl-tool-"), *request.forced_tool, c.text));
+          content = "";
+        } else if (request.tools_required) {
+          if (json parsed = required_tool_calls(c.text); !parsed.is_null()) {
+            calls = std::move(parsed);
+            content = "";
+          }
+        }
         choice["message"] = {{"role", "assistant"},
                              {"content", content},
                              {"reasoning_content", nullptr},
-                             {"tool_calls", json::array()}};
+                             {"tool_calls", calls}};
         choice["logprobs"] = request.logprobs ? chat_logprobs(c, 0) : json();
       } else {
         choice["text"] = (request.echo ? prompt_texts[c.prompt_index] : "") + c.text;
@@ -249,7 +304,29 @@ struct ResponseContext {
     if (chat) {
       json delta = json::object();
       if (first) delta["role"] = "assistant";
-      if (!new_text.empty() || first) delta["content"] = new_text;
+      if (first || (!new_text.empty() && !request.forced_tool && !request.tools_required))
+        delta["content"] = new_text;
+      if (request.forced_tool && !new_text.empty() && !first) {
+        // The call's id, type and name come with its first arguments, then arguments only.
+        json call = {{"index", 0}, {"function", {{"arguments", new_text}}}};
+        if (c.tool_call_id.empty()) {
+          c.tool_call_id = random_id("chatcmpl-tool-");
+          call["id"] = c.tool_call_id;
+          call["type"] = "function";
+          call["function"]["name"] = *request.forced_tool;
+        }
+        delta["tool_calls"] = json::array({call});
+      }
+      if (request.tools_required && c.done) {
+        // The list is only known once complete: every call in the last chunk.
+        json calls = required_tool_calls(c.text);
+        if (calls.is_null()) {
+          delta["content"] = c.text;  // not a complete list: the text as it is
+        } else {
+          for (size_t i = 0; i < calls.size(); ++i) calls[i]["index"] = i;
+          delta["tool_calls"] = calls;
+        }
+      }
       choice["delta"] = delta;
       choice["logprobs"] = request.logprobs && logprobs_from < c.logprobs.size()
                                ? chat_logprobs(c, logprobs_from)

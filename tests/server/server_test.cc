@@ -469,6 +469,108 @@ TEST(ServerTest, StructuredOutputsFollowTheSchema) {
   EXPECT_EQ(ok, 200);
 }
 
+// tool_choice "required" and a named function: the output is built from the tools' parameter
+// schemas and comes back as tool_calls, whole or streamed, as vLLM returns them.
+TEST(ServerTest, ToolChoiceRequiredAndNamed) {
+  ServerFixture f(256, "", 256, 128, RealText{});
+  const json tools = json::parse(R"([
+    {"type":"function","function":{"name":"get_weather","parameters":{"type":"object",
+      "properties":{"city":{"type":"string","maxLength":6},"unit":{"enum":["c","f"]}},
+      "required":["city","unit"],"additionalProperties":false}}},
+    {"type":"function","function":{"name":"get_time","parameters":{"type":"object",
+      "properties":{"zone":{"enum":["utc","local"]}},"required":["zone"]}}}])");
+  // A random model seldom closes a list it may extend: a bias on the token "]" (which the
+  // grammar still only admits where a list may end) makes most "required" lists end.
+  auto [ts, close] = f.post("/tokenize", R"({"prompt":"]","add_special_tokens":false})");
+  ASSERT_EQ(ts, 200);
+  ASSERT_EQ(close["tokens"].size(), 1u);
+  const json bias = {{std::to_string(close["tokens"][0].get<int>()), 8}};
+  auto body = [&](const json& choice, int seed, bool stream) {
+    return json{{"messages", {{{"role", "user"}, {"content", "weather?"}}}},
+                {"tools", tools},
+                {"tool_choice", choice},
+                {"max_tokens", 220},
+                {"temperature", 1.0},
+                {"seed", seed},
+                {"logit_bias", bias},
+                {"stream", stream}}
+        .dump();
+  };
+  const json named = {{"type", "function"}, {"function", {{"name", "get_weather"}}}};
+  int required_closed = 0;
+  for (int seed = 0; seed < 6; ++seed) {
+    auto [status, j] = f.post("/v1/chat/completions", body(named, seed, false));
+    ASSERT_EQ(status, 200) << j.dump();
+    const json& msg = j["choices"][0]["message"];
+    EXPECT_EQ(msg["content"], "");
+    ASSERT_EQ(msg["tool_calls"].size(), 1u) << j.dump();
+    EXPECT_EQ(msg["tool_calls"][0]["type"], "function");
+    EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "get_weather");
+    EXPECT_EQ(msg["tool_calls"][0]["id"].get<std::string>().rfind("chatcmpl-tool-", 0), 0u);
+    const json args = json::parse(msg["tool_calls"][0]["function"]["arguments"].get<std::string>(),
+                                  nullptr, false);
+    ASSERT_TRUE(args.is_object()) << j.dump();
+    EXPECT_TRUE(args["unit"] == "c" || args["unit"] == "f") << args.dump();
+    EXPECT_TRUE(args["city"].is_string()) << args.dump();
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+
+    // A random model may keep adding calls to the list until max_tokens; then the text comes
+    // back as it is. Lists it closes are checked call by call.
+    auto [rs, req] = f.post("/v1/chat/completions", body("required", seed, false));
+    ASSERT_EQ(rs, 200) << req.dump();
+    if (req["choices"][0]["finish_reason"] == "length") {
+      EXPECT_TRUE(req["choices"][0]["message"]["tool_calls"].empty());
+      continue;
+    }
+    ++required_closed;
+    ASSERT_EQ(req["choices"][0]["finish_reason"], "tool_calls") << req.dump();
+    EXPECT_EQ(req["choices"][0]["message"]["content"], "");
+    const json& calls = req["choices"][0]["message"]["tool_calls"];
+    ASSERT_GE(calls.size(), 1u) << req.dump();
+    for (const json& call : calls) {
+      const std::string name = call["function"]["name"];
+      const json a = json::parse(call["function"]["arguments"].get<std::string>(), nullptr, false);
+      ASSERT_TRUE(a.is_object()) << req.dump();
+      if (name == "get_time") {
+        EXPECT_TRUE(a["zone"] == "utc" || a["zone"] == "local") << a.dump();
+      } else {
+        EXPECT_EQ(name, "get_weather");
+        EXPECT_TRUE(a["unit"] == "c" || a["unit"] == "f") << a.dump();
+      }
+    }
+  }
+  EXPECT_GE(required_closed, 2);
+  // Streamed: the named call's arguments arrive as deltas that join to the whole call's.
+  auto [ws, whole] = f.post("/v1/chat/completions", body(named, 5, false));
+  ASSERT_EQ(ws, 200);
+  auto res = f.client().Post("/v1/chat/completions", body(named, 5, true), "application/json");
+  ASSERT_TRUE(res && res->status == 200);
+  std::string joined, name;
+  for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
+    const size_t end = res->body.find("\n\n", at);
+    const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
+    at = end;
+    const json& delta = chunk["choices"][0]["delta"];
+    if (!delta.contains("tool_calls")) continue;
+    const json& fn = delta["tool_calls"][0]["function"];
+    if (fn.contains("name")) name = fn["name"];
+    joined += fn["arguments"].get<std::string>();
+  }
+  EXPECT_EQ(name, "get_weather");
+  EXPECT_EQ(joined, whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]);
+  // Bad choices are 400s.
+  for (const json& bad :
+       {json("sometimes"), json{{"type", "function"}, {"function", {{"name", "nope"}}}}}) {
+    auto [bs, b] = f.post("/v1/chat/completions", body(bad, 0, false));
+    EXPECT_EQ(bs, 400) << b.dump();
+    EXPECT_EQ(b["error"]["param"], "tool_choice");
+  }
+  auto [ns, no_tools] = f.post(
+      "/v1/chat/completions",
+      R"({"messages":[{"role":"user","content":"hi"}],"tool_choice":"required","max_tokens":2})");
+  EXPECT_EQ(ns, 400) << no_tools.dump();
+}
+
 // A template's own error (Gemma-style role check) and bad conversations are the client's
 // fault: 400 with the message, on every endpoint that renders, and the server keeps serving.
 TEST(ServerTest, TemplateErrorsAre400) {
