@@ -111,6 +111,28 @@ async function main() {
     model: 'tiny', max_tokens: 2,
     messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://x/y.png' } }] }],
   }), (e) => e instanceof OpenAI.APIError && e.status === 400 && /image_url/.test(e.message));
+  // Structured outputs and a named tool choice, as the client sends and reads them.
+  const person = await client.chat.completions.create({
+    model: 'tiny', max_tokens: 120, temperature: 1, seed: 3,
+    messages: [{ role: 'user', content: 'A colour as JSON' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'c', schema: {
+      type: 'object', properties: { colour: { enum: ['red', 'blue'] }, dark: { type: 'boolean' } },
+      required: ['colour', 'dark'], additionalProperties: false } } },
+  });
+  assert.equal(person.choices[0].finish_reason, 'stop');
+  const colour = JSON.parse(person.choices[0].message.content);
+  assert.ok(['red', 'blue'].includes(colour.colour) && typeof colour.dark === 'boolean');
+  const call = await client.chat.completions.create({
+    model: 'tiny', max_tokens: 120, temperature: 1, seed: 4,
+    messages: [{ role: 'user', content: 'Weather in Paris?' }],
+    tools: [{ type: 'function', function: { name: 'weather', parameters: { type: 'object',
+      properties: { unit: { enum: ['c', 'f'] } }, required: ['unit'], additionalProperties: false } } }],
+    tool_choice: { type: 'function', function: { name: 'weather' } },
+  });
+  const tc = call.choices[0].message.tool_calls;
+  assert.equal(tc.length, 1);
+  assert.equal(tc[0].function.name, 'weather');
+  assert.ok(['c', 'f'].includes(JSON.parse(tc[0].function.arguments).unit));
   console.log('openai client: all checks passed');
 }
 
