@@ -1,5 +1,6 @@
 #include "engine/model_runner.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/status.h"
@@ -30,6 +31,7 @@ ForwardBatch ModelRunner::make_batch(const StepInputs& in) {
   AttentionMetadata& meta = batch.attention;
   meta.num_seqs = static_cast<int>(s);
   meta.block_size = cache_.block_size;
+  for (int32_t len : in.seq_lens) meta.max_seq_len = std::max(meta.max_seq_len, len);
   meta.query_start = to_device(in.query_start, {s + 1});
   meta.seq_lens = to_device(in.seq_lens, {s});
   meta.block_tables = to_device(in.block_tables, {s, in.max_blocks});

@@ -11,7 +11,9 @@
 #include <span>
 #include <string>
 
+#include "core/sys.h"
 #include "core/tensor.h"
+#include "kernels/op_params.h"
 
 namespace tessera {
 
@@ -22,23 +24,14 @@ struct LinearSegment {
   Tensor bias;  // undefined when absent
 };
 
-enum class Activation { kSilu, kGeluTanh, kGelu };
-
-struct AttentionParams {
-  int num_heads = 0;     // query heads on this rank
-  int num_kv_heads = 0;  // key/value heads on this rank
-  int head_dim = 0;
-  float scale = 1.0f;          // multiplies q.k
-  float softcap = 0.0f;        // > 0: scores = softcap * tanh(scores / softcap)
-  int32_t sliding_window = 0;  // > 0: a query at position p sees keys at p - window < pos <= p
-};
-
 // Describes one step's batch over the paged KV cache. The batch is the concatenation of each
 // sequence's new tokens (a prefill chunk or one decode token). All tensors are int32 on the
 // backend's device.
 struct AttentionMetadata {
   int num_seqs = 0;
   int block_size = 16;
+  // A bound on seq_lens, known on the host: GPU kernels size their launch by it.
+  int32_t max_seq_len = 0;
   Tensor query_start;   // [num_seqs + 1]: tokens of sequence s are rows [qs[s], qs[s+1])
   Tensor seq_lens;      // [num_seqs]: context length after this step (cached + new tokens)
   Tensor block_tables;  // [num_seqs, max_blocks]: physical block of each logical block
@@ -54,6 +47,9 @@ class Backend {
   virtual DType activation_dtype() const = 0;
   // What --kv-cache-dtype auto means here for a model stored in `model_dtype`.
   virtual DType default_kv_cache_dtype(DType model_dtype) const = 0;
+  // Bytes of the memory this backend's tensors live in: the host's RAM, or the GPU's memory
+  // (what --gpu-memory-utilization is a fraction of).
+  virtual int64_t memory_capacity_bytes() const { return total_memory_bytes(); }
 
   // Memory.
   virtual Tensor empty(std::span<const int64_t> shape, DType dtype) = 0;

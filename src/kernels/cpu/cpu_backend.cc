@@ -56,9 +56,9 @@ CpuBackend::~CpuBackend() {
 CpuBackend::CpuBackend(ThreadPool& pool, cpu::Isa isa, MatmulPrecision precision)
     : pool_(pool),
       isa_(isa),
-      precision_(precision),
       gemm_(isa == cpu::Isa::kAvx512 ? cpu::gemm_kernels_avx512() : cpu::gemm_kernels_generic()),
       ops_(isa == cpu::Isa::kAvx512 ? cpu::ops_kernels_avx512() : cpu::ops_kernels_generic()),
+      precision_(precision),
       attn_scratch_(pool.size()) {
   if (const char* env = std::getenv("TESSERA_PROFILE"); env && *env && std::string(env) != "0")
     profile_ = std::make_unique<Profile>();
