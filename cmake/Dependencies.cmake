@@ -38,3 +38,33 @@ if(TESSERA_WITH_MPI)
     message(STATUS "MPI not found: building without tensor/pipeline parallelism across ranks")
   endif()
 endif()
+
+# CUDA (docs/cuda.md): the toolkit's nvcc, cudart and cuBLASLt. AUTO builds the backend when
+# nvcc is found; without it the build has the CPU backend only and `--device cuda` says why.
+set(TESSERA_HAVE_CUDA OFF)
+if(NOT TESSERA_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # Ampere (A100) and Hopper (H100/H200) machine code; other GPUs JIT the sm_90 PTX.
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 80-real 90)
+    endif()
+    enable_language(CUDA)
+    # C++17 for the .cu files (they include only launch.h, core/dtype.h and kernels/op_params.h):
+    # Debian's nvcc 11.8 (deploy/docker/Dockerfile.cuda) has no C++20, nor does CMake 3.25 know
+    # nvcc 12+'s.
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    find_package(CUDAToolkit REQUIRED)
+    set(TESSERA_HAVE_CUDA ON)
+    if(TESSERA_CCACHE AND NOT CMAKE_CUDA_COMPILER_LAUNCHER)
+      set(CMAKE_CUDA_COMPILER_LAUNCHER ${TESSERA_CCACHE})
+    endif()
+    message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}")
+  elseif(TESSERA_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "TESSERA_CUDA=ON but no CUDA compiler (nvcc) was found")
+  else()
+    message(STATUS "CUDA backend: off (no nvcc found)")
+  endif()
+endif()

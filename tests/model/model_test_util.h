@@ -60,14 +60,16 @@ class DirectRunner {
                         int threads = 2, int64_t blocks = 512, cpu::Isa isa = cpu::detect_isa(),
                         MatmulPrecision precision = MatmulPrecision::kExact,
                         LoadFormat format = LoadFormat::kAuto)
-      : pool_(threads), backend_(pool_, isa, precision), ctx_{backend_, comm_} {
-    LoadOptions options;
-    options.format = format;
-    options.pool = &pool_;
-    model_ = load_model(dir, ctx_, options);
-    kv_dtype_ = kv_dtype.value_or(backend_.default_kv_cache_dtype(model_->config().dtype));
-    cache_ = allocate_kv_cache(backend_, *model_, blocks, 16, kv_dtype_);
-    runner_ = std::make_unique<ModelRunner>(backend_, *model_, cache_);
+      : pool_(threads),
+        backend_(std::make_unique<CpuBackend>(pool_, isa, precision)),
+        ctx_{*backend_, comm_} {
+    load(dir, kv_dtype, blocks, format);
+  }
+  // The same on a backend of the caller's (e.g. the CUDA backend).
+  DirectRunner(const std::filesystem::path& dir, std::unique_ptr<Backend> backend,
+               std::optional<DType> kv_dtype = {}, int64_t blocks = 512)
+      : pool_(2), backend_(std::move(backend)), ctx_{*backend_, comm_} {
+    load(dir, kv_dtype, blocks, LoadFormat::kAuto);
   }
   const ModelConfig& config() const { return model_->config(); }
   DType kv_dtype() const { return kv_dtype_; }
@@ -100,8 +102,19 @@ class DirectRunner {
   }
 
  private:
+  void load(const std::filesystem::path& dir, std::optional<DType> kv_dtype, int64_t blocks,
+            LoadFormat format) {
+    LoadOptions options;
+    options.format = format;
+    options.pool = &pool_;
+    model_ = load_model(dir, ctx_, options);
+    kv_dtype_ = kv_dtype.value_or(backend_->default_kv_cache_dtype(model_->config().dtype));
+    cache_ = allocate_kv_cache(*backend_, *model_, blocks, 16, kv_dtype_);
+    runner_ = std::make_unique<ModelRunner>(*backend_, *model_, cache_);
+  }
+
   ThreadPool pool_;
-  CpuBackend backend_;
+  std::unique_ptr<Backend> backend_;
   SingleCommunicator comm_;
   ModelContext ctx_;
   std::unique_ptr<CausalLM> model_;
