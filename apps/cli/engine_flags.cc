@@ -49,6 +49,14 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
                   "rounded to bf16 first, as PyTorch and llama.cpp do; same speed)")
       ->check(CLI::IsMember({"exact", "bf16"}))
       ->capture_default_str();
+  cmd->add_option("--device", f.device,
+                  "auto (a GPU when this build has CUDA and one is usable, else the CPU), cpu or "
+                  "cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_flag("--enforce-eager", f.enforce_eager,
+                "Run decode steps op by op, without CUDA graphs (tessera does not capture graphs "
+                "yet, so this is always the case)");
   cmd->add_option("--tensor-parallel-size", f.tensor_parallel_size,
                   "Ranks per pipeline stage, each with 1/tp of every layer (-tp)")
       ->capture_default_str();
@@ -167,6 +175,8 @@ EngineArgs to_engine_args(const EngineFlags& f) {
   a.load_format = parse_load_format(f.load_format);
   a.matmul_precision =
       f.matmul_precision == "bf16" ? MatmulPrecision::kBf16 : MatmulPrecision::kExact;
+  a.device = f.device;
+  a.enforce_eager = f.enforce_eager;
   const std::string& backend = f.distributed_executor_backend;
   if (backend == "ray")
     fail(ErrorKind::kUnsupported,

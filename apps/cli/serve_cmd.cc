@@ -171,9 +171,9 @@ void add_serve_command(CLI::App& app) {
   // Flags the public recipes pass that change nothing here.
   auto noop = std::make_shared<std::string>();
   for (const char* flag :
-       {"--enforce-eager", "--trust-remote-code", "--disable-log-requests",
-        "--no-enable-log-requests", "--enable-log-requests", "--disable-custom-all-reduce",
-        "--disable-log-stats", "--enable-chunked-prefill", "--disable-frontend-multiprocessing"})
+       {"--trust-remote-code", "--disable-log-requests", "--no-enable-log-requests",
+        "--enable-log-requests", "--disable-custom-all-reduce", "--disable-log-stats",
+        "--enable-chunked-prefill", "--disable-frontend-multiprocessing"})
     cmd->add_flag(std::string(flag))->description("Accepted for vLLM compatibility; no effect");
   for (const char* flag : {"--swap-space", "--uvicorn-log-level", "--tokenizer-mode",
                            "--max-log-len", "--download-dir"})

@@ -1,5 +1,7 @@
 #include "engine/engine_builder.h"
 
+#include "kernels/cuda/cuda_backend.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +28,8 @@ void EngineArgs::validate() const {
     fail("--num-gpu-blocks-override must be positive, got {}", *num_gpu_blocks_override);
   if (max_model_len < 0) fail("--max-model-len must be positive, got {}", max_model_len);
   if (threads < 0) fail("--threads must be positive, got {}", threads);
+  if (device != "auto" && device != "cpu" && device != "cuda")
+    fail("--device must be auto, cpu or cuda, got \"{}\"", device);
   if (tensor_parallel_size < 1)
     fail("--tensor-parallel-size must be at least 1, got {}", tensor_parallel_size);
   if (pipeline_parallel_size < 1)
@@ -33,7 +37,8 @@ void EngineArgs::validate() const {
 }
 
 KvCachePlan plan_kv_cache(const EngineArgs& args, int64_t device_memory, int64_t weight_bytes,
-                          int64_t activation_bytes, int64_t block_bytes, int64_t max_model_len) {
+                          int64_t activation_bytes, int64_t block_bytes, int64_t max_model_len,
+                          bool gpu) {
   KvCachePlan plan;
   plan.block_bytes = block_bytes;
   if (args.num_gpu_blocks_override) {
@@ -49,7 +54,7 @@ KvCachePlan plan_kv_cache(const EngineArgs& args, int64_t device_memory, int64_t
   if (args.kv_cache_memory) {
     plan.budget_bytes = *args.kv_cache_memory;
     plan.rule = "--kv-cache-memory";
-  } else if (args.gpu_memory_utilization) {
+  } else if (args.gpu_memory_utilization || gpu) {
     plan.budget_bytes = available;
     plan.rule = fmt::format("--gpu-memory-utilization {} x {:.1f} GiB - weights - activations",
                             util, device_memory / 1073741824.0);
@@ -137,6 +142,24 @@ int default_threads() {
   return std::max(1, physical_core_count() / local);
 }
 
+// This process's rank among the ranks of its node (the GPU it takes), from the launcher.
+int local_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* v = std::getenv(name); v && *v) return std::max(0, std::atoi(v));
+  return 0;
+}
+
+std::unique_ptr<Backend> make_backend(const EngineArgs& args, ThreadPool& pool) {
+  bool cuda = args.device == "cuda";
+  if (args.device == "auto") cuda = cuda_device_count() > 0;
+  if (!cuda) return std::make_unique<CpuBackend>(pool, cpu::detect_isa(), args.matmul_precision);
+  CudaBackendOptions options;
+  const int devices = cuda_device_count();
+  // Ranks of one node take one GPU each, in turn (several share a GPU when there are fewer).
+  options.device = devices > 0 ? local_rank() % devices : 0;
+  return make_cuda_backend(options);
+}
+
 }  // namespace
 
 std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
@@ -154,14 +177,27 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   const bool multi = wc.world_size > 1;
   const int threads = args.threads > 0 ? args.threads : default_threads();
   e->pool_ = std::make_unique<ThreadPool>(threads);
-  e->backend_ = std::make_unique<CpuBackend>(*e->pool_, cpu::detect_isa(), args.matmul_precision);
+  e->backend_ = make_backend(args, *e->pool_);
+  const bool gpu = e->backend_->device() != Device::kCPU;
+  Communicator* tp_comm = &world.tp();
+  Communicator* pp_comm = &world.pp();
+  Communicator* world_comm = &world.world();
+  if (gpu) {
+    e->staged_world_ = std::make_unique<HostStagedCommunicator>(world.world(), *e->backend_);
+    e->staged_tp_ = std::make_unique<HostStagedCommunicator>(world.tp(), *e->backend_);
+    e->staged_pp_ = std::make_unique<HostStagedCommunicator>(world.pp(), *e->backend_);
+    world_comm = e->staged_world_.get();
+    tp_comm = e->staged_tp_.get();
+    pp_comm = e->staged_pp_.get();
+  }
+  if (wc.is_driver()) spdlog::info("backend: {}", e->backend_->name());
   PipelineStage stage;
   stage.index = wc.pp_rank();
   stage.count = wc.pp;
   stage.partition = args.pp_layer_partition;
   if (stage.partition.empty())
     if (const char* v = std::getenv("VLLM_PP_LAYER_PARTITION")) stage.partition = v;
-  e->ctx_ = std::make_unique<ModelContext>(ModelContext{*e->backend_, world.tp(), stage});
+  e->ctx_ = std::make_unique<ModelContext>(ModelContext{*e->backend_, *tp_comm, stage});
 
   LoadOptions load;
   load.dtype = args.dtype;
@@ -209,9 +245,9 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
       kv_block_bytes(kv_shape, args.block_size, static_cast<int64_t>(dtype_size(kv_dtype)));
   const int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
   on_all_ranks(world, "sizing the KV cache", [&] {
-    e->kv_plan_ =
-        plan_kv_cache(args, total_memory_bytes(), static_cast<int64_t>(e->model_->weight_bytes()),
-                      activations, block_bytes, max_len);
+    e->kv_plan_ = plan_kv_cache(args, e->backend_->memory_capacity_bytes(),
+                                static_cast<int64_t>(e->model_->weight_bytes()), activations,
+                                block_bytes, max_len, gpu);
   });
   int64_t blocks = e->kv_plan_.num_blocks;
   if (multi) {
@@ -238,8 +274,8 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   }
   e->cache_ = allocate_kv_cache(*e->backend_, *e->model_, blocks, args.block_size, kv_dtype);
   if (wc.is_driver()) {
-    spdlog::info("# CPU blocks: {}, block size {}, {} per block ({})", blocks, args.block_size,
-                 block_bytes, e->kv_plan_.rule);
+    spdlog::info("# {} blocks: {}, block size {}, {} per block ({})", gpu ? "GPU" : "CPU", blocks,
+                 args.block_size, block_bytes, e->kv_plan_.rule);
     spdlog::info("KV cache size: {} tokens", tokens);
     spdlog::info("Maximum concurrency for {} tokens per request: {:.2f}x", max_len,
                  static_cast<double>(tokens) / static_cast<double>(max_len));
@@ -247,8 +283,8 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
 
   PipelineLinks links;
   links.world_config = wc;
-  links.world = &world.world();
-  links.pp = &world.pp();
+  links.world = world_comm;
+  links.pp = pp_comm;
   e->runner_ = std::make_unique<ModelRunner>(*e->backend_, *e->model_, e->cache_, links);
   // Pipeline parallelism keeps one step per stage in flight (the sequences split into pp
   // groups, each scheduled on its own), so every step is a single micro-batch.

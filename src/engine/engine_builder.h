@@ -12,6 +12,7 @@
 #include "config/model_config.h"
 #include "core/thread_pool.h"
 #include "distributed/communicator.h"
+#include "distributed/host_staged_communicator.h"
 #include "distributed/world.h"
 #include "engine/distributed_executor.h"
 #include "engine/llm_engine.h"
@@ -38,6 +39,9 @@ struct EngineArgs {
   bool enable_prefix_caching = true;
   uint64_t seed = 0;
   LoadFormat load_format = LoadFormat::kAuto;  // --load-format
+  // --device: auto (a GPU when this build has CUDA and one is usable, else the CPU), cpu, cuda.
+  std::string device = "auto";
+  bool enforce_eager = false;  // --enforce-eager (decode steps run op by op: always, for now)
   // --cpu-matmul-precision: exact (activations split into two bf16 halves) or bf16 (rounded).
   MatmulPrecision matmul_precision = MatmulPrecision::kExact;
   // Parallelism (docs/distributed.md): ranks = tp x pp, launched by mpirun/srun.
@@ -64,8 +68,10 @@ struct KvCachePlan {
 // Blocks that fit: override, else budget / bytes per block where budget is --kv-cache-memory, or
 // utilization x device memory - weights - activations, or the CPU default (the smaller of 4 GiB
 // and that, and of what max_num_seqs sequences of max_model_len tokens could use twice over).
+// On a GPU the default is vLLM's: 0.9 x device memory - weights - activations.
 KvCachePlan plan_kv_cache(const EngineArgs& args, int64_t device_memory, int64_t weight_bytes,
-                          int64_t activation_bytes, int64_t block_bytes, int64_t max_model_len);
+                          int64_t activation_bytes, int64_t block_bytes, int64_t max_model_len,
+                          bool gpu = false);
 
 // Thrown by EngineInstance::create on ranks other than the driver once the driver has told them
 // to stop: they have served the whole job inside create(). Not an std::exception, so that only
@@ -97,6 +103,8 @@ class EngineInstance {
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<DistributedWorld> world_;
+  // With a GPU backend: the world's communicators, staging device tensors through the host.
+  std::unique_ptr<HostStagedCommunicator> staged_world_, staged_tp_, staged_pp_;
   std::unique_ptr<ModelContext> ctx_;
   std::unique_ptr<CausalLM> model_;
   KVCache cache_;

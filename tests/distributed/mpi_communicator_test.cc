@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <random>
 
 #include "core/dtype.h"
+#include "distributed/host_staged_communicator.h"
 #include "distributed/world.h"
 
 namespace tessera {
@@ -226,6 +228,108 @@ TEST(MpiCommunicator, SubGroupsFollowTheWorldConfig) {
       EXPECT_EQ(v.data<int32_t>()[0], w.rank_of(w.pp_rank() - 1, w.tp_rank()));
     }
   }
+}
+
+// A "device" whose tensors hold pointers that no host code may touch (real address + 2^62, not
+// canonical on x86-64), so a device tensor that reached MPI unstaged would crash the test. Only
+// copy() knows how to reach the bytes, as on a GPU.
+class FakeDeviceBackend : public Backend {
+ public:
+  static constexpr uintptr_t kTag = uintptr_t{1} << 62;
+  using Backend::empty;
+  Device device() const override { return Device::kCUDA; }
+  std::string name() const override { return "fake device"; }
+  DType activation_dtype() const override { return DType::kF32; }
+  DType default_kv_cache_dtype(DType) const override { return DType::kF32; }
+  Tensor empty(std::span<const int64_t> shape, DType dtype) override {
+    Tensor host = Tensor::empty(shape, dtype);
+    void* tagged = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(host.raw()) + kTag);
+    return Tensor::wrap(tagged, shape, dtype, host.owner(), Device::kCUDA);
+  }
+  void copy(const Tensor& src, const Tensor& dst) override {
+    TESSERA_CHECK(src.is_contiguous() && dst.is_contiguous() && src.nbytes() == dst.nbytes());
+    std::memcpy(real(dst), real(src), src.nbytes());
+  }
+  static void* real(const Tensor& t) {
+    const auto p = reinterpret_cast<uintptr_t>(t.raw());
+    return reinterpret_cast<void*>(t.device() == Device::kCPU ? p : p - kTag);
+  }
+  void fill_zero(const Tensor&) override { unused(); }
+  Tensor prepare_weight(const Tensor&) override { unused(); }
+  void embedding(const Tensor&, const Tensor&, int64_t, float, const Tensor&) override { unused(); }
+  void linear(const Tensor&, std::span<const LinearSegment>, const Tensor&) override { unused(); }
+  void rms_norm(const Tensor&, const Tensor&, float, bool, const Tensor&) override { unused(); }
+  void rope_table(const Tensor&, const Tensor&, float, const Tensor&) override { unused(); }
+  void rope(const Tensor&, int, const Tensor&) override { unused(); }
+  void gated_activation(const Tensor&, Activation, const Tensor&) override { unused(); }
+  void add(const Tensor&, const Tensor&, const Tensor&) override { unused(); }
+  void softcap(const Tensor&, float) override { unused(); }
+  void gather_rows(const Tensor&, const Tensor&, const Tensor&) override { unused(); }
+  void write_kv(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                const AttentionMetadata&) override {
+    unused();
+  }
+  void paged_attention(const Tensor&, const Tensor&, const Tensor&, const AttentionMetadata&,
+                       const AttentionParams&, const Tensor&) override {
+    unused();
+  }
+
+ private:
+  [[noreturn]] static void unused() {
+    TESSERA_CHECK(false) << "not a collective's op";
+    std::abort();
+  }
+};
+
+Tensor on_device(Backend& b, const Tensor& host) {
+  Tensor d = b.empty(host.shape(), host.dtype());
+  b.copy(host, d);
+  return d;
+}
+Tensor on_host(Backend& b, const Tensor& dev) {
+  Tensor h = Tensor::empty(dev.shape(), dev.dtype());
+  b.copy(dev, h);
+  return h;
+}
+
+// The collectives of a GPU rank over MPI (distributed/host_staged_communicator.h): the same
+// definitions, with every tensor on the (fake) device.
+TEST(HostStagedCommunicator, CollectivesOfDeviceTensors) {
+  FakeDeviceBackend dev;
+  HostStagedCommunicator c(world(), dev);
+  const int64_t n = 2048;  // one decode step's hidden state
+  Tensor t = on_device(dev, f32(values(c.rank(), n, 31)));
+  c.all_reduce_sum(t);
+  std::vector<float> expect = values(0, n, 31);
+  for (int r = 1; r < c.size(); ++r) {
+    std::vector<float> v = values(r, n, 31);
+    for (int64_t i = 0; i < n; ++i) expect[i] += v[i];
+  }
+  EXPECT_EQ(std::memcmp(on_host(dev, t).raw(), expect.data(), n * 4), 0);
+
+  Tensor mine = on_device(dev, f32(values(c.rank(), 100, 32)));
+  Tensor all = dev.empty({static_cast<int64_t>(c.size()) * 100}, DType::kF32);
+  c.all_gather(mine, all);
+  Tensor all_host = on_host(dev, all);
+  for (int r = 0; r < c.size(); ++r)
+    EXPECT_EQ(std::memcmp(all_host.data<float>() + r * 100, values(r, 100, 32).data(), 400), 0);
+
+  for (int root = 0; root < c.size(); ++root) {
+    Tensor b = on_device(dev, f32(values(c.rank(), 300, 33)));
+    c.broadcast(b, root);
+    EXPECT_EQ(std::memcmp(on_host(dev, b).raw(), values(root, 300, 33).data(), 1200), 0);
+  }
+
+  // A ring of asynchronous sends: the staged host copy must live until the send is waited for,
+  // though the caller's device tensor goes at once.
+  const int next = (c.rank() + 1) % c.size(), prev = (c.rank() + c.size() - 1) % c.size();
+  const uint64_t before = c.sends_started();
+  c.send_async(on_device(dev, f32(values(c.rank(), 100000, 34))), next);
+  Tensor in = dev.empty({100000}, DType::kF32);
+  c.recv(in, prev);
+  c.wait_sends(before + 1);
+  EXPECT_EQ(std::memcmp(on_host(dev, in).raw(), values(prev, 100000, 34).data(), 400000), 0);
+  c.barrier();
 }
 
 }  // namespace
