@@ -245,8 +245,11 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
       kv_block_bytes(kv_shape, args.block_size, static_cast<int64_t>(dtype_size(kv_dtype)));
   const int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
   on_all_ranks(world, "sizing the KV cache", [&] {
-    e->kv_plan_ = plan_kv_cache(args, e->backend_->memory_capacity_bytes(),
-                                static_cast<int64_t>(e->model_->weight_bytes()), activations,
+    // On a GPU, what is in use once the weights are there (the CUDA context and workspaces
+    // too) stays out of the KV budget.
+    const int64_t in_use = std::max(static_cast<int64_t>(e->model_->weight_bytes()),
+                                    e->backend_->memory_in_use_bytes());
+    e->kv_plan_ = plan_kv_cache(args, e->backend_->memory_capacity_bytes(), in_use, activations,
                                 block_bytes, max_len, gpu);
   });
   int64_t blocks = e->kv_plan_.num_blocks;

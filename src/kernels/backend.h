@@ -50,6 +50,10 @@ class Backend {
   // Bytes of the memory this backend's tensors live in: the host's RAM, or the GPU's memory
   // (what --gpu-memory-utilization is a fraction of).
   virtual int64_t memory_capacity_bytes() const { return total_memory_bytes(); }
+  // Bytes of that memory in use now, by this process and any other (0 where unknown): on a GPU,
+  // what the KV cache budget must leave alone besides the weights (the CUDA context, cuBLAS's
+  // workspace, other processes).
+  virtual int64_t memory_in_use_bytes() const { return 0; }
 
   // Memory.
   virtual Tensor empty(std::span<const int64_t> shape, DType dtype) = 0;

@@ -178,6 +178,7 @@ class CudaBackend : public Backend {
   }
 
   ~CudaBackend() override {
+    cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
     for (auto& [key, plan] : plans_) {
       cublasLtMatmulDescDestroy(plan.op);
@@ -210,6 +211,7 @@ class CudaBackend : public Backend {
   }
 
   Tensor empty(std::span<const int64_t> shape, DType dtype) override {
+    use_device();
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
     std::shared_ptr<void> block = alloc_.allocate(static_cast<size_t>(n) * dtype_size(dtype));
@@ -217,6 +219,7 @@ class CudaBackend : public Backend {
   }
 
   void copy(const Tensor& src, const Tensor& dst) override {
+    use_device();
     TESSERA_CHECK(src.dtype() == dst.dtype() && src.numel() == dst.numel());
     TESSERA_CHECK(src.layout() == 0 && dst.layout() == 0);
     if (src.numel() == 0) return;
@@ -242,6 +245,7 @@ class CudaBackend : public Backend {
   }
 
   void fill_zero(const Tensor& dst) override {
+    use_device();
     TESSERA_CHECK(dst.is_contiguous() && dst.device() == Device::kCUDA);
     launch_fill_zero(dst.raw(), dst.nbytes(), stream_);
     after_op("fill_zero");
@@ -249,10 +253,20 @@ class CudaBackend : public Backend {
 
   Tensor prepare_weight(const Tensor& host) override { return upload(host); }
   Tensor prepare_linear_weight(Tensor host) override { return upload(host); }
-  void synchronize() override { TESSERA_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    use_device();
+    TESSERA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  int64_t memory_in_use_bytes() const override {
+    use_device();
+    size_t free_bytes = 0, total = 0;
+    TESSERA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    return static_cast<int64_t>(total - free_bytes);
+  }
 
   void embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
                  const Tensor& out) override {
+    use_device();
     check_rows(table, "embedding table");
     check_f32_rows(out, "embedding output");
     check_device(ids, "ids");
@@ -266,6 +280,7 @@ class CudaBackend : public Backend {
 
   void linear(const Tensor& x, std::span<const LinearSegment> segments,
               const Tensor& out) override {
+    use_device();
     check_f32_rows(x, "linear input");
     check_f32_rows(out, "linear output");
     const int64_t m = x.size(0), k = x.size(1);
@@ -312,6 +327,7 @@ class CudaBackend : public Backend {
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, bool unit_offset,
                 const Tensor& out) override {
+    use_device();
     check_device(x, "rms_norm input");
     check_device(out, "rms_norm output");
     check_device(weight, "rms_norm weight");
@@ -336,6 +352,7 @@ class CudaBackend : public Backend {
 
   void rope_table(const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
                   const Tensor& table) override {
+    use_device();
     check_device(positions, "positions");
     check_device(inv_freq, "inv_freq");
     check_device(table, "rope table");
@@ -350,6 +367,7 @@ class CudaBackend : public Backend {
   }
 
   void rope(const Tensor& x, int head_dim, const Tensor& table) override {
+    use_device();
     check_f32_rows(x, "rope input");
     check_device(table, "rope table");
     TESSERA_CHECK(x.size(1) % head_dim == 0);
@@ -362,6 +380,7 @@ class CudaBackend : public Backend {
   }
 
   void gated_activation(const Tensor& gate_up, Activation act, const Tensor& out) override {
+    use_device();
     check_f32_rows(gate_up, "gate_up");
     check_f32_rows(out, "activation output");
     const int64_t width = out.size(1);
@@ -372,6 +391,7 @@ class CudaBackend : public Backend {
   }
 
   void add(const Tensor& a, const Tensor& b, const Tensor& out) override {
+    use_device();
     check_f32_rows(a, "add input");
     check_f32_rows(b, "add input");
     check_f32_rows(out, "add output");
@@ -383,12 +403,14 @@ class CudaBackend : public Backend {
   }
 
   void softcap(const Tensor& x, float cap) override {
+    use_device();
     check_f32_rows(x, "softcap input");
     launch_softcap(x.data<float>(), x.stride(0), x.size(0), x.size(1), cap, stream_);
     after_op("softcap");
   }
 
   void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) override {
+    use_device();
     check_rows(x, "gather input");
     check_rows(out, "gather output");
     check_device(rows, "gather rows");
@@ -402,6 +424,7 @@ class CudaBackend : public Backend {
 
   void write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                 const AttentionMetadata& meta) override {
+    use_device();
     check_f32_rows(k, "k");
     check_f32_rows(v, "v");
     check_device(k_cache, "k cache");
@@ -422,6 +445,7 @@ class CudaBackend : public Backend {
   void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                        const AttentionMetadata& meta, const AttentionParams& params,
                        const Tensor& out) override {
+    use_device();
     check_f32_rows(q, "q");
     check_f32_rows(out, "attention output");
     check_device(k_cache, "k cache");
@@ -463,6 +487,16 @@ class CudaBackend : public Backend {
   static constexpr size_t kWorkspaceBytes = 32u << 20;  // cuBLASLt's workspace (Hopper: 32 MiB)
   static constexpr size_t kStagingBytes = 64u << 20;    // per pinned upload buffer
 
+  // The CUDA runtime's current device belongs to the calling thread, and the engine may call
+  // from another thread than the one that built the backend: every op makes its device current.
+  void use_device() const {
+    thread_local int current = -1;
+    if (current != device_) {
+      TESSERA_CUDA_CHECK(cudaSetDevice(device_));
+      current = device_;
+    }
+  }
+
   void check_device(const Tensor& t, const char* what) const {
     TESSERA_CHECK(t.device() == Device::kCUDA) << what << " is not on the GPU";
   }
@@ -494,6 +528,7 @@ class CudaBackend : public Backend {
   // as a contiguous device tensor. The bytes go through two pinned buffers in turn: the host
   // fills one (reading the memory-mapped file) while the GPU copies the other.
   Tensor upload(const Tensor& host) {
+    use_device();
     TESSERA_CHECK(host.layout() == 0);
     if (host.device() == Device::kCUDA) return host;
     Tensor dev = empty(host.shape(), host.dtype());

@@ -43,7 +43,7 @@ void ParallelLMHead::forward(const Tensor& x, const Tensor& logits) {
   for (int r = 0; r < tp; ++r) {
     Range part = split_evenly(vocab_, tp, r);
     Tensor src = gathered[r].slice(1, 0, part.size());
-    ctx_.backend.copy(src.contiguous(), logits.slice(1, part.begin, part.end));
+    ctx_.backend.copy(src, logits.slice(1, part.begin, part.end));  // strided rows to rows
   }
 }
 
