@@ -125,16 +125,22 @@ void LLMEngine::check_stop(Sequence& seq, int32_t token) {
   // Structured output: the text is complete (nothing may follow), or no allowed token was left
   // (a grammar the vocabulary cannot continue): stop rather than write outside the grammar.
   const bool grammar_ends = seq.grammar && (!seq.grammar->accept(token) || seq.grammar->must_end());
-  if (!p.ignore_eos && std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(),
-                                 token) != config_.eos_token_ids.end()) {
+  const bool eos = !p.ignore_eos &&
+                   std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(), token) !=
+                       config_.eos_token_ids.end();
+  const bool stop_id =
+      std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) != p.stop_token_ids.end();
+  if (eos) {
     seq.finish_reason = FinishReason::kStop;
   } else if (grammar_ends) {
     seq.finish_reason = FinishReason::kStop;
-  } else if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) !=
-             p.stop_token_ids.end()) {
+  } else if (stop_id) {
     seq.finish_reason = FinishReason::kStop;
     seq.stop_reason = std::to_string(token);
   }
+  // A stop token (EOS or stop_token_ids) is not part of the text unless asked for, as in
+  // vLLM: with skip_special_tokens false its text ("<|im_end|>") would otherwise end the output.
+  if ((eos || stop_id) && !p.include_stop_str_in_output) chunk.clear();
   if (seq.decoder) {
     const size_t old_size = seq.text.size();
     seq.text += chunk;
