@@ -30,6 +30,8 @@ struct ServeOptions {
   std::string api_key;
   std::string chat_template;
   bool trust_request_chat_template = false;
+  bool enable_auto_tool_choice = false;
+  std::string tool_call_parser;
   double shutdown_timeout = 30;
   std::string max_request_body = "8MiB";
   std::string quantization;
@@ -78,6 +80,10 @@ void run_serve(ServeOptions& o) {
   if (o.shutdown_timeout < 0) fail("--shutdown-timeout must be non-negative");
   if (o.api_key.empty())
     if (const char* key = std::getenv("VLLM_API_KEY")) o.api_key = key;
+  if (o.enable_auto_tool_choice && o.tool_call_parser.empty())
+    fail("--enable-auto-tool-choice requires --tool-call-parser");
+  std::unique_ptr<ToolParser> tool_parser;
+  if (!o.tool_call_parser.empty()) tool_parser = ToolParser::create(o.tool_call_parser);
   EngineArgs args = to_engine_args(o.engine);  // validates flags before the port opens
   if (launcher_rank() > 0) {
     // Another rank of a tp/pp job: no port; it runs steps until rank 0 stops (never returns).
@@ -106,7 +112,10 @@ void run_serve(ServeOptions& o) {
   std::unique_ptr<LoadedModel> loaded =
       LoadedModel::load(args, so.served_model_names.front(), o.chat_template);
   AsyncEngine& async = loaded->engine();
-  server.set_ready(loaded->serving());
+  ServingModel serving = loaded->serving();
+  // As in vLLM, a parser without --enable-auto-tool-choice parses nothing ("auto" is a 400).
+  if (o.enable_auto_tool_choice) serving.tool_parser = tool_parser.get();
+  server.set_ready(serving);
   spdlog::info("ready: serving {} on http://{}:{}", fmt::join(so.served_model_names, ", "), so.host,
                server.port());
 
@@ -162,6 +171,11 @@ void add_serve_command(CLI::App& app) {
                   "Chat template file or inline Jinja (default: the tokenizer's)");
   cmd->add_flag("--trust-request-chat-template", o->trust_request_chat_template,
                 "Let requests bring their own chat_template (refused with 400 otherwise)");
+  cmd->add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice,
+                "Parse tool calls out of the output for tool_choice \"auto\" (needs "
+                "--tool-call-parser)");
+  cmd->add_option("--tool-call-parser", o->tool_call_parser,
+                  "hermes (Qwen, Hermes), llama3_json (Llama 3.1-3.3) or mistral");
   cmd->add_option("--shutdown-timeout", o->shutdown_timeout,
                   "Seconds to let in-flight requests finish on SIGTERM")
       ->capture_default_str();

@@ -257,9 +257,9 @@ void parse_max_tokens(const json& body, const char* name, GenerateRequest& r) {
   }
 }
 
-// tool_choice: "none" and "auto" leave the output free (tool calls are not parsed out of free
-// text); "required" and a named function constrain it to JSON built from the tools' parameter
-// schemas, as vLLM does.
+// tool_choice: "none" and "auto" leave the output free ("auto" calls are parsed out of it by the
+// server's --tool-call-parser); "required" and a named function constrain it to JSON built from
+// the tools' parameter schemas, as vLLM does.
 void parse_tool_choice(const json& choice, const json& body, GenerateRequest& r) {
   if (choice.is_string() && (choice == "none" || choice == "auto")) return;
   const json* tools = field(body, "tools");
@@ -403,11 +403,20 @@ GenerateRequest parse_chat_request(const json& body, const SamplingParams& defau
     // (tokenizer/chat_template.cc), as vLLM does: text-like parts pass, media parts are refused.
   }
   r.chat_inputs.messages = nlohmann::ordered_json::parse(messages->dump());
+  bool have_tools = false;
   if (const json* tools = field(body, "tools")) {
     if (!tools->is_array()) bad("tools", "'tools' must be a list");
+    for (const json& tool : *tools)
+      if (!tool.is_object() || !tool.contains("function") || !tool["function"].is_object() ||
+          !tool["function"].contains("name") || !tool["function"]["name"].is_string())
+        bad("tools", "each tool needs a 'function' object with a string 'name'");
     if (!tools->empty()) r.chat_inputs.tools = nlohmann::ordered_json::parse(tools->dump());
+    have_tools = !tools->empty();
   }
-  if (const json* choice = field(body, "tool_choice")) parse_tool_choice(*choice, body, r);
+  const json* choice = field(body, "tool_choice");
+  if (choice) parse_tool_choice(*choice, body, r);
+  // As in vLLM, tools without a tool_choice mean "auto".
+  r.auto_tools = have_tools && (!choice || (choice->is_string() && *choice == "auto"));
   if (auto v = get_bool(body, "add_generation_prompt")) r.chat_inputs.add_generation_prompt = *v;
   if (auto v = get_bool(body, "continue_final_message")) {
     r.chat_inputs.continue_final_message = *v;

@@ -47,6 +47,9 @@ struct GenerateRequest {
   // (a JSON list of {"name", "parameters"} calls); both set json_schema.
   std::optional<std::string> forced_tool;
   bool tools_required = false;
+  // Tools with tool_choice "auto" (or none given): calls are parsed out of the free text by the
+  // server's tool parser (--enable-auto-tool-choice --tool-call-parser).
+  bool auto_tools = false;
 };
 
 // Limits vLLM applies by default.

@@ -12,6 +12,7 @@
 #include "core/sys.h"
 #include "server/api_error.h"
 #include "server/openai_protocol.h"
+#include "server/tool_parser.h"
 
 namespace tessera {
 
@@ -35,31 +36,22 @@ void send_error(httplib::Response& res, int status, const std::string& message,
   send_json(res, status, error_json(status, message, param));
 }
 
-std::string random_id(const char* prefix) {
+std::mt19937_64& id_rng() {
   thread_local std::mt19937_64 rng(std::random_device{}() ^
                                    std::hash<std::thread::id>()(std::this_thread::get_id()));
-  return fmt::format("{}{:016x}{:016x}", prefix, rng(), rng());
+  return rng;
 }
 
-// json.dumps(v, ensure_ascii=False) as Python writes it (", " and ": " separators): vLLM
-// re-serialises "required" tool calls' arguments this way.
-std::string python_dumps(const json& v) {
-  if (v.is_object()) {
-    std::string out = "{";
-    bool first = true;
-    for (const auto& [k, x] : v.items()) {
-      if (!first) out += ", ";
-      first = false;
-      out += json(k).dump(-1, ' ', false, json::error_handler_t::replace) + ": " + python_dumps(x);
-    }
-    return out + "}";
-  }
-  if (v.is_array()) {
-    std::string out = "[";
-    for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + python_dumps(v[i]);
-    return out + "]";
-  }
-  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+std::string random_id(const char* prefix) {
+  return fmt::format("{}{:016x}{:016x}", prefix, id_rng()(), id_rng()());
+}
+
+// Mistral's tool call ids: 9 letters and digits (its chat templates check the length).
+std::string mistral_call_id() {
+  static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  std::string id;
+  for (int i = 0; i < 9; ++i) id += kChars[id_rng()() % (sizeof kChars - 1)];
+  return id;
 }
 
 int64_t unix_now() {
@@ -87,8 +79,10 @@ struct Choice {
   std::string stop_reason;
   int64_t num_prompt_tokens = 0;
   int64_t num_cached_tokens = 0;
-  bool started = false;      // streaming: the first chunk (chat: the role) went out
-  std::string tool_call_id;  // a named tool_choice's call, once its first delta went out
+  bool started = false;       // streaming: the first chunk (chat: the role) went out
+  std::string tool_call_id;   // a named tool_choice's call, once its first delta went out
+  size_t content_sent = 0;    // tool_choice "auto", streaming: bytes of text sent as content
+  bool tools_called = false;  // tool_choice "auto": the parser found calls in the text
   bool done = false;
   size_t text_offset = 0;  // completions logprobs: characters before the next token
 
@@ -118,6 +112,7 @@ struct ResponseContext {
   std::vector<std::vector<int32_t>> prompt_ids;
   const TextProcessor* text = nullptr;
   AsyncEngine* engine = nullptr;
+  const ToolParser* tool_parser = nullptr;  // tool_choice "auto" with --tool-call-parser
   std::vector<Choice> choices;
 
   std::string token_string(int32_t id) const {
@@ -141,6 +136,7 @@ struct ResponseContext {
     // tool_choice "required" that ended its list reports the calls, as vLLM does.
     if (request.tools_required && c.finish_reason == FinishReason::kStop && !c.text.empty())
       return "tool_calls";
+    if (c.tools_called) return "tool_calls";  // tool_choice "auto" that called, as in vLLM
     return finish_reason_name(c.finish_reason);
   }
 
@@ -153,14 +149,27 @@ struct ResponseContext {
   // tool_choice "required": the generated list of {"name", "parameters"} as tool calls (null
   // if the text is not a complete list, e.g. cut by max_tokens).
   static json required_tool_calls(const std::string& text) {
-    const json list = json::parse(text, nullptr, false);
+    // Ordered: the arguments keep the model's key order, as Python's dicts do.
+    const nlohmann::ordered_json list = nlohmann::ordered_json::parse(text, nullptr, false);
     if (!list.is_array()) return nullptr;
     json calls = json::array();
-    for (const json& call : list) {
+    for (const auto& call : list) {
       if (!call.is_object() || !call.contains("name") || !call["name"].is_string()) return nullptr;
-      calls.push_back(tool_call(random_id("chatcmpl-tool-"), call["name"].get<std::string>(),
-                                python_dumps(call.value("parameters", json::object()))));
+      const auto params = call.find("parameters");
+      calls.push_back(tool_call(
+          random_id("chatcmpl-tool-"), call["name"].get<std::string>(),
+          python_json_dumps(params != call.end() ? *params : nlohmann::ordered_json::object())));
     }
+    return calls;
+  }
+
+  // tool_choice "auto": the calls the parser found, as the API's tool_calls.
+  json parsed_tool_calls(const ToolCallParse& p) const {
+    json calls = json::array();
+    for (const ParsedToolCall& call : p.calls)
+      calls.push_back(
+          tool_call(tool_parser->short_call_ids() ? mistral_call_id() : random_id("chatcmpl-tool-"),
+                    call.name, call.arguments));
     return calls;
   }
 
@@ -269,17 +278,27 @@ struct ResponseContext {
         std::string content = c.text;
         if (request.echo) content = prompt_texts[c.prompt_index] + content;
         json calls = json::array();
-        if (request.forced_tool) {
+        json content_json = content;
+        if (tool_parser) {
+          ToolCallParse p = tool_parser->parse(c.text);
+          if (p.called) {
+            c.tools_called = true;
+            calls = parsed_tool_calls(p);
+            content_json = p.content ? json(*p.content) : json(nullptr);
+          } else if (p.content && !p.content->empty()) {
+            content_json = *p.content;
+          }
+        } else if (request.forced_tool) {
           calls.push_back(tool_call(random_id("chatcmpl-tool-"), *request.forced_tool, c.text));
-          content = "";
+          content_json = "";
         } else if (request.tools_required) {
           if (json parsed = required_tool_calls(c.text); !parsed.is_null()) {
             calls = std::move(parsed);
-            content = "";
+            content_json = "";
           }
         }
         choice["message"] = {{"role", "assistant"},
-                             {"content", content},
+                             {"content", content_json},
                              {"reasoning_content", nullptr},
                              {"tool_calls", calls}};
         choice["logprobs"] = request.logprobs ? chat_logprobs(c, 0) : json();
@@ -297,6 +316,32 @@ struct ResponseContext {
     return out;
   }
 
+  // tool_choice "auto", streaming: text the parser says is content whatever follows goes out as
+  // content; the rest waits. At the end the whole text is parsed: calls (each whole, in the
+  // last chunk) or, if there are none, the held-back text as content.
+  void auto_tool_delta(Choice& c, json& delta) {
+    std::string content;
+    if (!c.done) {
+      const size_t settled = std::max(c.content_sent, tool_parser->settled_content(c.text));
+      content = c.text.substr(c.content_sent, settled - c.content_sent);
+      c.content_sent = settled;
+    } else {
+      ToolCallParse p = tool_parser->parse(c.text);
+      if (p.called) {
+        c.tools_called = true;
+        const std::string before = p.content.value_or("");
+        if (before.size() > c.content_sent) content = before.substr(c.content_sent);
+        json calls = parsed_tool_calls(p);
+        for (size_t i = 0; i < calls.size(); ++i) calls[i]["index"] = i;
+        delta["tool_calls"] = calls;
+      } else if (c.text.size() > c.content_sent) {
+        content = c.text.substr(c.content_sent);
+      }
+      c.content_sent = c.text.size();
+    }
+    if (!content.empty()) delta["content"] = content;
+  }
+
   // The chunk for one choice's new outputs (streaming).
   json chunk(Choice& c, const std::string& new_text, size_t logprobs_from, bool first) {
     json out = envelope(chat ? "chat.completion.chunk" : "text_completion");
@@ -304,8 +349,12 @@ struct ResponseContext {
     if (chat) {
       json delta = json::object();
       if (first) delta["role"] = "assistant";
-      if (first || (!new_text.empty() && !request.forced_tool && !request.tools_required))
+      if (tool_parser) {
+        if (first) delta["content"] = new_text;
+        auto_tool_delta(c, delta);
+      } else if (first || (!new_text.empty() && !request.forced_tool && !request.tools_required)) {
         delta["content"] = new_text;
+      }
       if (request.forced_tool && !new_text.empty() && !first) {
         // The call's id, type and name come with its first arguments, then arguments only.
         json call = {{"index", 0}, {"function", {{"arguments", new_text}}}};
@@ -624,6 +673,15 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
   ctx->created = unix_now();
   ctx->text = m.text;
   ctx->engine = m.engine;
+  if (chat && r.auto_tools) {
+    if (!m.tool_parser)
+      throw ApiError(400,
+                     "\"auto\" tool choice requires --enable-auto-tool-choice and "
+                     "--tool-call-parser to be set");
+    ctx->tool_parser = m.tool_parser;
+    // The parsers whose markers are special tokens read them in the text, as vLLM's do.
+    if (m.tool_parser->keeps_special_tokens()) r.params.skip_special_tokens = false;
+  }
 
   // Prompts to token ids.
   if (chat) {

@@ -18,6 +18,7 @@
 #include "server/async_engine.h"
 #include "server/metrics.h"
 #include "server/text_processor.h"
+#include "server/tool_parser.h"
 
 namespace httplib {
 class Server;
@@ -50,6 +51,8 @@ struct ServingModel {
   int64_t vocab_size = 0;
   SamplingParams defaults;             // from generation_config.json
   std::vector<int32_t> eos_token_ids;  // the engine's (config and generation_config)
+  // --enable-auto-tool-choice --tool-call-parser: parses tool_choice "auto" calls (null: off).
+  const ToolParser* tool_parser = nullptr;
 };
 
 // Runs one non-streaming completions or chat request to the end (run-batch): the response body.

@@ -108,6 +108,11 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
       {"make-model --arch mamba --out /tmp/never", "unknown architecture \"mamba\""},
       {"bench latency" + m + " --output-len 1", "--output-len >= 2"},
       {"no-such-command", "no-such-command"},
+      {"serve" + m + " --port 0 --enable-auto-tool-choice",
+       "--enable-auto-tool-choice requires --tool-call-parser"},
+      {"serve" + m + " --port 0 --enable-auto-tool-choice --tool-call-parser nope",
+       "invalid tool call parser: nope (choose from hermes, llama3_json, mistral)"},
+      {"generate" + m + " --prompt-ids 1 --device tpu", "--device"},
   };
   for (const Case& c : cases) {
     CliRun r = run(c.args);

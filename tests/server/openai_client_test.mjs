@@ -129,6 +129,31 @@ async function main() {
       properties: { unit: { enum: ['c', 'f'] } }, required: ['unit'], additionalProperties: false } } }],
     tool_choice: { type: 'function', function: { name: 'weather' } },
   });
+  // tool_choice "auto" (the server runs --tool-call-parser llama3_json): guided_choice makes the
+  // random model write a Llama 3 call, which comes back parsed, whole and streamed.
+  const llamaCall = '{"name": "weather", "parameters": {"unit": "c"}}';
+  const auto = await client.chat.completions.create({
+    model: 'tiny', max_tokens: 60, messages: [{ role: 'user', content: 'Weather in Paris?' }],
+    tools: [{ type: 'function', function: { name: 'weather', parameters: { type: 'object',
+      properties: { unit: { enum: ['c', 'f'] } } } } }],
+    guided_choice: [llamaCall],
+  });
+  assert.equal(auto.choices[0].finish_reason, 'tool_calls');
+  assert.equal(auto.choices[0].message.content, null);
+  assert.equal(auto.choices[0].message.tool_calls[0].function.name, 'weather');
+  assert.equal(auto.choices[0].message.tool_calls[0].function.arguments, '{"unit": "c"}');
+  const autoStream = await client.chat.completions.create({
+    model: 'tiny', max_tokens: 60, stream: true, messages: [{ role: 'user', content: 'Weather?' }],
+    tools: [{ type: 'function', function: { name: 'weather', parameters: { type: 'object' } } }],
+    guided_choice: [llamaCall],
+  });
+  let streamedArgs = '', streamedFinish = null;
+  for await (const chunk of autoStream) {
+    for (const t of chunk.choices[0]?.delta?.tool_calls ?? []) streamedArgs += t.function?.arguments ?? '';
+    streamedFinish = chunk.choices[0]?.finish_reason ?? streamedFinish;
+  }
+  assert.equal(streamedArgs, '{"unit": "c"}');
+  assert.equal(streamedFinish, 'tool_calls');
   const tc = call.choices[0].message.tool_calls;
   assert.equal(tc.length, 1);
   assert.equal(tc[0].function.name, 'weather');

@@ -17,7 +17,8 @@ trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 "$tessera" make-model --arch llama --preset tiny --out "$work/model" >/dev/null
 port="$(free_port)"
 "$tessera" serve "$work/model" --host 127.0.0.1 --port "$port" --served-model-name tiny \
-  --api-key test-key --max-model-len 512 >"$work/serve.log" 2>&1 &
+  --api-key test-key --max-model-len 512 --enable-auto-tool-choice --tool-call-parser llama3_json \
+  >"$work/serve.log" 2>&1 &
 pid=$!
 wait_ready "http://127.0.0.1:$port" $pid "$work/serve.log"
 

@@ -98,6 +98,13 @@ struct ServerFixture {
     server->start();
     server->set_ready(model->serving());
   }
+  // --enable-auto-tool-choice --tool-call-parser NAME (empty: off again).
+  void set_tool_parser(const std::string& name) {
+    tool_parser = name.empty() ? nullptr : ToolParser::create(name);
+    ServingModel serving = model->serving();
+    serving.tool_parser = tool_parser.get();
+    server->set_ready(serving);
+  }
   ~ServerFixture() {
     server->stop();
     server.reset();
@@ -127,6 +134,7 @@ struct ServerFixture {
 
   std::unique_ptr<LoadedModel> model;
   std::unique_ptr<OpenAIServer> server;
+  std::unique_ptr<ToolParser> tool_parser;
 };
 
 std::vector<int32_t> prompt_ids(int n, uint64_t seed) {
@@ -471,6 +479,135 @@ TEST(ServerTest, StructuredOutputsFollowTheSchema) {
 
 // tool_choice "required" and a named function: the output is built from the tools' parameter
 // schemas and comes back as tool_calls, whole or streamed, as vLLM returns them.
+// A stop token is not part of the text, even with skip_special_tokens false, unless
+// include_stop_str_in_output asks for it (vLLM's detokenizer leaves it out).
+TEST(ServerTest, StopTokenTextStaysOutOfTheOutput) {
+  ServerFixture f(256, "", 256, 128, RealText{});
+  const int32_t eos = f.model->serving().eos_token_ids.at(0);
+  auto ask = [&](bool include) {
+    json b = {{"prompt", "a"},
+              {"max_tokens", 5},
+              {"logit_bias", {{std::to_string(eos), 100}}},
+              {"skip_special_tokens", false},
+              {"include_stop_str_in_output", include}};
+    auto [s, r] = f.post("/v1/completions", b.dump());
+    EXPECT_EQ(s, 200) << r.dump();
+    EXPECT_EQ(r["choices"][0]["finish_reason"], "stop");
+    EXPECT_EQ(r["usage"]["completion_tokens"], 1);
+    return r["choices"][0]["text"].get<std::string>();
+  };
+  EXPECT_EQ(ask(false), "");
+  EXPECT_FALSE(ask(true).empty());  // the EOS token's own text
+}
+
+// tool_choice "auto": a 400 unless the server parses tool calls, as in vLLM; with a parser, the
+// calls in the output come back as tool_calls (whole and streamed). guided_choice makes this
+// random model write exactly the text each parser reads.
+TEST(ServerTest, AutoToolChoiceParsesToolCalls) {
+  ServerFixture f(256, "", 256, 128, RealText{});
+  const json tools = json::parse(R"([{"type":"function","function":{"name":"get_weather",
+    "parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}])");
+  auto body = [&](const json& extra) {
+    json b = {{"messages", {{{"role", "user"}, {"content", "Weather in Paris?"}}}},
+              {"tools", tools},
+              {"max_tokens", 120}};
+    b.update(extra);
+    return b.dump();
+  };
+  for (const json& choice : {json(nullptr), json("auto")}) {
+    json extra = json::object();
+    if (!choice.is_null()) extra["tool_choice"] = choice;
+    auto [st, err] = f.post("/v1/chat/completions", body(extra));
+    EXPECT_EQ(st, 400) << err.dump();
+    EXPECT_NE(err["error"]["message"].get<std::string>().find("--enable-auto-tool-choice"),
+              std::string::npos);
+  }
+  auto [ns, none] = f.post("/v1/chat/completions", body({{"tool_choice", "none"}}));
+  EXPECT_EQ(ns, 200) << none.dump();
+
+  struct Case {
+    std::string parser, text;
+    json content;  // expected message content
+    std::string arguments;
+  };
+  const Case cases[] = {
+      {"hermes",
+       "Let me check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+       "{\"city\":\"Paris\",\"unit\":\"c\"}}\n</tool_call>",
+       "Let me check.", "{\"city\": \"Paris\", \"unit\": \"c\"}"},
+      {"llama3_json", "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\"}}", nullptr,
+       "{\"city\": \"Rome\"}"},
+      {"mistral", "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]",
+       nullptr, "{\"city\": \"Oslo\"}"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.parser);
+    f.set_tool_parser(c.parser);
+    const json forced = {{"guided_choice", {c.text}}};
+    auto [s, r] = f.post("/v1/chat/completions", body(forced));
+    ASSERT_EQ(s, 200) << r.dump();
+    const json& choice = r["choices"][0];
+    EXPECT_EQ(choice["finish_reason"], "tool_calls");
+    EXPECT_EQ(choice["message"]["content"], c.content);
+    ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u);
+    const json& call = choice["message"]["tool_calls"][0];
+    EXPECT_EQ(call["type"], "function");
+    EXPECT_EQ(call["function"]["name"], "get_weather");
+    EXPECT_EQ(call["function"]["arguments"], c.arguments);
+    const std::string id = call["id"];
+    if (c.parser == "mistral")
+      EXPECT_EQ(id.size(), 9u) << id;
+    else
+      EXPECT_EQ(id.rfind("chatcmpl-tool-", 0), 0u) << id;
+
+    // Streamed: content deltas never carry the call's text; the call comes whole, once.
+    json streamed = forced;
+    streamed["stream"] = true;
+    auto res = f.client().Post("/v1/chat/completions", body(streamed), "application/json");
+    ASSERT_TRUE(res && res->status == 200);
+    std::string content, finish;
+    json calls = json::array();
+    for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
+      const size_t end = res->body.find("\n\n", at);
+      const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
+      at = end;
+      const json& ch = chunk["choices"][0];
+      if (ch["delta"].contains("content")) content += ch["delta"]["content"].get<std::string>();
+      if (ch["delta"].contains("tool_calls"))
+        for (const json& tc : ch["delta"]["tool_calls"]) calls.push_back(tc);
+      if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
+    }
+    EXPECT_EQ(content, c.content.is_null() ? "" : c.content.get<std::string>());
+    EXPECT_EQ(finish, "tool_calls");
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_EQ(calls[0]["index"], 0);
+    EXPECT_EQ(calls[0]["function"]["name"], "get_weather");
+    EXPECT_EQ(calls[0]["function"]["arguments"], c.arguments);
+  }
+
+  // Free text with a parser: content only; and a streamed "<" that turns out to be text.
+  f.set_tool_parser("hermes");
+  auto [ps, plain] = f.post("/v1/chat/completions", body({{"guided_choice", {"It is a < b."}}}));
+  ASSERT_EQ(ps, 200);
+  EXPECT_EQ(plain["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(plain["choices"][0]["message"]["content"], "It is a < b.");
+  EXPECT_TRUE(plain["choices"][0]["message"]["tool_calls"].empty());
+  auto res = f.client().Post("/v1/chat/completions",
+                             body({{"guided_choice", {"It is a < b."}}, {"stream", true}}),
+                             "application/json");
+  ASSERT_TRUE(res && res->status == 200);
+  std::string content;
+  for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
+    const size_t end = res->body.find("\n\n", at);
+    const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
+    at = end;
+    const json& delta = chunk["choices"][0]["delta"];
+    if (delta.contains("content")) content += delta["content"].get<std::string>();
+    EXPECT_FALSE(delta.contains("tool_calls"));
+  }
+  EXPECT_EQ(content, "It is a < b.");
+}
+
 TEST(ServerTest, ToolChoiceRequiredAndNamed) {
   ServerFixture f(256, "", 256, 128, RealText{});
   const json tools = json::parse(R"([

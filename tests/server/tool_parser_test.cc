@@ -1,0 +1,142 @@
+// The tool call parsers against the texts their model families write and what vLLM's parsers of
+// the same names return for them (tools_called, content, name, arguments as json.dumps writes
+// them), and the streaming rule: how much of a partial output is content whatever comes next.
+#include "server/tool_parser.h"
+
+#include <gtest/gtest.h>
+
+#include "core/status.h"
+
+namespace tessera {
+namespace {
+
+std::unique_ptr<ToolParser> parser(const std::string& name) {
+  return ToolParser::create(name);
+}
+
+TEST(ToolParser, UnknownNameListsTheKnownOnes) {
+  try {
+    parser("pythonic_v9");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("hermes, llama3_json, mistral"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(ToolParser, Hermes) {
+  auto p = parser("hermes");
+  EXPECT_TRUE(p->keeps_special_tokens());
+  ToolCallParse none = p->parse("The weather is fine.");
+  EXPECT_FALSE(none.called);
+  EXPECT_EQ(none.content, "The weather is fine.");
+
+  // Arguments keep the model's key order, with Python's separators and raw UTF-8.
+  ToolCallParse one = p->parse(
+      "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Z\xc3\xbcrich\","
+      "\"days\":[1,2],\"metric\":true}}\n</tool_call>");
+  ASSERT_TRUE(one.called);
+  EXPECT_FALSE(one.content.has_value());
+  ASSERT_EQ(one.calls.size(), 1u);
+  EXPECT_EQ(one.calls[0].name, "get_weather");
+  EXPECT_EQ(one.calls[0].arguments,
+            "{\"city\": \"Z\xc3\xbcrich\", \"days\": [1, 2], \"metric\": true}");
+
+  // Text before the first call is content; a last call without its closing tag still counts.
+  ToolCallParse two = p->parse(
+      "Checking both. <tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>\n"
+      "<tool_call>{\"name\": \"b\", \"arguments\": {\"x\": 1.5}}");
+  ASSERT_TRUE(two.called);
+  EXPECT_EQ(two.content, "Checking both. ");
+  ASSERT_EQ(two.calls.size(), 2u);
+  EXPECT_EQ(two.calls[1].name, "b");
+  EXPECT_EQ(two.calls[1].arguments, "{\"x\": 1.5}");
+
+  // Not JSON, or no arguments: no calls, the text as it is.
+  for (const std::string text : {"<tool_call>{\"name\": \"a\", \"arguments\": </tool_call>",
+                                 "<tool_call>{\"name\": \"a\"}</tool_call>"}) {
+    ToolCallParse bad = p->parse(text);
+    EXPECT_FALSE(bad.called) << text;
+    EXPECT_EQ(bad.content, text);
+  }
+
+  EXPECT_EQ(p->settled_content("Hello"), 5u);
+  EXPECT_EQ(p->settled_content("Hello <tool"), 6u);  // "<tool" may become "<tool_call>"
+  EXPECT_EQ(p->settled_content("Hello <tool_call>{\"na"), 6u);
+  EXPECT_EQ(p->settled_content("a < b"), 5u);
+  EXPECT_EQ(p->settled_content("a <"), 2u);
+}
+
+TEST(ToolParser, Llama3Json) {
+  auto p = parser("llama3_json");
+  EXPECT_FALSE(p->keeps_special_tokens());
+  ToolCallParse one = p->parse("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\"}}");
+  ASSERT_TRUE(one.called);
+  EXPECT_FALSE(one.content.has_value());
+  ASSERT_EQ(one.calls.size(), 1u);
+  EXPECT_EQ(one.calls[0].arguments, "{\"city\": \"Rome\"}");
+
+  // After <|python_tag|>, several calls separated by "; "; "arguments" works as well.
+  ToolCallParse two = p->parse(
+      "<|python_tag|>{\"name\": \"a\", \"arguments\": {\"s\": \"x}\"}}; "
+      "{\"name\": \"b\", \"parameters\": {}}");
+  ASSERT_TRUE(two.called);
+  ASSERT_EQ(two.calls.size(), 2u);
+  EXPECT_EQ(two.calls[0].arguments, "{\"s\": \"x}\"}");  // a brace inside a string
+  EXPECT_EQ(two.calls[1].name, "b");
+
+  for (const std::string text : {"Sure: {\"name\": \"a\", \"parameters\": {}}", "{not json",
+                                 "{\"name\": \"a\", \"parameters\": {}} and more text"}) {
+    ToolCallParse bad = p->parse(text);
+    EXPECT_FALSE(bad.called) << text;
+    EXPECT_EQ(bad.content, text);
+  }
+
+  EXPECT_EQ(p->settled_content(""), 0u);
+  EXPECT_EQ(p->settled_content("{\"na"), 0u);
+  EXPECT_EQ(p->settled_content("<|py"), 0u);
+  EXPECT_EQ(p->settled_content("<a"), 2u);
+  EXPECT_EQ(p->settled_content("Hi there"), 8u);
+}
+
+TEST(ToolParser, Mistral) {
+  auto p = parser("mistral");
+  EXPECT_TRUE(p->short_call_ids());
+  ToolCallParse one =
+      p->parse("[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]");
+  ASSERT_TRUE(one.called);
+  EXPECT_FALSE(one.content.has_value());
+  ASSERT_EQ(one.calls.size(), 1u);
+  EXPECT_EQ(one.calls[0].arguments, "{\"city\": \"Oslo\"}");
+
+  // Trailing text: the widest [{...}] is taken; text before the marker is content.
+  ToolCallParse tail = p->parse(
+      "Let me see.[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {}}, {\"name\": \"b\", "
+      "\"arguments\": {\"n\": 2}}] done");
+  ASSERT_TRUE(tail.called);
+  EXPECT_EQ(tail.content, "Let me see.");
+  ASSERT_EQ(tail.calls.size(), 2u);
+  EXPECT_EQ(tail.calls[1].arguments, "{\"n\": 2}");
+
+  // An object instead of a list: no calls; the content is the text without the marker.
+  ToolCallParse bad = p->parse("[TOOL_CALLS] {\"name\": \"a\", \"arguments\": {}} ");
+  EXPECT_FALSE(bad.called);
+  EXPECT_EQ(bad.content, "{\"name\": \"a\", \"arguments\": {}}");
+
+  EXPECT_EQ(p->settled_content("Hi [TOOL"), 3u);
+  EXPECT_EQ(p->settled_content("Hi [TOOL_CALLS][{"), 3u);
+  EXPECT_EQ(p->settled_content("Hi [x]"), 6u);
+}
+
+TEST(ToolParser, PythonJsonDumpsMatchesPython) {
+  // json.dumps({"b": [1, {"c": None}], "a": "\u00e9\n", "f": 0.5}, ensure_ascii=False)
+  const auto v = nlohmann::ordered_json::parse(
+      "{\"b\": [1, {\"c\": null}], \"a\": \"\xc3\xa9\\n\", \"f\": 0.5}");
+  EXPECT_EQ(python_json_dumps(v),
+            "{\"b\": [1, {\"c\": null}], \"a\": \"\xc3\xa9\\n\", \"f\": 0.5}");
+  EXPECT_EQ(python_json_dumps(nlohmann::ordered_json::object()), "{}");
+  EXPECT_EQ(python_json_dumps(nlohmann::ordered_json::array()), "[]");
+}
+
+}  // namespace
+}  // namespace tessera
