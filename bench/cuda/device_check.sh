@@ -2,7 +2,8 @@
 # The GPU checks of docs/cuda.md in one call on a lent machine, from what
 # bench/cuda/pack_for_device.sh put in .device/ (carry it): the op and model tests against the
 # CPU twin, compute-sanitizer on the op tests, the machine's copy and bf16 matrix ceilings (through
-# PyTorch, which the image has), and tessera's 8b-shape prefill and decode speed. Logs go to
+# PyTorch, which the image has), the tiny models against Hugging Face transformers on the GPU,
+# and tessera's 8b-shape prefill and decode speed. Logs go to
 # $OUT; a summary comes last. Each step has its own timeout so that one hang cannot eat the lease.
 #   usage: bench/cuda/device_check.sh [quick]   (quick: tests only)
 set -uo pipefail
@@ -38,6 +39,8 @@ run_step() {  # name timeout command...
 
 run_step cuda_backend_test 120 "$dev/bin/cuda_backend_test"
 run_step cuda_model_test 240 "$dev/bin/cuda_model_test"
+run_step hf_compare 240 python3 "$dev/bin/hf_compare.py" "$dev/bin/tessera" "$dev"/models/tiny-*
+note "transformers: $(tail -6 "$out/hf_compare.log" | tr '\n' ';')"
 if [ "${1:-}" = quick ]; then printf '%s\n' "${summary[@]}"; exit 0; fi
 if command -v compute-sanitizer > /dev/null; then
   run_step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 3 \

@@ -21,6 +21,12 @@ done | sort -u | while read -r lib; do
     *) cp -L "$lib" .device/lib/ ;;
   esac
 done
+# The tiny model of every architecture in bf16, for bench/cuda/hf_compare.py.
+for arch in llama mistral qwen2 qwen3 gemma2; do
+  "$build/tessera" make-model --arch "$arch" --preset tiny --dtype bf16 \
+    --out ".device/models/tiny-$arch" >/dev/null
+done
+cp bench/cuda/hf_compare.py .device/bin/
 # Llama-3-8B shapes (hidden 4096, 32 layers, 32 heads, 8 KV heads, FFN 14336, vocab 128256):
 # the `8b` preset's config.json over the small preset's files, without weights.
 "$build/tessera" make-model --preset small --out .device/models/8b >/dev/null
