@@ -9,11 +9,12 @@
 #include <fmt/format.h>
 
 #include "core/status.h"
+#include "engine/regex_dfa.h"
 
 namespace tessera {
 
 struct GrammarNode {
-  enum class Kind { kObject, kArray, kString, kNumber, kInteger, kLiterals, kChoice };
+  enum class Kind { kObject, kArray, kString, kNumber, kInteger, kLiterals, kChoice, kRegex };
   Kind kind = Kind::kLiterals;
   // kObject: named properties (in schema order), which are required, and the schema of any
   // other key (null: no other keys).
@@ -26,6 +27,9 @@ struct GrammarNode {
   int64_t min_items = 0, max_items = -1;
   // kString (in code points)
   int64_t min_length = 0, max_length = -1;
+  // kString: the pattern its (unescaped) content must match whole; kRegex: the pattern the raw
+  // output must match whole (guided_regex).
+  std::shared_ptr<const RegexDfa> regex;
   // kLiterals: the exact texts (JSON texts for enum/const; raw texts for guided_choice, which
   // takes no surrounding whitespace).
   std::vector<std::string> literals;
@@ -72,6 +76,12 @@ void first_bytes(const GrammarNode* node, std::vector<char>& out) {
       break;
     case K::kChoice:
       for (const GrammarNode* alt : node->alternatives) first_bytes(alt, out);
+      break;
+    case K::kRegex:
+      for (int b = 0; b < 256; ++b)
+        if (node->regex->next(node->regex->start(), static_cast<unsigned char>(b)) !=
+            RegexDfa::kDead)
+          out[b] = 1;
       break;
   }
 }
@@ -214,9 +224,8 @@ struct SchemaCompiler {
       *node = *compile(resolve(ref));
       return node;
     }
-    for (const char* key :
-         {"pattern", "patternProperties", "allOf", "not", "if", "dependentSchemas", "propertyNames",
-          "contains", "prefixItems", "uniqueItems"}) {
+    for (const char* key : {"patternProperties", "allOf", "not", "if", "dependentSchemas",
+                            "propertyNames", "contains", "prefixItems", "uniqueItems"}) {
       if (s.contains(key)) unsupported(fmt::format("'{}' is not supported", key));
     }
     if (auto it = s.find("const"); it != s.end()) return literals({it->dump()});
@@ -274,6 +283,14 @@ struct SchemaCompiler {
       n->max_length = count_field(s, "maxLength", -1);
       if (n->max_length >= 0 && n->max_length < n->min_length)
         unsupported("maxLength is below minLength");
+      if (auto pattern = s.find("pattern"); pattern != s.end()) {
+        if (!pattern->is_string()) unsupported("'pattern' must be a string");
+        try {
+          n->regex = RegexDfa::compile(pattern->get<std::string>());
+        } catch (const Error& e) {
+          unsupported(fmt::format("'pattern': {}", e.what()));
+        }
+      }
     } else if (type == "number") {
       n->kind = K::kNumber;
     } else if (type == "integer") {
@@ -352,12 +369,31 @@ std::shared_ptr<const Grammar> Grammar::choice(const std::vector<std::string>& o
   return g;
 }
 
+std::shared_ptr<const Grammar> Grammar::regex(const std::string& pattern) {
+  auto g = std::shared_ptr<Grammar>(new Grammar());
+  GrammarNode* n = g->add();
+  n->kind = GrammarNode::Kind::kRegex;
+  n->regex = RegexDfa::compile(pattern);
+  n->raw_text = true;
+  g->root_ = n;
+  return g;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Matching
 
 namespace {
 
-enum class FrameKind : uint8_t { kValue, kObject, kArray, kString, kKey, kNumber, kLiteral };
+enum class FrameKind : uint8_t {
+  kValue,
+  kObject,
+  kArray,
+  kString,
+  kKey,
+  kNumber,
+  kLiteral,
+  kRegex
+};
 
 // Object states
 constexpr uint8_t kObjOpen = 0, kObjAfterKey = 1, kObjAfterValue = 2, kObjAfterComma = 3;
@@ -379,6 +415,7 @@ struct Frame {
   const GrammarNode* node = nullptr;
   int64_t count = 0;     // array: items; string/key: code points; number: chars
   int32_t current = -1;  // object: the property of the value being read (-2: another key)
+  int32_t dfa = 0;       // string with a pattern, or raw regex: the DFA's state
   std::string buf;       // key or literal so far
   std::string seen;      // object: 1 per property already given
 };
@@ -437,6 +474,39 @@ bool literal_equals(const GrammarNode* node, const std::string& text) {
   return std::find(node->literals.begin(), node->literals.end(), text) != node->literals.end();
 }
 
+// A byte of a pattern string's content through its DFA.
+bool pattern_byte(Frame& f, unsigned char c) {
+  const int32_t next = f.node->regex->next(f.dfa, c);
+  if (next == RegexDfa::kDead) return false;
+  f.dfa = next;
+  return true;
+}
+
+// Whether some one-letter JSON escape's byte continues the pattern from here.
+bool escape_possible(const Frame& f) {
+  for (unsigned char c : {'"', '\\', '/', '\b', '\f', '\n', '\r', '\t'})
+    if (f.node->regex->next(f.dfa, c) != RegexDfa::kDead) return true;
+  return false;
+}
+
+// The byte a one-letter JSON escape stands for.
+unsigned char unescaped(unsigned char c) {
+  switch (c) {
+    case 'b':
+      return '\b';
+    case 'f':
+      return '\f';
+    case 'n':
+      return '\n';
+    case 'r':
+      return '\r';
+    case 't':
+      return '\t';
+    default:
+      return c;  // " \ /
+  }
+}
+
 Frame frame_for(FrameKind kind, const GrammarNode* node) {
   Frame f;
   f.kind = kind;
@@ -477,7 +547,17 @@ bool start_value(Path& s, const GrammarNode* node, unsigned char c, std::vector<
     case K::kString:
       if (c != '"') return false;
       s.stack.back() = frame_for(FrameKind::kString, node);
+      if (node->regex) s.stack.back().dfa = node->regex->start();
       return true;
+    case K::kRegex: {
+      const int32_t next = node->regex->next(node->regex->start(), c);
+      if (next == RegexDfa::kDead) return false;
+      Frame f = frame_for(FrameKind::kRegex, node);
+      f.dfa = next;
+      s.stack.back() = std::move(f);
+      if (!node->regex->can_continue(next)) s.stack.pop_back();  // complete: nothing may follow
+      return true;
+    }
     case K::kNumber:
     case K::kInteger: {
       Frame f = frame_for(FrameKind::kNumber, node);
@@ -589,6 +669,7 @@ bool step_path(Path& s, unsigned char c, std::vector<Path>& forks) {
           if (c == '"') {
             if (!key) {
               if (f.count < f.node->min_length) return false;
+              if (f.node->regex && !f.node->regex->accepting(f.dfa)) return false;
               s.stack.pop_back();
               return true;
             }
@@ -612,12 +693,15 @@ bool step_path(Path& s, unsigned char c, std::vector<Path>& forks) {
           if (c == '\\') {
             if (named_only) return false;
             if (!key && f.node->max_length >= 0 && f.count >= f.node->max_length) return false;
+            // In a pattern string an escape must lead somewhere the pattern allows.
+            if (!key && f.node->regex && !escape_possible(f)) return false;
             f.state = 1;
             if (key) f.buf.push_back(static_cast<char>(c));
             return true;
           }
           if ((c & 0xC0) != 0x80) ++f.count;  // a code point starts
           if (!key && f.node->max_length >= 0 && f.count > f.node->max_length) return false;
+          if (!key && f.node->regex && !pattern_byte(f, c)) return false;
           if (key) {
             f.buf.push_back(static_cast<char>(c));
             if (named_only) {
@@ -635,6 +719,9 @@ bool step_path(Path& s, unsigned char c, std::vector<Path>& forks) {
         if (key) f.buf.push_back(static_cast<char>(c));
         if (f.state == 1) {  // after a backslash
           if (c == 'u') {
+            // Not in a pattern string: a code point's first hex digits could commit to one the
+            // pattern refuses (the short escapes cover what JSON must escape).
+            if (!key && f.node->regex) return false;
             f.state = 2;
             return true;
           }
@@ -642,6 +729,7 @@ bool step_path(Path& s, unsigned char c, std::vector<Path>& forks) {
               c == 't') {
             f.state = 0;
             ++f.count;
+            if (!key && f.node->regex && !pattern_byte(f, unescaped(c))) return false;
             return true;
           }
           return false;
@@ -697,6 +785,14 @@ bool step_path(Path& s, unsigned char c, std::vector<Path>& forks) {
         continue;
       }
 
+      case FrameKind::kRegex: {
+        const int32_t next = f.node->regex->next(f.dfa, c);
+        if (next == RegexDfa::kDead) return false;
+        f.dfa = next;
+        if (!f.node->regex->can_continue(next)) s.stack.pop_back();  // complete
+        return true;
+      }
+
       case FrameKind::kLiteral: {
         std::string longer = f.buf + static_cast<char>(c);
         if (literal_extends(f.node, longer) || literal_equals(f.node, longer)) {
@@ -739,6 +835,10 @@ bool path_can_end(const Path& s) {
   const Frame& f = s.stack.back();
   if (f.kind == FrameKind::kNumber) return number_terminal(f.state);
   if (f.kind == FrameKind::kLiteral) return literal_equals(f.node, f.buf);
+  if (f.kind == FrameKind::kRegex) return f.node->regex->accepting(f.dfa);
+  // A guided_regex that matches the empty text may end before its first byte.
+  if (f.kind == FrameKind::kValue && f.node->kind == GrammarNode::Kind::kRegex)
+    return f.node->regex->accepting(f.node->regex->start());
   return false;
 }
 
@@ -797,14 +897,44 @@ void GrammarMatcher::fill_allowed(std::vector<char>& allowed) const {
   // Inside a string any token without a quote, backslash or control byte continues it: copy
   // that set and try only the others.
   const Frame* top = state_->paths.size() == 1 ? &state_->paths[0].stack.back() : nullptr;
-  const bool plain_string = top && top->state == 0 &&
-                            ((top->kind == FrameKind::kString && top->node->max_length < 0) ||
-                             (top->kind == FrameKind::kKey && top->node->additional != nullptr));
+  const bool plain_string =
+      top && top->state == 0 &&
+      ((top->kind == FrameKind::kString && top->node->max_length < 0 && !top->node->regex) ||
+       (top->kind == FrameKind::kKey && top->node->additional != nullptr));
   if (plain_string) {
     for (size_t id = 0; id < allowed.size(); ++id) allowed[id] |= v.string_safe_[id];
     for (int32_t id : v.string_unsafe_ids_) {
       State s = *state_;
       if (feed(s, v.texts_[id])) allowed[id] = 1;
+    }
+    return;
+  }
+  // A raw regex (guided_regex) with one way of reading it: the same walk over DFA states alone,
+  // without copying matcher states.
+  const Path* only = state_->paths.size() == 1 ? &state_->paths[0] : nullptr;
+  if (only && only->stack.size() == 1 && only->stack[0].node->kind == GrammarNode::Kind::kRegex) {
+    const Frame& f = only->stack[0];
+    const RegexDfa& dfa = *f.node->regex;
+    std::vector<int32_t> dfa_states(1, f.kind == FrameKind::kRegex ? f.dfa : dfa.start());
+    size_t good = 0;
+    for (size_t i = 0; i < v.sorted_.size(); ++i) {
+      const int32_t id = v.sorted_[i];
+      const std::string& text = v.texts_[id];
+      const size_t l = static_cast<size_t>(v.lcp_[i]);
+      if (l > good) continue;
+      good = l;
+      bool ok = true;
+      for (size_t k = good; k < text.size(); ++k) {
+        if (dfa_states.size() < k + 2) dfa_states.resize(k + 2);
+        const int32_t next = dfa.next(dfa_states[k], static_cast<unsigned char>(text[k]));
+        if (next == RegexDfa::kDead) {
+          ok = false;
+          break;
+        }
+        dfa_states[k + 1] = next;
+        good = k + 1;
+      }
+      if (ok) allowed[id] = 1;
     }
     return;
   }

@@ -4,7 +4,8 @@
 //
 // The grammar is a JSON Schema subset compiled to nodes (object, array, string, number,
 // integer, boolean, null, enum/const, anyOf/oneOf/type lists, $ref into $defs/definitions,
-// items, minItems/maxItems, properties, required, additionalProperties), matched byte by byte by
+// items, minItems/maxItems, properties, required, additionalProperties, string patterns), or a
+// regular expression (guided_regex), matched byte by byte by
 // a pushdown automaton (one stack per way of reading the text: anyOf alternatives that begin
 // alike are followed side by side). Whitespace between tokens is allowed (a line break, then up
 // to kMaxWhitespaceRun spaces or tabs) so that pretty-printed JSON passes. Written here: no Debian
@@ -53,6 +54,9 @@ class Grammar {
   static std::shared_ptr<const Grammar> any_json_object();
   // Exactly one of these texts (guided_choice).
   static std::shared_ptr<const Grammar> choice(const std::vector<std::string>& options);
+  // Text that the regular expression matches whole (guided_regex; engine/regex_dfa.h). Throws
+  // tessera::Error naming what it cannot compile.
+  static std::shared_ptr<const Grammar> regex(const std::string& pattern);
 
   ~Grammar();
   const GrammarNode* root() const { return root_; }

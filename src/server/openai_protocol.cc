@@ -73,15 +73,20 @@ std::vector<int32_t> token_list(const json& v, const char* name) {
 
 // Structured output fields. Exactly one kind may be given.
 void parse_structured(const json& body, GenerateRequest& r) {
+  auto taken = [&] { return r.json_schema || !r.choices.empty() || r.regex; };
+  auto set_regex = [&](const char* name, const json& v) {
+    if (taken()) bad(name, "only one kind of structured output may be given per request");
+    if (!v.is_string()) bad(name, fmt::format("'{}' must be a string", name));
+    r.regex = v.get<std::string>();
+    r.structured_field = name;
+  };
   auto set_schema = [&](const char* name, json schema) {
-    if (r.json_schema || !r.choices.empty())
-      bad(name, "only one kind of structured output may be given per request");
+    if (taken()) bad(name, "only one kind of structured output may be given per request");
     r.json_schema = std::move(schema);
     r.structured_field = name;
   };
   auto set_choices = [&](const char* name, const json& list) {
-    if (r.json_schema || !r.choices.empty())
-      bad(name, "only one kind of structured output may be given per request");
+    if (taken()) bad(name, "only one kind of structured output may be given per request");
     if (!list.is_array() || list.empty())
       bad(name, fmt::format("'{}' must be a non-empty list of strings", name));
     for (const json& c : list) {
@@ -123,9 +128,10 @@ void parse_structured(const json& body, GenerateRequest& r) {
   if (const json* v = field(body, "guided_json"))
     set_schema("guided_json", schema_value("guided_json", *v));
   if (const json* v = field(body, "guided_choice")) set_choices("guided_choice", *v);
-  for (const char* name : {"guided_regex", "guided_grammar"})
-    if (field(body, name))
-      bad(name, fmt::format("'{}' is not supported (guided_json and guided_choice are)", name));
+  if (const json* v = field(body, "guided_regex")) set_regex("guided_regex", *v);
+  if (field(body, "guided_grammar"))
+    bad("guided_grammar",
+        "'guided_grammar' is not supported (guided_json, guided_regex and guided_choice are)");
   if (const json* so = field(body, "structured_outputs")) {
     if (!so->is_object()) bad("structured_outputs", "'structured_outputs' must be an object");
     for (const auto& [key, value] : so->items()) {
@@ -137,7 +143,9 @@ void parse_structured(const json& body, GenerateRequest& r) {
         if (value.get<bool>()) set_schema("structured_outputs", json{{"type", "object"}});
       } else if (key == "choice") {
         set_choices("structured_outputs", value);
-      } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
+      } else if (key == "regex") {
+        set_regex("structured_outputs", value);
+      } else if (key == "grammar" || key == "structural_tag") {
         bad("structured_outputs", fmt::format("structured_outputs.{} is not supported", key));
       } else if (key != "disable_fallback" && key != "disable_any_whitespace" &&
                  key != "disable_additional_properties" && key != "whitespace_pattern") {
@@ -274,7 +282,7 @@ void parse_tool_choice(const json& choice, const json& body, GenerateRequest& r)
         !tool["function"].contains("name") || !tool["function"]["name"].is_string())
       bad("tools", "each tool needs a 'function' object with a string 'name'");
   };
-  if (r.json_schema || !r.choices.empty())
+  if (r.json_schema || !r.choices.empty() || r.regex)
     bad("tool_choice",
         "tool_choice \"required\" or a named tool cannot be combined with "
         "another structured output");

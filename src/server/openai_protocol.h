@@ -42,6 +42,7 @@ struct GenerateRequest {
   // the server. `structured_field` names the request field, for errors.
   std::optional<nlohmann::json> json_schema;
   std::vector<std::string> choices;
+  std::optional<std::string> regex;  // guided_regex / structured_outputs.regex
   std::string structured_field;
   // Chat tool_choice: a named function (the output is its arguments, as JSON) or "required"
   // (a JSON list of {"name", "parameters"} calls); both set json_schema.

@@ -742,13 +742,14 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
   }
   if (r.params.min_tokens > r.params.max_tokens && r.max_tokens_set)
     throw ApiError(400, "min_tokens must be at most max_tokens", "min_tokens");
-  if (r.json_schema || !r.choices.empty()) {
+  if (r.json_schema || !r.choices.empty() || r.regex) {
     if (!m.text)
       throw ApiError(400, "structured output needs the model's tokenizer (tokenizer.json)",
                      r.structured_field);
     try {
-      r.params.grammar =
-          r.json_schema ? Grammar::from_json_schema(*r.json_schema) : Grammar::choice(r.choices);
+      r.params.grammar = r.json_schema ? Grammar::from_json_schema(*r.json_schema)
+                         : r.regex     ? Grammar::regex(*r.regex)
+                                       : Grammar::choice(r.choices);
     } catch (const Error& e) {
       throw ApiError(400, e.what(), r.structured_field);
     }

@@ -121,8 +121,81 @@ TEST(StructuredOutput, AlternativesThatBeginAlike) {
   EXPECT_TRUE(m.must_end());
 }
 
+// guided_regex (raw text matched whole) and JSON Schema "pattern" (a string's unescaped content
+// matched whole, through JSON escapes).
+TEST(StructuredOutput, RegexAndStringPatterns) {
+  auto answer = Grammar::regex("(yes|no), \\d{2}");
+  EXPECT_TRUE(accepts(answer, "yes, 42", true));
+  EXPECT_TRUE(accepts(answer, "yes, 4", false));
+  EXPECT_FALSE(accepts(answer, "yes, 4", true));
+  EXPECT_FALSE(accepts(answer, "maybe", false));
+  EXPECT_FALSE(accepts(answer, " yes, 42", false));  // raw text: no whitespace of its own
+  {
+    GrammarMatcher m(answer, test_vocab());
+    ASSERT_TRUE(m.accept_text("no, 12"));
+    EXPECT_TRUE(m.must_end());
+  }
+  {
+    GrammarMatcher m(Grammar::regex("\\d+"), test_vocab());
+    ASSERT_TRUE(m.accept_text("12"));
+    EXPECT_TRUE(m.can_end());
+    EXPECT_FALSE(m.must_end());
+  }
+  auto phone = Grammar::from_json_schema(json::parse(R"({"type":"object","properties":{
+      "phone":{"type":"string","pattern":"^\\d{3}-\\d{4}$"}},"required":["phone"]})"));
+  EXPECT_TRUE(accepts(phone, R"({"phone": "555-1234"})", true));
+  EXPECT_FALSE(accepts(phone, R"({"phone": "5551234"})", false));
+  EXPECT_FALSE(accepts(phone, R"({"phone": "555-12345"})", false));
+  auto escaped = Grammar::from_json_schema(json{{"type", "string"}, {"pattern", "a\\nb"}});
+  EXPECT_TRUE(accepts(escaped, R"("a\nb")", true));  // the escape stands for a line feed
+  EXPECT_FALSE(accepts(escaped, R"("anb")", false));
+  auto unicode = Grammar::from_json_schema(json{{"type", "string"}, {"pattern", "A+\xc3\xa9"}});
+  EXPECT_TRUE(accepts(unicode, "\"AA\xc3\xa9\"", true));
+  // No \u escapes in a pattern string: their first digits could commit to a refused character.
+  EXPECT_FALSE(accepts(unicode, "\"\\u0041\"", false));
+  // An escape only where one of the short escapes' characters may come.
+  auto letters = Grammar::from_json_schema(json{{"type", "string"}, {"pattern", "[a-z]+"}});
+  EXPECT_FALSE(accepts(letters, "\"ab\\", false));
+}
+
+// The mask equals trying every token alone for regex grammars too (the string shortcut must
+// not apply to a string with a pattern).
+TEST(StructuredOutput, RegexMaskMatchesTryingEveryToken) {
+  auto vocab = test_vocab();
+  const std::shared_ptr<const Grammar> grammars[] = {
+      Grammar::regex("(red|green)( \\d+)?\\.?"),
+      Grammar::from_json_schema(json::parse(
+          R"({"type":"object","properties":{"c":{"type":"string","pattern":"[a-z ]{1,8}"}},
+              "required":["c"],"additionalProperties":false})"))};
+  std::mt19937 rng(3);
+  for (const auto& g : grammars) {
+    for (int walk = 0; walk < 60; ++walk) {
+      GrammarMatcher m(g, vocab);
+      std::string text;
+      for (int step = 0; step < 40 && !m.must_end(); ++step) {
+        std::vector<char> allowed;
+        m.fill_allowed(allowed);
+        std::vector<int32_t> ids;
+        for (int32_t id = 0; id < vocab->size(); ++id) {
+          GrammarMatcher probe(g, vocab);
+          ASSERT_TRUE(probe.accept_text(text));
+          const bool ok = probe.accept(id);
+          ASSERT_EQ(static_cast<bool>(allowed[id]), ok)
+              << "token '" << vocab->text(id) << "' after '" << text << "'";
+          if (ok) ids.push_back(id);
+        }
+        ASSERT_FALSE(ids.empty()) << text;
+        const int32_t pick = ids[rng() % ids.size()];
+        if (pick == 0) break;
+        ASSERT_TRUE(m.accept(pick));
+        text += vocab->text(pick);
+      }
+    }
+  }
+}
+
 TEST(StructuredOutput, UnsupportedSchemasAreRequestErrors) {
-  for (const char* bad : {R"({"type":"string","pattern":"a+"})", R"({"type":"date"})",
+  for (const char* bad : {R"({"type":"string","pattern":"(?=a)b"})", R"({"type":"date"})",
                           R"({"$ref":"#/nowhere"})", R"({"$ref":"http://x/schema"})", "false"}) {
     try {
       Grammar::from_json_schema(json::parse(bad));

@@ -462,9 +462,10 @@ TEST(ServerTest, StructuredOutputsFollowTheSchema) {
   // Unsupported or malformed: 400 naming the field; the server keeps serving.
   for (
       const char* bad :
-      {R"({"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"string","pattern":"a"}}}})",
+      {R"x({"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"string","pattern":"(?=a)"}}}})x",
        R"({"response_format":{"type":"yaml"}})", R"({"guided_json":"{not json"})",
-       R"({"guided_regex":"a+"})", R"({"guided_choice":[]})",
+       R"({"guided_regex":"(a"})", R"({"guided_grammar":"root ::= x"})", R"({"guided_choice":[]})",
+       R"({"guided_regex":"a","guided_choice":["a"]})",
        R"({"guided_choice":["a"],"response_format":{"type":"json_object"}})"}) {
     json body = json::parse(bad);
     body["messages"] = json::parse(R"([{"role":"user","content":"hi"}])");
@@ -475,6 +476,48 @@ TEST(ServerTest, StructuredOutputsFollowTheSchema) {
   auto [ok, after] = f.post("/v1/chat/completions",
                             R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})");
   EXPECT_EQ(ok, 200);
+}
+
+// guided_regex, structured_outputs.regex and a schema's "pattern": every output of this random
+// model matches (checked by std::regex), and ends with "stop" once nothing may follow.
+TEST(ServerTest, RegexOutputsMatch) {
+  ServerFixture f(256, "", 256, 128, RealText{});
+  const std::string date = "(19|20)\\d{2}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])";
+  const std::regex date_re(date);
+  for (int seed = 0; seed < 4; ++seed) {
+    for (const char* field : {"guided_regex", "structured_outputs"}) {
+      json body = {{"messages", {{{"role", "user"}, {"content", "A date?"}}}},
+                   {"max_tokens", 40},
+                   {"temperature", 1.0},
+                   {"seed", seed}};
+      if (std::string(field) == "guided_regex")
+        body["guided_regex"] = date;
+      else
+        body["structured_outputs"] = {{"regex", date}};
+      auto [s, r] = f.post("/v1/chat/completions", body.dump());
+      ASSERT_EQ(s, 200) << r.dump();
+      const std::string text = r["choices"][0]["message"]["content"];
+      EXPECT_TRUE(std::regex_match(text, date_re)) << field << ": " << text;
+      EXPECT_EQ(r["choices"][0]["finish_reason"], "stop") << text;
+    }
+    json schema = json::parse(R"({"type":"object","properties":{"id":{"type":"string",
+        "pattern":"^[A-Z]{2}-\\d{3}$"}},"required":["id"],"additionalProperties":false})");
+    json body = {
+        {"messages", {{{"role", "user"}, {"content", "An id?"}}}},
+        {"max_tokens", 60},
+        {"temperature", 1.0},
+        {"seed", seed},
+        {"response_format",
+         {{"type", "json_schema"}, {"json_schema", {{"name", "id"}, {"schema", schema}}}}}};
+    auto [s, r] = f.post("/v1/chat/completions", body.dump());
+    ASSERT_EQ(s, 200) << r.dump();
+    const std::string text = r["choices"][0]["message"]["content"];
+    if (r["choices"][0]["finish_reason"] != "stop") continue;  // max_tokens inside whitespace
+    const json parsed = json::parse(text, nullptr, false);
+    ASSERT_TRUE(parsed.is_object()) << text;
+    EXPECT_TRUE(std::regex_match(parsed["id"].get<std::string>(), std::regex("[A-Z]{2}-\\d{3}")))
+        << text;
+  }
 }
 
 // tool_choice "required" and a named function: the output is built from the tools' parameter
