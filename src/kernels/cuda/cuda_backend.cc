@@ -84,7 +84,6 @@ class DeviceAllocator {
         p = it->second;
         got = it->first;
         state_->free.erase(it);
-        state_->cached -= got;
       }
     }
     if (!p) {
@@ -108,7 +107,6 @@ class DeviceAllocator {
     return std::shared_ptr<void>(p, [state, got](void* ptr) {
       std::lock_guard<std::mutex> lock(state->mu);
       state->free.emplace(got, ptr);
-      state->cached += got;
     });
   }
 
@@ -116,14 +114,12 @@ class DeviceAllocator {
     std::lock_guard<std::mutex> lock(state_->mu);
     for (auto& [size, p] : state_->free) cudaFree(p);
     state_->free.clear();
-    state_->cached = 0;
   }
 
  private:
   struct State {
     std::mutex mu;
     std::multimap<size_t, void*> free;  // size -> block
-    size_t cached = 0;
     int device = 0;
     ~State() {
       for (auto& [size, p] : free) cudaFree(p);
