@@ -121,6 +121,29 @@ TEST(StructuredOutput, AlternativesThatBeginAlike) {
   EXPECT_TRUE(m.must_end());
 }
 
+// The tokens the matcher's mask allows after `text`, checked against trying every token alone
+// on a fresh matcher; a failure is reported through gtest and leaves the result empty.
+std::vector<int32_t> checked_allowed(const std::shared_ptr<const Grammar>& g,
+                                     const std::shared_ptr<const TokenVocabulary>& vocab,
+                                     const GrammarMatcher& m, const std::string& text) {
+  std::vector<char> allowed;
+  m.fill_allowed(allowed);
+  EXPECT_EQ(allowed.size(), static_cast<size_t>(vocab->size()));
+  std::vector<int32_t> ids;
+  for (int32_t id = 0; id < vocab->size(); ++id) {
+    GrammarMatcher probe(g, vocab);
+    EXPECT_TRUE(probe.accept_text(text));
+    const bool ok = probe.accept(id);
+    if (static_cast<bool>(allowed[id]) != ok) {
+      ADD_FAILURE() << "token '" << vocab->text(id) << "' (" << id << ") after '" << text
+                    << "': mask " << static_cast<int>(allowed[id]) << ", alone " << ok;
+      return {};
+    }
+    if (ok) ids.push_back(id);
+  }
+  return ids;
+}
+
 // guided_regex (raw text matched whole) and JSON Schema "pattern" (a string's unescaped content
 // matched whole, through JSON escapes).
 TEST(StructuredOutput, RegexAndStringPatterns) {
@@ -173,17 +196,7 @@ TEST(StructuredOutput, RegexMaskMatchesTryingEveryToken) {
       GrammarMatcher m(g, vocab);
       std::string text;
       for (int step = 0; step < 40 && !m.must_end(); ++step) {
-        std::vector<char> allowed;
-        m.fill_allowed(allowed);
-        std::vector<int32_t> ids;
-        for (int32_t id = 0; id < vocab->size(); ++id) {
-          GrammarMatcher probe(g, vocab);
-          ASSERT_TRUE(probe.accept_text(text));
-          const bool ok = probe.accept(id);
-          ASSERT_EQ(static_cast<bool>(allowed[id]), ok)
-              << "token '" << vocab->text(id) << "' after '" << text << "'";
-          if (ok) ids.push_back(id);
-        }
+        const std::vector<int32_t> ids = checked_allowed(g, vocab, m, text);
         ASSERT_FALSE(ids.empty()) << text;
         const int32_t pick = ids[rng() % ids.size()];
         if (pick == 0) break;
@@ -235,18 +248,7 @@ TEST(StructuredOutput, MaskMatchesTryingEveryTokenAndWalksEndValid) {
     GrammarMatcher m(g, vocab);
     std::string text;
     for (int step = 0; step < 200 && !m.must_end(); ++step) {
-      std::vector<char> allowed;
-      m.fill_allowed(allowed);
-      ASSERT_EQ(allowed.size(), static_cast<size_t>(vocab->size()));
-      std::vector<int32_t> ids;
-      for (int32_t id = 0; id < vocab->size(); ++id) {
-        GrammarMatcher probe(g, vocab);
-        ASSERT_TRUE(probe.accept_text(text));
-        const bool ok = probe.accept(id);
-        ASSERT_EQ(static_cast<bool>(allowed[id]), ok)
-            << "token '" << vocab->text(id) << "' (" << id << ") after '" << text << "'";
-        if (ok) ids.push_back(id);
-      }
+      const std::vector<int32_t> ids = checked_allowed(g, vocab, m, text);
       ASSERT_FALSE(ids.empty()) << text;
       // Prefer closing tokens as the walk grows, so that most walks finish.
       int32_t pick = ids[rng() % ids.size()];

@@ -13,6 +13,7 @@
 #include "model/model_test_util.h"
 #include "server/loaded_model.h"
 #include "server/openai_server.h"
+#include "server/sse.h"
 
 namespace tessera {
 namespace {
@@ -610,10 +611,7 @@ TEST(ServerTest, AutoToolChoiceParsesToolCalls) {
     ASSERT_TRUE(res && res->status == 200);
     std::string content, finish;
     json calls = json::array();
-    for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
-      const size_t end = res->body.find("\n\n", at);
-      const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
-      at = end;
+    for (const json& chunk : testing::sse_chunks(res->body)) {
       const json& ch = chunk["choices"][0];
       if (ch["delta"].contains("content")) content += ch["delta"]["content"].get<std::string>();
       if (ch["delta"].contains("tool_calls"))
@@ -640,10 +638,7 @@ TEST(ServerTest, AutoToolChoiceParsesToolCalls) {
                              "application/json");
   ASSERT_TRUE(res && res->status == 200);
   std::string content;
-  for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
-    const size_t end = res->body.find("\n\n", at);
-    const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
-    at = end;
+  for (const json& chunk : testing::sse_chunks(res->body)) {
     const json& delta = chunk["choices"][0]["delta"];
     if (delta.contains("content")) content += delta["content"].get<std::string>();
     EXPECT_FALSE(delta.contains("tool_calls"));

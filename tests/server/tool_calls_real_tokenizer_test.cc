@@ -11,6 +11,7 @@
 #include "model/model_test_util.h"
 #include "server/loaded_model.h"
 #include "server/openai_server.h"
+#include "server/sse.h"
 #include "test_util.h"
 
 namespace tessera {
@@ -73,10 +74,7 @@ TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
   res = client.Post("/v1/chat/completions", body.dump(), "application/json");
   ASSERT_TRUE(res && res->status == 200);
   std::string content, arguments, finish;
-  for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
-    const size_t end = res->body.find("\n\n", at);
-    const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
-    at = end;
+  for (const json& chunk : testing::sse_chunks(res->body)) {
     const json& ch = chunk["choices"][0];
     if (ch["delta"].contains("content")) content += ch["delta"]["content"].get<std::string>();
     if (ch["delta"].contains("tool_calls"))
