@@ -34,6 +34,8 @@ struct GrammarNode {
   // takes no surrounding whitespace).
   std::vector<std::string> literals;
   bool raw_text = false;
+  // No whitespace between JSON tokens (structured_outputs.disable_any_whitespace).
+  bool compact = false;
   // kChoice: by_byte[b] lists the alternatives a value starting with byte b may take (several:
   // the matcher follows each until the text tells them apart).
   std::vector<const GrammarNode*> alternatives;
@@ -345,10 +347,13 @@ struct SchemaCompiler {
   }
 };
 
-std::shared_ptr<const Grammar> Grammar::from_json_schema(const nlohmann::json& schema) {
+std::shared_ptr<const Grammar> Grammar::from_json_schema(const nlohmann::json& schema,
+                                                         bool any_whitespace) {
   auto g = std::shared_ptr<Grammar>(new Grammar());
   SchemaCompiler compiler{*g, schema, {}, nullptr, 0};
   g->root_ = compiler.compile(schema);
+  if (!any_whitespace)
+    for (auto& node : g->nodes_) node->compact = true;
   return g;
 }
 
@@ -444,6 +449,7 @@ using State = GrammarMatcher::State;
 // first, then up to kMaxWhitespaceRun spaces or tabs (so "\n    " and ": " pass, and a model
 // cannot pad its output with blank lines).
 bool take_ws(Frame& f, unsigned char c) {
+  if (f.node->compact) return false;
   if (c == '\n') {
     if (f.ws != 0) return false;
     f.ws = 1;

@@ -49,7 +49,9 @@ class Grammar {
  public:
   // A JSON Schema (a boolean true/{} accepts any JSON value). Throws tessera::Error
   // (kInvalidArgument) naming what is not supported.
-  static std::shared_ptr<const Grammar> from_json_schema(const nlohmann::json& schema);
+  // any_whitespace false: no whitespace between tokens (vLLM's disable_any_whitespace).
+  static std::shared_ptr<const Grammar> from_json_schema(const nlohmann::json& schema,
+                                                         bool any_whitespace = true);
   // Any JSON object (response_format json_object).
   static std::shared_ptr<const Grammar> any_json_object();
   // Exactly one of these texts (guided_choice).

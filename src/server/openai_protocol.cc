@@ -147,8 +147,12 @@ void parse_structured(const json& body, GenerateRequest& r) {
         set_regex("structured_outputs", value);
       } else if (key == "grammar" || key == "structural_tag") {
         bad("structured_outputs", fmt::format("structured_outputs.{} is not supported", key));
-      } else if (key != "disable_fallback" && key != "disable_any_whitespace" &&
-                 key != "disable_additional_properties" && key != "whitespace_pattern") {
+      } else if (key == "disable_any_whitespace") {
+        if (!value.is_boolean())
+          bad("structured_outputs", "'disable_any_whitespace' must be a boolean");
+        r.compact_json = value.get<bool>();
+      } else if (key != "disable_fallback" && key != "disable_additional_properties" &&
+                 key != "whitespace_pattern") {
         bad("structured_outputs", fmt::format("unknown structured_outputs field '{}'", key));
       }
     }

@@ -43,6 +43,7 @@ struct GenerateRequest {
   std::optional<nlohmann::json> json_schema;
   std::vector<std::string> choices;
   std::optional<std::string> regex;  // guided_regex / structured_outputs.regex
+  bool compact_json = false;         // structured_outputs.disable_any_whitespace
   std::string structured_field;
   // Chat tool_choice: a named function (the output is its arguments, as JSON) or "required"
   // (a JSON list of {"name", "parameters"} calls); both set json_schema.

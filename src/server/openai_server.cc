@@ -747,7 +747,7 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
       throw ApiError(400, "structured output needs the model's tokenizer (tokenizer.json)",
                      r.structured_field);
     try {
-      r.params.grammar = r.json_schema ? Grammar::from_json_schema(*r.json_schema)
+      r.params.grammar = r.json_schema ? Grammar::from_json_schema(*r.json_schema, !r.compact_json)
                          : r.regex     ? Grammar::regex(*r.regex)
                                        : Grammar::choice(r.choices);
     } catch (const Error& e) {

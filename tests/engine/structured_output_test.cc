@@ -207,6 +207,16 @@ TEST(StructuredOutput, RegexMaskMatchesTryingEveryToken) {
   }
 }
 
+// disable_any_whitespace: no whitespace between JSON tokens; inside strings it stays text.
+TEST(StructuredOutput, CompactJsonHasNoWhitespaceBetweenTokens) {
+  auto g = Grammar::from_json_schema(kPerson, /*any_whitespace=*/false);
+  EXPECT_TRUE(accepts(g, R"({"name":"a b","age":3,"tags":["red"]})", true));
+  EXPECT_FALSE(accepts(g, R"({"name": "a")", false));
+  EXPECT_FALSE(accepts(g, R"( {)", false));
+  EXPECT_FALSE(accepts(g, "{\n", false));
+  EXPECT_TRUE(accepts(Grammar::from_json_schema(kPerson), R"({"name": "a")", false));
+}
+
 TEST(StructuredOutput, UnsupportedSchemasAreRequestErrors) {
   for (const char* bad : {R"({"type":"string","pattern":"(?=a)b"})", R"({"type":"date"})",
                           R"({"$ref":"#/nowhere"})", R"({"$ref":"http://x/schema"})", "false"}) {

@@ -521,6 +521,44 @@ TEST(ServerTest, RegexOutputsMatch) {
   }
 }
 
+// structured_outputs.disable_any_whitespace: the JSON comes without whitespace between tokens.
+TEST(ServerTest, DisableAnyWhitespaceGivesCompactJson) {
+  ServerFixture f(256, "", 256, 128, RealText{});
+  const json schema = json::parse(R"({"type":"object","properties":{"a":{"type":"integer"},
+      "b":{"type":"array","items":{"type":"boolean"},"maxItems":3}},"required":["a","b"],
+      "additionalProperties":false})");
+  int complete = 0;
+  for (int seed = 0; seed < 6; ++seed) {
+    json body = {{"messages", {{{"role", "user"}, {"content", "JSON please"}}}},
+                 {"max_tokens", 60},
+                 {"temperature", 1.0},
+                 {"seed", seed},
+                 {"structured_outputs", {{"json", schema}, {"disable_any_whitespace", true}}}};
+    auto [s, r] = f.post("/v1/chat/completions", body.dump());
+    ASSERT_EQ(s, 200) << r.dump();
+    const std::string text = r["choices"][0]["message"]["content"];
+    bool in_string = false;
+    for (size_t i = 0; i < text.size(); ++i) {
+      if (in_string) {
+        if (text[i] == '\\')
+          ++i;
+        else if (text[i] == '"')
+          in_string = false;
+      } else if (text[i] == '"') {
+        in_string = true;
+      } else {
+        EXPECT_FALSE(text[i] == ' ' || text[i] == '\n' || text[i] == '\t' || text[i] == '\r')
+            << text;
+      }
+    }
+    if (r["choices"][0]["finish_reason"] == "stop") {
+      ++complete;
+      EXPECT_TRUE(json::parse(text, nullptr, false).is_object()) << text;
+    }
+  }
+  EXPECT_GT(complete, 0);
+}
+
 // tool_choice "required" and a named function: the output is built from the tools' parameter
 // schemas and comes back as tool_calls, whole or streamed, as vLLM returns them.
 // A stop token is not part of the text, even with skip_special_tokens false, unless
