@@ -32,6 +32,7 @@ struct ServeOptions {
   bool trust_request_chat_template = false;
   bool enable_auto_tool_choice = false;
   std::string tool_call_parser;
+  std::string reasoning_parser;
   double shutdown_timeout = 30;
   std::string max_request_body = "8MiB";
   std::string quantization;
@@ -84,6 +85,8 @@ void run_serve(ServeOptions& o) {
     fail("--enable-auto-tool-choice requires --tool-call-parser");
   std::unique_ptr<ToolParser> tool_parser;
   if (!o.tool_call_parser.empty()) tool_parser = ToolParser::create(o.tool_call_parser);
+  std::unique_ptr<ReasoningParser> reasoning_parser;
+  if (!o.reasoning_parser.empty()) reasoning_parser = ReasoningParser::create(o.reasoning_parser);
   EngineArgs args = to_engine_args(o.engine);  // validates flags before the port opens
   if (launcher_rank() > 0) {
     // Another rank of a tp/pp job: no port; it runs steps until rank 0 stops (never returns).
@@ -115,6 +118,7 @@ void run_serve(ServeOptions& o) {
   ServingModel serving = loaded->serving();
   // As in vLLM, a parser without --enable-auto-tool-choice parses nothing ("auto" is a 400).
   if (o.enable_auto_tool_choice) serving.tool_parser = tool_parser.get();
+  serving.reasoning_parser = reasoning_parser.get();
   server.set_ready(serving);
   spdlog::info("ready: serving {} on http://{}:{}", fmt::join(so.served_model_names, ", "), so.host,
                server.port());
@@ -176,6 +180,8 @@ void add_serve_command(CLI::App& app) {
                 "--tool-call-parser)");
   cmd->add_option("--tool-call-parser", o->tool_call_parser,
                   "hermes (Qwen, Hermes), llama3_json (Llama 3.1-3.3) or mistral");
+  cmd->add_option("--reasoning-parser", o->reasoning_parser,
+                  "deepseek_r1 or qwen3: <think>...</think> goes to reasoning_content");
   cmd->add_option("--shutdown-timeout", o->shutdown_timeout,
                   "Seconds to let in-flight requests finish on SIGTERM")
       ->capture_default_str();
@@ -185,9 +191,9 @@ void add_serve_command(CLI::App& app) {
   // Flags the public recipes pass that change nothing here.
   auto noop = std::make_shared<std::string>();
   for (const char* flag :
-       {"--trust-remote-code", "--disable-log-requests", "--no-enable-log-requests",
-        "--enable-log-requests", "--disable-custom-all-reduce", "--disable-log-stats",
-        "--enable-chunked-prefill", "--disable-frontend-multiprocessing"})
+       {"--trust-remote-code", "--disable-log-requests", "--enable-reasoning",
+        "--no-enable-log-requests", "--enable-log-requests", "--disable-custom-all-reduce",
+        "--disable-log-stats", "--enable-chunked-prefill", "--disable-frontend-multiprocessing"})
     cmd->add_flag(std::string(flag))->description("Accepted for vLLM compatibility; no effect");
   for (const char* flag : {"--swap-space", "--uvicorn-log-level", "--tokenizer-mode",
                            "--max-log-len", "--download-dir"})

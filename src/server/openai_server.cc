@@ -12,6 +12,7 @@
 #include "core/sys.h"
 #include "server/api_error.h"
 #include "server/openai_protocol.h"
+#include "server/reasoning_parser.h"
 #include "server/tool_parser.h"
 
 namespace tessera {
@@ -81,7 +82,8 @@ struct Choice {
   int64_t num_cached_tokens = 0;
   bool started = false;       // streaming: the first chunk (chat: the role) went out
   std::string tool_call_id;   // a named tool_choice's call, once its first delta went out
-  size_t content_sent = 0;    // tool_choice "auto", streaming: bytes of text sent as content
+  size_t content_sent = 0;    // streaming with a parser: bytes of content text sent
+  size_t reasoning_sent = 0;  // streaming with a reasoning parser: bytes of reasoning sent
   bool tools_called = false;  // tool_choice "auto": the parser found calls in the text
   bool done = false;
   size_t text_offset = 0;  // completions logprobs: characters before the next token
@@ -112,7 +114,8 @@ struct ResponseContext {
   std::vector<std::vector<int32_t>> prompt_ids;
   const TextProcessor* text = nullptr;
   AsyncEngine* engine = nullptr;
-  const ToolParser* tool_parser = nullptr;  // tool_choice "auto" with --tool-call-parser
+  const ToolParser* tool_parser = nullptr;            // tool_choice "auto" with --tool-call-parser
+  const ReasoningParser* reasoning_parser = nullptr;  // chat with --reasoning-parser
   std::vector<Choice> choices;
 
   std::string token_string(int32_t id) const {
@@ -279,8 +282,16 @@ struct ResponseContext {
         if (request.echo) content = prompt_texts[c.prompt_index] + content;
         json calls = json::array();
         json content_json = content;
+        json reasoning_json = nullptr;
+        std::string answer = c.text;  // the text the tool parser reads
+        if (reasoning_parser) {
+          ReasoningSplit split = reasoning_parser->split(c.text);
+          if (split.reasoning) reasoning_json = *split.reasoning;
+          content_json = split.content ? json(*split.content) : json(nullptr);
+          answer = split.content.value_or("");
+        }
         if (tool_parser) {
-          ToolCallParse p = tool_parser->parse(c.text);
+          ToolCallParse p = tool_parser->parse(answer);
           if (p.called) {
             c.tools_called = true;
             calls = parsed_tool_calls(p);
@@ -299,7 +310,7 @@ struct ResponseContext {
         }
         choice["message"] = {{"role", "assistant"},
                              {"content", content_json},
-                             {"reasoning_content", nullptr},
+                             {"reasoning_content", reasoning_json},
                              {"tool_calls", calls}};
         choice["logprobs"] = request.logprobs ? chat_logprobs(c, 0) : json();
       } else {
@@ -319,14 +330,14 @@ struct ResponseContext {
   // tool_choice "auto", streaming: text the parser says is content whatever follows goes out as
   // content; the rest waits. At the end the whole text is parsed: calls (each whole, in the
   // last chunk) or, if there are none, the held-back text as content.
-  void auto_tool_delta(Choice& c, json& delta) {
+  void auto_tool_delta(Choice& c, const std::string& text, json& delta) {
     std::string content;
     if (!c.done) {
-      const size_t settled = std::max(c.content_sent, tool_parser->settled_content(c.text));
-      content = c.text.substr(c.content_sent, settled - c.content_sent);
+      const size_t settled = std::max(c.content_sent, tool_parser->settled_content(text));
+      content = text.substr(c.content_sent, settled - c.content_sent);
       c.content_sent = settled;
     } else {
-      ToolCallParse p = tool_parser->parse(c.text);
+      ToolCallParse p = tool_parser->parse(text);
       if (p.called) {
         c.tools_called = true;
         const std::string before = p.content.value_or("");
@@ -334,12 +345,33 @@ struct ResponseContext {
         json calls = parsed_tool_calls(p);
         for (size_t i = 0; i < calls.size(); ++i) calls[i]["index"] = i;
         delta["tool_calls"] = calls;
-      } else if (c.text.size() > c.content_sent) {
-        content = c.text.substr(c.content_sent);
+      } else if (text.size() > c.content_sent) {
+        content = text.substr(c.content_sent);
       }
-      c.content_sent = c.text.size();
+      c.content_sent = text.size();
     }
     if (!content.empty()) delta["content"] = content;
+  }
+
+  // Streaming with a reasoning parser: what is settled of the reasoning goes out as
+  // reasoning_content, and what is settled of the answer as content (through the tool parser
+  // when there is one).
+  void parsed_delta(Choice& c, json& delta) {
+    std::string answer = c.text;
+    if (reasoning_parser) {
+      ReasoningParser::Progress p = reasoning_parser->progress(c.text, c.done);
+      if (p.reasoning.size() > c.reasoning_sent) {
+        delta["reasoning_content"] = p.reasoning.substr(c.reasoning_sent);
+        c.reasoning_sent = p.reasoning.size();
+      }
+      answer = std::move(p.content);
+    }
+    if (tool_parser) {
+      auto_tool_delta(c, answer, delta);
+    } else if (answer.size() > c.content_sent) {
+      delta["content"] = answer.substr(c.content_sent);
+      c.content_sent = answer.size();
+    }
   }
 
   // The chunk for one choice's new outputs (streaming).
@@ -349,9 +381,11 @@ struct ResponseContext {
     if (chat) {
       json delta = json::object();
       if (first) delta["role"] = "assistant";
-      if (tool_parser) {
-        if (first) delta["content"] = new_text;
-        auto_tool_delta(c, delta);
+      if (tool_parser || reasoning_parser) {
+        if (first)
+          delta["content"] = new_text;
+        else
+          parsed_delta(c, delta);
       } else if (first || (!new_text.empty() && !request.forced_tool && !request.tools_required)) {
         delta["content"] = new_text;
       }
@@ -682,6 +716,9 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
     // The parsers whose markers are special tokens read them in the text, as vLLM's do.
     if (m.tool_parser->keeps_special_tokens()) r.params.skip_special_tokens = false;
   }
+  // Reasoning is split out of free answers (a forced tool call or list is all arguments).
+  if (chat && m.reasoning_parser && !r.forced_tool && !r.tools_required)
+    ctx->reasoning_parser = m.reasoning_parser;
 
   // Prompts to token ids.
   if (chat) {

@@ -17,6 +17,7 @@
 #include "engine/sampling_params.h"
 #include "server/async_engine.h"
 #include "server/metrics.h"
+#include "server/reasoning_parser.h"
 #include "server/text_processor.h"
 #include "server/tool_parser.h"
 
@@ -53,6 +54,8 @@ struct ServingModel {
   std::vector<int32_t> eos_token_ids;  // the engine's (config and generation_config)
   // --enable-auto-tool-choice --tool-call-parser: parses tool_choice "auto" calls (null: off).
   const ToolParser* tool_parser = nullptr;
+  // --reasoning-parser: splits <think>...</think> into reasoning_content (null: off).
+  const ReasoningParser* reasoning_parser = nullptr;
 };
 
 // Runs one non-streaming completions or chat request to the end (run-batch): the response body.

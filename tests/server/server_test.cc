@@ -102,8 +102,17 @@ struct ServerFixture {
   // --enable-auto-tool-choice --tool-call-parser NAME (empty: off again).
   void set_tool_parser(const std::string& name) {
     tool_parser = name.empty() ? nullptr : ToolParser::create(name);
+    publish_parsers();
+  }
+  // --reasoning-parser NAME (empty: off again).
+  void set_reasoning_parser(const std::string& name) {
+    reasoning_parser = name.empty() ? nullptr : ReasoningParser::create(name);
+    publish_parsers();
+  }
+  void publish_parsers() {
     ServingModel serving = model->serving();
     serving.tool_parser = tool_parser.get();
+    serving.reasoning_parser = reasoning_parser.get();
     server->set_ready(serving);
   }
   ~ServerFixture() {
@@ -136,6 +145,7 @@ struct ServerFixture {
   std::unique_ptr<LoadedModel> model;
   std::unique_ptr<OpenAIServer> server;
   std::unique_ptr<ToolParser> tool_parser;
+  std::unique_ptr<ReasoningParser> reasoning_parser;
 };
 
 std::vector<int32_t> prompt_ids(int n, uint64_t seed) {
@@ -557,6 +567,87 @@ TEST(ServerTest, DisableAnyWhitespaceGivesCompactJson) {
     }
   }
   EXPECT_GT(complete, 0);
+}
+
+// --reasoning-parser: <think>...</think> comes back as reasoning_content, whole and streamed,
+// and a tool call after it is still parsed (the tool parser reads the content).
+TEST(ServerTest, ReasoningParserSplitsThinking) {
+  ServerFixture f(256, "", 256, 128, RealText{});
+  const std::string answer = "<think>\nIs 2 < 3? Yes.\n</think>\n\nYes: 2 < 3.";
+  auto ask = [&](bool stream, const json& extra = json::object()) {
+    json body = {{"messages", {{{"role", "user"}, {"content", "Is 2 < 3?"}}}},
+                 {"max_tokens", 80},
+                 {"guided_choice", {answer}},
+                 {"stream", stream}};
+    body.update(extra);
+    return f.client().Post("/v1/chat/completions", body.dump(), "application/json");
+  };
+  for (const std::string parser : {"deepseek_r1", "qwen3"}) {
+    SCOPED_TRACE(parser);
+    f.set_reasoning_parser(parser);
+    auto res = ask(false);
+    ASSERT_TRUE(res && res->status == 200);
+    const json r = json::parse(res->body);
+    ASSERT_TRUE(r.contains("choices")) << res->body;
+    EXPECT_EQ(r["choices"][0]["message"]["reasoning_content"], "\nIs 2 < 3? Yes.\n");
+    EXPECT_EQ(r["choices"][0]["message"]["content"], "\n\nYes: 2 < 3.");
+    EXPECT_EQ(r["choices"][0]["finish_reason"], "stop");
+    res = ask(true);
+    ASSERT_TRUE(res && res->status == 200);
+    std::string reasoning, content;
+    for (const json& chunk : testing::sse_chunks(res->body)) {
+      const json& delta = chunk["choices"][0]["delta"];
+      if (delta.contains("reasoning_content"))
+        reasoning += delta["reasoning_content"].get<std::string>();
+      if (delta.contains("content")) content += delta["content"].get<std::string>();
+    }
+    EXPECT_EQ(reasoning, "\nIs 2 < 3? Yes.\n");
+    EXPECT_EQ(content, "\n\nYes: 2 < 3.");
+  }
+  // Off again: the text as it is.
+  f.set_reasoning_parser("");
+  auto res = ask(false);
+  ASSERT_TRUE(res && res->status == 200);
+  EXPECT_EQ(json::parse(res->body)["choices"][0]["message"]["content"], answer);
+  EXPECT_TRUE(json::parse(res->body)["choices"][0]["message"]["reasoning_content"].is_null());
+
+  // Thinking, then a hermes tool call.
+  f.set_reasoning_parser("qwen3");
+  f.set_tool_parser("hermes");
+  const std::string call =
+      "<think>I need the weather.</think>\n<tool_call>\n{\"name\": \"get_weather\", "
+      "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+  const json tools = json::parse(R"([{"type":"function","function":{"name":"get_weather",
+    "parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}])");
+  for (bool stream : {false, true}) {
+    res = ask(stream, {{"guided_choice", {call}}, {"tools", tools}, {"max_tokens", 200}});
+    ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "");
+    std::string reasoning, content, arguments, finish;
+    if (!stream) {
+      const json whole = json::parse(res->body);
+      const json& m = whole["choices"][0];
+      ASSERT_EQ(m["message"]["tool_calls"].size(), 1u) << res->body;
+      reasoning = m["message"]["reasoning_content"];
+      content = m["message"]["content"].is_null() ? "" : m["message"]["content"];
+      arguments = m["message"]["tool_calls"][0]["function"]["arguments"];
+      finish = m["finish_reason"];
+    } else {
+      for (const json& chunk : testing::sse_chunks(res->body)) {
+        const json& ch = chunk["choices"][0];
+        const json& delta = ch["delta"];
+        if (delta.contains("reasoning_content"))
+          reasoning += delta["reasoning_content"].get<std::string>();
+        if (delta.contains("content")) content += delta["content"].get<std::string>();
+        if (delta.contains("tool_calls"))
+          arguments += delta["tool_calls"][0]["function"]["arguments"].get<std::string>();
+        if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
+      }
+    }
+    EXPECT_EQ(reasoning, "I need the weather.") << stream;
+    EXPECT_EQ(content, "\n") << stream;
+    EXPECT_EQ(arguments, "{\"city\": \"Paris\"}") << stream;
+    EXPECT_EQ(finish, "tool_calls") << stream;
+  }
 }
 
 // tool_choice "required" and a named function: the output is built from the tools' parameter
