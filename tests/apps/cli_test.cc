@@ -113,6 +113,8 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
       {"serve" + m + " --port 0 --enable-auto-tool-choice --tool-call-parser nope",
        "invalid tool call parser: nope (choose from hermes, llama3_json, mistral)"},
       {"generate" + m + " --prompt-ids 1 --device tpu", "--device"},
+      {"serve" + m + " --port 0 --reasoning-parser nope",
+       "invalid reasoning parser: nope (choose from deepseek_r1, qwen3)"},
   };
   for (const Case& c : cases) {
     CliRun r = run(c.args);

