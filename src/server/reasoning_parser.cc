@@ -5,19 +5,13 @@
 #include <string_view>
 
 #include "core/status.h"
+#include "server/text_markers.h"
 
 namespace tessera {
 
 namespace {
 
 constexpr std::string_view kStart = "<think>", kEnd = "</think>";
-
-// Bytes at the end of `text` that begin `tag` (held back while streaming).
-size_t tag_start_at_end(const std::string& text, std::string_view tag) {
-  for (size_t n = std::min(text.size(), tag.size() - 1); n > 0; --n)
-    if (text.compare(text.size() - n, n, tag.substr(0, n)) == 0) return n;
-  return 0;
-}
 
 std::optional<std::string> non_empty(std::string s) {
   if (s.empty()) return std::nullopt;
@@ -29,7 +23,7 @@ std::optional<std::string> non_empty(std::string s) {
 void after_start(const std::string& text, size_t from, bool done, ReasoningParser::Progress& p) {
   const size_t end = text.find(kEnd, from);
   if (end == std::string::npos) {
-    const size_t stop = done ? text.size() : text.size() - tag_start_at_end(text, kEnd);
+    const size_t stop = done ? text.size() : text.size() - marker_start_at_end(text, kEnd);
     p.reasoning = text.substr(from, stop > from ? stop - from : 0);
     return;
   }
@@ -81,7 +75,8 @@ class Qwen3Parser : public ReasoningParser {
     Progress p;
     const size_t start = text.find(kStart);
     if (start == std::string::npos) {
-      p.content = text.substr(0, done ? text.size() : text.size() - tag_start_at_end(text, kStart));
+      p.content =
+          text.substr(0, done ? text.size() : text.size() - marker_start_at_end(text, kStart));
       return p;
     }
     p.content = text.substr(0, start);

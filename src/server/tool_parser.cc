@@ -3,20 +3,13 @@
 #include <fmt/format.h>
 
 #include "core/status.h"
+#include "server/text_markers.h"
 
 namespace tessera {
 
 namespace {
 
 using ojson = nlohmann::ordered_json;
-
-// Bytes at the end of `text` that begin `marker` (held back while streaming: the next token may
-// complete it).
-size_t marker_start_at_end(const std::string& text, std::string_view marker) {
-  for (size_t n = std::min(text.size(), marker.size() - 1); n > 0; --n)
-    if (text.compare(text.size() - n, n, marker.substr(0, n)) == 0) return n;
-  return 0;
-}
 
 // Arguments as vLLM writes them: the model's JSON re-serialised by json.dumps, keys in the
 // model's order. Throws nlohmann's exceptions where Python would raise (missing keys).
@@ -89,8 +82,7 @@ class HermesParser : public ToolParser {
   }
 
   size_t settled_content(const std::string& text) const override {
-    const size_t first = text.find(kStart);
-    return first != std::string::npos ? first : text.size() - marker_start_at_end(text, kStart);
+    return bytes_before_marker(text, kStart);
   }
 
  private:
@@ -172,8 +164,7 @@ class MistralParser : public ToolParser {
   }
 
   size_t settled_content(const std::string& text) const override {
-    const size_t first = text.find(kBot);
-    return first != std::string::npos ? first : text.size() - marker_start_at_end(text, kBot);
+    return bytes_before_marker(text, kBot);
   }
 
  private:
