@@ -179,7 +179,8 @@ void add_serve_command(CLI::App& app) {
                 "Parse tool calls out of the output for tool_choice \"auto\" (needs "
                 "--tool-call-parser)");
   cmd->add_option("--tool-call-parser", o->tool_call_parser,
-                  "hermes (Qwen, Hermes), llama3_json (Llama 3.1-3.3) or mistral");
+                  "hermes (Qwen, Hermes), llama3_json (Llama 3.1-3.3), mistral or pythonic (Llama "
+                  "3.2, Llama 4)");
   cmd->add_option("--reasoning-parser", o->reasoning_parser,
                   "deepseek_r1 or qwen3: <think>...</think> goes to reasoning_content");
   cmd->add_option("--shutdown-timeout", o->shutdown_timeout,

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
+#include <stdexcept>
+
 #include "core/status.h"
 #include "server/text_markers.h"
 
@@ -171,16 +174,250 @@ class MistralParser : public ToolParser {
   static constexpr std::string_view kBot = "[TOOL_CALLS]";
 };
 
+// Python's literal syntax, as much of it as tool calls use: strings, numbers, True/False/None,
+// lists and dicts (vLLM's pythonic parser reads the same through Python's ast).
+class PythonLiterals {
+ public:
+  explicit PythonLiterals(const std::string& text, size_t pos = 0) : t_(text), pos_(pos) {}
+
+  // [name(key=value, ...), ...] and nothing after it; throws std::runtime_error otherwise.
+  std::vector<ParsedToolCall> calls() {
+    std::vector<ParsedToolCall> out;
+    expect('[');
+    skip_ws();
+    if (peek() == ']') throw std::runtime_error("no calls");
+    while (true) {
+      ParsedToolCall call;
+      call.name = identifier();
+      expect('(');
+      ojson args = ojson::object();
+      skip_ws();
+      if (peek() != ')') {
+        while (true) {
+          const std::string key = identifier();
+          expect('=');
+          args[key] = value();
+          skip_ws();
+          if (peek() == ',') {
+            ++pos_;
+            skip_ws();
+            if (peek() == ')') break;  // a trailing comma
+            continue;
+          }
+          break;
+        }
+      }
+      expect(')');
+      call.arguments = python_json_dumps(args);
+      out.push_back(std::move(call));
+      skip_ws();
+      if (peek() == ',') {
+        ++pos_;
+        continue;
+      }
+      expect(']');
+      skip_ws();
+      if (pos_ != t_.size()) throw std::runtime_error("text after the calls");
+      return out;
+    }
+  }
+
+ private:
+  char peek() const { return pos_ < t_.size() ? t_[pos_] : '\0'; }
+  void skip_ws() {
+    while (pos_ < t_.size() && std::isspace(static_cast<unsigned char>(t_[pos_]))) ++pos_;
+  }
+  void expect(char c) {
+    skip_ws();
+    if (peek() != c) throw std::runtime_error(std::string("expected ") + c);
+    ++pos_;
+  }
+  std::string identifier() {
+    skip_ws();
+    const size_t start = pos_;
+    while (pos_ < t_.size() &&
+           (std::isalnum(static_cast<unsigned char>(t_[pos_])) || t_[pos_] == '_'))
+      ++pos_;
+    if (pos_ == start || std::isdigit(static_cast<unsigned char>(t_[start])))
+      throw std::runtime_error("expected a name");
+    return t_.substr(start, pos_ - start);
+  }
+  ojson value() {
+    skip_ws();
+    const char c = peek();
+    if (c == '"' || c == '\'') return string();
+    if (c == '[') {
+      ++pos_;
+      ojson list = ojson::array();
+      skip_ws();
+      while (peek() != ']') {
+        list.push_back(value());
+        skip_ws();
+        if (peek() != ',') break;
+        ++pos_;
+        skip_ws();
+      }
+      expect(']');
+      return list;
+    }
+    if (c == '{') {
+      ++pos_;
+      ojson dict = ojson::object();
+      skip_ws();
+      while (peek() != '}') {
+        const ojson key = value();
+        if (!key.is_string()) throw std::runtime_error("dict keys must be strings");
+        expect(':');
+        dict[key.get<std::string>()] = value();
+        skip_ws();
+        if (peek() != ',') break;
+        ++pos_;
+        skip_ws();
+      }
+      expect('}');
+      return dict;
+    }
+    if (c == '-' || c == '+' || c == '.' || std::isdigit(static_cast<unsigned char>(c)))
+      return number();
+    const std::string word = identifier();
+    if (word == "True") return true;
+    if (word == "False") return false;
+    if (word == "None") return nullptr;
+    throw std::runtime_error("not a literal: " + word);
+  }
+  ojson number() {
+    const size_t start = pos_;
+    if (peek() == '-' || peek() == '+') ++pos_;
+    bool is_float = false;
+    while (pos_ < t_.size()) {
+      const char ch = t_[pos_];
+      if (std::isdigit(static_cast<unsigned char>(ch)) || ch == '_') {
+        ++pos_;
+      } else if (ch == '.' || ch == 'e' || ch == 'E') {
+        is_float = true;
+        ++pos_;
+        if ((ch == 'e' || ch == 'E') && (peek() == '-' || peek() == '+')) ++pos_;
+      } else {
+        break;
+      }
+    }
+    std::string digits;
+    for (size_t i = start; i < pos_; ++i)
+      if (t_[i] != '_') digits += t_[i];
+    if (digits[0] == '+') digits.erase(0, 1);
+    size_t used = 0;
+    if (is_float) {
+      const double v = std::stod(digits, &used);
+      if (used != digits.size()) throw std::runtime_error("bad number");
+      return v;
+    }
+    const long long v = std::stoll(digits, &used);
+    if (used != digits.size()) throw std::runtime_error("bad number");
+    return v;
+  }
+  ojson string() {
+    const char quote = t_[pos_++];
+    std::string out;
+    while (true) {
+      if (pos_ >= t_.size() || t_[pos_] == '\n') throw std::runtime_error("unterminated string");
+      const char ch = t_[pos_++];
+      if (ch == quote) return out;
+      if (ch != '\\') {
+        out += ch;
+        continue;
+      }
+      if (pos_ >= t_.size()) throw std::runtime_error("unterminated string");
+      const char e = t_[pos_++];
+      switch (e) {
+        case 'n':
+          out += '\n';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case '0':
+          out += '\0';
+          break;
+        case '\\':
+        case '\'':
+        case '"':
+          out += e;
+          break;
+        case 'u':
+        case 'x': {
+          const int n = e == 'u' ? 4 : 2;
+          if (pos_ + n > t_.size()) throw std::runtime_error("bad escape");
+          const uint32_t cp = static_cast<uint32_t>(std::stoul(t_.substr(pos_, n), nullptr, 16));
+          pos_ += n;
+          // As UTF-8 (a lone surrogate is refused: JSON text cannot carry it).
+          if (cp >= 0xD800 && cp <= 0xDFFF) throw std::runtime_error("surrogate escape");
+          if (cp < 0x80) {
+            out += static_cast<char>(cp);
+          } else if (cp < 0x800) {
+            out += static_cast<char>(0xC0 | (cp >> 6));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+          } else {
+            out += static_cast<char>(0xE0 | (cp >> 12));
+            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+          }
+          break;
+        }
+        default:
+          out += '\\';  // Python keeps unknown escapes as written
+          out += e;
+      }
+    }
+  }
+
+  const std::string& t_;
+  size_t pos_;
+};
+
+class PythonicParser : public ToolParser {
+ public:
+  std::string name() const override { return "pythonic"; }
+
+  ToolCallParse parse(const std::string& text) const override {
+    // Llama 4 wraps the list in <|python_start|> ... <|python_end|>.
+    std::string body = text;
+    if (body.rfind(kStart, 0) == 0) body.erase(0, kStart.size());
+    for (size_t at; (at = body.find(kEnd)) != std::string::npos;) body.erase(at, kEnd.size());
+    if (body.rfind('[', 0) != 0) return content_only(text);
+    ToolCallParse p;
+    try {
+      p.calls = PythonLiterals(body).calls();
+    } catch (const std::exception&) {
+      return content_only(text);
+    }
+    p.called = true;
+    return p;
+  }
+
+  size_t settled_content(const std::string& text) const override {
+    if (text.empty() || text[0] == '[') return 0;
+    const size_t n = std::min(text.size(), kStart.size());
+    return text.compare(0, n, kStart.substr(0, n)) == 0 ? 0 : text.size();
+  }
+
+ private:
+  static constexpr std::string_view kStart = "<|python_start|>", kEnd = "<|python_end|>";
+};
+
 }  // namespace
 
 std::vector<std::string> ToolParser::names() {
-  return {"hermes", "llama3_json", "mistral"};
+  return {"hermes", "llama3_json", "mistral", "pythonic"};
 }
 
 std::unique_ptr<ToolParser> ToolParser::create(const std::string& name) {
   if (name == "hermes") return std::make_unique<HermesParser>();
   if (name == "llama3_json") return std::make_unique<Llama3JsonParser>();
   if (name == "mistral") return std::make_unique<MistralParser>();
+  if (name == "pythonic") return std::make_unique<PythonicParser>();
   fail(ErrorKind::kUnsupported, "invalid tool call parser: {} (choose from {})", name,
        fmt::join(names(), ", "));
 }

@@ -6,6 +6,7 @@
 //   llama3_json  {"name": ..., "parameters": {...}}; {...} at the start of the output, optionally
 //                after <|python_tag|> (Llama 3.1-3.3)
 //   mistral      [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...] (Mistral, Mixtral)
+//   pythonic     [name(key=value, ...), ...] with Python literals (Llama 3.2, Llama 4)
 #pragma once
 
 #include <memory>

@@ -111,7 +111,7 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
       {"serve" + m + " --port 0 --enable-auto-tool-choice",
        "--enable-auto-tool-choice requires --tool-call-parser"},
       {"serve" + m + " --port 0 --enable-auto-tool-choice --tool-call-parser nope",
-       "invalid tool call parser: nope (choose from hermes, llama3_json, mistral)"},
+       "invalid tool call parser: nope (choose from hermes, llama3_json, mistral, pythonic)"},
       {"generate" + m + " --prompt-ids 1 --device tpu", "--device"},
       {"serve" + m + " --port 0 --reasoning-parser nope",
        "invalid reasoning parser: nope (choose from deepseek_r1, qwen3)"},

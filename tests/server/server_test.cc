@@ -712,6 +712,7 @@ TEST(ServerTest, AutoToolChoiceParsesToolCalls) {
        "{\"city\": \"Rome\"}"},
       {"mistral", "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]",
        nullptr, "{\"city\": \"Oslo\"}"},
+      {"pythonic", "[get_weather(city='Lima')]", nullptr, "{\"city\": \"Lima\"}"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.parser);

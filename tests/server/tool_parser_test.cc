@@ -19,7 +19,8 @@ TEST(ToolParser, UnknownNameListsTheKnownOnes) {
     parser("pythonic_v9");
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("hermes, llama3_json, mistral"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("hermes, llama3_json, mistral, pythonic"),
+              std::string::npos)
         << e.what();
   }
 }
@@ -126,6 +127,38 @@ TEST(ToolParser, Mistral) {
   EXPECT_EQ(p->settled_content("Hi [TOOL"), 3u);
   EXPECT_EQ(p->settled_content("Hi [TOOL_CALLS][{"), 3u);
   EXPECT_EQ(p->settled_content("Hi [x]"), 6u);
+}
+
+TEST(ToolParser, Pythonic) {
+  auto p = parser("pythonic");
+  ToolCallParse two = p->parse(
+      "[get_weather(city='San Francisco', metric=True, days=[1, 2], opts={'lang': \"en\"}), "
+      "get_time(zone=None, offset=-1.5)]");
+  ASSERT_TRUE(two.called);
+  EXPECT_FALSE(two.content.has_value());
+  ASSERT_EQ(two.calls.size(), 2u);
+  EXPECT_EQ(two.calls[0].name, "get_weather");
+  EXPECT_EQ(two.calls[0].arguments,
+            "{\"city\": \"San Francisco\", \"metric\": true, \"days\": [1, 2], \"opts\": "
+            "{\"lang\": \"en\"}}");
+  EXPECT_EQ(two.calls[1].arguments, "{\"zone\": null, \"offset\": -1.5}");
+  // Llama 4's wrapping, escapes, no arguments.
+  ToolCallParse wrapped =
+      p->parse("<|python_start|>[say(text='it\\'s \\u00e9'), ping()]<|python_end|>");
+  ASSERT_TRUE(wrapped.called);
+  ASSERT_EQ(wrapped.calls.size(), 2u);
+  EXPECT_EQ(wrapped.calls[0].arguments, "{\"text\": \"it's \xc3\xa9\"}");
+  EXPECT_EQ(wrapped.calls[1].arguments, "{}");
+  // Not a list of calls: the text as it is.
+  for (const std::string text : {"The weather is fine.", "[1, 2, 3]", "[f(x=1)] and more", "[f(1)]",
+                                 "[os.f(x=1)]", "[f(x=g())]", "[f(x='open)]"}) {
+    ToolCallParse bad = p->parse(text);
+    EXPECT_FALSE(bad.called) << text;
+    EXPECT_EQ(bad.content, text);
+  }
+  EXPECT_EQ(p->settled_content("[get_w"), 0u);
+  EXPECT_EQ(p->settled_content("<|python"), 0u);
+  EXPECT_EQ(p->settled_content("Sure"), 4u);
 }
 
 TEST(ToolParser, PythonJsonDumpsMatchesPython) {
