@@ -147,6 +147,31 @@ class MistralParser : public ToolParser {
     const size_t e = rest.find_last_not_of(" \t\n\r\f\v");
     const std::string calls_text = b == std::string::npos ? "" : rest.substr(b, e - b + 1);
     ToolCallParse p;
+    if (calls_text.find("[ARGS]") != std::string::npos && calls_text.rfind('[', 0) != 0) {
+      // Tokenizers v11 and later: [TOOL_CALLS]name[ARGS]{...} for each call.
+      try {
+        for (size_t pos = first + kBot.size(); pos != std::string::npos;) {
+          const size_t next = text.find(kBot, pos);
+          const std::string one =
+              text.substr(pos, next == std::string::npos ? std::string::npos : next - pos);
+          pos = next == std::string::npos ? next : next + kBot.size();
+          const size_t args = one.find("[ARGS]");
+          if (args == std::string::npos) throw std::runtime_error("a call without [ARGS]");
+          ParsedToolCall call;
+          const std::string name = one.substr(0, args);
+          const size_t nb = name.find_first_not_of(" \t\n"), ne = name.find_last_not_of(" \t\n");
+          if (nb == std::string::npos) throw std::runtime_error("a call without a name");
+          call.name = name.substr(nb, ne - nb + 1);
+          call.arguments = python_json_dumps(ojson::parse(one.substr(args + 6)));
+          p.calls.push_back(std::move(call));
+        }
+      } catch (const std::exception&) {
+        return content_only(calls_text);
+      }
+      p.called = true;
+      if (first > 0) p.content = text.substr(0, first);
+      return p;
+    }
     try {
       ojson list = ojson::parse(calls_text, nullptr, false);
       if (list.is_discarded()) {

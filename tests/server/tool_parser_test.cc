@@ -124,6 +124,18 @@ TEST(ToolParser, Mistral) {
   EXPECT_FALSE(bad.called);
   EXPECT_EQ(bad.content, "{\"name\": \"a\", \"arguments\": {}}");
 
+  // Tokenizers v11 and later: [TOOL_CALLS]name[ARGS]{...} per call.
+  ToolCallParse v11 = p->parse(
+      "Checking.[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\"}[TOOL_CALLS]get_time[ARGS]{}");
+  ASSERT_TRUE(v11.called);
+  EXPECT_EQ(v11.content, "Checking.");
+  ASSERT_EQ(v11.calls.size(), 2u);
+  EXPECT_EQ(v11.calls[0].name, "get_weather");
+  EXPECT_EQ(v11.calls[0].arguments, "{\"city\": \"Oslo\"}");
+  EXPECT_EQ(v11.calls[1].name, "get_time");
+  EXPECT_EQ(v11.calls[1].arguments, "{}");
+  EXPECT_FALSE(p->parse("[TOOL_CALLS]get_weather[ARGS]{\"city\": ").called);
+
   EXPECT_EQ(p->settled_content("Hi [TOOL"), 3u);
   EXPECT_EQ(p->settled_content("Hi [TOOL_CALLS][{"), 3u);
   EXPECT_EQ(p->settled_content("Hi [x]"), 6u);
