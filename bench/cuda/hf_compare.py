@@ -44,8 +44,13 @@ def main():
         rng = random.Random(7)
         prompts = [[rng.randrange(1, vocab) for _ in range(5 + 9 * i)] for i in range(8)]
         results = tessera_run(binary, model_dir, prompts, 16)
-        hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16,
-                                                  attn_implementation="eager").cuda().eval()
+        try:  # transformers 5 names it dtype; 4.x torch_dtype
+            hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16,
+                                                      attn_implementation="eager")
+        except TypeError:
+            hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16,
+                                                      attn_implementation="eager")
+        hf = hf.cuda().eval()
         worst, compared, agreed = 0.0, 0, 0
         for prompt, res in zip(prompts, results):
             out = res["output_ids"]
