@@ -84,6 +84,7 @@ struct Choice {
   std::string tool_call_id;   // a named tool_choice's call, once its first delta went out
   size_t content_sent = 0;    // streaming with a parser: bytes of content text sent
   size_t reasoning_sent = 0;  // streaming with a reasoning parser: bytes of reasoning sent
+  size_t calls_sent = 0;      // streaming tool_choice "auto": tool calls sent
   bool tools_called = false;  // tool_choice "auto": the parser found calls in the text
   bool done = false;
   size_t text_offset = 0;  // completions logprobs: characters before the next token
@@ -332,25 +333,39 @@ struct ResponseContext {
   // last chunk) or, if there are none, the held-back text as content.
   void auto_tool_delta(Choice& c, const std::string& text, json& delta) {
     std::string content;
+    json calls = json::array();
+    // Calls that are complete before the end (hermes: each closed <tool_call>) go out at once,
+    // each whole and numbered in order; the rest when the output ends.
+    auto send_from = [&](const ToolCallParse& p) {
+      if (p.calls.size() <= c.calls_sent) return;
+      ToolCallParse rest;
+      rest.calls.assign(p.calls.begin() + static_cast<std::ptrdiff_t>(c.calls_sent), p.calls.end());
+      json more = parsed_tool_calls(rest);
+      for (size_t i = 0; i < more.size(); ++i) {
+        more[i]["index"] = c.calls_sent + i;
+        calls.push_back(std::move(more[i]));
+      }
+      c.calls_sent = p.calls.size();
+      c.tools_called = true;
+    };
     if (!c.done) {
       const size_t settled = std::max(c.content_sent, tool_parser->settled_content(text));
       content = text.substr(c.content_sent, settled - c.content_sent);
       c.content_sent = settled;
+      send_from(tool_parser->completed_calls(text));
     } else {
       ToolCallParse p = tool_parser->parse(text);
       if (p.called) {
-        c.tools_called = true;
         const std::string before = p.content.value_or("");
         if (before.size() > c.content_sent) content = before.substr(c.content_sent);
-        json calls = parsed_tool_calls(p);
-        for (size_t i = 0; i < calls.size(); ++i) calls[i]["index"] = i;
-        delta["tool_calls"] = calls;
-      } else if (text.size() > c.content_sent) {
+        send_from(p);
+      } else if (c.calls_sent == 0 && text.size() > c.content_sent) {
         content = text.substr(c.content_sent);
       }
       c.content_sent = text.size();
     }
     if (!content.empty()) delta["content"] = content;
+    if (!calls.empty()) delta["tool_calls"] = std::move(calls);
   }
 
   // Streaming with a reasoning parser: what is settled of the reasoning goes out as

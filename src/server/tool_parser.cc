@@ -88,6 +88,24 @@ class HermesParser : public ToolParser {
     return bytes_before_marker(text, kStart);
   }
 
+  // The closed <tool_call> blocks, up to the first that does not parse.
+  ToolCallParse completed_calls(const std::string& text) const override {
+    ToolCallParse p;
+    for (size_t pos = text.find(kStart); pos != std::string::npos; pos = text.find(kStart, pos)) {
+      const size_t body = pos + kStart.size();
+      const size_t close = text.find(kEnd, body);
+      if (close == std::string::npos) break;
+      try {
+        p.calls.push_back(call_from(ojson::parse(text.substr(body, close - body)), "arguments"));
+      } catch (const std::exception&) {
+        break;
+      }
+      pos = close + kEnd.size();
+    }
+    p.called = !p.calls.empty();
+    return p;
+  }
+
  private:
   static constexpr std::string_view kStart = "<tool_call>", kEnd = "</tool_call>";
 };

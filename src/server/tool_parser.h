@@ -43,6 +43,9 @@ class ToolParser {
   // Streaming: how many leading bytes of `text` (the output so far) are content whatever comes
   // next, so that the server can send them; the rest may turn out to be a tool call.
   virtual size_t settled_content(const std::string& text) const = 0;
+  // Streaming: the calls of a partial output that are complete whatever comes next, in order
+  // (none by default: the calls are known when the output ends).
+  virtual ToolCallParse completed_calls(const std::string& text) const { return {}; }
   // Whether the format's markers are special tokens that decoding must keep (vLLM's parsers set
   // skip_special_tokens false for these).
   virtual bool keeps_special_tokens() const { return false; }

@@ -756,6 +756,34 @@ TEST(ServerTest, AutoToolChoiceParsesToolCalls) {
     EXPECT_EQ(calls[0]["function"]["arguments"], c.arguments);
   }
 
+  // Two hermes calls, streamed: the first goes out as soon as it closes, before the last chunk.
+  f.set_tool_parser("hermes");
+  {
+    const std::string two =
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
+        "</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+        "\"Rome\"}}\n</tool_call>";
+    auto res =
+        f.client().Post("/v1/chat/completions",
+                        body({{"guided_choice", {two}}, {"stream", true}, {"max_tokens", 200}}),
+                        "application/json");
+    ASSERT_TRUE(res && res->status == 200);
+    const std::vector<json> chunks = testing::sse_chunks(res->body);
+    std::vector<std::pair<size_t, json>> calls;  // (chunk number, call)
+    for (size_t i = 0; i < chunks.size(); ++i)
+      if (chunks[i]["choices"][0]["delta"].contains("tool_calls"))
+        for (const json& tc : chunks[i]["choices"][0]["delta"]["tool_calls"])
+          calls.push_back({i, tc});
+    ASSERT_EQ(calls.size(), 2u);
+    EXPECT_EQ(calls[0].second["index"], 0);
+    EXPECT_EQ(calls[1].second["index"], 1);
+    EXPECT_EQ(calls[0].second["function"]["arguments"], "{\"city\": \"Paris\"}");
+    EXPECT_EQ(calls[1].second["function"]["arguments"], "{\"city\": \"Rome\"}");
+    EXPECT_LT(calls[0].first, calls[1].first);
+    EXPECT_NE(calls[0].second["id"], calls[1].second["id"]);
+    EXPECT_EQ(chunks.back()["choices"][0]["finish_reason"], "tool_calls");
+  }
+
   // Free text with a parser: content only; and a streamed "<" that turns out to be text.
   f.set_tool_parser("hermes");
   auto [ps, plain] = f.post("/v1/chat/completions", body({{"guided_choice", {"It is a < b."}}}));

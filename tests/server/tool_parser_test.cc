@@ -61,6 +61,16 @@ TEST(ToolParser, Hermes) {
     EXPECT_EQ(bad.content, text);
   }
 
+  // Streaming: the closed calls, up to one that does not parse.
+  EXPECT_EQ(p->completed_calls("<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>"
+                               "<tool_call>{\"name\": \"b\"")
+                .calls.size(),
+            1u);
+  EXPECT_TRUE(p->completed_calls("<tool_call>{\"name\": \"a\", \"argu").calls.empty());
+  EXPECT_TRUE(parser("llama3_json")
+                  ->completed_calls("{\"name\": \"a\", \"parameters\": {}}")
+                  .calls.empty());  // whole only at the end
+
   EXPECT_EQ(p->settled_content("Hello"), 5u);
   EXPECT_EQ(p->settled_content("Hello <tool"), 6u);  // "<tool" may become "<tool_call>"
   EXPECT_EQ(p->settled_content("Hello <tool_call>{\"na"), 6u);
