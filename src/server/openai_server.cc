@@ -329,13 +329,13 @@ struct ResponseContext {
   }
 
   // tool_choice "auto", streaming: text the parser says is content whatever follows goes out as
-  // content; the rest waits. At the end the whole text is parsed: calls (each whole, in the
-  // last chunk) or, if there are none, the held-back text as content.
+  // content; the rest waits. At the end the whole text is parsed: the calls not yet sent, or,
+  // if there are none, the held-back text as content.
   void auto_tool_delta(Choice& c, const std::string& text, json& delta) {
     std::string content;
     json calls = json::array();
-    // Calls that are complete before the end (hermes: each closed <tool_call>) go out at once,
-    // each whole and numbered in order; the rest when the output ends.
+    // Calls complete before the end (hermes: each closed <tool_call>) go out at once, each whole
+    // and numbered in order.
     auto send_from = [&](const ToolCallParse& p) {
       if (p.calls.size() <= c.calls_sent) return;
       ToolCallParse rest;
