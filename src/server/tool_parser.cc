@@ -7,6 +7,7 @@
 
 #include "core/status.h"
 #include "server/text_markers.h"
+#include "tokenizer/utf8.h"
 
 namespace tessera {
 
@@ -25,6 +26,14 @@ ParsedToolCall call_from(const ojson& obj, const char* args_key, const char* alt
   else
     call.arguments = python_json_dumps(obj.at(alt_key ? alt_key : args_key));  // throws
   return call;
+}
+
+// Formats whose calls must open the output (with `open`, or after the tag `tag`): all of the
+// text is content once it cannot begin that way, none while it still can.
+size_t settled_unless_call_start(const std::string& text, char open, std::string_view tag) {
+  if (text.empty() || text[0] == open) return 0;
+  const size_t n = std::min(text.size(), tag.size());
+  return text.compare(0, n, tag.substr(0, n)) == 0 ? 0 : text.size();
 }
 
 ToolCallParse content_only(std::string text) {
@@ -135,9 +144,7 @@ class Llama3JsonParser : public ToolParser {
   }
 
   size_t settled_content(const std::string& text) const override {
-    if (text.empty() || text[0] == '{') return 0;
-    const size_t n = std::min(text.size(), kTag.size());
-    return text.compare(0, n, kTag.substr(0, n)) == 0 ? 0 : text.size();
+    return settled_unless_call_start(text, '{', kTag);
   }
 
  private:
@@ -397,16 +404,7 @@ class PythonLiterals {
           pos_ += n;
           // As UTF-8 (a lone surrogate is refused: JSON text cannot carry it).
           if (cp >= 0xD800 && cp <= 0xDFFF) throw std::runtime_error("surrogate escape");
-          if (cp < 0x80) {
-            out += static_cast<char>(cp);
-          } else if (cp < 0x800) {
-            out += static_cast<char>(0xC0 | (cp >> 6));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-          } else {
-            out += static_cast<char>(0xE0 | (cp >> 12));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-          }
+          tokenizer::utf8_append(out, static_cast<char32_t>(cp));
           break;
         }
         default:
@@ -441,9 +439,7 @@ class PythonicParser : public ToolParser {
   }
 
   size_t settled_content(const std::string& text) const override {
-    if (text.empty() || text[0] == '[') return 0;
-    const size_t n = std::min(text.size(), kStart.size());
-    return text.compare(0, n, kStart.substr(0, n)) == 0 ? 0 : text.size();
+    return settled_unless_call_start(text, '[', kStart);
   }
 
  private:

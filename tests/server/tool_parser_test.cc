@@ -14,6 +14,15 @@ std::unique_ptr<ToolParser> parser(const std::string& name) {
   return ToolParser::create(name);
 }
 
+// Texts that are not calls come back whole as content, with no calls.
+void expect_content_only(const ToolParser& p, std::initializer_list<std::string> texts) {
+  for (const std::string& text : texts) {
+    ToolCallParse bad = p.parse(text);
+    EXPECT_FALSE(bad.called) << p.name() << ": " << text;
+    EXPECT_EQ(bad.content, text) << p.name();
+  }
+}
+
 TEST(ToolParser, UnknownNameListsTheKnownOnes) {
   try {
     parser("pythonic_v9");
@@ -54,12 +63,8 @@ TEST(ToolParser, Hermes) {
   EXPECT_EQ(two.calls[1].arguments, "{\"x\": 1.5}");
 
   // Not JSON, or no arguments: no calls, the text as it is.
-  for (const std::string text : {"<tool_call>{\"name\": \"a\", \"arguments\": </tool_call>",
-                                 "<tool_call>{\"name\": \"a\"}</tool_call>"}) {
-    ToolCallParse bad = p->parse(text);
-    EXPECT_FALSE(bad.called) << text;
-    EXPECT_EQ(bad.content, text);
-  }
+  expect_content_only(*p, {"<tool_call>{\"name\": \"a\", \"arguments\": </tool_call>",
+                           "<tool_call>{\"name\": \"a\"}</tool_call>"});
 
   // Streaming: the closed calls, up to one that does not parse.
   EXPECT_EQ(p->completed_calls("<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>"
@@ -96,12 +101,8 @@ TEST(ToolParser, Llama3Json) {
   EXPECT_EQ(two.calls[0].arguments, "{\"s\": \"x}\"}");  // a brace inside a string
   EXPECT_EQ(two.calls[1].name, "b");
 
-  for (const std::string text : {"Sure: {\"name\": \"a\", \"parameters\": {}}", "{not json",
-                                 "{\"name\": \"a\", \"parameters\": {}} and more text"}) {
-    ToolCallParse bad = p->parse(text);
-    EXPECT_FALSE(bad.called) << text;
-    EXPECT_EQ(bad.content, text);
-  }
+  expect_content_only(*p, {"Sure: {\"name\": \"a\", \"parameters\": {}}", "{not json",
+                           "{\"name\": \"a\", \"parameters\": {}} and more text"});
 
   EXPECT_EQ(p->settled_content(""), 0u);
   EXPECT_EQ(p->settled_content("{\"na"), 0u);
@@ -172,12 +173,8 @@ TEST(ToolParser, Pythonic) {
   EXPECT_EQ(wrapped.calls[0].arguments, "{\"text\": \"it's \xc3\xa9\"}");
   EXPECT_EQ(wrapped.calls[1].arguments, "{}");
   // Not a list of calls: the text as it is.
-  for (const std::string text : {"The weather is fine.", "[1, 2, 3]", "[f(x=1)] and more", "[f(1)]",
-                                 "[os.f(x=1)]", "[f(x=g())]", "[f(x='open)]"}) {
-    ToolCallParse bad = p->parse(text);
-    EXPECT_FALSE(bad.called) << text;
-    EXPECT_EQ(bad.content, text);
-  }
+  expect_content_only(*p, {"The weather is fine.", "[1, 2, 3]", "[f(x=1)] and more", "[f(1)]",
+                           "[os.f(x=1)]", "[f(x=g())]", "[f(x='open)]"});
   EXPECT_EQ(p->settled_content("[get_w"), 0u);
   EXPECT_EQ(p->settled_content("<|python"), 0u);
   EXPECT_EQ(p->settled_content("Sure"), 4u);
