@@ -35,9 +35,18 @@ inline uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
-inline float round_to_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+inline float round_to_bf16(float f) {
+  return bf16_to_f32(f32_to_bf16(f));
+}
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
+
+// FP8 E4M3 ("e4m3fn", as in PyTorch and vLLM): 1 sign, 4 exponent (bias 7) and 3 mantissa bits,
+// subnormals, no infinities, 0x7f / 0xff are NaN, largest finite value 448.
+inline constexpr float kFp8E4M3Max = 448.0f;
+float fp8_e4m3_to_f32(uint8_t v);
+// Round to nearest even, saturating to +-448 (as PyTorch's cast after a clamp); NaN -> 0x7f.
+uint8_t f32_to_fp8_e4m3(float f);
 
 }  // namespace tessera
