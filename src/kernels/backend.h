@@ -69,6 +69,20 @@ class Backend {
   // embeddings, by embedding()), possibly rearranged into a packed layout for this backend's
   // kernels. Pass the tensor by value with std::move: a backend may then rearrange it in place.
   virtual Tensor prepare_linear_weight(Tensor host_weight) { return prepare_weight(host_weight); }
+  // A decoder layer's Linear weight (attention and MLP projections, not the embedding or LM
+  // head): what `--quantization` may store in fewer bits (an FP8 layout on the CPU).
+  // row_absmax (empty, or one value per output row): the largest |w| of each whole row, for a
+  // shard that holds part of every row (row-parallel), so that it is quantized as the whole
+  // weight would be on one rank.
+  virtual Tensor prepare_layer_weight(Tensor host_weight, std::span<const float> row_absmax) {
+    (void)row_absmax;
+    return prepare_linear_weight(std::move(host_weight));
+  }
+  // Whether prepare_layer_weight quantizes (and so wants row_absmax for row-parallel shards).
+  virtual bool quantizes_layer_weights() const { return false; }
+  // Bytes that prepare_layer_weight's quantization has saved so far (checkpoint bytes minus
+  // prepared bytes).
+  virtual int64_t quantization_saved_bytes() const { return 0; }
   virtual void synchronize() {}
 
   // out[t, :] = table[ids[t] - vocab_start, :] * scale for ids in [vocab_start, vocab_start +

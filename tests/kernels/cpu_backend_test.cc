@@ -2,6 +2,7 @@
 // the batch-invariance property: a row's result does not depend on the rest of the batch.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -246,6 +247,92 @@ TEST_P(CpuBackendTest, PreparedBf16LinearIsBatchInvariantForEveryTileHeight) {
     const int64_t start = (batch * 5) % (m - batch + 1);
     ASSERT_TRUE(batch_matches(x, seg, full, start, batch));
   }
+}
+
+// FP8 weights (--quantization fp8): quantized per output row at load, then every kernel computes
+// x @ (scale[j] * e4m3(q[j]))^T. The reference quantizes independently from the definition.
+struct Fp8Reference {
+  std::vector<double> w;  // [n, k] dequantized values
+  int64_t k = 0;
+};
+Fp8Reference fp8_reference(const Tensor& w) {
+  const int64_t n = w.size(0), k = w.size(1);
+  Fp8Reference r;
+  r.k = k;
+  r.w.resize(static_cast<size_t>(n * k));
+  for (int64_t j = 0; j < n; ++j) {
+    float amax = 0;
+    for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(at(w, j, i)));
+    const float scale = amax > 0 ? amax / kFp8E4M3Max : 1.0f;
+    for (int64_t i = 0; i < k; ++i)
+      r.w[j * k + i] =
+          static_cast<double>(scale) * fp8_e4m3_to_f32(f32_to_fp8_e4m3(at(w, j, i) / scale));
+  }
+  return r;
+}
+
+TEST_P(CpuBackendTest, Fp8LinearMatchesDequantizedReference) {
+  CpuBackend fp8(pool_, GetParam().isa, GetParam().precision, /*fp8_weights=*/true);
+  for (DType wd : {DType::kBF16, DType::kF32, DType::kF16})
+    for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{
+             {1, 16, 64}, {3, 37, 129}, {8, 301, 3000}, {13, 50, 7}, {40, 33, 515}}) {
+      Tensor x = random_tensor({m, k}, DType::kF32, 71 + m);
+      Tensor w = random_tensor({n, k}, wd, 72 + n);
+      Tensor b = random_tensor({n}, DType::kF32, 73);
+      const Fp8Reference ref = fp8_reference(w);
+      LinearSegment seg{fp8.prepare_layer_weight(w, {}), b};
+      EXPECT_EQ(seg.weight.layout(), cpu::kLayoutFp8Tiles);
+      Tensor out = Tensor::empty({m, n}, DType::kF32);
+      fp8.linear(x, {&seg, 1}, out);
+      const bool round_x = GetParam().precision == MatmulPrecision::kBf16;
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          const double bj = b.data<float>()[j];
+          double want = bj, mag = std::abs(bj);
+          for (int64_t kk = 0; kk < k; ++kk) {
+            const float xv = round_x ? round_to_bf16(at(x, i, kk)) : at(x, i, kk);
+            want += xv * ref.w[j * k + kk];
+            mag += std::abs(xv * ref.w[j * k + kk]);
+          }
+          ASSERT_NEAR(at(out, i, j), want, 2e-6 * mag + 1e-7)
+              << dtype_name(wd) << " m=" << m << " n=" << n << " k=" << k << " at " << i << ","
+              << j;
+        }
+    }
+}
+
+// The quantized weight takes a quarter of f32's bytes (a half of bf16's) plus a scale per row,
+// and the generic and AVX-512 kernels give the same bits, in any batch.
+TEST_P(CpuBackendTest, Fp8LinearIsBatchInvariantAndTheSameOnEveryIsa) {
+  const int64_t k = 1030, n = 77, m = 30;
+  Tensor x = random_tensor({m, k}, DType::kF32, 81);
+  Tensor w = random_tensor({n, k}, DType::kBF16, 82);
+  CpuBackend fp8(pool_, GetParam().isa, GetParam().precision, true);
+  CpuBackend generic(pool_, cpu::Isa::kGeneric, GetParam().precision, true);
+  LinearSegment seg{fp8.prepare_layer_weight(w, {}), {}};
+  LinearSegment gseg{generic.prepare_layer_weight(w, {}), {}};
+  EXPECT_EQ(seg.weight.dtype(), DType::kU8);
+  EXPECT_EQ(seg.weight.owner() ? cpu::packed_fp8_bytes(n, k) : 0,
+            cpu::round_up(80 * k, 64) + 80 * 4);
+  EXPECT_EQ(std::memcmp(seg.weight.raw(), gseg.weight.raw(), cpu::packed_fp8_bytes(n, k)), 0);
+  Tensor full = Tensor::empty({m, n}, DType::kF32), ref = Tensor::empty({m, n}, DType::kF32);
+  fp8.linear(x, {&seg, 1}, full);
+  generic.linear(x, {&gseg, 1}, ref);
+  EXPECT_EQ(std::memcmp(full.raw(), ref.raw(), full.nbytes()), 0) << "kernels disagree";
+  for (int64_t batch = 1; batch <= 14; ++batch) {
+    const int64_t start = (batch * 3) % (m - batch + 1);
+    Tensor part = Tensor::empty({batch, n}, DType::kF32);
+    fp8.linear(x.slice(0, start, start + batch), {&seg, 1}, part);
+    ASSERT_EQ(std::memcmp(part.raw(), full.data<float>() + start * n, part.nbytes()), 0)
+        << "batch " << batch << " at " << start;
+  }
+}
+
+// Without --quantization the layer weights are prepared as before (bf16 packed or as stored).
+TEST_P(CpuBackendTest, LayerWeightsStayAsStoredWithoutQuantization) {
+  Tensor w = random_tensor({32, 64}, DType::kF32, 91);
+  EXPECT_EQ(backend_.prepare_layer_weight(w, {}).layout(), 0);
+  EXPECT_EQ(backend_.prepare_layer_weight(w, {}).dtype(), DType::kF32);
 }
 
 // A tied LM head's packed weight is also the embedding table: the embedding reads it back.

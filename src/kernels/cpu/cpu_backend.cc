@@ -53,12 +53,13 @@ CpuBackend::~CpuBackend() {
   }
 }
 
-CpuBackend::CpuBackend(ThreadPool& pool, cpu::Isa isa, MatmulPrecision precision)
+CpuBackend::CpuBackend(ThreadPool& pool, cpu::Isa isa, MatmulPrecision precision, bool fp8_weights)
     : pool_(pool),
       isa_(isa),
       gemm_(isa == cpu::Isa::kAvx512 ? cpu::gemm_kernels_avx512() : cpu::gemm_kernels_generic()),
       ops_(isa == cpu::Isa::kAvx512 ? cpu::ops_kernels_avx512() : cpu::ops_kernels_generic()),
       precision_(precision),
+      fp8_weights_(fp8_weights),
       attn_scratch_(pool.size()) {
   if (const char* env = std::getenv("TESSERA_PROFILE"); env && *env && std::string(env) != "0")
     profile_ = std::make_unique<Profile>();
@@ -66,7 +67,8 @@ CpuBackend::CpuBackend(ThreadPool& pool, cpu::Isa isa, MatmulPrecision precision
 
 std::string CpuBackend::name() const {
   return "cpu (" + std::string(cpu::isa_name(isa_)) + ", " + std::to_string(pool_.size()) +
-         " threads, " + (precision_ == MatmulPrecision::kExact ? "exact" : "bf16") + " matmuls)";
+         " threads, " + (precision_ == MatmulPrecision::kExact ? "exact" : "bf16") + " matmuls" +
+         (fp8_weights_ ? ", fp8 weights" : "") + ")";
 }
 
 Tensor CpuBackend::empty(std::span<const int64_t> shape, DType dtype) {
@@ -165,6 +167,27 @@ Tensor CpuBackend::prepare_linear_weight(Tensor w) {
       .with_layout(cpu::kLayoutBf16Tiles);
 }
 
+Tensor CpuBackend::prepare_layer_weight(Tensor w, std::span<const float> row_absmax) {
+  if (!fp8_weights_) return prepare_linear_weight(std::move(w));
+  check_rows(w, "linear weight");
+  TESSERA_CHECK(w.layout() == 0) << "linear weight in an unknown layout";
+  TESSERA_CHECK(is_float(w.dtype()) && w.dtype() != DType::kF64)
+      << "FP8 quantization of a " << dtype_name(w.dtype()) << " weight";
+  const int64_t n = w.size(0), k = w.size(1), groups = cpu::round_up(n, 16) / 16;
+  TESSERA_CHECK(row_absmax.empty() || static_cast<int64_t>(row_absmax.size()) == n);
+  Tensor buf = Tensor::empty({cpu::packed_fp8_bytes(n, k)}, DType::kU8);
+  const int64_t codes = cpu::round_up(n, 16) * k;  // then padding up to the scales
+  std::memset(buf.data<uint8_t>() + codes, 0, cpu::fp8_scales_offset(n, k) - codes);
+  pool_.parallel_for(groups, [&](int64_t b, int64_t e) {
+    cpu::pack_fp8_tiles(w.raw(), w.dtype(), w.stride(0), n, k,
+                        row_absmax.empty() ? nullptr : row_absmax.data(), buf.data<uint8_t>(), b,
+                        e);
+  });
+  quantization_saved_bytes_ += static_cast<int64_t>(w.nbytes()) - buf.numel();
+  const int64_t shape[] = {n, k};
+  return Tensor::wrap(buf.raw(), shape, DType::kU8, buf.owner()).with_layout(cpu::kLayoutFp8Tiles);
+}
+
 void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments,
                         const Tensor& out) {
   OpTimer timer(profile_, Op::kLinear);
@@ -177,6 +200,7 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   // weight that was not), or null for the stored-layout path.
   if (packed_.size() < segments.size()) packed_.resize(segments.size());
   std::vector<const uint16_t*> packed(segments.size(), nullptr);
+  std::vector<const uint8_t*> fp8(segments.size(), nullptr);  // kLayoutFp8Tiles weights
   for (size_t s = 0; s < segments.size(); ++s) {
     const LinearSegment& seg = segments[s];
     check_rows(seg.weight, "linear weight");
@@ -188,6 +212,8 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
     if (seg.weight.layout() == cpu::kLayoutBf16Tiles) {
       TESSERA_CHECK(gemm_.bf16_packed) << "packed weight on a backend without the packed kernels";
       packed[s] = seg.weight.data<uint16_t>();
+    } else if (seg.weight.layout() == cpu::kLayoutFp8Tiles) {
+      fp8[s] = seg.weight.data<uint8_t>();
     } else if (seg.weight.dtype() == DType::kBF16 && gemm_.bf16_packed && m > 0) {
       const int64_t n = seg.weight.size(0);
       packed_[s].resize(static_cast<size_t>(cpu::packed_bf16_elems(n, k)));
@@ -204,11 +230,19 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   // Activations for the packed kernel: many rows are rearranged into row tiles (each tile one
   // stream of 12-value groups, cpu/gemm.h), and so are few rows when bf16 matmul precision
   // rounds them first; otherwise few rows are read in place.
-  const bool any_packed = std::any_of(packed.begin(), packed.end(), [](auto p) { return p; });
+  const bool any_packed = std::any_of(packed.begin(), packed.end(), [](auto p) { return p; }) ||
+                          std::any_of(fp8.begin(), fp8.end(), [](auto p) { return p; });
   const bool round_bf16 = precision_ == MatmulPrecision::kBf16;
   const float* a = x.data<float>();
   int64_t lda = x.stride(0);
-  if (any_packed && (m >= gemm_.tile_rows || round_bf16)) {
+  if (any_packed && !gemm_.pack_tiles && round_bf16) {
+    // The portable kernels read rows in place: round a row-major copy (FP8 weights here).
+    act_.resize(static_cast<size_t>(m * k));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < k; ++j) act_[i * k + j] = round_to_bf16(a[i * lda + j]);
+    a = act_.data();
+    lda = k;
+  } else if (any_packed && gemm_.pack_tiles && (m >= gemm_.tile_rows || round_bf16)) {
     const int64_t tiles = (m + gemm_.tile_rows - 1) / gemm_.tile_rows;
     const size_t need = static_cast<size_t>(tiles * gemm_.tile_rows * k);
     if (act_.size() < need) act_.resize(need);
@@ -232,6 +266,10 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
           gemm_.gemm_bf16(a, lda, m, k, packed[s], local, hi - seg_start,
                           out.data<float>() + seg_start, out.stride(0),
                           seg.bias.defined() ? seg.bias.data<float>() : nullptr);
+        } else if (fp8[s]) {
+          gemm_.gemm_fp8(a, lda, m, k, fp8[s], rows, local, hi - seg_start,
+                         out.data<float>() + seg_start, out.stride(0),
+                         seg.bias.defined() ? seg.bias.data<float>() : nullptr);
         } else {
           const size_t elem = dtype_size(seg.weight.dtype());
           const void* w = static_cast<const char*>(seg.weight.raw()) +

@@ -23,8 +23,11 @@ enum class MatmulPrecision {
 
 class CpuBackend : public Backend {
  public:
+  // fp8_weights: decoder layers' Linear weights are quantized to FP8 E4M3 per output row at load
+  // (--quantization fp8; cpu/gemm.h, kLayoutFp8Tiles).
   explicit CpuBackend(ThreadPool& pool, cpu::Isa isa = cpu::detect_isa(),
-                      MatmulPrecision precision = MatmulPrecision::kExact);
+                      MatmulPrecision precision = MatmulPrecision::kExact,
+                      bool fp8_weights = false);
   // With TESSERA_PROFILE=1, prints the time spent in each op when destroyed.
   ~CpuBackend() override;
 
@@ -44,6 +47,10 @@ class CpuBackend : public Backend {
   // bf16 weights on AVX-512: packed for the outer-product kernel (cpu/gemm.h), in place when
   // nothing else holds the tensor. Other dtypes and ISAs: unchanged.
   Tensor prepare_linear_weight(Tensor host_weight) override;
+  // With fp8_weights: quantized and packed (any float dtype); else prepare_linear_weight.
+  Tensor prepare_layer_weight(Tensor host_weight, std::span<const float> row_absmax) override;
+  bool quantizes_layer_weights() const override { return fp8_weights_; }
+  int64_t quantization_saved_bytes() const override { return quantization_saved_bytes_; }
 
   void embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
                  const Tensor& out) override;
@@ -111,6 +118,8 @@ class CpuBackend : public Backend {
   cpu::GemmKernels gemm_;
   cpu::OpsKernels ops_;
   MatmulPrecision precision_;
+  bool fp8_weights_;
+  int64_t quantization_saved_bytes_ = 0;
   std::vector<float> act_;                        // [tiles, k, tile_rows] activations (pack_tiles)
   std::vector<std::vector<uint16_t>> packed_;     // per segment: bf16 weights packed per call
   std::vector<std::vector<float>> attn_scratch_;  // per thread

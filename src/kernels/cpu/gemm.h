@@ -37,6 +37,30 @@ inline uint16_t packed_bf16_at(const uint16_t* packed, int64_t k, int64_t j, int
   return packed[(j / 16) * tile_stride(k) + (i / 2) * 32 + (j % 16) * 2 + (i % 2)];
 }
 
+// The packed layout of an FP8 (E4M3) weight [n, k] quantized per output row (Tensor::layout()
+// value kLayoutFp8Tiles, dtype u8): output columns in groups of 16, each group k runs of 16
+// codes (one per column), then the rows' f32 scales:
+//   bytes[(j / 16) * 16k + i * 16 + j % 16] = q[j][i],  w[j][i] ~= scale[j] * e4m3(q[j][i])
+//   scales at fp8_scales_offset(n, k): round_up(n, 16) floats (1 where j >= n; codes 0 there).
+// A 16-byte load is one k step for 16 columns; widened to f16 bits it converts with one
+// instruction (cpu/gemm_avx512.cc).
+inline constexpr uint8_t kLayoutFp8Tiles = 2;
+inline int64_t fp8_scales_offset(int64_t n, int64_t k) {
+  return round_up(round_up(n, 16) * k, 64);
+}
+inline int64_t packed_fp8_bytes(int64_t n, int64_t k) {
+  return fp8_scales_offset(n, k) + round_up(n, 16) * 4;
+}
+// Quantizes rows [16 g_begin, 16 g_end) of w [n, k] (row stride ldw, dtype f32, bf16 or f16)
+// into packed (packed_fp8_bytes(n, k) bytes): scale[j] = absmax[j] / 448 (1 for a zero row),
+// q[j][i] = e4m3(w[j][i] / scale[j]) rounded to nearest even. absmax[j] = max_i |w[j][i]|, or
+// row_absmax[j] when given (the whole row's, for a shard of its columns).
+void pack_fp8_tiles(const void* w, DType dtype, int64_t ldw, int64_t n, int64_t k,
+                    const float* row_absmax, uint8_t* packed, int64_t g_begin, int64_t g_end);
+inline const float* packed_fp8_scales(const uint8_t* packed, int64_t n, int64_t k) {
+  return reinterpret_cast<const float*>(packed + fp8_scales_offset(n, k));
+}
+
 struct GemmKernels {
   // Whether bf16 weights take the packed path below; the caller packs each weight once
   // (pack_bf16_tiles) and calls gemm_bf16 for column ranges of it.
@@ -53,6 +77,13 @@ struct GemmKernels {
   int tile_rows = 1;
   void (*pack_tiles)(const float* a, int64_t lda, int64_t m, int64_t k, float* out, int64_t t_begin,
                      int64_t t_end, bool round_bf16) = nullptr;
+  // Columns [lo, hi) of a packed FP8 weight (n columns, k inputs), as gemm_bf16 (a row-major,
+  // or lda = -1 for pack_tiles' layout where tile_rows > 1): acc = fma(a[i][k'], e4m3(q[j][k']),
+  // acc) for k' = 0, 1, ..., k - 1; c = acc * scale[j] (+ bias). Every implementation gives the
+  // same bits.
+  void (*gemm_fp8)(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* packed,
+                   int64_t n, int64_t lo, int64_t hi, float* c, int64_t ldc,
+                   const float* bias) = nullptr;
   // f32 activations with f32, f16 or bf16 weights in their stored layout (converted to f32 in
   // registers).
   void (*gemm_f32)(const float* a, int64_t lda, int64_t m, int64_t k, const void* w, DType wdtype,

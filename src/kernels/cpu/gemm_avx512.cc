@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "core/status.h"
 #include "kernels/cpu/gemm.h"
@@ -323,6 +324,211 @@ void gemm_bf16_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const u
   }
 }
 
+// FP8 weights (kLayoutFp8Tiles) with f32 FMAs. One k step of a group is 16 codes. Sign-extended
+// to 16 bits and shifted left by 7, a code becomes the f16 whose value is the E4M3 value times
+// 2^-8 exactly (sign at bit 15, the 4 exponent bits at 10-13 with the bias 8 lower, the 3
+// mantissa bits at 7-9; subnormals alike) once bit 14, a copy of the sign, is cleared; one
+// VCVTPH2PS makes it f32. The 2^8 goes into the row scale at the end, which changes no bits:
+// acc here is the reference acc times 2^-8 exactly. Two k steps (32 codes) widen at once. Tiles
+// as tile_bf16: RM rows x NG groups of 16 columns, one chain per output in k order.
+inline __m512i fp8_pair_to_f16(__m256i codes) {  // 32 codes -> 32 f16 (2 k steps)
+  return _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(codes), 7),
+                          _mm512_set1_epi16(static_cast<short>(0xbfff)));
+}
+inline __m512 f16_lo(__m512i h) {
+  return _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+}
+inline __m512 f16_hi(__m512i h) {
+  return _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+}
+inline __m512 fp8_to_f32_times_2m8(__m128i codes) {  // 16 codes (1 k step)
+  return f16_lo(fp8_pair_to_f16(_mm256_castsi128_si256(codes)));
+}
+
+template <int RM, int NG, bool kTiled>
+__attribute__((noinline)) void tile_fp8(const float* a, int64_t lda, const uint8_t* w, int64_t gs,
+                                        int64_t k, float* c, int64_t ldc, const float* scale,
+                                        const float* bias, int64_t lo, int64_t hi) {
+  auto at = [&](int i, int64_t kk) __attribute__((always_inline)) {
+    return kTiled ? a[kk * kTileRows + i] : a[i * lda + kk];
+  };
+  __m512 acc[RM][NG];
+#pragma GCC unroll 16
+  for (int i = 0; i < RM; ++i)
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_setzero_ps();
+  auto step = [&](int64_t kk, const __m512(&wv)[NG]) __attribute__((always_inline)) {
+#pragma GCC unroll 16
+    for (int i = 0; i < RM; ++i) {
+      const __m512 av = _mm512_set1_ps(at(i, kk));
+#pragma GCC unroll 16
+      for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_fmadd_ps(av, wv[g], acc[i][g]);
+    }
+  };
+  const int64_t full = k / 4;
+  for (int64_t p = 0; p < full; ++p) {  // 4 k steps: one 64-byte line per group
+    __m512i line[NG];
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) {
+      const uint8_t* wp = w + g * gs + p * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(wp) + kPrefetchBytes, _MM_HINT_T0);
+      line[g] = _mm512_loadu_si512(wp);
+    }
+    __m512i h[NG];
+    __m512 wv[NG];
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) h[g] = fp8_pair_to_f16(_mm512_castsi512_si256(line[g]));
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) wv[g] = f16_lo(h[g]);
+    step(4 * p, wv);
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) wv[g] = f16_hi(h[g]);
+    step(4 * p + 1, wv);
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) h[g] = fp8_pair_to_f16(_mm512_extracti64x4_epi64(line[g], 1));
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) wv[g] = f16_lo(h[g]);
+    step(4 * p + 2, wv);
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) wv[g] = f16_hi(h[g]);
+    step(4 * p + 3, wv);
+  }
+  for (int64_t kk = 4 * full; kk < k; ++kk) {
+    __m512 wv[NG];
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g)
+      wv[g] = fp8_to_f32_times_2m8(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + g * gs + kk * 16)));
+    step(kk, wv);
+  }
+#pragma GCC unroll 16
+  for (int g = 0; g < NG; ++g) {
+    const __mmask16 mask = lane_mask(g * 16, lo, hi);
+    const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(scale + g * 16), _mm512_set1_ps(256.0f));
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + g * 16) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int i = 0; i < RM; ++i) {
+      __m512 v = _mm512_mul_ps(acc[i][g], s);
+      if (bias) v = _mm512_add_ps(v, b);
+      _mm512_mask_storeu_ps(c + i * ldc + g * 16, mask, v);
+    }
+  }
+}
+
+template <bool kTiled, int RM, int NG = 1>
+inline void dispatch_fp8_ng(int ng, const float* a, int64_t lda, const uint8_t* w, int64_t gs,
+                            int64_t k, float* c, int64_t ldc, const float* scale, const float* bias,
+                            int64_t lo, int64_t hi) {
+  if constexpr (NG <= tile_groups(RM)) {
+    if (ng == NG) return tile_fp8<RM, NG, kTiled>(a, lda, w, gs, k, c, ldc, scale, bias, lo, hi);
+    return dispatch_fp8_ng<kTiled, RM, NG + 1>(ng, a, lda, w, gs, k, c, ldc, scale, bias, lo, hi);
+  } else {
+    TESSERA_CHECK(false) << "tile width " << ng;
+  }
+}
+
+template <bool kTiled, int RM = 1>
+inline void dispatch_fp8_rm(int rm, int ng, const float* a, int64_t lda, const uint8_t* w,
+                            int64_t gs, int64_t k, float* c, int64_t ldc, const float* scale,
+                            const float* bias, int64_t lo, int64_t hi) {
+  if constexpr (RM <= kTileRows) {
+    if (rm == RM)
+      return dispatch_fp8_ng<kTiled, RM>(ng, a, lda, w, gs, k, c, ldc, scale, bias, lo, hi);
+    return dispatch_fp8_rm<kTiled, RM + 1>(rm, ng, a, lda, w, gs, k, c, ldc, scale, bias, lo, hi);
+  } else {
+    TESSERA_CHECK(false) << "tile height " << rm;
+  }
+}
+
+// Groups [g0, g1) of FP8 codes as bf16 weights in pack_bf16_tiles' layout (E4M3 values are
+// exactly bf16 values): the lane of column j for pair p holds w[2p] in its low and w[2p + 1]
+// in its high half.
+void fp8_groups_to_bf16_tiles(const uint8_t* packed, int64_t k, int64_t g0, int64_t g1,
+                              uint16_t* out) {
+  const int64_t gs = 16 * k, bs = tile_stride(k);
+  const __m512 two8 = _mm512_set1_ps(256.0f);
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* w = packed + g * gs;
+    uint16_t* o = out + (g - g0) * bs;
+    for (int64_t p = 0; 2 * p < k; ++p) {
+      __m512 even, odd;
+      if (2 * p + 1 < k) {
+        const __m512i h =
+            fp8_pair_to_f16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + p * 32)));
+        even = _mm512_mul_ps(f16_lo(h), two8);
+        odd = _mm512_mul_ps(f16_hi(h), two8);
+      } else {
+        even = _mm512_mul_ps(
+            fp8_to_f32_times_2m8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + p * 32))),
+            two8);
+        odd = _mm512_setzero_ps();
+      }
+      const __m512i lane =
+          _mm512_or_si512(_mm512_srli_epi32(_mm512_castps_si512(even), 16),
+                          _mm512_and_si512(_mm512_castps_si512(odd),
+                                           _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+      _mm512_storeu_si512(o + p * 32, lane);
+    }
+  }
+}
+
+// As gemm_bf16_avx512: blocks of groups that stay in L2 while the row tiles pass over them.
+// Few rows (decode) read the codes in the FP8 tiles. Many rows (pack_tiles' layout, a prompt)
+// first widen each block to bf16 tiles, where converting once serves every row tile and the
+// bf16 kernel runs at its full rate, and then scale: the bf16 kernel's sum is exactly 2^8 times
+// the FP8 tiles' (the same products in the same order), so the outputs have the same bits.
+void gemm_fp8_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* packed,
+                     int64_t n, int64_t lo, int64_t hi, float* c, int64_t ldc, const float* bias) {
+  if (lo >= hi || m == 0) return;
+  const bool tiled = lda < 0;
+  const int64_t gs = 16 * k;
+  const float* scales = packed_fp8_scales(packed, n, k);
+  const int64_t g_lo = lo / 16, g_hi = (hi + 15) / 16;
+  if (tiled) {
+    const int64_t bs = tile_stride(k);
+    const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / (bs * 2), 2, 16);
+    thread_local std::vector<uint16_t> widened;
+    widened.resize(static_cast<size_t>(block * bs));
+    for (int64_t b0 = g_lo; b0 < g_hi; b0 += block) {
+      const int64_t b1 = std::min(g_hi, b0 + block);
+      fp8_groups_to_bf16_tiles(packed, k, b0, b1, widened.data());
+      for (int64_t i = 0; i < m; i += kTileRows) {
+        const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
+        const int64_t width = tile_groups(rm);
+        for (int64_t g = b0; g < b1; g += width) {
+          const int ng = static_cast<int>(std::min(width, b1 - g));
+          dispatch_rm<true>(rm, ng, a + i * k, 0, widened.data() + (g - b0) * bs, bs, k,
+                            c + i * ldc + g * 16, ldc, nullptr, lo - g * 16, hi - g * 16);
+        }
+      }
+      const int64_t j0 = std::max(lo, b0 * 16), j1 = std::min(hi, b1 * 16);
+      for (int64_t i = 0; i < m; ++i) {
+        float* ci = c + i * ldc;
+        for (int64_t j = j0; j < j1; ++j) {
+          const float v = ci[j] * scales[j];
+          ci[j] = bias ? v + bias[j] : v;
+        }
+      }
+    }
+    return;
+  }
+  const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / gs, 2, 32);
+  for (int64_t b0 = g_lo; b0 < g_hi; b0 += block) {
+    const int64_t b1 = std::min(g_hi, b0 + block);
+    for (int64_t i = 0; i < m; i += kTileRows) {
+      const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
+      const int64_t width = tile_groups(rm);
+      const float* ai = a + i * lda;
+      for (int64_t g = b0; g < b1; g += width) {
+        const int ng = static_cast<int>(std::min(width, b1 - g));
+        dispatch_fp8_rm<false>(rm, ng, ai, lda, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
+                               scales + g * 16, bias ? bias + g * 16 : nullptr, lo - g * 16,
+                               hi - g * 16);
+      }
+    }
+  }
+}
+
 void gemm_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const void* w, DType wdtype,
                      int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
   switch (wdtype) {
@@ -374,6 +580,7 @@ GemmKernels gemm_kernels_avx512() {
   kernels.pack_tiles = pack_tiles_avx512;
   kernels.tile_rows = kTileRows;
   kernels.gemm_f32 = gemm_f32_avx512;
+  kernels.gemm_fp8 = gemm_fp8_avx512;
   return kernels;
 }
 

@@ -1,8 +1,11 @@
 // Portable GEMM: plain C++, 16 partial sums per output so the compiler can vectorise it without
 // reassociating (the order of additions is fixed, hence batch invariant).
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "core/status.h"
+#include "core/tensor.h"
 #include "kernels/cpu/gemm.h"
 
 namespace tessera::cpu {
@@ -87,10 +90,63 @@ void pack_bf16_tiles(const uint16_t* w, int64_t ldw, int64_t n, int64_t k, uint1
   }
 }
 
+void pack_fp8_tiles(const void* w, DType dtype, int64_t ldw, int64_t n, int64_t k,
+                    const float* row_absmax, uint8_t* packed, int64_t g_begin, int64_t g_end) {
+  float* scales = reinterpret_cast<float*>(packed + fp8_scales_offset(n, k));
+  const size_t elem = dtype_size(dtype);
+  std::vector<float> row(static_cast<size_t>(k));
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    uint8_t* out = packed + g * 16 * k;
+    for (int l = 0; l < 16; ++l) {
+      const int64_t j = g * 16 + l;
+      if (j >= n) {
+        scales[j] = 1.0f;
+        for (int64_t i = 0; i < k; ++i) out[i * 16 + l] = 0;
+        continue;
+      }
+      const char* src = static_cast<const char*>(w) + static_cast<size_t>(j * ldw) * elem;
+      float amax = 0.0f;
+      for (int64_t i = 0; i < k; ++i) {
+        row[i] = load_as_f32(src, dtype, i);
+        amax = std::max(amax, std::fabs(row[i]));
+      }
+      if (row_absmax) amax = row_absmax[j];
+      const float scale = amax > 0.0f && std::isfinite(amax) ? amax / kFp8E4M3Max : 1.0f;
+      scales[j] = scale;
+      for (int64_t i = 0; i < k; ++i) out[i * 16 + l] = f32_to_fp8_e4m3(row[i] / scale);
+    }
+  }
+}
+
+namespace {
+
+// Columns [lo, hi) of a packed FP8 weight, one output at a time (the reference order).
+void gemm_fp8_generic(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* packed,
+                      int64_t n, int64_t lo, int64_t hi, float* c, int64_t ldc, const float* bias) {
+  TESSERA_CHECK(lda >= k) << "the generic FP8 kernel reads row-major activations";
+  float lut[256];
+  for (int v = 0; v < 256; ++v) lut[v] = fp8_e4m3_to_f32(static_cast<uint8_t>(v));
+  const float* scales = packed_fp8_scales(packed, n, k);
+  for (int64_t i = 0; i < m; ++i) {
+    const float* ai = a + i * lda;
+    for (int64_t j = lo; j < hi; ++j) {
+      const uint8_t* q = packed + (j / 16) * 16 * k + j % 16;
+      float acc = 0.0f;
+      for (int64_t kk = 0; kk < k; ++kk) acc = std::fma(ai[kk], lut[q[kk * 16]], acc);
+      float v = acc * scales[j];
+      if (bias) v += bias[j];
+      c[i * ldc + j] = v;
+    }
+  }
+}
+
+}  // namespace
+
 GemmKernels gemm_kernels_generic() {
   GemmKernels kernels;
   kernels.bf16_packed = false;
   kernels.gemm_f32 = gemm_f32_generic;
+  kernels.gemm_fp8 = gemm_fp8_generic;
   return kernels;
 }
 
