@@ -122,7 +122,7 @@ void run_latency(const LatencyFlags& f) {
           ? 0
           : config.vocab_size * config.hidden_size * static_cast<int64_t>(dtype_size(config.dtype));
   const double streamed =
-      static_cast<double>(instance->weight_bytes()) - static_cast<double>(embed_bytes);
+      static_cast<double>(instance->resident_weight_bytes()) - static_cast<double>(embed_bytes);
   const double decode_steps_per_s = median(decode_tps) / static_cast<double>(f.batch_size);
   nlohmann::json j = {
       {"model", args.model.string()},

@@ -49,6 +49,9 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
                   "rounded to bf16 first, as PyTorch and llama.cpp do; same speed)")
       ->check(CLI::IsMember({"exact", "bf16"}))
       ->capture_default_str();
+  cmd->add_option("--quantization,-q", f.quantization,
+                  "none, or fp8: decoder layers' weights in FP8 E4M3 with a scale per output "
+                  "row, quantized at load (the embedding and LM head stay as stored)");
   cmd->add_option("--device", f.device,
                   "auto (a GPU when this build has CUDA and one is usable, else the CPU), cpu or "
                   "cuda")
@@ -177,6 +180,14 @@ EngineArgs to_engine_args(const EngineFlags& f) {
       f.matmul_precision == "bf16" ? MatmulPrecision::kBf16 : MatmulPrecision::kExact;
   a.device = f.device;
   a.enforce_eager = f.enforce_eager;
+  if (f.quantization == "fp8") {
+    a.fp8_weights = true;
+  } else if (!f.quantization.empty() && f.quantization != "none") {
+    fail(ErrorKind::kUnsupported,
+         "--quantization {} is not supported (supported: fp8, none); pre-quantized checkpoints "
+         "(AWQ, GPTQ, compressed-tensors) are not read yet",
+         f.quantization);
+  }
   const std::string& backend = f.distributed_executor_backend;
   if (backend == "ray")
     fail(ErrorKind::kUnsupported,

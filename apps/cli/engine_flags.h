@@ -28,6 +28,7 @@ struct EngineFlags {
   uint64_t seed = 0;
   std::string load_format = "auto";
   std::string matmul_precision = "exact";
+  std::string quantization;
   std::string device = "auto";
   bool enforce_eager = false;
   int tensor_parallel_size = 1;

@@ -35,7 +35,6 @@ struct ServeOptions {
   std::string reasoning_parser;
   double shutdown_timeout = 30;
   std::string max_request_body = "8MiB";
-  std::string quantization;
 };
 
 // Signals arrive on one waiting thread instead of interrupting arbitrary ones.
@@ -75,8 +74,6 @@ class ShutdownSignal {
 };
 
 void run_serve(ServeOptions& o) {
-  if (!o.quantization.empty() && o.quantization != "none")
-    fail(ErrorKind::kUnsupported, "--quantization {} is not supported", o.quantization);
   if (o.port < 0 || o.port > 65535) fail("--port must be between 0 and 65535, got {}", o.port);
   if (o.shutdown_timeout < 0) fail("--shutdown-timeout must be non-negative");
   if (o.api_key.empty())
@@ -188,7 +185,6 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-request-body", o->max_request_body, "Largest request body (413 beyond)")
       ->capture_default_str();
-  cmd->add_option("--quantization,-q", o->quantization, "Only none is supported");
   // Flags the public recipes pass that change nothing here.
   auto noop = std::make_shared<std::string>();
   for (const char* flag :

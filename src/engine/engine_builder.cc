@@ -152,7 +152,12 @@ int local_rank() {
 std::unique_ptr<Backend> make_backend(const EngineArgs& args, ThreadPool& pool) {
   bool cuda = args.device == "cuda";
   if (args.device == "auto") cuda = cuda_device_count() > 0;
-  if (!cuda) return std::make_unique<CpuBackend>(pool, cpu::detect_isa(), args.matmul_precision);
+  if (!cuda)
+    return std::make_unique<CpuBackend>(pool, cpu::detect_isa(), args.matmul_precision,
+                                        args.fp8_weights);
+  if (args.fp8_weights)
+    fail(ErrorKind::kUnsupported,
+         "--quantization fp8 runs on the CPU backend only for now (use --device cpu)");
   CudaBackendOptions options;
   const int devices = cuda_device_count();
   // Ranks of one node take one GPU each, in turn (several share a GPU when there are fewer).
@@ -211,9 +216,13 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   e->load_seconds_ = report.seconds;
   const ModelConfig& config = e->model_->config();
   if (wc.is_driver())
-    spdlog::info("loaded {} ({}, {} layers) from {}: {:.2f} GB of weights in {:.2f} s{}",
+    spdlog::info("loaded {} ({}, {} layers) from {}: {:.2f} GB of weights{} in {:.2f} s{}",
                  config.architecture, dtype_name(config.dtype), config.num_layers,
-                 args.model.string(), e->model_->weight_bytes() / 1e9, report.seconds,
+                 args.model.string(), e->model_->weight_bytes() / 1e9,
+                 args.fp8_weights
+                     ? fmt::format(" ({:.2f} GB with FP8 layers)", e->resident_weight_bytes() / 1e9)
+                     : std::string(),
+                 report.seconds,
                  report.bytes_read
                      ? fmt::format(" ({:.2f} GB read in {:.2f} s at {:.2f} GB/s)",
                                    report.bytes_read / 1e9, report.read_seconds,
@@ -247,7 +256,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   on_all_ranks(world, "sizing the KV cache", [&] {
     // On a GPU, what is in use once the weights are there (the CUDA context and workspaces
     // too) stays out of the KV budget.
-    const int64_t in_use = std::max(static_cast<int64_t>(e->model_->weight_bytes()),
+    const int64_t in_use = std::max(static_cast<int64_t>(e->resident_weight_bytes()),
                                     e->backend_->memory_in_use_bytes());
     e->kv_plan_ = plan_kv_cache(args, e->backend_->memory_capacity_bytes(), in_use, activations,
                                 block_bytes, max_len, gpu);

@@ -44,6 +44,8 @@ struct EngineArgs {
   bool enforce_eager = false;  // --enforce-eager (decode steps run op by op: always, for now)
   // --cpu-matmul-precision: exact (activations split into two bf16 halves) or bf16 (rounded).
   MatmulPrecision matmul_precision = MatmulPrecision::kExact;
+  // --quantization fp8: decoder layers' Linear weights in FP8 E4M3 (CPU backend).
+  bool fp8_weights = false;
   // Parallelism (docs/distributed.md): ranks = tp x pp, launched by mpirun/srun.
   int tensor_parallel_size = 1;       // --tensor-parallel-size / -tp
   int pipeline_parallel_size = 1;     // --pipeline-parallel-size / -pp
@@ -94,6 +96,10 @@ class EngineInstance {
   const KvCachePlan& kv_plan() const { return kv_plan_; }
   double load_seconds() const { return load_seconds_; }
   uint64_t weight_bytes() const { return model_->weight_bytes(); }
+  // The weights as this rank holds them: after --quantization, fewer bytes than were read.
+  uint64_t resident_weight_bytes() const {
+    return model_->weight_bytes() - static_cast<uint64_t>(backend_->quantization_saved_bytes());
+  }
   std::string backend_name() const { return backend_->name(); }
   const WorldConfig& world_config() const { return world_->config(); }
 

@@ -115,6 +115,9 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
       {"generate" + m + " --prompt-ids 1 --device tpu", "--device"},
       {"serve" + m + " --port 0 --reasoning-parser nope",
        "invalid reasoning parser: nope (choose from deepseek_r1, qwen3)"},
+      {"generate" + m + " --prompt-ids 1 --quantization awq",
+       "--quantization awq is not supported (supported: fp8, none)"},
+      {"serve" + m + " --port 0 -q gptq", "--quantization gptq is not supported"},
   };
   for (const Case& c : cases) {
     CliRun r = run(c.args);
@@ -123,6 +126,24 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
     EXPECT_NE(line.find(c.expect), std::string::npos) << c.args << "\nstderr: " << r.err;
     EXPECT_EQ(line.rfind("error: ", 0), 0u) << "one line starting with 'error: ': " << line;
   }
+}
+
+// --quantization fp8: the same command runs, says so, and holds fewer bytes of weights.
+TEST_F(CliTest, Fp8QuantizationRunsAndReportsItsWeights) {
+  const std::string base = "bench latency --model " + dir_->string() +
+                           " --input-len 16 --output-len 4 --num-iters 1 --num-iters-warmup 0 "
+                           "--threads 1 --json";
+  CliRun plain = run(base), fp8 = run(base + " --quantization fp8");
+  ASSERT_EQ(plain.status, 0) << plain.err;
+  ASSERT_EQ(fp8.status, 0) << fp8.err;
+  const nlohmann::json b = nlohmann::json::parse(fp8.out);
+  EXPECT_NE(b["backend"].get<std::string>().find("fp8 weights"), std::string::npos) << b;
+  EXPECT_GT(b["decode_tokens_per_s"].get<double>(), 0.0);
+  EXPECT_NE(fp8.err.find("with FP8 layers"), std::string::npos) << fp8.err;
+  CliRun gen = run("generate --model " + dir_->string() +
+                   " --prompt-ids 5,6,7 --max-tokens 4 --temperature 0 --quantization fp8 --json");
+  ASSERT_EQ(gen.status, 0) << gen.err;
+  EXPECT_EQ(nlohmann::json::parse(gen.out)["output_ids"].size(), 4u);
 }
 
 // A chat file through the model folder's template (make-model writes a Llama-3-style one).

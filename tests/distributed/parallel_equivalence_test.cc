@@ -97,6 +97,26 @@ TEST_P(ParallelEquivalence, MatchesOneRank) {
 INSTANTIATE_TEST_SUITE_P(Arch, ParallelEquivalence,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2"));
 
+// --quantization fp8: a row-parallel shard holds part of every row, and is quantized with the
+// whole rows' scales (gathered at load), so the ranks hold exactly what one rank would hold and
+// the results are one rank's.
+TEST(ParallelEquivalenceFp8, QuantizedShardsMatchOneRank) {
+  const fs::path dir =
+      testing::make_tiny("qwen2", DType::kBF16, 6, nlohmann::json{{"num_hidden_layers", 4}});
+  const std::string args = generate_args(dir, 16, {5, 12, 19, 26}, 300) + " --quantization fp8";
+  const CliRun base = run(args);
+  ASSERT_EQ(base.status, 0) << base.err;
+  const std::vector<nlohmann::json> want = lines(base.out);
+  ASSERT_EQ(want.size(), 4u) << base.out;
+  for (const char* layout : {"-tp 2", "-pp 2"}) {
+    SCOPED_TRACE(layout);
+    const CliRun r = run(args + " " + layout);
+    ASSERT_EQ(r.status, 0) << r.err;
+    expect_matches(lines(r.out), want, 16);
+  }
+  fs::remove_all(dir);
+}
+
 // Chunked prefill (8 tokens a step): micro-batches without logit rows pass through the stages.
 TEST(ParallelEquivalenceChunked, ChunkedPrefillMatchesOneRank) {
   const fs::path dir = testing::make_tiny("llama", DType::kF32, 4);

@@ -1,5 +1,9 @@
 #include "model/layers/linear.h"
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 #include "core/status.h"
 #include "distributed/world_config.h"
 
@@ -22,7 +26,7 @@ ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weig
     Tensor w = weights.get(part.name + ".weight", {part.rows, in_features},
                            Slice{0, part.row_begin, part.row_end});
     LinearSegment seg;
-    seg.weight = ctx.backend.prepare_linear_weight(std::move(w));
+    seg.weight = ctx.backend.prepare_layer_weight(std::move(w), {});
     if (part.bias)
       seg.bias = load_f32_vector(ctx, weights, part.name + ".bias", part.rows, part.row_begin,
                                  part.row_end);
@@ -43,7 +47,28 @@ RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
   in_local_ = cols.size();
   Tensor w =
       weights.get(name + ".weight", {out_features, in_features}, Slice{1, cols.begin, cols.end});
-  segment_.weight = ctx.backend.prepare_linear_weight(std::move(w));
+  // Each rank holds part of every row: a quantizing backend gets the whole rows' largest values
+  // (gathered from the group), so that the shards are quantized as one rank would quantize.
+  std::vector<float> row_absmax;
+  if (ctx.backend.quantizes_layer_weights() && ctx.tp_size() > 1) {
+    Tensor local = Tensor::empty({out_features}, DType::kF32);
+    const size_t elem = dtype_size(w.dtype());
+    for (int64_t j = 0; j < out_features; ++j) {
+      const char* row =
+          static_cast<const char*>(w.raw()) + static_cast<size_t>(j * w.stride(0)) * elem;
+      float m = 0.0f;
+      for (int64_t i = 0; i < in_local_; ++i)
+        m = std::max(m, std::fabs(load_as_f32(row, w.dtype(), i)));
+      local.data<float>()[j] = m;
+    }
+    Tensor all = Tensor::empty({ctx.tp_size(), out_features}, DType::kF32);
+    ctx.tp.all_gather(local, all);
+    row_absmax.assign(local.data<float>(), local.data<float>() + out_features);
+    for (int r = 0; r < ctx.tp_size(); ++r)
+      for (int64_t j = 0; j < out_features; ++j)
+        row_absmax[j] = std::max(row_absmax[j], all.data<float>()[r * out_features + j]);
+  }
+  segment_.weight = ctx.backend.prepare_layer_weight(std::move(w), row_absmax);
   // The bias joins on rank 0 only, so that the all-reduce adds it once.
   if (bias) {
     Tensor b = load_f32_vector(ctx, weights, name + ".bias", out_features);
