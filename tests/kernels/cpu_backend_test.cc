@@ -274,9 +274,12 @@ Fp8Reference fp8_reference(const Tensor& w) {
 TEST_P(CpuBackendTest, Fp8LinearMatchesDequantizedReference) {
   CpuBackend fp8(pool_, GetParam().isa, GetParam().precision, /*fp8_weights=*/true);
   for (DType wd : {DType::kBF16, DType::kF32, DType::kF16})
-    for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{
-             {1, 16, 64}, {3, 37, 129}, {8, 301, 3000}, {13, 50, 7}, {40, 33, 515},
-             {64, 45, 301}}) {
+    for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{{1, 16, 64},
+                                                              {3, 37, 129},
+                                                              {8, 301, 3000},
+                                                              {13, 50, 7},
+                                                              {40, 33, 515},
+                                                              {64, 45, 301}}) {
       Tensor x = random_tensor({m, k}, DType::kF32, 71 + m);
       Tensor w = random_tensor({n, k}, wd, 72 + n);
       Tensor b = random_tensor({n}, DType::kF32, 73);

@@ -531,8 +531,8 @@ void gemm_fp8_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const ui
           dispatch_fp8_rm<true>(rm, ng, ai, 0, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
                                 scales + g * 16, bg, lo - g * 16, hi - g * 16);
         } else {
-          dispatch_fp8_rm<false>(rm, ng, ai, lda, packed + g * gs, gs, k, c + i * ldc + g * 16,
-                                 ldc, scales + g * 16, bg, lo - g * 16, hi - g * 16);
+          dispatch_fp8_rm<false>(rm, ng, ai, lda, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
+                                 scales + g * 16, bg, lo - g * 16, hi - g * 16);
         }
       }
     }
