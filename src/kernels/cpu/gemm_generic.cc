@@ -1,6 +1,7 @@
 // Portable GEMM: plain C++, 16 partial sums per output so the compiler can vectorise it without
 // reassociating (the order of additions is fixed, hence batch invariant).
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -124,8 +125,11 @@ namespace {
 void gemm_fp8_generic(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* packed,
                       int64_t n, int64_t lo, int64_t hi, float* c, int64_t ldc, const float* bias) {
   TESSERA_CHECK(lda >= k) << "the generic FP8 kernel reads row-major activations";
-  float lut[256];
-  for (int v = 0; v < 256; ++v) lut[v] = fp8_e4m3_to_f32(static_cast<uint8_t>(v));
+  static const std::array<float, 256> lut = [] {  // every code's value, made once
+    std::array<float, 256> t{};
+    for (int v = 0; v < 256; ++v) t[v] = fp8_e4m3_to_f32(static_cast<uint8_t>(v));
+    return t;
+  }();
   const float* scales = packed_fp8_scales(packed, n, k);
   for (int64_t i = 0; i < m; ++i) {
     const float* ai = a + i * lda;
