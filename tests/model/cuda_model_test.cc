@@ -57,9 +57,7 @@ TEST_P(CudaModel, LogprobsAndGreedyTokensMatchTheCpu) {
       }
     }
   };
-  std::vector<DirectRunner::Chunk> prefill;
-  for (int s = 0; s < 4; ++s)
-    prefill.push_back({s, seqs[s], 0, static_cast<int64_t>(seqs[s].size()), true});
+  const std::vector<DirectRunner::Chunk> prefill = testing::prefill_chunks(seqs);
   compare(gpu.run(prefill), cpu.run(prefill));
   for (int step = 0; step < 16; ++step) {
     std::vector<DirectRunner::Chunk> decode;

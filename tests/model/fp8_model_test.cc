@@ -91,9 +91,7 @@ TEST_P(Fp8Model, LogitsAreThoseOfTheDequantizedCheckpoint) {
       }
     }
   };
-  std::vector<DirectRunner::Chunk> prefill;
-  for (int s = 0; s < 2; ++s)
-    prefill.push_back({s, seqs[s], 0, static_cast<int64_t>(seqs[s].size()), true});
+  const std::vector<DirectRunner::Chunk> prefill = testing::prefill_chunks(seqs);
   compare(fp8.run(prefill), ref.run(prefill));
   for (int step = 0; step < 6; ++step) {
     std::vector<DirectRunner::Chunk> decode;
@@ -125,14 +123,13 @@ TEST(Fp8ModelChange, DiffersFromTheUnquantizedModel) {
   EXPECT_LT(diff, 1.0);  // FP8 E4M3 keeps ~2 significant digits per weight
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Arch, Fp8Model,
-    ::testing::Values(std::make_pair("llama", DType::kBF16), std::make_pair("mistral", DType::kF32),
-                      std::make_pair("qwen2", DType::kBF16), std::make_pair("qwen3", DType::kF16),
-                      std::make_pair("gemma2", DType::kBF16)),
-    [](const auto& info) {
-      return info.param.first + "_" + std::string(dtype_name(info.param.second));
-    });
+INSTANTIATE_TEST_SUITE_P(Arch, Fp8Model,
+                         ::testing::Values(std::make_pair("llama", DType::kBF16),
+                                           std::make_pair("mistral", DType::kF32),
+                                           std::make_pair("qwen2", DType::kBF16),
+                                           std::make_pair("qwen3", DType::kF16),
+                                           std::make_pair("gemma2", DType::kBF16)),
+                         testing::ArchDtypeName());
 
 }  // namespace
 }  // namespace tessera

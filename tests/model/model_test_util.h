@@ -123,6 +123,23 @@ class DirectRunner {
   std::unique_ptr<ModelRunner> runner_;
 };
 
+// Every sequence from its first token, with every row's logits: a batch of prefills.
+inline std::vector<DirectRunner::Chunk> prefill_chunks(
+    const std::vector<std::vector<int32_t>>& seqs) {
+  std::vector<DirectRunner::Chunk> chunks;
+  for (size_t s = 0; s < seqs.size(); ++s)
+    chunks.push_back({static_cast<int>(s), seqs[s], 0, static_cast<int64_t>(seqs[s].size()), true});
+  return chunks;
+}
+
+// "llama_BF16": the test name of an (architecture, dtype) parameter.
+struct ArchDtypeName {
+  template <class Info>
+  std::string operator()(const Info& info) const {
+    return info.param.first + "_" + std::string(dtype_name(info.param.second));
+  }
+};
+
 // log_softmax of a logits row.
 inline std::vector<double> log_softmax(const float* row, int64_t n) {
   double m = row[0];

@@ -270,29 +270,35 @@ constexpr int tile_groups(int rm) {
   return rm <= 2 ? 8 : rm <= 3 ? 6 : rm <= 4 ? 4 : rm <= 6 ? 3 : 2;
 }
 
-template <bool kTiled, int RM, int NG = 1>
-inline void dispatch_ng(int ng, const float* a, int64_t lda, const uint16_t* w, int64_t gs,
-                        int64_t k, float* c, int64_t ldc, const float* bias, int64_t lo,
-                        int64_t hi) {
+// Calls Kernel::run<rm, ng>(args...) for runtime rm <= kTileRows and ng <= tile_groups(rm)
+// (Kernel: one of the tile kernels below with its kTiled fixed).
+template <class Kernel, int RM, int NG = 1, class... Args>
+inline void dispatch_ng(int ng, Args... args) {
   if constexpr (NG <= tile_groups(RM)) {
-    if (ng == NG) return tile_bf16<RM, NG, kTiled>(a, lda, w, gs, k, c, ldc, bias, lo, hi);
-    return dispatch_ng<kTiled, RM, NG + 1>(ng, a, lda, w, gs, k, c, ldc, bias, lo, hi);
+    if (ng == NG) return Kernel::template run<RM, NG>(args...);
+    return dispatch_ng<Kernel, RM, NG + 1>(ng, args...);
   } else {
     TESSERA_CHECK(false) << "tile width " << ng;
   }
 }
 
-template <bool kTiled, int RM = 1>
-inline void dispatch_rm(int rm, int ng, const float* a, int64_t lda, const uint16_t* w, int64_t gs,
-                        int64_t k, float* c, int64_t ldc, const float* bias, int64_t lo,
-                        int64_t hi) {
+template <class Kernel, int RM = 1, class... Args>
+inline void dispatch_rm(int rm, int ng, Args... args) {
   if constexpr (RM <= kTileRows) {
-    if (rm == RM) return dispatch_ng<kTiled, RM>(ng, a, lda, w, gs, k, c, ldc, bias, lo, hi);
-    return dispatch_rm<kTiled, RM + 1>(rm, ng, a, lda, w, gs, k, c, ldc, bias, lo, hi);
+    if (rm == RM) return dispatch_ng<Kernel, RM>(ng, args...);
+    return dispatch_rm<Kernel, RM + 1>(rm, ng, args...);
   } else {
     TESSERA_CHECK(false) << "tile height " << rm;
   }
 }
+
+template <bool kTiled>
+struct Bf16Tile {
+  template <int RM, int NG, class... Args>
+  static void run(Args... args) {
+    tile_bf16<RM, NG, kTiled>(args...);
+  }
+};
 
 // Blocks of output columns whose weights (~1 MB) stay in L2 while every row tile passes over
 // them; within a block, row tiles of 12 rows (whose activations stay in L1/L2) sweep the groups.
@@ -313,11 +319,13 @@ void gemm_bf16_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const u
       for (int64_t g = b0; g < b1; g += width) {
         const int ng = static_cast<int>(std::min(width, b1 - g));
         if (tiled) {
-          dispatch_rm<true>(rm, ng, ai, 0, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
-                            bias ? bias + g * 16 : nullptr, lo - g * 16, hi - g * 16);
+          dispatch_rm<Bf16Tile<true>>(rm, ng, ai, 0, packed + g * gs, gs, k, c + i * ldc + g * 16,
+                                      ldc, bias ? bias + g * 16 : nullptr, lo - g * 16,
+                                      hi - g * 16);
         } else {
-          dispatch_rm<false>(rm, ng, ai, lda, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
-                             bias ? bias + g * 16 : nullptr, lo - g * 16, hi - g * 16);
+          dispatch_rm<Bf16Tile<false>>(rm, ng, ai, lda, packed + g * gs, gs, k,
+                                       c + i * ldc + g * 16, ldc, bias ? bias + g * 16 : nullptr,
+                                       lo - g * 16, hi - g * 16);
         }
       }
     }
@@ -418,30 +426,13 @@ __attribute__((noinline)) void tile_fp8(const float* a, int64_t lda, const uint8
   }
 }
 
-template <bool kTiled, int RM, int NG = 1>
-inline void dispatch_fp8_ng(int ng, const float* a, int64_t lda, const uint8_t* w, int64_t gs,
-                            int64_t k, float* c, int64_t ldc, const float* scale, const float* bias,
-                            int64_t lo, int64_t hi) {
-  if constexpr (NG <= tile_groups(RM)) {
-    if (ng == NG) return tile_fp8<RM, NG, kTiled>(a, lda, w, gs, k, c, ldc, scale, bias, lo, hi);
-    return dispatch_fp8_ng<kTiled, RM, NG + 1>(ng, a, lda, w, gs, k, c, ldc, scale, bias, lo, hi);
-  } else {
-    TESSERA_CHECK(false) << "tile width " << ng;
+template <bool kTiled>
+struct Fp8Tile {
+  template <int RM, int NG, class... Args>
+  static void run(Args... args) {
+    tile_fp8<RM, NG, kTiled>(args...);
   }
-}
-
-template <bool kTiled, int RM = 1>
-inline void dispatch_fp8_rm(int rm, int ng, const float* a, int64_t lda, const uint8_t* w,
-                            int64_t gs, int64_t k, float* c, int64_t ldc, const float* scale,
-                            const float* bias, int64_t lo, int64_t hi) {
-  if constexpr (RM <= kTileRows) {
-    if (rm == RM)
-      return dispatch_fp8_ng<kTiled, RM>(ng, a, lda, w, gs, k, c, ldc, scale, bias, lo, hi);
-    return dispatch_fp8_rm<kTiled, RM + 1>(rm, ng, a, lda, w, gs, k, c, ldc, scale, bias, lo, hi);
-  } else {
-    TESSERA_CHECK(false) << "tile height " << rm;
-  }
-}
+};
 
 // 13-16 rows from two consecutive row tiles, one group at a time. Taller tiles ran slower
 // (24 rows: 37 prompt tokens/s against 103 as 12 + 12 on the 1b preset), 16 rows faster (batch
@@ -521,8 +512,8 @@ void gemm_fp8_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const ui
         const int64_t width = tile_groups(rm);
         for (int64_t g = b0; g < b1; g += width) {
           const int ng = static_cast<int>(std::min(width, b1 - g));
-          dispatch_rm<true>(rm, ng, a + i * k, 0, widened.data() + (g - b0) * bs, bs, k,
-                            c + i * ldc + g * 16, ldc, nullptr, lo - g * 16, hi - g * 16);
+          dispatch_rm<Bf16Tile<true>>(rm, ng, a + i * k, 0, widened.data() + (g - b0) * bs, bs, k,
+                                      c + i * ldc + g * 16, ldc, nullptr, lo - g * 16, hi - g * 16);
         }
       }
       const int64_t j0 = std::max(lo, b0 * 16), j1 = std::min(hi, b1 * 16);
@@ -559,11 +550,11 @@ void gemm_fp8_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const ui
         const int ng = static_cast<int>(std::min(width, b1 - g));
         const float* bg = bias ? bias + g * 16 : nullptr;
         if (tiled) {
-          dispatch_fp8_rm<true>(rm, ng, ai, 0, packed + g * gs, gs, k, ci + g * 16, ldc,
-                                scales + g * 16, bg, lo - g * 16, hi - g * 16);
+          dispatch_rm<Fp8Tile<true>>(rm, ng, ai, 0, packed + g * gs, gs, k, ci + g * 16, ldc,
+                                     scales + g * 16, bg, lo - g * 16, hi - g * 16);
         } else {
-          dispatch_fp8_rm<false>(rm, ng, ai, lda, packed + g * gs, gs, k, ci + g * 16, ldc,
-                                 scales + g * 16, bg, lo - g * 16, hi - g * 16);
+          dispatch_rm<Fp8Tile<false>>(rm, ng, ai, lda, packed + g * gs, gs, k, ci + g * 16, ldc,
+                                      scales + g * 16, bg, lo - g * 16, hi - g * 16);
         }
       }
       i += rm;
