@@ -95,6 +95,10 @@ class Backend {
   // out = x / rms(x) * (unit_offset ? 1 + w : w) over the last dimension of x (2-d or 3-d).
   virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, bool unit_offset,
                         const Tensor& out) = 0;
+  // out = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias over the last dimension of x
+  // [T, width] (GPT-2's LayerNorm; out may alias x).
+  virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                          const Tensor& out) = 0;
   // table[t, i] = cos(a) * scaling, table[t, R + i] = sin(a) * scaling, a = f32(position[t]) *
   // inv_freq[i], for i < R = rows(inv_freq). Computed once per step, shared by all layers.
   virtual void rope_table(const Tensor& positions, const Tensor& inv_freq, float attention_scaling,
@@ -104,6 +108,8 @@ class Backend {
   virtual void rope(const Tensor& x, int head_dim, const Tensor& table) = 0;
   // out[t, i] = act(gate_up[t, i]) * gate_up[t, F + i], F = out.size(1).
   virtual void gated_activation(const Tensor& gate_up, Activation act, const Tensor& out) = 0;
+  // out[t, i] = act(x[t, i]) (an MLP without a gate; out may alias x).
+  virtual void activation(const Tensor& x, Activation act, const Tensor& out) = 0;
   // out = a + b (element-wise; out may alias a).
   virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
   // x = cap * tanh(x / cap), in place.

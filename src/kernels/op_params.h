@@ -6,7 +6,7 @@
 
 namespace tessera {
 
-enum class Activation { kSilu, kGeluTanh, kGelu };
+enum class Activation { kSilu, kGeluTanh, kGelu, kRelu };
 
 struct AttentionParams {
   int num_heads = 0;     // query heads on this rank

@@ -262,6 +262,10 @@ class FakeDeviceBackend : public Backend {
   void rope_table(const Tensor&, const Tensor&, float, const Tensor&) override { unused(); }
   void rope(const Tensor&, int, const Tensor&) override { unused(); }
   void gated_activation(const Tensor&, Activation, const Tensor&) override { unused(); }
+  void layer_norm(const Tensor&, const Tensor&, const Tensor&, float, const Tensor&) override {
+    unused();
+  }
+  void activation(const Tensor&, Activation, const Tensor&) override { unused(); }
   void add(const Tensor&, const Tensor&, const Tensor&) override { unused(); }
   void softcap(const Tensor&, float) override { unused(); }
   void gather_rows(const Tensor&, const Tensor&, const Tensor&) override { unused(); }

@@ -409,7 +409,8 @@ TEST_P(CpuBackendTest, RopeMatchesRotateHalfReference) {
 
 TEST_P(CpuBackendTest, GatedActivations) {
   Tensor gu = random_tensor({3, 2 * 37}, DType::kF32, 18, 6.0f);
-  for (Activation act : {Activation::kSilu, Activation::kGeluTanh, Activation::kGelu}) {
+  for (Activation act :
+       {Activation::kSilu, Activation::kGeluTanh, Activation::kGelu, Activation::kRelu}) {
     Tensor out = Tensor::empty({3, 37}, DType::kF32);
     backend_.gated_activation(gu, act, out);
     for (int i = 0; i < 3; ++i)
@@ -419,11 +420,62 @@ TEST_P(CpuBackendTest, GatedActivations) {
           a = g / (1 + std::exp(-g));
         } else if (act == Activation::kGeluTanh) {
           a = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+        } else if (act == Activation::kRelu) {
+          a = std::max(g, 0.0);
         } else {
           a = 0.5 * g * (1 + std::erf(g / std::sqrt(2.0)));
         }
         ASSERT_NEAR(at(out, i, j), a * u, 2e-5 * std::max(1.0, std::abs(a * u)));
       }
+  }
+}
+
+// The ungated activation of GPT-2's MLP, in place as the model calls it.
+TEST_P(CpuBackendTest, Activations) {
+  for (Activation act :
+       {Activation::kSilu, Activation::kGeluTanh, Activation::kGelu, Activation::kRelu}) {
+    Tensor x = random_tensor({4, 45}, DType::kF32, 28, 6.0f);
+    Tensor orig = x.contiguous().to(DType::kF32);
+    backend_.activation(x, act, x);
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 45; ++j) {
+        double g = at(orig, i, j), a;
+        if (act == Activation::kSilu) {
+          a = g / (1 + std::exp(-g));
+        } else if (act == Activation::kGeluTanh) {
+          a = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+        } else if (act == Activation::kRelu) {
+          a = std::max(g, 0.0);
+        } else {
+          a = 0.5 * g * (1 + std::erf(g / std::sqrt(2.0)));
+        }
+        ASSERT_NEAR(at(x, i, j), a, 2e-5 * std::max(1.0, std::abs(a)));
+      }
+  }
+}
+
+// LayerNorm against its definition in double, with an offset mean (the two-pass variance
+// keeps it exact where a one-pass E[x^2] - E[x]^2 would cancel), on a strided input.
+TEST_P(CpuBackendTest, LayerNorm) {
+  for (int64_t rows : {int64_t{3}, int64_t{300}}) {
+    Tensor wide = random_tensor({rows, 90}, DType::kF32, 29, 2.0f);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < 90; ++j) wide.data<float>()[i * 90 + j] += 40.0f;
+    Tensor x = wide.slice(1, 5, 82);  // [rows, 77], row stride 90
+    Tensor w = random_tensor({77}, DType::kF32, 30), bias = random_tensor({77}, DType::kF32, 31);
+    Tensor out = Tensor::empty({rows, 77}, DType::kF32);
+    backend_.layer_norm(x, w, bias, 1e-5f, out);
+    for (int64_t i = 0; i < rows; ++i) {
+      double mean = 0, var = 0;
+      for (int64_t j = 0; j < 77; ++j) mean += at(x, i, j);
+      mean /= 77;
+      for (int64_t j = 0; j < 77; ++j) var += std::pow(at(x, i, j) - mean, 2);
+      const double inv = 1.0 / std::sqrt(var / 77 + 1e-5);
+      for (int64_t j = 0; j < 77; ++j) {
+        double ref = (at(x, i, j) - mean) * inv * w.data<float>()[j] + bias.data<float>()[j];
+        ASSERT_NEAR(at(out, i, j), ref, 2e-5) << i << " " << j;
+      }
+    }
   }
 }
 

@@ -189,6 +189,26 @@ TEST_F(CudaBackendTest, GatedActivations) {
   }
 }
 
+TEST_F(CudaBackendTest, ActivationsAndLayerNorm) {
+  for (Activation act :
+       {Activation::kSilu, Activation::kGeluTanh, Activation::kGelu, Activation::kRelu}) {
+    Tensor x = random_tensor({9, 300}, DType::kF32, seed_ + static_cast<int>(act), 4.0f);
+    Tensor want = Tensor::empty({9, 300}, DType::kF32);
+    cpu_.activation(x, act, want);
+    Tensor got = up(x);
+    gpu_->activation(got, act, got);  // in place, as GPT-2's MLP calls it
+    EXPECT_TRUE(close(down(got), want, 1e-6)) << static_cast<int>(act);
+  }
+  Tensor x = random_tensor({7, 768}, DType::kF32, seed_ + 9, 3.0f);
+  Tensor w = random_tensor({768}, DType::kF32, seed_ + 10);
+  Tensor b = random_tensor({768}, DType::kF32, seed_ + 11);
+  Tensor want = Tensor::empty({7, 768}, DType::kF32);
+  cpu_.layer_norm(x, w, b, 1e-5f, want);
+  Tensor got = poisoned({7, 768});
+  gpu_->layer_norm(up(x), gpu_->prepare_weight(w), gpu_->prepare_weight(b), 1e-5f, got);
+  EXPECT_TRUE(close(down(got), want, 1e-5));
+}
+
 TEST_F(CudaBackendTest, AddSoftcapAndGatherRows) {
   Tensor a = random_tensor({4, 130}, DType::kF32, seed_);
   Tensor b = random_tensor({4, 130}, DType::kF32, seed_ + 1);

@@ -34,8 +34,8 @@ int64_t min_rows_per_thread(int64_t width) {
 
 const char* CpuBackend::op_name(Op op) {
   static const char* kNames[] = {
-      "embedding", "linear",  "rms_norm",    "rope_table", "rope",           "gated_activation",
-      "add",       "softcap", "gather_rows", "write_kv",   "paged_attention"};
+      "embedding",  "linear",     "rms_norm", "rope_table",  "rope",     "gated_activation", "add",
+      "layer_norm", "activation", "softcap",  "gather_rows", "write_kv", "paged_attention"};
   return kNames[static_cast<int>(op)];
 }
 
@@ -389,6 +389,40 @@ void CpuBackend::gated_activation(const Tensor& gate_up, Activation act, const T
                           width, act);
   };
   pool_.parallel_for(out.size(0) == 1 ? 1 : out.size(0), body);
+}
+
+void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                            const Tensor& out) {
+  OpTimer timer(profile_, Op::kLayerNorm);
+  check_f32_rows(x, "layer_norm input");
+  check_f32_rows(out, "layer_norm output");
+  const int64_t width = x.size(1);
+  TESSERA_CHECK(out.size(0) == x.size(0) && out.size(1) == width);
+  TESSERA_CHECK(weight.dtype() == DType::kF32 && weight.is_contiguous() && weight.numel() == width);
+  TESSERA_CHECK(bias.dtype() == DType::kF32 && bias.is_contiguous() && bias.numel() == width);
+  auto body = [&](int64_t begin, int64_t end) {
+    ops_.layer_norm(x.data<float>() + begin * x.stride(0), x.stride(0),
+                    out.data<float>() + begin * out.stride(0), out.stride(0), end - begin, width,
+                    weight.data<float>(), bias.data<float>(), eps);
+  };
+  if (x.size(0) < 2 * min_rows_per_thread(width)) {
+    body(0, x.size(0));
+  } else {
+    pool_.parallel_for(x.size(0), body);
+  }
+}
+
+void CpuBackend::activation(const Tensor& x, Activation act, const Tensor& out) {
+  OpTimer timer(profile_, Op::kActivation);
+  check_f32_rows(x, "activation input");
+  check_f32_rows(out, "activation output");
+  TESSERA_CHECK(out.size(0) == x.size(0) && out.size(1) == x.size(1));
+  auto body = [&](int64_t begin, int64_t end) {
+    ops_.activation(x.data<float>() + begin * x.stride(0), x.stride(0),
+                    out.data<float>() + begin * out.stride(0), out.stride(0), end - begin,
+                    x.size(1), act);
+  };
+  pool_.parallel_for(x.size(0) == 1 ? 1 : x.size(0), body);
 }
 
 void CpuBackend::add(const Tensor& a, const Tensor& b, const Tensor& out) {

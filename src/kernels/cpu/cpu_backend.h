@@ -61,6 +61,9 @@ class CpuBackend : public Backend {
                   const Tensor& table) override;
   void rope(const Tensor& x, int head_dim, const Tensor& table) override;
   void gated_activation(const Tensor& gate_up, Activation act, const Tensor& out) override;
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                  const Tensor& out) override;
+  void activation(const Tensor& x, Activation act, const Tensor& out) override;
   void add(const Tensor& a, const Tensor& b, const Tensor& out) override;
   void softcap(const Tensor& x, float cap) override;
   void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) override;
@@ -79,6 +82,8 @@ class CpuBackend : public Backend {
     kRope,
     kGatedActivation,
     kAdd,
+    kLayerNorm,
+    kActivation,
     kSoftcap,
     kGatherRows,
     kWriteKv,

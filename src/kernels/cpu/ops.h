@@ -43,6 +43,10 @@ inline int64_t attention_rows_per_item(const AttentionParams& params) {
 struct OpsKernels {
   void (*rms_norm)(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows,
                    int64_t width, const float* weight, float eps, bool unit_offset);
+  void (*layer_norm)(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows,
+                     int64_t width, const float* weight, const float* bias, float eps);
+  void (*activation)(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows,
+                     int64_t width, Activation act);
   void (*rope_table)(const int32_t* positions, int64_t rows, const float* inv_freq, int rot_half,
                      float scaling, float* table);
   void (*rope)(float* x, int64_t ldx, int64_t rows, int heads, int head_dim, const float* table,

@@ -74,6 +74,52 @@ void rms_norm(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows
   }
 }
 
+// Two passes (mean, then the centred sum of squares), as torch's LayerNorm computes it.
+void layer_norm(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows, int64_t width,
+                const float* weight, const float* bias, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    float part[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= width; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) part[l] += xr[i + l];
+    for (int l = 0; i + l < width; ++l) part[l] += xr[i + l];
+    float sum = 0;
+    for (int l = 0; l < kLanes; ++l) sum += part[l];
+    const float mean = sum / static_cast<float>(width);
+    float sq[kLanes] = {};
+    i = 0;
+    for (; i + kLanes <= width; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) sq[l] += (xr[i + l] - mean) * (xr[i + l] - mean);
+    for (int l = 0; i + l < width; ++l) sq[l] += (xr[i + l] - mean) * (xr[i + l] - mean);
+    float var = 0;
+    for (int l = 0; l < kLanes; ++l) var += sq[l];
+    const float inv = 1.0f / std::sqrt(var / static_cast<float>(width) + eps);
+    float* o = out + r * ldo;
+    for (int64_t j = 0; j < width; ++j) o[j] = (xr[j] - mean) * inv * weight[j] + bias[j];
+  }
+}
+
+inline float activate(float x, tessera::Activation act) {
+  switch (act) {
+    case tessera::Activation::kSilu:
+      return x / (1.0f + exp_f32(-x));
+    case tessera::Activation::kGeluTanh:
+      return 0.5f * x * (1.0f + tanh_f32(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case tessera::Activation::kGelu:
+      return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f));
+    case tessera::Activation::kRelu:
+      return x > 0.0f ? x : 0.0f;
+  }
+  return x;
+}
+
+void activation(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows, int64_t width,
+                tessera::Activation act) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < width; ++i) out[r * ldo + i] = activate(x[r * ldx + i], act);
+}
+
 void rope_table(const int32_t* positions, int64_t rows, const float* inv_freq, int rot_half,
                 float scaling, float* table) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -125,6 +171,9 @@ void gated_activation(const float* gate_up, int64_t ldg, float* out, int64_t ldo
           float x = g[i];
           o[i] = 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f)) * u[i];
         }
+        break;
+      case tessera::Activation::kRelu:
+        for (int64_t i = 0; i < width; ++i) o[i] = (g[i] > 0.0f ? g[i] : 0.0f) * u[i];
         break;
     }
   }
@@ -270,6 +319,8 @@ void attention(const tessera::cpu::AttentionArgs& args, int seq, int kv_head, in
 tessera::cpu::OpsKernels make_ops_kernels() {
   tessera::cpu::OpsKernels k;
   k.rms_norm = rms_norm;
+  k.layer_norm = layer_norm;
+  k.activation = activation;
   k.rope_table = rope_table;
   k.rope = rope;
   k.gated_activation = gated_activation;

@@ -386,6 +386,33 @@ class CudaBackend : public Backend {
     after_op("gated_activation");
   }
 
+  void activation(const Tensor& x, Activation act, const Tensor& out) override {
+    use_device();
+    check_f32_rows(x, "activation input");
+    check_f32_rows(out, "activation output");
+    TESSERA_CHECK(out.size(0) == x.size(0) && out.size(1) == x.size(1));
+    launch_activation(x.data<float>(), x.stride(0), out.data<float>(), out.stride(0), x.size(0),
+                      x.size(1), act, stream_);
+    after_op("activation");
+  }
+
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                  const Tensor& out) override {
+    use_device();
+    check_f32_rows(x, "layer_norm input");
+    check_f32_rows(out, "layer_norm output");
+    check_device(weight, "layer_norm weight");
+    check_device(bias, "layer_norm bias");
+    const int64_t width = x.size(1);
+    TESSERA_CHECK(out.size(0) == x.size(0) && out.size(1) == width);
+    TESSERA_CHECK(weight.dtype() == DType::kF32 && weight.is_contiguous() &&
+                  weight.numel() == width);
+    TESSERA_CHECK(bias.dtype() == DType::kF32 && bias.is_contiguous() && bias.numel() == width);
+    launch_layer_norm(x.data<float>(), x.stride(0), out.data<float>(), out.stride(0), x.size(0),
+                      width, weight.data<float>(), bias.data<float>(), eps, stream_);
+    after_op("layer_norm");
+  }
+
   void add(const Tensor& a, const Tensor& b, const Tensor& out) override {
     use_device();
     check_f32_rows(a, "add input");

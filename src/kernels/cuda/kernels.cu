@@ -125,10 +125,50 @@ __global__ void gated_activation_kernel(const float* gate_up, int64_t ldg, float
     case Activation::kGeluTanh:
       a = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
       break;
+    case Activation::kRelu:
+      a = g > 0.0f ? g : 0.0f;
+      break;
     default:
       a = 0.5f * g * (1.0f + erff(g * 0.7071067811865476f));
   }
   out[r * ldo + i] = a * u;
+}
+
+__device__ float activate(float x, Activation act) {
+  switch (act) {
+    case Activation::kSilu:
+      return x / (1.0f + expf(-x));
+    case Activation::kGeluTanh:
+      return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case Activation::kRelu:
+      return x > 0.0f ? x : 0.0f;
+    default:
+      return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+  }
+}
+
+__global__ void activation_kernel(const float* x, int64_t ldx, float* out, int64_t ldo,
+                                  int64_t rows, int64_t width, Activation act) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * width) return;
+  const int64_t r = idx / width, i = idx % width;
+  out[r * ldo + i] = activate(x[r * ldx + i], act);
+}
+
+// One block per row: the mean, then the centred sum of squares (as torch's LayerNorm).
+__global__ void layer_norm_kernel(const float* x, int64_t ldx, float* out, int64_t ldo,
+                                  int64_t width, const float* weight, const float* bias,
+                                  float eps) {
+  const float* xr = x + static_cast<int64_t>(blockIdx.x) * ldx;
+  float* o = out + static_cast<int64_t>(blockIdx.x) * ldo;
+  float s = 0;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) s += xr[i];
+  const float mean = block_sum(s) / static_cast<float>(width);
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) ss += (xr[i] - mean) * (xr[i] - mean);
+  const float inv = 1.0f / sqrtf(block_sum(ss) / static_cast<float>(width) + eps);
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
+    o[i] = (xr[i] - mean) * inv * weight[i] + bias[i];
 }
 
 __global__ void add_kernel(const float* a, int64_t lda, const float* b, int64_t ldb, float* out,
@@ -227,6 +267,22 @@ void launch_gated_activation(const float* gate_up, int64_t ldg, float* out, int6
   if (rows * width == 0) return;
   gated_activation_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(gate_up, ldg, out, ldo,
                                                                              rows, width, act);
+}
+
+void launch_activation(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows,
+                       int64_t width, Activation act, cudaStream_t stream) {
+  if (rows * width == 0) return;
+  activation_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(x, ldx, out, ldo, rows,
+                                                                       width, act);
+}
+
+void launch_layer_norm(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows,
+                       int64_t width, const float* weight, const float* bias, float eps,
+                       cudaStream_t stream) {
+  if (rows == 0) return;
+  const int threads = width >= 1024 ? 1024 : width >= 256 ? 256 : 128;
+  layer_norm_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, ldx, out, ldo, width,
+                                                                         weight, bias, eps);
 }
 
 void launch_add(const float* a, int64_t lda, const float* b, int64_t ldb, float* out, int64_t ldo,

@@ -34,6 +34,13 @@ void launch_rope(float* x, int64_t ldx, int64_t rows, int heads, int head_dim, c
                  int rot_half, cudaStream_t stream);
 void launch_gated_activation(const float* gate_up, int64_t ldg, float* out, int64_t ldo,
                              int64_t rows, int64_t width, Activation act, cudaStream_t stream);
+// out = act(x), element-wise over [rows, width].
+void launch_activation(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows,
+                       int64_t width, Activation act, cudaStream_t stream);
+// LayerNorm over each row of x [rows, width].
+void launch_layer_norm(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows,
+                       int64_t width, const float* weight, const float* bias, float eps,
+                       cudaStream_t stream);
 void launch_add(const float* a, int64_t lda, const float* b, int64_t ldb, float* out, int64_t ldo,
                 int64_t rows, int64_t width, cudaStream_t stream);
 void launch_softcap(float* x, int64_t ldx, int64_t rows, int64_t width, float cap,
