@@ -21,7 +21,7 @@ struct ArchInfo {
 constexpr ArchInfo kArchitectures[] = {
     {"LlamaForCausalLM", Arch::kLlama},   {"MistralForCausalLM", Arch::kMistral},
     {"Qwen2ForCausalLM", Arch::kQwen2},   {"Qwen3ForCausalLM", Arch::kQwen3},
-    {"Gemma2ForCausalLM", Arch::kGemma2},
+    {"Gemma2ForCausalLM", Arch::kGemma2}, {"GPT2LMHeadModel", Arch::kGpt2},
 };
 
 json read_json_file(const fs::path& path) {
@@ -111,9 +111,61 @@ Activation parse_activation(const std::string& name, const std::string& source) 
   if (name == "gelu_pytorch_tanh" || name == "gelu_new" || name == "gelu_fast")
     return Activation::kGeluTanh;
   if (name == "gelu") return Activation::kGelu;
+  if (name == "relu") return Activation::kRelu;
   fail(ErrorKind::kUnsupported,
-       "{}: unsupported activation \"{}\" (supported: silu, gelu, gelu_pytorch_tanh)", source,
-       name);
+       "{}: unsupported activation \"{}\" (supported: silu, gelu, gelu_new, gelu_pytorch_tanh, "
+       "relu)",
+       source, name);
+}
+
+void parse_dtype_and_ids(const Fields& f, ModelConfig& c, const std::string& source,
+                         const char* default_dtype) {
+  std::string dtype_name = f.string_or("torch_dtype", f.string_or("dtype", default_dtype));
+  if (!parse_torch_dtype(dtype_name, &c.dtype))
+    fail(ErrorKind::kUnsupported,
+         "{}: unsupported torch_dtype \"{}\" (supported: float32, bfloat16, float16)", source,
+         dtype_name);
+  std::vector<int32_t> bos = f.id_list("bos_token_id");
+  if (!bos.empty()) c.bos_token_id = bos[0];
+  c.eos_token_ids = f.id_list("eos_token_id");
+  std::vector<int32_t> pad = f.id_list("pad_token_id");
+  if (!pad.empty()) c.pad_token_id = pad[0];
+}
+
+// GPT2Config names its fields n_embd, n_layer, ...; hidden_size and friends are its aliases.
+ModelConfig parse_gpt2_config(const json& j, const Fields& f, ModelConfig c,
+                              const std::string& source) {
+  (void)j;
+  auto pick = [&](const char* name, const char* alias) {
+    return f.has(name) ? f.positive(name) : f.positive(alias);
+  };
+  c.vocab_size = f.has("vocab_size") ? f.positive("vocab_size") : 50257;
+  c.hidden_size = pick("n_embd", "hidden_size");
+  c.num_layers = pick("n_layer", "num_hidden_layers");
+  c.num_heads = pick("n_head", "num_attention_heads");
+  c.num_kv_heads = c.num_heads;
+  if (c.hidden_size % c.num_heads != 0)
+    fail("{}: n_embd ({}) is not a multiple of n_head ({})", source, c.hidden_size, c.num_heads);
+  c.head_dim = c.hidden_size / c.num_heads;
+  c.intermediate_size = f.has("n_inner") ? f.positive("n_inner") : 4 * c.hidden_size;
+  c.max_position_embeddings = f.has("n_positions") ? f.positive("n_positions")
+                                                   : f.integer_or("max_position_embeddings", 1024);
+  c.layer_norm_eps = f.number_or("layer_norm_epsilon", 1e-5);
+  c.hidden_act = parse_activation(f.string_or("activation_function", "gelu_new"), source);
+  c.learned_positions = true;
+  c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", true);
+  c.attention_bias = c.o_proj_bias = c.mlp_bias = true;
+  c.scale_attn_weights = f.boolean_or("scale_attn_weights", true);
+  c.scale_attn_by_inverse_layer_idx = f.boolean_or("scale_attn_by_inverse_layer_idx", false);
+  if (f.boolean_or("add_cross_attention", false))
+    fail(ErrorKind::kUnsupported,
+         "{}: GPT-2 with cross-attention (an encoder-decoder) is not "
+         "supported",
+         source);
+  c.sliding_window.assign(c.num_layers, 0);
+  // The original checkpoints predate torch_dtype: they are float32.
+  parse_dtype_and_ids(f, c, source, "float32");
+  return c;
 }
 
 }  // namespace
@@ -125,6 +177,12 @@ std::string supported_architectures() {
     s += a.name;
   }
   return s;
+}
+
+float ModelConfig::layer_attention_scale(int64_t layer) const {
+  float scale = scale_attn_weights ? attention_scale() : 1.0f;
+  if (scale_attn_by_inverse_layer_idx) scale /= static_cast<float>(layer + 1);
+  return scale;
 }
 
 float ModelConfig::attention_scale() const {
@@ -157,6 +215,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     fail(ErrorKind::kUnsupported, "{}: unsupported architecture \"{}\" (supported: {})", source,
          c.architecture, supported_architectures());
   c.model_type = f.string_or("model_type", "");
+  if (c.arch == Arch::kGpt2) return parse_gpt2_config(j, f, c, source);
 
   c.vocab_size = f.positive("vocab_size");
   c.hidden_size = f.positive("hidden_size");
@@ -234,6 +293,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       c.final_logit_softcapping = f.number_or("final_logit_softcapping", 0.0);
       c.query_pre_attn_scalar = f.number_or("query_pre_attn_scalar", 0.0);
       break;
+    case Arch::kGpt2:
+      break;  // parse_gpt2_config
   }
 
   // Sliding windows: explicit layer_types win; otherwise each architecture's rule.
@@ -273,22 +334,14 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
         case Arch::kGemma2:
           sliding = l % 2 == 0;
           break;
+        case Arch::kGpt2:
+          break;
       }
       if (sliding) c.sliding_window[l] = static_cast<int32_t>(window);
     }
   }
 
-  std::string dtype_name = f.string_or("torch_dtype", f.string_or("dtype", "bfloat16"));
-  if (!parse_torch_dtype(dtype_name, &c.dtype))
-    fail(ErrorKind::kUnsupported,
-         "{}: unsupported torch_dtype \"{}\" (supported: float32, bfloat16, float16)", source,
-         dtype_name);
-
-  std::vector<int32_t> bos = f.id_list("bos_token_id");
-  if (!bos.empty()) c.bos_token_id = bos[0];
-  c.eos_token_ids = f.id_list("eos_token_id");
-  std::vector<int32_t> pad = f.id_list("pad_token_id");
-  if (!pad.empty()) c.pad_token_id = pad[0];
+  parse_dtype_and_ids(f, c, source, "bfloat16");
   return c;
 }
 

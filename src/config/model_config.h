@@ -15,7 +15,7 @@
 
 namespace tessera {
 
-enum class Arch { kLlama, kMistral, kQwen2, kQwen3, kGemma2 };
+enum class Arch { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGpt2 };
 
 // "LlamaForCausalLM, MistralForCausalLM, ..." for error messages.
 std::string supported_architectures();
@@ -64,6 +64,13 @@ struct ModelConfig {
   double final_logit_softcapping = 0;
   double query_pre_attn_scalar = 0;  // 0 = head_dim
 
+  // GPT-2: LayerNorm with biases, learned absolute positions (no rotary), an ungated MLP and
+  // Conv1D weights stored [in, out].
+  bool learned_positions = false;
+  double layer_norm_eps = 1e-5;
+  bool scale_attn_weights = true;                // scores / sqrt(head_dim)
+  bool scale_attn_by_inverse_layer_idx = false;  // and / (layer + 1)
+
   std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
 
   DType dtype = DType::kBF16;  // torch_dtype / dtype
@@ -72,6 +79,8 @@ struct ModelConfig {
   std::optional<int32_t> pad_token_id;
 
   float attention_scale() const;
+  // attention_scale() for one layer (GPT-2 may scale by 1 / (layer + 1) as well).
+  float layer_attention_scale(int64_t layer) const;
   int64_t rotary_dim() const;
   // Stored per-layer sliding window, or 0.
   int32_t layer_window(int64_t layer) const { return sliding_window.at(layer); }

@@ -188,6 +188,25 @@ Tensor Tensor::contiguous() const {
   return out;
 }
 
+Tensor Tensor::transposed() const {
+  TESSERA_CHECK(layout_ == 0) << "view of a packed tensor " << shape_string();
+  TESSERA_CHECK(device_ == Device::kCPU && ndim_ == 2) << "transpose of " << shape_string();
+  const int64_t rows = shape_[0], cols = shape_[1];
+  Tensor out = empty({cols, rows}, dtype_);
+  const size_t elem = dtype_size(dtype_);
+  const char* src = static_cast<const char*>(data_);
+  char* dst = static_cast<char*>(out.raw());
+  // Blocks of 32 x 32 elements keep both sides in cache.
+  constexpr int64_t kBlock = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
+      for (int64_t r = r0; r < std::min(rows, r0 + kBlock); ++r)
+        for (int64_t c = c0; c < std::min(cols, c0 + kBlock); ++c)
+          std::memcpy(dst + (c * rows + r) * elem, src + (r * strides_[0] + c * strides_[1]) * elem,
+                      elem);
+  return out;
+}
+
 Tensor Tensor::to(DType dtype) const {
   TESSERA_CHECK(layout_ == 0) << "view of a packed tensor " << shape_string();
   TESSERA_CHECK(is_float(dtype) && is_float(dtype_));

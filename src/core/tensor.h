@@ -61,6 +61,9 @@ class Tensor {
   Tensor operator[](int64_t i) const;
   // A contiguous copy (CPU only).
   Tensor contiguous() const;
+  // A contiguous copy of a 2-d [rows, cols] tensor as [cols, rows] (CPU only): GPT-2's Conv1D
+  // weights are stored [in, out] where linear layers take [out, in].
+  Tensor transposed() const;
   // Converting copy to a float dtype (CPU only, contiguous result).
   Tensor to(DType dtype) const;
 

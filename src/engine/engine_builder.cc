@@ -242,6 +242,12 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   }
 
   int64_t max_len = args.max_model_len > 0 ? args.max_model_len : config.max_position_embeddings;
+  // A learned position table (GPT-2) has no rows past its end; rotary positions extrapolate.
+  if (config.learned_positions && args.max_model_len > config.max_position_embeddings)
+    fail(
+        "--max-model-len {} exceeds the {} positions of {}'s learned position table "
+        "(n_positions in config.json)",
+        args.max_model_len, config.max_position_embeddings, config.architecture);
   if (args.max_model_len > config.max_position_embeddings && wc.is_driver())
     spdlog::warn("--max-model-len {} exceeds max_position_embeddings {} in config.json",
                  args.max_model_len, config.max_position_embeddings);

@@ -193,6 +193,11 @@ ModelShape shape_from_config(const ModelConfig& c) {
   m.mlp_bias = c.mlp_bias;
   m.qk_norm = c.qk_norm;
   m.norms_per_layer = c.sandwich_norms ? 4 : 2;
+  if (c.arch == Arch::kGpt2) {
+    m.gated_mlp = false;
+    m.norm_bias = true;
+    m.learned_positions = c.max_position_embeddings;
+  }
   return m;
 }
 
@@ -426,7 +431,7 @@ ParamCount rank_parameters(const ModelShape& m, int tp, int pp, int pp_rank) {
     p.other += lp.other;
   }
   const int64_t vocab_rows = share(m.vocab_size, tp);
-  if (pp_rank == 0) p.other += vocab_rows * m.hidden_size;  // embedding
+  if (pp_rank == 0) p.other += (vocab_rows + m.learned_positions) * m.hidden_size;  // embeddings
   if (pp_rank == pp - 1) {
     p.other += m.hidden_size * (m.norm_bias ? 2 : 1);  // final norm
     // The LM head; tied to the embedding it costs nothing more unless it sits on another stage.
@@ -467,10 +472,13 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
                          (m.experts_per_token + m.shared_experts) * m.moe_intermediate_size)
               : m.intermediate_size;
   const int64_t ffn = inner / tp + 1;
-  // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits.
-  const int64_t floats =
-      t * (3 * m.hidden_size + (heads + 2 * kv) * d + heads * d + 3 * ffn + m.rotary_dim) +
-      m.vocab_size;
+  // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits. GPT-2
+  // (learned positions) has a position-embedding row instead of the rope table and one MLP
+  // buffer.
+  const bool gpt2 = m.learned_positions > 0;
+  const int64_t floats = t * ((gpt2 ? 4 : 3) * m.hidden_size + (heads + 2 * kv) * d + heads * d +
+                              (gpt2 ? 1 : 3) * ffn + (gpt2 ? 0 : m.rotary_dim)) +
+                         m.vocab_size;
   return floats * 4;
 }
 

@@ -49,10 +49,11 @@ struct ModelShape {
   int64_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;
   bool qkv_bias = false, o_bias = false, mlp_bias = false, qk_norm = false;
-  bool gated_mlp = true;    // gate + up + down (false: up + down, as Falcon)
-  bool fused_qkv = false;   // Falcon's query_key_value (same size as separate q, k, v)
-  int norms_per_layer = 2;  // Gemma 2: 4
-  bool norm_bias = false;   // LayerNorm with bias (Falcon)
+  bool gated_mlp = true;          // gate + up + down (false: up + down, as Falcon)
+  bool fused_qkv = false;         // Falcon's query_key_value (same size as separate q, k, v)
+  int norms_per_layer = 2;        // Gemma 2: 4
+  bool norm_bias = false;         // LayerNorm with bias (Falcon, GPT-2)
+  int64_t learned_positions = 0;  // rows of a learned position table (GPT-2), on every tp rank
   // Mixture of experts (Mixtral, DeepSeek): experts replace the MLP from layer first_dense_layers.
   int64_t num_experts = 0, experts_per_token = 0, moe_intermediate_size = 0, shared_experts = 0;
   int64_t first_dense_layers = 0;

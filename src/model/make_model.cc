@@ -66,6 +66,9 @@ void fill_tensor(const WeightSpec& spec, const ModelConfig& config, uint64_t see
     case WeightRole::kLinear:
       half = std::sqrt(3.0f / static_cast<float>(fan_in));
       break;
+    case WeightRole::kLinearTransposed:
+      half = std::sqrt(3.0f / static_cast<float>(spec.shape[0]));
+      break;
     case WeightRole::kEmbedding:
       // Tied embeddings double as the LM head: scale them like one.
       half = config.tie_word_embeddings
@@ -124,6 +127,25 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
             {"bos_token_id", 1},
             {"eos_token_id", 2}};
   const bool tiny = preset == "tiny";
+  if (arch == "gpt2") {
+    // GPT2Config's own field names, as Hugging Face writes them.
+    return json{{"architectures", {"GPT2LMHeadModel"}},
+                {"model_type", "gpt2"},
+                {"n_embd", d.hidden},
+                {"n_layer", d.layers},
+                {"n_head", d.heads},
+                {"n_inner", d.ffn},
+                {"n_positions", tiny ? 512 : 1024},
+                {"n_ctx", tiny ? 512 : 1024},
+                {"vocab_size", d.vocab},
+                {"layer_norm_epsilon", 1e-5},
+                {"activation_function", "gelu_new"},
+                {"scale_attn_weights", true},
+                {"tie_word_embeddings", true},
+                {"torch_dtype", torch_dtype_name(dtype)},
+                {"bos_token_id", 1},
+                {"eos_token_id", 2}};
+  }
   if (arch == "llama") {
     c["architectures"] = {"LlamaForCausalLM"};
     c["model_type"] = "llama";
@@ -166,7 +188,8 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
     c["rms_norm_eps"] = 1e-6;
     c["tie_word_embeddings"] = true;
   } else {
-    fail("unknown architecture \"{}\" (supported: llama, mistral, qwen2, qwen3, gemma2)", arch);
+    fail("unknown architecture \"{}\" (supported: llama, mistral, qwen2, qwen3, gemma2, gpt2)",
+         arch);
   }
   return c;
 }

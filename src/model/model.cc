@@ -28,6 +28,9 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     case Arch::kGemma2:
       model = build_llama_family(ctx, weights, config);
       break;
+    case Arch::kGpt2:
+      model = build_gpt2(ctx, weights, config);
+      break;
   }
   weights.check_all_used();
   weights.release_last_mapped();

@@ -213,6 +213,24 @@ TEST_F(CliTest, MakeModelIsBitForBitDeterministic) {
   for (const auto& d : {a, b, c}) fs::remove_all(d);
 }
 
+// GPT-2 from make-model to text, and a --max-model-len past its learned position table refused
+// with the reason (rotary models only warn).
+TEST_F(CliTest, Gpt2GeneratesAndRefusesLengthsPastItsPositionTable) {
+  const fs::path dir = testing::temp_dir("gpt2_cli");
+  ASSERT_EQ(run("make-model --arch gpt2 --preset tiny --out " + dir.string()).status, 0);
+  const std::string m = " --model " + dir.string();
+  CliRun ok = run("generate" + m + " --prompt hello --max-tokens 5 --temperature 0");
+  ASSERT_EQ(ok.status, 0) << ok.err;
+  EXPECT_NE(ok.err.find("loaded GPT2LMHeadModel"), std::string::npos) << ok.err;
+  EXPECT_FALSE(ok.out.empty());
+  CliRun longer = run("generate" + m + " --prompt hello --max-tokens 5 --max-model-len 513");
+  EXPECT_NE(longer.status, 0);
+  EXPECT_EQ(last_line(longer.err),
+            "error: --max-model-len 513 exceeds the 512 positions of GPT2LMHeadModel's learned "
+            "position table (n_positions in config.json)");
+  fs::remove_all(dir);
+}
+
 // run-batch: every input line gets exactly one output line, in order, keyed by custom_id; good
 // lines answer what `generate` answers for the same prompt, bad lines get an error line.
 TEST_F(CliTest, RunBatchAnswersGoodLinesAndReportsBadOnes) {

@@ -70,8 +70,9 @@ class ParallelEquivalence : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ParallelEquivalence, MatchesOneRank) {
   const std::string arch = GetParam();
-  const fs::path dir =
-      testing::make_tiny(arch, DType::kF32, 3, nlohmann::json{{"num_hidden_layers", 4}});
+  // GPT2Config calls the layer count n_layer.
+  const fs::path dir = testing::make_tiny(
+      arch, DType::kF32, 3, nlohmann::json{{arch == "gpt2" ? "n_layer" : "num_hidden_layers", 4}});
   const std::string args = generate_args(dir, 32, {3, 8, 13, 18, 23, 28, 33, 38}, 100);
   const CliRun base = run(args);
   ASSERT_EQ(base.status, 0) << base.err;
@@ -95,7 +96,7 @@ TEST_P(ParallelEquivalence, MatchesOneRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, ParallelEquivalence,
-                         ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2"));
+                         ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2"));
 
 // --quantization fp8: a row-parallel shard holds part of every row, and is quantized with the
 // whole rows' scales (gathered at load), so the ranks hold exactly what one rank would hold and

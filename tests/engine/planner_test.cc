@@ -188,6 +188,8 @@ TEST(Planner, AgreesWithEngineInstance) {
       {"qwen2", DType::kBF16, nlohmann::json::object()},
       {"qwen3", DType::kBF16, nlohmann::json::object()},
       {"gemma2", DType::kBF16, nlohmann::json::object()},
+      {"gpt2", DType::kBF16, nlohmann::json::object()},
+      {"gpt2", DType::kBF16, {{"tie_word_embeddings", false}, {"n_layer", 4}}},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.arch);

@@ -79,14 +79,13 @@ TEST_P(BatchInvariance, MmapLoadGivesTheSameLogits) {
   std::filesystem::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Arch, BatchInvariance,
-                         ::testing::Values(std::make_pair("llama", DType::kBF16),
-                                           std::make_pair("llama", DType::kF32),
-                                           std::make_pair("mistral", DType::kBF16),
-                                           std::make_pair("qwen2", DType::kBF16),
-                                           std::make_pair("qwen3", DType::kF16),
-                                           std::make_pair("gemma2", DType::kBF16)),
-                         testing::ArchDtypeName());
+INSTANTIATE_TEST_SUITE_P(
+    Arch, BatchInvariance,
+    ::testing::Values(std::make_pair("llama", DType::kBF16), std::make_pair("llama", DType::kF32),
+                      std::make_pair("mistral", DType::kBF16),
+                      std::make_pair("qwen2", DType::kBF16), std::make_pair("qwen3", DType::kF16),
+                      std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kBF16)),
+    testing::ArchDtypeName());
 
 }  // namespace
 }  // namespace tessera

@@ -25,6 +25,12 @@ bool is_layer_linear(const std::string& name) {
   return std::regex_search(name, re);
 }
 
+// GPT-2's Conv1D weights, stored [in, out]: an output row is a stored column.
+bool is_conv1d(const std::string& name) {
+  static const std::regex re(R"(\bh\.\d+\.(attn|mlp)\.c_\w+\.weight$)");
+  return std::regex_search(name, re);
+}
+
 // Every tensor as f32; layer Linear weights replaced by scale[j] * e4m3(w[j][i] / scale[j]),
 // scale[j] = max_i |w[j][i]| / 448.
 fs::path dequantized_copy(const fs::path& dir, int* quantized) {
@@ -42,16 +48,22 @@ fs::path dequantized_copy(const fs::path& dir, int* quantized) {
     std::vector<std::pair<std::string, Tensor>> tensors;
     for (const auto& [name, info] : file->tensors()) {
       Tensor t = file->tensor(name).to(DType::kF32);
-      if (is_layer_linear(name) && t.dim() == 2) {
+      const bool conv1d = is_conv1d(name);
+      if ((is_layer_linear(name) || conv1d) && t.dim() == 2) {
         ++*quantized;
         float* w = t.data<float>();
-        const int64_t n = t.size(0), k = t.size(1);
+        // Element i of output row j sits at w[j * row_step + i * col_step].
+        const int64_t n = conv1d ? t.size(1) : t.size(0), k = conv1d ? t.size(0) : t.size(1);
+        const int64_t row_step = conv1d ? 1 : k, col_step = conv1d ? n : 1;
         for (int64_t j = 0; j < n; ++j) {
           float amax = 0;
-          for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(w[j * k + i]));
-          const float scale = amax > 0 ? amax / kFp8E4M3Max : 1.0f;
           for (int64_t i = 0; i < k; ++i)
-            w[j * k + i] = scale * fp8_e4m3_to_f32(f32_to_fp8_e4m3(w[j * k + i] / scale));
+            amax = std::max(amax, std::fabs(w[j * row_step + i * col_step]));
+          const float scale = amax > 0 ? amax / kFp8E4M3Max : 1.0f;
+          for (int64_t i = 0; i < k; ++i) {
+            float& x = w[j * row_step + i * col_step];
+            x = scale * fp8_e4m3_to_f32(f32_to_fp8_e4m3(x / scale));
+          }
         }
       }
       tensors.emplace_back(name, t);
@@ -123,13 +135,12 @@ TEST(Fp8ModelChange, DiffersFromTheUnquantizedModel) {
   EXPECT_LT(diff, 1.0);  // FP8 E4M3 keeps ~2 significant digits per weight
 }
 
-INSTANTIATE_TEST_SUITE_P(Arch, Fp8Model,
-                         ::testing::Values(std::make_pair("llama", DType::kBF16),
-                                           std::make_pair("mistral", DType::kF32),
-                                           std::make_pair("qwen2", DType::kBF16),
-                                           std::make_pair("qwen3", DType::kF16),
-                                           std::make_pair("gemma2", DType::kBF16)),
-                         testing::ArchDtypeName());
+INSTANTIATE_TEST_SUITE_P(
+    Arch, Fp8Model,
+    ::testing::Values(std::make_pair("llama", DType::kBF16), std::make_pair("mistral", DType::kF32),
+                      std::make_pair("qwen2", DType::kBF16), std::make_pair("qwen3", DType::kF16),
+                      std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kF32)),
+    testing::ArchDtypeName());
 
 }  // namespace
 }  // namespace tessera

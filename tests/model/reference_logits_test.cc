@@ -1,4 +1,4 @@
-// Logits of every architecture against an independent float64 numpy forward pass
+// Logits of every architecture (GPT-2 included) against an independent float64 numpy forward pass
 // (tests/reference/reference.py): 48 prompt positions computed in one prefill, then 32 greedy
 // decode steps, on tiny random-weight models in f32 (|delta logprob| <= 1e-4) and bf16/f16
 // (5e-3), with the default (exact) matmul precision.
@@ -129,6 +129,19 @@ const Case kCases[] = {
     {"gemma2_bf16_kv_bf16", "gemma2", DType::kBF16, nlohmann::json::object(), 0, DType::kBF16,
      2e-2},
     {"qwen2_f16_kv_f16", "qwen2", DType::kF16, nlohmann::json::object(), 0, DType::kF16, 5e-3},
+    {"gpt2_f32", "gpt2", DType::kF32},
+    {"gpt2_bf16", "gpt2", DType::kBF16},
+    {"gpt2_sharded_f16", "gpt2", DType::kF16, nlohmann::json::object(), 300000},
+    // GPT2Config's other switches: exact GELU or ReLU, scores also scaled by 1 / (layer + 1),
+    // an untied head.
+    {"gpt2_gelu_inverse_layer_f32",
+     "gpt2",
+     DType::kF32,
+     {{"activation_function", "gelu"}, {"scale_attn_by_inverse_layer_idx", true}}},
+    {"gpt2_relu_untied_f32",
+     "gpt2",
+     DType::kF32,
+     {{"activation_function", "relu"}, {"tie_word_embeddings", false}}},
 };
 
 INSTANTIATE_TEST_SUITE_P(Arch, ReferenceLogitsTest, ::testing::ValuesIn(kCases),

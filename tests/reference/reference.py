@@ -3,8 +3,8 @@
 
 Reads a Hugging Face model folder (config.json + safetensors) with its own safetensors parser and
 computes log-softmax over the vocabulary at every position of a token sequence, in float64 numpy,
-following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3 and Gemma 2. It shares
-no code with the C++ implementation.
+following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3, Gemma 2 and GPT-2. It
+shares no code with the C++ implementation.
 
 usage: reference.py MODEL_DIR IDS_CSV OUT.f32 [KV_DTYPE]
 Writes a raw little-endian float32 array [len(ids), vocab_size]. KV_DTYPE (f32, bf16 or f16;
@@ -158,11 +158,71 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
+def layer_norm(x, w, b, eps):
+    mean = np.mean(x, axis=-1, keepdims=True)
+    var = np.mean((x - mean) ** 2, axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * w + b
+
+
+def log_softmax(logits):
+    m = logits.max(axis=1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+
+
+def forward_gpt2(cfg, w, ids, kv_dtype):
+    """GPT2LMHeadModel: Conv1D layers compute x @ W + b with W stored [in, out]."""
+    pre = "" if "wte.weight" in w else "transformer."
+    hidden = cfg.get("n_embd", cfg.get("hidden_size"))
+    n_heads = cfg.get("n_head", cfg.get("num_attention_heads"))
+    n_layers = cfg.get("n_layer", cfg.get("num_hidden_layers"))
+    head_dim = hidden // n_heads
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    act_name = cfg.get("activation_function", "gelu_new")
+    if act_name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        act = gelu_tanh
+    elif act_name == "gelu":
+        act = lambda v: 0.5 * v * (1.0 + np.vectorize(math.erf)(v / math.sqrt(2.0)))
+    elif act_name == "relu":
+        act = lambda v: np.maximum(v, 0.0)
+    else:
+        raise ValueError("activation " + act_name)
+    t = len(ids)
+    x = w[pre + "wte.weight"][np.array(ids)] + w[pre + "wpe.weight"][np.arange(t)]
+    pos = np.arange(t)
+    allowed = pos[:, None] >= pos[None, :]
+    for layer in range(n_layers):
+        p = pre + "h.%d." % layer
+        h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)
+        qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
+        q, k, v = (qkv[:, i * hidden:(i + 1) * hidden].reshape(t, n_heads, head_dim) for i in range(3))
+        k = round_to(k, kv_dtype)
+        v = round_to(v, kv_dtype)
+        scale = head_dim ** -0.5 if cfg.get("scale_attn_weights", True) else 1.0
+        if cfg.get("scale_attn_by_inverse_layer_idx", False):
+            scale /= layer + 1
+        out = np.zeros((t, n_heads, head_dim))
+        for hq in range(n_heads):
+            scores = np.where(allowed, (q[:, hq, :] @ k[:, hq, :].T) * scale, -np.inf)
+            scores = scores - scores.max(axis=1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(axis=1, keepdims=True)
+            out[:, hq, :] = probs @ v[:, hq, :]
+        x = x + out.reshape(t, hidden) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+        h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
+        fc = act(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])
+        x = x + fc @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+    x = layer_norm(x, w[pre + "ln_f.weight"], w[pre + "ln_f.bias"], eps)
+    head = w[pre + "wte.weight"] if cfg.get("tie_word_embeddings", True) else w["lm_head.weight"]
+    return log_softmax(x @ head.T)
+
+
 def forward(model_dir, ids, kv_dtype="f32"):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
     arch = cfg["architectures"][0]
     w = load_weights(model_dir)
+    if arch == "GPT2LMHeadModel":
+        return forward_gpt2(cfg, w, ids, kv_dtype)
     gemma = arch == "Gemma2ForCausalLM"
     qwen3 = arch == "Qwen3ForCausalLM"
     hidden = cfg["hidden_size"]
@@ -272,8 +332,7 @@ def forward(model_dir, ids, kv_dtype="f32"):
     logits = x @ head.T
     if final_softcap:
         logits = np.tanh(logits / final_softcap) * final_softcap
-    m = logits.max(axis=1, keepdims=True)
-    return logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+    return log_softmax(logits)
 
 
 def main():

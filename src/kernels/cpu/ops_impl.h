@@ -114,10 +114,26 @@ inline float activate(float x, tessera::Activation act) {
   return x;
 }
 
+// One loop per activation, so that each vectorizes.
+template <tessera::Activation kAct>
+void activation_rows(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows,
+                     int64_t width) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < width; ++i) out[r * ldo + i] = activate(x[r * ldx + i], kAct);
+}
+
 void activation(const float* x, int64_t ldx, float* out, int64_t ldo, int64_t rows, int64_t width,
                 tessera::Activation act) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < width; ++i) out[r * ldo + i] = activate(x[r * ldx + i], act);
+  switch (act) {
+    case tessera::Activation::kSilu:
+      return activation_rows<tessera::Activation::kSilu>(x, ldx, out, ldo, rows, width);
+    case tessera::Activation::kGeluTanh:
+      return activation_rows<tessera::Activation::kGeluTanh>(x, ldx, out, ldo, rows, width);
+    case tessera::Activation::kGelu:
+      return activation_rows<tessera::Activation::kGelu>(x, ldx, out, ldo, rows, width);
+    case tessera::Activation::kRelu:
+      return activation_rows<tessera::Activation::kRelu>(x, ldx, out, ldo, rows, width);
+  }
 }
 
 void rope_table(const int32_t* positions, int64_t rows, const float* inv_freq, int rot_half,

@@ -9,26 +9,11 @@
 #include "model/arch/registry.h"
 #include "model/layers/embedding.h"
 #include "model/layers/linear.h"
+#include "model/layers/scratch.h"
 
 namespace tessera {
 
 namespace {
-
-// A [rows, width] f32 view of a buffer that grows to the largest batch seen.
-class Scratch {
- public:
-  Tensor get(Backend& backend, int64_t rows, int64_t width) {
-    if (rows * width > capacity_) {
-      capacity_ = rows * width;
-      buffer_ = backend.empty({capacity_}, DType::kF32);
-    }
-    return buffer_.slice(0, 0, rows * width).reshape({rows, width});
-  }
-
- private:
-  Tensor buffer_;
-  int64_t capacity_ = 0;
-};
 
 struct RMSNorm {
   Tensor weight;  // f32
@@ -343,6 +328,7 @@ std::unique_ptr<CausalLM> build_llama_family(ModelContext& ctx, WeightSource& we
 namespace tessera {
 
 std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
+  if (c.arch == Arch::kGpt2) return gpt2_weight_specs(c);
   std::vector<WeightSpec> specs;
   const int64_t h = c.hidden_size, d = c.head_dim, f = c.intermediate_size;
   specs.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, WeightRole::kEmbedding});

@@ -13,13 +13,16 @@ namespace tessera {
 
 std::unique_ptr<CausalLM> build_llama_family(ModelContext& ctx, WeightSource& weights,
                                              const ModelConfig& config);
+std::unique_ptr<CausalLM> build_gpt2(ModelContext& ctx, WeightSource& weights,
+                                     const ModelConfig& config);
 
 }  // namespace tessera
 
 namespace tessera {
 
 // Kinds of parameter, so that a generator can give each a sensible random initialisation.
-enum class WeightRole { kEmbedding, kLinear, kLmHead, kNorm, kBias };
+// kLinearTransposed: a Conv1D weight stored [in, out] (GPT-2).
+enum class WeightRole { kEmbedding, kLinear, kLinearTransposed, kLmHead, kNorm, kBias };
 
 struct WeightSpec {
   std::string name;
@@ -29,5 +32,6 @@ struct WeightSpec {
 
 // Every tensor a checkpoint of this configuration holds, with Hugging Face names.
 std::vector<WeightSpec> weight_specs(const ModelConfig& config);
+std::vector<WeightSpec> gpt2_weight_specs(const ModelConfig& config);
 
 }  // namespace tessera

@@ -23,8 +23,12 @@ ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weig
   for (const ColumnPart& part : parts) {
     TESSERA_CHECK(0 <= part.row_begin && part.row_begin < part.row_end &&
                   part.row_end <= part.rows);
-    Tensor w = weights.get(part.name + ".weight", {part.rows, in_features},
-                           Slice{0, part.row_begin, part.row_end});
+    Tensor w = part.transposed ? weights
+                                     .get(part.name + ".weight", {in_features, part.rows},
+                                          Slice{1, part.row_begin, part.row_end})
+                                     .transposed()
+                               : weights.get(part.name + ".weight", {part.rows, in_features},
+                                             Slice{0, part.row_begin, part.row_end});
     LinearSegment seg;
     seg.weight = ctx.backend.prepare_layer_weight(std::move(w), {});
     if (part.bias)
@@ -41,12 +45,16 @@ void ColumnParallelLinear::forward(const Tensor& x, const Tensor& out) const {
 
 RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
                                      const std::string& name, int64_t out_features,
-                                     int64_t in_features, Range cols, bool bias)
+                                     int64_t in_features, Range cols, bool bias, bool transposed)
     : ctx_(ctx) {
   TESSERA_CHECK(0 <= cols.begin && cols.begin < cols.end && cols.end <= in_features);
   in_local_ = cols.size();
-  Tensor w =
-      weights.get(name + ".weight", {out_features, in_features}, Slice{1, cols.begin, cols.end});
+  Tensor w = transposed ? weights
+                              .get(name + ".weight", {in_features, out_features},
+                                   Slice{0, cols.begin, cols.end})
+                              .transposed()
+                        : weights.get(name + ".weight", {out_features, in_features},
+                                      Slice{1, cols.begin, cols.end});
   // Each rank holds part of every row: a quantizing backend gets the whole rows' largest values
   // (gathered from the group), so that the shards are quantized as one rank would quantize.
   std::vector<float> row_absmax;

@@ -18,6 +18,9 @@ struct ColumnPart {
   int64_t rows = 0;  // full output rows of the checkpoint weight
   int64_t row_begin = 0, row_end = 0;
   bool bias = false;  // "<name>.bias" exists
+  // GPT-2's Conv1D: the weight is stored [in_features, rows] and transposed at load (each rank
+  // reads the whole stored rows and keeps its columns).
+  bool transposed = false;
 };
 
 // out = x @ [W_0; W_1; ...]^T: no communication; each rank produces its own output columns.
@@ -40,8 +43,11 @@ class ColumnParallelLinear {
 class RowParallelLinear {
  public:
   // This rank holds input features [in_range.begin, in_range.end) of the full in_features.
+  // `transposed`: stored [in_features, out_features] (GPT-2's Conv1D); the rank then reads
+  // just its rows of the stored weight.
   RowParallelLinear(ModelContext& ctx, WeightSource& weights, const std::string& name,
-                    int64_t out_features, int64_t in_features, Range in_range, bool bias);
+                    int64_t out_features, int64_t in_features, Range in_range, bool bias,
+                    bool transposed = false);
   // x [T, local in_features] -> out [T, out_features] (full, identical on every rank)
   void forward(const Tensor& x, const Tensor& out) const;
   int64_t in_features_local() const { return in_local_; }
