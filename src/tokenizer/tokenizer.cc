@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <fstream>
 #include <limits>
+#include <optional>
+#include <set>
 #include <sstream>
 
 #include "core/status.h"
@@ -225,10 +227,121 @@ auto with_context(const std::string& name, Fn&& fn) {
 Tokenizer::Tokenizer() : pipeline_(std::make_unique<Pipeline>()) {}
 Tokenizer::~Tokenizer() = default;
 
+namespace {
+
+// A special token of tokenizer_config.json: a string or an AddedToken object.
+std::optional<std::string> special_token_text(const nlohmann::json& config, const char* key) {
+  if (!config.contains(key)) return std::nullopt;
+  const nlohmann::json& v = config.at(key);
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v.at("content").is_string())
+    return v.at("content").get<std::string>();
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string gpt2_tokenizer_json(const std::filesystem::path& vocab_path,
+                                const std::filesystem::path& merges_path,
+                                const std::string& config_text) {
+  nlohmann::json vocab = with_context(vocab_path.string(), [&] {
+    nlohmann::json v = nlohmann::json::parse(read_file(vocab_path));
+    if (!v.is_object()) fail("expected an object of token -> id");
+    return v;
+  });
+  nlohmann::json merges = nlohmann::json::array();
+  std::istringstream lines(read_file(merges_path));
+  int line_no = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line.rfind("#version", 0) == 0) continue;
+    const size_t space = line.find(' ');
+    if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
+        line.find(' ', space + 1) != std::string::npos)
+      fail("{}:{}: expected two tokens separated by one space", merges_path.string(), line_no);
+    merges.push_back(line);
+  }
+  const nlohmann::json config =
+      config_text.empty() ? nlohmann::json::object() : nlohmann::json::parse(config_text);
+  // Added tokens: those tokenizer_config.json lists with their flags, then the special tokens
+  // it names (GPT-2's <|endoftext|> is all of bos, eos and unk).
+  nlohmann::json added = nlohmann::json::array();
+  std::set<int64_t> ids;
+  if (config.contains("added_tokens_decoder") && config.at("added_tokens_decoder").is_object()) {
+    for (const auto& [id_text, token] : config.at("added_tokens_decoder").items()) {
+      if (!token.is_object() || !token.contains("content")) continue;
+      const int64_t id = std::stoll(id_text);
+      added.push_back({{"id", id},
+                       {"content", token.at("content")},
+                       {"single_word", token.value("single_word", false)},
+                       {"lstrip", token.value("lstrip", false)},
+                       {"rstrip", token.value("rstrip", false)},
+                       {"normalized", token.value("normalized", true)},
+                       {"special", token.value("special", false)}});
+      ids.insert(id);
+    }
+  }
+  for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
+    const std::optional<std::string> text = special_token_text(config, key);
+    if (!text || !vocab.contains(*text) || !vocab.at(*text).is_number_integer()) continue;
+    const int64_t id = vocab.at(*text).get<int64_t>();
+    if (!ids.insert(id).second) continue;
+    added.push_back({{"id", id},
+                     {"content", *text},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", true},
+                     {"special", true}});
+  }
+  if (config.empty() && vocab.contains("<|endoftext|>") && ids.empty()) {
+    // No tokenizer_config.json: GPT2Tokenizer's defaults.
+    added.push_back({{"id", vocab.at("<|endoftext|>")},
+                     {"content", "<|endoftext|>"},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", true},
+                     {"special", true}});
+  }
+  const bool prefix_space = config.value("add_prefix_space", false);
+  auto byte_level = [](bool add_prefix_space, bool trim_offsets) {
+    return nlohmann::json{{"type", "ByteLevel"},
+                          {"add_prefix_space", add_prefix_space},
+                          {"trim_offsets", trim_offsets},
+                          {"use_regex", true}};
+  };
+  // What transformers' GPT-2 converter builds from the same two files.
+  const nlohmann::json tokenizer = {{"version", "1.0"},
+                                    {"added_tokens", added},
+                                    {"normalizer", nullptr},
+                                    {"pre_tokenizer", byte_level(prefix_space, true)},
+                                    {"post_processor", byte_level(true, false)},
+                                    {"decoder", byte_level(true, true)},
+                                    {"model",
+                                     {{"type", "BPE"},
+                                      {"dropout", nullptr},
+                                      {"unk_token", nullptr},
+                                      {"continuing_subword_prefix", ""},
+                                      {"end_of_word_suffix", ""},
+                                      {"fuse_unk", false},
+                                      {"byte_fallback", false},
+                                      {"vocab", vocab},
+                                      {"merges", merges}}}};
+  return tokenizer.dump();
+}
+
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   const auto json_path = dir / "tokenizer.json";
-  if (!std::filesystem::is_regular_file(json_path)) {
-    fail(ErrorKind::kNotFound, "{} not found (only Hugging Face tokenizer.json is supported)",
+  const auto vocab_path = dir / "vocab.json", merges_path = dir / "merges.txt";
+  const bool slow_bpe = !std::filesystem::is_regular_file(json_path) &&
+                        std::filesystem::is_regular_file(vocab_path) &&
+                        std::filesystem::is_regular_file(merges_path);
+  if (!std::filesystem::is_regular_file(json_path) && !slow_bpe) {
+    fail(ErrorKind::kNotFound,
+         "{} not found (supported: Hugging Face tokenizer.json, or a byte-level BPE as vocab.json "
+         "+ merges.txt)",
          json_path.string());
   }
   const auto config_path = dir / "tokenizer_config.json";
@@ -239,7 +352,11 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
     return config_text.empty() ? TokenizerConfig{}
                                : parse_config(nlohmann::json::parse(config_text));
   });
-  const std::string json_text = read_file(json_path);
+  const std::string json_text =
+      slow_bpe
+          ? with_context(dir.string(),
+                         [&] { return gpt2_tokenizer_json(vocab_path, merges_path, config_text); })
+          : read_file(json_path);
   with_context(json_path.string(), [&] {
     build_pipeline(*tokenizer->pipeline_, json_text, tokenizer->config_);
     return 0;

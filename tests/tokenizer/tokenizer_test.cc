@@ -674,3 +674,50 @@ TEST(Concurrency, FourThreadsEncodeIdentically) {
 
 }  // namespace
 }  // namespace tessera::tokenizer
+
+namespace tessera::tokenizer {
+namespace {
+
+// vocab.json + merges.txt without tokenizer.json: a byte-level BPE with tokenizer_config.json's
+// special tokens, and a malformed merges line named by file and line.
+TEST(SlowBpeFiles, BuildAByteLevelBpe) {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("tessera_slow_bpe_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  // "\u0120" is the byte-level form of a space.
+  std::ofstream(dir / "vocab.json")
+      << R"({"h": 0, "e": 1, "l": 2, "o": 3, "\u0120": 4, "he": 5, "ll": 6, "hell": 7, "hello": 8,
+            "\u0120h": 9, "<|endoftext|>": 10, "<pad>": 11})";
+  std::ofstream(dir / "merges.txt") << "#version: 0.2\nh e\nl l\nhe ll\nhell o\n\u0120 h\n";
+  std::ofstream(dir / "tokenizer_config.json")
+      << R"({"eos_token": "<|endoftext|>", "pad_token": {"content": "<pad>", "special": true}})";
+  auto tok = Tokenizer::load(dir);
+  // " hello" is one pre-token; "h e" outranks "\u0120 h", so the space stays apart.
+  EXPECT_EQ(tok->encode("hello hello", false), (std::vector<int32_t>{8, 4, 8}));
+  EXPECT_EQ(tok->encode("hello<|endoftext|><pad>", false), (std::vector<int32_t>{8, 10, 11}));
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{8, 4, 8, 10}, true), "hello hello");
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{9, 1, 6, 3}, true), " hello");
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{8, 10}, false), "hello<|endoftext|>");
+
+  std::ofstream(dir / "merges.txt") << "#version: 0.2\nh e\nl l x\n";
+  try {
+    Tokenizer::load(dir);
+    ADD_FAILURE() << "a bad merges line was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("merges.txt:3: expected two tokens separated by one space"),
+        std::string::npos)
+        << e.what();
+  }
+  std::filesystem::remove(dir / "merges.txt");
+  try {
+    Tokenizer::load(dir);
+    ADD_FAILURE() << "a folder without a tokenizer loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("vocab.json + merges.txt"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tessera::tokenizer
