@@ -25,7 +25,7 @@ struct TokenizeOptions {
 void run_tokenize(const TokenizeOptions& o) {
   if (o.text.empty() == o.chat.empty()) fail("tokenize needs exactly one of --text or --chat");
   const std::filesystem::path dir = resolve_model(o.model);
-  if (!std::filesystem::exists(dir / "tokenizer.json"))
+  if (!tokenizer::has_tokenizer(dir))
     fail(ErrorKind::kNotFound, "{} has no tokenizer.json", dir.string());
   std::unique_ptr<tokenizer::Tokenizer> tok = tokenizer::Tokenizer::load(dir);
   nlohmann::ordered_json out;

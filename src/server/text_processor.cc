@@ -87,7 +87,7 @@ class HfTextProcessor : public TextProcessor {
 
 std::unique_ptr<TextProcessor> load_text_processor(const std::filesystem::path& model_dir,
                                                    const std::string& chat_template_arg) {
-  if (!std::filesystem::exists(model_dir / "tokenizer.json")) {
+  if (!tokenizer::has_tokenizer(model_dir)) {
     if (!chat_template_arg.empty())
       fail("--chat-template needs a tokenizer, and {} has no tokenizer.json", model_dir.string());
     return nullptr;

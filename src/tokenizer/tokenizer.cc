@@ -332,6 +332,12 @@ std::string gpt2_tokenizer_json(const std::filesystem::path& vocab_path,
   return tokenizer.dump();
 }
 
+bool has_tokenizer(const std::filesystem::path& dir) {
+  return std::filesystem::is_regular_file(dir / "tokenizer.json") ||
+         (std::filesystem::is_regular_file(dir / "vocab.json") &&
+          std::filesystem::is_regular_file(dir / "merges.txt"));
+}
+
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   const auto json_path = dir / "tokenizer.json";
   const auto vocab_path = dir / "vocab.json", merges_path = dir / "merges.txt";

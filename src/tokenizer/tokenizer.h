@@ -33,6 +33,10 @@ std::string gpt2_tokenizer_json(const std::filesystem::path& vocab_path,
                                 const std::filesystem::path& merges_path,
                                 const std::string& config_text);
 
+// Whether DIR holds a tokenizer Tokenizer::load reads: tokenizer.json, or vocab.json +
+// merges.txt.
+bool has_tokenizer(const std::filesystem::path& dir);
+
 class Tokenizer {
  public:
   // Reads DIR/tokenizer.json and DIR/tokenizer_config.json (optional). Without tokenizer.json,

@@ -691,6 +691,7 @@ TEST(SlowBpeFiles, BuildAByteLevelBpe) {
   std::ofstream(dir / "merges.txt") << "#version: 0.2\nh e\nl l\nhe ll\nhell o\n\u0120 h\n";
   std::ofstream(dir / "tokenizer_config.json")
       << R"({"eos_token": "<|endoftext|>", "pad_token": {"content": "<pad>", "special": true}})";
+  EXPECT_TRUE(has_tokenizer(dir));
   auto tok = Tokenizer::load(dir);
   // " hello" is one pre-token; "h e" outranks "\u0120 h", so the space stays apart.
   EXPECT_EQ(tok->encode("hello hello", false), (std::vector<int32_t>{8, 4, 8}));
@@ -710,6 +711,7 @@ TEST(SlowBpeFiles, BuildAByteLevelBpe) {
         << e.what();
   }
   std::filesystem::remove(dir / "merges.txt");
+  EXPECT_FALSE(has_tokenizer(dir));
   try {
     Tokenizer::load(dir);
     ADD_FAILURE() << "a folder without a tokenizer loaded";
