@@ -22,6 +22,7 @@ constexpr ArchInfo kArchitectures[] = {
     {"LlamaForCausalLM", Arch::kLlama},   {"MistralForCausalLM", Arch::kMistral},
     {"Qwen2ForCausalLM", Arch::kQwen2},   {"Qwen3ForCausalLM", Arch::kQwen3},
     {"Gemma2ForCausalLM", Arch::kGemma2}, {"GPT2LMHeadModel", Arch::kGpt2},
+    {"OPTForCausalLM", Arch::kOpt},
 };
 
 json read_json_file(const fs::path& path) {
@@ -168,6 +169,40 @@ ModelConfig parse_gpt2_config(const json& j, const Fields& f, ModelConfig c,
   return c;
 }
 
+// OPTConfig: separate q/k/v/out projections, fc1/fc2, learned positions offset by 2.
+ModelConfig parse_opt_config(const Fields& f, ModelConfig c, const std::string& source) {
+  c.vocab_size = f.positive("vocab_size");
+  c.hidden_size = f.positive("hidden_size");
+  c.num_layers = f.positive("num_hidden_layers");
+  c.num_heads = f.positive("num_attention_heads");
+  c.num_kv_heads = c.num_heads;
+  if (c.hidden_size % c.num_heads != 0)
+    fail("{}: hidden_size ({}) is not a multiple of num_attention_heads ({})", source,
+         c.hidden_size, c.num_heads);
+  c.head_dim = c.hidden_size / c.num_heads;
+  c.intermediate_size = f.positive("ffn_dim");
+  c.max_position_embeddings = f.integer_or("max_position_embeddings", 2048);
+  c.hidden_act = parse_activation(f.string_or("activation_function", "relu"), source);
+  if (f.has("word_embed_proj_dim") && f.positive("word_embed_proj_dim") != c.hidden_size)
+    fail(ErrorKind::kUnsupported,
+         "{}: word_embed_proj_dim ({}) != hidden_size ({}): OPT's project_in/project_out "
+         "(OPT-350m) is not supported",
+         source, f.positive("word_embed_proj_dim"), c.hidden_size);
+  if (!f.boolean_or("layer_norm_elementwise_affine", true))
+    fail(ErrorKind::kUnsupported, "{}: layer_norm_elementwise_affine = false is not supported",
+         source);
+  c.post_norm = !f.boolean_or("do_layer_norm_before", true);
+  const bool bias = f.boolean_or("enable_bias", true);
+  c.attention_bias = c.o_proj_bias = c.mlp_bias = bias;
+  c.learned_positions = true;
+  c.position_offset = 2;
+  c.layer_norm_eps = 1e-5;
+  c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", true);
+  c.sliding_window.assign(c.num_layers, 0);
+  parse_dtype_and_ids(f, c, source, "float32");
+  return c;
+}
+
 }  // namespace
 
 std::string supported_architectures() {
@@ -216,6 +251,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
          c.architecture, supported_architectures());
   c.model_type = f.string_or("model_type", "");
   if (c.arch == Arch::kGpt2) return parse_gpt2_config(j, f, c, source);
+  if (c.arch == Arch::kOpt) return parse_opt_config(f, c, source);
 
   c.vocab_size = f.positive("vocab_size");
   c.hidden_size = f.positive("hidden_size");
@@ -294,7 +330,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       c.query_pre_attn_scalar = f.number_or("query_pre_attn_scalar", 0.0);
       break;
     case Arch::kGpt2:
-      break;  // parse_gpt2_config
+    case Arch::kOpt:
+      break;  // parse_gpt2_config, parse_opt_config
   }
 
   // Sliding windows: explicit layer_types win; otherwise each architecture's rule.
@@ -335,6 +372,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
           sliding = l % 2 == 0;
           break;
         case Arch::kGpt2:
+        case Arch::kOpt:
           break;
       }
       if (sliding) c.sliding_window[l] = static_cast<int32_t>(window);

@@ -15,7 +15,7 @@
 
 namespace tessera {
 
-enum class Arch { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGpt2 };
+enum class Arch { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGpt2, kOpt };
 
 // "LlamaForCausalLM, MistralForCausalLM, ..." for error messages.
 std::string supported_architectures();
@@ -70,6 +70,10 @@ struct ModelConfig {
   double layer_norm_eps = 1e-5;
   bool scale_attn_weights = true;                // scores / sqrt(head_dim)
   bool scale_attn_by_inverse_layer_idx = false;  // and / (layer + 1)
+  // OPT: the position table starts `position_offset` rows in (2), and do_layer_norm_before =
+  // false (OPT-350m) puts each LayerNorm after its residual add.
+  int64_t position_offset = 0;
+  bool post_norm = false;
 
   std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
 

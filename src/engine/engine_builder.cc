@@ -242,12 +242,14 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   }
 
   int64_t max_len = args.max_model_len > 0 ? args.max_model_len : config.max_position_embeddings;
-  // A learned position table (GPT-2) has no rows past its end; rotary positions extrapolate.
+  // A learned position table (GPT-2, OPT) has no rows past its end; rotary positions
+  // extrapolate.
   if (config.learned_positions && args.max_model_len > config.max_position_embeddings)
     fail(
-        "--max-model-len {} exceeds the {} positions of {}'s learned position table "
-        "(n_positions in config.json)",
-        args.max_model_len, config.max_position_embeddings, config.architecture);
+        "--max-model-len {} exceeds the {} positions of {}'s learned position table ({} in "
+        "config.json)",
+        args.max_model_len, config.max_position_embeddings, config.architecture,
+        config.arch == Arch::kGpt2 ? "n_positions" : "max_position_embeddings");
   if (args.max_model_len > config.max_position_embeddings && wc.is_driver())
     spdlog::warn("--max-model-len {} exceeds max_position_embeddings {} in config.json",
                  args.max_model_len, config.max_position_embeddings);

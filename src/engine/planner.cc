@@ -193,10 +193,11 @@ ModelShape shape_from_config(const ModelConfig& c) {
   m.mlp_bias = c.mlp_bias;
   m.qk_norm = c.qk_norm;
   m.norms_per_layer = c.sandwich_norms ? 4 : 2;
-  if (c.arch == Arch::kGpt2) {
+  if (c.arch == Arch::kGpt2 || c.arch == Arch::kOpt) {
     m.gated_mlp = false;
     m.norm_bias = true;
-    m.learned_positions = c.max_position_embeddings;
+    m.learned_positions = c.max_position_embeddings + c.position_offset;
+    m.final_norm = !c.post_norm;
   }
   return m;
 }
@@ -433,7 +434,7 @@ ParamCount rank_parameters(const ModelShape& m, int tp, int pp, int pp_rank) {
   const int64_t vocab_rows = share(m.vocab_size, tp);
   if (pp_rank == 0) p.other += (vocab_rows + m.learned_positions) * m.hidden_size;  // embeddings
   if (pp_rank == pp - 1) {
-    p.other += m.hidden_size * (m.norm_bias ? 2 : 1);  // final norm
+    if (m.final_norm) p.other += m.hidden_size * (m.norm_bias ? 2 : 1);
     // The LM head; tied to the embedding it costs nothing more unless it sits on another stage.
     if (!m.tie_word_embeddings || pp > 1) p.other += vocab_rows * m.hidden_size;
   }

@@ -54,6 +54,7 @@ struct ModelShape {
   int norms_per_layer = 2;        // Gemma 2: 4
   bool norm_bias = false;         // LayerNorm with bias (Falcon, GPT-2)
   int64_t learned_positions = 0;  // rows of a learned position table (GPT-2), on every tp rank
+  bool final_norm = true;         // false: OPT-350m's post-norm blocks end normalised
   // Mixture of experts (Mixtral, DeepSeek): experts replace the MLP from layer first_dense_layers.
   int64_t num_experts = 0, experts_per_token = 0, moe_intermediate_size = 0, shared_experts = 0;
   int64_t first_dense_layers = 0;

@@ -146,6 +146,24 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
                 {"bos_token_id", 1},
                 {"eos_token_id", 2}};
   }
+  if (arch == "opt") {
+    return json{{"architectures", {"OPTForCausalLM"}},
+                {"model_type", "opt"},
+                {"hidden_size", d.hidden},
+                {"num_hidden_layers", d.layers},
+                {"num_attention_heads", d.heads},
+                {"ffn_dim", d.ffn},
+                {"word_embed_proj_dim", d.hidden},
+                {"max_position_embeddings", tiny ? 512 : 2048},
+                {"vocab_size", d.vocab},
+                {"activation_function", "relu"},
+                {"do_layer_norm_before", true},
+                {"enable_bias", true},
+                {"tie_word_embeddings", true},
+                {"torch_dtype", torch_dtype_name(dtype)},
+                {"bos_token_id", 1},
+                {"eos_token_id", 2}};
+  }
   if (arch == "llama") {
     c["architectures"] = {"LlamaForCausalLM"};
     c["model_type"] = "llama";
@@ -188,7 +206,7 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
     c["rms_norm_eps"] = 1e-6;
     c["tie_word_embeddings"] = true;
   } else {
-    fail("unknown architecture \"{}\" (supported: llama, mistral, qwen2, qwen3, gemma2, gpt2)",
+    fail("unknown architecture \"{}\" (supported: llama, mistral, qwen2, qwen3, gemma2, gpt2, opt)",
          arch);
   }
   return c;

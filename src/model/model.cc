@@ -29,6 +29,7 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
       model = build_llama_family(ctx, weights, config);
       break;
     case Arch::kGpt2:
+    case Arch::kOpt:
       model = build_gpt2(ctx, weights, config);
       break;
   }

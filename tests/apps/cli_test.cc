@@ -213,9 +213,9 @@ TEST_F(CliTest, MakeModelIsBitForBitDeterministic) {
   for (const auto& d : {a, b, c}) fs::remove_all(d);
 }
 
-// GPT-2 from make-model to text, and a --max-model-len past its learned position table refused
-// with the reason (rotary models only warn).
-TEST_F(CliTest, Gpt2GeneratesAndRefusesLengthsPastItsPositionTable) {
+// GPT-2 and OPT from make-model to text, and a --max-model-len past the learned position table
+// refused with the reason (rotary models only warn).
+TEST_F(CliTest, Gpt2AndOptGenerateAndRefuseLengthsPastTheirPositionTables) {
   const fs::path dir = testing::temp_dir("gpt2_cli");
   ASSERT_EQ(run("make-model --arch gpt2 --preset tiny --out " + dir.string()).status, 0);
   const std::string m = " --model " + dir.string();
@@ -228,6 +228,17 @@ TEST_F(CliTest, Gpt2GeneratesAndRefusesLengthsPastItsPositionTable) {
   EXPECT_EQ(last_line(longer.err),
             "error: --max-model-len 513 exceeds the 512 positions of GPT2LMHeadModel's learned "
             "position table (n_positions in config.json)");
+  fs::remove_all(dir);
+  // OPT: the same decoder with its own names; its table has 2 more rows than positions.
+  ASSERT_EQ(run("make-model --arch opt --preset tiny --out " + dir.string()).status, 0);
+  CliRun opt = run("generate" + m + " --prompt hello --max-tokens 5 --max-model-len 512");
+  ASSERT_EQ(opt.status, 0) << opt.err;
+  EXPECT_NE(opt.err.find("loaded OPTForCausalLM"), std::string::npos) << opt.err;
+  CliRun opt_long = run("generate" + m + " --prompt hello --max-tokens 5 --max-model-len 513");
+  EXPECT_NE(opt_long.status, 0);
+  EXPECT_NE(last_line(opt_long.err).find("(max_position_embeddings in config.json)"),
+            std::string::npos)
+      << opt_long.err;
   fs::remove_all(dir);
 }
 

@@ -190,6 +190,8 @@ TEST(Planner, AgreesWithEngineInstance) {
       {"gemma2", DType::kBF16, nlohmann::json::object()},
       {"gpt2", DType::kBF16, nlohmann::json::object()},
       {"gpt2", DType::kBF16, {{"tie_word_embeddings", false}, {"n_layer", 4}}},
+      {"opt", DType::kBF16, nlohmann::json::object()},
+      {"opt", DType::kF16, {{"do_layer_norm_before", false}}},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.arch);

@@ -84,7 +84,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(std::make_pair("llama", DType::kBF16), std::make_pair("llama", DType::kF32),
                       std::make_pair("mistral", DType::kBF16),
                       std::make_pair("qwen2", DType::kBF16), std::make_pair("qwen3", DType::kF16),
-                      std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kBF16)),
+                      std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kBF16),
+                      std::make_pair("opt", DType::kF16)),
     testing::ArchDtypeName());
 
 }  // namespace

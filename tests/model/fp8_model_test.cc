@@ -21,7 +21,7 @@ using testing::DirectRunner;
 
 // A decoder layer's Linear weight: what --quantization fp8 quantizes.
 bool is_layer_linear(const std::string& name) {
-  static const std::regex re(R"(\.layers\.\d+\..*_proj\.weight$)");
+  static const std::regex re(R"(\.layers\.\d+\.(.*_proj|fc\d)\.weight$)");
   return std::regex_search(name, re);
 }
 
@@ -139,7 +139,8 @@ INSTANTIATE_TEST_SUITE_P(
     Arch, Fp8Model,
     ::testing::Values(std::make_pair("llama", DType::kBF16), std::make_pair("mistral", DType::kF32),
                       std::make_pair("qwen2", DType::kBF16), std::make_pair("qwen3", DType::kF16),
-                      std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kF32)),
+                      std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kF32),
+                      std::make_pair("opt", DType::kBF16)),
     testing::ArchDtypeName());
 
 }  // namespace

@@ -142,6 +142,13 @@ const Case kCases[] = {
      "gpt2",
      DType::kF32,
      {{"activation_function", "relu"}, {"tie_word_embeddings", false}}},
+    {"opt_f32", "opt", DType::kF32},
+    {"opt_f16", "opt", DType::kF16},
+    // OPT-350m's post-norm blocks (no final LayerNorm), untied.
+    {"opt_post_norm_untied_f32",
+     "opt",
+     DType::kF32,
+     {{"do_layer_norm_before", false}, {"tie_word_embeddings", false}}},
 };
 
 INSTANTIATE_TEST_SUITE_P(Arch, ReferenceLogitsTest, ::testing::ValuesIn(kCases),

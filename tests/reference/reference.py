@@ -3,8 +3,8 @@
 
 Reads a Hugging Face model folder (config.json + safetensors) with its own safetensors parser and
 computes log-softmax over the vocabulary at every position of a token sequence, in float64 numpy,
-following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3, Gemma 2 and GPT-2. It
-shares no code with the C++ implementation.
+following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2 and OPT.
+It shares no code with the C++ implementation.
 
 usage: reference.py MODEL_DIR IDS_CSV OUT.f32 [KV_DTYPE]
 Writes a raw little-endian float32 array [len(ids), vocab_size]. KV_DTYPE (f32, bf16 or f16;
@@ -216,6 +216,53 @@ def forward_gpt2(cfg, w, ids, kv_dtype):
     return log_softmax(x @ head.T)
 
 
+def forward_opt(cfg, w, ids, kv_dtype):
+    """OPTForCausalLM: positions offset by 2; do_layer_norm_before picks pre- or post-norm."""
+    d = "model.decoder."
+    hidden = cfg["hidden_size"]
+    n_heads = cfg["num_attention_heads"]
+    head_dim = hidden // n_heads
+    pre_norm = cfg.get("do_layer_norm_before", True)
+    act_name = cfg.get("activation_function", "relu")
+    act = {"relu": lambda v: np.maximum(v, 0.0), "gelu_new": gelu_tanh}[act_name]
+    t = len(ids)
+    x = w[d + "embed_tokens.weight"][np.array(ids)] + w[d + "embed_positions.weight"][np.arange(t) + 2]
+    pos = np.arange(t)
+    allowed = pos[:, None] >= pos[None, :]
+
+    def lin(h, name):
+        out = h @ w[name + ".weight"].T
+        return out + w[name + ".bias"] if name + ".bias" in w else out
+
+    def ln(h, name):
+        return layer_norm(h, w[name + ".weight"], w[name + ".bias"], 1e-5)
+
+    for layer in range(cfg["num_hidden_layers"]):
+        p = d + "layers.%d." % layer
+        h = ln(x, p + "self_attn_layer_norm") if pre_norm else x
+        q = (lin(h, p + "self_attn.q_proj") * head_dim ** -0.5).reshape(t, n_heads, head_dim)
+        k = round_to(lin(h, p + "self_attn.k_proj").reshape(t, n_heads, head_dim), kv_dtype)
+        v = round_to(lin(h, p + "self_attn.v_proj").reshape(t, n_heads, head_dim), kv_dtype)
+        out = np.zeros((t, n_heads, head_dim))
+        for hq in range(n_heads):
+            scores = np.where(allowed, q[:, hq, :] @ k[:, hq, :].T, -np.inf)
+            scores = scores - scores.max(axis=1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(axis=1, keepdims=True)
+            out[:, hq, :] = probs @ v[:, hq, :]
+        x = x + lin(out.reshape(t, hidden), p + "self_attn.out_proj")
+        if not pre_norm:
+            x = ln(x, p + "self_attn_layer_norm")
+        h = ln(x, p + "final_layer_norm") if pre_norm else x
+        x = x + lin(act(lin(h, p + "fc1")), p + "fc2")
+        if not pre_norm:
+            x = ln(x, p + "final_layer_norm")
+    if pre_norm:
+        x = ln(x, d + "final_layer_norm")
+    head = w[d + "embed_tokens.weight"] if cfg.get("tie_word_embeddings", True) else w["lm_head.weight"]
+    return log_softmax(x @ head.T)
+
+
 def forward(model_dir, ids, kv_dtype="f32"):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -223,6 +270,8 @@ def forward(model_dir, ids, kv_dtype="f32"):
     w = load_weights(model_dir)
     if arch == "GPT2LMHeadModel":
         return forward_gpt2(cfg, w, ids, kv_dtype)
+    if arch == "OPTForCausalLM":
+        return forward_opt(cfg, w, ids, kv_dtype)
     gemma = arch == "Gemma2ForCausalLM"
     qwen3 = arch == "Qwen3ForCausalLM"
     hidden = cfg["hidden_size"]

@@ -1,7 +1,9 @@
-// GPT-2 (GPT2LMHeadModel): a pre-norm decoder with LayerNorm (weight and bias), learned absolute
-// position embeddings instead of rotary, multi-head attention from one fused c_attn, an ungated
-// MLP (c_fc, GELU, c_proj) and a tied LM head. Its Conv1D weights are stored [in, out]; the
-// parallel layers transpose them at load. Ranks never appear here.
+// GPT-2 (GPT2LMHeadModel) and OPT (OPTForCausalLM): decoders with LayerNorm (weight and bias),
+// learned absolute position embeddings instead of rotary, multi-head attention, an ungated MLP
+// and a tied LM head. They differ in names and in small ways (Names below): GPT-2 fuses q/k/v
+// into c_attn and stores its Conv1D weights [in, out] (the parallel layers transpose them at
+// load); OPT's position table starts 2 rows in, and OPT-350m normalises after each residual add.
+// Ranks never appear here.
 #include <fmt/format.h>
 
 #include "core/status.h"
@@ -33,36 +35,88 @@ struct Buffers {
   Scratch residual, normed, qkv, attn, proj, fc;
 };
 
+// Checkpoint names of one family.
+struct Names {
+  std::string wte, wpe, ln_f;  // ln_f without .weight / .bias
+  std::string layer_format;    // fmt pattern of a layer's prefix, e.g. "transformer.h.{}."
+  std::string ln_1, ln_2;      // relative to the layer prefix, without .weight / .bias
+  std::string fused_qkv;       // GPT-2's c_attn, or empty
+  std::string q, k, v, o, fc, proj;
+  bool transposed = false;           // Conv1D [in, out] weights
+  std::vector<std::string> buffers;  // per-layer non-weights to skip
+
+  static Names gpt2(const std::string& prefix) {
+    Names n;
+    n.wte = prefix + "wte.weight";
+    n.wpe = prefix + "wpe.weight";
+    n.ln_f = prefix + "ln_f";
+    n.layer_format = prefix + "h.{}.";
+    n.ln_1 = "ln_1";
+    n.ln_2 = "ln_2";
+    n.fused_qkv = "attn.c_attn";
+    n.o = "attn.c_proj";
+    n.fc = "mlp.c_fc";
+    n.proj = "mlp.c_proj";
+    n.transposed = true;
+    n.buffers = {"attn.bias", "attn.masked_bias"};  // causal masks in old checkpoints
+    return n;
+  }
+  static Names opt() {
+    Names n;
+    n.wte = "model.decoder.embed_tokens.weight";
+    n.wpe = "model.decoder.embed_positions.weight";
+    n.ln_f = "model.decoder.final_layer_norm";
+    n.layer_format = "model.decoder.layers.{}.";
+    n.ln_1 = "self_attn_layer_norm";
+    n.ln_2 = "final_layer_norm";
+    n.q = "self_attn.q_proj";
+    n.k = "self_attn.k_proj";
+    n.v = "self_attn.v_proj";
+    n.o = "self_attn.out_proj";
+    n.fc = "fc1";
+    n.proj = "fc2";
+    return n;
+  }
+};
+
 class Gpt2Block {
  public:
-  Gpt2Block(ModelContext& ctx, WeightSource& w, const ModelConfig& c, const std::string& prefix,
-            int64_t layer)
+  Gpt2Block(ModelContext& ctx, WeightSource& w, const ModelConfig& c, const Names& n, int64_t layer)
       : ctx_(ctx) {
-    const std::string p = fmt::format("{}h.{}.", prefix, layer);
+    const std::string p = fmt::vformat(n.layer_format, fmt::make_format_args(layer));
     const int tp = ctx.tp_size(), rank = ctx.tp_rank();
     const int64_t h = c.hidden_size, d = c.head_dim;
+    const bool bias = c.attention_bias, t = n.transposed;
     heads_ = c.num_heads / tp;
     const int64_t begin = rank * heads_ * d, end = (rank + 1) * heads_ * d;
-    // c_attn's output columns are [q | k | v], each split by heads.
-    qkv_.emplace(
-        ctx, w,
-        std::vector<ColumnPart>{{p + "attn.c_attn", 3 * h, begin, end, true, true},
-                                {p + "attn.c_attn", 3 * h, h + begin, h + end, true, true},
-                                {p + "attn.c_attn", 3 * h, 2 * h + begin, 2 * h + end, true, true}},
-        h);
-    o_.emplace(ctx, w, p + "attn.c_proj", h, h, Range{begin, end}, true, true);
+    if (!n.fused_qkv.empty()) {
+      // c_attn's output columns are [q | k | v], each split by heads.
+      const std::string qkv = p + n.fused_qkv;
+      qkv_.emplace(ctx, w,
+                   std::vector<ColumnPart>{{qkv, 3 * h, begin, end, bias, t},
+                                           {qkv, 3 * h, h + begin, h + end, bias, t},
+                                           {qkv, 3 * h, 2 * h + begin, 2 * h + end, bias, t}},
+                   h);
+    } else {
+      qkv_.emplace(ctx, w,
+                   std::vector<ColumnPart>{{p + n.q, h, begin, end, bias, t},
+                                           {p + n.k, h, begin, end, bias, t},
+                                           {p + n.v, h, begin, end, bias, t}},
+                   h);
+    }
+    o_.emplace(ctx, w, p + n.o, h, h, Range{begin, end}, c.o_proj_bias, t);
     const Range part = split_evenly(c.intermediate_size, tp, rank);
     fc_.emplace(ctx, w,
                 std::vector<ColumnPart>{
-                    {p + "mlp.c_fc", c.intermediate_size, part.begin, part.end, true, true}},
+                    {p + n.fc, c.intermediate_size, part.begin, part.end, c.mlp_bias, t}},
                 h);
-    down_.emplace(ctx, w, p + "mlp.c_proj", h, c.intermediate_size, part, true, true);
+    down_.emplace(ctx, w, p + n.proj, h, c.intermediate_size, part, c.mlp_bias, t);
     ffn_local_ = part.size();
     act_ = c.hidden_act;
-    ln_1_ = load_layer_norm(ctx, w, p + "ln_1", c);
-    ln_2_ = load_layer_norm(ctx, w, p + "ln_2", c);
-    // Old checkpoints store the causal mask as buffers.
-    for (const char* buffer : {"attn.bias", "attn.masked_bias"})
+    post_norm_ = c.post_norm;
+    ln_1_ = load_layer_norm(ctx, w, p + n.ln_1, c);
+    ln_2_ = load_layer_norm(ctx, w, p + n.ln_2, c);
+    for (const std::string& buffer : n.buffers)
       if (w.has(p + buffer)) w.ignore(p + buffer);
     params_.num_heads = params_.num_kv_heads = static_cast<int>(heads_);
     params_.head_dim = static_cast<int>(d);
@@ -78,7 +132,12 @@ class Gpt2Block {
     const int64_t t = residual.size(0), h = residual.size(1), d = params_.head_dim;
     Tensor normed = buf.normed.get(b, t, h);
     Tensor proj = buf.proj.get(b, t, h);
-    ln_1_.forward(b, residual, normed);
+    // Post-norm (OPT-350m): the block reads the residual stream as it is.
+    if (post_norm_) {
+      b.copy(residual, normed);
+    } else {
+      ln_1_.forward(b, residual, normed);
+    }
     Tensor qkv = buf.qkv.get(b, t, qkv_->out_features());
     qkv_->forward(normed, qkv);
     Tensor q = qkv.slice(1, 0, heads_ * d);
@@ -89,12 +148,18 @@ class Gpt2Block {
     b.paged_attention(q, k_cache, v_cache, meta, params_, attn);
     o_->forward(attn, proj);
     b.add(residual, proj, residual);
-    ln_2_.forward(b, residual, normed);
+    if (post_norm_) {
+      ln_1_.forward(b, residual, residual);
+      b.copy(residual, normed);
+    } else {
+      ln_2_.forward(b, residual, normed);
+    }
     Tensor fc = buf.fc.get(b, t, ffn_local_);
     fc_->forward(normed, fc);
     b.activation(fc, act_, fc);
     down_->forward(fc, proj);
     b.add(residual, proj, residual);
+    if (post_norm_) ln_2_.forward(b, residual, residual);
   }
 
  private:
@@ -104,6 +169,7 @@ class Gpt2Block {
   std::optional<RowParallelLinear> o_, down_;
   LayerNorm ln_1_, ln_2_;
   Activation act_ = Activation::kGeluTanh;
+  bool post_norm_ = false;
   AttentionParams params_;
 };
 
@@ -116,29 +182,34 @@ class Gpt2Model : public CausalLM {
       fail("tensor-parallel size {} does not divide the {} attention heads", ctx.tp_size(),
            c.num_heads);
     // Checkpoints written by GPT2LMHeadModel prefix "transformer."; the original ones do not.
-    const std::string prefix = w.has("wte.weight") ? "" : "transformer.";
-    const std::string wte = prefix + "wte.weight", wpe = prefix + "wpe.weight";
+    const Names n = c.arch == Arch::kOpt ? Names::opt()
+                                         : Names::gpt2(w.has("wte.weight") ? "" : "transformer.");
+    const std::string& wte = n.wte;
+    const std::string& wpe = n.wpe;
     const bool tied = c.tie_word_embeddings;
+    position_offset_ = static_cast<int32_t>(c.position_offset);
     const Range owned = ctx.owned_layers(c.num_layers);
     if (ctx.owns_embedding()) {
       embed_.emplace(ctx, w, wte, c.vocab_size, c.hidden_size, 1.0f, tied && ctx.owns_lm_head());
       // Positions are few (n_positions rows): every tensor-parallel rank holds the whole table.
-      positions_ =
-          ctx.backend.prepare_weight(w.get(wpe, {c.max_position_embeddings, c.hidden_size}));
+      positions_ = ctx.backend.prepare_weight(
+          w.get(wpe, {c.max_position_embeddings + c.position_offset, c.hidden_size}));
     } else {
       if (!(tied && ctx.owns_lm_head())) w.ignore(wte);
       w.ignore(wpe);
     }
     for (int64_t l = 0; l < c.num_layers; ++l) {
       if (l >= owned.begin && l < owned.end) {
-        blocks_.emplace_back(ctx, w, c, prefix, l);
+        blocks_.emplace_back(ctx, w, c, n, l);
       } else {
-        w.ignore_prefix(fmt::format("{}h.{}.", prefix, l));
+        w.ignore_prefix(fmt::vformat(n.layer_format, fmt::make_format_args(l)));
       }
     }
     if (w.has("lm_head.weight") && tied) w.ignore("lm_head.weight");
     if (ctx.owns_lm_head()) {
-      ln_f_ = load_layer_norm(ctx, w, prefix + "ln_f", c);
+      // OPT-350m (post-norm) has no final LayerNorm: its blocks end normalised.
+      has_ln_f_ = !c.post_norm;
+      if (has_ln_f_) ln_f_ = load_layer_norm(ctx, w, n.ln_f, c);
       if (tied && embed_) {
         lm_head_.emplace(ctx, embed_->shard(), embed_->range(), c.vocab_size);
       } else {
@@ -148,8 +219,10 @@ class Gpt2Model : public CausalLM {
         lm_head_.emplace(ctx, ctx.backend.prepare_linear_weight(std::move(t)), r, c.vocab_size);
       }
     } else {
-      w.ignore(prefix + "ln_f.weight");
-      w.ignore(prefix + "ln_f.bias");
+      if (!c.post_norm) {
+        w.ignore(n.ln_f + ".weight");
+        w.ignore(n.ln_f + ".bias");
+      }
       if (w.has("lm_head.weight")) w.ignore("lm_head.weight");
     }
   }
@@ -176,7 +249,8 @@ class Gpt2Model : public CausalLM {
     if (embed_) {
       embed_->forward(batch.token_ids, residual);
       Tensor pos = position_rows_.get(b, t, h);
-      b.embedding(positions_, batch.positions, 0, 1.0f, pos);
+      // Table row p + offset holds position p: the table's ids start at -offset.
+      b.embedding(positions_, batch.positions, -position_offset_, 1.0f, pos);
       b.add(residual, pos, residual);
     } else {
       TESSERA_CHECK(batch.hidden_in.numel() == t * h) << "a later stage needs the hidden states";
@@ -188,7 +262,7 @@ class Gpt2Model : public CausalLM {
     const int64_t r = batch.logit_rows.numel();
     Tensor rows = b.empty({r, h}, DType::kF32);
     b.gather_rows(residual, batch.logit_rows, rows);
-    ln_f_.forward(b, rows, rows);
+    if (has_ln_f_) ln_f_.forward(b, rows, rows);
     Tensor logits = b.empty({r, config_.vocab_size}, DType::kF32);
     lm_head_->forward(rows, logits);
     return logits;
@@ -198,9 +272,11 @@ class Gpt2Model : public CausalLM {
   ModelContext& ctx_;
   ModelConfig config_;
   std::optional<VocabParallelEmbedding> embed_;
-  Tensor positions_;  // wpe [n_positions, hidden], first stage only
+  Tensor positions_;  // [n_positions + offset, hidden], first stage only
+  int32_t position_offset_ = 0;
   std::vector<Gpt2Block> blocks_;
   LayerNorm ln_f_;
+  bool has_ln_f_ = true;
   std::optional<ParallelLMHead> lm_head_;
   Buffers buf_;
   Scratch position_rows_;
@@ -216,9 +292,46 @@ std::unique_ptr<CausalLM> build_gpt2(ModelContext& ctx, WeightSource& weights,
   return model;
 }
 
+// OPTForCausalLM's names; weights [out, in].
+std::vector<WeightSpec> opt_weight_specs(const ModelConfig& c) {
+  std::vector<WeightSpec> specs;
+  const int64_t h = c.hidden_size, f = c.intermediate_size;
+  const std::string d = "model.decoder.";
+  specs.push_back({d + "embed_tokens.weight", {c.vocab_size, h}, WeightRole::kEmbedding});
+  specs.push_back({d + "embed_positions.weight",
+                   {c.max_position_embeddings + c.position_offset, h},
+                   WeightRole::kBias});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = fmt::format("{}layers.{}.", d, l);
+    for (const char* ln : {"self_attn_layer_norm", "final_layer_norm"}) {
+      specs.push_back({p + ln + ".weight", {h}, WeightRole::kNorm});
+      specs.push_back({p + ln + ".bias", {h}, WeightRole::kBias});
+    }
+    for (const char* proj : {"q_proj", "k_proj", "v_proj", "out_proj"}) {
+      specs.push_back({p + "self_attn." + proj + ".weight", {h, h}, WeightRole::kLinear});
+      if (c.attention_bias)
+        specs.push_back({p + "self_attn." + proj + ".bias", {h}, WeightRole::kBias});
+    }
+    specs.push_back({p + "fc1.weight", {f, h}, WeightRole::kLinear});
+    specs.push_back({p + "fc2.weight", {h, f}, WeightRole::kLinear});
+    if (c.mlp_bias) {
+      specs.push_back({p + "fc1.bias", {f}, WeightRole::kBias});
+      specs.push_back({p + "fc2.bias", {h}, WeightRole::kBias});
+    }
+  }
+  if (!c.post_norm) {
+    specs.push_back({d + "final_layer_norm.weight", {h}, WeightRole::kNorm});
+    specs.push_back({d + "final_layer_norm.bias", {h}, WeightRole::kBias});
+  }
+  if (!c.tie_word_embeddings)
+    specs.push_back({"lm_head.weight", {c.vocab_size, h}, WeightRole::kLmHead});
+  return specs;
+}
+
 // As GPT2LMHeadModel.save_pretrained writes them: "transformer." names, Conv1D weights
-// [in, out], no lm_head.weight (tied).
+// [in, out], no lm_head.weight (tied). OPT has its own names.
 std::vector<WeightSpec> gpt2_weight_specs(const ModelConfig& c) {
+  if (c.arch == Arch::kOpt) return opt_weight_specs(c);
   std::vector<WeightSpec> specs;
   const int64_t h = c.hidden_size, f = c.intermediate_size;
   specs.push_back({"transformer.wte.weight", {c.vocab_size, h}, WeightRole::kEmbedding});
