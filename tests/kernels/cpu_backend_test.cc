@@ -407,6 +407,21 @@ TEST_P(CpuBackendTest, RopeMatchesRotateHalfReference) {
       }
 }
 
+// The activations' definitions, in double.
+double activation_reference(double g, Activation act) {
+  switch (act) {
+    case Activation::kSilu:
+      return g / (1 + std::exp(-g));
+    case Activation::kGeluTanh:
+      return 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+    case Activation::kRelu:
+      return std::max(g, 0.0);
+    case Activation::kGelu:
+      break;
+  }
+  return 0.5 * g * (1 + std::erf(g / std::sqrt(2.0)));
+}
+
 TEST_P(CpuBackendTest, GatedActivations) {
   Tensor gu = random_tensor({3, 2 * 37}, DType::kF32, 18, 6.0f);
   for (Activation act :
@@ -415,16 +430,7 @@ TEST_P(CpuBackendTest, GatedActivations) {
     backend_.gated_activation(gu, act, out);
     for (int i = 0; i < 3; ++i)
       for (int j = 0; j < 37; ++j) {
-        double g = at(gu, i, j), u = at(gu, i, 37 + j), a;
-        if (act == Activation::kSilu) {
-          a = g / (1 + std::exp(-g));
-        } else if (act == Activation::kGeluTanh) {
-          a = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
-        } else if (act == Activation::kRelu) {
-          a = std::max(g, 0.0);
-        } else {
-          a = 0.5 * g * (1 + std::erf(g / std::sqrt(2.0)));
-        }
+        const double g = at(gu, i, j), u = at(gu, i, 37 + j), a = activation_reference(g, act);
         ASSERT_NEAR(at(out, i, j), a * u, 2e-5 * std::max(1.0, std::abs(a * u)));
       }
   }
@@ -439,16 +445,7 @@ TEST_P(CpuBackendTest, Activations) {
     backend_.activation(x, act, x);
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 45; ++j) {
-        double g = at(orig, i, j), a;
-        if (act == Activation::kSilu) {
-          a = g / (1 + std::exp(-g));
-        } else if (act == Activation::kGeluTanh) {
-          a = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
-        } else if (act == Activation::kRelu) {
-          a = std::max(g, 0.0);
-        } else {
-          a = 0.5 * g * (1 + std::erf(g / std::sqrt(2.0)));
-        }
+        const double a = activation_reference(at(orig, i, j), act);
         ASSERT_NEAR(at(x, i, j), a, 2e-5 * std::max(1.0, std::abs(a)));
       }
   }

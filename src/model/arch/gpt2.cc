@@ -205,19 +205,12 @@ class Gpt2Model : public CausalLM {
         w.ignore_prefix(fmt::vformat(n.layer_format, fmt::make_format_args(l)));
       }
     }
-    if (w.has("lm_head.weight") && tied) w.ignore("lm_head.weight");
     if (ctx.owns_lm_head()) {
       // OPT-350m (post-norm) has no final LayerNorm: its blocks end normalised.
       has_ln_f_ = !c.post_norm;
       if (has_ln_f_) ln_f_ = load_layer_norm(ctx, w, n.ln_f, c);
-      if (tied && embed_) {
-        lm_head_.emplace(ctx, embed_->shard(), embed_->range(), c.vocab_size);
-      } else {
-        const std::string name = tied ? wte : "lm_head.weight";
-        Range r = split_evenly(c.vocab_size, ctx.tp_size(), ctx.tp_rank());
-        Tensor t = w.get(name, {c.vocab_size, c.hidden_size}, Slice{0, r.begin, r.end});
-        lm_head_.emplace(ctx, ctx.backend.prepare_linear_weight(std::move(t)), r, c.vocab_size);
-      }
+      lm_head_.emplace(load_lm_head(ctx, w, embed_ ? &*embed_ : nullptr, tied, wte, c.vocab_size,
+                                    c.hidden_size));
     } else {
       if (!c.post_norm) {
         w.ignore(n.ln_f + ".weight");

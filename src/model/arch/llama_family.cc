@@ -231,18 +231,8 @@ class LlamaFamilyModel : public CausalLM {
     }
     if (ctx.owns_lm_head()) {
       norm_ = load_norm(ctx, w, "model.norm.weight", c.hidden_size, c);
-      if (c.tie_word_embeddings && embed_) {
-        if (w.has("lm_head.weight")) w.ignore("lm_head.weight");  // tied: the embedding is used
-        lm_head_.emplace(ctx, embed_->shard(), embed_->range(), c.vocab_size);
-      } else {
-        // Untied, or tied on a last stage that does not hold the embedding: load the rows.
-        const std::string name =
-            c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-        if (c.tie_word_embeddings && w.has("lm_head.weight")) w.ignore("lm_head.weight");
-        Range r = split_evenly(c.vocab_size, ctx.tp_size(), ctx.tp_rank());
-        Tensor t = w.get(name, {c.vocab_size, c.hidden_size}, Slice{0, r.begin, r.end});
-        lm_head_.emplace(ctx, ctx.backend.prepare_linear_weight(std::move(t)), r, c.vocab_size);
-      }
+      lm_head_.emplace(load_lm_head(ctx, w, embed_ ? &*embed_ : nullptr, c.tie_word_embeddings,
+                                    "model.embed_tokens.weight", c.vocab_size, c.hidden_size));
     } else {
       w.ignore("model.norm.weight");
       if (w.has("lm_head.weight")) w.ignore("lm_head.weight");

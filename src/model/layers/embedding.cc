@@ -19,6 +19,18 @@ void VocabParallelEmbedding::forward(const Tensor& ids, const Tensor& out) const
   if (ctx_.tp_size() > 1) ctx_.tp.all_reduce_sum(out);
 }
 
+ParallelLMHead load_lm_head(ModelContext& ctx, WeightSource& weights,
+                            const VocabParallelEmbedding* embedding, bool tied,
+                            const std::string& embedding_name, int64_t vocab, int64_t hidden) {
+  if (tied && weights.has("lm_head.weight")) weights.ignore("lm_head.weight");
+  if (tied && embedding) return ParallelLMHead(ctx, embedding->shard(), embedding->range(), vocab);
+  // Untied, or tied on a last stage that does not hold the embedding: load the rows.
+  const Range r = split_evenly(vocab, ctx.tp_size(), ctx.tp_rank());
+  Tensor t = weights.get(tied ? embedding_name : "lm_head.weight", {vocab, hidden},
+                         Slice{0, r.begin, r.end});
+  return ParallelLMHead(ctx, ctx.backend.prepare_linear_weight(std::move(t)), r, vocab);
+}
+
 ParallelLMHead::ParallelLMHead(ModelContext& ctx, Tensor table, Range range, int64_t vocab)
     : ctx_(ctx), range_(range), vocab_(vocab) {
   segment_.weight = std::move(table);

@@ -44,4 +44,11 @@ class ParallelLMHead {
   int64_t shard_cols_;  // the widest rank's share: the all-gather needs equal parts
 };
 
+// The last stage's LM head: the tied embedding's shard where this rank holds it, else this
+// rank's rows of "lm_head.weight" (or, tied, of `embedding_name`) read from the checkpoint.
+// Marks a redundant lm_head.weight of a tied checkpoint as used.
+ParallelLMHead load_lm_head(ModelContext& ctx, WeightSource& weights,
+                            const VocabParallelEmbedding* embedding, bool tied,
+                            const std::string& embedding_name, int64_t vocab, int64_t hidden);
+
 }  // namespace tessera
