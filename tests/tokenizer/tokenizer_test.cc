@@ -700,6 +700,12 @@ TEST(SlowBpeFiles, BuildAByteLevelBpe) {
   EXPECT_EQ(tok->decode(std::vector<int32_t>{9, 1, 6, 3}, true), " hello");
   EXPECT_EQ(tok->decode(std::vector<int32_t>{8, 10}, false), "hello<|endoftext|>");
 
+  // OPT's tokenizer_config.json sets add_bos_token (its BOS is "</s>"): BOS leads the ids.
+  std::ofstream(dir / "tokenizer_config.json")
+      << R"({"add_bos_token": true, "bos_token": "<pad>", "eos_token": "<|endoftext|>"})";
+  EXPECT_EQ(Tokenizer::load(dir)->encode("hello", true), (std::vector<int32_t>{11, 8}));
+  EXPECT_EQ(Tokenizer::load(dir)->encode("hello", false), (std::vector<int32_t>{8}));
+
   std::ofstream(dir / "merges.txt") << "#version: 0.2\nh e\nl l x\n";
   try {
     Tokenizer::load(dir);
