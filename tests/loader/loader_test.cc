@@ -240,6 +240,32 @@ TEST(ModelFolder, BadFoldersGiveClearErrors) {
   fs::remove_all(dir);
 }
 
+// GPT2Config's field names, its defaults, and the attention scale switches.
+TEST(ModelConfig, Gpt2ConfigAliasesAndDefaults) {
+  nlohmann::json j = {{"architectures", {"GPT2LMHeadModel"}},
+                      {"n_embd", 64},
+                      {"n_layer", 2},
+                      {"n_head", 4},
+                      {"n_inner", nullptr},
+                      {"n_positions", 128}};
+  ModelConfig c = parse_model_config(j, "test");
+  EXPECT_EQ(c.vocab_size, 50257);
+  EXPECT_EQ(c.intermediate_size, 256);  // n_inner null: 4 x n_embd
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.num_kv_heads, 4);
+  EXPECT_EQ(c.max_position_embeddings, 128);
+  EXPECT_EQ(c.dtype, DType::kF32);  // the original configs have no torch_dtype
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.hidden_act, Activation::kGeluTanh);
+  EXPECT_FLOAT_EQ(c.layer_attention_scale(1), 0.25f);
+  j["scale_attn_by_inverse_layer_idx"] = true;
+  EXPECT_FLOAT_EQ(parse_model_config(j, "test").layer_attention_scale(1), 0.125f);
+  j["scale_attn_weights"] = false;
+  EXPECT_FLOAT_EQ(parse_model_config(j, "test").layer_attention_scale(3), 0.25f);
+  j["activation_function"] = "swiglu_maybe";
+  EXPECT_THROW(parse_model_config(j, "test"), Error);
+}
+
 TEST(ModelConfig, ReadsEveryArchitectureRule) {
   nlohmann::json base = {{"architectures", {"Gemma2ForCausalLM"}},
                          {"vocab_size", 10},

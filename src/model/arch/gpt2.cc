@@ -130,16 +130,13 @@ class Gpt2Block {
                const Tensor& v_cache, Buffers& buf) {
     Backend& b = ctx_.backend;
     const int64_t t = residual.size(0), h = residual.size(1), d = params_.head_dim;
-    Tensor normed = buf.normed.get(b, t, h);
     Tensor proj = buf.proj.get(b, t, h);
-    // Post-norm (OPT-350m): the block reads the residual stream as it is.
-    if (post_norm_) {
-      b.copy(residual, normed);
-    } else {
-      ln_1_.forward(b, residual, normed);
-    }
+    // Pre-norm: each sublayer reads a LayerNorm of the residual stream. Post-norm (OPT-350m):
+    // it reads the stream itself, which is normalised in place after each add.
+    const Tensor input = post_norm_ ? residual : buf.normed.get(b, t, h);
+    if (!post_norm_) ln_1_.forward(b, residual, input);
     Tensor qkv = buf.qkv.get(b, t, qkv_->out_features());
-    qkv_->forward(normed, qkv);
+    qkv_->forward(input, qkv);
     Tensor q = qkv.slice(1, 0, heads_ * d);
     Tensor k = qkv.slice(1, heads_ * d, 2 * heads_ * d);
     Tensor v = qkv.slice(1, 2 * heads_ * d, 3 * heads_ * d);
@@ -150,12 +147,11 @@ class Gpt2Block {
     b.add(residual, proj, residual);
     if (post_norm_) {
       ln_1_.forward(b, residual, residual);
-      b.copy(residual, normed);
     } else {
-      ln_2_.forward(b, residual, normed);
+      ln_2_.forward(b, residual, input);
     }
     Tensor fc = buf.fc.get(b, t, ffn_local_);
-    fc_->forward(normed, fc);
+    fc_->forward(input, fc);
     b.activation(fc, act_, fc);
     down_->forward(fc, proj);
     b.add(residual, proj, residual);
@@ -218,6 +214,7 @@ class Gpt2Model : public CausalLM {
       }
       if (w.has("lm_head.weight")) w.ignore("lm_head.weight");
     }
+    weight_bytes_ = w.bytes_used();  // this rank's share, everything taken above
   }
 
   const ModelConfig& config() const override { return config_; }
@@ -233,7 +230,6 @@ class Gpt2Model : public CausalLM {
         t * (4 * c.hidden_size + 4 * local + ffn) + (ctx_.owns_lm_head() ? c.vocab_size : 0);
     return floats * 4;
   }
-  void set_weight_bytes(uint64_t bytes) { weight_bytes_ = bytes; }
 
   Tensor forward(const ForwardBatch& batch, KVCache& cache) override {
     Backend& b = ctx_.backend;
@@ -280,9 +276,7 @@ class Gpt2Model : public CausalLM {
 
 std::unique_ptr<CausalLM> build_gpt2(ModelContext& ctx, WeightSource& weights,
                                      const ModelConfig& config) {
-  auto model = std::make_unique<Gpt2Model>(ctx, weights, config);
-  model->set_weight_bytes(weights.bytes_used());
-  return model;
+  return std::make_unique<Gpt2Model>(ctx, weights, config);
 }
 
 // OPTForCausalLM's names; weights [out, in].

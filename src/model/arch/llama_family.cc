@@ -245,6 +245,7 @@ class LlamaFamilyModel : public CausalLM {
     std::copy(inv.begin(), inv.end(), inv_t.data<float>());
     inv_freq_ = ctx.backend.prepare_weight(inv_t);
     attention_scaling_ = attention_scaling;
+    weight_bytes_ = w.bytes_used();  // this rank's share, everything taken above
   }
 
   const ModelConfig& config() const override { return config_; }
@@ -262,7 +263,6 @@ class LlamaFamilyModel : public CausalLM {
                            (ctx_.owns_lm_head() ? c.vocab_size : 0);
     return floats * 4;
   }
-  void set_weight_bytes(uint64_t bytes) { weight_bytes_ = bytes; }
 
   Tensor forward(const ForwardBatch& batch, KVCache& cache) override {
     Backend& b = ctx_.backend;
@@ -308,9 +308,7 @@ class LlamaFamilyModel : public CausalLM {
 
 std::unique_ptr<CausalLM> build_llama_family(ModelContext& ctx, WeightSource& weights,
                                              const ModelConfig& config) {
-  auto model = std::make_unique<LlamaFamilyModel>(ctx, weights, config);
-  model->set_weight_bytes(weights.bytes_used());
-  return model;
+  return std::make_unique<LlamaFamilyModel>(ctx, weights, config);
 }
 
 }  // namespace tessera
