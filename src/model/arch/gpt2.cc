@@ -10,26 +10,12 @@
 #include "model/arch/registry.h"
 #include "model/layers/embedding.h"
 #include "model/layers/linear.h"
+#include "model/layers/norm.h"
 #include "model/layers/scratch.h"
 
 namespace tessera {
 
 namespace {
-
-struct LayerNorm {
-  Tensor weight, bias;  // f32 [hidden]
-  float eps = 1e-5f;
-  void forward(Backend& backend, const Tensor& x, const Tensor& out) const {
-    backend.layer_norm(x, weight, bias, eps, out);
-  }
-};
-
-LayerNorm load_layer_norm(ModelContext& ctx, WeightSource& w, const std::string& name,
-                          const ModelConfig& c) {
-  return LayerNorm{load_f32_vector(ctx, w, name + ".weight", c.hidden_size),
-                   load_f32_vector(ctx, w, name + ".bias", c.hidden_size),
-                   static_cast<float>(c.layer_norm_eps)};
-}
 
 struct Buffers {
   Scratch residual, normed, qkv, attn, proj, fc;

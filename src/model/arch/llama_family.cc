@@ -9,6 +9,7 @@
 #include "model/arch/registry.h"
 #include "model/layers/embedding.h"
 #include "model/layers/linear.h"
+#include "model/layers/rotary.h"
 #include "model/layers/scratch.h"
 
 namespace tessera {
@@ -239,12 +240,7 @@ class LlamaFamilyModel : public CausalLM {
     }
     for (int64_t l = 0; l < c.num_layers; ++l)
       w.ignore(fmt::format("model.layers.{}.self_attn.rotary_emb.inv_freq", l));
-    float attention_scaling = 1.0f;
-    std::vector<float> inv = rope_inv_freq(c, &attention_scaling);
-    Tensor inv_t = Tensor::empty({static_cast<int64_t>(inv.size())}, DType::kF32);
-    std::copy(inv.begin(), inv.end(), inv_t.data<float>());
-    inv_freq_ = ctx.backend.prepare_weight(inv_t);
-    attention_scaling_ = attention_scaling;
+    rotary_ = RotaryEmbedding(ctx.backend, c);
     weight_bytes_ = w.bytes_used();  // this rank's share, everything taken above
   }
 
@@ -259,7 +255,7 @@ class LlamaFamilyModel : public CausalLM {
     const int64_t ffn = c.intermediate_size / tp + 1;
     // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits.
     const int64_t floats = t * (3 * c.hidden_size + (heads + 2 * kv) * d + heads * d + 3 * ffn +
-                                2 * inv_freq_.numel()) +
+                                rotary_.table_width()) +
                            (ctx_.owns_lm_head() ? c.vocab_size : 0);
     return floats * 4;
   }
@@ -274,8 +270,7 @@ class LlamaFamilyModel : public CausalLM {
       TESSERA_CHECK(batch.hidden_in.numel() == t * h) << "a later stage needs the hidden states";
       b.copy(batch.hidden_in, residual);
     }
-    Tensor table = rope_table_.get(b, t, inv_freq_.numel() * 2);
-    b.rope_table(batch.positions, inv_freq_, attention_scaling_, table);
+    const Tensor table = rotary_.table(b, batch.positions, rope_table_);
     for (size_t l = 0; l < layers_.size(); ++l)
       layers_[l].forward(residual, table, batch.attention, cache.k[l], cache.v[l], buf_);
     if (!lm_head_) return residual;  // to the next stage
@@ -297,8 +292,7 @@ class LlamaFamilyModel : public CausalLM {
   std::vector<DecoderLayer> layers_;
   RMSNorm norm_;
   std::optional<ParallelLMHead> lm_head_;
-  Tensor inv_freq_;
-  float attention_scaling_ = 1.0f;
+  RotaryEmbedding rotary_;
   Buffers buf_;
   Scratch rope_table_;
   uint64_t weight_bytes_ = 0;
