@@ -22,7 +22,8 @@ constexpr ArchInfo kArchitectures[] = {
     {"LlamaForCausalLM", Arch::kLlama},   {"MistralForCausalLM", Arch::kMistral},
     {"Qwen2ForCausalLM", Arch::kQwen2},   {"Qwen3ForCausalLM", Arch::kQwen3},
     {"Gemma2ForCausalLM", Arch::kGemma2}, {"GPT2LMHeadModel", Arch::kGpt2},
-    {"OPTForCausalLM", Arch::kOpt},
+    {"OPTForCausalLM", Arch::kOpt},       {"FalconForCausalLM", Arch::kFalcon},
+    {"RWForCausalLM", Arch::kFalcon},
 };
 
 json read_json_file(const fs::path& path) {
@@ -133,6 +134,34 @@ void parse_dtype_and_ids(const Fields& f, ModelConfig& c, const std::string& sou
   if (!pad.empty()) c.pad_token_id = pad[0];
 }
 
+// rope_scaling (absent: none). Llama, Mistral, Qwen, Gemma and Falcon share it.
+void parse_rope_scaling(const json& j, const Fields& f, ModelConfig& c, const std::string& source) {
+  if (f.has("rope_scaling")) {
+    const json& rs = j["rope_scaling"];
+    if (!rs.is_object()) fail("{}: rope_scaling must be an object", source);
+    Fields r(rs, source);
+    c.rope_scaling.type = r.string_or("rope_type", r.string_or("type", "default"));
+    const std::string& type = c.rope_scaling.type;
+    if (type != "default" && type != "linear" && type != "llama3" && type != "yarn")
+      fail(ErrorKind::kUnsupported,
+           "{}: unsupported rope_scaling type \"{}\" (supported: default, linear, llama3, yarn)",
+           source, type);
+    c.rope_scaling.factor = r.number_or("factor", 1.0);
+    c.rope_scaling.low_freq_factor = r.number_or("low_freq_factor", 1.0);
+    c.rope_scaling.high_freq_factor = r.number_or("high_freq_factor", 4.0);
+    c.rope_scaling.original_max_position_embeddings =
+        r.integer_or("original_max_position_embeddings", c.max_position_embeddings);
+    c.rope_scaling.beta_fast = r.number_or("beta_fast", 32.0);
+    c.rope_scaling.beta_slow = r.number_or("beta_slow", 1.0);
+    c.rope_scaling.mscale = r.optional_number("mscale");
+    c.rope_scaling.mscale_all_dim = r.optional_number("mscale_all_dim");
+    c.rope_scaling.attention_factor = r.optional_number("attention_factor");
+    c.rope_scaling.truncate = r.boolean_or("truncate", true);
+    if (type != "default" && c.rope_scaling.factor <= 0)
+      fail("{}: rope_scaling.factor must be positive", source);
+  }
+}
+
 // GPT2Config names its fields n_embd, n_layer, ...; hidden_size and friends are its aliases.
 ModelConfig parse_gpt2_config(const json& j, const Fields& f, ModelConfig c,
                               const std::string& source) {
@@ -203,6 +232,66 @@ ModelConfig parse_opt_config(const Fields& f, ModelConfig c, const std::string& 
   return c;
 }
 
+// FalconConfig (and the older RWConfig of "RefinedWeb" checkpoints, whose fields are n_embed,
+// n_layer, n_head, n_head_kv): LayerNorm, rotary, a fused query_key_value and, by default,
+// attention and MLP in parallel from one LayerNorm.
+ModelConfig parse_falcon_config(const Fields& f, ModelConfig c, const std::string& source) {
+  auto pick = [&](const char* name, const char* alias) {
+    return f.has(name) ? f.positive(name) : f.positive(alias);
+  };
+  c.vocab_size = f.has("vocab_size") ? f.positive("vocab_size") : 65024;
+  c.hidden_size = pick("hidden_size", "n_embed");
+  c.num_layers = pick("num_hidden_layers", "n_layer");
+  c.num_heads = pick("num_attention_heads", "n_head");
+  if (c.hidden_size % c.num_heads != 0)
+    fail("{}: hidden_size ({}) is not a multiple of num_attention_heads ({})", source,
+         c.hidden_size, c.num_heads);
+  c.head_dim = c.hidden_size / c.num_heads;
+  if (c.head_dim % 2 != 0) fail("{}: head_dim must be even, got {}", source, c.head_dim);
+  if (f.boolean_or("alibi", false))
+    fail(ErrorKind::kUnsupported,
+         "{}: Falcon with ALiBi position biases (alibi = true, e.g. falcon-rw-1b) is not "
+         "supported; rotary Falcon models are",
+         source);
+  // RWConfig's "RefinedWeb" (Falcon-40B's first release) always used the new decoder.
+  c.new_decoder_architecture =
+      f.boolean_or("new_decoder_architecture", c.model_type == "RefinedWeb");
+  const bool multi_query = f.boolean_or("multi_query", true);
+  c.parallel_attn = f.boolean_or("parallel_attn", true);
+  // As FalconAttention counts them: the new decoder has num_kv_heads groups, the old one a
+  // single shared key/value head (multi_query) or one per query head.
+  if (c.new_decoder_architecture) {
+    c.num_kv_heads = f.has("num_kv_heads") ? f.positive("num_kv_heads")
+                     : f.has("n_head_kv")  ? f.positive("n_head_kv")
+                                           : c.num_heads;
+    if (!c.parallel_attn)
+      fail(ErrorKind::kUnsupported,
+           "{}: new_decoder_architecture with parallel_attn = false is not a Falcon layout",
+           source);
+  } else {
+    c.num_kv_heads = multi_query ? 1 : c.num_heads;
+  }
+  if (c.num_heads % c.num_kv_heads != 0)
+    fail("{}: num_attention_heads ({}) is not a multiple of num_kv_heads ({})", source, c.num_heads,
+         c.num_kv_heads);
+  // Two LayerNorms (ln_attn, ln_mlp) unless num_ln_in_parallel_attn says one: the new
+  // decoder's default is two (Falcon-40B/180B), Falcon2-11B sets one.
+  if (c.parallel_attn && c.new_decoder_architecture)
+    c.separate_mlp_norm = f.integer_or("num_ln_in_parallel_attn", 2) == 2;
+  c.intermediate_size =
+      f.has("ffn_hidden_size") ? f.positive("ffn_hidden_size") : 4 * c.hidden_size;
+  c.max_position_embeddings = f.integer_or("max_position_embeddings", 2048);
+  c.layer_norm_eps = f.number_or("layer_norm_epsilon", 1e-5);
+  c.rope_theta = f.number_or("rope_theta", 10000.0);
+  c.hidden_act = parse_activation(f.string_or("activation", "gelu"), source);
+  const bool bias = f.boolean_or("bias", false);
+  c.attention_bias = c.o_proj_bias = c.mlp_bias = bias;
+  c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", true);
+  c.sliding_window.assign(c.num_layers, 0);
+  parse_dtype_and_ids(f, c, source, "bfloat16");
+  return c;
+}
+
 }  // namespace
 
 std::string supported_architectures() {
@@ -252,6 +341,11 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.model_type = f.string_or("model_type", "");
   if (c.arch == Arch::kGpt2) return parse_gpt2_config(j, f, c, source);
   if (c.arch == Arch::kOpt) return parse_opt_config(f, c, source);
+  if (c.arch == Arch::kFalcon) {
+    ModelConfig falcon = parse_falcon_config(f, c, source);
+    parse_rope_scaling(j, f, falcon, source);
+    return falcon;
+  }
 
   c.vocab_size = f.positive("vocab_size");
   c.hidden_size = f.positive("hidden_size");
@@ -280,30 +374,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   std::string act = f.string_or("hidden_activation", f.string_or("hidden_act", "silu"));
   c.hidden_act = parse_activation(act, source);
 
-  if (f.has("rope_scaling")) {
-    const json& rs = j["rope_scaling"];
-    if (!rs.is_object()) fail("{}: rope_scaling must be an object", source);
-    Fields r(rs, source);
-    c.rope_scaling.type = r.string_or("rope_type", r.string_or("type", "default"));
-    const std::string& type = c.rope_scaling.type;
-    if (type != "default" && type != "linear" && type != "llama3" && type != "yarn")
-      fail(ErrorKind::kUnsupported,
-           "{}: unsupported rope_scaling type \"{}\" (supported: default, linear, llama3, yarn)",
-           source, type);
-    c.rope_scaling.factor = r.number_or("factor", 1.0);
-    c.rope_scaling.low_freq_factor = r.number_or("low_freq_factor", 1.0);
-    c.rope_scaling.high_freq_factor = r.number_or("high_freq_factor", 4.0);
-    c.rope_scaling.original_max_position_embeddings =
-        r.integer_or("original_max_position_embeddings", c.max_position_embeddings);
-    c.rope_scaling.beta_fast = r.number_or("beta_fast", 32.0);
-    c.rope_scaling.beta_slow = r.number_or("beta_slow", 1.0);
-    c.rope_scaling.mscale = r.optional_number("mscale");
-    c.rope_scaling.mscale_all_dim = r.optional_number("mscale_all_dim");
-    c.rope_scaling.attention_factor = r.optional_number("attention_factor");
-    c.rope_scaling.truncate = r.boolean_or("truncate", true);
-    if (type != "default" && c.rope_scaling.factor <= 0)
-      fail("{}: rope_scaling.factor must be positive", source);
-  }
+  parse_rope_scaling(j, f, c, source);
 
   c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", c.arch == Arch::kGemma2);
   c.mlp_bias = f.boolean_or("mlp_bias", false);
@@ -331,7 +402,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       break;
     case Arch::kGpt2:
     case Arch::kOpt:
-      break;  // parse_gpt2_config, parse_opt_config
+    case Arch::kFalcon:
+      break;  // their own parsers
   }
 
   // Sliding windows: explicit layer_types win; otherwise each architecture's rule.
@@ -373,6 +445,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
           break;
         case Arch::kGpt2:
         case Arch::kOpt:
+        case Arch::kFalcon:
           break;
       }
       if (sliding) c.sliding_window[l] = static_cast<int32_t>(window);

@@ -15,7 +15,7 @@
 
 namespace tessera {
 
-enum class Arch { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGpt2, kOpt };
+enum class Arch { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGpt2, kOpt, kFalcon };
 
 // "LlamaForCausalLM, MistralForCausalLM, ..." for error messages.
 std::string supported_architectures();
@@ -74,6 +74,12 @@ struct ModelConfig {
   // false (OPT-350m) puts each LayerNorm after its residual add.
   int64_t position_offset = 0;
   bool post_norm = false;
+  // Falcon: attention and MLP read the same input and their outputs join the residual together
+  // (parallel_attn); the new decoder (40B/180B) groups query_key_value by key/value head and may
+  // give the MLP its own LayerNorm (ln_mlp beside ln_attn).
+  bool parallel_attn = false;
+  bool new_decoder_architecture = false;
+  bool separate_mlp_norm = false;
 
   std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
 

@@ -199,6 +199,12 @@ ModelShape shape_from_config(const ModelConfig& c) {
     m.learned_positions = c.max_position_embeddings + c.position_offset;
     m.final_norm = !c.post_norm;
   }
+  if (c.arch == Arch::kFalcon) {
+    m.gated_mlp = false;
+    m.fused_qkv = true;
+    m.norm_bias = true;
+    m.norms_per_layer = c.parallel_attn && !c.separate_mlp_norm ? 1 : 2;
+  }
   return m;
 }
 
@@ -475,10 +481,12 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
   const int64_t ffn = inner / tp + 1;
   // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits. GPT-2
   // (learned positions) has a position-embedding row instead of the rope table and one MLP
-  // buffer.
+  // buffer; Falcon (rotary, ungated) one MLP buffer and two more rows of hidden (the MLP's own
+  // norm and output, which run beside attention).
   const bool gpt2 = m.learned_positions > 0;
-  const int64_t floats = t * ((gpt2 ? 4 : 3) * m.hidden_size + (heads + 2 * kv) * d + heads * d +
-                              (gpt2 ? 1 : 3) * ffn + (gpt2 ? 0 : m.rotary_dim)) +
+  const int64_t hidden_rows = gpt2 ? 4 : m.gated_mlp ? 3 : 5;
+  const int64_t floats = t * (hidden_rows * m.hidden_size + (heads + 2 * kv) * d + heads * d +
+                              (m.gated_mlp ? 3 : 1) * ffn + (gpt2 ? 0 : m.rotary_dim)) +
                          m.vocab_size;
   return floats * 4;
 }

@@ -164,6 +164,32 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
                 {"bos_token_id", 1},
                 {"eos_token_id", 2}};
   }
+  if (arch == "falcon") {
+    // Falcon-7B's layout: one multi-query key/value head, attention and MLP in parallel from one
+    // LayerNorm, no biases. Overrides select the new decoder (new_decoder_architecture,
+    // num_kv_heads) or sequential blocks (parallel_attn = false).
+    return json{{"architectures", {"FalconForCausalLM"}},
+                {"model_type", "falcon"},
+                {"hidden_size", d.hidden},
+                {"num_hidden_layers", d.layers},
+                {"num_attention_heads", d.heads},
+                {"num_kv_heads", d.kv_heads},
+                {"ffn_hidden_size", d.ffn},
+                {"multi_query", true},
+                {"new_decoder_architecture", false},
+                {"parallel_attn", true},
+                {"bias", false},
+                {"alibi", false},
+                {"activation", "gelu"},
+                {"layer_norm_epsilon", 1e-5},
+                {"rope_theta", 10000.0},
+                {"max_position_embeddings", tiny ? 512 : 2048},
+                {"vocab_size", d.vocab},
+                {"tie_word_embeddings", true},
+                {"torch_dtype", torch_dtype_name(dtype)},
+                {"bos_token_id", 1},
+                {"eos_token_id", 2}};
+  }
   if (arch == "llama") {
     c["architectures"] = {"LlamaForCausalLM"};
     c["model_type"] = "llama";
@@ -206,8 +232,10 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
     c["rms_norm_eps"] = 1e-6;
     c["tie_word_embeddings"] = true;
   } else {
-    fail("unknown architecture \"{}\" (supported: llama, mistral, qwen2, qwen3, gemma2, gpt2, opt)",
-         arch);
+    fail(
+        "unknown architecture \"{}\" (supported: llama, mistral, qwen2, qwen3, gemma2, gpt2, opt, "
+        "falcon)",
+        arch);
   }
   return c;
 }

@@ -32,6 +32,9 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     case Arch::kOpt:
       model = build_gpt2(ctx, weights, config);
       break;
+    case Arch::kFalcon:
+      model = build_falcon(ctx, weights, config);
+      break;
   }
   weights.check_all_used();
   weights.release_last_mapped();

@@ -242,6 +242,35 @@ TEST_F(CliTest, Gpt2AndOptGenerateAndRefuseLengthsPastTheirPositionTables) {
   fs::remove_all(dir);
 }
 
+// Falcon from make-model to text (its 7B layout and the new decoder), and a falcon-rw folder
+// (ALiBi) refused at start with the reason.
+TEST_F(CliTest, FalconGeneratesAndAlibiFolderIsRefused) {
+  const fs::path dir = testing::temp_dir("falcon_cli");
+  const std::string m = " --model " + dir.string();
+  for (const char* override : {"{}", R"({"new_decoder_architecture": true, "num_kv_heads": 2})"}) {
+    SCOPED_TRACE(override);
+    ASSERT_EQ(run("make-model --arch falcon --preset tiny --out " + dir.string() +
+                  " --config-override '" + override + "'")
+                  .status,
+              0);
+    CliRun ok = run("generate" + m + " --prompt hello --max-tokens 5 --temperature 0");
+    ASSERT_EQ(ok.status, 0) << ok.err;
+    EXPECT_NE(ok.err.find("loaded FalconForCausalLM"), std::string::npos) << ok.err;
+    EXPECT_FALSE(ok.out.empty());
+  }
+  ASSERT_EQ(run("make-model --arch falcon --preset tiny --out " + dir.string() +
+                " --config-override '{\"alibi\": true}'")
+                .status,
+            1);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(dir / "config.json"));
+  config["alibi"] = true;
+  std::ofstream(dir / "config.json") << config.dump();
+  CliRun alibi = run("generate" + m + " --prompt hello --max-tokens 5");
+  EXPECT_EQ(alibi.status, 1);
+  EXPECT_NE(last_line(alibi.err).find("ALiBi"), std::string::npos) << alibi.err;
+  fs::remove_all(dir);
+}
+
 // run-batch: every input line gets exactly one output line, in order, keyed by custom_id; good
 // lines answer what `generate` answers for the same prompt, bad lines get an error line.
 TEST_F(CliTest, RunBatchAnswersGoodLinesAndReportsBadOnes) {

@@ -69,17 +69,25 @@ std::string generate_args(const fs::path& dir, int max_tokens, const std::vector
 class ParallelEquivalence : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ParallelEquivalence, MatchesOneRank) {
-  const std::string arch = GetParam();
+  const std::string name = GetParam();
   // GPT2Config calls the layer count n_layer.
-  const fs::path dir = testing::make_tiny(
-      arch, DType::kF32, 3, nlohmann::json{{arch == "gpt2" ? "n_layer" : "num_hidden_layers", 4}});
+  nlohmann::json config{{name == "gpt2" ? "n_layer" : "num_hidden_layers", 4}};
+  std::string arch = name;
+  if (name == "falcon_new_decoder") {
+    // Falcon-40B's layout: query_key_value in 2 key/value groups (one per rank at TP=2; both,
+    // merged into one weight, at TP=1), ln_attn and ln_mlp, and biases on the row-parallel
+    // layers whose partial sums share one all-reduce.
+    arch = "falcon";
+    config.update({{"new_decoder_architecture", true}, {"num_kv_heads", 2}, {"bias", true}});
+  }
+  const fs::path dir = testing::make_tiny(arch, DType::kF32, 3, config);
   const std::string args = generate_args(dir, 32, {3, 8, 13, 18, 23, 28, 33, 38}, 100);
   const CliRun base = run(args);
   ASSERT_EQ(base.status, 0) << base.err;
   const std::vector<nlohmann::json> want = lines(base.out);
   ASSERT_EQ(want.size(), 8u) << base.out;
   for (const char* layout : {"-tp 2", "-pp 2", "-pp 3", "-tp 2 -pp 2"}) {
-    SCOPED_TRACE(std::string(arch) + " " + layout);
+    SCOPED_TRACE(name + " " + layout);
     const CliRun r = run(args + " " + layout);
     ASSERT_EQ(r.status, 0) << r.err;
     const std::vector<nlohmann::json> got = lines(r.out);
@@ -97,7 +105,7 @@ TEST_P(ParallelEquivalence, MatchesOneRank) {
 
 INSTANTIATE_TEST_SUITE_P(Arch, ParallelEquivalence,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2",
-                                           "opt"));
+                                           "opt", "falcon", "falcon_new_decoder"));
 
 // --quantization fp8: a row-parallel shard holds part of every row, and is quantized with the
 // whole rows' scales (gathered at load), so the ranks hold exactly what one rank would hold and

@@ -266,6 +266,75 @@ TEST(ModelConfig, Gpt2ConfigAliasesAndDefaults) {
   EXPECT_THROW(parse_model_config(j, "test"), Error);
 }
 
+// FalconConfig's defaults (Falcon-7B: multi-query, parallel attention, GELU, 4x FFN), the new
+// decoder's key/value groups and norms, the first releases' RWConfig names, and what is refused.
+TEST(ModelConfig, FalconConfigLayoutsAliasesAndRefusals) {
+  nlohmann::json j = {{"architectures", {"FalconForCausalLM"}},
+                      {"model_type", "falcon"},
+                      {"hidden_size", 64},
+                      {"num_hidden_layers", 2},
+                      {"num_attention_heads", 4}};
+  ModelConfig c = parse_model_config(j, "test");
+  EXPECT_EQ(c.arch, Arch::kFalcon);
+  EXPECT_EQ(c.vocab_size, 65024);
+  EXPECT_EQ(c.num_kv_heads, 1);  // multi_query defaults to true
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.intermediate_size, 256);
+  EXPECT_EQ(c.hidden_act, Activation::kGelu);
+  EXPECT_TRUE(c.parallel_attn);
+  EXPECT_FALSE(c.new_decoder_architecture || c.separate_mlp_norm);
+  EXPECT_FALSE(c.attention_bias || c.o_proj_bias || c.mlp_bias);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.max_position_embeddings, 2048);
+  EXPECT_EQ(c.rotary_dim(), 16);
+  j["multi_query"] = false;
+  EXPECT_EQ(parse_model_config(j, "test").num_kv_heads, 4);
+  // The new decoder: num_kv_heads groups, two norms unless num_ln_in_parallel_attn is 1.
+  j["new_decoder_architecture"] = true;
+  j["num_kv_heads"] = 2;
+  c = parse_model_config(j, "test");
+  EXPECT_EQ(c.num_kv_heads, 2);
+  EXPECT_TRUE(c.separate_mlp_norm);
+  j["num_ln_in_parallel_attn"] = 1;
+  EXPECT_FALSE(parse_model_config(j, "test").separate_mlp_norm);
+  j["parallel_attn"] = false;
+  EXPECT_THROW(parse_model_config(j, "test"), Error);
+  // Falcon-40B's first config.json: RWForCausalLM, "RefinedWeb", n_embed / n_layer / n_head /
+  // n_head_kv, implicitly the new decoder.
+  nlohmann::json rw = {{"architectures", {"RWForCausalLM"}},
+                       {"model_type", "RefinedWeb"},
+                       {"n_embed", 128},
+                       {"n_layer", 3},
+                       {"n_head", 8},
+                       {"n_head_kv", 2},
+                       {"bias", false},
+                       {"parallel_attn", true},
+                       {"vocab_size", 100}};
+  c = parse_model_config(rw, "test");
+  EXPECT_EQ(c.arch, Arch::kFalcon);
+  EXPECT_EQ(c.hidden_size, 128);
+  EXPECT_EQ(c.num_layers, 3);
+  EXPECT_EQ(c.num_kv_heads, 2);
+  EXPECT_TRUE(c.new_decoder_architecture && c.separate_mlp_norm);
+  // Refused with a message: ALiBi (falcon-rw), and rope scaling we do not implement.
+  nlohmann::json alibi = j;
+  alibi["alibi"] = true;
+  try {
+    parse_model_config(alibi, "config.json");
+    ADD_FAILURE() << "alibi accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ALiBi"), std::string::npos) << e.what();
+  }
+  nlohmann::json dynamic = {{"architectures", {"FalconForCausalLM"}},
+                            {"hidden_size", 64},
+                            {"num_hidden_layers", 2},
+                            {"num_attention_heads", 4},
+                            {"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}};
+  EXPECT_THROW(parse_model_config(dynamic, "test"), Error);
+  dynamic["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  EXPECT_EQ(parse_model_config(dynamic, "test").rope_scaling.type, "linear");
+}
+
 TEST(ModelConfig, ReadsEveryArchitectureRule) {
   nlohmann::json base = {{"architectures", {"Gemma2ForCausalLM"}},
                          {"vocab_size", 10},

@@ -86,7 +86,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"qwen2", DType::kF32, 1e-4}, Case{"qwen3", DType::kF32, 1e-4},
                       Case{"gemma2", DType::kF32, 1e-4}, Case{"llama", DType::kBF16, 2e-2},
                       Case{"gemma2", DType::kBF16, 2e-2}, Case{"gpt2", DType::kF32, 1e-4},
-                      Case{"gpt2", DType::kBF16, 2e-2}, Case{"opt", DType::kF32, 1e-4}),
+                      Case{"gpt2", DType::kBF16, 2e-2}, Case{"opt", DType::kF32, 1e-4},
+                      Case{"falcon", DType::kF32, 1e-4}, Case{"falcon", DType::kBF16, 2e-2}),
     [](const auto& info) {
       return info.param.arch + "_" + std::string(dtype_name(info.param.dtype));
     });

@@ -22,7 +22,10 @@ using testing::DirectRunner;
 // A decoder layer's Linear weight: what --quantization fp8 quantizes.
 bool is_layer_linear(const std::string& name) {
   static const std::regex re(R"(\.layers\.\d+\.(.*_proj|fc\d)\.weight$)");
-  return std::regex_search(name, re);
+  // Falcon's names.
+  static const std::regex falcon(
+      R"(\bh\.\d+\.(self_attention\.(query_key_value|dense)|mlp\.dense_\w+)\.weight$)");
+  return std::regex_search(name, re) || std::regex_search(name, falcon);
 }
 
 // GPT-2's Conv1D weights, stored [in, out]: an output row is a stored column.
@@ -140,7 +143,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(std::make_pair("llama", DType::kBF16), std::make_pair("mistral", DType::kF32),
                       std::make_pair("qwen2", DType::kBF16), std::make_pair("qwen3", DType::kF16),
                       std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kF32),
-                      std::make_pair("opt", DType::kBF16)),
+                      std::make_pair("opt", DType::kBF16), std::make_pair("falcon", DType::kBF16)),
     testing::ArchDtypeName());
 
 }  // namespace

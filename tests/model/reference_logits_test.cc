@@ -1,7 +1,7 @@
-// Logits of every architecture (GPT-2 included) against an independent float64 numpy forward pass
-// (tests/reference/reference.py): 48 prompt positions computed in one prefill, then 32 greedy
-// decode steps, on tiny random-weight models in f32 (|delta logprob| <= 1e-4) and bf16/f16
-// (5e-3), with the default (exact) matmul precision.
+// Logits of every architecture (GPT-2, OPT and Falcon included) against an independent float64
+// numpy forward pass (tests/reference/reference.py): 48 prompt positions computed in one prefill,
+// then 32 greedy decode steps, on tiny random-weight models in f32 (|delta logprob| <= 1e-4) and
+// bf16/f16 (5e-3), with the default (exact) matmul precision.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -149,6 +149,30 @@ const Case kCases[] = {
      "opt",
      DType::kF32,
      {{"do_layer_norm_before", false}, {"tie_word_embeddings", false}}},
+    // Falcon-7B's layout (one multi-query key/value head, parallel attention and MLP from one
+    // LayerNorm); the new decoder (40B/180B: grouped query_key_value, ln_attn and ln_mlp);
+    // Falcon2-11B's one norm in the new decoder; sequential blocks with biases, untied.
+    {"falcon_f32", "falcon", DType::kF32},
+    {"falcon_bf16", "falcon", DType::kBF16},
+    {"falcon_new_decoder_f32",
+     "falcon",
+     DType::kF32,
+     {{"new_decoder_architecture", true}, {"num_kv_heads", 2}}},
+    {"falcon_new_decoder_one_norm_f16",
+     "falcon",
+     DType::kF16,
+     {{"new_decoder_architecture", true},
+      {"num_kv_heads", 4},
+      {"num_ln_in_parallel_attn", 1},
+      {"rope_theta", 500000.0}}},
+    {"falcon_sequential_bias_untied_f32",
+     "falcon",
+     DType::kF32,
+     {{"parallel_attn", false},
+      {"multi_query", false},
+      {"bias", true},
+      {"tie_word_embeddings", false},
+      {"activation", "gelu_new"}}},
 };
 
 INSTANTIATE_TEST_SUITE_P(Arch, ReferenceLogitsTest, ::testing::ValuesIn(kCases),

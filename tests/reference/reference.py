@@ -3,7 +3,8 @@
 
 Reads a Hugging Face model folder (config.json + safetensors) with its own safetensors parser and
 computes log-softmax over the vocabulary at every position of a token sequence, in float64 numpy,
-following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2 and OPT.
+following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2, OPT and
+Falcon.
 It shares no code with the C++ implementation.
 
 usage: reference.py MODEL_DIR IDS_CSV OUT.f32 [KV_DTYPE]
@@ -263,6 +264,94 @@ def forward_opt(cfg, w, ids, kv_dtype):
     return log_softmax(x @ head.T)
 
 
+def forward_falcon(cfg, w, ids, kv_dtype):
+    """FalconForCausalLM: query_key_value split as FalconAttention._split_heads does, rotary,
+    and parallel (one or two LayerNorms) or sequential blocks."""
+    hidden = cfg.get("hidden_size", cfg.get("n_embed"))
+    n_heads = cfg.get("num_attention_heads", cfg.get("n_head"))
+    n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    head_dim = hidden // n_heads
+    new_arch = cfg.get("new_decoder_architecture", False)
+    multi_query = cfg.get("multi_query", True)
+    parallel = cfg.get("parallel_attn", True)
+    if new_arch:
+        n_kv = cfg.get("num_kv_heads") or n_heads
+    else:
+        n_kv = 1 if multi_query else n_heads
+    n_ln = cfg.get("num_ln_in_parallel_attn")
+    if n_ln is None and new_arch:
+        n_ln = 2
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    act_name = cfg.get("activation", "gelu")
+    if act_name == "gelu":
+        act = lambda v: 0.5 * v * (1.0 + np.vectorize(math.erf)(v / math.sqrt(2.0)))
+    elif act_name in ("gelu_new", "gelu_pytorch_tanh"):
+        act = gelu_tanh
+    elif act_name == "relu":
+        act = lambda v: np.maximum(v, 0.0)
+    else:
+        raise ValueError("activation " + act_name)
+    t = len(ids)
+    inv, attn_factor = inv_freq_hf(cfg, head_dim)
+    angles = (np.arange(t, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float32).astype(np.float64)
+    cos = np.cos(angles) * attn_factor
+    sin = np.sin(angles) * attn_factor
+    pos = np.arange(t)
+    allowed = pos[:, None] >= pos[None, :]
+
+    def lin(h, name):
+        out = h @ w[name + ".weight"].T
+        return out + w[name + ".bias"] if name + ".bias" in w else out
+
+    def ln(h, name):
+        return layer_norm(h, w[name + ".weight"], w[name + ".bias"], eps)
+
+    x = w["transformer.word_embeddings.weight"][np.array(ids)]
+    for layer in range(n_layers):
+        p = "transformer.h.%d." % layer
+        residual = x
+        if new_arch and n_ln == 2:
+            attn_in = ln(x, p + "ln_attn")
+            mlp_in = ln(x, p + "ln_mlp")
+        else:
+            attn_in = ln(x, p + "input_layernorm")
+        fused = lin(attn_in, p + "self_attention.query_key_value")
+        # Each group: its query heads, then one key head, then one value head.
+        per = n_heads // n_kv
+        g = fused.reshape(t, n_kv, per + 2, head_dim)
+        q = g[:, :, :per, :].reshape(t, n_heads, head_dim)
+        k = g[:, :, per, :]
+        v = g[:, :, per + 1, :]
+        q = rotate(q, cos, sin)
+        k = round_to(rotate(k, cos, sin), kv_dtype)
+        v = round_to(v, kv_dtype)
+        out = np.zeros((t, n_heads, head_dim))
+        for hq in range(n_heads):
+            kh = hq // per
+            scores = np.where(allowed, (q[:, hq, :] @ k[:, kh, :].T) / math.sqrt(head_dim), -np.inf)
+            scores = scores - scores.max(axis=1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(axis=1, keepdims=True)
+            out[:, hq, :] = probs @ v[:, kh, :]
+        attn = lin(out.reshape(t, hidden), p + "self_attention.dense")
+        if not new_arch:
+            if parallel:
+                mlp_in = attn_in
+            else:
+                residual = residual + attn
+                mlp_in = ln(residual, p + "post_attention_layernorm")
+        if new_arch and parallel and n_ln == 1:
+            mlp_in = attn_in
+        mlp = lin(act(lin(mlp_in, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
+        if new_arch or parallel:
+            mlp = mlp + attn
+        x = residual + mlp
+    x = ln(x, "transformer.ln_f")
+    tied = cfg.get("tie_word_embeddings", True)
+    head = w["transformer.word_embeddings.weight"] if tied else w["lm_head.weight"]
+    return log_softmax(x @ head.T)
+
+
 def forward(model_dir, ids, kv_dtype="f32"):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -272,6 +361,8 @@ def forward(model_dir, ids, kv_dtype="f32"):
         return forward_gpt2(cfg, w, ids, kv_dtype)
     if arch == "OPTForCausalLM":
         return forward_opt(cfg, w, ids, kv_dtype)
+    if arch in ("FalconForCausalLM", "RWForCausalLM"):
+        return forward_falcon(cfg, w, ids, kv_dtype)
     gemma = arch == "Gemma2ForCausalLM"
     qwen3 = arch == "Qwen3ForCausalLM"
     hidden = cfg["hidden_size"]

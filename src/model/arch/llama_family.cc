@@ -311,6 +311,7 @@ namespace tessera {
 
 std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
   if (c.arch == Arch::kGpt2 || c.arch == Arch::kOpt) return gpt2_weight_specs(c);
+  if (c.arch == Arch::kFalcon) return falcon_weight_specs(c);
   std::vector<WeightSpec> specs;
   const int64_t h = c.hidden_size, d = c.head_dim, f = c.intermediate_size;
   specs.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, WeightRole::kEmbedding});

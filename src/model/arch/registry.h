@@ -15,6 +15,8 @@ std::unique_ptr<CausalLM> build_llama_family(ModelContext& ctx, WeightSource& we
                                              const ModelConfig& config);
 std::unique_ptr<CausalLM> build_gpt2(ModelContext& ctx, WeightSource& weights,
                                      const ModelConfig& config);
+std::unique_ptr<CausalLM> build_falcon(ModelContext& ctx, WeightSource& weights,
+                                       const ModelConfig& config);
 
 }  // namespace tessera
 
@@ -33,5 +35,6 @@ struct WeightSpec {
 // Every tensor a checkpoint of this configuration holds, with Hugging Face names.
 std::vector<WeightSpec> weight_specs(const ModelConfig& config);
 std::vector<WeightSpec> gpt2_weight_specs(const ModelConfig& config);
+std::vector<WeightSpec> falcon_weight_specs(const ModelConfig& config);
 
 }  // namespace tessera

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/status.h"
@@ -16,25 +17,72 @@ Tensor load_f32_vector(ModelContext& ctx, WeightSource& weights, const std::stri
   return ctx.backend.prepare_weight(t);
 }
 
+namespace {
+
+// This rank's rows of one part, [row_end - row_begin, in_features] (a view of the checkpoint or
+// of the loader's memory).
+Tensor load_part(WeightSource& weights, const ColumnPart& part, int64_t in_features) {
+  TESSERA_CHECK(0 <= part.row_begin && part.row_begin < part.row_end && part.row_end <= part.rows);
+  if (part.transposed)
+    return weights
+        .get(part.name + ".weight", {in_features, part.rows},
+             Slice{1, part.row_begin, part.row_end})
+        .transposed();
+  return weights.get(part.name + ".weight", {part.rows, in_features},
+                     Slice{0, part.row_begin, part.row_end});
+}
+
+}  // namespace
+
 ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weights,
                                            const std::vector<ColumnPart>& parts,
-                                           int64_t in_features)
+                                           int64_t in_features, bool merge)
     : ctx_(ctx) {
-  for (const ColumnPart& part : parts) {
-    TESSERA_CHECK(0 <= part.row_begin && part.row_begin < part.row_end &&
-                  part.row_end <= part.rows);
-    Tensor w = part.transposed ? weights
-                                     .get(part.name + ".weight", {in_features, part.rows},
-                                          Slice{1, part.row_begin, part.row_end})
-                                     .transposed()
-                               : weights.get(part.name + ".weight", {part.rows, in_features},
-                                             Slice{0, part.row_begin, part.row_end});
+  for (const ColumnPart& part : parts) out_features_ += part.row_end - part.row_begin;
+  if (merge && parts.size() > 1) {
+    // Each part is copied out before the next get() (which may drop the previous one's pages).
+    Tensor w, bias;  // [out_features, in_features] in the stored dtype; f32 [out_features]
+    const bool has_bias = parts.front().bias;
+    if (has_bias) bias = Tensor::empty({out_features_}, DType::kF32);
+    int64_t row = 0;
+    for (const ColumnPart& part : parts) {
+      TESSERA_CHECK(part.bias == has_bias) << part.name << ": merged parts disagree on a bias";
+      Tensor p = load_part(weights, part, in_features);
+      if (!w.defined()) w = Tensor::empty({out_features_, in_features}, p.dtype());
+      TESSERA_CHECK(p.dtype() == w.dtype()) << part.name << ": merged parts of two dtypes";
+      const size_t elem = dtype_size(p.dtype());
+      char* dst = static_cast<char*>(w.raw()) + row * in_features * elem;
+      const char* src = static_cast<const char*>(p.raw());
+      for (int64_t r = 0; r < p.size(0); ++r) {
+        if (p.stride(1) == 1) {
+          std::memcpy(dst + r * in_features * elem, src + r * p.stride(0) * elem,
+                      in_features * elem);
+        } else {  // a transposed (Conv1D) part
+          for (int64_t i = 0; i < in_features; ++i)
+            std::memcpy(dst + (r * in_features + i) * elem,
+                        src + (r * p.stride(0) + i * p.stride(1)) * elem, elem);
+        }
+      }
+      if (has_bias) {
+        Tensor b =
+            weights.get(part.name + ".bias", {part.rows}, Slice{0, part.row_begin, part.row_end})
+                .to(DType::kF32);
+        std::memcpy(bias.data<float>() + row, b.data<float>(), b.numel() * sizeof(float));
+      }
+      row += p.size(0);
+    }
     LinearSegment seg;
     seg.weight = ctx.backend.prepare_layer_weight(std::move(w), {});
+    if (has_bias) seg.bias = ctx.backend.prepare_weight(bias);
+    segments_.push_back(std::move(seg));
+    return;
+  }
+  for (const ColumnPart& part : parts) {
+    LinearSegment seg;
+    seg.weight = ctx.backend.prepare_layer_weight(load_part(weights, part, in_features), {});
     if (part.bias)
       seg.bias = load_f32_vector(ctx, weights, part.name + ".bias", part.rows, part.row_begin,
                                  part.row_end);
-    out_features_ += part.row_end - part.row_begin;
     segments_.push_back(std::move(seg));
   }
 }
@@ -85,7 +133,15 @@ RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
 }
 
 void RowParallelLinear::forward(const Tensor& x, const Tensor& out) const {
+  forward_unreduced(x, out);
+  reduce(out);
+}
+
+void RowParallelLinear::forward_unreduced(const Tensor& x, const Tensor& out) const {
   ctx_.backend.linear(x, {&segment_, 1}, out);
+}
+
+void RowParallelLinear::reduce(const Tensor& out) const {
   if (ctx_.tp_size() > 1) ctx_.tp.all_reduce_sum(out);
 }
 

@@ -26,8 +26,11 @@ struct ColumnPart {
 // out = x @ [W_0; W_1; ...]^T: no communication; each rank produces its own output columns.
 class ColumnParallelLinear {
  public:
+  // `merge`: copy the parts into one weight (one matrix product) instead of keeping a segment
+  // per part; for layouts with many small parts, such as Falcon's query_key_value groups.
   ColumnParallelLinear(ModelContext& ctx, WeightSource& weights,
-                       const std::vector<ColumnPart>& parts, int64_t in_features);
+                       const std::vector<ColumnPart>& parts, int64_t in_features,
+                       bool merge = false);
   // x [T, in_features] -> out [T, out_features()]
   void forward(const Tensor& x, const Tensor& out) const;
   int64_t out_features() const { return out_features_; }
@@ -50,6 +53,10 @@ class RowParallelLinear {
                     bool transposed = false);
   // x [T, local in_features] -> out [T, out_features] (full, identical on every rank)
   void forward(const Tensor& x, const Tensor& out) const;
+  // forward() without its all-reduce, and the all-reduce alone: two row-parallel outputs that
+  // are summed anyway (Falcon's parallel attention and MLP) then need one reduction, not two.
+  void forward_unreduced(const Tensor& x, const Tensor& out) const;
+  void reduce(const Tensor& out) const;
   int64_t in_features_local() const { return in_local_; }
 
  private:
