@@ -213,10 +213,7 @@ ModelConfig parse_opt_config(const Fields& f, ModelConfig c, const std::string& 
   c.max_position_embeddings = f.integer_or("max_position_embeddings", 2048);
   c.hidden_act = parse_activation(f.string_or("activation_function", "relu"), source);
   if (f.has("word_embed_proj_dim") && f.positive("word_embed_proj_dim") != c.hidden_size)
-    fail(ErrorKind::kUnsupported,
-         "{}: word_embed_proj_dim ({}) != hidden_size ({}): OPT's project_in/project_out "
-         "(OPT-350m) is not supported",
-         source, f.positive("word_embed_proj_dim"), c.hidden_size);
+    c.word_embed_proj_dim = f.positive("word_embed_proj_dim");
   if (!f.boolean_or("layer_norm_elementwise_affine", true))
     fail(ErrorKind::kUnsupported, "{}: layer_norm_elementwise_affine = false is not supported",
          source);

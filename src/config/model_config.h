@@ -74,6 +74,9 @@ struct ModelConfig {
   // false (OPT-350m) puts each LayerNorm after its residual add.
   int64_t position_offset = 0;
   bool post_norm = false;
+  // OPT-350m: token embeddings (and the tied LM head) of word_embed_proj_dim values, projected
+  // to and from hidden_size by project_in / project_out. 0: hidden_size, no projections.
+  int64_t word_embed_proj_dim = 0;
   // Falcon: attention and MLP read the same input and their outputs join the residual together
   // (parallel_attn); the new decoder (40B/180B) groups query_key_value by key/value head and may
   // give the MLP its own LayerNorm (ln_mlp beside ln_attn).

@@ -198,6 +198,7 @@ ModelShape shape_from_config(const ModelConfig& c) {
     m.norm_bias = true;
     m.learned_positions = c.max_position_embeddings + c.position_offset;
     m.final_norm = !c.post_norm;
+    m.embedding_dim = c.word_embed_proj_dim;
   }
   if (c.arch == Arch::kFalcon) {
     m.gated_mlp = false;
@@ -438,11 +439,16 @@ ParamCount rank_parameters(const ModelShape& m, int tp, int pp, int pp_rank) {
     p.other += lp.other;
   }
   const int64_t vocab_rows = share(m.vocab_size, tp);
-  if (pp_rank == 0) p.other += (vocab_rows + m.learned_positions) * m.hidden_size;  // embeddings
+  // OPT-350m: narrower token embeddings and head, and a projection on each side (replicated).
+  const int64_t e = m.embedding_dim > 0 ? m.embedding_dim : m.hidden_size;
+  const int64_t projection = m.embedding_dim > 0 ? m.embedding_dim * m.hidden_size : 0;
+  if (pp_rank == 0)  // embeddings
+    p.other += vocab_rows * e + m.learned_positions * m.hidden_size + projection;
   if (pp_rank == pp - 1) {
     if (m.final_norm) p.other += m.hidden_size * (m.norm_bias ? 2 : 1);
     // The LM head; tied to the embedding it costs nothing more unless it sits on another stage.
-    if (!m.tie_word_embeddings || pp > 1) p.other += vocab_rows * m.hidden_size;
+    if (!m.tie_word_embeddings || pp > 1) p.other += vocab_rows * e;
+    p.other += projection;
   }
   return p;
 }
@@ -485,9 +491,10 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
   // norm and output, which run beside attention).
   const bool gpt2 = m.learned_positions > 0;
   const int64_t hidden_rows = gpt2 ? 4 : m.gated_mlp ? 3 : 5;
-  const int64_t floats = t * (hidden_rows * m.hidden_size + (heads + 2 * kv) * d + heads * d +
-                              (m.gated_mlp ? 3 : 1) * ffn + (gpt2 ? 0 : m.rotary_dim)) +
-                         m.vocab_size;
+  const int64_t floats =
+      t * (hidden_rows * m.hidden_size + (heads + 2 * kv) * d + heads * d +
+           (m.gated_mlp ? 3 : 1) * ffn + (gpt2 ? 0 : m.rotary_dim) + m.embedding_dim) +
+      m.vocab_size;
   return floats * 4;
 }
 

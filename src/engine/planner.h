@@ -55,6 +55,9 @@ struct ModelShape {
   bool norm_bias = false;         // LayerNorm with bias (Falcon, GPT-2)
   int64_t learned_positions = 0;  // rows of a learned position table (GPT-2), on every tp rank
   bool final_norm = true;         // false: OPT-350m's post-norm blocks end normalised
+  // Width of the token embeddings and LM head when narrower than hidden (OPT-350m's
+  // word_embed_proj_dim, with project_in / project_out), else 0.
+  int64_t embedding_dim = 0;
   // Mixture of experts (Mixtral, DeepSeek): experts replace the MLP from layer first_dense_layers.
   int64_t num_experts = 0, experts_per_token = 0, moe_intermediate_size = 0, shared_experts = 0;
   int64_t first_dense_layers = 0;

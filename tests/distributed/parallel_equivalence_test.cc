@@ -79,6 +79,10 @@ TEST_P(ParallelEquivalence, MatchesOneRank) {
     // layers whose partial sums share one all-reduce.
     arch = "falcon";
     config.update({{"new_decoder_architecture", true}, {"num_kv_heads", 2}, {"bias", true}});
+  } else if (name == "opt_350m") {
+    // project_in on the first stage, project_out on the last, replicated over TP ranks.
+    arch = "opt";
+    config.update({{"do_layer_norm_before", false}, {"word_embed_proj_dim", 40}});
   }
   const fs::path dir = testing::make_tiny(arch, DType::kF32, 3, config);
   const std::string args = generate_args(dir, 32, {3, 8, 13, 18, 23, 28, 33, 38}, 100);
@@ -105,7 +109,7 @@ TEST_P(ParallelEquivalence, MatchesOneRank) {
 
 INSTANTIATE_TEST_SUITE_P(Arch, ParallelEquivalence,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2",
-                                           "opt", "falcon", "falcon_new_decoder"));
+                                           "opt", "opt_350m", "falcon", "falcon_new_decoder"));
 
 // --quantization fp8: a row-parallel shard holds part of every row, and is quantized with the
 // whole rows' scales (gathered at load), so the ranks hold exactly what one rank would hold and

@@ -192,6 +192,7 @@ TEST(Planner, AgreesWithEngineInstance) {
       {"gpt2", DType::kBF16, {{"tie_word_embeddings", false}, {"n_layer", 4}}},
       {"opt", DType::kBF16, nlohmann::json::object()},
       {"opt", DType::kF16, {{"do_layer_norm_before", false}}},
+      {"opt", DType::kBF16, {{"do_layer_norm_before", false}, {"word_embed_proj_dim", 40}}},
       {"falcon", DType::kBF16, nlohmann::json::object()},
       {"falcon", DType::kBF16, {{"new_decoder_architecture", true}, {"num_kv_heads", 2}}},
       {"falcon", DType::kF16, {{"parallel_attn", false}, {"bias", true}}},

@@ -149,6 +149,12 @@ const Case kCases[] = {
      "opt",
      DType::kF32,
      {{"do_layer_norm_before", false}, {"tie_word_embeddings", false}}},
+    // OPT-350m's whole layout: post-norm, and tied embeddings of word_embed_proj_dim values
+    // with project_in / project_out.
+    {"opt_350m_layout_f32",
+     "opt",
+     DType::kF32,
+     {{"do_layer_norm_before", false}, {"word_embed_proj_dim", 40}}},
     // Falcon-7B's layout (one multi-query key/value head, parallel attention and MLP from one
     // LayerNorm); the new decoder (40B/180B: grouped query_key_value, ln_attn and ln_mlp);
     // Falcon2-11B's one norm in the new decoder; sequential blocks with biases, untied.

@@ -227,7 +227,10 @@ def forward_opt(cfg, w, ids, kv_dtype):
     act_name = cfg.get("activation_function", "relu")
     act = {"relu": lambda v: np.maximum(v, 0.0), "gelu_new": gelu_tanh}[act_name]
     t = len(ids)
-    x = w[d + "embed_tokens.weight"][np.array(ids)] + w[d + "embed_positions.weight"][np.arange(t) + 2]
+    x = w[d + "embed_tokens.weight"][np.array(ids)]
+    if d + "project_in.weight" in w:  # OPT-350m: word_embed_proj_dim < hidden_size
+        x = x @ w[d + "project_in.weight"].T
+    x = x + w[d + "embed_positions.weight"][np.arange(t) + 2]
     pos = np.arange(t)
     allowed = pos[:, None] >= pos[None, :]
 
@@ -260,6 +263,8 @@ def forward_opt(cfg, w, ids, kv_dtype):
             x = ln(x, p + "final_layer_norm")
     if pre_norm:
         x = ln(x, d + "final_layer_norm")
+    if d + "project_out.weight" in w:
+        x = x @ w[d + "project_out.weight"].T
     head = w[d + "embed_tokens.weight"] if cfg.get("tie_word_embeddings", True) else w["lm_head.weight"]
     return log_softmax(x @ head.T)
 

@@ -171,14 +171,21 @@ class Gpt2Model : public CausalLM {
     const bool tied = c.tie_word_embeddings;
     position_offset_ = static_cast<int32_t>(c.position_offset);
     const Range owned = ctx.owned_layers(c.num_layers);
+    // OPT-350m: embeddings (and the tied head) narrower than hidden, with projections between.
+    embed_dim_ = c.word_embed_proj_dim > 0 ? c.word_embed_proj_dim : c.hidden_size;
+    const bool projected = embed_dim_ != c.hidden_size;
+    const std::string project_in = "model.decoder.project_in",
+                      project_out = "model.decoder.project_out";
     if (ctx.owns_embedding()) {
-      embed_.emplace(ctx, w, wte, c.vocab_size, c.hidden_size, 1.0f, tied && ctx.owns_lm_head());
+      embed_.emplace(ctx, w, wte, c.vocab_size, embed_dim_, 1.0f, tied && ctx.owns_lm_head());
+      if (projected) project_in_.emplace(ctx, w, project_in, c.hidden_size, embed_dim_);
       // Positions are few (n_positions rows): every tensor-parallel rank holds the whole table.
       positions_ = ctx.backend.prepare_weight(
           w.get(wpe, {c.max_position_embeddings + c.position_offset, c.hidden_size}));
     } else {
       if (!(tied && ctx.owns_lm_head())) w.ignore(wte);
       w.ignore(wpe);
+      if (projected) w.ignore(project_in + ".weight");
     }
     for (int64_t l = 0; l < c.num_layers; ++l) {
       if (l >= owned.begin && l < owned.end) {
@@ -191,13 +198,15 @@ class Gpt2Model : public CausalLM {
       // OPT-350m (post-norm) has no final LayerNorm: its blocks end normalised.
       has_ln_f_ = !c.post_norm;
       if (has_ln_f_) ln_f_ = load_layer_norm(ctx, w, n.ln_f, c);
-      lm_head_.emplace(load_lm_head(ctx, w, embed_ ? &*embed_ : nullptr, tied, wte, c.vocab_size,
-                                    c.hidden_size));
+      if (projected) project_out_.emplace(ctx, w, project_out, embed_dim_, c.hidden_size);
+      lm_head_.emplace(
+          load_lm_head(ctx, w, embed_ ? &*embed_ : nullptr, tied, wte, c.vocab_size, embed_dim_));
     } else {
       if (!c.post_norm) {
         w.ignore(n.ln_f + ".weight");
         w.ignore(n.ln_f + ".bias");
       }
+      if (projected) w.ignore(project_out + ".weight");
       if (w.has("lm_head.weight")) w.ignore("lm_head.weight");
     }
     weight_bytes_ = w.bytes_used();  // this rank's share, everything taken above
@@ -211,9 +220,11 @@ class Gpt2Model : public CausalLM {
     const ModelConfig& c = config_;
     const int64_t tp = ctx_.tp_size(), local = c.num_heads / tp * c.head_dim;
     const int64_t ffn = c.intermediate_size / tp + 1;
-    // residual, normed, proj, positions, qkv, attn, fc; plus one row of logits.
-    const int64_t floats =
-        t * (4 * c.hidden_size + 4 * local + ffn) + (ctx_.owns_lm_head() ? c.vocab_size : 0);
+    // residual, normed, proj, positions, qkv, attn, fc, and OPT-350m's narrower embeddings;
+    // plus one row of logits.
+    const int64_t embedded = embed_dim_ != c.hidden_size ? embed_dim_ : 0;
+    const int64_t floats = t * (4 * c.hidden_size + 4 * local + ffn + embedded) +
+                           (ctx_.owns_lm_head() ? c.vocab_size : 0);
     return floats * 4;
   }
 
@@ -222,7 +233,13 @@ class Gpt2Model : public CausalLM {
     const int64_t t = batch.token_ids.numel(), h = config_.hidden_size;
     Tensor residual = buf_.residual.get(b, t, h);
     if (embed_) {
-      embed_->forward(batch.token_ids, residual);
+      if (project_in_) {
+        Tensor embedded = embedded_.get(b, t, embed_dim_);
+        embed_->forward(batch.token_ids, embedded);
+        project_in_->forward(embedded, residual);
+      } else {
+        embed_->forward(batch.token_ids, residual);
+      }
       Tensor pos = position_rows_.get(b, t, h);
       // Table row p + offset holds position p: the table's ids start at -offset.
       b.embedding(positions_, batch.positions, -position_offset_, 1.0f, pos);
@@ -238,6 +255,11 @@ class Gpt2Model : public CausalLM {
     Tensor rows = b.empty({r, h}, DType::kF32);
     b.gather_rows(residual, batch.logit_rows, rows);
     if (has_ln_f_) ln_f_.forward(b, rows, rows);
+    if (project_out_) {
+      Tensor narrow = b.empty({r, embed_dim_}, DType::kF32);
+      project_out_->forward(rows, narrow);
+      rows = narrow;
+    }
     Tensor logits = b.empty({r, config_.vocab_size}, DType::kF32);
     lm_head_->forward(rows, logits);
     return logits;
@@ -247,6 +269,8 @@ class Gpt2Model : public CausalLM {
   ModelContext& ctx_;
   ModelConfig config_;
   std::optional<VocabParallelEmbedding> embed_;
+  int64_t embed_dim_ = 0;                                     // word_embed_proj_dim, else hidden
+  std::optional<ReplicatedLinear> project_in_, project_out_;  // OPT-350m only
   Tensor positions_;  // [n_positions + offset, hidden], first stage only
   int32_t position_offset_ = 0;
   std::vector<Gpt2Block> blocks_;
@@ -254,7 +278,7 @@ class Gpt2Model : public CausalLM {
   bool has_ln_f_ = true;
   std::optional<ParallelLMHead> lm_head_;
   Buffers buf_;
-  Scratch position_rows_;
+  Scratch position_rows_, embedded_;
   uint64_t weight_bytes_ = 0;
 };
 
@@ -270,7 +294,12 @@ std::vector<WeightSpec> opt_weight_specs(const ModelConfig& c) {
   std::vector<WeightSpec> specs;
   const int64_t h = c.hidden_size, f = c.intermediate_size;
   const std::string d = "model.decoder.";
-  specs.push_back({d + "embed_tokens.weight", {c.vocab_size, h}, WeightRole::kEmbedding});
+  const int64_t e = c.word_embed_proj_dim > 0 ? c.word_embed_proj_dim : h;
+  specs.push_back({d + "embed_tokens.weight", {c.vocab_size, e}, WeightRole::kEmbedding});
+  if (e != h) {
+    specs.push_back({d + "project_in.weight", {h, e}, WeightRole::kLinear});
+    specs.push_back({d + "project_out.weight", {e, h}, WeightRole::kLinear});
+  }
   specs.push_back({d + "embed_positions.weight",
                    {c.max_position_embeddings + c.position_offset, h},
                    WeightRole::kBias});
@@ -297,7 +326,7 @@ std::vector<WeightSpec> opt_weight_specs(const ModelConfig& c) {
     specs.push_back({d + "final_layer_norm.bias", {h}, WeightRole::kBias});
   }
   if (!c.tie_word_embeddings)
-    specs.push_back({"lm_head.weight", {c.vocab_size, h}, WeightRole::kLmHead});
+    specs.push_back({"lm_head.weight", {c.vocab_size, e}, WeightRole::kLmHead});
   return specs;
 }
 

@@ -132,6 +132,18 @@ RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
   }
 }
 
+ReplicatedLinear::ReplicatedLinear(ModelContext& ctx, WeightSource& weights,
+                                   const std::string& name, int64_t out_features,
+                                   int64_t in_features)
+    : ctx_(ctx) {
+  segment_.weight =
+      ctx.backend.prepare_linear_weight(weights.get(name + ".weight", {out_features, in_features}));
+}
+
+void ReplicatedLinear::forward(const Tensor& x, const Tensor& out) const {
+  ctx_.backend.linear(x, {&segment_, 1}, out);
+}
+
 void RowParallelLinear::forward(const Tensor& x, const Tensor& out) const {
   forward_unreduced(x, out);
   reduce(out);

@@ -65,6 +65,20 @@ class RowParallelLinear {
   int64_t in_local_ = 0;
 };
 
+// out = x @ W^T with the whole weight on every rank, in the model's dtype and never quantized:
+// small projections outside the decoder layers (OPT-350m's project_in / project_out).
+class ReplicatedLinear {
+ public:
+  ReplicatedLinear(ModelContext& ctx, WeightSource& weights, const std::string& name,
+                   int64_t out_features, int64_t in_features);
+  // x [T, in_features] -> out [T, out_features]
+  void forward(const Tensor& x, const Tensor& out) const;
+
+ private:
+  ModelContext& ctx_;
+  LinearSegment segment_;
+};
+
 // A small parameter (norm weight, bias) as an f32 copy: a few KB, kept in f32 so that kernels
 // need no per-dtype variants for it.
 Tensor load_f32_vector(ModelContext& ctx, WeightSource& weights, const std::string& name,
