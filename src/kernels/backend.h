@@ -116,6 +116,10 @@ class Backend {
   virtual void softcap(const Tensor& x, float cap) = 0;
   // out[i, :] = x[rows[i], :].
   virtual void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
+  // out[rows[i], :] += scale[i] * x[i, :] for x [n, width] f32, rows [n] int32 (distinct),
+  // scale [n] f32: one expert's outputs added, weighted by the router, to the tokens that chose it.
+  virtual void add_rows_scaled(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                               const Tensor& out) = 0;
 
   // Writes the new tokens' k and v ([tokens, kv_heads * head_dim]) into the caches at
   // meta.slot_mapping. A cache tensor is allocated as [blocks, block_size, kv_heads, head_dim];

@@ -490,6 +490,28 @@ TEST_P(CpuBackendTest, SoftcapAndAdd) {
     for (int j = 0; j < 50; ++j) ASSERT_EQ(at(out, i, j), at(orig, i, j) + at(y, i, j));
 }
 
+// out[rows[i]] += scale[i] * x[i], on rows of a strided output and enough rows to use the pool;
+// rows not named stay as they were.
+TEST_P(CpuBackendTest, AddRowsScaled) {
+  const int64_t n = 300, width = 70, out_rows = 701;  // 7 and 701 coprime: distinct rows
+  Tensor x = random_tensor({n, width}, DType::kF32, 22);
+  Tensor scale = random_tensor({n}, DType::kF32, 23);
+  std::vector<int32_t> picked;
+  for (int64_t i = 0; i < n; ++i) picked.push_back(static_cast<int32_t>((i * 7 + 3) % out_rows));
+  Tensor wide = random_tensor({out_rows, width + 5}, DType::kF32, 24);
+  Tensor out = wide.slice(1, 2, 2 + width);
+  Tensor before = out.contiguous().to(DType::kF32);
+  backend_.add_rows_scaled(x, i32_tensor(picked), scale, out);
+  std::vector<int64_t> source(out_rows, -1);
+  for (int64_t i = 0; i < n; ++i) source[picked[i]] = i;
+  for (int64_t r = 0; r < out_rows; ++r)
+    for (int64_t j = 0; j < width; ++j) {
+      double want = at(before, r, j);
+      if (source[r] >= 0) want += double(scale.data<float>()[source[r]]) * at(x, source[r], j);
+      ASSERT_NEAR(at(out, r, j), want, 1e-5 * (1 + std::fabs(want))) << r << " " << j;
+    }
+}
+
 TEST_P(CpuBackendTest, EmbeddingWithVocabShard) {
   Tensor table = random_tensor({10, 6}, DType::kBF16, 21);
   Tensor out = Tensor::empty({3, 6}, DType::kF32);

@@ -234,6 +234,15 @@ TEST_F(CudaBackendTest, AddSoftcapAndGatherRows) {
     Tensor back = down(got);
     EXPECT_EQ(std::memcmp(back.raw(), want_rows.raw(), want_rows.nbytes()), 0);
   }
+
+  Tensor x = random_tensor({5, 300}, DType::kF32, seed_ + 4);
+  Tensor scale = random_tensor({5}, DType::kF32, seed_ + 5);
+  Tensor rows = i32_tensor({6, 0, 2, 7, 3});
+  Tensor out = random_tensor({8, 300}, DType::kF32, seed_ + 6);
+  Tensor got = up(out);
+  cpu_.add_rows_scaled(x, rows, scale, out);
+  gpu_->add_rows_scaled(up(x), up(rows), up(scale), got);
+  EXPECT_TRUE(close(down(got), out, 1e-6));
 }
 
 // Sequences over a shared paged cache with blocks in random physical order: a decode row alone,

@@ -33,9 +33,10 @@ int64_t min_rows_per_thread(int64_t width) {
 }  // namespace
 
 const char* CpuBackend::op_name(Op op) {
-  static const char* kNames[] = {
-      "embedding",  "linear",     "rms_norm", "rope_table",  "rope",     "gated_activation", "add",
-      "layer_norm", "activation", "softcap",  "gather_rows", "write_kv", "paged_attention"};
+  static const char* kNames[] = {"embedding",  "linear",           "rms_norm",    "rope_table",
+                                 "rope",       "gated_activation", "add",         "layer_norm",
+                                 "activation", "softcap",          "gather_rows", "add_rows_scaled",
+                                 "write_kv",   "paged_attention"};
   return kNames[static_cast<int>(op)];
 }
 
@@ -465,6 +466,34 @@ void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, const Tensor& 
     TESSERA_CHECK(r >= 0 && r < x.size(0));
     std::memcpy(static_cast<char*>(out.raw()) + i * out.stride(0) * elem,
                 static_cast<const char*>(x.raw()) + r * x.stride(0) * elem, row_bytes);
+  }
+}
+
+void CpuBackend::add_rows_scaled(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                                 const Tensor& out) {
+  OpTimer timer(profile_, Op::kAddRowsScaled);
+  check_f32_rows(x, "add_rows_scaled input");
+  check_f32_rows(out, "add_rows_scaled output");
+  const int64_t n = x.size(0), width = x.size(1);
+  TESSERA_CHECK(rows.dtype() == DType::kI32 && rows.numel() == n);
+  TESSERA_CHECK(scale.dtype() == DType::kF32 && scale.numel() == n);
+  TESSERA_CHECK(out.size(1) == width);
+  const int32_t* r = rows.data<int32_t>();
+  const float* s = scale.data<float>();
+  for (int64_t i = 0; i < n; ++i) TESSERA_CHECK(r[i] >= 0 && r[i] < out.size(0));
+  // Rows are distinct, so the tasks never write the same row.
+  auto body = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* src = x.data<float>() + i * x.stride(0);
+      float* dst = out.data<float>() + r[i] * out.stride(0);
+      const float w = s[i];
+      for (int64_t j = 0; j < width; ++j) dst[j] += w * src[j];
+    }
+  };
+  if (n < 2 * min_rows_per_thread(width)) {
+    body(0, n);
+  } else {
+    pool_.parallel_for(n, body);
   }
 }
 

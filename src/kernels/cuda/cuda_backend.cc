@@ -445,6 +445,21 @@ class CudaBackend : public Backend {
     after_op("gather_rows");
   }
 
+  void add_rows_scaled(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                       const Tensor& out) override {
+    use_device();
+    check_f32_rows(x, "add_rows_scaled input");
+    check_f32_rows(out, "add_rows_scaled output");
+    check_device(rows, "add_rows_scaled rows");
+    check_device(scale, "add_rows_scaled scale");
+    TESSERA_CHECK(rows.dtype() == DType::kI32 && rows.numel() == x.size(0));
+    TESSERA_CHECK(scale.dtype() == DType::kF32 && scale.numel() == x.size(0));
+    TESSERA_CHECK(out.size(1) == x.size(1));
+    launch_add_rows_scaled(x.data<float>(), x.stride(0), rows.data<int32_t>(), scale.data<float>(),
+                           x.size(0), x.size(1), out.data<float>(), out.stride(0), stream_);
+    after_op("add_rows_scaled");
+  }
+
   void write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                 const AttentionMetadata& meta) override {
     use_device();

@@ -194,6 +194,16 @@ __global__ void gather_rows_kernel(const char* x, int64_t ldx_bytes, const int32
   for (int64_t b = threadIdx.x; b < row_bytes; b += blockDim.x) dst[b] = src[b];
 }
 
+// One block per source row; rows are distinct, so no two blocks write the same output row.
+__global__ void add_rows_scaled_kernel(const float* x, int64_t ldx, const int32_t* rows,
+                                       const float* scale, int64_t width, float* out, int64_t ldo) {
+  const int64_t i = blockIdx.x;
+  const float w = scale[i];
+  const float* src = x + i * ldx;
+  float* dst = out + static_cast<int64_t>(rows[i]) * ldo;
+  for (int64_t j = threadIdx.x; j < width; j += blockDim.x) dst[j] += w * src[j];
+}
+
 __global__ void convert_rows_kernel(const float* x, int64_t ldx, int64_t rows, int64_t width,
                                     void* out, DType dtype) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -303,6 +313,13 @@ void launch_gather_rows(const void* x, int64_t ldx_bytes, const int32_t* rows, i
   if (n == 0 || row_bytes == 0) return;
   gather_rows_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
       static_cast<const char*>(x), ldx_bytes, rows, static_cast<char*>(out), ldo_bytes, row_bytes);
+}
+
+void launch_add_rows_scaled(const float* x, int64_t ldx, const int32_t* rows, const float* scale,
+                            int64_t n, int64_t width, float* out, int64_t ldo, cudaStream_t stream) {
+  if (n == 0 || width == 0) return;
+  add_rows_scaled_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(x, ldx, rows, scale,
+                                                                            width, out, ldo);
 }
 
 void launch_convert_rows(const float* x, int64_t ldx, int64_t rows, int64_t width, void* out,

@@ -46,6 +46,8 @@ void launch_add(const float* a, int64_t lda, const float* b, int64_t ldb, float*
 void launch_softcap(float* x, int64_t ldx, int64_t rows, int64_t width, float cap,
                     cudaStream_t stream);
 // out[i, :] = x[rows[i], :], rows of row_bytes bytes (strides in bytes).
+void launch_add_rows_scaled(const float* x, int64_t ldx, const int32_t* rows, const float* scale,
+                            int64_t n, int64_t width, float* out, int64_t ldo, cudaStream_t stream);
 void launch_gather_rows(const void* x, int64_t ldx_bytes, const int32_t* rows, int64_t n, void* out,
                         int64_t ldo_bytes, int64_t row_bytes, cudaStream_t stream);
 // out [rows, width] contiguous, in `dtype` (bf16 or f16) = x rounded to nearest even.
