@@ -316,7 +316,8 @@ void launch_gather_rows(const void* x, int64_t ldx_bytes, const int32_t* rows, i
 }
 
 void launch_add_rows_scaled(const float* x, int64_t ldx, const int32_t* rows, const float* scale,
-                            int64_t n, int64_t width, float* out, int64_t ldo, cudaStream_t stream) {
+                            int64_t n, int64_t width, float* out, int64_t ldo,
+                            cudaStream_t stream) {
   if (n == 0 || width == 0) return;
   add_rows_scaled_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(x, ldx, rows, scale,
                                                                             width, out, ldo);
