@@ -19,10 +19,11 @@ struct ArchInfo {
   Arch arch;
 };
 constexpr ArchInfo kArchitectures[] = {
-    {"LlamaForCausalLM", Arch::kLlama},   {"MistralForCausalLM", Arch::kMistral},
-    {"Qwen2ForCausalLM", Arch::kQwen2},   {"Qwen3ForCausalLM", Arch::kQwen3},
-    {"Gemma2ForCausalLM", Arch::kGemma2}, {"GPT2LMHeadModel", Arch::kGpt2},
-    {"OPTForCausalLM", Arch::kOpt},       {"FalconForCausalLM", Arch::kFalcon},
+    {"LlamaForCausalLM", Arch::kLlama},       {"MistralForCausalLM", Arch::kMistral},
+    {"Qwen2ForCausalLM", Arch::kQwen2},       {"Qwen3ForCausalLM", Arch::kQwen3},
+    {"Gemma2ForCausalLM", Arch::kGemma2},     {"GPT2LMHeadModel", Arch::kGpt2},
+    {"OPTForCausalLM", Arch::kOpt},           {"MixtralForCausalLM", Arch::kMixtral},
+    {"Qwen3MoeForCausalLM", Arch::kQwen3Moe}, {"FalconForCausalLM", Arch::kFalcon},
     {"RWForCausalLM", Arch::kFalcon},
 };
 
@@ -346,7 +347,9 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
 
   c.vocab_size = f.positive("vocab_size");
   c.hidden_size = f.positive("hidden_size");
-  c.intermediate_size = f.positive("intermediate_size");
+  // Qwen3-MoE's dense intermediate_size is unused when every layer is sparse.
+  c.intermediate_size = c.arch == Arch::kQwen3Moe ? f.integer_or("intermediate_size", 0)
+                                                  : f.positive("intermediate_size");
   c.num_layers = f.positive("num_hidden_layers");
   c.num_heads = f.positive("num_attention_heads");
   c.num_kv_heads = f.has("num_key_value_heads") ? f.positive("num_key_value_heads") : c.num_heads;
@@ -381,6 +384,28 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       c.attention_bias = f.boolean_or("attention_bias", false);
       c.o_proj_bias = c.attention_bias;
       break;
+    case Arch::kMixtral:
+      c.num_experts = f.positive("num_local_experts");
+      c.num_experts_per_tok = f.has("num_experts_per_tok") ? f.positive("num_experts_per_tok") : 2;
+      c.moe_intermediate_size = c.intermediate_size;
+      c.norm_topk_prob = true;
+      break;
+    case Arch::kQwen3Moe: {
+      c.attention_bias = f.boolean_or("attention_bias", false);
+      c.qk_norm = true;
+      c.num_experts = f.positive("num_experts");
+      c.num_experts_per_tok = f.has("num_experts_per_tok") ? f.positive("num_experts_per_tok") : 8;
+      c.moe_intermediate_size = f.positive("moe_intermediate_size");
+      c.norm_topk_prob = f.boolean_or("norm_topk_prob", false);
+      const bool dense_layers = f.has("mlp_only_layers") && j["mlp_only_layers"].is_array() &&
+                                !j["mlp_only_layers"].empty();
+      if (f.integer_or("decoder_sparse_step", 1) != 1 || dense_layers)
+        fail(ErrorKind::kUnsupported,
+             "{}: Qwen3-MoE with dense layers (decoder_sparse_step != 1 or mlp_only_layers) is not "
+             "supported",
+             source);
+      break;
+    }
     case Arch::kQwen2:
       c.attention_bias = true;  // q/k/v carry biases, o_proj does not
       break;
@@ -403,11 +428,16 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       break;  // their own parsers
   }
 
+  if (c.num_experts_per_tok > c.num_experts)
+    fail("{}: num_experts_per_tok ({}) exceeds the {} experts", source, c.num_experts_per_tok,
+         c.num_experts);
+
   // Sliding windows: explicit layer_types win; otherwise each architecture's rule.
   c.sliding_window.assign(c.num_layers, 0);
   int64_t window = f.integer_or("sliding_window", 0);
   bool use_sliding =
-      f.boolean_or("use_sliding_window", c.arch != Arch::kQwen2 && c.arch != Arch::kQwen3);
+      f.boolean_or("use_sliding_window",
+                   c.arch != Arch::kQwen2 && c.arch != Arch::kQwen3 && c.arch != Arch::kQwen3Moe);
   if (f.has("layer_types")) {
     const json& types = j["layer_types"];
     if (!types.is_array() || static_cast<int64_t>(types.size()) != c.num_layers)
@@ -431,10 +461,12 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
           sliding = false;
           break;
         case Arch::kMistral:
+        case Arch::kMixtral:
           sliding = true;
           break;
         case Arch::kQwen2:
         case Arch::kQwen3:
+        case Arch::kQwen3Moe:
           sliding = l >= max_window_layers;
           break;
         case Arch::kGemma2:

@@ -15,7 +15,18 @@
 
 namespace tessera {
 
-enum class Arch { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGpt2, kOpt, kFalcon };
+enum class Arch {
+  kLlama,
+  kMistral,
+  kQwen2,
+  kQwen3,
+  kGemma2,
+  kGpt2,
+  kOpt,
+  kFalcon,
+  kMixtral,   // Mistral attention, a sparse mixture of SwiGLU experts
+  kQwen3Moe,  // Qwen3 attention, a sparse mixture of SwiGLU experts
+};
 
 // "LlamaForCausalLM, MistralForCausalLM, ..." for error messages.
 std::string supported_architectures();
@@ -83,6 +94,14 @@ struct ModelConfig {
   bool parallel_attn = false;
   bool new_decoder_architecture = false;
   bool separate_mlp_norm = false;
+
+  // Sparse mixture of experts (Mixtral, Qwen3-MoE): every layer's MLP is num_experts SwiGLU
+  // experts of moe_intermediate_size, of which each token takes the num_experts_per_tok with the
+  // largest router softmax; norm_topk_prob rescales the chosen weights to sum to 1.
+  int64_t num_experts = 0;  // 0: a dense MLP
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  bool norm_topk_prob = true;
 
   std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
 

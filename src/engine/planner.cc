@@ -200,6 +200,11 @@ ModelShape shape_from_config(const ModelConfig& c) {
     m.final_norm = !c.post_norm;
     m.embedding_dim = c.word_embed_proj_dim;
   }
+  if (c.num_experts > 0) {
+    m.num_experts = c.num_experts;
+    m.experts_per_token = c.num_experts_per_tok;
+    m.moe_intermediate_size = c.moe_intermediate_size;
+  }
   if (c.arch == Arch::kFalcon) {
     m.gated_mlp = false;
     m.fused_qkv = true;
@@ -480,11 +485,17 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
   } else {
     kv = kv_heads_per_rank(m.num_kv_heads, tp);
   }
-  const int64_t inner =
-      m.moe() ? std::max(m.intermediate_size,
-                         (m.experts_per_token + m.shared_experts) * m.moe_intermediate_size)
-              : m.intermediate_size;
-  const int64_t ffn = inner / tp + 1;
+  // A dense MLP's gate_up and act (3 x its share of the intermediate size) where the model has
+  // dense layers; the experts' buffers where it has sparse ones (SparseMoe: router logits,
+  // gathered rows, gate_up, act and output of one expert at a time; shared experts as a dense
+  // MLP of their combined width).
+  const int64_t ffn = m.intermediate_size / tp + 1;
+  int64_t mlp = 0;
+  if (!m.moe() || m.first_dense_layers > 0) mlp += 3 * ffn;
+  if (m.moe()) {
+    mlp += m.num_experts + 2 * m.hidden_size + 3 * (m.moe_intermediate_size / tp + 1);
+    if (m.shared_experts > 0) mlp += 3 * (m.shared_experts * m.moe_intermediate_size / tp + 1);
+  }
   // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits. GPT-2
   // (learned positions) has a position-embedding row instead of the rope table and one MLP
   // buffer; Falcon (rotary, ungated) one MLP buffer and two more rows of hidden (the MLP's own
@@ -493,7 +504,7 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
   const int64_t hidden_rows = gpt2 ? 4 : m.gated_mlp ? 3 : 5;
   const int64_t floats =
       t * (hidden_rows * m.hidden_size + (heads + 2 * kv) * d + heads * d +
-           (m.gated_mlp ? 3 : 1) * ffn + (gpt2 ? 0 : m.rotary_dim) + m.embedding_dim) +
+           (m.gated_mlp ? mlp : ffn) + (gpt2 ? 0 : m.rotary_dim) + m.embedding_dim) +
       m.vocab_size;
   return floats * 4;
 }

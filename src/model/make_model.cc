@@ -204,6 +204,28 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
     c["architectures"] = {"MistralForCausalLM"};
     c["model_type"] = "mistral";
     c["sliding_window"] = tiny ? 32 : 4096;
+  } else if (arch == "mixtral") {
+    // Mixtral-8x7B's layout: Mistral attention (no sliding window), 8 experts, 2 per token.
+    c["architectures"] = {"MixtralForCausalLM"};
+    c["model_type"] = "mixtral";
+    c["rope_theta"] = 1000000.0;
+    c["sliding_window"] = nullptr;
+    c["num_local_experts"] = tiny ? 4 : 8;
+    c["num_experts_per_tok"] = 2;
+    c["intermediate_size"] = tiny ? 64 : d.ffn / 2;
+  } else if (arch == "qwen3_moe") {
+    // Qwen3-30B-A3B's layout: Qwen3 attention, many narrow experts, renormalised top-k.
+    c["architectures"] = {"Qwen3MoeForCausalLM"};
+    c["model_type"] = "qwen3_moe";
+    c["rope_theta"] = 1000000.0;
+    c["head_dim"] = tiny ? 32 : d.head_dim * 2;
+    c["attention_bias"] = false;
+    c["num_experts"] = tiny ? 8 : 16;
+    c["num_experts_per_tok"] = tiny ? 3 : 4;
+    c["moe_intermediate_size"] = tiny ? 32 : d.ffn / 4;
+    c["norm_topk_prob"] = true;
+    c["decoder_sparse_step"] = 1;
+    c["mlp_only_layers"] = json::array();
   } else if (arch == "qwen2") {
     c["architectures"] = {"Qwen2ForCausalLM"};
     c["model_type"] = "qwen2";

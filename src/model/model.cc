@@ -26,6 +26,8 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     case Arch::kQwen2:
     case Arch::kQwen3:
     case Arch::kGemma2:
+    case Arch::kMixtral:
+    case Arch::kQwen3Moe:
       model = build_llama_family(ctx, weights, config);
       break;
     case Arch::kGpt2:

@@ -335,6 +335,45 @@ TEST(ModelConfig, FalconConfigLayoutsAliasesAndRefusals) {
   EXPECT_EQ(parse_model_config(dynamic, "test").rope_scaling.type, "linear");
 }
 
+// Mixtral and Qwen3-MoE: expert counts, their width, renormalisation, and what is refused.
+TEST(ModelConfig, MixtureOfExpertsFields) {
+  nlohmann::json mixtral = {{"architectures", {"MixtralForCausalLM"}},
+                            {"vocab_size", 100},
+                            {"hidden_size", 64},
+                            {"intermediate_size", 96},
+                            {"num_hidden_layers", 2},
+                            {"num_attention_heads", 4},
+                            {"num_key_value_heads", 2},
+                            {"num_local_experts", 8},
+                            {"sliding_window", nullptr}};
+  ModelConfig c = parse_model_config(mixtral, "test");
+  EXPECT_EQ(c.num_experts, 8);
+  EXPECT_EQ(c.num_experts_per_tok, 2);  // MixtralConfig's default
+  EXPECT_EQ(c.moe_intermediate_size, 96);
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_EQ(c.sliding_window, (std::vector<int32_t>{0, 0}));
+  mixtral["sliding_window"] = 16;
+  EXPECT_EQ(parse_model_config(mixtral, "test").sliding_window, (std::vector<int32_t>{16, 16}));
+  mixtral["num_experts_per_tok"] = 9;
+  EXPECT_THROW(parse_model_config(mixtral, "test"), Error);
+
+  nlohmann::json qwen = {{"architectures", {"Qwen3MoeForCausalLM"}},
+                         {"vocab_size", 100},
+                         {"hidden_size", 64},
+                         {"num_hidden_layers", 2},
+                         {"num_attention_heads", 4},
+                         {"num_key_value_heads", 2},
+                         {"num_experts", 16},
+                         {"moe_intermediate_size", 24}};
+  c = parse_model_config(qwen, "test");
+  EXPECT_EQ(c.num_experts_per_tok, 8);
+  EXPECT_EQ(c.moe_intermediate_size, 24);
+  EXPECT_FALSE(c.norm_topk_prob);  // Qwen3MoeConfig's default; the released models set true
+  EXPECT_TRUE(c.qk_norm);
+  qwen["mlp_only_layers"] = {1};
+  EXPECT_THROW(parse_model_config(qwen, "test"), Error);
+}
+
 TEST(ModelConfig, ReadsEveryArchitectureRule) {
   nlohmann::json base = {{"architectures", {"Gemma2ForCausalLM"}},
                          {"vocab_size", 10},

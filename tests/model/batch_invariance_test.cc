@@ -85,7 +85,9 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_pair("mistral", DType::kBF16),
                       std::make_pair("qwen2", DType::kBF16), std::make_pair("qwen3", DType::kF16),
                       std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kBF16),
-                      std::make_pair("opt", DType::kF16), std::make_pair("falcon", DType::kBF16)),
+                      std::make_pair("opt", DType::kF16), std::make_pair("falcon", DType::kBF16),
+                      std::make_pair("mixtral", DType::kBF16),
+                      std::make_pair("qwen3_moe", DType::kF32)),
     testing::ArchDtypeName());
 
 }  // namespace

@@ -25,7 +25,10 @@ bool is_layer_linear(const std::string& name) {
   // Falcon's names.
   static const std::regex falcon(
       R"(\bh\.\d+\.(self_attention\.(query_key_value|dense)|mlp\.dense_\w+)\.weight$)");
-  return std::regex_search(name, re) || std::regex_search(name, falcon);
+  // Mixtral's experts (w1, w2, w3); Qwen3-MoE's match the first pattern.
+  static const std::regex experts(R"(\.layers\.\d+\.block_sparse_moe\.experts\.\d+\.w\d\.weight$)");
+  return std::regex_search(name, re) || std::regex_search(name, falcon) ||
+         std::regex_search(name, experts);
 }
 
 // GPT-2's Conv1D weights, stored [in, out]: an output row is a stored column.
@@ -143,7 +146,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(std::make_pair("llama", DType::kBF16), std::make_pair("mistral", DType::kF32),
                       std::make_pair("qwen2", DType::kBF16), std::make_pair("qwen3", DType::kF16),
                       std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kF32),
-                      std::make_pair("opt", DType::kBF16), std::make_pair("falcon", DType::kBF16)),
+                      std::make_pair("opt", DType::kBF16), std::make_pair("falcon", DType::kBF16),
+                      std::make_pair("mixtral", DType::kBF16),
+                      std::make_pair("qwen3_moe", DType::kBF16)),
     testing::ArchDtypeName());
 
 }  // namespace

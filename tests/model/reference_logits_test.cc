@@ -149,6 +149,12 @@ const Case kCases[] = {
      "opt",
      DType::kF32,
      {{"do_layer_norm_before", false}, {"tie_word_embeddings", false}}},
+    // Sparse experts: Mixtral (renormalised top-2 of 4, with a sliding window in one case) and
+    // Qwen3-MoE (top-3 of 8 with and without renormalisation).
+    {"mixtral_f32", "mixtral", DType::kF32},
+    {"mixtral_sliding_bf16", "mixtral", DType::kBF16, {{"sliding_window", 32}}},
+    {"qwen3_moe_f32", "qwen3_moe", DType::kF32},
+    {"qwen3_moe_unnormalised_f16", "qwen3_moe", DType::kF16, {{"norm_topk_prob", false}}},
     // OPT-350m's whole layout: post-norm, and tied embeddings of word_embed_proj_dim values
     // with project_in / project_out.
     {"opt_350m_layout_f32",

@@ -357,6 +357,30 @@ def forward_falcon(cfg, w, ids, kv_dtype):
     return log_softmax(x @ head.T)
 
 
+def sparse_moe(cfg, arch, w, p, h, act):
+    """MixtralSparseMoeBlock / Qwen3MoeSparseMoeBlock: softmax router, top-k experts, weights
+    renormalised (always for Mixtral, by norm_topk_prob for Qwen3-MoE), SwiGLU experts."""
+    if arch == "MixtralForCausalLM":
+        m, names, n_exp, renorm = p + "block_sparse_moe.", ("w1", "w3", "w2"), cfg["num_local_experts"], True
+    else:
+        m, names, n_exp, renorm = p + "mlp.", ("gate_proj", "up_proj", "down_proj"), cfg["num_experts"], cfg.get("norm_topk_prob", False)
+    k = cfg.get("num_experts_per_tok", 2)
+    logits = h @ w[m + "gate.weight"].T
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        chosen = np.argsort(-probs[t], kind="stable")[:k]
+        weights = probs[t, chosen]
+        if renorm:
+            weights = weights / weights.sum()
+        for e, g in zip(chosen, weights):
+            ep = m + "experts.%d." % e
+            y = act(h[t] @ w[ep + names[0] + ".weight"].T) * (h[t] @ w[ep + names[1] + ".weight"].T)
+            out[t] += g * (y @ w[ep + names[2] + ".weight"].T)
+    return out
+
+
 def forward(model_dir, ids, kv_dtype="f32"):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -369,7 +393,8 @@ def forward(model_dir, ids, kv_dtype="f32"):
     if arch in ("FalconForCausalLM", "RWForCausalLM"):
         return forward_falcon(cfg, w, ids, kv_dtype)
     gemma = arch == "Gemma2ForCausalLM"
-    qwen3 = arch == "Qwen3ForCausalLM"
+    qwen3 = arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+    moe = arch in ("MixtralForCausalLM", "Qwen3MoeForCausalLM")
     hidden = cfg["hidden_size"]
     n_heads = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads") or n_heads
@@ -386,11 +411,11 @@ def forward(model_dir, ids, kv_dtype="f32"):
     if cfg.get("layer_types"):
         windows = [window if t == "sliding_attention" else 0 for t in cfg["layer_types"]]
     elif window:
-        if arch == "MistralForCausalLM":
+        if arch in ("MistralForCausalLM", "MixtralForCausalLM"):
             windows = [window] * n_layers
         elif gemma:
             windows = [window if i % 2 == 0 else 0 for i in range(n_layers)]
-        elif arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and cfg.get("use_sliding_window", False):
+        elif arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM") and cfg.get("use_sliding_window", False):
             mwl = cfg.get("max_window_layers", 0)
             windows = [window if i >= mwl else 0 for i in range(n_layers)]
 
@@ -460,6 +485,9 @@ def forward(model_dir, ids, kv_dtype="f32"):
         else:
             x = x + attn
             h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps, False)
+        if moe:
+            x = x + sparse_moe(cfg, arch, w, p, h, act)
+            continue
         gate = h @ w[p + "mlp.gate_proj.weight"].T
         up = h @ w[p + "mlp.up_proj.weight"].T
         if p + "mlp.gate_proj.bias" in w:

@@ -9,6 +9,7 @@
 #include "model/arch/registry.h"
 #include "model/layers/embedding.h"
 #include "model/layers/linear.h"
+#include "model/layers/moe.h"
 #include "model/layers/rotary.h"
 #include "model/layers/scratch.h"
 
@@ -143,10 +144,25 @@ class Mlp {
   Activation act_ = Activation::kSilu;
 };
 
+// Where a layer's sparse experts are stored.
+std::string moe_prefix(const ModelConfig& c, int64_t layer) {
+  return fmt::format("model.layers.{}.{}", layer,
+                     c.arch == Arch::kMixtral ? "block_sparse_moe." : "mlp.");
+}
+MoeNames moe_names(const ModelConfig& c) {
+  if (c.arch == Arch::kMixtral) return {"gate", "experts.{}.", "w1", "w3", "w2"};
+  return {"gate", "experts.{}.", "gate_proj", "up_proj", "down_proj"};
+}
+
 class DecoderLayer {
  public:
   DecoderLayer(ModelContext& ctx, WeightSource& w, const ModelConfig& c, int64_t layer)
-      : ctx_(ctx), attn_(ctx, w, c, layer), mlp_(ctx, w, c, layer) {
+      : ctx_(ctx), attn_(ctx, w, c, layer) {
+    if (c.num_experts > 0) {
+      moe_.emplace(ctx, w, moe_prefix(c, layer), moe_names(c), c);
+    } else {
+      mlp_.emplace(ctx, w, c, layer);
+    }
     const std::string prefix = fmt::format("model.layers.{}.", layer);
     input_norm_ = load_norm(ctx, w, prefix + "input_layernorm.weight", c.hidden_size, c);
     post_attn_norm_ =
@@ -177,20 +193,29 @@ class DecoderLayer {
       post_attn_norm_.forward(b, proj, proj);
       b.add(residual, proj, residual);
       pre_ff_norm_.forward(b, residual, normed);
-      mlp_.forward(normed, buf, proj);
+      mlp(normed, buf, proj);
       post_ff_norm_.forward(b, proj, proj);
     } else {
       b.add(residual, proj, residual);
       post_attn_norm_.forward(b, residual, normed);
-      mlp_.forward(normed, buf, proj);
+      mlp(normed, buf, proj);
     }
     b.add(residual, proj, residual);
   }
 
  private:
+  void mlp(const Tensor& x, Buffers& buf, const Tensor& out) {
+    if (moe_) {
+      moe_->forward(x, out);
+    } else {
+      mlp_->forward(x, buf, out);
+    }
+  }
+
   ModelContext& ctx_;
   Attention attn_;
-  Mlp mlp_;
+  std::optional<Mlp> mlp_;  // dense
+  std::optional<SparseMoe> moe_;
   RMSNorm input_norm_, post_attn_norm_, pre_ff_norm_, post_ff_norm_;
   bool sandwich_ = false;
 };
@@ -252,11 +277,13 @@ class LlamaFamilyModel : public CausalLM {
     const ModelConfig& c = config_;
     const int64_t tp = ctx_.tp_size(), d = c.head_dim;
     const int64_t heads = c.num_heads / tp, kv = layers_.front().attention().kv_heads();
-    const int64_t ffn = c.intermediate_size / tp + 1;
-    // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits.
-    const int64_t floats = t * (3 * c.hidden_size + (heads + 2 * kv) * d + heads * d + 3 * ffn +
-                                rotary_.table_width()) +
-                           (ctx_.owns_lm_head() ? c.vocab_size : 0);
+    // residual, normed, proj, qkv, attn, rope table, and a dense MLP's gate_up and act or the
+    // experts' buffers; plus one row of logits.
+    const int64_t mlp = c.num_experts > 0 ? SparseMoe::activation_floats(c, static_cast<int>(tp))
+                                          : 3 * (c.intermediate_size / tp + 1);
+    const int64_t floats =
+        t * (3 * c.hidden_size + (heads + 2 * kv) * d + heads * d + mlp + rotary_.table_width()) +
+        (ctx_.owns_lm_head() ? c.vocab_size : 0);
     return floats * 4;
   }
 
@@ -335,6 +362,19 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
     if (c.qk_norm) {
       specs.push_back({p + "self_attn.q_norm.weight", {d}, WeightRole::kNorm});
       specs.push_back({p + "self_attn.k_norm.weight", {d}, WeightRole::kNorm});
+    }
+    if (c.num_experts > 0) {
+      const std::string m = moe_prefix(c, l);
+      const MoeNames n = moe_names(c);
+      const int64_t e = c.moe_intermediate_size;
+      specs.push_back({m + n.router + ".weight", {c.num_experts, h}, WeightRole::kLinear});
+      for (int64_t x = 0; x < c.num_experts; ++x) {
+        const std::string ep = m + fmt::vformat(n.expert_format, fmt::make_format_args(x));
+        specs.push_back({ep + n.gate + ".weight", {e, h}, WeightRole::kLinear});
+        specs.push_back({ep + n.up + ".weight", {e, h}, WeightRole::kLinear});
+        specs.push_back({ep + n.down + ".weight", {h, e}, WeightRole::kLinear});
+      }
+      continue;
     }
     for (const char* name : {"gate_proj", "up_proj"}) {
       specs.push_back({p + "mlp." + name + ".weight", {f, h}, WeightRole::kLinear});

@@ -1,0 +1,116 @@
+#include "model/layers/moe.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/status.h"
+#include "distributed/world_config.h"
+
+namespace tessera {
+
+MoeRouting route_tokens(const float* logits, int64_t tokens, int64_t experts, int64_t top_k,
+                        bool renormalize) {
+  TESSERA_CHECK(0 < top_k && top_k <= experts);
+  MoeRouting r;
+  r.rows.resize(experts);
+  r.weights.resize(experts);
+  std::vector<float> p(experts);
+  std::vector<int32_t> order(experts);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = logits + t * experts;
+    const float m = *std::max_element(row, row + experts);
+    float sum = 0;
+    for (int64_t e = 0; e < experts; ++e) sum += p[e] = std::exp(row[e] - m);
+    for (float& v : p) v /= sum;
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
+                      [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+    float chosen = 0;
+    for (int64_t i = 0; i < top_k; ++i) chosen += p[order[i]];
+    for (int64_t i = 0; i < top_k; ++i) {
+      const int32_t e = order[i];
+      r.rows[e].push_back(static_cast<int32_t>(t));
+      r.weights[e].push_back(renormalize ? p[e] / chosen : p[e]);
+    }
+  }
+  return r;
+}
+
+SparseMoe::SparseMoe(ModelContext& ctx, WeightSource& w, const std::string& prefix,
+                     const MoeNames& names, const ModelConfig& c)
+    : ctx_(ctx) {
+  hidden_ = c.hidden_size;
+  top_k_ = c.num_experts_per_tok;
+  renormalize_ = c.norm_topk_prob;
+  act_ = c.hidden_act;
+  router_.emplace(ctx, w, prefix + names.router, c.num_experts, c.hidden_size);
+  const int64_t f = c.moe_intermediate_size;
+  const Range part = split_evenly(f, ctx.tp_size(), ctx.tp_rank());
+  width_ = part.size();
+  experts_.resize(c.num_experts);
+  for (int64_t e = 0; e < c.num_experts; ++e) {
+    const std::string p = prefix + fmt::vformat(names.expert_format, fmt::make_format_args(e));
+    experts_[e].gate_up.emplace(ctx, w,
+                                std::vector<ColumnPart>{{p + names.gate, f, part.begin, part.end},
+                                                        {p + names.up, f, part.begin, part.end}},
+                                c.hidden_size);
+    experts_[e].down.emplace(ctx, w, p + names.down, c.hidden_size, f, part, false);
+  }
+}
+
+int64_t SparseMoe::activation_floats(const ModelConfig& c, int tp) {
+  const int64_t width = c.moe_intermediate_size / tp + 1;
+  // router logits, gathered rows, gate/up, activation, expert output.
+  return c.num_experts + 2 * c.hidden_size + 3 * width;
+}
+
+void SparseMoe::forward(const Tensor& x, const Tensor& out) {
+  Backend& b = ctx_.backend;
+  const int64_t t = x.size(0), experts = static_cast<int64_t>(experts_.size());
+  Tensor logits = logits_.get(b, t, experts);
+  router_->forward(x, logits);
+  Tensor host_logits = Tensor::empty({t, experts}, DType::kF32);
+  b.copy(logits, host_logits);
+  const MoeRouting routing =
+      route_tokens(host_logits.data<float>(), t, experts, top_k_, renormalize_);
+  // All experts' token rows and weights in one upload each, expert after expert.
+  const int64_t n_all = t * top_k_;
+  Tensor host_rows = Tensor::empty({n_all}, DType::kI32);
+  Tensor host_weights = Tensor::empty({n_all}, DType::kF32);
+  std::vector<int64_t> begin(experts + 1, 0);
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t n = static_cast<int64_t>(routing.rows[e].size());
+    std::copy(routing.rows[e].begin(), routing.rows[e].end(), host_rows.data<int32_t>() + begin[e]);
+    std::copy(routing.weights[e].begin(), routing.weights[e].end(),
+              host_weights.data<float>() + begin[e]);
+    begin[e + 1] = begin[e] + n;
+  }
+  TESSERA_CHECK(begin[experts] == n_all);
+  Tensor rows = b.empty({n_all}, DType::kI32);
+  Tensor weights = b.empty({n_all}, DType::kF32);
+  b.copy(host_rows, rows);
+  b.copy(host_weights, weights);
+  b.fill_zero(out);
+  // Experts in index order: each output row sums its experts in the same order whatever else
+  // is in the batch.
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t n = begin[e + 1] - begin[e];
+    if (n == 0) continue;
+    const Tensor expert_rows = rows.slice(0, begin[e], begin[e + 1]);
+    Tensor xe = gathered_.get(b, n, hidden_);
+    b.gather_rows(x, expert_rows, xe);
+    Tensor gate_up = gate_up_.get(b, n, 2 * width_);
+    experts_[e].gate_up->forward(xe, gate_up);
+    Tensor act = act_out_.get(b, n, width_);
+    b.gated_activation(gate_up, act_, act);
+    Tensor ye = expert_out_.get(b, n, hidden_);
+    experts_[e].down->forward_unreduced(act, ye);
+    b.add_rows_scaled(ye, expert_rows, weights.slice(0, begin[e], begin[e + 1]), out);
+  }
+  experts_.front().down->reduce(out);
+}
+
+}  // namespace tessera

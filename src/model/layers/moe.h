@@ -1,0 +1,63 @@
+// A sparse mixture of SwiGLU experts (Mixtral, Qwen3-MoE). The router runs on the device; its
+// logits [T, experts] come to the host, which picks each token's experts (softmax, top-k,
+// optional renormalisation) and groups the tokens by expert. Each expert then runs on its own
+// tokens only: gather their rows, gate/up, SiLU, down, and add the result, weighted by the
+// router, into the output rows. Experts are split across tensor-parallel ranks like a dense MLP
+// (column-parallel gate/up, row-parallel down); the partial sums of all experts share one
+// all-reduce.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/model_config.h"
+#include "loader/weight_source.h"
+#include "model/layers/context.h"
+#include "model/layers/linear.h"
+#include "model/layers/scratch.h"
+
+namespace tessera {
+
+// Checkpoint names under a layer's MoE prefix.
+struct MoeNames {
+  std::string router;          // e.g. "gate"
+  std::string expert_format;   // fmt pattern of one expert's prefix, e.g. "experts.{}."
+  std::string gate, up, down;  // e.g. "w1", "w3", "w2" (Mixtral)
+};
+
+// Each token's chosen experts and their weights, as the host computes them from router logits.
+struct MoeRouting {
+  // Per expert: the token rows that chose it (ascending) and their weights.
+  std::vector<std::vector<int32_t>> rows;
+  std::vector<std::vector<float>> weights;
+};
+// logits [tokens, experts] row-major: softmax over the experts in f32, the top_k largest
+// (ties to the lower expert), rescaled to sum to 1 when `renormalize`.
+MoeRouting route_tokens(const float* logits, int64_t tokens, int64_t experts, int64_t top_k,
+                        bool renormalize);
+
+class SparseMoe {
+ public:
+  SparseMoe(ModelContext& ctx, WeightSource& weights, const std::string& prefix,
+            const MoeNames& names, const ModelConfig& config);
+  // x [T, hidden] -> out [T, hidden] (all-reduced over the tensor-parallel group).
+  void forward(const Tensor& x, const Tensor& out);
+  // Activation floats per token of this layer's buffers.
+  static int64_t activation_floats(const ModelConfig& config, int tp);
+
+ private:
+  struct Expert {
+    std::optional<ColumnParallelLinear> gate_up;
+    std::optional<RowParallelLinear> down;
+  };
+  ModelContext& ctx_;
+  std::optional<ReplicatedLinear> router_;  // [experts, hidden], whole on every rank
+  std::vector<Expert> experts_;
+  int64_t hidden_ = 0, width_ = 0, top_k_ = 0;
+  bool renormalize_ = true;
+  Activation act_ = Activation::kSilu;
+  Scratch logits_, gathered_, gate_up_, act_out_, expert_out_;
+};
+
+}  // namespace tessera
