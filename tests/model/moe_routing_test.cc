@@ -12,9 +12,9 @@ namespace {
 TEST(MoeRouting, TopKOfTheSoftmaxGroupedByExpert) {
   // 3 tokens over 4 experts.
   const float logits[] = {
-      1.0f, 3.0f, 2.0f, 0.0f,   // experts 1, 2
-      0.5f, 0.5f, -1.0f, 0.5f,  // a three-way tie: experts 0, 1
-      -2.0f, 0.0f, 0.0f, 4.0f,  // expert 3, then the tie between 1 and 2 goes to 1
+      1.0f,  3.0f, 2.0f,  0.0f,  // experts 1, 2
+      0.5f,  0.5f, -1.0f, 0.5f,  // a three-way tie: experts 0, 1
+      -2.0f, 0.0f, 0.0f,  4.0f,  // expert 3, then the tie between 1 and 2 goes to 1
   };
   auto softmax = [&](int t, int e) {
     double sum = 0;
