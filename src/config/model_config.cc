@@ -23,8 +23,8 @@ constexpr ArchInfo kArchitectures[] = {
     {"Qwen2ForCausalLM", Arch::kQwen2},       {"Qwen3ForCausalLM", Arch::kQwen3},
     {"Gemma2ForCausalLM", Arch::kGemma2},     {"GPT2LMHeadModel", Arch::kGpt2},
     {"OPTForCausalLM", Arch::kOpt},           {"MixtralForCausalLM", Arch::kMixtral},
-    {"Qwen3MoeForCausalLM", Arch::kQwen3Moe}, {"FalconForCausalLM", Arch::kFalcon},
-    {"RWForCausalLM", Arch::kFalcon},
+    {"Qwen3MoeForCausalLM", Arch::kQwen3Moe}, {"Qwen2MoeForCausalLM", Arch::kQwen2Moe},
+    {"FalconForCausalLM", Arch::kFalcon},     {"RWForCausalLM", Arch::kFalcon},
 };
 
 json read_json_file(const fs::path& path) {
@@ -348,8 +348,9 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.vocab_size = f.positive("vocab_size");
   c.hidden_size = f.positive("hidden_size");
   // Qwen3-MoE's dense intermediate_size is unused when every layer is sparse.
-  c.intermediate_size = c.arch == Arch::kQwen3Moe ? f.integer_or("intermediate_size", 0)
-                                                  : f.positive("intermediate_size");
+  const bool qwen_moe = c.arch == Arch::kQwen3Moe || c.arch == Arch::kQwen2Moe;
+  c.intermediate_size =
+      qwen_moe ? f.integer_or("intermediate_size", 0) : f.positive("intermediate_size");
   c.num_layers = f.positive("num_hidden_layers");
   c.num_heads = f.positive("num_attention_heads");
   c.num_kv_heads = f.has("num_key_value_heads") ? f.positive("num_key_value_heads") : c.num_heads;
@@ -390,18 +391,25 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       c.moe_intermediate_size = c.intermediate_size;
       c.norm_topk_prob = true;
       break;
-    case Arch::kQwen3Moe: {
-      c.attention_bias = f.boolean_or("attention_bias", false);
-      c.qk_norm = true;
+    case Arch::kQwen3Moe:
+    case Arch::kQwen2Moe: {
+      if (c.arch == Arch::kQwen3Moe) {
+        c.attention_bias = f.boolean_or("attention_bias", false);
+        c.qk_norm = true;
+      } else {
+        c.attention_bias = true;  // Qwen2's q/k/v biases
+        c.shared_expert_intermediate_size = f.integer_or("shared_expert_intermediate_size", 0);
+      }
       c.num_experts = f.positive("num_experts");
-      c.num_experts_per_tok = f.has("num_experts_per_tok") ? f.positive("num_experts_per_tok") : 8;
+      c.num_experts_per_tok = f.has("num_experts_per_tok") ? f.positive("num_experts_per_tok")
+                                                           : (c.arch == Arch::kQwen3Moe ? 8 : 4);
       c.moe_intermediate_size = f.positive("moe_intermediate_size");
       c.norm_topk_prob = f.boolean_or("norm_topk_prob", false);
       const bool dense_layers = f.has("mlp_only_layers") && j["mlp_only_layers"].is_array() &&
                                 !j["mlp_only_layers"].empty();
       if (f.integer_or("decoder_sparse_step", 1) != 1 || dense_layers)
         fail(ErrorKind::kUnsupported,
-             "{}: Qwen3-MoE with dense layers (decoder_sparse_step != 1 or mlp_only_layers) is not "
+             "{}: Qwen-MoE with dense layers (decoder_sparse_step != 1 or mlp_only_layers) is not "
              "supported",
              source);
       break;
@@ -435,9 +443,9 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   // Sliding windows: explicit layer_types win; otherwise each architecture's rule.
   c.sliding_window.assign(c.num_layers, 0);
   int64_t window = f.integer_or("sliding_window", 0);
-  bool use_sliding =
-      f.boolean_or("use_sliding_window",
-                   c.arch != Arch::kQwen2 && c.arch != Arch::kQwen3 && c.arch != Arch::kQwen3Moe);
+  bool use_sliding = f.boolean_or("use_sliding_window",
+                                  c.arch != Arch::kQwen2 && c.arch != Arch::kQwen3 &&
+                                      c.arch != Arch::kQwen3Moe && c.arch != Arch::kQwen2Moe);
   if (f.has("layer_types")) {
     const json& types = j["layer_types"];
     if (!types.is_array() || static_cast<int64_t>(types.size()) != c.num_layers)
@@ -467,6 +475,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
         case Arch::kQwen2:
         case Arch::kQwen3:
         case Arch::kQwen3Moe:
+        case Arch::kQwen2Moe:
           sliding = l >= max_window_layers;
           break;
         case Arch::kGemma2:

@@ -26,6 +26,7 @@ enum class Arch {
   kFalcon,
   kMixtral,   // Mistral attention, a sparse mixture of SwiGLU experts
   kQwen3Moe,  // Qwen3 attention, a sparse mixture of SwiGLU experts
+  kQwen2Moe,  // Qwen2 attention, sparse experts plus a gated shared expert
 };
 
 // "LlamaForCausalLM, MistralForCausalLM, ..." for error messages.
@@ -102,6 +103,9 @@ struct ModelConfig {
   int64_t num_experts_per_tok = 0;
   int64_t moe_intermediate_size = 0;
   bool norm_topk_prob = true;
+  // Qwen2-MoE: a dense SwiGLU expert of this width that every token takes, scaled by
+  // sigmoid(shared_expert_gate(x)). 0: none.
+  int64_t shared_expert_intermediate_size = 0;
 
   std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
 

@@ -204,6 +204,7 @@ ModelShape shape_from_config(const ModelConfig& c) {
     m.num_experts = c.num_experts;
     m.experts_per_token = c.num_experts_per_tok;
     m.moe_intermediate_size = c.moe_intermediate_size;
+    m.shared_expert_width = c.shared_expert_intermediate_size;
   }
   if (c.arch == Arch::kFalcon) {
     m.gated_mlp = false;
@@ -425,6 +426,10 @@ ParamCount layer_parameters(const ModelShape& m, int64_t layer, int tp) {
     p.linear += (m.num_experts + m.shared_experts) * mats * h * f;
     p.other += m.num_experts * h;  // router
     if (m.router_bias) p.other += m.num_experts;
+    if (m.shared_expert_width > 0) {  // Qwen2-MoE: a SwiGLU of its own width, and its gate
+      p.linear += mats * h * share(m.shared_expert_width, tp);
+      p.other += h;
+    }
   } else {
     const int64_t f = share(m.intermediate_size, tp);
     p.linear += mats * h * f;
@@ -493,7 +498,9 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
   int64_t mlp = 0;
   if (!m.moe() || m.first_dense_layers > 0) mlp += 3 * ffn;
   if (m.moe()) {
-    mlp += m.num_experts + 2 * m.hidden_size + 3 * (m.moe_intermediate_size / tp + 1);
+    mlp += m.num_experts + 2 * m.hidden_size +
+           3 * std::max(m.moe_intermediate_size / tp + 1, m.shared_expert_width / tp + 1) +
+           (m.shared_expert_width > 0);
     if (m.shared_experts > 0) mlp += 3 * (m.shared_experts * m.moe_intermediate_size / tp + 1);
   }
   // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits. GPT-2

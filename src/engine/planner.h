@@ -49,12 +49,13 @@ struct ModelShape {
   int64_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;
   bool qkv_bias = false, o_bias = false, mlp_bias = false, qk_norm = false;
-  bool gated_mlp = true;          // gate + up + down (false: up + down, as Falcon)
-  bool fused_qkv = false;         // Falcon's query_key_value (same size as separate q, k, v)
-  int norms_per_layer = 2;        // Gemma 2: 4
-  bool norm_bias = false;         // LayerNorm with bias (Falcon, GPT-2)
-  int64_t learned_positions = 0;  // rows of a learned position table (GPT-2), on every tp rank
-  bool final_norm = true;         // false: OPT-350m's post-norm blocks end normalised
+  bool gated_mlp = true;            // gate + up + down (false: up + down, as Falcon)
+  bool fused_qkv = false;           // Falcon's query_key_value (same size as separate q, k, v)
+  int norms_per_layer = 2;          // Gemma 2: 4
+  bool norm_bias = false;           // LayerNorm with bias (Falcon, GPT-2)
+  int64_t shared_expert_width = 0;  // Qwen2-MoE's gated shared expert (its intermediate size)
+  int64_t learned_positions = 0;    // rows of a learned position table (GPT-2), on every tp rank
+  bool final_norm = true;           // false: OPT-350m's post-norm blocks end normalised
   // Width of the token embeddings and LM head when narrower than hidden (OPT-350m's
   // word_embed_proj_dim, with project_in / project_out), else 0.
   int64_t embedding_dim = 0;

@@ -226,6 +226,20 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
     c["norm_topk_prob"] = true;
     c["decoder_sparse_step"] = 1;
     c["mlp_only_layers"] = json::array();
+  } else if (arch == "qwen2_moe") {
+    // Qwen1.5-MoE-A2.7B's layout: Qwen2 attention (q/k/v biases), narrow experts and a wider
+    // shared expert behind a sigmoid gate.
+    c["architectures"] = {"Qwen2MoeForCausalLM"};
+    c["model_type"] = "qwen2_moe";
+    c["rope_theta"] = 1000000.0;
+    c["use_sliding_window"] = false;
+    c["num_experts"] = tiny ? 8 : 16;
+    c["num_experts_per_tok"] = tiny ? 2 : 4;
+    c["moe_intermediate_size"] = tiny ? 32 : d.ffn / 4;
+    c["shared_expert_intermediate_size"] = tiny ? 96 : d.ffn;
+    c["norm_topk_prob"] = false;
+    c["decoder_sparse_step"] = 1;
+    c["mlp_only_layers"] = json::array();
   } else if (arch == "qwen2") {
     c["architectures"] = {"Qwen2ForCausalLM"};
     c["model_type"] = "qwen2";

@@ -28,6 +28,7 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     case Arch::kGemma2:
     case Arch::kMixtral:
     case Arch::kQwen3Moe:
+    case Arch::kQwen2Moe:
       model = build_llama_family(ctx, weights, config);
       break;
     case Arch::kGpt2:

@@ -195,6 +195,7 @@ TEST(Planner, AgreesWithEngineInstance) {
       {"opt", DType::kBF16, {{"do_layer_norm_before", false}, {"word_embed_proj_dim", 40}}},
       {"mixtral", DType::kBF16, nlohmann::json::object()},
       {"qwen3_moe", DType::kBF16, nlohmann::json::object()},
+      {"qwen2_moe", DType::kBF16, nlohmann::json::object()},
       {"falcon", DType::kBF16, nlohmann::json::object()},
       {"falcon", DType::kBF16, {{"new_decoder_architecture", true}, {"num_kv_heads", 2}}},
       {"falcon", DType::kF16, {{"parallel_attn", false}, {"bias", true}}},

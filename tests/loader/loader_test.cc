@@ -372,6 +372,16 @@ TEST(ModelConfig, MixtureOfExpertsFields) {
   EXPECT_TRUE(c.qk_norm);
   qwen["mlp_only_layers"] = {1};
   EXPECT_THROW(parse_model_config(qwen, "test"), Error);
+  // Qwen2-MoE: Qwen2's q/k/v biases, 4 experts per token by default, a shared expert.
+  qwen["architectures"] = {"Qwen2MoeForCausalLM"};
+  qwen.erase("mlp_only_layers");
+  qwen["shared_expert_intermediate_size"] = 80;
+  c = parse_model_config(qwen, "test");
+  EXPECT_EQ(c.arch, Arch::kQwen2Moe);
+  EXPECT_EQ(c.num_experts_per_tok, 4);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 80);
+  EXPECT_TRUE(c.attention_bias);
+  EXPECT_FALSE(c.qk_norm || c.o_proj_bias);
 }
 
 TEST(ModelConfig, ReadsEveryArchitectureRule) {

@@ -148,7 +148,8 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_pair("gemma2", DType::kBF16), std::make_pair("gpt2", DType::kF32),
                       std::make_pair("opt", DType::kBF16), std::make_pair("falcon", DType::kBF16),
                       std::make_pair("mixtral", DType::kBF16),
-                      std::make_pair("qwen3_moe", DType::kBF16)),
+                      std::make_pair("qwen3_moe", DType::kBF16),
+                      std::make_pair("qwen2_moe", DType::kBF16)),
     testing::ArchDtypeName());
 
 }  // namespace

@@ -155,6 +155,9 @@ const Case kCases[] = {
     {"mixtral_sliding_bf16", "mixtral", DType::kBF16, {{"sliding_window", 32}}},
     {"qwen3_moe_f32", "qwen3_moe", DType::kF32},
     {"qwen3_moe_unnormalised_f16", "qwen3_moe", DType::kF16, {{"norm_topk_prob", false}}},
+    // Qwen2-MoE: q/k/v biases and a shared expert behind a sigmoid gate.
+    {"qwen2_moe_f32", "qwen2_moe", DType::kF32},
+    {"qwen2_moe_renormalised_bf16", "qwen2_moe", DType::kBF16, {{"norm_topk_prob", true}}},
     // OPT-350m's whole layout: post-norm, and tied embeddings of word_embed_proj_dim values
     // with project_in / project_out.
     {"opt_350m_layout_f32",

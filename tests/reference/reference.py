@@ -358,8 +358,9 @@ def forward_falcon(cfg, w, ids, kv_dtype):
 
 
 def sparse_moe(cfg, arch, w, p, h, act):
-    """MixtralSparseMoeBlock / Qwen3MoeSparseMoeBlock: softmax router, top-k experts, weights
-    renormalised (always for Mixtral, by norm_topk_prob for Qwen3-MoE), SwiGLU experts."""
+    """MixtralSparseMoeBlock / Qwen3MoeSparseMoeBlock / Qwen2MoeSparseMoeBlock: softmax router,
+    top-k experts, weights renormalised (always for Mixtral, by norm_topk_prob for the Qwens),
+    SwiGLU experts; Qwen2-MoE adds a shared expert scaled by sigmoid(shared_expert_gate(x))."""
     if arch == "MixtralForCausalLM":
         m, names, n_exp, renorm = p + "block_sparse_moe.", ("w1", "w3", "w2"), cfg["num_local_experts"], True
     else:
@@ -378,6 +379,11 @@ def sparse_moe(cfg, arch, w, p, h, act):
             ep = m + "experts.%d." % e
             y = act(h[t] @ w[ep + names[0] + ".weight"].T) * (h[t] @ w[ep + names[1] + ".weight"].T)
             out[t] += g * (y @ w[ep + names[2] + ".weight"].T)
+    if m + "shared_expert_gate.weight" in w:
+        sp = m + "shared_expert."
+        y = act(h @ w[sp + "gate_proj.weight"].T) * (h @ w[sp + "up_proj.weight"].T)
+        gate = 1.0 / (1.0 + np.exp(-(h @ w[m + "shared_expert_gate.weight"].T)))
+        out = out + gate * (y @ w[sp + "down_proj.weight"].T)
     return out
 
 
@@ -394,7 +400,7 @@ def forward(model_dir, ids, kv_dtype="f32"):
         return forward_falcon(cfg, w, ids, kv_dtype)
     gemma = arch == "Gemma2ForCausalLM"
     qwen3 = arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
-    moe = arch in ("MixtralForCausalLM", "Qwen3MoeForCausalLM")
+    moe = arch in ("MixtralForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM")
     hidden = cfg["hidden_size"]
     n_heads = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads") or n_heads
@@ -415,7 +421,7 @@ def forward(model_dir, ids, kv_dtype="f32"):
             windows = [window] * n_layers
         elif gemma:
             windows = [window if i % 2 == 0 else 0 for i in range(n_layers)]
-        elif arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM") and cfg.get("use_sliding_window", False):
+        elif arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM") and cfg.get("use_sliding_window", False):
             mwl = cfg.get("max_window_layers", 0)
             windows = [window if i >= mwl else 0 for i in range(n_layers)]
 

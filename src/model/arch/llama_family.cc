@@ -374,6 +374,13 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
         specs.push_back({ep + n.up + ".weight", {e, h}, WeightRole::kLinear});
         specs.push_back({ep + n.down + ".weight", {h, e}, WeightRole::kLinear});
       }
+      if (const int64_t s = c.shared_expert_intermediate_size; s > 0) {
+        const std::string sp = m + n.shared + ".";
+        specs.push_back({sp + n.gate + ".weight", {s, h}, WeightRole::kLinear});
+        specs.push_back({sp + n.up + ".weight", {s, h}, WeightRole::kLinear});
+        specs.push_back({sp + n.down + ".weight", {h, s}, WeightRole::kLinear});
+        specs.push_back({m + n.shared_gate + ".weight", {1, h}, WeightRole::kLinear});
+      }
       continue;
     }
     for (const char* name : {"gate_proj", "up_proj"}) {

@@ -59,12 +59,42 @@ SparseMoe::SparseMoe(ModelContext& ctx, WeightSource& w, const std::string& pref
                                 c.hidden_size);
     experts_[e].down.emplace(ctx, w, p + names.down, c.hidden_size, f, part, false);
   }
+  if (c.shared_expert_intermediate_size > 0) {
+    const int64_t s = c.shared_expert_intermediate_size;
+    const Range sp = split_evenly(s, ctx.tp_size(), ctx.tp_rank());
+    const std::string p = prefix + names.shared + ".";
+    shared_.emplace();
+    shared_->gate_up.emplace(ctx, w,
+                             std::vector<ColumnPart>{{p + names.gate, s, sp.begin, sp.end},
+                                                     {p + names.up, s, sp.begin, sp.end}},
+                             c.hidden_size);
+    shared_->down.emplace(ctx, w, p + names.down, c.hidden_size, s, sp, false);
+    shared_gate_.emplace(ctx, w, prefix + names.shared_gate, 1, c.hidden_size);
+    shared_width_ = sp.size();
+  }
+}
+
+void SparseMoe::run_expert(const Expert& e, int64_t width, const Tensor& x, const Tensor& rows,
+                           const Tensor& scale, const Tensor& out) {
+  Backend& b = ctx_.backend;
+  const int64_t n = rows.numel();
+  Tensor xe = gathered_.get(b, n, hidden_);
+  b.gather_rows(x, rows, xe);
+  Tensor gate_up = gate_up_.get(b, n, 2 * width);
+  e.gate_up->forward(xe, gate_up);
+  Tensor act = act_out_.get(b, n, width);
+  b.gated_activation(gate_up, act_, act);
+  Tensor ye = expert_out_.get(b, n, hidden_);
+  e.down->forward_unreduced(act, ye);
+  b.add_rows_scaled(ye, rows, scale, out);
 }
 
 int64_t SparseMoe::activation_floats(const ModelConfig& c, int tp) {
-  const int64_t width = c.moe_intermediate_size / tp + 1;
-  // router logits, gathered rows, gate/up, activation, expert output.
-  return c.num_experts + 2 * c.hidden_size + 3 * width;
+  const int64_t width =
+      std::max(c.moe_intermediate_size / tp + 1, c.shared_expert_intermediate_size / tp + 1);
+  // router logits, gathered rows, gate/up, activation, expert output (the shared expert reuses
+  // them), and its gate's logit.
+  return c.num_experts + 2 * c.hidden_size + 3 * width + (c.shared_expert_intermediate_size > 0);
 }
 
 void SparseMoe::forward(const Tensor& x, const Tensor& out) {
@@ -74,21 +104,34 @@ void SparseMoe::forward(const Tensor& x, const Tensor& out) {
   router_->forward(x, logits);
   Tensor host_logits = Tensor::empty({t, experts}, DType::kF32);
   b.copy(logits, host_logits);
-  const MoeRouting routing =
-      route_tokens(host_logits.data<float>(), t, experts, top_k_, renormalize_);
+  MoeRouting routing = route_tokens(host_logits.data<float>(), t, experts, top_k_, renormalize_);
+  if (shared_) {
+    // The shared expert as one more "expert" that every token takes, at sigmoid of its gate.
+    Tensor gate = shared_logit_.get(b, t, 1);
+    shared_gate_->forward(x, gate);
+    Tensor host_gate = Tensor::empty({t, 1}, DType::kF32);
+    b.copy(gate, host_gate);
+    routing.rows.emplace_back(t);
+    routing.weights.emplace_back(t);
+    for (int64_t i = 0; i < t; ++i) {
+      routing.rows.back()[i] = static_cast<int32_t>(i);
+      routing.weights.back()[i] = 1.0f / (1.0f + std::exp(-host_gate.data<float>()[i]));
+    }
+  }
+  const int64_t groups = static_cast<int64_t>(routing.rows.size());
   // All experts' token rows and weights in one upload each, expert after expert.
-  const int64_t n_all = t * top_k_;
+  const int64_t n_all = t * top_k_ + (shared_ ? t : 0);
   Tensor host_rows = Tensor::empty({n_all}, DType::kI32);
   Tensor host_weights = Tensor::empty({n_all}, DType::kF32);
-  std::vector<int64_t> begin(experts + 1, 0);
-  for (int64_t e = 0; e < experts; ++e) {
+  std::vector<int64_t> begin(groups + 1, 0);
+  for (int64_t e = 0; e < groups; ++e) {
     const int64_t n = static_cast<int64_t>(routing.rows[e].size());
     std::copy(routing.rows[e].begin(), routing.rows[e].end(), host_rows.data<int32_t>() + begin[e]);
     std::copy(routing.weights[e].begin(), routing.weights[e].end(),
               host_weights.data<float>() + begin[e]);
     begin[e + 1] = begin[e] + n;
   }
-  TESSERA_CHECK(begin[experts] == n_all);
+  TESSERA_CHECK(begin[groups] == n_all);
   Tensor rows = b.empty({n_all}, DType::kI32);
   Tensor weights = b.empty({n_all}, DType::kF32);
   b.copy(host_rows, rows);
@@ -96,19 +139,12 @@ void SparseMoe::forward(const Tensor& x, const Tensor& out) {
   b.fill_zero(out);
   // Experts in index order: each output row sums its experts in the same order whatever else
   // is in the batch.
-  for (int64_t e = 0; e < experts; ++e) {
-    const int64_t n = begin[e + 1] - begin[e];
-    if (n == 0) continue;
-    const Tensor expert_rows = rows.slice(0, begin[e], begin[e + 1]);
-    Tensor xe = gathered_.get(b, n, hidden_);
-    b.gather_rows(x, expert_rows, xe);
-    Tensor gate_up = gate_up_.get(b, n, 2 * width_);
-    experts_[e].gate_up->forward(xe, gate_up);
-    Tensor act = act_out_.get(b, n, width_);
-    b.gated_activation(gate_up, act_, act);
-    Tensor ye = expert_out_.get(b, n, hidden_);
-    experts_[e].down->forward_unreduced(act, ye);
-    b.add_rows_scaled(ye, expert_rows, weights.slice(0, begin[e], begin[e + 1]), out);
+  for (int64_t e = 0; e < groups; ++e) {
+    if (begin[e + 1] == begin[e]) continue;
+    const bool is_shared = e == experts;
+    run_expert(is_shared ? *shared_ : experts_[e], is_shared ? shared_width_ : width_, x,
+               rows.slice(0, begin[e], begin[e + 1]), weights.slice(0, begin[e], begin[e + 1]),
+               out);
   }
   experts_.front().down->reduce(out);
 }

@@ -1,10 +1,10 @@
-// A sparse mixture of SwiGLU experts (Mixtral, Qwen3-MoE). The router runs on the device; its
-// logits [T, experts] come to the host, which picks each token's experts (softmax, top-k,
-// optional renormalisation) and groups the tokens by expert. Each expert then runs on its own
-// tokens only: gather their rows, gate/up, SiLU, down, and add the result, weighted by the
-// router, into the output rows. Experts are split across tensor-parallel ranks like a dense MLP
-// (column-parallel gate/up, row-parallel down); the partial sums of all experts share one
-// all-reduce.
+// A sparse mixture of SwiGLU experts (Mixtral, Qwen3-MoE, Qwen2-MoE with its shared expert). The
+// router runs on the device; its logits [T, experts] come to the host, which picks each token's
+// experts (softmax, top-k, optional renormalisation) and groups the tokens by expert. Each expert
+// then runs on its own tokens only: gather their rows, gate/up, SiLU, down, and add the result,
+// weighted by the router, into the output rows. Experts are split across tensor-parallel ranks like
+// a dense MLP (column-parallel gate/up, row-parallel down); the partial sums of all experts share
+// one all-reduce.
 #pragma once
 
 #include <optional>
@@ -24,6 +24,8 @@ struct MoeNames {
   std::string router;          // e.g. "gate"
   std::string expert_format;   // fmt pattern of one expert's prefix, e.g. "experts.{}."
   std::string gate, up, down;  // e.g. "w1", "w3", "w2" (Mixtral)
+  // Qwen2-MoE's shared expert (same gate/up/down names) and its one-output gate.
+  std::string shared = "shared_expert", shared_gate = "shared_expert_gate";
 };
 
 // Each token's chosen experts and their weights, as the host computes them from router logits.
@@ -54,10 +56,17 @@ class SparseMoe {
   ModelContext& ctx_;
   std::optional<ReplicatedLinear> router_;  // [experts, hidden], whole on every rank
   std::vector<Expert> experts_;
+  // Qwen2-MoE: every token also takes `shared_`, weighted by sigmoid(shared_gate_(x)).
+  std::optional<Expert> shared_;
+  std::optional<ReplicatedLinear> shared_gate_;  // [1, hidden]
+  int64_t shared_width_ = 0;
   int64_t hidden_ = 0, width_ = 0, top_k_ = 0;
   bool renormalize_ = true;
   Activation act_ = Activation::kSilu;
-  Scratch logits_, gathered_, gate_up_, act_out_, expert_out_;
+  Scratch logits_, gathered_, gate_up_, act_out_, expert_out_, shared_logit_;
+  // Runs one expert on rows x [n, hidden] and adds scale[i] * its output to out[rows[i]].
+  void run_expert(const Expert& e, int64_t width, const Tensor& x, const Tensor& rows,
+                  const Tensor& scale, const Tensor& out);
 };
 
 }  // namespace tessera
