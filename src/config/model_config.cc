@@ -19,12 +19,19 @@ struct ArchInfo {
   Arch arch;
 };
 constexpr ArchInfo kArchitectures[] = {
-    {"LlamaForCausalLM", Arch::kLlama},       {"MistralForCausalLM", Arch::kMistral},
-    {"Qwen2ForCausalLM", Arch::kQwen2},       {"Qwen3ForCausalLM", Arch::kQwen3},
-    {"Gemma2ForCausalLM", Arch::kGemma2},     {"GPT2LMHeadModel", Arch::kGpt2},
-    {"OPTForCausalLM", Arch::kOpt},           {"MixtralForCausalLM", Arch::kMixtral},
-    {"Qwen3MoeForCausalLM", Arch::kQwen3Moe}, {"Qwen2MoeForCausalLM", Arch::kQwen2Moe},
-    {"FalconForCausalLM", Arch::kFalcon},     {"RWForCausalLM", Arch::kFalcon},
+    {"LlamaForCausalLM", Arch::kLlama},
+    {"MistralForCausalLM", Arch::kMistral},
+    {"Qwen2ForCausalLM", Arch::kQwen2},
+    {"Qwen3ForCausalLM", Arch::kQwen3},
+    {"Gemma2ForCausalLM", Arch::kGemma2},
+    {"GPT2LMHeadModel", Arch::kGpt2},
+    {"OPTForCausalLM", Arch::kOpt},
+    {"MixtralForCausalLM", Arch::kMixtral},
+    {"Qwen3MoeForCausalLM", Arch::kQwen3Moe},
+    {"Qwen2MoeForCausalLM", Arch::kQwen2Moe},
+    {"DeepseekV3ForCausalLM", Arch::kDeepseekV3},
+    {"FalconForCausalLM", Arch::kFalcon},
+    {"RWForCausalLM", Arch::kFalcon},
 };
 
 json read_json_file(const fs::path& path) {
@@ -313,6 +320,7 @@ float ModelConfig::attention_scale() const {
 }
 
 int64_t ModelConfig::rotary_dim() const {
+  if (mla()) return qk_rope_head_dim;
   return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor) / 2 * 2;
 }
 
@@ -357,7 +365,21 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   if (c.num_heads % c.num_kv_heads != 0)
     fail("{}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})", source,
          c.num_heads, c.num_kv_heads);
-  c.head_dim = f.has("head_dim") ? f.positive("head_dim") : 0;
+  c.head_dim = f.has("head_dim") && c.arch != Arch::kDeepseekV3 ? f.positive("head_dim") : 0;
+  if (c.arch == Arch::kDeepseekV3) {
+    c.q_lora_rank = f.integer_or("q_lora_rank", 0);
+    c.kv_lora_rank = f.positive("kv_lora_rank");
+    c.qk_nope_head_dim = f.positive("qk_nope_head_dim");
+    c.qk_rope_head_dim = f.positive("qk_rope_head_dim");
+    c.v_head_dim = f.positive("v_head_dim");
+    if (c.qk_rope_head_dim % 2 != 0)
+      fail("{}: qk_rope_head_dim must be even, got {}", source, c.qk_rope_head_dim);
+    // The cached "head": the latent and the rotary key, read by every query head.
+    c.head_dim = c.kv_lora_rank + c.qk_rope_head_dim;
+    c.num_kv_heads = 1;
+    if (!f.boolean_or("rope_interleave", true))
+      fail(ErrorKind::kUnsupported, "{}: rope_interleave = false is not supported", source);
+  }
   if (c.head_dim == 0) {
     if (c.hidden_size % c.num_heads != 0)
       fail(
@@ -391,6 +413,37 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       c.moe_intermediate_size = c.intermediate_size;
       c.norm_topk_prob = true;
       break;
+    case Arch::kDeepseekV3: {
+      c.attention_bias = f.boolean_or("attention_bias", false);
+      if (c.attention_bias)
+        fail(ErrorKind::kUnsupported, "{}: DeepSeek-V3 with attention_bias is not supported",
+             source);
+      c.num_experts = f.positive("n_routed_experts");
+      c.num_experts_per_tok = f.positive("num_experts_per_tok");
+      c.moe_intermediate_size = f.positive("moe_intermediate_size");
+      c.shared_expert_intermediate_size =
+          f.integer_or("n_shared_experts", 0) * c.moe_intermediate_size;
+      c.shared_expert_gated = false;
+      c.norm_topk_prob = f.boolean_or("norm_topk_prob", true);
+      c.sigmoid_grouped_routing = true;
+      c.n_group = f.has("n_group") ? f.positive("n_group") : 1;
+      c.topk_group = f.has("topk_group") ? f.positive("topk_group") : 1;
+      c.routed_scaling_factor = f.number_or("routed_scaling_factor", 1.0);
+      c.first_dense_layers = std::min(f.integer_or("first_k_dense_replace", 0), c.num_layers);
+      const std::string scoring = f.string_or("scoring_func", "sigmoid");
+      const std::string method = f.string_or("topk_method", "noaux_tc");
+      if (scoring != "sigmoid" || method != "noaux_tc")
+        fail(ErrorKind::kUnsupported,
+             "{}: DeepSeek routing scoring_func \"{}\" with topk_method \"{}\" is not supported "
+             "(supported: sigmoid with noaux_tc, as DeepSeek-V3/R1 use)",
+             source, scoring, method);
+      if (c.num_experts % c.n_group != 0 || c.topk_group > c.n_group)
+        fail("{}: {} experts do not split into n_group {} with topk_group {}", source,
+             c.num_experts, c.n_group, c.topk_group);
+      if (f.integer_or("moe_layer_freq", 1) != 1)
+        fail(ErrorKind::kUnsupported, "{}: moe_layer_freq != 1 is not supported", source);
+      break;
+    }
     case Arch::kQwen3Moe:
     case Arch::kQwen2Moe: {
       if (c.arch == Arch::kQwen3Moe) {
@@ -484,6 +537,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
         case Arch::kGpt2:
         case Arch::kOpt:
         case Arch::kFalcon:
+        case Arch::kDeepseekV3:
           break;
       }
       if (sliding) c.sliding_window[l] = static_cast<int32_t>(window);

@@ -24,9 +24,10 @@ enum class Arch {
   kGpt2,
   kOpt,
   kFalcon,
-  kMixtral,   // Mistral attention, a sparse mixture of SwiGLU experts
-  kQwen3Moe,  // Qwen3 attention, a sparse mixture of SwiGLU experts
-  kQwen2Moe,  // Qwen2 attention, sparse experts plus a gated shared expert
+  kMixtral,     // Mistral attention, a sparse mixture of SwiGLU experts
+  kQwen3Moe,    // Qwen3 attention, a sparse mixture of SwiGLU experts
+  kQwen2Moe,    // Qwen2 attention, sparse experts plus a gated shared expert
+  kDeepseekV3,  // multi-head latent attention, grouped sigmoid routing, shared experts
 };
 
 // "LlamaForCausalLM, MistralForCausalLM, ..." for error messages.
@@ -106,6 +107,21 @@ struct ModelConfig {
   // Qwen2-MoE: a dense SwiGLU expert of this width that every token takes, scaled by
   // sigmoid(shared_expert_gate(x)). 0: none.
   int64_t shared_expert_intermediate_size = 0;
+  bool shared_expert_gated = true;  // false: DeepSeek's shared experts join unweighted
+  // DeepSeek-V3: sigmoid scores plus a learned bias choose n_group groups' best topk_group, then
+  // the top num_experts_per_tok within them; weights scaled by routed_scaling_factor. Layers
+  // before first_k_dense_replace have a dense MLP of intermediate_size.
+  bool sigmoid_grouped_routing = false;
+  int64_t n_group = 1, topk_group = 1, first_dense_layers = 0;
+  double routed_scaling_factor = 1.0;
+
+  // Multi-head latent attention (DeepSeek-V3): q through a low rank (q_lora_rank, 0 = a full
+  // q_proj), keys and values from one latent of kv_lora_rank plus a shared rotary key of
+  // qk_rope_head_dim. The cache holds the latent and the rotary key: one "head" of
+  // kv_lora_rank + qk_rope_head_dim (head_dim) per token and layer, the values read from it.
+  int64_t q_lora_rank = 0, kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  bool mla() const { return kv_lora_rank > 0; }
 
   std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
 

@@ -204,7 +204,24 @@ ModelShape shape_from_config(const ModelConfig& c) {
     m.num_experts = c.num_experts;
     m.experts_per_token = c.num_experts_per_tok;
     m.moe_intermediate_size = c.moe_intermediate_size;
-    m.shared_expert_width = c.shared_expert_intermediate_size;
+    m.first_dense_layers = c.first_dense_layers;
+    m.router_bias = c.sigmoid_grouped_routing;
+    if (c.shared_expert_gated) {
+      m.shared_expert_width = c.shared_expert_intermediate_size;
+    } else {  // DeepSeek: n_shared_experts of the experts' width
+      m.shared_experts =
+          c.shared_expert_intermediate_size / std::max<int64_t>(1, c.moe_intermediate_size);
+    }
+  }
+  if (c.mla()) {
+    m.q_lora_rank = c.q_lora_rank;
+    m.kv_lora_rank = c.kv_lora_rank;
+    m.qk_nope_head_dim = c.qk_nope_head_dim;
+    m.qk_rope_head_dim = c.qk_rope_head_dim;
+    m.v_head_dim = c.v_head_dim;
+    m.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    m.rotary_dim = c.qk_rope_head_dim;
+    m.num_kv_heads = c.num_heads;
   }
   if (c.arch == Arch::kFalcon) {
     m.gated_mlp = false;
@@ -472,9 +489,11 @@ KvShape rank_kv_shape(const ModelShape& m, int tp, int pp, int pp_rank) {
   KvShape s;
   s.layers = split_evenly(m.num_layers, pp, pp_rank).size();
   if (m.mla()) {
+    // One latent + rotary key per token, stored twice: as a key and as a value, because the
+    // backends lay the two out differently within a block (model/layers/mla.h). vLLM's MLA
+    // kernels read one copy.
     s.heads = 1;
-    s.k_dim = m.kv_lora_rank + m.qk_rope_head_dim;
-    s.v_dim = 0;
+    s.k_dim = s.v_dim = m.kv_lora_rank + m.qk_rope_head_dim;
   } else {
     s.heads = kv_heads_per_rank(m.num_kv_heads, tp);
     s.k_dim = s.v_dim = m.head_dim;
@@ -483,12 +502,17 @@ KvShape rank_kv_shape(const ModelShape& m, int tp, int pp, int pp_rank) {
 }
 
 int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
-  const int64_t heads = m.num_heads / tp;
-  int64_t kv = 0, d = m.head_dim;
+  const int64_t heads = m.num_heads / tp, d = m.head_dim;
+  // qkv and attn; with MLA (model/layers/mla.h) the q low rank, q, [k_rope | latent], absorbed
+  // queries, latent outputs and per-head values.
+  int64_t attention = 0;
   if (m.mla()) {
-    kv = heads;  // keys and values are expanded from the latent for attention
+    const int64_t latent = m.kv_lora_rank + m.qk_rope_head_dim;
+    attention = m.q_lora_rank + heads * (m.qk_nope_head_dim + m.qk_rope_head_dim) + latent +
+                2 * heads * latent + heads * m.v_head_dim;
   } else {
-    kv = kv_heads_per_rank(m.num_kv_heads, tp);
+    const int64_t kv = kv_heads_per_rank(m.num_kv_heads, tp);
+    attention = (heads + 2 * kv) * d + heads * d;
   }
   // A dense MLP's gate_up and act (3 x its share of the intermediate size) where the model has
   // dense layers; the experts' buffers where it has sparse ones (SparseMoe: router logits,
@@ -498,10 +522,13 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
   int64_t mlp = 0;
   if (!m.moe() || m.first_dense_layers > 0) mlp += 3 * ffn;
   if (m.moe()) {
+    // The shared experts reuse the experts' buffers: Qwen2-MoE's gated one, DeepSeek's
+    // n_shared_experts as one of their combined width.
+    const int64_t shared = m.shared_expert_width > 0 ? m.shared_expert_width
+                                                     : m.shared_experts * m.moe_intermediate_size;
     mlp += m.num_experts + 2 * m.hidden_size +
-           3 * std::max(m.moe_intermediate_size / tp + 1, m.shared_expert_width / tp + 1) +
+           3 * std::max(m.moe_intermediate_size / tp + 1, shared / tp + 1) +
            (m.shared_expert_width > 0);
-    if (m.shared_experts > 0) mlp += 3 * (m.shared_experts * m.moe_intermediate_size / tp + 1);
   }
   // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits. GPT-2
   // (learned positions) has a position-embedding row instead of the rope table and one MLP
@@ -509,10 +536,9 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
   // norm and output, which run beside attention).
   const bool gpt2 = m.learned_positions > 0;
   const int64_t hidden_rows = gpt2 ? 4 : m.gated_mlp ? 3 : 5;
-  const int64_t floats =
-      t * (hidden_rows * m.hidden_size + (heads + 2 * kv) * d + heads * d +
-           (m.gated_mlp ? mlp : ffn) + (gpt2 ? 0 : m.rotary_dim) + m.embedding_dim) +
-      m.vocab_size;
+  const int64_t floats = t * (hidden_rows * m.hidden_size + attention + (m.gated_mlp ? mlp : ffn) +
+                              (gpt2 ? 0 : m.rotary_dim) + m.embedding_dim) +
+                         m.vocab_size;
   return floats * 4;
 }
 

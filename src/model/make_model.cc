@@ -240,6 +240,38 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
     c["norm_topk_prob"] = false;
     c["decoder_sparse_step"] = 1;
     c["mlp_only_layers"] = json::array();
+  } else if (arch == "deepseek_v3") {
+    // DeepSeek-V3's layout at a small size: latent attention with a q low rank, yarn, a dense
+    // first layer, grouped sigmoid routing over 8 experts in 4 groups, one shared expert.
+    c["architectures"] = {"DeepseekV3ForCausalLM"};
+    c["model_type"] = "deepseek_v3";
+    c.erase("num_key_value_heads");
+    c["num_key_value_heads"] = d.heads;
+    c["q_lora_rank"] = tiny ? 48 : 384;
+    c["kv_lora_rank"] = tiny ? 32 : 256;
+    c["qk_nope_head_dim"] = tiny ? 16 : 64;
+    c["qk_rope_head_dim"] = tiny ? 8 : 32;
+    c["v_head_dim"] = tiny ? 16 : 64;
+    c["n_routed_experts"] = 8;
+    c["n_shared_experts"] = 1;
+    c["num_experts_per_tok"] = 2;
+    c["moe_intermediate_size"] = tiny ? 32 : d.ffn / 4;
+    c["n_group"] = 4;
+    c["topk_group"] = 2;
+    c["routed_scaling_factor"] = 2.5;
+    c["norm_topk_prob"] = true;
+    c["scoring_func"] = "sigmoid";
+    c["topk_method"] = "noaux_tc";
+    c["first_k_dense_replace"] = 1;
+    c["moe_layer_freq"] = 1;
+    c["rope_interleave"] = true;
+    c["rope_scaling"] = {{"type", "yarn"},
+                         {"factor", 4.0},
+                         {"original_max_position_embeddings", tiny ? 128 : 1024},
+                         {"beta_fast", 32},
+                         {"beta_slow", 1},
+                         {"mscale", 1.0},
+                         {"mscale_all_dim", 1.0}};
   } else if (arch == "qwen2") {
     c["architectures"] = {"Qwen2ForCausalLM"};
     c["model_type"] = "qwen2";

@@ -29,6 +29,7 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     case Arch::kMixtral:
     case Arch::kQwen3Moe:
     case Arch::kQwen2Moe:
+    case Arch::kDeepseekV3:
       model = build_llama_family(ctx, weights, config);
       break;
     case Arch::kGpt2:

@@ -110,7 +110,7 @@ TEST_P(ParallelEquivalence, MatchesOneRank) {
 INSTANTIATE_TEST_SUITE_P(Arch, ParallelEquivalence,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2",
                                            "opt", "opt_350m", "falcon", "falcon_new_decoder",
-                                           "mixtral", "qwen3_moe", "qwen2_moe"));
+                                           "mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3"));
 
 // --quantization fp8: a row-parallel shard holds part of every row, and is quantized with the
 // whole rows' scales (gathered at load), so the ranks hold exactly what one rank would hold and

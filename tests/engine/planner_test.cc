@@ -133,13 +133,14 @@ TEST(Planner, DeepSeekR1UsesMlaCache) {
   const ModelShape m = load_model_shape("DeepSeek-R1");
   ASSERT_TRUE(m.mla());
   EXPECT_EQ(m.stored_dtype, "fp8");
-  // MLA caches one latent of kv_lora_rank 512 + rope 64 per layer: 61 x 576 x 2 bytes = 70,272.
-  EXPECT_EQ(kv_block_bytes(rank_kv_shape(m, 1, 1, 0), 1, 2), 70'272);
+  // MLA caches one latent of kv_lora_rank 512 + rope 64 per layer, which tessera stores as a key
+  // and as a value (the engine's cache layout): 2 x 61 x 576 x 2 bytes = 140,544.
+  EXPECT_EQ(kv_block_bytes(rank_kv_shape(m, 1, 1, 0), 1, 2), 140'544);
   // The latent is not split by tensor parallelism.
-  EXPECT_EQ(kv_block_bytes(rank_kv_shape(m, 8, 1, 0), 1, 2), 70'272);
+  EXPECT_EQ(kv_block_bytes(rank_kv_shape(m, 8, 1, 0), 1, 2), 140'544);
   // Two stages: 31 and 30 layers.
-  EXPECT_EQ(kv_block_bytes(rank_kv_shape(m, 8, 2, 0), 1, 2), 31 * 576 * 2);
-  EXPECT_EQ(kv_block_bytes(rank_kv_shape(m, 8, 2, 1), 1, 2), 30 * 576 * 2);
+  EXPECT_EQ(kv_block_bytes(rank_kv_shape(m, 8, 2, 0), 1, 2), 2 * 31 * 576 * 2);
+  EXPECT_EQ(kv_block_bytes(rank_kv_shape(m, 8, 2, 1), 1, 2), 2 * 30 * 576 * 2);
   // GQA for comparison would cache 2 x 61 x 128 heads x 192 x 2 = 5,996,544 bytes per token.
 }
 
@@ -196,6 +197,8 @@ TEST(Planner, AgreesWithEngineInstance) {
       {"mixtral", DType::kBF16, nlohmann::json::object()},
       {"qwen3_moe", DType::kBF16, nlohmann::json::object()},
       {"qwen2_moe", DType::kBF16, nlohmann::json::object()},
+      {"deepseek_v3", DType::kBF16, nlohmann::json::object()},
+      {"deepseek_v3", DType::kBF16, {{"q_lora_rank", nullptr}, {"first_k_dense_replace", 0}}},
       {"falcon", DType::kBF16, nlohmann::json::object()},
       {"falcon", DType::kBF16, {{"new_decoder_architecture", true}, {"num_kv_heads", 2}}},
       {"falcon", DType::kF16, {{"parallel_attn", false}, {"bias", true}}},

@@ -384,6 +384,53 @@ TEST(ModelConfig, MixtureOfExpertsFields) {
   EXPECT_FALSE(c.qk_norm || c.o_proj_bias);
 }
 
+// DeepSeek-V3's fields: the latent attention's dims (the cached "head" is latent + rope),
+// grouped routing, shared experts, dense first layers; refused variants name themselves.
+TEST(ModelConfig, DeepseekV3Fields) {
+  nlohmann::json j = {{"architectures", {"DeepseekV3ForCausalLM"}},
+                      {"vocab_size", 100},
+                      {"hidden_size", 64},
+                      {"intermediate_size", 96},
+                      {"num_hidden_layers", 3},
+                      {"num_attention_heads", 4},
+                      {"num_key_value_heads", 4},
+                      {"q_lora_rank", 24},
+                      {"kv_lora_rank", 32},
+                      {"qk_nope_head_dim", 16},
+                      {"qk_rope_head_dim", 8},
+                      {"v_head_dim", 12},
+                      {"n_routed_experts", 8},
+                      {"n_shared_experts", 2},
+                      {"num_experts_per_tok", 2},
+                      {"moe_intermediate_size", 20},
+                      {"n_group", 4},
+                      {"topk_group", 2},
+                      {"routed_scaling_factor", 2.5},
+                      {"first_k_dense_replace", 1},
+                      {"rope_scaling",
+                       {{"type", "yarn"},
+                        {"factor", 40.0},
+                        {"mscale", 1.0},
+                        {"mscale_all_dim", 1.0},
+                        {"original_max_position_embeddings", 4096}}}};
+  const ModelConfig c = parse_model_config(j, "test");
+  EXPECT_TRUE(c.mla());
+  EXPECT_EQ(c.head_dim, 40);
+  EXPECT_EQ(c.num_kv_heads, 1);
+  EXPECT_EQ(c.rotary_dim(), 8);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 40);
+  EXPECT_FALSE(c.shared_expert_gated);
+  EXPECT_TRUE(c.sigmoid_grouped_routing && c.norm_topk_prob);
+  EXPECT_EQ(c.first_dense_layers, 1);
+  EXPECT_DOUBLE_EQ(c.routed_scaling_factor, 2.5);
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"scoring_func", "softmax"}, {"topk_group", 5}, {"rope_interleave", false}}) {
+    nlohmann::json bad = j;
+    bad[key] = value;
+    EXPECT_THROW(parse_model_config(bad, "test"), Error) << key;
+  }
+}
+
 TEST(ModelConfig, ReadsEveryArchitectureRule) {
   nlohmann::json base = {{"architectures", {"Gemma2ForCausalLM"}},
                          {"vocab_size", 10},

@@ -88,7 +88,8 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_pair("opt", DType::kF16), std::make_pair("falcon", DType::kBF16),
                       std::make_pair("mixtral", DType::kBF16),
                       std::make_pair("qwen3_moe", DType::kF32),
-                      std::make_pair("qwen2_moe", DType::kBF16)),
+                      std::make_pair("qwen2_moe", DType::kBF16),
+                      std::make_pair("deepseek_v3", DType::kBF16)),
     testing::ArchDtypeName());
 
 }  // namespace

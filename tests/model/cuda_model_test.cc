@@ -88,7 +88,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"gemma2", DType::kBF16, 2e-2}, Case{"gpt2", DType::kF32, 1e-4},
                       Case{"gpt2", DType::kBF16, 2e-2}, Case{"opt", DType::kF32, 1e-4},
                       Case{"falcon", DType::kF32, 1e-4}, Case{"falcon", DType::kBF16, 2e-2},
-                      Case{"mixtral", DType::kF32, 1e-4}, Case{"qwen3_moe", DType::kBF16, 2e-2}),
+                      Case{"mixtral", DType::kF32, 1e-4}, Case{"qwen3_moe", DType::kBF16, 2e-2},
+                      Case{"deepseek_v3", DType::kF32, 1e-4}),
     [](const auto& info) {
       return info.param.arch + "_" + std::string(dtype_name(info.param.dtype));
     });

@@ -27,8 +27,12 @@ bool is_layer_linear(const std::string& name) {
       R"(\bh\.\d+\.(self_attention\.(query_key_value|dense)|mlp\.dense_\w+)\.weight$)");
   // Mixtral's experts (w1, w2, w3); Qwen3-MoE's match the first pattern.
   static const std::regex experts(R"(\.layers\.\d+\.block_sparse_moe\.experts\.\d+\.w\d\.weight$)");
+  // DeepSeek-V3: kv_a_proj_with_mqa is quantized; kv_b_proj is not (it is split per head and
+  // transposed for the absorbed attention, and kept 16-bit as vLLM's MLA keeps it).
+  static const std::regex mla_kv_a(R"(\.self_attn\.kv_a_proj_with_mqa\.weight$)");
+  if (name.find(".kv_b_proj.") != std::string::npos) return false;
   return std::regex_search(name, re) || std::regex_search(name, falcon) ||
-         std::regex_search(name, experts);
+         std::regex_search(name, experts) || std::regex_search(name, mla_kv_a);
 }
 
 // GPT-2's Conv1D weights, stored [in, out]: an output row is a stored column.
@@ -149,7 +153,8 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_pair("opt", DType::kBF16), std::make_pair("falcon", DType::kBF16),
                       std::make_pair("mixtral", DType::kBF16),
                       std::make_pair("qwen3_moe", DType::kBF16),
-                      std::make_pair("qwen2_moe", DType::kBF16)),
+                      std::make_pair("qwen2_moe", DType::kBF16),
+                      std::make_pair("deepseek_v3", DType::kBF16)),
     testing::ArchDtypeName());
 
 }  // namespace

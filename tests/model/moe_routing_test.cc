@@ -47,5 +47,36 @@ TEST(MoeRouting, TopKOfTheSoftmaxGroupedByExpert) {
   }
 }
 
+// DeepSeek-V3's grouped routing on one token, 6 experts in 3 groups of 2, keep 1 group, pick 2:
+// the bias decides groups and choices but not the weights, which are renormalised sigmoids
+// times the scaling factor.
+TEST(MoeRouting, GroupedSigmoidRoutingWithBias) {
+  const float logits[] = {2.0f, 1.9f, 0.5f, 0.4f, 0.0f, -3.0f};
+  const float bias[] = {0.0f, 0.0f, 1.0f, 1.0f, 0.0f, 0.0f};
+  auto sig = [](float x) { return 1.0 / (1.0 + std::exp(-double(x))); };
+  GroupedRouting g;
+  g.top_k = 2;
+  g.n_group = 3;
+  g.topk_group = 1;
+  g.scaling = 2.5f;
+  MoeRouting plain = route_tokens_grouped(logits, 1, 6, g);  // no bias: group 0 wins
+  EXPECT_EQ(plain.rows[0], (std::vector<int32_t>{0}));
+  EXPECT_EQ(plain.rows[1], (std::vector<int32_t>{0}));
+  const double s = sig(2.0f) + sig(1.9f);
+  EXPECT_NEAR(plain.weights[0][0], 2.5 * sig(2.0f) / s, 1e-6);
+  EXPECT_NEAR(plain.weights[1][0], 2.5 * sig(1.9f) / s, 1e-6);
+  g.bias = bias;  // group 1's experts now score higher; their weights stay their sigmoids
+  MoeRouting biased = route_tokens_grouped(logits, 1, 6, g);
+  EXPECT_TRUE(biased.rows[0].empty() && biased.rows[1].empty());
+  EXPECT_EQ(biased.rows[2], (std::vector<int32_t>{0}));
+  EXPECT_EQ(biased.rows[3], (std::vector<int32_t>{0}));
+  const double sb = sig(0.5f) + sig(0.4f);
+  EXPECT_NEAR(biased.weights[2][0], 2.5 * sig(0.5f) / sb, 1e-6);
+  g.renormalize = false;
+  g.scaling = 1.0f;
+  MoeRouting raw = route_tokens_grouped(logits, 1, 6, g);
+  EXPECT_NEAR(raw.weights[3][0], sig(0.4f), 1e-6);
+}
+
 }  // namespace
 }  // namespace tessera

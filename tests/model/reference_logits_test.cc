@@ -158,6 +158,14 @@ const Case kCases[] = {
     // Qwen2-MoE: q/k/v biases and a shared expert behind a sigmoid gate.
     {"qwen2_moe_f32", "qwen2_moe", DType::kF32},
     {"qwen2_moe_renormalised_bf16", "qwen2_moe", DType::kBF16, {{"norm_topk_prob", true}}},
+    // DeepSeek-V3: latent attention (absorbed here, expanded in the reference), yarn, a dense
+    // first layer, grouped sigmoid routing with a shared expert; and without the q low rank.
+    {"deepseek_v3_f32", "deepseek_v3", DType::kF32},
+    {"deepseek_v3_bf16", "deepseek_v3", DType::kBF16},
+    {"deepseek_v3_no_q_lora_f32",
+     "deepseek_v3",
+     DType::kF32,
+     {{"q_lora_rank", nullptr}, {"rope_scaling", nullptr}, {"first_k_dense_replace", 0}}},
     // OPT-350m's whole layout: post-norm, and tied embeddings of word_embed_proj_dim values
     // with project_in / project_out.
     {"opt_350m_layout_f32",

@@ -387,6 +387,100 @@ def sparse_moe(cfg, arch, w, p, h, act):
     return out
 
 
+def forward_deepseek_v3(cfg, w, ids, kv_dtype):
+    """DeepseekV3ForCausalLM as transformers computes it (keys and values expanded per head from
+    the latent, nothing absorbed): interleaved rotary dims, yarn softmax scale, dense first
+    layers, noaux_tc routing with shared experts."""
+    hidden = cfg["hidden_size"]
+    n_heads = cfg["num_attention_heads"]
+    nope, rope, vd = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    kvl, ql = cfg["kv_lora_rank"], cfg.get("q_lora_rank") or 0
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    qk = nope + rope
+    scale = qk ** -0.5
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("mscale_all_dim") and rs.get("factor", 1) > 1:
+        m = 0.1 * rs["mscale_all_dim"] * math.log(rs["factor"]) + 1.0
+        scale *= m * m
+    t = len(ids)
+    inv, attn_factor = inv_freq_hf(cfg, rope)
+    angles = (np.arange(t, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float32).astype(np.float64)
+    cos = np.cos(angles) * attn_factor
+    sin = np.sin(angles) * attn_factor
+
+    def interleaved_rope(x):  # x [t, heads, rope]: pairs (2i, 2i + 1), as rope_interleave does
+        x = np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
+        return rotate(x, cos, sin)
+
+    def mlp(h, prefix):
+        gate = h @ w[prefix + "gate_proj.weight"].T
+        up = h @ w[prefix + "up_proj.weight"].T
+        return (silu(gate) * up) @ w[prefix + "down_proj.weight"].T
+
+    def moe(h, m):
+        n_exp, k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+        n_group, topk_group = cfg.get("n_group", 1), cfg.get("topk_group", 1)
+        scores = 1.0 / (1.0 + np.exp(-(h @ w[m + "gate.weight"].T)))
+        choice = scores + w[m + "gate.e_score_correction_bias"]
+        out = np.zeros_like(h)
+        for i in range(t):
+            groups = choice[i].reshape(n_group, -1)
+            group_scores = np.sort(groups, axis=1)[:, -2:].sum(axis=1)
+            keep = np.argsort(-group_scores, kind="stable")[:topk_group]
+            masked = np.zeros_like(groups)
+            masked[keep] = groups[keep]
+            chosen = np.argsort(-masked.reshape(-1), kind="stable")[:k]
+            weights = scores[i, chosen]
+            if cfg.get("norm_topk_prob", True):
+                weights = weights / (weights.sum() + 1e-20)
+            weights = weights * cfg.get("routed_scaling_factor", 1.0)
+            for e, g in zip(chosen, weights):
+                out[i] += g * mlp(h[i:i + 1], m + "experts.%d." % e)[0]
+        if cfg.get("n_shared_experts"):
+            out = out + mlp(h, m + "shared_experts.")
+        return out
+
+    pos = np.arange(t)
+    allowed = pos[:, None] >= pos[None, :]
+    x = w["model.embed_tokens.weight"][np.array(ids)]
+    for layer in range(cfg["num_hidden_layers"]):
+        p = "model.layers.%d." % layer
+        a = p + "self_attn."
+        h = rms_norm(x, w[p + "input_layernorm.weight"], eps, False)
+        if ql:
+            q = rms_norm(h @ w[a + "q_a_proj.weight"].T, w[a + "q_a_layernorm.weight"], eps, False)
+            q = q @ w[a + "q_b_proj.weight"].T
+        else:
+            q = h @ w[a + "q_proj.weight"].T
+        q = q.reshape(t, n_heads, qk)
+        q_nope, q_pe = q[..., :nope], interleaved_rope(q[..., nope:])
+        kva = h @ w[a + "kv_a_proj_with_mqa.weight"].T
+        c = rms_norm(kva[:, :kvl], w[a + "kv_a_layernorm.weight"], eps, False)
+        k_pe = interleaved_rope(kva[:, None, kvl:])[:, 0, :]
+        # The cache holds the latent and the rotary key.
+        c = round_to(c, kv_dtype)
+        k_pe = round_to(k_pe, kv_dtype)
+        kv = (c @ w[a + "kv_b_proj.weight"].T).reshape(t, n_heads, nope + vd)
+        k_nope, v = kv[..., :nope], kv[..., nope:]
+        out = np.zeros((t, n_heads, vd))
+        for hq in range(n_heads):
+            scores = (q_nope[:, hq, :] @ k_nope[:, hq, :].T + q_pe[:, hq, :] @ k_pe.T) * scale
+            scores = np.where(allowed, scores, -np.inf)
+            scores = scores - scores.max(axis=1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(axis=1, keepdims=True)
+            out[:, hq, :] = probs @ v[:, hq, :]
+        x = x + out.reshape(t, n_heads * vd) @ w[a + "o_proj.weight"].T
+        h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps, False)
+        if layer < cfg.get("first_k_dense_replace", 0):
+            x = x + mlp(h, p + "mlp.")
+        else:
+            x = x + moe(h, p + "mlp.")
+    x = rms_norm(x, w["model.norm.weight"], eps, False)
+    head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings", False) else w["lm_head.weight"]
+    return log_softmax(x @ head.T)
+
+
 def forward(model_dir, ids, kv_dtype="f32"):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -398,6 +492,8 @@ def forward(model_dir, ids, kv_dtype="f32"):
         return forward_opt(cfg, w, ids, kv_dtype)
     if arch in ("FalconForCausalLM", "RWForCausalLM"):
         return forward_falcon(cfg, w, ids, kv_dtype)
+    if arch == "DeepseekV3ForCausalLM":
+        return forward_deepseek_v3(cfg, w, ids, kv_dtype)
     gemma = arch == "Gemma2ForCausalLM"
     qwen3 = arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
     moe = arch in ("MixtralForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM")

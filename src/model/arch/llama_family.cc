@@ -9,6 +9,7 @@
 #include "model/arch/registry.h"
 #include "model/layers/embedding.h"
 #include "model/layers/linear.h"
+#include "model/layers/mla.h"
 #include "model/layers/moe.h"
 #include "model/layers/rotary.h"
 #include "model/layers/scratch.h"
@@ -151,14 +152,24 @@ std::string moe_prefix(const ModelConfig& c, int64_t layer) {
 }
 MoeNames moe_names(const ModelConfig& c) {
   if (c.arch == Arch::kMixtral) return {"gate", "experts.{}.", "w1", "w3", "w2"};
-  return {"gate", "experts.{}.", "gate_proj", "up_proj", "down_proj"};
+  MoeNames n{"gate", "experts.{}.", "gate_proj", "up_proj", "down_proj"};
+  if (c.arch == Arch::kDeepseekV3) n.shared = "shared_experts";
+  return n;
+}
+bool sparse_layer(const ModelConfig& c, int64_t layer) {
+  return c.num_experts > 0 && layer >= c.first_dense_layers;
 }
 
 class DecoderLayer {
  public:
   DecoderLayer(ModelContext& ctx, WeightSource& w, const ModelConfig& c, int64_t layer)
-      : ctx_(ctx), attn_(ctx, w, c, layer) {
-    if (c.num_experts > 0) {
+      : ctx_(ctx) {
+    if (c.mla()) {
+      mla_.emplace(ctx, w, fmt::format("model.layers.{}.self_attn.", layer), c);
+    } else {
+      attn_.emplace(ctx, w, c, layer);
+    }
+    if (sparse_layer(c, layer)) {
       moe_.emplace(ctx, w, moe_prefix(c, layer), moe_names(c), c);
     } else {
       mlp_.emplace(ctx, w, c, layer);
@@ -176,7 +187,7 @@ class DecoderLayer {
     }
   }
 
-  const Attention& attention() const { return attn_; }
+  int64_t kv_heads() const { return mla_ ? 1 : attn_->kv_heads(); }
 
   // residual [T, hidden] is updated in place.
   void forward(const Tensor& residual, const Tensor& rope_table, const AttentionMetadata& meta,
@@ -186,7 +197,11 @@ class DecoderLayer {
     Tensor normed = buf.normed.get(b, t, h);
     Tensor proj = buf.proj.get(b, t, h);
     input_norm_.forward(b, residual, normed);
-    attn_.forward(normed, rope_table, meta, k_cache, v_cache, buf, proj);
+    if (mla_) {
+      mla_->forward(normed, rope_table, meta, k_cache, v_cache, proj);
+    } else {
+      attn_->forward(normed, rope_table, meta, k_cache, v_cache, buf, proj);
+    }
     if (sandwich_) {
       // Gemma 2: post_attention_layernorm normalises the attention output; a separate
       // pre_feedforward_layernorm precedes the MLP.
@@ -213,8 +228,9 @@ class DecoderLayer {
   }
 
   ModelContext& ctx_;
-  Attention attn_;
-  std::optional<Mlp> mlp_;  // dense
+  std::optional<Attention> attn_;
+  std::optional<MlaAttention> mla_;  // DeepSeek-V3
+  std::optional<Mlp> mlp_;           // dense
   std::optional<SparseMoe> moe_;
   RMSNorm input_norm_, post_attn_norm_, pre_ff_norm_, post_ff_norm_;
   bool sandwich_ = false;
@@ -270,20 +286,23 @@ class LlamaFamilyModel : public CausalLM {
   }
 
   const ModelConfig& config() const override { return config_; }
-  int64_t kv_heads_local() const override { return layers_.front().attention().kv_heads(); }
+  int64_t kv_heads_local() const override { return layers_.front().kv_heads(); }
   int64_t num_layers_local() const override { return static_cast<int64_t>(layers_.size()); }
   uint64_t weight_bytes() const override { return weight_bytes_; }
   int64_t activation_bytes(int64_t t) const override {
     const ModelConfig& c = config_;
     const int64_t tp = ctx_.tp_size(), d = c.head_dim;
-    const int64_t heads = c.num_heads / tp, kv = layers_.front().attention().kv_heads();
-    // residual, normed, proj, qkv, attn, rope table, and a dense MLP's gate_up and act or the
-    // experts' buffers; plus one row of logits.
-    const int64_t mlp = c.num_experts > 0 ? SparseMoe::activation_floats(c, static_cast<int>(tp))
-                                          : 3 * (c.intermediate_size / tp + 1);
-    const int64_t floats =
-        t * (3 * c.hidden_size + (heads + 2 * kv) * d + heads * d + mlp + rotary_.table_width()) +
-        (ctx_.owns_lm_head() ? c.vocab_size : 0);
+    const int64_t heads = c.num_heads / tp, kv = layers_.front().kv_heads();
+    // residual, normed, proj, rope table; attention's qkv and attn (or MLA's buffers); a dense
+    // MLP's gate_up and act where there are dense layers, the experts' where there are sparse
+    // ones; plus one row of logits.
+    const int64_t attention = c.mla() ? MlaAttention::activation_floats(c, static_cast<int>(tp))
+                                      : (heads + 2 * kv) * d + heads * d;
+    int64_t mlp = 0;
+    if (c.num_experts == 0 || c.first_dense_layers > 0) mlp += 3 * (c.intermediate_size / tp + 1);
+    if (c.num_experts > 0) mlp += SparseMoe::activation_floats(c, static_cast<int>(tp));
+    const int64_t floats = t * (3 * c.hidden_size + attention + mlp + rotary_.table_width()) +
+                           (ctx_.owns_lm_head() ? c.vocab_size : 0);
     return floats * 4;
   }
 
@@ -350,24 +369,47 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
       specs.push_back({p + "pre_feedforward_layernorm.weight", {h}, WeightRole::kNorm});
       specs.push_back({p + "post_feedforward_layernorm.weight", {h}, WeightRole::kNorm});
     }
+    if (c.mla()) {
+      const std::string a = p + "self_attn.";
+      const int64_t qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+      if (c.q_lora_rank > 0) {
+        specs.push_back({a + "q_a_proj.weight", {c.q_lora_rank, h}, WeightRole::kLinear});
+        specs.push_back({a + "q_a_layernorm.weight", {c.q_lora_rank}, WeightRole::kNorm});
+        specs.push_back(
+            {a + "q_b_proj.weight", {c.num_heads * qk, c.q_lora_rank}, WeightRole::kLinear});
+      } else {
+        specs.push_back({a + "q_proj.weight", {c.num_heads * qk, h}, WeightRole::kLinear});
+      }
+      specs.push_back({a + "kv_a_proj_with_mqa.weight",
+                       {c.kv_lora_rank + c.qk_rope_head_dim, h},
+                       WeightRole::kLinear});
+      specs.push_back({a + "kv_a_layernorm.weight", {c.kv_lora_rank}, WeightRole::kNorm});
+      specs.push_back({a + "kv_b_proj.weight",
+                       {c.num_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+                       WeightRole::kLinear});
+      specs.push_back({a + "o_proj.weight", {h, c.num_heads * c.v_head_dim}, WeightRole::kLinear});
+    }
     const int64_t rows[3] = {c.num_heads * d, c.num_kv_heads * d, c.num_kv_heads * d};
     const char* names[3] = {"q_proj", "k_proj", "v_proj"};
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 3 && !c.mla(); ++i) {
       specs.push_back({p + "self_attn." + names[i] + ".weight", {rows[i], h}, WeightRole::kLinear});
       if (c.attention_bias)
         specs.push_back({p + "self_attn." + names[i] + ".bias", {rows[i]}, WeightRole::kBias});
     }
-    specs.push_back({p + "self_attn.o_proj.weight", {h, c.num_heads * d}, WeightRole::kLinear});
+    if (!c.mla())
+      specs.push_back({p + "self_attn.o_proj.weight", {h, c.num_heads * d}, WeightRole::kLinear});
     if (c.o_proj_bias) specs.push_back({p + "self_attn.o_proj.bias", {h}, WeightRole::kBias});
     if (c.qk_norm) {
       specs.push_back({p + "self_attn.q_norm.weight", {d}, WeightRole::kNorm});
       specs.push_back({p + "self_attn.k_norm.weight", {d}, WeightRole::kNorm});
     }
-    if (c.num_experts > 0) {
+    if (sparse_layer(c, l)) {
       const std::string m = moe_prefix(c, l);
       const MoeNames n = moe_names(c);
       const int64_t e = c.moe_intermediate_size;
       specs.push_back({m + n.router + ".weight", {c.num_experts, h}, WeightRole::kLinear});
+      if (c.sigmoid_grouped_routing)
+        specs.push_back({m + n.router_bias, {c.num_experts}, WeightRole::kBias});
       for (int64_t x = 0; x < c.num_experts; ++x) {
         const std::string ep = m + fmt::vformat(n.expert_format, fmt::make_format_args(x));
         specs.push_back({ep + n.gate + ".weight", {e, h}, WeightRole::kLinear});
@@ -379,7 +421,8 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
         specs.push_back({sp + n.gate + ".weight", {s, h}, WeightRole::kLinear});
         specs.push_back({sp + n.up + ".weight", {s, h}, WeightRole::kLinear});
         specs.push_back({sp + n.down + ".weight", {h, s}, WeightRole::kLinear});
-        specs.push_back({m + n.shared_gate + ".weight", {1, h}, WeightRole::kLinear});
+        if (c.shared_expert_gated)
+          specs.push_back({m + n.shared_gate + ".weight", {1, h}, WeightRole::kLinear});
       }
       continue;
     }

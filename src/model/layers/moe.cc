@@ -39,6 +39,63 @@ MoeRouting route_tokens(const float* logits, int64_t tokens, int64_t experts, in
   return r;
 }
 
+MoeRouting route_tokens_grouped(const float* logits, int64_t tokens, int64_t experts,
+                                const GroupedRouting& g) {
+  TESSERA_CHECK(0 < g.top_k && g.top_k <= experts && experts % g.n_group == 0 && 0 < g.topk_group &&
+                g.topk_group <= g.n_group);
+  const int64_t per_group = experts / g.n_group;
+  MoeRouting r;
+  r.rows.resize(experts);
+  r.weights.resize(experts);
+  std::vector<float> scores(experts), choice(experts), group_score(g.n_group);
+  std::vector<int32_t> order(experts), groups(g.n_group);
+  auto by = [](const std::vector<float>& v) {
+    return [&v](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); };
+  };
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = logits + t * experts;
+    for (int64_t e = 0; e < experts; ++e) {
+      scores[e] = 1.0f / (1.0f + std::exp(-row[e]));
+      choice[e] = scores[e] + (g.bias ? g.bias[e] : 0.0f);
+    }
+    for (int64_t k = 0; k < g.n_group; ++k) {
+      const float* c = choice.data() + k * per_group;
+      if (per_group == 1) {
+        group_score[k] = c[0];
+        continue;
+      }
+      float best = -INFINITY, second = -INFINITY;
+      for (int64_t i = 0; i < per_group; ++i) {
+        if (c[i] > best) {
+          second = best;
+          best = c[i];
+        } else if (c[i] > second) {
+          second = c[i];
+        }
+      }
+      group_score[k] = best + second;
+    }
+    std::iota(groups.begin(), groups.end(), 0);
+    std::partial_sort(groups.begin(), groups.begin() + g.topk_group, groups.end(), by(group_score));
+    std::vector<bool> kept(g.n_group, false);
+    for (int64_t i = 0; i < g.topk_group; ++i) kept[groups[i]] = true;
+    // Experts of dropped groups count 0, as masked_fill(~mask, 0.0) leaves them.
+    for (int64_t e = 0; e < experts; ++e)
+      if (!kept[e / per_group]) choice[e] = 0.0f;
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + g.top_k, order.end(), by(choice));
+    float sum = 0;
+    for (int64_t i = 0; i < g.top_k; ++i) sum += scores[order[i]];
+    for (int64_t i = 0; i < g.top_k; ++i) {
+      const int32_t e = order[i];
+      const float w = g.renormalize ? scores[e] / (sum + 1e-20f) : scores[e];
+      r.rows[e].push_back(static_cast<int32_t>(t));
+      r.weights[e].push_back(w * g.scaling);
+    }
+  }
+  return r;
+}
+
 SparseMoe::SparseMoe(ModelContext& ctx, WeightSource& w, const std::string& prefix,
                      const MoeNames& names, const ModelConfig& c)
     : ctx_(ctx) {
@@ -69,8 +126,23 @@ SparseMoe::SparseMoe(ModelContext& ctx, WeightSource& w, const std::string& pref
                                                      {p + names.up, s, sp.begin, sp.end}},
                              c.hidden_size);
     shared_->down.emplace(ctx, w, p + names.down, c.hidden_size, s, sp, false);
-    shared_gate_.emplace(ctx, w, prefix + names.shared_gate, 1, c.hidden_size);
+    if (c.shared_expert_gated)
+      shared_gate_.emplace(ctx, w, prefix + names.shared_gate, 1, c.hidden_size);
     shared_width_ = sp.size();
+  }
+  if (c.sigmoid_grouped_routing) {
+    grouped_.emplace();
+    grouped_->top_k = c.num_experts_per_tok;
+    grouped_->n_group = c.n_group;
+    grouped_->topk_group = c.topk_group;
+    grouped_->renormalize = c.norm_topk_prob;
+    grouped_->scaling = static_cast<float>(c.routed_scaling_factor);
+    const std::string bias = prefix + names.router_bias;
+    if (w.has(bias)) {
+      Tensor b = w.get(bias, {c.num_experts}).to(DType::kF32);
+      router_bias_.assign(b.data<float>(), b.data<float>() + c.num_experts);
+      grouped_->bias = router_bias_.data();
+    }
   }
 }
 
@@ -94,7 +166,8 @@ int64_t SparseMoe::activation_floats(const ModelConfig& c, int tp) {
       std::max(c.moe_intermediate_size / tp + 1, c.shared_expert_intermediate_size / tp + 1);
   // router logits, gathered rows, gate/up, activation, expert output (the shared expert reuses
   // them), and its gate's logit.
-  return c.num_experts + 2 * c.hidden_size + 3 * width + (c.shared_expert_intermediate_size > 0);
+  return c.num_experts + 2 * c.hidden_size + 3 * width +
+         (c.shared_expert_gated && c.shared_expert_intermediate_size > 0);
 }
 
 void SparseMoe::forward(const Tensor& x, const Tensor& out) {
@@ -104,18 +177,22 @@ void SparseMoe::forward(const Tensor& x, const Tensor& out) {
   router_->forward(x, logits);
   Tensor host_logits = Tensor::empty({t, experts}, DType::kF32);
   b.copy(logits, host_logits);
-  MoeRouting routing = route_tokens(host_logits.data<float>(), t, experts, top_k_, renormalize_);
+  MoeRouting routing =
+      grouped_ ? route_tokens_grouped(host_logits.data<float>(), t, experts, *grouped_)
+               : route_tokens(host_logits.data<float>(), t, experts, top_k_, renormalize_);
   if (shared_) {
-    // The shared expert as one more "expert" that every token takes, at sigmoid of its gate.
-    Tensor gate = shared_logit_.get(b, t, 1);
-    shared_gate_->forward(x, gate);
-    Tensor host_gate = Tensor::empty({t, 1}, DType::kF32);
-    b.copy(gate, host_gate);
+    // The shared expert as one more "expert" that every token takes: at sigmoid of its gate
+    // (Qwen2-MoE), or unweighted (DeepSeek).
     routing.rows.emplace_back(t);
-    routing.weights.emplace_back(t);
-    for (int64_t i = 0; i < t; ++i) {
-      routing.rows.back()[i] = static_cast<int32_t>(i);
-      routing.weights.back()[i] = 1.0f / (1.0f + std::exp(-host_gate.data<float>()[i]));
+    routing.weights.emplace_back(t, 1.0f);
+    for (int64_t i = 0; i < t; ++i) routing.rows.back()[i] = static_cast<int32_t>(i);
+    if (shared_gate_) {
+      Tensor gate = shared_logit_.get(b, t, 1);
+      shared_gate_->forward(x, gate);
+      Tensor host_gate = Tensor::empty({t, 1}, DType::kF32);
+      b.copy(gate, host_gate);
+      for (int64_t i = 0; i < t; ++i)
+        routing.weights.back()[i] = 1.0f / (1.0f + std::exp(-host_gate.data<float>()[i]));
     }
   }
   const int64_t groups = static_cast<int64_t>(routing.rows.size());

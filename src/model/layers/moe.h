@@ -26,6 +26,7 @@ struct MoeNames {
   std::string gate, up, down;  // e.g. "w1", "w3", "w2" (Mixtral)
   // Qwen2-MoE's shared expert (same gate/up/down names) and its one-output gate.
   std::string shared = "shared_expert", shared_gate = "shared_expert_gate";
+  std::string router_bias = "gate.e_score_correction_bias";  // DeepSeek-V3
 };
 
 // Each token's chosen experts and their weights, as the host computes them from router logits.
@@ -38,6 +39,18 @@ struct MoeRouting {
 // (ties to the lower expert), rescaled to sum to 1 when `renormalize`.
 MoeRouting route_tokens(const float* logits, int64_t tokens, int64_t experts, int64_t top_k,
                         bool renormalize);
+// DeepSeek-V3's router (noaux_tc): scores = sigmoid(logits); the experts are split into n_group
+// groups, each scored by the sum of its two best (scores + bias); the best topk_group groups
+// stay, the others' experts count 0; the top_k by (scores + bias) are chosen, weighted by their
+// scores, rescaled to sum to 1 when `renormalize`, then multiplied by `scaling`.
+struct GroupedRouting {
+  int64_t top_k = 1, n_group = 1, topk_group = 1;
+  bool renormalize = true;
+  float scaling = 1.0f;
+  const float* bias = nullptr;  // [experts] (e_score_correction_bias), or null
+};
+MoeRouting route_tokens_grouped(const float* logits, int64_t tokens, int64_t experts,
+                                const GroupedRouting& routing);
 
 class SparseMoe {
  public:
@@ -60,6 +73,9 @@ class SparseMoe {
   std::optional<Expert> shared_;
   std::optional<ReplicatedLinear> shared_gate_;  // [1, hidden]
   int64_t shared_width_ = 0;
+  // DeepSeek-V3's grouped routing and its bias (host memory: routing runs on the host).
+  std::optional<GroupedRouting> grouped_;
+  std::vector<float> router_bias_;
   int64_t hidden_ = 0, width_ = 0, top_k_ = 0;
   bool renormalize_ = true;
   Activation act_ = Activation::kSilu;
