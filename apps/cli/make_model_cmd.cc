@@ -20,9 +20,9 @@ void add_make_model_command(CLI::App& app) {
   auto f = std::make_shared<MakeModelFlags>();
   CLI::App* cmd =
       app.add_subcommand("make-model", "Write a random-weight model in the Hugging Face layout");
-  cmd->add_option(
-         "--arch", f->arch,
-         "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma2, gpt2, opt, falcon, deepseek_v3")
+  cmd->add_option("--arch", f->arch,
+                  "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma2, gpt2, opt, "
+                  "falcon, deepseek_v3")
       ->capture_default_str();
   cmd->add_option("--preset", f->preset, "tiny, small, 1b, 8b")->capture_default_str();
   cmd->add_option("--out", f->out, "Output folder")->required();
