@@ -78,6 +78,8 @@ class Backend {
     (void)row_absmax;
     return prepare_linear_weight(std::move(host_weight));
   }
+  // The widest attention head paged_attention takes (CUDA: its kernel's register budget).
+  virtual int max_attention_head_dim() const { return 1 << 20; }
   // Whether prepare_layer_weight quantizes (and so wants row_absmax for row-parallel shards).
   virtual bool quantizes_layer_weights() const { return false; }
   // Bytes that prepare_layer_weight's quantization has saved so far (checkpoint bytes minus

@@ -19,6 +19,14 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     weights.convert_to(*options.dtype);
     config.dtype = *options.dtype;
   }
+  // Before any weight is read: a head the backend's attention cannot take (DeepSeek's 576-wide
+  // latent on CUDA) is a clear refusal, not a failed check in the first step.
+  if (config.head_dim > ctx.backend.max_attention_head_dim())
+    fail(ErrorKind::kUnsupported,
+         "{} needs attention over {}-wide heads{}; the {} backend's attention takes at most {}",
+         config.architecture, config.head_dim,
+         config.mla() ? " (its latent: kv_lora_rank + qk_rope_head_dim)" : "", ctx.backend.name(),
+         ctx.backend.max_attention_head_dim());
   std::unique_ptr<CausalLM> model;
   switch (config.arch) {
     case Arch::kLlama:

@@ -654,6 +654,36 @@ TEST_P(CpuBackendTest, PagedAttentionMatchesNaiveAttention) {
   }
 }
 
+// DeepSeek's latent attention widths (288 for the small preset, 576 for the released models):
+// one key/value head shared by several query heads, as MLA runs it.
+TEST_P(CpuBackendTest, PagedAttentionAtLatentWidths) {
+  for (int width : {288, 576}) {
+    PagedCase c;
+    c.num_kv_heads = 1;
+    c.num_heads = 3;
+    c.head_dim = width;
+    c.num_blocks = 12;
+    c.seq_lens = {1, 40, 70};
+    c.build(backend_, 300 + width);
+    const std::vector<int> q_lens = {1, 40, 5};
+    AttentionParams p;
+    p.num_heads = c.num_heads;
+    p.num_kv_heads = 1;
+    p.head_dim = width;
+    p.scale = 0.07f;
+    Tensor q = random_tensor({46, 3 * width}, DType::kF32, 7, 2.0f);
+    Tensor out = run_attention(backend_, c, q_lens, q, p);
+    int row = 0;
+    for (size_t s = 0; s < q_lens.size(); ++s)
+      for (int i = 0; i < q_lens[s]; ++i, ++row) {
+        const int pos = c.seq_lens[s] - q_lens[s] + i;
+        auto ref = attention_ref(c, s, q.data<float>() + row * q.size(1), pos, p, false);
+        for (int e = 0; e < 3 * width; ++e)
+          ASSERT_NEAR(at(out, row, e), ref[e], 2e-5) << width << " seq " << s << " pos " << pos;
+      }
+  }
+}
+
 TEST_P(CpuBackendTest, PagedAttentionRowsAreBatchInvariant) {
   // The same query rows computed in one batch, alone, and as chunks give identical bits.
   PagedCase c;

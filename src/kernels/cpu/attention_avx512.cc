@@ -234,13 +234,24 @@ constexpr auto kByDc = make_table(std::make_integer_sequence<int, 16>{});
 
 }  // namespace
 
+// Beyond 256: the widths of DeepSeek's latent attention (kv_lora_rank + qk_rope_head_dim), 576
+// for the released models and 288 for `make-model --arch deepseek_v3 --preset small`.
 bool attention_avx512_supports(const AttentionParams& params, int block_size) {
-  return params.head_dim % 16 == 0 && params.head_dim <= 256 && block_size % kTile == 0;
+  const bool width = params.head_dim % 16 == 0 &&
+                     (params.head_dim <= 256 || params.head_dim == 288 || params.head_dim == 576);
+  return width && block_size % kTile == 0;
 }
 
 void attention_avx512(const AttentionArgs& args, int seq, int kv_head, int64_t row_begin,
                       int64_t row_end, float* scratch) {
-  kByDc[args.params.head_dim / 16 - 1](args, seq, kv_head, row_begin, row_end, scratch);
+  switch (args.params.head_dim) {
+    case 288:
+      return attention_dc<18>(args, seq, kv_head, row_begin, row_end, scratch);
+    case 576:
+      return attention_dc<36>(args, seq, kv_head, row_begin, row_end, scratch);
+    default:
+      kByDc[args.params.head_dim / 16 - 1](args, seq, kv_head, row_begin, row_end, scratch);
+  }
 }
 
 }  // namespace tessera::cpu

@@ -445,6 +445,8 @@ class CudaBackend : public Backend {
     after_op("gather_rows");
   }
 
+  int max_attention_head_dim() const override { return kMaxHeadDim; }
+
   void add_rows_scaled(const Tensor& x, const Tensor& rows, const Tensor& scale,
                        const Tensor& out) override {
     use_device();
