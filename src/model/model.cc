@@ -58,6 +58,18 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
   return model;
 }
 
+void take_hidden_in(Backend& backend, const ForwardBatch& batch, const Tensor& residual) {
+  TESSERA_CHECK(batch.hidden_in.numel() == residual.numel())
+      << "a later stage needs the hidden states";
+  backend.copy(batch.hidden_in, residual);
+}
+
+Tensor gather_logit_rows(Backend& backend, const ForwardBatch& batch, const Tensor& residual) {
+  Tensor rows = backend.empty({batch.logit_rows.numel(), residual.size(1)}, DType::kF32);
+  backend.gather_rows(residual, batch.logit_rows, rows);
+  return rows;
+}
+
 KVCache allocate_kv_cache(Backend& backend, const CausalLM& model, int64_t num_blocks,
                           int block_size, DType dtype) {
   KVCache cache;

@@ -35,6 +35,12 @@ struct ForwardBatch {
   Tensor hidden_in;
 };
 
+// What every decoder's forward does at its pipeline edges.
+// A later stage's residual stream [T, hidden]: the hidden states the previous stage returned.
+void take_hidden_in(Backend& backend, const ForwardBatch& batch, const Tensor& residual);
+// The rows of the residual stream whose logits were asked for, [R, hidden] f32.
+Tensor gather_logit_rows(Backend& backend, const ForwardBatch& batch, const Tensor& residual);
+
 class CausalLM {
  public:
   virtual ~CausalLM() = default;

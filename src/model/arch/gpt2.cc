@@ -245,15 +245,13 @@ class Gpt2Model : public CausalLM {
       b.embedding(positions_, batch.positions, -position_offset_, 1.0f, pos);
       b.add(residual, pos, residual);
     } else {
-      TESSERA_CHECK(batch.hidden_in.numel() == t * h) << "a later stage needs the hidden states";
-      b.copy(batch.hidden_in, residual);
+      take_hidden_in(b, batch, residual);
     }
     for (size_t l = 0; l < blocks_.size(); ++l)
       blocks_[l].forward(residual, batch.attention, cache.k[l], cache.v[l], buf_);
     if (!lm_head_) return residual;  // to the next stage
     const int64_t r = batch.logit_rows.numel();
-    Tensor rows = b.empty({r, h}, DType::kF32);
-    b.gather_rows(residual, batch.logit_rows, rows);
+    Tensor rows = gather_logit_rows(b, batch, residual);
     if (has_ln_f_) ln_f_.forward(b, rows, rows);
     if (project_out_) {
       Tensor narrow = b.empty({r, embed_dim_}, DType::kF32);

@@ -313,16 +313,14 @@ class LlamaFamilyModel : public CausalLM {
     if (embed_) {
       embed_->forward(batch.token_ids, residual);
     } else {
-      TESSERA_CHECK(batch.hidden_in.numel() == t * h) << "a later stage needs the hidden states";
-      b.copy(batch.hidden_in, residual);
+      take_hidden_in(b, batch, residual);
     }
     const Tensor table = rotary_.table(b, batch.positions, rope_table_);
     for (size_t l = 0; l < layers_.size(); ++l)
       layers_[l].forward(residual, table, batch.attention, cache.k[l], cache.v[l], buf_);
     if (!lm_head_) return residual;  // to the next stage
     const int64_t r = batch.logit_rows.numel();
-    Tensor rows = b.empty({r, h}, DType::kF32);
-    b.gather_rows(residual, batch.logit_rows, rows);
+    Tensor rows = gather_logit_rows(b, batch, residual);
     norm_.forward(b, rows, rows);
     Tensor logits = b.empty({r, config_.vocab_size}, DType::kF32);
     lm_head_->forward(rows, logits);
