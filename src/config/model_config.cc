@@ -140,6 +140,12 @@ void parse_dtype_and_ids(const Fields& f, ModelConfig& c, const std::string& sou
   c.eos_token_ids = f.id_list("eos_token_id");
   std::vector<int32_t> pad = f.id_list("pad_token_id");
   if (!pad.empty()) c.pad_token_id = pad[0];
+  if (f.has("quantization_config")) {
+    const json& q = f.raw("quantization_config");
+    c.quant_method = q.is_object() && q.contains("quant_method") && q["quant_method"].is_string()
+                         ? q["quant_method"].get<std::string>()
+                         : "unknown";
+  }
 }
 
 // rope_scaling (absent: none). Llama, Mistral, Qwen, Gemma and Falcon share it.

@@ -126,6 +126,9 @@ struct ModelConfig {
   std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
 
   DType dtype = DType::kBF16;  // torch_dtype / dtype
+  // quantization_config.quant_method of a pre-quantized checkpoint ("fp8", "awq", "gptq", ...),
+  // else empty. Such weights are not loaded (load_model says so); the planner sizes them.
+  std::string quant_method;
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;
   std::optional<int32_t> pad_token_id;

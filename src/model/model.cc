@@ -19,6 +19,13 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     weights.convert_to(*options.dtype);
     config.dtype = *options.dtype;
   }
+  if (!config.quant_method.empty() && options.format != LoadFormat::kDummy)
+    fail(ErrorKind::kUnsupported,
+         "{}: a pre-quantized checkpoint (quantization_config.quant_method \"{}\") is not "
+         "supported: tessera loads f32, bf16 and f16 weights. Use the unquantized release "
+         "(--quantization fp8 stores its layer weights in 8 bits), or --load-format dummy for "
+         "random weights of this shape",
+         (model_dir / "config.json").string(), config.quant_method);
   // Before any weight is read: a head the backend's attention cannot take (DeepSeek's 576-wide
   // latent on CUDA) is a clear refusal, not a failed check in the first step.
   if (config.head_dim > ctx.backend.max_attention_head_dim())

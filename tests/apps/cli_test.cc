@@ -271,6 +271,27 @@ TEST_F(CliTest, FalconGeneratesAndAlibiFolderIsRefused) {
   fs::remove_all(dir);
 }
 
+// A pre-quantized checkpoint (quantization_config) is refused at start with the reason, not
+// with the tensors it does not know; --load-format dummy still runs its shape.
+TEST_F(CliTest, PreQuantizedCheckpointIsRefusedWithTheReason) {
+  const fs::path dir = testing::temp_dir("prequantized_cli");
+  ASSERT_EQ(run("make-model --arch llama --preset tiny --out " + dir.string()).status, 0);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(dir / "config.json"));
+  config["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}};
+  std::ofstream(dir / "config.json") << config.dump();
+  const std::string m = " --model " + dir.string() + " --prompt hello --max-tokens 3";
+  CliRun refused = run("generate" + m);
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_NE(last_line(refused.err)
+                .find("pre-quantized checkpoint (quantization_config.quant_method "
+                      "\"awq\") is not supported"),
+            std::string::npos)
+      << refused.err;
+  CliRun dummy = run("generate" + m + " --load-format dummy");
+  EXPECT_EQ(dummy.status, 0) << dummy.err;
+  fs::remove_all(dir);
+}
+
 // run-batch: every input line gets exactly one output line, in order, keyed by custom_id; good
 // lines answer what `generate` answers for the same prompt, bad lines get an error line.
 TEST_F(CliTest, RunBatchAnswersGoodLinesAndReportsBadOnes) {
