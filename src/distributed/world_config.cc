@@ -24,6 +24,23 @@ std::string WorldConfig::describe() const {
                      pp_rank(), pp);
 }
 
+Range kv_heads_of_rank(int64_t kv_heads, int tp, int rank) {
+  TESSERA_CHECK(tp > 0 && rank >= 0 && rank < tp && kv_heads > 0);
+  if (tp <= kv_heads) {
+    const int64_t per = kv_heads / tp;
+    return Range{rank * per, (rank + 1) * per};
+  }
+  const int64_t head = rank / (tp / kv_heads);
+  return Range{head, head + 1};
+}
+
+std::string tp_head_split_problem(int64_t heads, int64_t kv_heads, int tp) {
+  if (heads % tp != 0) return fmt::format("{} does not divide the {} attention heads", tp, heads);
+  if (tp > kv_heads ? tp % kv_heads != 0 : kv_heads % tp != 0)
+    return fmt::format("{} and the {} key/value heads do not divide one another", tp, kv_heads);
+  return "";
+}
+
 Range split_evenly(int64_t total, int parts, int index) {
   TESSERA_CHECK(parts > 0 && index >= 0 && index < parts);
   int64_t base = total / parts, extra = total % parts;

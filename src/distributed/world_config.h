@@ -35,6 +35,15 @@ struct Range {
 };
 Range split_evenly(int64_t total, int parts, int index);
 
+// Attention heads under tensor parallelism: each of `tp` ranks takes heads / tp query heads and
+// kv_heads / tp key/value heads, or, with more ranks than key/value heads, one key/value head
+// replicated on tp / kv_heads consecutive ranks.
+// The key/value heads rank `rank` holds.
+Range kv_heads_of_rank(int64_t kv_heads, int tp, int rank);
+// Empty when tp splits the heads that way, else why not: "4 does not divide the 6 attention
+// heads", "4 and the 6 key/value heads do not divide one another".
+std::string tp_head_split_problem(int64_t heads, int64_t kv_heads, int tp);
+
 // Layers [begin, end) of pipeline stage `stage` of `pp`, as vLLM splits them: num_layers / pp
 // each, the remainder one extra to the stages just before the last (counting back from the
 // second to last). `partition` ("4,5,3": layers per stage, as VLLM_PP_LAYER_PARTITION) overrides

@@ -23,7 +23,7 @@ int64_t kv_block_bytes(const KvShape& s, int block_size, int64_t element_bytes) 
 }
 
 int64_t kv_heads_per_rank(int64_t kv_heads, int tp) {
-  return tp <= kv_heads ? kv_heads / tp : 1;
+  return kv_heads_of_rank(kv_heads, tp, 0).size();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,12 +543,8 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
 }
 
 std::string tp_problem(const ModelShape& m, int tp) {
-  if (m.num_heads % tp != 0)
-    return fmt::format("{} does not divide the {} attention heads", tp, m.num_heads);
-  if (!m.mla() && (tp > m.num_kv_heads ? tp % m.num_kv_heads != 0 : m.num_kv_heads % tp != 0))
-    return fmt::format("{} and the {} key/value heads do not divide one another", tp,
-                       m.num_kv_heads);
-  return "";
+  // MLA's latent is one head that every rank holds whole.
+  return tp_head_split_problem(m.num_heads, m.mla() ? 1 : m.num_kv_heads, tp);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -159,6 +159,17 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
+def activation(name):
+    """An ungated MLP's activation by its transformers name (GPT-2, OPT, Falcon)."""
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return gelu_tanh
+    if name == "gelu":
+        return lambda v: 0.5 * v * (1.0 + np.vectorize(math.erf)(v / math.sqrt(2.0)))
+    if name == "relu":
+        return lambda v: np.maximum(v, 0.0)
+    raise ValueError("activation " + name)
+
+
 def layer_norm(x, w, b, eps):
     mean = np.mean(x, axis=-1, keepdims=True)
     var = np.mean((x - mean) ** 2, axis=-1, keepdims=True)
@@ -178,15 +189,7 @@ def forward_gpt2(cfg, w, ids, kv_dtype):
     n_layers = cfg.get("n_layer", cfg.get("num_hidden_layers"))
     head_dim = hidden // n_heads
     eps = cfg.get("layer_norm_epsilon", 1e-5)
-    act_name = cfg.get("activation_function", "gelu_new")
-    if act_name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        act = gelu_tanh
-    elif act_name == "gelu":
-        act = lambda v: 0.5 * v * (1.0 + np.vectorize(math.erf)(v / math.sqrt(2.0)))
-    elif act_name == "relu":
-        act = lambda v: np.maximum(v, 0.0)
-    else:
-        raise ValueError("activation " + act_name)
+    act = activation(cfg.get("activation_function", "gelu_new"))
     t = len(ids)
     x = w[pre + "wte.weight"][np.array(ids)] + w[pre + "wpe.weight"][np.arange(t)]
     pos = np.arange(t)
@@ -224,8 +227,7 @@ def forward_opt(cfg, w, ids, kv_dtype):
     n_heads = cfg["num_attention_heads"]
     head_dim = hidden // n_heads
     pre_norm = cfg.get("do_layer_norm_before", True)
-    act_name = cfg.get("activation_function", "relu")
-    act = {"relu": lambda v: np.maximum(v, 0.0), "gelu_new": gelu_tanh}[act_name]
+    act = activation(cfg.get("activation_function", "relu"))
     t = len(ids)
     x = w[d + "embed_tokens.weight"][np.array(ids)]
     if d + "project_in.weight" in w:  # OPT-350m: word_embed_proj_dim < hidden_size
@@ -287,15 +289,7 @@ def forward_falcon(cfg, w, ids, kv_dtype):
     if n_ln is None and new_arch:
         n_ln = 2
     eps = cfg.get("layer_norm_epsilon", 1e-5)
-    act_name = cfg.get("activation", "gelu")
-    if act_name == "gelu":
-        act = lambda v: 0.5 * v * (1.0 + np.vectorize(math.erf)(v / math.sqrt(2.0)))
-    elif act_name in ("gelu_new", "gelu_pytorch_tanh"):
-        act = gelu_tanh
-    elif act_name == "relu":
-        act = lambda v: np.maximum(v, 0.0)
-    else:
-        raise ValueError("activation " + act_name)
+    act = activation(cfg.get("activation", "gelu"))
     t = len(ids)
     inv, attn_factor = inv_freq_hf(cfg, head_dim)
     angles = (np.arange(t, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float32).astype(np.float64)

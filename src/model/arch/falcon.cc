@@ -42,17 +42,12 @@ class FalconBlock {
     // This rank's groups and, within each, its query heads [q_begin, q_end). With more ranks
     // than key/value heads, a group's key and value are replicated on the ranks that split its
     // query heads.
-    int64_t group_begin, q_begin, q_end;
-    if (tp <= kv) {
-      kv_heads_ = kv / tp;
-      group_begin = rank * kv_heads_;
-      q_begin = 0;
-      q_end = per_group;
-    } else {
-      kv_heads_ = 1;
-      const int64_t replicas = tp / kv;
-      group_begin = rank / replicas;
-      q_begin = (rank % replicas) * heads_;
+    const Range groups = kv_heads_of_rank(kv, tp, rank);
+    kv_heads_ = groups.size();
+    const int64_t group_begin = groups.begin;
+    int64_t q_begin = 0, q_end = per_group;
+    if (tp > kv) {  // the group is replicated: this rank takes its share of the query heads
+      q_begin = (rank % (tp / kv)) * heads_;
       q_end = q_begin + heads_;
     }
     const std::string qkv_name = p + "self_attention.query_key_value";
@@ -181,13 +176,9 @@ class FalconModel : public CausalLM {
   FalconModel(ModelContext& ctx, WeightSource& w, const ModelConfig& config)
       : ctx_(ctx), config_(config) {
     const ModelConfig& c = config_;
-    if (c.num_heads % ctx.tp_size() != 0)
-      fail("tensor-parallel size {} does not divide the {} attention heads", ctx.tp_size(),
-           c.num_heads);
-    if (ctx.tp_size() > c.num_kv_heads ? ctx.tp_size() % c.num_kv_heads != 0
-                                       : c.num_kv_heads % ctx.tp_size() != 0)
-      fail("tensor-parallel size {} and the {} key/value heads do not divide one another",
-           ctx.tp_size(), c.num_kv_heads);
+    if (const std::string why = tp_head_split_problem(c.num_heads, c.num_kv_heads, ctx.tp_size());
+        !why.empty())
+      fail("tensor-parallel size {}", why);
     const std::string wte = "transformer.word_embeddings.weight";
     const bool tied = c.tie_word_embeddings;
     const Range owned = ctx.owned_layers(c.num_layers);

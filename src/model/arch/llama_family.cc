@@ -45,14 +45,9 @@ class Attention {
     const int64_t d = c.head_dim;
     heads_ = c.num_heads / tp;
     // KV heads are split across ranks, or replicated when there are more ranks than heads.
-    int64_t kv_begin;
-    if (tp <= c.num_kv_heads) {
-      kv_heads_ = c.num_kv_heads / tp;
-      kv_begin = rank * kv_heads_;
-    } else {
-      kv_heads_ = 1;
-      kv_begin = rank / (tp / c.num_kv_heads);
-    }
+    const Range kv_range = kv_heads_of_rank(c.num_kv_heads, tp, rank);
+    kv_heads_ = kv_range.size();
+    const int64_t kv_begin = kv_range.begin;
     const int64_t q_rows = c.num_heads * d, kv_rows = c.num_kv_heads * d;
     qkv_.emplace(ctx, w,
                  std::vector<ColumnPart>{{prefix + "q_proj", q_rows, rank * heads_ * d,
@@ -241,13 +236,9 @@ class LlamaFamilyModel : public CausalLM {
   LlamaFamilyModel(ModelContext& ctx, WeightSource& w, const ModelConfig& config)
       : ctx_(ctx), config_(config) {
     const ModelConfig& c = config_;
-    if (c.num_heads % ctx.tp_size() != 0)
-      fail("tensor-parallel size {} does not divide the {} attention heads", ctx.tp_size(),
-           c.num_heads);
-    if (ctx.tp_size() > c.num_kv_heads ? ctx.tp_size() % c.num_kv_heads != 0
-                                       : c.num_kv_heads % ctx.tp_size() != 0)
-      fail("tensor-parallel size {} and the {} key/value heads do not divide one another",
-           ctx.tp_size(), c.num_kv_heads);
+    if (const std::string why = tp_head_split_problem(c.num_heads, c.num_kv_heads, ctx.tp_size());
+        !why.empty())
+      fail("tensor-parallel size {}", why);
     // Gemma scales embeddings by sqrt(hidden) computed in the model's dtype.
     float scale = 1.0f;
     if (c.scale_embeddings) {
