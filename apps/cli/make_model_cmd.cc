@@ -11,7 +11,8 @@ namespace tessera::cli {
 
 namespace {
 struct MakeModelFlags {
-  std::string arch = "llama", preset = "tiny", out, dtype = "bf16", config_override, max_shard_size;
+  std::string arch = "llama", preset = "tiny", out, dtype = "bf16", config_override, max_shard_size,
+              checkpoint_quantization;
   uint64_t seed = 0;
 };
 }  // namespace
@@ -33,12 +34,17 @@ void add_make_model_command(CLI::App& app) {
                   "JSON object merged into config.json, e.g. '{\"head_dim\": 32}'");
   cmd->add_option("--max-shard-size", f->max_shard_size,
                   "Split the weights into shards of at most this size (e.g. 100MB)");
+  cmd->add_option("--checkpoint-quantization", f->checkpoint_quantization,
+                  "Write an FP8 checkpoint: fp8 (a scale per weight), fp8-channel "
+                  "(compressed-tensors, a scale per row) or fp8-block (DeepSeek-V3's 128 x 128 "
+                  "blocks)");
   cmd->callback([f] {
     MakeModelOptions o;
     o.arch = f->arch;
     o.preset = f->preset;
     o.out = f->out;
     o.seed = f->seed;
+    o.checkpoint_quantization = f->checkpoint_quantization;
     if (!parse_torch_dtype(f->dtype, &o.dtype))
       fail("--dtype must be bf16, f16 or f32, got \"{}\"", f->dtype);
     if (!f->config_override.empty()) {

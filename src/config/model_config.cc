@@ -128,6 +128,67 @@ Activation parse_activation(const std::string& name, const std::string& source) 
        source, name);
 }
 
+// quantization_config: which pre-quantized checkpoints load (FP8 E4M3 weights with f32 scales, in
+// the layouts vLLM's "fp8" and "compressed-tensors" methods read) and, for the rest, what they are.
+void parse_quantization(const json& q, ModelConfig& c, const std::string& source) {
+  c.quant_method = q.is_object() && q.contains("quant_method") && q["quant_method"].is_string()
+                       ? q["quant_method"].get<std::string>()
+                       : "unknown";
+  c.quant_scheme = c.quant_method;
+  if (!q.is_object()) return;
+  auto block_size = [&](const json& b, const char* field) {
+    if (b.is_null()) return;
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer() ||
+        b[0].get<int64_t>() <= 0 || b[1].get<int64_t>() <= 0)
+      fail("{}: quantization_config {} must be two positive integers, got {}", source, field,
+           b.dump());
+    c.fp8_block_rows = b[0].get<int64_t>();
+    c.fp8_block_cols = b[1].get<int64_t>();
+  };
+  if (c.quant_method == "fp8") {
+    const std::string fmt = q.value("fmt", std::string("e4m3"));
+    if (fmt != "e4m3") {
+      c.quant_scheme = "fp8 with fmt \"" + fmt + "\"";
+      return;
+    }
+    c.fp8_checkpoint = true;
+    if (q.contains("weight_block_size")) block_size(q["weight_block_size"], "weight_block_size");
+    return;
+  }
+  if (c.quant_method != "compressed-tensors") return;
+  // compressed-tensors: every config group's weights must be 8-bit floats (the FP8 schemes, as
+  // llm-compressor writes "FP8", "FP8_DYNAMIC" and "FP8_BLOCK"); activation settings are read
+  // by GPU kernels only.
+  const std::string format = q.value("format", std::string());
+  const json groups = q.value("config_groups", json::object());
+  bool all_fp8 = groups.is_object() && !groups.empty();
+  std::string found;
+  if (all_fp8) {
+    for (const auto& [name, g] : groups.items()) {
+      const json w = g.is_object() ? g.value("weights", json()) : json();
+      const int bits = w.is_object() ? w.value("num_bits", 0) : 0;
+      const std::string type = w.is_object() ? w.value("type", std::string()) : "";
+      const std::string strategy = w.is_object() ? w.value("strategy", std::string()) : "";
+      if (bits != 8 || type != "float" ||
+          (strategy != "tensor" && strategy != "channel" && strategy != "block")) {
+        all_fp8 = false;
+        found = fmt::format("{}-bit {} weights ({} strategy)", bits, type.empty() ? "?" : type,
+                            strategy.empty() ? "no" : strategy);
+        break;
+      }
+      if (strategy == "block" && w.contains("block_structure"))
+        block_size(w["block_structure"], "block_structure");
+    }
+  }
+  if (!all_fp8 || (format != "float-quantized" && format != "naive-quantized")) {
+    c.quant_scheme = "compressed-tensors " + (format.empty() ? std::string("?") : format) +
+                     (found.empty() ? "" : ", " + found);
+    c.fp8_block_rows = c.fp8_block_cols = 0;
+    return;
+  }
+  c.fp8_checkpoint = true;
+}
+
 void parse_dtype_and_ids(const Fields& f, ModelConfig& c, const std::string& source,
                          const char* default_dtype) {
   std::string dtype_name = f.string_or("torch_dtype", f.string_or("dtype", default_dtype));
@@ -140,12 +201,7 @@ void parse_dtype_and_ids(const Fields& f, ModelConfig& c, const std::string& sou
   c.eos_token_ids = f.id_list("eos_token_id");
   std::vector<int32_t> pad = f.id_list("pad_token_id");
   if (!pad.empty()) c.pad_token_id = pad[0];
-  if (f.has("quantization_config")) {
-    const json& q = f.raw("quantization_config");
-    c.quant_method = q.is_object() && q.contains("quant_method") && q["quant_method"].is_string()
-                         ? q["quant_method"].get<std::string>()
-                         : "unknown";
-  }
+  if (f.has("quantization_config")) parse_quantization(f.raw("quantization_config"), c, source);
 }
 
 // rope_scaling (absent: none). Llama, Mistral, Qwen, Gemma and Falcon share it.

@@ -126,9 +126,16 @@ struct ModelConfig {
   std::vector<int32_t> sliding_window;  // per layer; 0 = full attention
 
   DType dtype = DType::kBF16;  // torch_dtype / dtype
-  // quantization_config.quant_method of a pre-quantized checkpoint ("fp8", "awq", "gptq", ...),
-  // else empty. Such weights are not loaded (load_model says so); the planner sizes them.
+  // quantization_config.quant_method of a pre-quantized checkpoint ("fp8", "compressed-tensors",
+  // "awq", "gptq", ...), else empty. Only FP8 ones load (fp8_checkpoint); load_model refuses the
+  // others naming quant_scheme; the planner sizes them all.
   std::string quant_method;
+  std::string quant_scheme;  // what was found, for that message ("int4 weights in groups", ...)
+  // An FP8 checkpoint: quant_method "fp8" (E4M3), or "compressed-tensors" with 8-bit float
+  // weights. Its Linear weights are F8_E4M3 with a scale per tensor, per row or per block of
+  // fp8_block_rows x fp8_block_cols (weight_block_size / block_structure; 0: no blocks).
+  bool fp8_checkpoint = false;
+  int64_t fp8_block_rows = 0, fp8_block_cols = 0;
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;
   std::optional<int32_t> pad_token_id;

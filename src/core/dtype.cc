@@ -24,6 +24,7 @@ size_t dtype_size(DType dtype) {
     case DType::kI8:
     case DType::kU8:
     case DType::kBool:
+    case DType::kF8E4M3:
       return 1;
   }
   TESSERA_CHECK(false) << "bad dtype";
@@ -52,6 +53,8 @@ std::string_view dtype_name(DType dtype) {
       return "U8";
     case DType::kBool:
       return "BOOL";
+    case DType::kF8E4M3:
+      return "F8_E4M3";
   }
   return "?";
 }
@@ -60,10 +63,10 @@ bool parse_safetensors_dtype(std::string_view name, DType* out) {
   static constexpr struct {
     std::string_view name;
     DType dtype;
-  } kNames[] = {{"F32", DType::kF32},  {"F16", DType::kF16}, {"BF16", DType::kBF16},
-                {"F64", DType::kF64},  {"I64", DType::kI64}, {"I32", DType::kI32},
-                {"I16", DType::kI16},  {"I8", DType::kI8},   {"U8", DType::kU8},
-                {"BOOL", DType::kBool}};
+  } kNames[] = {{"F32", DType::kF32},   {"F16", DType::kF16},       {"BF16", DType::kBF16},
+                {"F64", DType::kF64},   {"I64", DType::kI64},       {"I32", DType::kI32},
+                {"I16", DType::kI16},   {"I8", DType::kI8},         {"U8", DType::kU8},
+                {"BOOL", DType::kBool}, {"F8_E4M3", DType::kF8E4M3}};
   for (const auto& entry : kNames) {
     if (entry.name == name) {
       *out = entry.dtype;

@@ -8,7 +8,9 @@
 
 namespace tessera {
 
-enum class DType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU8, kBool };
+// kF8E4M3: FP8 checkpoints' weights ("F8_E4M3"); read by the loader and dequantized or handed to
+// an FP8 kernel, never a kernel operand of its own (is_float() is false for it).
+enum class DType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU8, kBool, kF8E4M3 };
 
 size_t dtype_size(DType dtype);
 // Safetensors spelling: "F32", "BF16", ...

@@ -228,6 +228,8 @@ float load_as_f32(const void* data, DType dtype, int64_t i) {
       return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
     case DType::kF64:
       return static_cast<float>(static_cast<const double*>(data)[i]);
+    case DType::kF8E4M3:
+      return fp8_e4m3_to_f32(static_cast<const uint8_t*>(data)[i]);
     default:
       TESSERA_CHECK(false) << "not a float dtype: " << dtype_name(dtype);
   }

@@ -164,6 +164,18 @@ std::string stored_dtype_of(const json& j) {
     const std::string method = q.value("quant_method", "");
     const int bits = q.contains("bits") && q["bits"].is_number_integer() ? q["bits"].get<int>() : 0;
     if (method == "fp8" || method == "fbgemm_fp8") return "fp8";
+    if (method == "compressed-tensors" && q.contains("config_groups") &&
+        q["config_groups"].is_object()) {
+      // The first group's weights say it (FP8, W8A8 int8, W4A16).
+      for (const auto& [name, g] : q["config_groups"].items()) {
+        const json w = g.is_object() ? g.value("weights", json()) : json();
+        if (!w.is_object()) continue;
+        const int n = w.value("num_bits", 16);
+        if (n == 8) return w.value("type", std::string()) == "float" ? "fp8" : "int8";
+        if (n == 4) return "int4";
+        break;
+      }
+    }
     if (bits == 4 || method == "awq") return "int4";
     if (bits == 8) return "int8";
   }
@@ -391,7 +403,9 @@ double linear_bytes_per_param(WeightFormat f) {
       return 4;
     case WeightFormat::kFP8:
     case WeightFormat::kInt8:
-      return 1;  // per-channel or 128x128-block scales add < 0.1%
+      // Per-channel or 128x128-block scales add < 0.1% (the CPU backend keeps a block's scale for
+      // every row of it: 4 bytes per 128 weights, 3%, for block-scaled checkpoints).
+      return 1;
     case WeightFormat::kInt4:
       return 0.5 + 2.0 / 128;  // 4-bit values plus an f16 scale per group of 128
     default:

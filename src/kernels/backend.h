@@ -78,6 +78,23 @@ class Backend {
     (void)row_absmax;
     return prepare_linear_weight(std::move(host_weight));
   }
+  // Whether prepare_fp8_layer_weight takes an FP8 checkpoint's weights as stored (E4M3 codes with
+  // scales per row or per row and block of columns); else the loader dequantizes them.
+  virtual bool takes_fp8_weights() const { return false; }
+  // A decoder layer's Linear weight from codes kF8E4M3 [out_features, in_features] (row stride
+  // >= in_features) and scales kF32: [out_features], w[j][i] = scales[j] * e4m3(codes[j][i]), or
+  // with block_cols > 0 [out_features, ceil((in_features + block_offset) / block_cols)], w[j][i]
+  // = scales[j][(i + block_offset) / block_cols] * e4m3(codes[j][i]) (a shard may start
+  // block_offset columns into a block).
+  virtual Tensor prepare_fp8_layer_weight(const Tensor& codes, const Tensor& scales,
+                                          int64_t block_cols, int64_t block_offset) {
+    (void)codes;
+    (void)scales;
+    (void)block_cols;
+    (void)block_offset;
+    TESSERA_CHECK(false) << "this backend takes no FP8 weights";
+    return {};
+  }
   // The widest attention head paged_attention takes (CUDA: its kernel's register budget).
   virtual int max_attention_head_dim() const { return 1 << 20; }
   // Whether prepare_layer_weight quantizes (and so wants row_absmax for row-parallel shards).

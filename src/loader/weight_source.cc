@@ -56,38 +56,176 @@ void WeightSource::release_last_mapped() {
   last_mapped_.clear();
 }
 
-Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape, Slice slice) {
+void WeightSource::set_fp8(int64_t block_rows, int64_t block_cols, DType dequantized) {
+  TESSERA_CHECK(block_rows >= 0 && block_cols >= 0 && (block_rows > 0) == (block_cols > 0));
+  TESSERA_CHECK(is_float(dequantized));
+  block_rows_ = block_rows;
+  block_cols_ = block_cols;
+  dequantized_ = dequantized;
+}
+
+Tensor WeightSource::stored(const std::string& name, std::span<const int64_t> shape, Slice slice) {
   if (slice.dim >= 0)
     TESSERA_CHECK(slice.dim < static_cast<int>(shape.size()) && 0 <= slice.begin &&
                   slice.begin <= slice.end && slice.end <= shape[slice.dim])
         << name << " slice";
+  if (!checkpoint_->contains(name))
+    fail(ErrorKind::kNotFound, "missing tensor \"{}\" in the checkpoint", name);
+  const TensorInfo& info = checkpoint_->info(name);
+  if (!std::equal(info.shape.begin(), info.shape.end(), shape.begin(), shape.end()))
+    fail("{}: tensor \"{}\" has shape {}, expected {}", checkpoint_->file_of(name), name,
+         shape_str(info.shape), shape_str(shape));
+  Tensor t;
+  if (format_ == LoadFormat::kMmap) {
+    // The previous tensor has been prepared by now (layers load and prepare one at a time):
+    // if the backend copied it, its mapped pages would count twice until the end of the
+    // load. Dropping them is always safe (a later read faults the same bytes back).
+    release_last_mapped();
+    last_mapped_ = name;
+    t = checkpoint_->tensor(name);
+    if (slice.dim >= 0) t = t.slice(slice.dim, slice.begin, slice.end);
+  } else {
+    t = read_slice(name, info, slice);
+  }
+  used_.insert(name);
+  bytes_used_ += t.nbytes();
+  return t;
+}
+
+Tensor WeightSource::fp8_scales(const std::string& name, const TensorInfo& weight, bool* blocks) {
+  const std::string file = checkpoint_->file_of(name);
+  std::string scale_name = name + "_scale_inv";
+  if (!checkpoint_->contains(scale_name)) scale_name = name + "_scale";
+  if (weight.shape.size() != 2 || !checkpoint_->contains(scale_name))
+    fail(ErrorKind::kUnsupported,
+         "{}: tensor \"{}\" is F8_E4M3 but {}; FP8 checkpoints store 2-d weights with \"{}_scale\" "
+         "or \"{}_scale_inv\" beside them",
+         file, name, weight.shape.size() != 2 ? "not 2-d" : "has no scale", name, name);
+  const TensorInfo& info = checkpoint_->info(scale_name);
+  if (!is_float(info.dtype))
+    fail(ErrorKind::kUnsupported, "{}: scale \"{}\" has dtype {}, expected F32, BF16 or F16", file,
+         scale_name, dtype_name(info.dtype));
+  const int64_t rows = weight.shape[0], cols = weight.shape[1];
+  int64_t numel = 1;
+  for (int64_t d : info.shape) numel *= d;
+  // The scale is small: read it whole, whatever slice of the weight is wanted (mmap: a view).
+  const Tensor raw = stored(scale_name, info.shape, {});
+  Tensor scales = raw.contiguous().to(DType::kF32);
+  if (numel == 1 || (numel == rows &&
+                     (info.shape.size() == 1 || (info.shape.size() == 2 && info.shape[1] == 1)))) {
+    *blocks = false;
+    return scales;
+  }
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  if (block_rows_ == 0)
+    fail(ErrorKind::kUnsupported,
+         "{}: scale \"{}\" has shape {}, which is neither per tensor nor per row of {} and "
+         "quantization_config gives no weight_block_size",
+         file, scale_name, shape_str(info.shape), shape_str(weight.shape));
+  if (info.shape.size() != 2 || info.shape[0] != ceil_div(rows, block_rows_) ||
+      info.shape[1] != ceil_div(cols, block_cols_))
+    fail("{}: scale \"{}\" has shape {}, expected [{}, {}] for a {} weight in blocks of {} x {}",
+         file, scale_name, shape_str(info.shape), ceil_div(rows, block_rows_),
+         ceil_div(cols, block_cols_), shape_str(weight.shape), block_rows_, block_cols_);
+  *blocks = true;
+  return scales;
+}
+
+std::optional<Fp8Rows> WeightSource::get_fp8_rows(const std::string& name,
+                                                  std::span<const int64_t> shape, Slice slice,
+                                                  bool transposed) {
+  if (!has(name) || checkpoint_->info(name).dtype != DType::kF8E4M3) return std::nullopt;
+  const TensorInfo& info = checkpoint_->info(name);
+  bool blocks = false;
+  Tensor scales = fp8_scales(name, info, &blocks);
+  const int64_t r0 = slice.dim == 0 ? slice.begin : 0, c0 = slice.dim == 1 ? slice.begin : 0;
+  if (transposed && !blocks && scales.numel() != 1) return std::nullopt;
+  Fp8Rows out;
+  out.codes = stored(name, shape, slice);
+  const int64_t rows = out.codes.size(0), cols = out.codes.size(1);
+  const float* s = scales.data<float>();
+  if (transposed) {
+    Tensor t = Tensor::empty({cols, rows}, DType::kF8E4M3);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        t.data<uint8_t>()[c * rows + r] = out.codes.data<uint8_t>()[r * out.codes.stride(0) + c];
+    out.codes = t;
+  }
+  const int64_t n = out.codes.size(0);
+  if (!blocks) {
+    out.scales = Tensor::empty({n}, DType::kF32);
+    for (int64_t r = 0; r < n; ++r)
+      out.scales.data<float>()[r] = scales.numel() == 1 ? s[0] : s[r0 + r];
+    return out;
+  }
+  // Scale of stored element (row, col) of the slice.
+  const int64_t stored_cols = scales.size(1);
+  auto scale_at = [&](int64_t row, int64_t col) {
+    return s[((r0 + row) / block_rows_) * stored_cols + (c0 + col) / block_cols_];
+  };
+  // The slice's columns (stored rows, transposed) may start inside a block.
+  out.block_cols = transposed ? block_rows_ : block_cols_;
+  out.block_offset = transposed ? r0 % block_rows_ : c0 % block_cols_;
+  const int64_t k = out.codes.size(1), bc = out.block_cols, off = out.block_offset;
+  const int64_t chunks = (k + off + bc - 1) / bc;
+  out.scales = Tensor::empty({n, chunks}, DType::kF32);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t b = 0; b < chunks; ++b) {
+      const int64_t first = std::max<int64_t>(0, b * bc - off);  // the chunk's first column
+      out.scales.data<float>()[r * chunks + b] =
+          transposed ? scale_at(first, r) : scale_at(r, first);
+    }
+  return out;
+}
+
+Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape, Slice slice) {
   Tensor t;
   if (format_ == LoadFormat::kDummy) {
+    if (slice.dim >= 0)
+      TESSERA_CHECK(slice.dim < static_cast<int>(shape.size()) && 0 <= slice.begin &&
+                    slice.begin <= slice.end && slice.end <= shape[slice.dim])
+          << name << " slice";
     t = dummy(name, shape, slice);
+    used_.insert(name);
+    bytes_used_ += t.nbytes();
   } else {
     if (!checkpoint_->contains(name))
       fail(ErrorKind::kNotFound, "missing tensor \"{}\" in the checkpoint", name);
     const TensorInfo& info = checkpoint_->info(name);
-    if (!std::equal(info.shape.begin(), info.shape.end(), shape.begin(), shape.end()))
-      fail("{}: tensor \"{}\" has shape {}, expected {}", checkpoint_->file_of(name), name,
-           shape_str(info.shape), shape_str(shape));
-    if (info.dtype != DType::kF32 && info.dtype != DType::kBF16 && info.dtype != DType::kF16)
+    if (info.dtype == DType::kF8E4M3) {
+      // An FP8 weight: w = scale * e4m3(code), the scale of its row, or of its block.
+      bool blocks = false;
+      const Tensor scales = fp8_scales(name, info, &blocks);
+      const Tensor codes = stored(name, shape, slice);
+      const int64_t rows = codes.size(0), cols = codes.size(1);
+      const int64_t r0 = slice.dim == 0 ? slice.begin : 0, c0 = slice.dim == 1 ? slice.begin : 0;
+      const int64_t scale_cols = blocks ? scales.size(1) : 0;
+      const float* s = scales.data<float>();
+      t = Tensor::empty({rows, cols}, convert_to_.value_or(dequantized_));
+      auto body = [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const uint8_t* q = codes.data<uint8_t>() + r * codes.stride(0);
+          for (int64_t c = 0; c < cols; ++c) {
+            const float scale =
+                blocks ? s[((r0 + r) / block_rows_) * scale_cols + (c0 + c) / block_cols_]
+                : scales.numel() == 1 ? s[0]
+                                      : s[r0 + r];
+            store_from_f32(t.raw(), t.dtype(), r * cols + c,
+                           scale * fp8_e4m3_to_f32(q[c * codes.stride(1)]));
+          }
+        }
+      };
+      if (pool_)
+        pool_->parallel_for(rows, body);
+      else
+        body(0, rows);
+      return t;
+    }
+    if (!is_float(info.dtype) || info.dtype == DType::kF64)
       fail(ErrorKind::kUnsupported, "{}: tensor \"{}\" has dtype {}, expected F32, BF16 or F16",
            checkpoint_->file_of(name), name, dtype_name(info.dtype));
-    if (format_ == LoadFormat::kMmap) {
-      // The previous tensor has been prepared by now (layers load and prepare one at a time):
-      // if the backend copied it, its mapped pages would count twice until the end of the
-      // load. Dropping them is always safe (a later read faults the same bytes back).
-      release_last_mapped();
-      last_mapped_ = name;
-      t = checkpoint_->tensor(name);
-      if (slice.dim >= 0) t = t.slice(slice.dim, slice.begin, slice.end);
-    } else {
-      t = read_slice(name, info, slice);
-    }
+    t = stored(name, shape, slice);
   }
-  used_.insert(name);
-  bytes_used_ += t.nbytes();
   if (convert_to_ && *convert_to_ != t.dtype()) t = t.to(*convert_to_);
   return t;
 }
@@ -189,6 +327,14 @@ void WeightSource::ignore_prefix(const std::string& prefix) {
   if (!checkpoint_) return;
   for (const auto& name : checkpoint_->names())
     if (name.rfind(prefix, 0) == 0) used_.insert(name);
+}
+
+void WeightSource::ignore_suffix(const std::string& suffix) {
+  if (!checkpoint_) return;
+  for (const auto& name : checkpoint_->names())
+    if (name.size() >= suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      used_.insert(name);
 }
 
 void WeightSource::check_all_used() const {

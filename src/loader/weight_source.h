@@ -31,6 +31,15 @@ struct Slice {
   int64_t begin = 0, end = 0;
 };
 
+// A slice of an FP8 checkpoint weight as stored: E4M3 codes and f32 scales per row, or per row
+// and block of block_cols columns, the slice starting block_offset columns into a block:
+// w[r][c] = scales[r] (or scales[r][(c + block_offset) / block_cols]) * e4m3(codes[r][c]).
+struct Fp8Rows {
+  Tensor codes;   // kF8E4M3 [rows, cols] (the slice; may be a strided view)
+  Tensor scales;  // kF32 [rows], or [rows, ceil((cols + block_offset) / block_cols)]
+  int64_t block_cols = 0, block_offset = 0;  // block_cols 0: one scale per row
+};
+
 class WeightSource {
  public:
   // `checkpoint` may be null only for kDummy. `pool` parallelises reads.
@@ -38,17 +47,35 @@ class WeightSource {
                DType dummy_dtype);
   // Weights stored in another float dtype are converted to this one.
   void convert_to(DType dtype) { convert_to_ = dtype; }
+  // FP8 checkpoints (docs/models.md): a 2-d weight "x.weight" stored as F8_E4M3 has its f32 (or
+  // 16-bit) scales beside it, "x.weight_scale" (one value, or one per row) or
+  // "x.weight_scale_inv" (one per block of block_rows x block_cols, as DeepSeek-V3's
+  // weight_block_size; 0: no blocks). get() dequantizes such a weight, scale * e4m3(code)
+  // rounded once to the dtype of convert_to(), else `dequantized` (the model's torch_dtype).
+  // Called once, before any get().
+  void set_fp8(int64_t block_rows, int64_t block_cols, DType dequantized);
 
   bool has(const std::string& name) const;
-  // The tensor `name`, which must exist with exactly `shape` and a float dtype, cut to `slice`.
+  // The tensor `name`, which must exist with exactly `shape` and a float dtype (or be an FP8
+  // weight, dequantized), cut to `slice`.
   Tensor get(const std::string& name, std::span<const int64_t> shape, Slice slice = {});
   Tensor get(const std::string& name, std::initializer_list<int64_t> shape, Slice slice = {}) {
     return get(name, std::span<const int64_t>(shape.begin(), shape.size()), slice);
   }
+  // An FP8 weight as stored (no rounding), cut to `slice`, its scales expanded to every row;
+  // nullopt for any other tensor (then get() it). For backends with FP8 kernels.
+  // `transposed`: the slice's transpose [cols, rows] (a copy), for weights used the other way
+  // round (DeepSeek's absorbed kv_b_proj); nullopt where its scales do not fit that form (one
+  // per stored row).
+  std::optional<Fp8Rows> get_fp8_rows(const std::string& name, std::span<const int64_t> shape,
+                                      Slice slice = {}, bool transposed = false);
+
   // Marks a tensor as known but unused (e.g. rotary_emb.inv_freq in old checkpoints).
   void ignore(const std::string& name) { used_.insert(name); }
   // Marks every tensor whose name starts with `prefix` (another pipeline stage's layers).
   void ignore_prefix(const std::string& prefix);
+  // Marks every tensor whose name ends with `suffix` (an FP8 checkpoint's activation scales).
+  void ignore_suffix(const std::string& suffix);
   // Throws listing the checkpoint tensors nobody took.
   void check_all_used() const;
   // mmap format: drops the mapped pages of the tensor returned last (get() does it for the one
@@ -64,6 +91,10 @@ class WeightSource {
 
  private:
   Tensor read_slice(const std::string& name, const TensorInfo& info, Slice slice);
+  // The stored bytes of `name` cut to `slice` (checked against `shape`), counted as used.
+  Tensor stored(const std::string& name, std::span<const int64_t> shape, Slice slice);
+  // The scale tensor of FP8 weight `name` (whole, as f32) and whether it is per block.
+  Tensor fp8_scales(const std::string& name, const TensorInfo& weight, bool* blocks);
   Tensor dummy(const std::string& name, std::span<const int64_t> shape, Slice slice);
 
   const Checkpoint* checkpoint_;
@@ -71,6 +102,8 @@ class WeightSource {
   ThreadPool* pool_;
   DType dummy_dtype_;
   std::optional<DType> convert_to_;
+  int64_t block_rows_ = 0, block_cols_ = 0;
+  DType dequantized_ = DType::kF32;
   std::set<std::string> used_;
   std::string last_mapped_;  // mmap format: the tensor whose pages go at the next get()
   uint64_t bytes_used_ = 0, bytes_read_ = 0;

@@ -64,6 +64,7 @@ void fill_tensor(const WeightSpec& spec, const ModelConfig& config, uint64_t see
   float center = 0, half = 0;
   switch (spec.role) {
     case WeightRole::kLinear:
+    case WeightRole::kRouter:
       half = std::sqrt(3.0f / static_cast<float>(fan_in));
       break;
     case WeightRole::kLinearTransposed:
@@ -308,8 +309,118 @@ json preset_config(const std::string& arch, const std::string& preset, DType dty
   return c;
 }
 
+namespace {
+
+// The tensors one spec becomes in the checkpoint: itself, or FP8 codes and their scales.
+struct Stored {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+};
+
+struct Fp8Layout {
+  std::string kind;  // "", "fp8", "fp8-channel", "fp8-block"
+  int64_t block_rows = 0, block_cols = 0;
+  bool applies(const WeightSpec& s) const {
+    return !kind.empty() && s.role == WeightRole::kLinear && s.shape.size() == 2;
+  }
+};
+
+json fp8_quantization_config(const std::string& kind) {
+  if (kind == "fp8") return {{"quant_method", "fp8"}, {"activation_scheme", "static"}};
+  if (kind == "fp8-block")
+    return {{"quant_method", "fp8"},
+            {"activation_scheme", "dynamic"},
+            {"fmt", "e4m3"},
+            {"weight_block_size", {128, 128}}};
+  if (kind == "fp8-channel")
+    return {{"quant_method", "compressed-tensors"},
+            {"format", "float-quantized"},
+            {"quantization_status", "compressed"},
+            {"ignore", {"lm_head"}},
+            {"config_groups",
+             {{"group_0",
+               {{"targets", {"Linear"}},
+                {"weights",
+                 {{"num_bits", 8},
+                  {"type", "float"},
+                  {"strategy", "channel"},
+                  {"symmetric", true},
+                  {"dynamic", false}}},
+                {"input_activations",
+                 {{"num_bits", 8},
+                  {"type", "float"},
+                  {"strategy", "token"},
+                  {"symmetric", true},
+                  {"dynamic", true}}}}}}}};
+  fail("--checkpoint-quantization must be fp8, fp8-channel or fp8-block, got \"{}\"", kind);
+}
+
+std::vector<Stored> stored_tensors(const WeightSpec& s, const Fp8Layout& fp8, DType dtype) {
+  if (!fp8.applies(s)) return {{s.name, dtype, s.shape}};
+  const int64_t n = s.shape[0], k = s.shape[1];
+  if (fp8.kind == "fp8")
+    return {{s.name, DType::kF8E4M3, s.shape},
+            {s.name + "_scale", DType::kF32, {}},
+            {s.name.substr(0, s.name.size() - 6) + "input_scale", DType::kF32, {}}};
+  if (fp8.kind == "fp8-channel")
+    return {{s.name, DType::kF8E4M3, s.shape}, {s.name + "_scale", dtype, {n, 1}}};
+  return {{s.name, DType::kF8E4M3, s.shape},
+          {s.name + "_scale_inv",
+           DType::kF32,
+           {(n + fp8.block_rows - 1) / fp8.block_rows, (k + fp8.block_cols - 1) / fp8.block_cols}}};
+}
+
+// Quantizes w [n, k] (f32) as `fp8` says into the bytes of stored_tensors(), in order. Each scale
+// is absmax / 448 of its region, rounded to the scale's dtype before the codes are computed.
+void write_fp8(const WeightSpec& s, const Fp8Layout& fp8, DType dtype, const float* w,
+               std::vector<std::vector<char>>& out) {
+  const int64_t n = s.shape[0], k = s.shape[1];
+  const int64_t br = fp8.kind == "fp8" ? n : fp8.kind == "fp8-channel" ? 1 : fp8.block_rows;
+  const int64_t bc = fp8.kind == "fp8-block" ? fp8.block_cols : k;
+  const int64_t sr = (n + br - 1) / br, sc = (k + bc - 1) / bc;
+  const DType scale_dtype = fp8.kind == "fp8-channel" ? dtype : DType::kF32;
+  std::vector<float> scales(static_cast<size_t>(sr * sc));
+  for (int64_t bi = 0; bi < sr; ++bi)
+    for (int64_t bj = 0; bj < sc; ++bj) {
+      float amax = 0;
+      for (int64_t r = bi * br; r < std::min(n, (bi + 1) * br); ++r)
+        for (int64_t c = bj * bc; c < std::min(k, (bj + 1) * bc); ++c)
+          amax = std::max(amax, std::fabs(w[r * k + c]));
+      float scale = amax > 0 ? amax / kFp8E4M3Max : 1.0f;
+      uint16_t h;
+      if (scale_dtype != DType::kF32) {
+        store_from_f32(&h, scale_dtype, 0, scale);
+        scale = load_as_f32(&h, scale_dtype, 0);
+      }
+      scales[bi * sc + bj] = scale;
+    }
+  out.assign(fp8.kind == "fp8" ? 3 : 2, {});
+  out[0].resize(static_cast<size_t>(n * k));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c)
+      out[0][r * k + c] =
+          static_cast<char>(f32_to_fp8_e4m3(w[r * k + c] / scales[(r / br) * sc + c / bc]));
+  out[1].resize(scales.size() * dtype_size(scale_dtype));
+  for (size_t i = 0; i < scales.size(); ++i)
+    store_from_f32(out[1].data(), scale_dtype, i, scales[i]);
+  if (fp8.kind == "fp8") {  // a static activation scale, which tessera reads past
+    const float input_scale = 0.05f;
+    out[2].resize(4);
+    std::memcpy(out[2].data(), &input_scale, 4);
+  }
+}
+
+}  // namespace
+
 uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
   json config_json = preset_config(options.arch, options.preset, options.dtype);
+  Fp8Layout fp8{options.checkpoint_quantization};
+  if (!fp8.kind.empty()) {
+    if (options.arch == "gpt2")
+      fail("--checkpoint-quantization: GPT-2's Conv1D weights have no FP8 checkpoint layout");
+    config_json["quantization_config"] = fp8_quantization_config(fp8.kind);
+  }
   if (!options.config_override.is_null()) {
     if (!options.config_override.is_object()) fail("--config-override must be a JSON object");
     config_json.merge_patch(options.config_override);
@@ -332,6 +443,12 @@ uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
     }
   }
   const ModelConfig config = parse_model_config(config_json, "generated config");
+  if (fp8.kind == "fp8-block") {
+    if (config.fp8_block_rows == 0)
+      fail("--checkpoint-quantization fp8-block needs a weight_block_size");
+    fp8.block_rows = config.fp8_block_rows;
+    fp8.block_cols = config.fp8_block_cols;
+  }
   write_json(options.out / "config.json", config_json);
   json generation = {{"bos_token_id", config_json["bos_token_id"]},
                      {"eos_token_id", config_json["eos_token_id"]},
@@ -341,8 +458,12 @@ uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
   // Group tensors into shards, then write each file streaming: header, then each tensor.
   std::vector<WeightSpec> specs = weight_specs(config);
   auto bytes_of = [&](const WeightSpec& s) {
-    uint64_t n = dtype_size(options.dtype);
-    for (int64_t d : s.shape) n *= static_cast<uint64_t>(d);
+    uint64_t n = 0;
+    for (const Stored& t : stored_tensors(s, fp8, options.dtype)) {
+      uint64_t b = dtype_size(t.dtype);
+      for (int64_t d : t.shape) b *= static_cast<uint64_t>(d);
+      n += b;
+    }
     return n;
   };
   std::vector<std::vector<const WeightSpec*>> shards(1);
@@ -364,13 +485,23 @@ uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
                                                 : fmt::format("model-{:05d}-of-{:05d}.safetensors",
                                                               i + 1, shards.size());
     std::vector<SafetensorsWriter::Entry> entries;
-    for (const WeightSpec* s : shards[i]) {
-      entries.push_back({s->name, options.dtype, s->shape});
-      weight_map[s->name] = file;
-    }
+    for (const WeightSpec* s : shards[i])
+      for (const Stored& t : stored_tensors(*s, fp8, options.dtype)) {
+        entries.push_back({t.name, t.dtype, t.shape});
+        weight_map[t.name] = file;
+      }
     SafetensorsWriter writer(options.out / file, std::move(entries), {{"format", "pt"}});
     std::vector<char> buffer;
+    std::vector<std::vector<char>> parts;
     for (const WeightSpec* s : shards[i]) {
+      if (fp8.applies(*s)) {
+        // The same random values as the unquantized checkpoint, drawn in f32, then quantized.
+        buffer.resize(static_cast<size_t>(s->shape[0] * s->shape[1]) * sizeof(float));
+        fill_tensor(*s, config, options.seed, DType::kF32, buffer.data(), pool);
+        write_fp8(*s, fp8, options.dtype, reinterpret_cast<const float*>(buffer.data()), parts);
+        for (const auto& p : parts) writer.append(p.data(), p.size());
+        continue;
+      }
       buffer.resize(bytes_of(*s));
       fill_tensor(*s, config, options.seed, options.dtype, buffer.data(), pool);
       writer.append(buffer.data(), buffer.size());

@@ -22,6 +22,13 @@ struct MakeModelOptions {
   DType dtype = DType::kBF16;
   nlohmann::json config_override = nlohmann::json::object();  // merged into config.json
   uint64_t max_shard_bytes = 0;  // > 0: model-0000k-of-0000n.safetensors + index
+  // An FP8 checkpoint (decoder Linear weights as F8_E4M3 with scales, the rest in `dtype`):
+  //  - "fp8": quant_method "fp8" (AutoFP8's layout), one f32 weight_scale and a static
+  //    input_scale per weight;
+  //  - "fp8-channel": compressed-tensors FP8_DYNAMIC, weight_scale [rows, 1] in `dtype`;
+  //  - "fp8-block": quant_method "fp8" with weight_block_size (DeepSeek-V3's layout; [128, 128]
+  //    unless config_override sets quantization_config.weight_block_size), weight_scale_inv.
+  std::string checkpoint_quantization;  // empty: none
 };
 
 // The config.json of an architecture at a preset size; throws tessera::Error for unknown names.

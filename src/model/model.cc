@@ -19,13 +19,22 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     weights.convert_to(*options.dtype);
     config.dtype = *options.dtype;
   }
-  if (!config.quant_method.empty() && options.format != LoadFormat::kDummy)
+  if (!config.quant_method.empty() && !config.fp8_checkpoint &&
+      options.format != LoadFormat::kDummy)
     fail(ErrorKind::kUnsupported,
-         "{}: a pre-quantized checkpoint (quantization_config.quant_method \"{}\") is not "
-         "supported: tessera loads f32, bf16 and f16 weights. Use the unquantized release "
-         "(--quantization fp8 stores its layer weights in 8 bits), or --load-format dummy for "
-         "random weights of this shape",
-         (model_dir / "config.json").string(), config.quant_method);
+         "{}: a pre-quantized checkpoint (quantization_config.quant_method \"{}\"{}) is not "
+         "supported: tessera loads f32, bf16 and f16 weights and FP8 (E4M3) checkpoints. Use the "
+         "unquantized release (--quantization fp8 stores its layer weights in 8 bits), or "
+         "--load-format dummy for random weights of this shape",
+         (model_dir / "config.json").string(), config.quant_method,
+         config.quant_scheme != config.quant_method ? ": " + config.quant_scheme : "");
+  if (config.fp8_checkpoint) {
+    weights.set_fp8(config.fp8_block_rows, config.fp8_block_cols, config.dtype);
+    // Static activation scales and FP8 KV-cache scales: tessera's kernels take f32 activations
+    // and size their own KV cache scales, so these are read by nobody.
+    for (const char* suffix : {".input_scale", ".k_scale", ".v_scale", ".kv_scale", ".q_scale"})
+      weights.ignore_suffix(suffix);
+  }
   // Before any weight is read: a head the backend's attention cannot take (DeepSeek's 576-wide
   // latent on CUDA) is a clear refusal, not a failed check in the first step.
   if (config.head_dim > ctx.backend.max_attention_head_dim())

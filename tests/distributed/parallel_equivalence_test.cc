@@ -132,6 +132,30 @@ TEST(ParallelEquivalenceFp8, QuantizedShardsMatchOneRank) {
   fs::remove_all(dir);
 }
 
+// FP8 checkpoints: each rank takes its rows (column-parallel) or its blocks of columns
+// (row-parallel) of the stored codes, with their scales; the results are one rank's.
+TEST(ParallelEquivalenceFp8, Fp8CheckpointShardsMatchOneRank) {
+  const nlohmann::json blocks{{"num_hidden_layers", 4},
+                              {"quantization_config", {{"weight_block_size", {32, 32}}}}};
+  for (auto [arch, quant] : std::vector<std::pair<std::string, std::string>>{
+           {"llama", "fp8-block"}, {"deepseek_v3", "fp8-block"}, {"qwen2", "fp8-channel"}}) {
+    SCOPED_TRACE(arch + " " + quant);
+    const fs::path dir = testing::make_tiny(arch, DType::kBF16, 8, blocks, 0, quant);
+    const std::string args = generate_args(dir, 16, {5, 12, 19, 26}, 400);
+    const CliRun base = run(args);
+    ASSERT_EQ(base.status, 0) << base.err;
+    const std::vector<nlohmann::json> want = lines(base.out);
+    ASSERT_EQ(want.size(), 4u) << base.out;
+    for (const char* layout : {"-tp 2", "-pp 2"}) {
+      SCOPED_TRACE(layout);
+      const CliRun r = run(args + " " + layout);
+      ASSERT_EQ(r.status, 0) << r.err;
+      expect_matches(lines(r.out), want, 16);
+    }
+    fs::remove_all(dir);
+  }
+}
+
 // Chunked prefill (8 tokens a step): micro-batches without logit rows pass through the stages.
 TEST(ParallelEquivalenceChunked, ChunkedPrefillMatchesOneRank) {
   const fs::path dir = testing::make_tiny("llama", DType::kF32, 4);

@@ -129,6 +129,28 @@ TEST(Planner, BuiltinModelsMatchPublishedSizes) {
   EXPECT_EQ(count_parameters(load_model_shape("Mixtral-8x7B")).total(), 46'702'792'704);
 }
 
+// compressed-tensors checkpoints are sized by their weights' bits: FP8 (RedHat's FP8-dynamic
+// releases), W8A8 int8, W4A16.
+TEST(Planner, CompressedTensorsCheckpointsAreSizedByTheirBits) {
+  nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}},
+                           {"hidden_size", 4096},
+                           {"num_hidden_layers", 32},
+                           {"num_attention_heads", 32},
+                           {"num_key_value_heads", 8},
+                           {"intermediate_size", 14336},
+                           {"vocab_size", 128256},
+                           {"torch_dtype", "bfloat16"}};
+  for (auto [bits, type, want] : std::vector<std::tuple<int, std::string, std::string>>{
+           {8, "float", "fp8"}, {8, "int", "int8"}, {4, "int", "int4"}}) {
+    config["quantization_config"] = {
+        {"quant_method", "compressed-tensors"},
+        {"config_groups",
+         {{"group_0",
+           {{"weights", {{"num_bits", bits}, {"type", type}, {"strategy", "channel"}}}}}}}};
+    EXPECT_EQ(parse_model_shape(config, "config.json").stored_dtype, want) << bits << type;
+  }
+}
+
 TEST(Planner, DeepSeekR1UsesMlaCache) {
   const ModelShape m = load_model_shape("DeepSeek-R1");
   ASSERT_TRUE(m.mla());

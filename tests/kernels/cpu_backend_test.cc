@@ -333,6 +333,57 @@ TEST_P(CpuBackendTest, Fp8LinearIsBatchInvariantAndTheSameOnEveryIsa) {
   }
 }
 
+// An FP8 checkpoint's weight as stored: random E4M3 codes with a scale per row, or per row and
+// block of columns (several blocks, a short last one; a shard starting inside a block). The
+// reference dequantizes from the definition, w[j][i] = scale[j][(i + off) / block] *
+// e4m3(q[j][i]), and sums in double.
+TEST_P(CpuBackendTest, StoredFp8CodesMatchDequantizedReference) {
+  for (auto [block, off] : std::vector<std::array<int64_t, 2>>{{0, 0}, {32, 0}, {128, 0}, {32, 13}})
+    for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{{1, 16, 64},
+                                                              {3, 37, 129},
+                                                              {8, 300, 1000},
+                                                              {13, 50, 7},
+                                                              {16, 64, 320},
+                                                              {40, 33, 515},
+                                                              {64, 45, 301}}) {
+      const int64_t chunks = block > 0 ? (k + off + block - 1) / block : 1;
+      Tensor x = random_tensor({m, k}, DType::kF32, 171 + m);
+      Tensor codes = Tensor::empty({n, k}, DType::kF8E4M3);
+      Tensor scales =
+          block > 0 ? Tensor::empty({n, chunks}, DType::kF32) : Tensor::empty({n}, DType::kF32);
+      uint64_t state = 12345 + n * 7 + k;
+      for (int64_t i = 0; i < n * k; ++i) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        uint8_t q = static_cast<uint8_t>(state >> 56);
+        if ((q & 0x7f) == 0x7f) q ^= 1;  // not NaN
+        codes.data<uint8_t>()[i] = q;
+      }
+      for (int64_t i = 0; i < scales.numel(); ++i)
+        scales.data<float>()[i] = 1e-3f * static_cast<float>(1 + (i * 37) % 11);
+      Tensor b = random_tensor({n}, DType::kF32, 173);
+      LinearSegment seg{backend_.prepare_fp8_layer_weight(codes, scales, block, off), b};
+      EXPECT_EQ(seg.weight.layout(), block > 0 ? cpu::kLayoutFp8Blocks : cpu::kLayoutFp8Tiles);
+      Tensor out = Tensor::empty({m, n}, DType::kF32);
+      backend_.linear(x, {&seg, 1}, out);
+      const bool round_x = GetParam().precision == MatmulPrecision::kBf16;
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          double want = b.data<float>()[j], mag = std::abs(want);
+          for (int64_t kk = 0; kk < k; ++kk) {
+            const int64_t c = block > 0 ? (kk + off) / block : 0;
+            const double wv = static_cast<double>(scales.data<float>()[j * chunks + c]) *
+                              fp8_e4m3_to_f32(codes.data<uint8_t>()[j * k + kk]);
+            const float xv = round_x ? round_to_bf16(at(x, i, kk)) : at(x, i, kk);
+            want += xv * wv;
+            mag += std::abs(xv * wv);
+          }
+          ASSERT_NEAR(at(out, i, j), want, 2e-6 * mag + 1e-7)
+              << "block " << block << "+" << off << " m=" << m << " n=" << n << " k=" << k << " at "
+              << i << "," << j;
+        }
+    }
+}
+
 // Without --quantization the layer weights are prepared as before (bf16 packed or as stored).
 TEST_P(CpuBackendTest, LayerWeightsStayAsStoredWithoutQuantization) {
   Tensor w = random_tensor({32, 64}, DType::kF32, 91);

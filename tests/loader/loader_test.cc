@@ -169,6 +169,153 @@ TEST(WeightSource, ChecksShapesDtypesAndLeftovers) {
   fs::remove_all(dir);
 }
 
+// FP8 checkpoints: F8_E4M3 weights with scales per tensor, per row or per block. get() gives
+// scale * e4m3(code) (any slice); get_fp8_rows() gives the codes as stored with the scales of
+// every row, starting inside a block for a column slice, or transposed.
+TEST(WeightSource, Fp8WeightsDequantizeAndKeepTheirCodes) {
+  const fs::path dir = testing::temp_dir("ws_fp8");
+  const int64_t n = 5, k = 7;
+  Tensor codes = Tensor::empty({n, k}, DType::kF8E4M3);
+  for (int64_t i = 0; i < n * k; ++i)
+    codes.data<uint8_t>()[i] = static_cast<uint8_t>((i * 29) % 126);
+  Tensor tensor_scale = Tensor::empty({}, DType::kF32);
+  tensor_scale.data<float>()[0] = 0.5f;
+  Tensor row_scale = Tensor::empty({n, 1}, DType::kBF16);  // compressed-tensors: the model dtype
+  for (int64_t r = 0; r < n; ++r) store_from_f32(row_scale.raw(), DType::kBF16, r, 0.25f * (r + 1));
+  Tensor block_scale = Tensor::empty({3, 3}, DType::kF32);  // blocks of 2 x 3
+  for (int64_t i = 0; i < 9; ++i) block_scale.data<float>()[i] = 0.125f * (i + 1);
+  write_safetensors(dir / "model.safetensors",
+                    {{"t.weight", codes},
+                     {"t.weight_scale", tensor_scale},
+                     {"t.input_scale", tensor_scale},
+                     {"r.weight", codes},
+                     {"r.weight_scale", row_scale},
+                     {"b.weight", codes},
+                     {"b.weight_scale_inv", block_scale},
+                     {"bare.weight", codes},
+                     {"odd.weight", codes},
+                     {"odd.weight_scale_inv", Tensor::zeros({2, 2}, DType::kF32)}});
+  Checkpoint ckpt = Checkpoint::open(dir);
+  auto want = [&](const std::string& name, int64_t r, int64_t c) {
+    const float code = fp8_e4m3_to_f32(codes.data<uint8_t>()[r * k + c]);
+    if (name == "t.weight") return 0.5f * code;
+    if (name == "r.weight") return 0.25f * (r + 1) * code;
+    return block_scale.data<float>()[(r / 2) * 3 + c / 3] * code;
+  };
+  for (LoadFormat format : {LoadFormat::kAuto, LoadFormat::kMmap}) {
+    WeightSource w(&ckpt, format, nullptr, DType::kF32);
+    w.set_fp8(2, 3, DType::kF32);
+    for (const std::string name : {"t.weight", "r.weight", "b.weight"}) {
+      SCOPED_TRACE(name);
+      const Tensor full = w.get(name, {n, k});
+      EXPECT_EQ(full.dtype(), DType::kF32);
+      const Tensor cols = w.get(name, {n, k}, Slice{1, 2, 6});
+      const Tensor rows = w.get(name, {n, k}, Slice{0, 1, 4});
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < k; ++c) {
+          EXPECT_EQ(testing::at(full, r, c), want(name, r, c)) << r << "," << c;
+          if (c >= 2 && c < 6) EXPECT_EQ(testing::at(cols, r, c - 2), want(name, r, c));
+          if (r >= 1 && r < 4) EXPECT_EQ(testing::at(rows, r - 1, c), want(name, r, c));
+        }
+      // As stored: every code, and scales that give the same values.
+      for (bool transposed : {false, true}) {
+        const Slice slice = transposed ? Slice{0, 1, 5} : Slice{1, 2, 6};
+        const int64_t shape[] = {n, k};
+        std::optional<Fp8Rows> f = w.get_fp8_rows(name, shape, slice, transposed);
+        if (transposed && name == "r.weight") {  // per-row scales do not transpose
+          EXPECT_FALSE(f);
+          continue;
+        }
+        ASSERT_TRUE(f);
+        const int64_t fr = f->codes.size(0), fc = f->codes.size(1);
+        EXPECT_EQ(fr, transposed ? k : n);
+        for (int64_t i = 0; i < fr; ++i)
+          for (int64_t j = 0; j < fc; ++j) {
+            const int64_t r = transposed ? j + 1 : i, c = transposed ? i : j + 2;
+            EXPECT_EQ(f->codes.data<uint8_t>()[i * f->codes.stride(0) + j],
+                      codes.data<uint8_t>()[r * k + c]);
+            const float scale =
+                f->block_cols == 0 ? f->scales.data<float>()[i]
+                                   : f->scales.data<float>()[i * f->scales.size(1) +
+                                                             (j + f->block_offset) / f->block_cols];
+            EXPECT_EQ(scale * fp8_e4m3_to_f32(codes.data<uint8_t>()[r * k + c]), want(name, r, c))
+                << (transposed ? "transposed " : "") << i << "," << j;
+          }
+        if (name == "b.weight")
+          EXPECT_EQ(f->block_offset, transposed ? 1 : 2);  // rows from 1 (of 2), cols from 2 (of 3)
+      }
+    }
+    EXPECT_NE(error_of([&] {
+                w.get("bare.weight", {n, k});
+              }).find("has no scale"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] {
+                w.get("odd.weight", {n, k});
+              }).find("has shape [2, 2], expected [3, 3] for a [5, 7] weight in blocks of 2 x 3"),
+              std::string::npos);
+    w.ignore("bare.weight");
+    w.ignore("odd.weight");
+    w.ignore_suffix(".input_scale");
+    EXPECT_EQ(error_of([&] { w.check_all_used(); }), "");
+  }
+  // The dequantized dtype: the model's, or --dtype's.
+  WeightSource bf16(&ckpt, LoadFormat::kAuto, nullptr, DType::kBF16);
+  bf16.set_fp8(2, 3, DType::kBF16);
+  EXPECT_EQ(bf16.get("t.weight", {n, k}).dtype(), DType::kBF16);
+  fs::remove_all(dir);
+}
+
+// quantization_config: which checkpoints load (FP8 E4M3 in vLLM's "fp8" and compressed-tensors
+// layouts) and what the others are called in the refusal.
+TEST(ModelConfig, QuantizationConfigs) {
+  auto parse = [](nlohmann::json q) {
+    nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}},
+                        {"hidden_size", 64},
+                        {"num_hidden_layers", 2},
+                        {"num_attention_heads", 4},
+                        {"intermediate_size", 128},
+                        {"vocab_size", 100},
+                        {"quantization_config", q}};
+    return parse_model_config(j, "config.json");
+  };
+  auto ct = [](int bits, const std::string& type, const std::string& strategy,
+               const std::string& format) {
+    return nlohmann::json{
+        {"quant_method", "compressed-tensors"},
+        {"format", format},
+        {"config_groups",
+         {{"group_0",
+           {{"weights", {{"num_bits", bits}, {"type", type}, {"strategy", strategy}}}}}}}};
+  };
+  ModelConfig c = parse({{"quant_method", "fp8"}, {"activation_scheme", "static"}});
+  EXPECT_TRUE(c.fp8_checkpoint);
+  EXPECT_EQ(c.fp8_block_rows, 0);
+  c = parse({{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"weight_block_size", {128, 64}}});
+  EXPECT_TRUE(c.fp8_checkpoint);
+  EXPECT_EQ(c.fp8_block_rows, 128);
+  EXPECT_EQ(c.fp8_block_cols, 64);
+  EXPECT_TRUE(parse(ct(8, "float", "channel", "float-quantized")).fp8_checkpoint);
+  nlohmann::json block = ct(8, "float", "block", "float-quantized");
+  block["config_groups"]["group_0"]["weights"]["block_structure"] = {128, 128};
+  c = parse(block);
+  EXPECT_TRUE(c.fp8_checkpoint);
+  EXPECT_EQ(c.fp8_block_cols, 128);
+  c = parse(ct(8, "int", "channel", "int-quantized"));
+  EXPECT_FALSE(c.fp8_checkpoint);
+  EXPECT_EQ(c.quant_scheme,
+            "compressed-tensors int-quantized, 8-bit int weights (channel strategy)");
+  c = parse(ct(4, "int", "group", "pack-quantized"));
+  EXPECT_FALSE(c.fp8_checkpoint);
+  c = parse({{"quant_method", "fp8"}, {"fmt", "e5m2"}});
+  EXPECT_FALSE(c.fp8_checkpoint);
+  EXPECT_EQ(c.quant_scheme, "fp8 with fmt \"e5m2\"");
+  EXPECT_FALSE(parse({{"quant_method", "awq"}, {"bits", 4}}).fp8_checkpoint);
+  EXPECT_NE(error_of([&] {
+              parse({{"quant_method", "fp8"}, {"weight_block_size", {128}}});
+            }).find("weight_block_size must be two positive integers"),
+            std::string::npos);
+}
+
 // Large tensors are read in several chunks over the thread pool (with read-ahead of what
 // follows): every byte must land where the file has it, for sizes that are not multiples of the
 // chunk and for row slices that start inside a chunk.

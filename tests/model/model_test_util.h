@@ -27,8 +27,10 @@ inline std::filesystem::path temp_dir(const std::string& name) {
 
 inline std::filesystem::path make_tiny(const std::string& arch, DType dtype, uint64_t seed = 7,
                                        nlohmann::json override = nlohmann::json::object(),
-                                       uint64_t shard_bytes = 0) {
+                                       uint64_t shard_bytes = 0,
+                                       const std::string& checkpoint_quantization = "") {
   MakeModelOptions o;
+  o.checkpoint_quantization = checkpoint_quantization;
   o.arch = arch;
   o.preset = "tiny";
   o.dtype = dtype;

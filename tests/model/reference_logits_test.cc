@@ -1,7 +1,8 @@
 // Logits of every architecture (GPT-2, OPT and Falcon included) against an independent float64
 // numpy forward pass (tests/reference/reference.py): 48 prompt positions computed in one prefill,
 // then 32 greedy decode steps, on tiny random-weight models in f32 (|delta logprob| <= 1e-4) and
-// bf16/f16 (5e-3), with the default (exact) matmul precision.
+// bf16/f16 (5e-3), with the default (exact) matmul precision. FP8 checkpoints too: the reference
+// dequantizes their weights with its own E4M3 decoder.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -45,8 +46,9 @@ struct Case {
   DType dtype;
   nlohmann::json override = nlohmann::json::object();
   uint64_t shard_bytes = 0;
-  std::optional<DType> kv_dtype;  // default: the backend's (f32 on CPU)
-  double tolerance = 0;           // default: 1e-4 for f32 weights, 5e-3 otherwise
+  std::optional<DType> kv_dtype;        // default: the backend's (f32 on CPU)
+  double tolerance = 0;                 // default: 1e-4 for f32 weights, 5e-3 otherwise
+  std::string checkpoint_quantization;  // make-model --checkpoint-quantization
 };
 
 class ReferenceLogitsTest : public ::testing::TestWithParam<Case> {};
@@ -55,7 +57,8 @@ TEST_P(ReferenceLogitsTest, PrefillAndGreedyDecodeMatchReference) {
   if (!have_numpy())
     GTEST_SKIP() << "Debian python3-numpy is not installed (scripts/setup.sh installs it)";
   const Case& c = GetParam();
-  const auto dir = testing::make_tiny(c.arch, c.dtype, 11, c.override, c.shard_bytes);
+  const auto dir =
+      testing::make_tiny(c.arch, c.dtype, 11, c.override, c.shard_bytes, c.checkpoint_quantization);
   DirectRunner runner(dir, c.kv_dtype);
   const int64_t vocab = runner.config().vocab_size;
   const double tol = c.tolerance > 0 ? c.tolerance : c.dtype == DType::kF32 ? 1e-4 : 5e-3;
@@ -196,6 +199,68 @@ const Case kCases[] = {
       {"bias", true},
       {"tie_word_embeddings", false},
       {"activation", "gelu_new"}}},
+    // FP8 checkpoints. A scale per tensor (quant_method fp8, static input scales read past) or per
+    // row (compressed-tensors): the codes run as stored on the FP8 kernels. Blocks (DeepSeek-V3's
+    // weight_block_size, 32 x 32 here to make several per weight): dequantized at load, f32
+    // models exactly, bf16 ones rounded once.
+    {"llama_fp8_tensor_f32", "llama", DType::kF32, nlohmann::json::object(), 0, {}, 0, "fp8"},
+    {"qwen2_fp8_channel_f32",
+     "qwen2",
+     DType::kF32,
+     nlohmann::json::object(),
+     0,
+     {},
+     0,
+     "fp8-channel"},
+    {"mistral_fp8_channel_bf16",
+     "mistral",
+     DType::kBF16,
+     nlohmann::json::object(),
+     0,
+     {},
+     0,
+     "fp8-channel"},
+    {"llama_fp8_sharded_block_f32",
+     "llama",
+     DType::kF32,
+     {{"quantization_config", {{"weight_block_size", {32, 32}}}}},
+     200000,
+     {},
+     0,
+     "fp8-block"},
+    {"deepseek_v3_fp8_block_f32",
+     "deepseek_v3",
+     DType::kF32,
+     {{"quantization_config", {{"weight_block_size", {32, 32}}}}},
+     0,
+     {},
+     0,
+     "fp8-block"},
+    {"deepseek_v3_fp8_block_bf16",
+     "deepseek_v3",
+     DType::kBF16,
+     {{"quantization_config", {{"weight_block_size", {32, 32}}}}},
+     0,
+     {},
+     0,
+     "fp8-block"},
+    // Falcon's fused query_key_value from FP8 parts (merged as codes and scales).
+    {"falcon_fp8_block_bf16",
+     "falcon",
+     DType::kBF16,
+     {{"quantization_config", {{"weight_block_size", {32, 32}}}}},
+     0,
+     {},
+     0,
+     "fp8-block"},
+    {"mixtral_fp8_channel_f32",
+     "mixtral",
+     DType::kF32,
+     nlohmann::json::object(),
+     0,
+     {},
+     0,
+     "fp8-channel"},
 };
 
 INSTANTIATE_TEST_SUITE_P(Arch, ReferenceLogitsTest, ::testing::ValuesIn(kCases),

@@ -3,8 +3,8 @@
 
 Reads a Hugging Face model folder (config.json + safetensors) with its own safetensors parser and
 computes log-softmax over the vocabulary at every position of a token sequence, in float64 numpy,
-following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2, OPT and
-Falcon.
+following the Hugging Face modeling code of Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2, OPT,
+Falcon, the MoE models and DeepSeek-V3; FP8 checkpoints' weights are dequantized first.
 It shares no code with the C++ implementation.
 
 usage: reference.py MODEL_DIR IDS_CSV OUT.f32 [KV_DTYPE]
@@ -40,10 +40,49 @@ def read_safetensors(path):
             arr = np.frombuffer(raw, dtype="<f2").astype(np.float32)
         elif dtype == "BF16":
             arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        elif dtype == "F8_E4M3":
+            arr = e4m3_values(np.frombuffer(raw, dtype=np.uint8))
         else:
             raise ValueError("unsupported dtype " + dtype)
         out[name] = arr.reshape(info["shape"]).astype(np.float64)
     return out
+
+
+def e4m3_values(codes):
+    """FP8 E4M3 ("e4m3fn") codes to their values: sign, 4 exponent bits (bias 7), 3 mantissa bits,
+    subnormals below exponent 1, no infinities (0x7f and 0xff are NaN)."""
+    c = codes.astype(np.int64)
+    sign = np.where(c & 0x80, -1.0, 1.0)
+    exp = (c >> 3) & 0xF
+    man = (c & 0x7).astype(np.float64)
+    normal = (1.0 + man / 8.0) * np.exp2(exp.astype(np.float64) - 7.0)
+    subnormal = (man / 8.0) * 2.0 ** -6
+    v = sign * np.where(exp == 0, subnormal, normal)
+    return np.where((c & 0x7F) == 0x7F, np.nan, v)
+
+
+def dequantize_fp8(cfg, w):
+    """FP8 checkpoints: weight = scale * e4m3(code), the scale per tensor, per row, or per block of
+    quantization_config's weight_block_size (compressed-tensors: block_structure)."""
+    q = cfg.get("quantization_config") or {}
+    block = q.get("weight_block_size")
+    for g in (q.get("config_groups") or {}).values():
+        block = block or (g.get("weights") or {}).get("block_structure")
+    for name in [n for n in w if n.endswith("_scale") or n.endswith("_scale_inv")]:
+        base = name[: -len("_scale_inv")] if name.endswith("_scale_inv") else name[: -len("_scale")]
+        if base not in w:
+            continue
+        weight, scale = w[base], w.pop(name)
+        if scale.size == 1:
+            w[base] = weight * scale.reshape(())
+        elif scale.size == weight.shape[0]:
+            w[base] = weight * scale.reshape(-1, 1)
+        else:
+            r, c = block
+            full = np.repeat(np.repeat(scale, r, axis=0), c, axis=1)
+            w[base] = weight * full[: weight.shape[0], : weight.shape[1]]
+    for name in [n for n in w if n.endswith("input_scale")]:
+        del w[name]
 
 
 def load_weights(model_dir):
@@ -480,6 +519,7 @@ def forward(model_dir, ids, kv_dtype="f32"):
         cfg = json.load(f)
     arch = cfg["architectures"][0]
     w = load_weights(model_dir)
+    dequantize_fp8(cfg, w)
     if arch == "GPT2LMHeadModel":
         return forward_gpt2(cfg, w, ids, kv_dtype)
     if arch == "OPTForCausalLM":

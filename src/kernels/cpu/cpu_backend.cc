@@ -189,6 +189,99 @@ Tensor CpuBackend::prepare_layer_weight(Tensor w, std::span<const float> row_abs
   return Tensor::wrap(buf.raw(), shape, DType::kU8, buf.owner()).with_layout(cpu::kLayoutFp8Tiles);
 }
 
+Tensor CpuBackend::prepare_fp8_layer_weight(const Tensor& codes, const Tensor& scales,
+                                            int64_t block_cols, int64_t block_offset) {
+  TESSERA_CHECK(codes.dtype() == DType::kF8E4M3 && codes.dim() == 2 && codes.stride(1) == 1 &&
+                codes.layout() == 0)
+      << "FP8 codes " << codes.shape_string();
+  const int64_t n = codes.size(0), k = codes.size(1), groups = cpu::round_up(n, 16) / 16;
+  const bool blocks = block_cols > 0;
+  const int64_t bc = blocks ? block_cols : k, off = blocks ? block_offset : 0;
+  TESSERA_CHECK(0 <= off && off < bc);
+  const int64_t chunks = (k + off + bc - 1) / bc;
+  TESSERA_CHECK(scales.dtype() == DType::kF32 && scales.is_contiguous() &&
+                scales.numel() == n * chunks)
+      << "FP8 scales " << scales.shape_string() << " for codes " << codes.shape_string();
+  const int64_t shape[] = {n, k};
+  if (!blocks) {
+    Tensor buf = Tensor::empty({cpu::packed_fp8_bytes(n, k)}, DType::kU8);
+    const int64_t used = cpu::round_up(n, 16) * k;  // then padding up to the scales
+    std::memset(buf.data<uint8_t>() + used, 0, cpu::fp8_scales_offset(n, k) - used);
+    pool_.parallel_for(groups, [&](int64_t b, int64_t e) {
+      cpu::pack_fp8_codes(codes.data<uint8_t>(), codes.stride(0), n, k, scales.data<float>(),
+                          buf.data<uint8_t>(), b, e);
+    });
+    return Tensor::wrap(buf.raw(), shape, DType::kU8, buf.owner())
+        .with_layout(cpu::kLayoutFp8Tiles);
+  }
+  // The codes in whole-row groups (each group's inputs one stream, as without blocks), then each
+  // chunk's scales for every row.
+  Tensor buf = Tensor::empty({cpu::packed_fp8_blocks_bytes(n, k, chunks)}, DType::kU8);
+  uint8_t* p = buf.data<uint8_t>();
+  std::memset(p, 0, cpu::kFp8BlocksHeader);
+  const int64_t header[3] = {bc, off, chunks};
+  std::memcpy(p, header, sizeof header);
+  const int64_t used = cpu::kFp8BlocksHeader + cpu::round_up(n, 16) * k;
+  std::memset(p + used, 0, cpu::fp8_blocks_scales_offset(n, k) - used);
+  pool_.parallel_for(groups, [&](int64_t b, int64_t e) {
+    cpu::pack_fp8_codes(codes.data<uint8_t>(), codes.stride(0), n, k, nullptr,
+                        p + cpu::kFp8BlocksHeader, b, e);
+  });
+  const int64_t np = cpu::round_up(n, 16);
+  float* out = reinterpret_cast<float*>(p + cpu::fp8_blocks_scales_offset(n, k));
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t j = 0; j < np; ++j)
+      out[c * np + j] = j < n ? scales.data<float>()[j * chunks + c] : 1.0f;
+  return Tensor::wrap(buf.raw(), shape, DType::kU8, buf.owner()).with_layout(cpu::kLayoutFp8Blocks);
+}
+
+namespace {
+
+// Columns [lo, hi) of a kLayoutFp8Blocks weight, a row-major. Column blocks of a few groups at
+// a time (the inputs of their groups stream on from chunk to chunk): the first chunk's product
+// goes to c, each later chunk's to a scratch block that is then added; then the bias.
+void gemm_fp8_blocks(const cpu::GemmKernels& g, const float* a, int64_t lda, int64_t m, int64_t k,
+                     const uint8_t* packed, int64_t n, int64_t lo, int64_t hi, float* c,
+                     int64_t ldc, const float* bias) {
+  int64_t h[3];
+  std::memcpy(h, packed, sizeof h);
+  const int64_t bc = h[0], off = h[1], chunks = h[2], np = cpu::round_up(n, 16);
+  const uint8_t* codes = packed + cpu::kFp8BlocksHeader;
+  const float* scales =
+      reinterpret_cast<const float*>(packed + cpu::fp8_blocks_scales_offset(n, k));
+  // Decode rows: 8 groups (one tile of the kernel); more rows: 32 groups per pass over a.
+  const int64_t span = m <= 12 ? 128 : 512;
+  thread_local std::vector<float> tmp;
+  for (int64_t s0 = lo; s0 < hi;) {
+    const int64_t base = s0 / 16 * 16, s1 = std::min(hi, (s0 / span + 1) * span);
+    const int64_t width = s1 - base;  // columns [base, s1) of the scratch block
+    tmp.resize(static_cast<size_t>(m * width));
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t k0 = std::max<int64_t>(0, ch * bc - off), k1 = std::min(k, (ch + 1) * bc - off);
+      const uint8_t* cg = codes + (base / 16) * 16 * k + k0 * 16;
+      const float* sc = scales + ch * np + base;
+      if (ch == 0) {
+        g.gemm_fp8_codes(a + k0, lda, m, k1 - k0, cg, 16 * k, sc, s0 - base, s1 - base, c + base,
+                         ldc);
+        continue;
+      }
+      g.gemm_fp8_codes(a + k0, lda, m, k1 - k0, cg, 16 * k, sc, s0 - base, s1 - base, tmp.data(),
+                       width);
+      for (int64_t i = 0; i < m; ++i) {
+        float* ci = c + i * ldc;
+        const float* ti = tmp.data() + i * width;
+        for (int64_t j = s0; j < s1; ++j) ci[j] += ti[j - base];
+      }
+    }
+    if (bias)
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = s0; j < s1; ++j) c[i * ldc + j] += bias[j];
+    s0 = s1;
+  }
+}
+
+}  // namespace
+
 void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments,
                         const Tensor& out) {
   OpTimer timer(profile_, Op::kLinear);
@@ -201,7 +294,8 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   // weight that was not), or null for the stored-layout path.
   if (packed_.size() < segments.size()) packed_.resize(segments.size());
   std::vector<const uint16_t*> packed(segments.size(), nullptr);
-  std::vector<const uint8_t*> fp8(segments.size(), nullptr);  // kLayoutFp8Tiles weights
+  std::vector<const uint8_t*> fp8(segments.size(), nullptr);         // kLayoutFp8Tiles weights
+  std::vector<const uint8_t*> fp8_blocks(segments.size(), nullptr);  // kLayoutFp8Blocks
   for (size_t s = 0; s < segments.size(); ++s) {
     const LinearSegment& seg = segments[s];
     check_rows(seg.weight, "linear weight");
@@ -215,6 +309,8 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
       packed[s] = seg.weight.data<uint16_t>();
     } else if (seg.weight.layout() == cpu::kLayoutFp8Tiles) {
       fp8[s] = seg.weight.data<uint8_t>();
+    } else if (seg.weight.layout() == cpu::kLayoutFp8Blocks) {
+      fp8_blocks[s] = seg.weight.data<uint8_t>();
     } else if (seg.weight.dtype() == DType::kBF16 && gemm_.bf16_packed && m > 0) {
       const int64_t n = seg.weight.size(0);
       packed_[s].resize(static_cast<size_t>(cpu::packed_bf16_elems(n, k)));
@@ -254,6 +350,18 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
     lda = -1;
   }
 
+  // FP8 blocks take row-major activations (each chunk of inputs is a column offset).
+  const float* a_rows = x.data<float>();
+  int64_t lda_rows = x.stride(0);
+  if (round_bf16 && std::any_of(fp8_blocks.begin(), fp8_blocks.end(), [](auto p) { return p; })) {
+    act_rows_.resize(static_cast<size_t>(m * k));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        act_rows_[i * k + j] = round_to_bf16(a_rows[i * lda_rows + j]);
+    a_rows = act_rows_.data();
+    lda_rows = k;
+  }
+
   // Each thread takes a contiguous range of output columns, which may span several segments.
   auto run_columns = [&](int64_t col_begin, int64_t col_end) {
     int64_t seg_start = 0;
@@ -271,6 +379,10 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
           gemm_.gemm_fp8(a, lda, m, k, fp8[s], rows, local, hi - seg_start,
                          out.data<float>() + seg_start, out.stride(0),
                          seg.bias.defined() ? seg.bias.data<float>() : nullptr);
+        } else if (fp8_blocks[s]) {
+          gemm_fp8_blocks(gemm_, a_rows, lda_rows, m, k, fp8_blocks[s], rows, local, hi - seg_start,
+                          out.data<float>() + seg_start, out.stride(0),
+                          seg.bias.defined() ? seg.bias.data<float>() : nullptr);
         } else {
           const size_t elem = dtype_size(seg.weight.dtype());
           const void* w = static_cast<const char*>(seg.weight.raw()) +
@@ -297,7 +409,9 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   // because each chunk re-reads all activations. A column's arithmetic does not depend on its
   // chunk.
   const int64_t per_thread = m >= 8 ? 2 : 8;
-  const int64_t multiple = !any_packed ? 48 : m >= 12 ? 32 : 128;
+  const bool any_fp8_blocks =
+      std::any_of(fp8_blocks.begin(), fp8_blocks.end(), [](auto p) { return p; });
+  const int64_t multiple = !any_packed && !any_fp8_blocks ? 48 : m >= 12 ? 32 : 128;
   const int64_t chunk =
       cpu::round_up((n_total + threads * per_thread - 1) / (threads * per_thread), multiple);
   const int64_t chunks = (n_total + chunk - 1) / chunk;

@@ -50,6 +50,11 @@ class CpuBackend : public Backend {
   // With fp8_weights: quantized and packed (any float dtype); else prepare_linear_weight.
   Tensor prepare_layer_weight(Tensor host_weight, std::span<const float> row_absmax) override;
   bool quantizes_layer_weights() const override { return fp8_weights_; }
+  // FP8 checkpoints run on the FP8 kernels whatever --quantization says (the codes as stored).
+  bool takes_fp8_weights() const override { return true; }
+  // Blocks of columns: kLayoutFp8Blocks (cpu/gemm.h).
+  Tensor prepare_fp8_layer_weight(const Tensor& codes, const Tensor& scales, int64_t block_cols,
+                                  int64_t block_offset) override;
   int64_t quantization_saved_bytes() const override { return quantization_saved_bytes_; }
 
   void embedding(const Tensor& table, const Tensor& ids, int64_t vocab_start, float scale,
@@ -129,6 +134,7 @@ class CpuBackend : public Backend {
   bool fp8_weights_;
   int64_t quantization_saved_bytes_ = 0;
   std::vector<float> act_;                        // [tiles, k, tile_rows] activations (pack_tiles)
+  std::vector<float> act_rows_;                   // [m, k] bf16-rounded rows (FP8 blocks)
   std::vector<std::vector<uint16_t>> packed_;     // per segment: bf16 weights packed per call
   std::vector<std::vector<float>> attn_scratch_;  // per thread
 };

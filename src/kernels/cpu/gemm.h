@@ -57,6 +57,25 @@ inline int64_t packed_fp8_bytes(int64_t n, int64_t k) {
 // row_absmax[j] when given (the whole row's, for a shard of its columns).
 void pack_fp8_tiles(const void* w, DType dtype, int64_t ldw, int64_t n, int64_t k,
                     const float* row_absmax, uint8_t* packed, int64_t g_begin, int64_t g_end);
+// FP8 weights with a scale per row and block of bc inputs, the inputs starting off values into a
+// block (an FP8 checkpoint's weight_block_size; Tensor::layout() kLayoutFp8Blocks, dtype u8,
+// shape [n, k]): a 64-byte header holding bc, off and the chunk count ceil((k + off) / bc)
+// (int64), the codes in kLayoutFp8Tiles' groups (16 k bytes per group of 16 columns), then per
+// chunk round_up(n, 16) f32 scales (1 past n): chunk b holds inputs [max(0, b bc - off),
+// min(k, (b + 1) bc - off)). The product sums the chunks' products (cpu_backend.cc).
+inline constexpr uint8_t kLayoutFp8Blocks = 3;
+inline constexpr int64_t kFp8BlocksHeader = 64;
+inline int64_t fp8_blocks_scales_offset(int64_t n, int64_t k) {
+  return kFp8BlocksHeader + round_up(round_up(n, 16) * k, 64);
+}
+inline int64_t packed_fp8_blocks_bytes(int64_t n, int64_t k, int64_t chunks) {
+  return fp8_blocks_scales_offset(n, k) + chunks * round_up(n, 16) * 4;
+}
+// Packs E4M3 codes as they are (an FP8 checkpoint's weight, q [n, k] with row stride ldq, and
+// one scale per row) into the same layout: no rounding. Groups [g_begin, g_end). Without
+// row_scales only the codes are written (kLayoutFp8Blocks keeps its scales apart).
+void pack_fp8_codes(const uint8_t* q, int64_t ldq, int64_t n, int64_t k, const float* row_scales,
+                    uint8_t* packed, int64_t g_begin, int64_t g_end);
 inline const float* packed_fp8_scales(const uint8_t* packed, int64_t n, int64_t k) {
   return reinterpret_cast<const float*>(packed + fp8_scales_offset(n, k));
 }
@@ -84,6 +103,12 @@ struct GemmKernels {
   void (*gemm_fp8)(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* packed,
                    int64_t n, int64_t lo, int64_t hi, float* c, int64_t ldc,
                    const float* bias) = nullptr;
+  // Columns [lo, hi) of inputs [0, k) of FP8 codes in kLayoutFp8Tiles' groups, group g at
+  // codes + g gs (gs >= 16 k: a range of a wider weight's inputs), a row-major: acc as gemm_fp8,
+  // c = acc * scale[j] (scale and c point at column 0; scale is read in whole groups of 16).
+  void (*gemm_fp8_codes)(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* codes,
+                         int64_t gs, const float* scale, int64_t lo, int64_t hi, float* c,
+                         int64_t ldc) = nullptr;
   // f32 activations with f32, f16 or bf16 weights in their stored layout (converted to f32 in
   // registers).
   void (*gemm_f32)(const float* a, int64_t lda, int64_t m, int64_t k, const void* w, DType wdtype,

@@ -562,6 +562,24 @@ void gemm_fp8_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const ui
   }
 }
 
+void gemm_fp8_codes_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* codes,
+                           int64_t gs, const float* scale, int64_t lo, int64_t hi, float* c,
+                           int64_t ldc) {
+  if (lo >= hi || m == 0) return;
+  const int64_t g_lo = lo / 16, g_hi = (hi + 15) / 16;
+  for (int64_t i = 0; i < m;) {
+    const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
+    const int64_t width = tile_groups(rm);
+    for (int64_t g = g_lo; g < g_hi; g += width) {
+      const int ng = static_cast<int>(std::min(width, g_hi - g));
+      dispatch_rm<Fp8Tile<false>>(rm, ng, a + i * lda, lda, codes + g * gs, gs, k,
+                                  c + i * ldc + g * 16, ldc, scale + g * 16,
+                                  static_cast<const float*>(nullptr), lo - g * 16, hi - g * 16);
+    }
+    i += rm;
+  }
+}
+
 void gemm_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const void* w, DType wdtype,
                      int64_t ldw, int64_t n, float* c, int64_t ldc, const float* bias) {
   switch (wdtype) {
@@ -614,6 +632,7 @@ GemmKernels gemm_kernels_avx512() {
   kernels.tile_rows = kTileRows;
   kernels.gemm_f32 = gemm_f32_avx512;
   kernels.gemm_fp8 = gemm_fp8_avx512;
+  kernels.gemm_fp8_codes = gemm_fp8_codes_avx512;
   return kernels;
 }
 

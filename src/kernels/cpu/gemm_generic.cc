@@ -119,6 +119,20 @@ void pack_fp8_tiles(const void* w, DType dtype, int64_t ldw, int64_t n, int64_t 
   }
 }
 
+void pack_fp8_codes(const uint8_t* q, int64_t ldq, int64_t n, int64_t k, const float* row_scales,
+                    uint8_t* packed, int64_t g_begin, int64_t g_end) {
+  float* scales = reinterpret_cast<float*>(packed + fp8_scales_offset(n, k));
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    uint8_t* out = packed + g * 16 * k;
+    for (int l = 0; l < 16; ++l) {
+      const int64_t j = g * 16 + l;
+      if (row_scales) scales[j] = j < n ? row_scales[j] : 1.0f;
+      const uint8_t* row = q + j * ldq;
+      for (int64_t i = 0; i < k; ++i) out[i * 16 + l] = j < n ? row[i] : 0;
+    }
+  }
+}
+
 namespace {
 
 // Columns [lo, hi) of a packed FP8 weight, one output at a time (the reference order).
@@ -144,6 +158,26 @@ void gemm_fp8_generic(const float* a, int64_t lda, int64_t m, int64_t k, const u
   }
 }
 
+// The same for a range of inputs of a wider weight (group stride gs).
+void gemm_fp8_codes_generic(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* codes,
+                            int64_t gs, const float* scale, int64_t lo, int64_t hi, float* c,
+                            int64_t ldc) {
+  static const std::array<float, 256> lut = [] {
+    std::array<float, 256> t{};
+    for (int v = 0; v < 256; ++v) t[v] = fp8_e4m3_to_f32(static_cast<uint8_t>(v));
+    return t;
+  }();
+  for (int64_t i = 0; i < m; ++i) {
+    const float* ai = a + i * lda;
+    for (int64_t j = lo; j < hi; ++j) {
+      const uint8_t* q = codes + (j / 16) * gs + j % 16;
+      float acc = 0.0f;
+      for (int64_t kk = 0; kk < k; ++kk) acc = std::fma(ai[kk], lut[q[kk * 16]], acc);
+      c[i * ldc + j] = acc * scale[j];
+    }
+  }
+}
+
 }  // namespace
 
 GemmKernels gemm_kernels_generic() {
@@ -151,6 +185,7 @@ GemmKernels gemm_kernels_generic() {
   kernels.bf16_packed = false;
   kernels.gemm_f32 = gemm_f32_generic;
   kernels.gemm_fp8 = gemm_fp8_generic;
+  kernels.gemm_fp8_codes = gemm_fp8_codes_generic;
   return kernels;
 }
 

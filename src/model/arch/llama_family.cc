@@ -396,7 +396,7 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
       const std::string m = moe_prefix(c, l);
       const MoeNames n = moe_names(c);
       const int64_t e = c.moe_intermediate_size;
-      specs.push_back({m + n.router + ".weight", {c.num_experts, h}, WeightRole::kLinear});
+      specs.push_back({m + n.router + ".weight", {c.num_experts, h}, WeightRole::kRouter});
       if (c.sigmoid_grouped_routing)
         specs.push_back({m + n.router_bias, {c.num_experts}, WeightRole::kBias});
       for (int64_t x = 0; x < c.num_experts; ++x) {
@@ -411,7 +411,7 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
         specs.push_back({sp + n.up + ".weight", {s, h}, WeightRole::kLinear});
         specs.push_back({sp + n.down + ".weight", {h, s}, WeightRole::kLinear});
         if (c.shared_expert_gated)
-          specs.push_back({m + n.shared_gate + ".weight", {1, h}, WeightRole::kLinear});
+          specs.push_back({m + n.shared_gate + ".weight", {1, h}, WeightRole::kRouter});
       }
       continue;
     }

@@ -23,8 +23,9 @@ std::unique_ptr<CausalLM> build_falcon(ModelContext& ctx, WeightSource& weights,
 namespace tessera {
 
 // Kinds of parameter, so that a generator can give each a sensible random initialisation.
-// kLinearTransposed: a Conv1D weight stored [in, out] (GPT-2).
-enum class WeightRole { kEmbedding, kLinear, kLinearTransposed, kLmHead, kNorm, kBias };
+// kLinearTransposed: a Conv1D weight stored [in, out] (GPT-2). kRouter: an MoE router or shared
+// expert gate, a Linear weight that FP8 checkpoints keep in 16 bits.
+enum class WeightRole { kEmbedding, kLinear, kLinearTransposed, kRouter, kLmHead, kNorm, kBias };
 
 struct WeightSpec {
   std::string name;

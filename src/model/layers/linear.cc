@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "core/status.h"
@@ -32,13 +33,81 @@ Tensor load_part(WeightSource& weights, const ColumnPart& part, int64_t in_featu
                      Slice{0, part.row_begin, part.row_end});
 }
 
+// A decoder layer's Linear weight from an FP8 checkpoint, as stored, where the backend runs FP8
+// weights; nullopt otherwise (get() then dequantizes it).
+std::optional<Tensor> stored_fp8(ModelContext& ctx, WeightSource& weights, const std::string& name,
+                                 std::initializer_list<int64_t> shape, Slice slice) {
+  if (!ctx.backend.takes_fp8_weights()) return std::nullopt;
+  std::optional<Fp8Rows> fp8 =
+      weights.get_fp8_rows(name, std::span<const int64_t>(shape.begin(), shape.size()), slice);
+  if (!fp8) return std::nullopt;
+  return ctx.backend.prepare_fp8_layer_weight(fp8->codes, fp8->scales, fp8->block_cols,
+                                              fp8->block_offset);
+}
+
 }  // namespace
+
+bool ColumnParallelLinear::merge_fp8(ModelContext& ctx, WeightSource& weights,
+                                     const std::vector<ColumnPart>& parts, int64_t in_features) {
+  if (!ctx.backend.takes_fp8_weights()) return false;
+  // All parts FP8 with the same kind of scales, or none taken this way.
+  std::vector<Fp8Rows> taken;
+  for (const ColumnPart& part : parts) {
+    std::optional<Fp8Rows> p;
+    if (!part.transposed)
+      p = weights.get_fp8_rows(part.name + ".weight", std::vector<int64_t>{part.rows, in_features},
+                               Slice{0, part.row_begin, part.row_end});
+    if (!p) {
+      TESSERA_CHECK(taken.empty()) << part.name << ": merged parts mix FP8 and other weights";
+      return false;
+    }
+    TESSERA_CHECK(taken.empty() || (p->block_cols == taken[0].block_cols &&
+                                    p->block_offset == taken[0].block_offset &&
+                                    p->scales.dim() == taken[0].scales.dim()))
+        << part.name << ": merged parts with different FP8 scales";
+    // (A mapped part's pages may be dropped by the next read; they fault back when copied.)
+    taken.push_back(std::move(*p));
+  }
+  const int64_t per_row = taken[0].scales.dim() == 2 ? taken[0].scales.size(1) : 1;
+  Tensor codes = Tensor::empty({out_features_, in_features}, DType::kF8E4M3);
+  Tensor scales = taken[0].scales.dim() == 2 ? Tensor::empty({out_features_, per_row}, DType::kF32)
+                                             : Tensor::empty({out_features_}, DType::kF32);
+  int64_t row = 0;
+  for (const Fp8Rows& p : taken) {
+    const int64_t n = p.codes.size(0);
+    for (int64_t r = 0; r < n; ++r)
+      std::memcpy(codes.data<uint8_t>() + (row + r) * in_features,
+                  p.codes.data<uint8_t>() + r * p.codes.stride(0), in_features);
+    std::memcpy(scales.data<float>() + row * per_row, p.scales.data<float>(),
+                n * per_row * sizeof(float));
+    row += n;
+  }
+  const bool has_bias = parts.front().bias;
+  LinearSegment seg;
+  seg.weight = ctx.backend.prepare_fp8_layer_weight(codes, scales, taken[0].block_cols,
+                                                    taken[0].block_offset);
+  if (has_bias) {
+    Tensor bias = Tensor::empty({out_features_}, DType::kF32);
+    int64_t at = 0;
+    for (const ColumnPart& part : parts) {
+      TESSERA_CHECK(part.bias) << part.name << ": merged parts disagree on a bias";
+      Tensor b = load_f32_vector(ctx, weights, part.name + ".bias", part.rows, part.row_begin,
+                                 part.row_end);
+      std::memcpy(bias.data<float>() + at, b.data<float>(), b.numel() * sizeof(float));
+      at += b.numel();
+    }
+    seg.bias = ctx.backend.prepare_weight(bias);
+  }
+  segments_.push_back(std::move(seg));
+  return true;
+}
 
 ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weights,
                                            const std::vector<ColumnPart>& parts,
                                            int64_t in_features, bool merge)
     : ctx_(ctx) {
   for (const ColumnPart& part : parts) out_features_ += part.row_end - part.row_begin;
+  if (merge && parts.size() > 1 && merge_fp8(ctx, weights, parts, in_features)) return;
   if (merge && parts.size() > 1) {
     // Each part is copied out before the next get() (which may drop the previous one's pages).
     Tensor w, bias;  // [out_features, in_features] in the stored dtype; f32 [out_features]
@@ -79,7 +148,12 @@ ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weig
   }
   for (const ColumnPart& part : parts) {
     LinearSegment seg;
-    seg.weight = ctx.backend.prepare_layer_weight(load_part(weights, part, in_features), {});
+    std::optional<Tensor> fp8;
+    if (!part.transposed)
+      fp8 = stored_fp8(ctx, weights, part.name + ".weight", {part.rows, in_features},
+                       Slice{0, part.row_begin, part.row_end});
+    seg.weight = fp8 ? std::move(*fp8)
+                     : ctx.backend.prepare_layer_weight(load_part(weights, part, in_features), {});
     if (part.bias)
       seg.bias = load_f32_vector(ctx, weights, part.name + ".bias", part.rows, part.row_begin,
                                  part.row_end);
@@ -91,12 +165,12 @@ void ColumnParallelLinear::forward(const Tensor& x, const Tensor& out) const {
   ctx_.backend.linear(x, segments_, out);
 }
 
-RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
-                                     const std::string& name, int64_t out_features,
-                                     int64_t in_features, Range cols, bool bias, bool transposed)
-    : ctx_(ctx) {
-  TESSERA_CHECK(0 <= cols.begin && cols.begin < cols.end && cols.end <= in_features);
-  in_local_ = cols.size();
+namespace {
+
+// A row-parallel shard (columns `cols` of every row) of a 16- or 32-bit (or dequantized) weight,
+// prepared by the backend.
+Tensor prepare_row_shard(ModelContext& ctx, WeightSource& weights, const std::string& name,
+                         int64_t out_features, int64_t in_features, Range cols, bool transposed) {
   Tensor w = transposed ? weights
                               .get(name + ".weight", {in_features, out_features},
                                    Slice{0, cols.begin, cols.end})
@@ -113,7 +187,7 @@ RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
       const char* row =
           static_cast<const char*>(w.raw()) + static_cast<size_t>(j * w.stride(0)) * elem;
       float m = 0.0f;
-      for (int64_t i = 0; i < in_local_; ++i)
+      for (int64_t i = 0; i < cols.size(); ++i)
         m = std::max(m, std::fabs(load_as_f32(row, w.dtype(), i)));
       local.data<float>()[j] = m;
     }
@@ -124,7 +198,24 @@ RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
       for (int64_t j = 0; j < out_features; ++j)
         row_absmax[j] = std::max(row_absmax[j], all.data<float>()[r * out_features + j]);
   }
-  segment_.weight = ctx.backend.prepare_layer_weight(std::move(w), row_absmax);
+  return ctx.backend.prepare_layer_weight(std::move(w), row_absmax);
+}
+
+}  // namespace
+
+RowParallelLinear::RowParallelLinear(ModelContext& ctx, WeightSource& weights,
+                                     const std::string& name, int64_t out_features,
+                                     int64_t in_features, Range cols, bool bias, bool transposed)
+    : ctx_(ctx) {
+  TESSERA_CHECK(0 <= cols.begin && cols.begin < cols.end && cols.end <= in_features);
+  in_local_ = cols.size();
+  std::optional<Tensor> fp8;
+  if (!transposed)
+    fp8 = stored_fp8(ctx, weights, name + ".weight", {out_features, in_features},
+                     Slice{1, cols.begin, cols.end});
+  segment_.weight =
+      fp8 ? std::move(*fp8)
+          : prepare_row_shard(ctx, weights, name, out_features, in_features, cols, transposed);
   // The bias joins on rank 0 only, so that the all-reduce adds it once.
   if (bias) {
     Tensor b = load_f32_vector(ctx, weights, name + ".bias", out_features);

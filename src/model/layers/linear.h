@@ -36,6 +36,11 @@ class ColumnParallelLinear {
   int64_t out_features() const { return out_features_; }
 
  private:
+  // merge with FP8 parts on a backend that takes them: codes and scales concatenated as stored.
+  // False (nothing read) when the parts are not FP8.
+  bool merge_fp8(ModelContext& ctx, WeightSource& weights, const std::vector<ColumnPart>& parts,
+                 int64_t in_features);
+
   ModelContext& ctx_;
   std::vector<LinearSegment> segments_;
   int64_t out_features_ = 0;

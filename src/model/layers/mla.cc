@@ -66,13 +66,20 @@ MlaAttention::MlaAttention(ModelContext& ctx, WeightSource& w, const std::string
   const std::string kv_b = p + "kv_b_proj.weight";
   const int64_t per_head = nope_ + v_;
   const std::vector<int64_t> kv_b_shape = {c.num_heads * per_head, latent_};
+  // Not quantized by --quantization (vLLM's MLA keeps these products in 16 bits too). An FP8
+  // checkpoint's codes stay as stored where the backend runs them, else they are dequantized.
+  auto prepare = [&](Slice rows, bool transposed) {
+    if (ctx.backend.takes_fp8_weights())
+      if (std::optional<Fp8Rows> fp8 = w.get_fp8_rows(kv_b, kv_b_shape, rows, transposed))
+        return ctx.backend.prepare_fp8_layer_weight(fp8->codes, fp8->scales, fp8->block_cols,
+                                                    fp8->block_offset);
+    Tensor t = w.get(kv_b, kv_b_shape, rows);
+    return ctx.backend.prepare_linear_weight(transposed ? t.transposed() : std::move(t));
+  };
   for (int64_t i = h0; i < h0 + heads_; ++i) {
     LinearSegment uk, uv;
-    // Never quantized: vLLM's MLA keeps these products in 16 bits too.
-    uk.weight = ctx.backend.prepare_linear_weight(
-        w.get(kv_b, kv_b_shape, Slice{0, i * per_head, i * per_head + nope_}).transposed());
-    uv.weight = ctx.backend.prepare_linear_weight(
-        w.get(kv_b, kv_b_shape, Slice{0, i * per_head + nope_, (i + 1) * per_head}));
+    uk.weight = prepare(Slice{0, i * per_head, i * per_head + nope_}, /*transposed=*/true);
+    uv.weight = prepare(Slice{0, i * per_head + nope_, (i + 1) * per_head}, false);
     uk_t_.push_back(std::move(uk));
     uv_.push_back(std::move(uv));
   }
