@@ -216,9 +216,14 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   e->load_seconds_ = report.seconds;
   const ModelConfig& config = e->model_->config();
   if (wc.is_driver())
-    spdlog::info("loaded {} ({}, {} layers) from {}: {:.2f} GB of weights{} in {:.2f} s{}",
-                 config.architecture, dtype_name(config.dtype), config.num_layers,
-                 args.model.string(), e->model_->weight_bytes() / 1e9,
+    spdlog::info("loaded {} ({}{}, {} layers) from {}: {:.2f} GB of weights{} in {:.2f} s{}",
+                 config.architecture, dtype_name(config.dtype),
+                 !config.fp8_checkpoint ? std::string()
+                 : config.fp8_block_rows > 0
+                     ? fmt::format(", FP8 checkpoint in {} x {} blocks", config.fp8_block_rows,
+                                   config.fp8_block_cols)
+                     : std::string(", FP8 checkpoint"),
+                 config.num_layers, args.model.string(), e->model_->weight_bytes() / 1e9,
                  args.fp8_weights
                      ? fmt::format(" ({:.2f} GB with FP8 layers)", e->resident_weight_bytes() / 1e9)
                      : std::string(),

@@ -292,6 +292,41 @@ TEST_F(CliTest, PreQuantizedCheckpointIsRefusedWithTheReason) {
   fs::remove_all(dir);
 }
 
+// FP8 checkpoints load as stored through the CLI (make-model writes each layout); the log says
+// which; a compressed-tensors checkpoint with integer weights is refused naming what it holds.
+TEST_F(CliTest, Fp8CheckpointsLoadAndOtherQuantizationsAreNamed) {
+  const fs::path dir = testing::temp_dir("fp8_cli");
+  for (const char* kind : {"fp8", "fp8-channel", "fp8-block"}) {
+    SCOPED_TRACE(kind);
+    fs::remove_all(dir);
+    ASSERT_EQ(run(std::string("make-model --arch qwen2 --preset tiny --checkpoint-quantization ") +
+                  kind + " --out " + dir.string())
+                  .status,
+              0);
+    CliRun r = run("generate --model " + dir.string() + " --prompt hello --max-tokens 4");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.err.find(std::string(kind) == "fp8-block" ? "FP8 checkpoint in 128 x 128 blocks"
+                                                          : "FP8 checkpoint,"),
+              std::string::npos)
+        << r.err;
+  }
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(dir / "config.json"));
+  config["quantization_config"] = {
+      {"quant_method", "compressed-tensors"},
+      {"format", "pack-quantized"},
+      {"config_groups",
+       {{"group_0", {{"weights", {{"num_bits", 4}, {"type", "int"}, {"strategy", "group"}}}}}}}};
+  std::ofstream(dir / "config.json") << config.dump();
+  CliRun refused = run("generate --model " + dir.string() + " --prompt hello --max-tokens 3");
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_NE(last_line(refused.err)
+                .find("\"compressed-tensors\": compressed-tensors pack-quantized, 4-bit int "
+                      "weights (group strategy)) is not supported"),
+            std::string::npos)
+      << refused.err;
+  fs::remove_all(dir);
+}
+
 // run-batch: every input line gets exactly one output line, in order, keyed by custom_id; good
 // lines answer what `generate` answers for the same prompt, bad lines get an error line.
 TEST_F(CliTest, RunBatchAnswersGoodLinesAndReportsBadOnes) {
