@@ -92,7 +92,8 @@ Tensor WeightSource::stored(const std::string& name, std::span<const int64_t> sh
   return t;
 }
 
-Tensor WeightSource::fp8_scales(const std::string& name, const TensorInfo& weight, bool* blocks) {
+WeightSource::Fp8Scales WeightSource::fp8_scales(const std::string& name,
+                                                 const TensorInfo& weight) {
   const std::string file = checkpoint_->file_of(name);
   std::string scale_name = name + "_scale_inv";
   if (!checkpoint_->contains(scale_name)) scale_name = name + "_scale";
@@ -109,11 +110,11 @@ Tensor WeightSource::fp8_scales(const std::string& name, const TensorInfo& weigh
   int64_t numel = 1;
   for (int64_t d : info.shape) numel *= d;
   // The scale is small: read it whole, whatever slice of the weight is wanted (mmap: a view).
-  const Tensor raw = stored(scale_name, info.shape, {});
-  Tensor scales = raw.contiguous().to(DType::kF32);
+  Fp8Scales scales;
+  scales.values = stored(scale_name, info.shape, {}).contiguous().to(DType::kF32);
   if (numel == 1 || (numel == rows &&
                      (info.shape.size() == 1 || (info.shape.size() == 2 && info.shape[1] == 1)))) {
-    *blocks = false;
+    scales.values = scales.values.reshape({numel});
     return scales;
   }
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
@@ -127,7 +128,9 @@ Tensor WeightSource::fp8_scales(const std::string& name, const TensorInfo& weigh
     fail("{}: scale \"{}\" has shape {}, expected [{}, {}] for a {} weight in blocks of {} x {}",
          file, scale_name, shape_str(info.shape), ceil_div(rows, block_rows_),
          ceil_div(cols, block_cols_), shape_str(weight.shape), block_rows_, block_cols_);
-  *blocks = true;
+  scales.blocks = true;
+  scales.block_rows = block_rows_;
+  scales.block_cols = block_cols_;
   return scales;
 }
 
@@ -135,46 +138,37 @@ std::optional<Fp8Rows> WeightSource::get_fp8_rows(const std::string& name,
                                                   std::span<const int64_t> shape, Slice slice,
                                                   bool transposed) {
   if (!has(name) || checkpoint_->info(name).dtype != DType::kF8E4M3) return std::nullopt;
-  const TensorInfo& info = checkpoint_->info(name);
-  bool blocks = false;
-  Tensor scales = fp8_scales(name, info, &blocks);
+  const Fp8Scales scales = fp8_scales(name, checkpoint_->info(name));
+  if (transposed && !scales.blocks && scales.values.numel() != 1) return std::nullopt;
   const int64_t r0 = slice.dim == 0 ? slice.begin : 0, c0 = slice.dim == 1 ? slice.begin : 0;
-  if (transposed && !blocks && scales.numel() != 1) return std::nullopt;
   Fp8Rows out;
   out.codes = stored(name, shape, slice);
-  const int64_t rows = out.codes.size(0), cols = out.codes.size(1);
-  const float* s = scales.data<float>();
   if (transposed) {
+    const int64_t rows = out.codes.size(0), cols = out.codes.size(1);
     Tensor t = Tensor::empty({cols, rows}, DType::kF8E4M3);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c)
         t.data<uint8_t>()[c * rows + r] = out.codes.data<uint8_t>()[r * out.codes.stride(0) + c];
     out.codes = t;
   }
-  const int64_t n = out.codes.size(0);
-  if (!blocks) {
+  // The scale of element (i, j) of what is returned.
+  auto at = [&](int64_t i, int64_t j) {
+    return transposed ? scales.at(r0 + j, c0 + i) : scales.at(r0 + i, c0 + j);
+  };
+  const int64_t n = out.codes.size(0), k = out.codes.size(1);
+  if (!scales.blocks) {
     out.scales = Tensor::empty({n}, DType::kF32);
-    for (int64_t r = 0; r < n; ++r)
-      out.scales.data<float>()[r] = scales.numel() == 1 ? s[0] : s[r0 + r];
+    for (int64_t r = 0; r < n; ++r) out.scales.data<float>()[r] = at(r, 0);
     return out;
   }
-  // Scale of stored element (row, col) of the slice.
-  const int64_t stored_cols = scales.size(1);
-  auto scale_at = [&](int64_t row, int64_t col) {
-    return s[((r0 + row) / block_rows_) * stored_cols + (c0 + col) / block_cols_];
-  };
-  // The slice's columns (stored rows, transposed) may start inside a block.
-  out.block_cols = transposed ? block_rows_ : block_cols_;
-  out.block_offset = transposed ? r0 % block_rows_ : c0 % block_cols_;
-  const int64_t k = out.codes.size(1), bc = out.block_cols, off = out.block_offset;
-  const int64_t chunks = (k + off + bc - 1) / bc;
+  // The returned columns (stored rows, transposed) may start inside a block.
+  out.block_cols = transposed ? scales.block_rows : scales.block_cols;
+  out.block_offset = (transposed ? r0 : c0) % out.block_cols;
+  const int64_t bc = out.block_cols, off = out.block_offset, chunks = (k + off + bc - 1) / bc;
   out.scales = Tensor::empty({n, chunks}, DType::kF32);
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t b = 0; b < chunks; ++b) {
-      const int64_t first = std::max<int64_t>(0, b * bc - off);  // the chunk's first column
-      out.scales.data<float>()[r * chunks + b] =
-          transposed ? scale_at(first, r) : scale_at(r, first);
-    }
+    for (int64_t b = 0; b < chunks; ++b)  // at the chunk's first column
+      out.scales.data<float>()[r * chunks + b] = at(r, std::max<int64_t>(0, b * bc - off));
   return out;
 }
 
@@ -194,25 +188,17 @@ Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape
     const TensorInfo& info = checkpoint_->info(name);
     if (info.dtype == DType::kF8E4M3) {
       // An FP8 weight: w = scale * e4m3(code), the scale of its row, or of its block.
-      bool blocks = false;
-      const Tensor scales = fp8_scales(name, info, &blocks);
+      const Fp8Scales scales = fp8_scales(name, info);
       const Tensor codes = stored(name, shape, slice);
       const int64_t rows = codes.size(0), cols = codes.size(1);
       const int64_t r0 = slice.dim == 0 ? slice.begin : 0, c0 = slice.dim == 1 ? slice.begin : 0;
-      const int64_t scale_cols = blocks ? scales.size(1) : 0;
-      const float* s = scales.data<float>();
       t = Tensor::empty({rows, cols}, convert_to_.value_or(dequantized_));
       auto body = [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const uint8_t* q = codes.data<uint8_t>() + r * codes.stride(0);
-          for (int64_t c = 0; c < cols; ++c) {
-            const float scale =
-                blocks ? s[((r0 + r) / block_rows_) * scale_cols + (c0 + c) / block_cols_]
-                : scales.numel() == 1 ? s[0]
-                                      : s[r0 + r];
+          for (int64_t c = 0; c < cols; ++c)
             store_from_f32(t.raw(), t.dtype(), r * cols + c,
-                           scale * fp8_e4m3_to_f32(q[c * codes.stride(1)]));
-          }
+                           scales.at(r0 + r, c0 + c) * fp8_e4m3_to_f32(q[c * codes.stride(1)]));
         }
       };
       if (pool_)

@@ -93,8 +93,19 @@ class WeightSource {
   Tensor read_slice(const std::string& name, const TensorInfo& info, Slice slice);
   // The stored bytes of `name` cut to `slice` (checked against `shape`), counted as used.
   Tensor stored(const std::string& name, std::span<const int64_t> shape, Slice slice);
-  // The scale tensor of FP8 weight `name` (whole, as f32) and whether it is per block.
-  Tensor fp8_scales(const std::string& name, const TensorInfo& weight, bool* blocks);
+  // The scales of an FP8 weight, whole, as f32: one, one per row, or one per block.
+  struct Fp8Scales {
+    Tensor values;  // [1], [rows] or [ceil(rows / block_rows), ceil(cols / block_cols)]
+    bool blocks = false;
+    int64_t block_rows = 0, block_cols = 0;
+    // The scale of stored element (row, col).
+    float at(int64_t row, int64_t col) const {
+      const float* s = values.data<float>();
+      if (blocks) return s[(row / block_rows) * values.size(1) + col / block_cols];
+      return values.numel() == 1 ? s[0] : s[row];
+    }
+  };
+  Fp8Scales fp8_scales(const std::string& name, const TensorInfo& weight);
   Tensor dummy(const std::string& name, std::span<const int64_t> shape, Slice slice);
 
   const Checkpoint* checkpoint_;

@@ -45,6 +45,25 @@ std::optional<Tensor> stored_fp8(ModelContext& ctx, WeightSource& weights, const
                                               fp8->block_offset);
 }
 
+// The merged parts' biases, this rank's rows of each in order, as one f32 vector (undefined when
+// the parts have none).
+Tensor merged_bias(ModelContext& ctx, WeightSource& weights, const std::vector<ColumnPart>& parts,
+                   int64_t out_features) {
+  const bool has_bias = parts.front().bias;
+  for (const ColumnPart& part : parts)
+    TESSERA_CHECK(part.bias == has_bias) << part.name << ": merged parts disagree on a bias";
+  if (!has_bias) return {};
+  Tensor bias = Tensor::empty({out_features}, DType::kF32);
+  int64_t at = 0;
+  for (const ColumnPart& part : parts) {
+    Tensor b = weights.get(part.name + ".bias", {part.rows}, Slice{0, part.row_begin, part.row_end})
+                   .to(DType::kF32);
+    std::memcpy(bias.data<float>() + at, b.data<float>(), b.numel() * sizeof(float));
+    at += b.numel();
+  }
+  return ctx.backend.prepare_weight(bias);
+}
+
 }  // namespace
 
 bool ColumnParallelLinear::merge_fp8(ModelContext& ctx, WeightSource& weights,
@@ -58,9 +77,12 @@ bool ColumnParallelLinear::merge_fp8(ModelContext& ctx, WeightSource& weights,
       p = weights.get_fp8_rows(part.name + ".weight", std::vector<int64_t>{part.rows, in_features},
                                Slice{0, part.row_begin, part.row_end});
     if (!p) {
-      TESSERA_CHECK(taken.empty()) << part.name << ": merged parts mix FP8 and other weights";
+      if (!taken.empty())
+        fail("{}: the parts of one fused layer mix FP8 and 16-bit weights", part.name);
       return false;
     }
+    // The parts are rows of one checkpoint tensor (Falcon's query_key_value, DeepSeek's
+    // projections), so their scales are of one kind.
     TESSERA_CHECK(taken.empty() || (p->block_cols == taken[0].block_cols &&
                                     p->block_offset == taken[0].block_offset &&
                                     p->scales.dim() == taken[0].scales.dim()))
@@ -82,22 +104,10 @@ bool ColumnParallelLinear::merge_fp8(ModelContext& ctx, WeightSource& weights,
                 n * per_row * sizeof(float));
     row += n;
   }
-  const bool has_bias = parts.front().bias;
   LinearSegment seg;
   seg.weight = ctx.backend.prepare_fp8_layer_weight(codes, scales, taken[0].block_cols,
                                                     taken[0].block_offset);
-  if (has_bias) {
-    Tensor bias = Tensor::empty({out_features_}, DType::kF32);
-    int64_t at = 0;
-    for (const ColumnPart& part : parts) {
-      TESSERA_CHECK(part.bias) << part.name << ": merged parts disagree on a bias";
-      Tensor b = load_f32_vector(ctx, weights, part.name + ".bias", part.rows, part.row_begin,
-                                 part.row_end);
-      std::memcpy(bias.data<float>() + at, b.data<float>(), b.numel() * sizeof(float));
-      at += b.numel();
-    }
-    seg.bias = ctx.backend.prepare_weight(bias);
-  }
+  seg.bias = merged_bias(ctx, weights, parts, out_features_);
   segments_.push_back(std::move(seg));
   return true;
 }
@@ -110,12 +120,9 @@ ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weig
   if (merge && parts.size() > 1 && merge_fp8(ctx, weights, parts, in_features)) return;
   if (merge && parts.size() > 1) {
     // Each part is copied out before the next get() (which may drop the previous one's pages).
-    Tensor w, bias;  // [out_features, in_features] in the stored dtype; f32 [out_features]
-    const bool has_bias = parts.front().bias;
-    if (has_bias) bias = Tensor::empty({out_features_}, DType::kF32);
+    Tensor w;  // [out_features, in_features] in the stored dtype
     int64_t row = 0;
     for (const ColumnPart& part : parts) {
-      TESSERA_CHECK(part.bias == has_bias) << part.name << ": merged parts disagree on a bias";
       Tensor p = load_part(weights, part, in_features);
       if (!w.defined()) w = Tensor::empty({out_features_, in_features}, p.dtype());
       TESSERA_CHECK(p.dtype() == w.dtype()) << part.name << ": merged parts of two dtypes";
@@ -132,17 +139,11 @@ ColumnParallelLinear::ColumnParallelLinear(ModelContext& ctx, WeightSource& weig
                         src + (r * p.stride(0) + i * p.stride(1)) * elem, elem);
         }
       }
-      if (has_bias) {
-        Tensor b =
-            weights.get(part.name + ".bias", {part.rows}, Slice{0, part.row_begin, part.row_end})
-                .to(DType::kF32);
-        std::memcpy(bias.data<float>() + row, b.data<float>(), b.numel() * sizeof(float));
-      }
       row += p.size(0);
     }
     LinearSegment seg;
     seg.weight = ctx.backend.prepare_layer_weight(std::move(w), {});
-    if (has_bias) seg.bias = ctx.backend.prepare_weight(bias);
+    seg.bias = merged_bias(ctx, weights, parts, out_features_);
     segments_.push_back(std::move(seg));
     return;
   }
