@@ -384,6 +384,33 @@ TEST_P(CpuBackendTest, StoredFp8CodesMatchDequantizedReference) {
     }
 }
 
+// Block-scaled codes give the same bits on every ISA and in every batch: each output is the same
+// chunk sums added in the same order whether its rows run one, twelve or sixteen at a time.
+TEST_P(CpuBackendTest, Fp8BlocksAreBatchInvariantAndTheSameOnEveryIsa) {
+  const int64_t k = 300, n = 70, m = 60, block = 128, off = 40;
+  const int64_t chunks = (k + off + block - 1) / block;
+  Tensor x = random_tensor({m, k}, DType::kF32, 181);
+  Tensor codes = Tensor::empty({n, k}, DType::kF8E4M3);
+  for (int64_t i = 0; i < n * k; ++i)
+    codes.data<uint8_t>()[i] = static_cast<uint8_t>((i * 53) % 127);
+  Tensor scales = Tensor::empty({n, chunks}, DType::kF32);
+  for (int64_t i = 0; i < n * chunks; ++i) scales.data<float>()[i] = 1e-3f * (1 + i % 7);
+  CpuBackend generic(pool_, cpu::Isa::kGeneric, GetParam().precision);
+  LinearSegment seg{backend_.prepare_fp8_layer_weight(codes, scales, block, off), {}};
+  LinearSegment gseg{generic.prepare_fp8_layer_weight(codes, scales, block, off), {}};
+  Tensor full = Tensor::empty({m, n}, DType::kF32), ref = Tensor::empty({m, n}, DType::kF32);
+  backend_.linear(x, {&seg, 1}, full);
+  generic.linear(x, {&gseg, 1}, ref);
+  EXPECT_EQ(std::memcmp(full.raw(), ref.raw(), full.nbytes()), 0) << "kernels disagree";
+  for (int64_t batch : {1, 2, 5, 11, 12, 13, 16, 17, 47, 50}) {
+    const int64_t start = (batch * 3) % (m - batch + 1);
+    Tensor part = Tensor::empty({batch, n}, DType::kF32);
+    backend_.linear(x.slice(0, start, start + batch), {&seg, 1}, part);
+    ASSERT_EQ(std::memcmp(part.raw(), full.data<float>() + start * n, part.nbytes()), 0)
+        << "batch " << batch << " at " << start;
+  }
+}
+
 // Without --quantization the layer weights are prepared as before (bf16 packed or as stored).
 TEST_P(CpuBackendTest, LayerWeightsStayAsStoredWithoutQuantization) {
   Tensor w = random_tensor({32, 64}, DType::kF32, 91);

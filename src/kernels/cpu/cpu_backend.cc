@@ -237,9 +237,10 @@ Tensor CpuBackend::prepare_fp8_layer_weight(const Tensor& codes, const Tensor& s
 
 namespace {
 
-// Columns [lo, hi) of a kLayoutFp8Blocks weight, a row-major. Column blocks of a few groups at
-// a time (the inputs of their groups stream on from chunk to chunk): the first chunk's product
-// goes to c, each later chunk's to a scratch block that is then added; then the bias.
+// Columns [lo, hi) of a kLayoutFp8Blocks weight, a row-major or (lda = -1) in pack_tiles'
+// layout. Column blocks of a few groups at a time (the inputs of their groups stream on from
+// chunk to chunk): the first chunk's product goes to c, each later chunk's to a scratch block
+// that is then added; then the bias.
 void gemm_fp8_blocks(const cpu::GemmKernels& g, const float* a, int64_t lda, int64_t m, int64_t k,
                      const uint8_t* packed, int64_t n, int64_t lo, int64_t hi, float* c,
                      int64_t ldc, const float* bias) {
@@ -249,6 +250,9 @@ void gemm_fp8_blocks(const cpu::GemmKernels& g, const float* a, int64_t lda, int
   const uint8_t* codes = packed + cpu::kFp8BlocksHeader;
   const float* scales =
       reinterpret_cast<const float*>(packed + cpu::fp8_blocks_scales_offset(n, k));
+  // Input k0 of row 0: a column offset, or k0 values into the first tile.
+  const bool tiled = lda < 0;
+  const int64_t a_step = tiled ? g.tile_rows : 1, tile_k = tiled ? k : 0;
   // Decode rows: 8 groups (one tile of the kernel); more rows: 32 groups per pass over a.
   const int64_t span = m <= 12 ? 128 : 512;
   thread_local std::vector<float> tmp;
@@ -261,12 +265,12 @@ void gemm_fp8_blocks(const cpu::GemmKernels& g, const float* a, int64_t lda, int
       const uint8_t* cg = codes + (base / 16) * 16 * k + k0 * 16;
       const float* sc = scales + ch * np + base;
       if (ch == 0) {
-        g.gemm_fp8_codes(a + k0, lda, m, k1 - k0, cg, 16 * k, sc, s0 - base, s1 - base, c + base,
-                         ldc);
+        g.gemm_fp8_codes(a + k0 * a_step, lda, tile_k, m, k1 - k0, cg, 16 * k, sc, s0 - base,
+                         s1 - base, c + base, ldc);
         continue;
       }
-      g.gemm_fp8_codes(a + k0, lda, m, k1 - k0, cg, 16 * k, sc, s0 - base, s1 - base, tmp.data(),
-                       width);
+      g.gemm_fp8_codes(a + k0 * a_step, lda, tile_k, m, k1 - k0, cg, 16 * k, sc, s0 - base,
+                       s1 - base, tmp.data(), width);
       for (int64_t i = 0; i < m; ++i) {
         float* ci = c + i * ldc;
         const float* ti = tmp.data() + i * width;
@@ -327,8 +331,10 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   // Activations for the packed kernel: many rows are rearranged into row tiles (each tile one
   // stream of 12-value groups, cpu/gemm.h), and so are few rows when bf16 matmul precision
   // rounds them first; otherwise few rows are read in place.
-  const bool any_packed = std::any_of(packed.begin(), packed.end(), [](auto p) { return p; }) ||
-                          std::any_of(fp8.begin(), fp8.end(), [](auto p) { return p; });
+  const bool any_packed =
+      std::any_of(packed.begin(), packed.end(), [](auto p) { return p; }) ||
+      std::any_of(fp8.begin(), fp8.end(), [](auto p) { return p; }) ||
+      std::any_of(fp8_blocks.begin(), fp8_blocks.end(), [](auto p) { return p; });
   const bool round_bf16 = precision_ == MatmulPrecision::kBf16;
   const float* a = x.data<float>();
   int64_t lda = x.stride(0);
@@ -350,18 +356,6 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
     lda = -1;
   }
 
-  // FP8 blocks take row-major activations (each chunk of inputs is a column offset).
-  const float* a_rows = x.data<float>();
-  int64_t lda_rows = x.stride(0);
-  if (round_bf16 && std::any_of(fp8_blocks.begin(), fp8_blocks.end(), [](auto p) { return p; })) {
-    act_rows_.resize(static_cast<size_t>(m * k));
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < k; ++j)
-        act_rows_[i * k + j] = round_to_bf16(a_rows[i * lda_rows + j]);
-    a_rows = act_rows_.data();
-    lda_rows = k;
-  }
-
   // Each thread takes a contiguous range of output columns, which may span several segments.
   auto run_columns = [&](int64_t col_begin, int64_t col_end) {
     int64_t seg_start = 0;
@@ -380,7 +374,7 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
                          out.data<float>() + seg_start, out.stride(0),
                          seg.bias.defined() ? seg.bias.data<float>() : nullptr);
         } else if (fp8_blocks[s]) {
-          gemm_fp8_blocks(gemm_, a_rows, lda_rows, m, k, fp8_blocks[s], rows, local, hi - seg_start,
+          gemm_fp8_blocks(gemm_, a, lda, m, k, fp8_blocks[s], rows, local, hi - seg_start,
                           out.data<float>() + seg_start, out.stride(0),
                           seg.bias.defined() ? seg.bias.data<float>() : nullptr);
         } else {
@@ -409,9 +403,7 @@ void CpuBackend::linear(const Tensor& x, std::span<const LinearSegment> segments
   // because each chunk re-reads all activations. A column's arithmetic does not depend on its
   // chunk.
   const int64_t per_thread = m >= 8 ? 2 : 8;
-  const bool any_fp8_blocks =
-      std::any_of(fp8_blocks.begin(), fp8_blocks.end(), [](auto p) { return p; });
-  const int64_t multiple = !any_packed && !any_fp8_blocks ? 48 : m >= 12 ? 32 : 128;
+  const int64_t multiple = !any_packed ? 48 : m >= 12 ? 32 : 128;
   const int64_t chunk =
       cpu::round_up((n_total + threads * per_thread - 1) / (threads * per_thread), multiple);
   const int64_t chunks = (n_total + chunk - 1) / chunk;

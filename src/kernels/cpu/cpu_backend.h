@@ -134,7 +134,6 @@ class CpuBackend : public Backend {
   bool fp8_weights_;
   int64_t quantization_saved_bytes_ = 0;
   std::vector<float> act_;                        // [tiles, k, tile_rows] activations (pack_tiles)
-  std::vector<float> act_rows_;                   // [m, k] bf16-rounded rows (FP8 blocks)
   std::vector<std::vector<uint16_t>> packed_;     // per segment: bf16 weights packed per call
   std::vector<std::vector<float>> attn_scratch_;  // per thread
 };

@@ -104,11 +104,13 @@ struct GemmKernels {
                    int64_t n, int64_t lo, int64_t hi, float* c, int64_t ldc,
                    const float* bias) = nullptr;
   // Columns [lo, hi) of inputs [0, k) of FP8 codes in kLayoutFp8Tiles' groups, group g at
-  // codes + g gs (gs >= 16 k: a range of a wider weight's inputs), a row-major: acc as gemm_fp8,
-  // c = acc * scale[j] (scale and c point at column 0; scale is read in whole groups of 16).
-  void (*gemm_fp8_codes)(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* codes,
-                         int64_t gs, const float* scale, int64_t lo, int64_t hi, float* c,
-                         int64_t ldc) = nullptr;
+  // codes + g gs (gs >= 16 k: a range of a wider weight's inputs): acc as gemm_fp8, c = acc *
+  // scale[j] (scale and c point at column 0; scale is read in whole groups of 16). a is
+  // row-major (tile_k = 0), or with tile_k > 0 in pack_tiles' layout of tile_k inputs per tile,
+  // pointing at the first of the k inputs in tile 0 (where tile_rows > 1).
+  void (*gemm_fp8_codes)(const float* a, int64_t lda, int64_t tile_k, int64_t m, int64_t k,
+                         const uint8_t* codes, int64_t gs, const float* scale, int64_t lo,
+                         int64_t hi, float* c, int64_t ldc) = nullptr;
   // f32 activations with f32, f16 or bf16 weights in their stored layout (converted to f32 in
   // registers).
   void (*gemm_f32)(const float* a, int64_t lda, int64_t m, int64_t k, const void* w, DType wdtype,

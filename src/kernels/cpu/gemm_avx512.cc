@@ -358,10 +358,12 @@ __attribute__((noinline)) void tile_fp8(const float* a, int64_t lda, const uint8
                                         int64_t k, float* c, int64_t ldc, const float* scale,
                                         const float* bias, int64_t lo, int64_t hi) {
   // Tiled, RM may exceed kTileRows (two consecutive row tiles, up to kPairRows rows, one
-  // group): each code converted then serves more rows.
+  // group): each code converted then serves more rows. Tiled, lda > 0 is the tiles' input count
+  // (a points at input k0 of a wider tile, for a range of inputs); else k.
+  const int64_t tile_k = kTiled && lda > 0 ? lda : k;
   auto at = [&](int i, int64_t kk) __attribute__((always_inline)) {
     if (!kTiled) return a[i * lda + kk];
-    return i < kTileRows ? a[kk * kTileRows + i] : a[(k + kk) * kTileRows + (i - kTileRows)];
+    return i < kTileRows ? a[kk * kTileRows + i] : a[(tile_k + kk) * kTileRows + (i - kTileRows)];
   };
   __m512 acc[RM][NG];
 #pragma GCC unroll 16
@@ -439,12 +441,12 @@ struct Fp8Tile {
 // 16 decode 105-114 tokens/s against 93).
 constexpr int kPairRows = 16;
 template <int RM = kTileRows + 1>
-inline void dispatch_fp8_pair(int rm, const float* a, const uint8_t* w, int64_t k, float* c,
-                              int64_t ldc, const float* scale, const float* bias, int64_t lo,
-                              int64_t hi) {
+inline void dispatch_fp8_pair(int rm, const float* a, int64_t tile_k, const uint8_t* w, int64_t gs,
+                              int64_t k, float* c, int64_t ldc, const float* scale,
+                              const float* bias, int64_t lo, int64_t hi) {
   if constexpr (RM <= kPairRows) {
-    if (rm == RM) return tile_fp8<RM, 1, true>(a, 0, w, 16 * k, k, c, ldc, scale, bias, lo, hi);
-    return dispatch_fp8_pair<RM + 1>(rm, a, w, k, c, ldc, scale, bias, lo, hi);
+    if (rm == RM) return tile_fp8<RM, 1, true>(a, tile_k, w, gs, k, c, ldc, scale, bias, lo, hi);
+    return dispatch_fp8_pair<RM + 1>(rm, a, tile_k, w, gs, k, c, ldc, scale, bias, lo, hi);
   } else {
     TESSERA_CHECK(false) << "tile height " << rm;
   }
@@ -536,7 +538,7 @@ void gemm_fp8_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const ui
       if (tiled && m - i > kTileRows && m - i <= kPairRows) {
         const int rm = static_cast<int>(m - i);
         for (int64_t g = b0; g < b1; ++g)
-          dispatch_fp8_pair(rm, a + i * k, packed + g * gs, k, c + i * ldc + g * 16, ldc,
+          dispatch_fp8_pair(rm, a + i * k, 0, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
                             scales + g * 16, bias ? bias + g * 16 : nullptr, lo - g * 16,
                             hi - g * 16);
         i += rm;
@@ -562,19 +564,35 @@ void gemm_fp8_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const ui
   }
 }
 
-void gemm_fp8_codes_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* codes,
-                           int64_t gs, const float* scale, int64_t lo, int64_t hi, float* c,
-                           int64_t ldc) {
+void gemm_fp8_codes_avx512(const float* a, int64_t lda, int64_t tile_k, int64_t m, int64_t k,
+                           const uint8_t* codes, int64_t gs, const float* scale, int64_t lo,
+                           int64_t hi, float* c, int64_t ldc) {
   if (lo >= hi || m == 0) return;
+  const bool tiled = tile_k > 0;
   const int64_t g_lo = lo / 16, g_hi = (hi + 15) / 16;
   for (int64_t i = 0; i < m;) {
+    // Tiled, 13-16 rows left: both tiles at once, one group at a time (as gemm_fp8_avx512).
+    if (tiled && m - i > kTileRows && m - i <= kPairRows) {
+      const int rm = static_cast<int>(m - i);
+      for (int64_t g = g_lo; g < g_hi; ++g)
+        dispatch_fp8_pair(rm, a + i * tile_k, tile_k, codes + g * gs, gs, k, c + i * ldc + g * 16,
+                          ldc, scale + g * 16, nullptr, lo - g * 16, hi - g * 16);
+      i += rm;
+      continue;
+    }
     const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
     const int64_t width = tile_groups(rm);
     for (int64_t g = g_lo; g < g_hi; g += width) {
       const int ng = static_cast<int>(std::min(width, g_hi - g));
-      dispatch_rm<Fp8Tile<false>>(rm, ng, a + i * lda, lda, codes + g * gs, gs, k,
-                                  c + i * ldc + g * 16, ldc, scale + g * 16,
-                                  static_cast<const float*>(nullptr), lo - g * 16, hi - g * 16);
+      if (tiled) {
+        dispatch_rm<Fp8Tile<true>>(rm, ng, a + i * tile_k, tile_k, codes + g * gs, gs, k,
+                                   c + i * ldc + g * 16, ldc, scale + g * 16,
+                                   static_cast<const float*>(nullptr), lo - g * 16, hi - g * 16);
+      } else {
+        dispatch_rm<Fp8Tile<false>>(rm, ng, a + i * lda, lda, codes + g * gs, gs, k,
+                                    c + i * ldc + g * 16, ldc, scale + g * 16,
+                                    static_cast<const float*>(nullptr), lo - g * 16, hi - g * 16);
+      }
     }
     i += rm;
   }

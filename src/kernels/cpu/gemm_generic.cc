@@ -159,9 +159,10 @@ void gemm_fp8_generic(const float* a, int64_t lda, int64_t m, int64_t k, const u
 }
 
 // The same for a range of inputs of a wider weight (group stride gs).
-void gemm_fp8_codes_generic(const float* a, int64_t lda, int64_t m, int64_t k, const uint8_t* codes,
-                            int64_t gs, const float* scale, int64_t lo, int64_t hi, float* c,
-                            int64_t ldc) {
+void gemm_fp8_codes_generic(const float* a, int64_t lda, int64_t tile_k, int64_t m, int64_t k,
+                            const uint8_t* codes, int64_t gs, const float* scale, int64_t lo,
+                            int64_t hi, float* c, int64_t ldc) {
+  TESSERA_CHECK(tile_k == 0) << "the generic FP8 kernel reads row-major activations";
   static const std::array<float, 256> lut = [] {
     std::array<float, 256> t{};
     for (int v = 0; v < 256; ++v) t[v] = fp8_e4m3_to_f32(static_cast<uint8_t>(v));
