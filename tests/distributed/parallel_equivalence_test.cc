@@ -112,13 +112,8 @@ INSTANTIATE_TEST_SUITE_P(Arch, ParallelEquivalence,
                                            "opt", "opt_350m", "falcon", "falcon_new_decoder",
                                            "mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3"));
 
-// --quantization fp8: a row-parallel shard holds part of every row, and is quantized with the
-// whole rows' scales (gathered at load), so the ranks hold exactly what one rank would hold and
-// the results are one rank's.
-TEST(ParallelEquivalenceFp8, QuantizedShardsMatchOneRank) {
-  const fs::path dir =
-      testing::make_tiny("qwen2", DType::kBF16, 6, nlohmann::json{{"num_hidden_layers", 4}});
-  const std::string args = generate_args(dir, 16, {5, 12, 19, 26}, 300) + " --quantization fp8";
+// `generate` with `args` (4 prompts, 16 tokens) gives one rank's results with -tp 2 and -pp 2.
+void expect_tp2_and_pp2_match(const std::string& args) {
   const CliRun base = run(args);
   ASSERT_EQ(base.status, 0) << base.err;
   const std::vector<nlohmann::json> want = lines(base.out);
@@ -129,6 +124,15 @@ TEST(ParallelEquivalenceFp8, QuantizedShardsMatchOneRank) {
     ASSERT_EQ(r.status, 0) << r.err;
     expect_matches(lines(r.out), want, 16);
   }
+}
+
+// --quantization fp8: a row-parallel shard holds part of every row, and is quantized with the
+// whole rows' scales (gathered at load), so the ranks hold exactly what one rank would hold and
+// the results are one rank's.
+TEST(ParallelEquivalenceFp8, QuantizedShardsMatchOneRank) {
+  const fs::path dir =
+      testing::make_tiny("qwen2", DType::kBF16, 6, nlohmann::json{{"num_hidden_layers", 4}});
+  expect_tp2_and_pp2_match(generate_args(dir, 16, {5, 12, 19, 26}, 300) + " --quantization fp8");
   fs::remove_all(dir);
 }
 
@@ -141,17 +145,7 @@ TEST(ParallelEquivalenceFp8, Fp8CheckpointShardsMatchOneRank) {
            {"llama", "fp8-block"}, {"deepseek_v3", "fp8-block"}, {"qwen2", "fp8-channel"}}) {
     SCOPED_TRACE(arch + " " + quant);
     const fs::path dir = testing::make_tiny(arch, DType::kBF16, 8, blocks, 0, quant);
-    const std::string args = generate_args(dir, 16, {5, 12, 19, 26}, 400);
-    const CliRun base = run(args);
-    ASSERT_EQ(base.status, 0) << base.err;
-    const std::vector<nlohmann::json> want = lines(base.out);
-    ASSERT_EQ(want.size(), 4u) << base.out;
-    for (const char* layout : {"-tp 2", "-pp 2"}) {
-      SCOPED_TRACE(layout);
-      const CliRun r = run(args + " " + layout);
-      ASSERT_EQ(r.status, 0) << r.err;
-      expect_matches(lines(r.out), want, 16);
-    }
+    expect_tp2_and_pp2_match(generate_args(dir, 16, {5, 12, 19, 26}, 400));
     fs::remove_all(dir);
   }
 }

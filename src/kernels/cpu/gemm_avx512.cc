@@ -484,6 +484,45 @@ void fp8_groups_to_bf16_tiles(const uint8_t* packed, int64_t k, int64_t g0, int6
   }
 }
 
+// Columns [lo, hi) of FP8 codes (group g at codes + g gs) for every row of a, in row tiles of
+// kTileRows, or 13-16 tiled rows in one paired tile; a row-major (tile_k = 0) or in pack_tiles'
+// layout of tile_k inputs per tile. The direct path of gemm_fp8_avx512 and of the block layout.
+void fp8_row_tiles(const float* a, int64_t lda, int64_t tile_k, int64_t m, int64_t k,
+                   const uint8_t* codes, int64_t gs, const float* scale, const float* bias,
+                   int64_t lo, int64_t hi, float* c, int64_t ldc) {
+  if (lo >= hi || m == 0) return;
+  const bool tiled = tile_k > 0;
+  const int64_t g_lo = lo / 16, g_hi = (hi + 15) / 16;
+  for (int64_t i = 0; i < m;) {
+    // Tiled, 13-16 rows left: both tiles at once, one group at a time .
+    if (tiled && m - i > kTileRows && m - i <= kPairRows) {
+      const int rm = static_cast<int>(m - i);
+      for (int64_t g = g_lo; g < g_hi; ++g)
+        dispatch_fp8_pair(rm, a + i * tile_k, tile_k, codes + g * gs, gs, k, c + i * ldc + g * 16,
+                          ldc, scale + g * 16, bias ? bias + g * 16 : nullptr, lo - g * 16,
+                          hi - g * 16);
+      i += rm;
+      continue;
+    }
+    const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
+    const int64_t width = tile_groups(rm);
+    for (int64_t g = g_lo; g < g_hi; g += width) {
+      const int ng = static_cast<int>(std::min(width, g_hi - g));
+      const float* bg = bias ? bias + g * 16 : nullptr;
+      if (tiled) {
+        dispatch_rm<Fp8Tile<true>>(rm, ng, a + i * tile_k, tile_k, codes + g * gs, gs, k,
+                                   c + i * ldc + g * 16, ldc, scale + g * 16, bg, lo - g * 16,
+                                   hi - g * 16);
+      } else {
+        dispatch_rm<Fp8Tile<false>>(rm, ng, a + i * lda, lda, codes + g * gs, gs, k,
+                                    c + i * ldc + g * 16, ldc, scale + g * 16, bg, lo - g * 16,
+                                    hi - g * 16);
+      }
+    }
+    i += rm;
+  }
+}
+
 // As gemm_bf16_avx512: blocks of groups that stay in L2 while the row tiles pass over them.
 // Up to kWidenRows rows (decode) read the codes in the FP8 tiles. More rows (a prompt) first
 // widen each block to bf16 tiles, where converting once serves every row tile and the
@@ -532,70 +571,15 @@ void gemm_fp8_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const ui
   const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / gs, 2, 32);
   for (int64_t b0 = g_lo; b0 < g_hi; b0 += block) {
     const int64_t b1 = std::min(g_hi, b0 + block);
-    for (int64_t i = 0; i < m;) {
-      // Tiled, 13-16 rows left (a batch of 13-16 decoding sequences): both tiles at once, one
-      // group at a time.
-      if (tiled && m - i > kTileRows && m - i <= kPairRows) {
-        const int rm = static_cast<int>(m - i);
-        for (int64_t g = b0; g < b1; ++g)
-          dispatch_fp8_pair(rm, a + i * k, 0, packed + g * gs, gs, k, c + i * ldc + g * 16, ldc,
-                            scales + g * 16, bias ? bias + g * 16 : nullptr, lo - g * 16,
-                            hi - g * 16);
-        i += rm;
-        continue;
-      }
-      const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
-      const int64_t width = tile_groups(rm);
-      const float* ai = tiled ? a + i * k : a + i * lda;
-      float* ci = c + i * ldc;
-      for (int64_t g = b0; g < b1; g += width) {
-        const int ng = static_cast<int>(std::min(width, b1 - g));
-        const float* bg = bias ? bias + g * 16 : nullptr;
-        if (tiled) {
-          dispatch_rm<Fp8Tile<true>>(rm, ng, ai, 0, packed + g * gs, gs, k, ci + g * 16, ldc,
-                                     scales + g * 16, bg, lo - g * 16, hi - g * 16);
-        } else {
-          dispatch_rm<Fp8Tile<false>>(rm, ng, ai, lda, packed + g * gs, gs, k, ci + g * 16, ldc,
-                                      scales + g * 16, bg, lo - g * 16, hi - g * 16);
-        }
-      }
-      i += rm;
-    }
+    fp8_row_tiles(a, lda, tiled ? k : 0, m, k, packed, gs, scales, bias, std::max(lo, b0 * 16),
+                  std::min(hi, b1 * 16), c, ldc);
   }
 }
 
 void gemm_fp8_codes_avx512(const float* a, int64_t lda, int64_t tile_k, int64_t m, int64_t k,
                            const uint8_t* codes, int64_t gs, const float* scale, int64_t lo,
                            int64_t hi, float* c, int64_t ldc) {
-  if (lo >= hi || m == 0) return;
-  const bool tiled = tile_k > 0;
-  const int64_t g_lo = lo / 16, g_hi = (hi + 15) / 16;
-  for (int64_t i = 0; i < m;) {
-    // Tiled, 13-16 rows left: both tiles at once, one group at a time (as gemm_fp8_avx512).
-    if (tiled && m - i > kTileRows && m - i <= kPairRows) {
-      const int rm = static_cast<int>(m - i);
-      for (int64_t g = g_lo; g < g_hi; ++g)
-        dispatch_fp8_pair(rm, a + i * tile_k, tile_k, codes + g * gs, gs, k, c + i * ldc + g * 16,
-                          ldc, scale + g * 16, nullptr, lo - g * 16, hi - g * 16);
-      i += rm;
-      continue;
-    }
-    const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
-    const int64_t width = tile_groups(rm);
-    for (int64_t g = g_lo; g < g_hi; g += width) {
-      const int ng = static_cast<int>(std::min(width, g_hi - g));
-      if (tiled) {
-        dispatch_rm<Fp8Tile<true>>(rm, ng, a + i * tile_k, tile_k, codes + g * gs, gs, k,
-                                   c + i * ldc + g * 16, ldc, scale + g * 16,
-                                   static_cast<const float*>(nullptr), lo - g * 16, hi - g * 16);
-      } else {
-        dispatch_rm<Fp8Tile<false>>(rm, ng, a + i * lda, lda, codes + g * gs, gs, k,
-                                    c + i * ldc + g * 16, ldc, scale + g * 16,
-                                    static_cast<const float*>(nullptr), lo - g * 16, hi - g * 16);
-      }
-    }
-    i += rm;
-  }
+  fp8_row_tiles(a, lda, tile_k, m, k, codes, gs, scale, nullptr, lo, hi, c, ldc);
 }
 
 void gemm_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t k, const void* w, DType wdtype,
