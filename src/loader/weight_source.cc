@@ -94,6 +94,7 @@ Tensor WeightSource::stored(const std::string& name, std::span<const int64_t> sh
 
 WeightSource::Fp8Scales WeightSource::fp8_scales(const std::string& name,
                                                  const TensorInfo& weight) {
+  if (name == last_scales_of_) return last_scales_;
   const std::string file = checkpoint_->file_of(name);
   std::string scale_name = name + "_scale_inv";
   if (!checkpoint_->contains(scale_name)) scale_name = name + "_scale";
@@ -115,22 +116,24 @@ WeightSource::Fp8Scales WeightSource::fp8_scales(const std::string& name,
   if (numel == 1 || (numel == rows &&
                      (info.shape.size() == 1 || (info.shape.size() == 2 && info.shape[1] == 1)))) {
     scales.values = scales.values.reshape({numel});
-    return scales;
+  } else {
+    auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+    if (block_rows_ == 0)
+      fail(ErrorKind::kUnsupported,
+           "{}: scale \"{}\" has shape {}, which is neither per tensor nor per row of {} and "
+           "quantization_config gives no weight_block_size",
+           file, scale_name, shape_str(info.shape), shape_str(weight.shape));
+    if (info.shape.size() != 2 || info.shape[0] != ceil_div(rows, block_rows_) ||
+        info.shape[1] != ceil_div(cols, block_cols_))
+      fail("{}: scale \"{}\" has shape {}, expected [{}, {}] for a {} weight in blocks of {} x {}",
+           file, scale_name, shape_str(info.shape), ceil_div(rows, block_rows_),
+           ceil_div(cols, block_cols_), shape_str(weight.shape), block_rows_, block_cols_);
+    scales.blocks = true;
+    scales.block_rows = block_rows_;
+    scales.block_cols = block_cols_;
   }
-  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
-  if (block_rows_ == 0)
-    fail(ErrorKind::kUnsupported,
-         "{}: scale \"{}\" has shape {}, which is neither per tensor nor per row of {} and "
-         "quantization_config gives no weight_block_size",
-         file, scale_name, shape_str(info.shape), shape_str(weight.shape));
-  if (info.shape.size() != 2 || info.shape[0] != ceil_div(rows, block_rows_) ||
-      info.shape[1] != ceil_div(cols, block_cols_))
-    fail("{}: scale \"{}\" has shape {}, expected [{}, {}] for a {} weight in blocks of {} x {}",
-         file, scale_name, shape_str(info.shape), ceil_div(rows, block_rows_),
-         ceil_div(cols, block_cols_), shape_str(weight.shape), block_rows_, block_cols_);
-  scales.blocks = true;
-  scales.block_rows = block_rows_;
-  scales.block_cols = block_cols_;
+  last_scales_of_ = name;
+  last_scales_ = scales;
   return scales;
 }
 

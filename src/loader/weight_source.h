@@ -105,6 +105,8 @@ class WeightSource {
       return values.numel() == 1 ? s[0] : s[row];
     }
   };
+  // The last weight's scales are kept: fused layers take one checkpoint weight in many row parts
+  // (DeepSeek's q_b_proj: one per rotary row), each of which would read them again.
   Fp8Scales fp8_scales(const std::string& name, const TensorInfo& weight);
   Tensor dummy(const std::string& name, std::span<const int64_t> shape, Slice slice);
 
@@ -114,6 +116,8 @@ class WeightSource {
   DType dummy_dtype_;
   std::optional<DType> convert_to_;
   int64_t block_rows_ = 0, block_cols_ = 0;
+  std::string last_scales_of_;  // the weight whose scales last_scales_ are
+  Fp8Scales last_scales_;
   DType dequantized_ = DType::kF32;
   std::set<std::string> used_;
   std::string last_mapped_;  // mmap format: the tensor whose pages go at the next get()
