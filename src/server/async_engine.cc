@@ -126,6 +126,9 @@ void AsyncEngine::loop() {
     if (engine_.has_unfinished()) {
       try {
         std::vector<RequestOutput> outputs = engine_.step();
+        // The counters first: a client that reads /metrics as soon as its response ends sees
+        // its tokens counted.
+        publish_stats();
         dispatch(outputs);
       } catch (const std::exception& e) {
         // A fault inside a step leaves the engine in an unknown state: fail everything and
@@ -136,15 +139,19 @@ void AsyncEngine::loop() {
       }
     }
     busy = healthy_ && engine_.has_unfinished();
-    const EngineStats s = engine_.stats();
-    {
-      std::lock_guard lock(stats_mu_);
-      stats_ = s;
-    }
-    if (metrics_) metrics_->update(s);
+    publish_stats();
     if (unfinished_ == 0) idle_cv_.notify_all();
   }
   fail_all(Error("the server is shutting down", ErrorKind::kUnavailable));
+}
+
+void AsyncEngine::publish_stats() {
+  const EngineStats s = engine_.stats();
+  {
+    std::lock_guard lock(stats_mu_);
+    stats_ = s;
+  }
+  if (metrics_) metrics_->update(s);
 }
 
 void AsyncEngine::dispatch(std::vector<RequestOutput>& outputs) {

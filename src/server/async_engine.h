@@ -85,6 +85,8 @@ class AsyncEngine {
     double last_token_time = 0;  // 0 until the first token
   };
   void loop();
+  // The engine's counters into stats() and the metrics.
+  void publish_stats();
   void dispatch(std::vector<RequestOutput>& outputs);
   void fail_all(const Error& error);
 
