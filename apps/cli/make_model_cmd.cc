@@ -35,9 +35,12 @@ void add_make_model_command(CLI::App& app) {
   cmd->add_option("--max-shard-size", f->max_shard_size,
                   "Split the weights into shards of at most this size (e.g. 100MB)");
   cmd->add_option("--checkpoint-quantization", f->checkpoint_quantization,
-                  "Write an FP8 checkpoint: fp8 (a scale per weight), fp8-channel "
-                  "(compressed-tensors, a scale per row) or fp8-block (DeepSeek-V3's 128 x 128 "
-                  "blocks)");
+                  "Write a quantized checkpoint: fp8 (a scale per weight), fp8-channel "
+                  "(compressed-tensors, a scale per row), fp8-block (DeepSeek-V3's 128 x 128 "
+                  "blocks), gptq, awq (4-bit, groups of 128) w4a16 (compressed-tensors "
+                  "pack-quantized) or w8a8 (compressed-tensors int8); --config-override's "
+                  "quantization_config changes bits, "
+                  "group_size, sym, desc_act");
   cmd->callback([f] {
     MakeModelOptions o;
     o.arch = f->arch;

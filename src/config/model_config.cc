@@ -1,5 +1,7 @@
 #include "config/model_config.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -155,34 +157,131 @@ void parse_quantization(const json& q, ModelConfig& c, const std::string& source
     if (q.contains("weight_block_size")) block_size(q["weight_block_size"], "weight_block_size");
     return;
   }
+  auto int_weights = [&](const std::string& format, int bits, int64_t group, bool symmetric) {
+    c.int_format = format;
+    c.int_bits = bits;
+    c.int_group_size = group > 0 ? group : 0;
+    c.int_symmetric = symmetric;
+  };
+  auto integer = [&](const char* field, int64_t fallback) -> int64_t {
+    if (!q.contains(field)) return fallback;
+    if (!q[field].is_number_integer())
+      fail("{}: quantization_config {} must be an integer, got {}", source, field, q[field].dump());
+    return q[field].get<int64_t>();
+  };
+  auto flag = [&](const char* field, bool fallback) {
+    if (!q.contains(field) || q[field].is_null()) return fallback;
+    if (!q[field].is_boolean())
+      fail("{}: quantization_config {} must be true or false, got {}", source, field,
+           q[field].dump());
+    return q[field].get<bool>();
+  };
+  if (c.quant_method == "gptq") {
+    // AutoGPTQ / GPTQModel: bits, group_size (-1: per output row), sym, desc_act (g_idx then
+    // orders the groups), checkpoint_format "gptq" (zeros stored minus one) or "gptq_v2".
+    const int64_t bits = integer("bits", 4), group = integer("group_size", 128);
+    const std::string format =
+        q.value("checkpoint_format", q.contains("format") && q["format"].is_string()
+                                         ? q["format"].get<std::string>()
+                                         : std::string("gptq"));
+    if (flag("is_marlin_format", false) || (format != "gptq" && format != "gptq_v2")) {
+      c.quant_scheme = fmt::format("gptq in the \"{}\" layout",
+                                   flag("is_marlin_format", false) ? "marlin" : format);
+      return;
+    }
+    if (bits != 4 && bits != 8) {
+      c.quant_scheme = fmt::format("gptq with {}-bit weights", bits);
+      return;
+    }
+    int_weights("gptq", static_cast<int>(bits), group, flag("sym", true));
+    c.int_gptq_v2 = format == "gptq_v2";
+    c.quant_scheme = fmt::format("gptq, {}-bit", bits);
+    return;
+  }
+  if (c.quant_method == "awq") {
+    // AutoAWQ: w_bit / bits, q_group_size / group_size, zero_point, version (the GEMM layout is
+    // what its releases and vLLM use).
+    const int64_t bits = integer("bits", integer("w_bit", 4));
+    const int64_t group = integer("group_size", integer("q_group_size", 128));
+    std::string version = q.value("version", std::string("gemm"));
+    std::transform(version.begin(), version.end(), version.begin(),
+                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    if (bits != 4 || version != "gemm" || !flag("zero_point", true)) {
+      c.quant_scheme = bits != 4 ? fmt::format("awq with {}-bit weights", bits)
+                       : version != "gemm"
+                           ? fmt::format("awq version \"{}\" (the GEMM layout loads)", version)
+                           : std::string("awq without zero points");
+      return;
+    }
+    int_weights("awq", 4, group, false);
+    c.quant_scheme = "awq, 4-bit";
+    return;
+  }
   if (c.quant_method != "compressed-tensors") return;
   // compressed-tensors: every config group's weights must be 8-bit floats (the FP8 schemes, as
-  // llm-compressor writes "FP8", "FP8_DYNAMIC" and "FP8_BLOCK"); activation settings are read
-  // by GPU kernels only.
+  // llm-compressor writes "FP8", "FP8_DYNAMIC" and "FP8_BLOCK"), or all the same integer scheme
+  // (W4A16 / W8A16 packed into int32, W8A8 as int8); activation settings are read by GPU kernels
+  // only.
   const std::string format = q.value("format", std::string());
   const json groups = q.value("config_groups", json::object());
   bool all_fp8 = groups.is_object() && !groups.empty();
-  std::string found;
+  bool all_int = all_fp8;
+  std::string found, first_int;
+  int int_bits = 0;
+  int64_t int_group = 0;
+  bool int_symmetric = true;
   if (all_fp8) {
     for (const auto& [name, g] : groups.items()) {
       const json w = g.is_object() ? g.value("weights", json()) : json();
       const int bits = w.is_object() ? w.value("num_bits", 0) : 0;
       const std::string type = w.is_object() ? w.value("type", std::string()) : "";
       const std::string strategy = w.is_object() ? w.value("strategy", std::string()) : "";
+      const std::string scheme =
+          fmt::format("{}-bit {} weights ({} strategy)", bits, type.empty() ? "?" : type,
+                      strategy.empty() ? "no" : strategy);
       if (bits != 8 || type != "float" ||
           (strategy != "tensor" && strategy != "channel" && strategy != "block")) {
         all_fp8 = false;
-        found = fmt::format("{}-bit {} weights ({} strategy)", bits, type.empty() ? "?" : type,
-                            strategy.empty() ? "no" : strategy);
-        break;
+        if (found.empty()) found = scheme;
       }
       if (strategy == "block" && w.contains("block_structure"))
         block_size(w["block_structure"], "block_structure");
+      // Integer weights: 4 or 8 bits, a scale per group of inputs or per output row.
+      const bool symmetric = w.is_object() && w.contains("symmetric") && w["symmetric"].is_boolean()
+                                 ? w["symmetric"].get<bool>()
+                                 : true;
+      const int64_t group =
+          strategy == "group" && w.contains("group_size") && w["group_size"].is_number_integer()
+              ? w["group_size"].get<int64_t>()
+              : 0;
+      const bool int_ok = type == "int" && (bits == 4 || bits == 8) &&
+                          (strategy == "channel" || (strategy == "group" && group > 0) ||
+                           (strategy == "tensor" && format != "pack-quantized"));
+      if (!int_ok || (!first_int.empty() &&
+                      (bits != int_bits || group != int_group || symmetric != int_symmetric))) {
+        all_int = false;
+        if (int_ok) found = "config groups with different integer weights";
+      } else if (first_int.empty()) {
+        first_int = scheme;
+        int_bits = bits;
+        int_group = group;
+        int_symmetric = symmetric;
+      }
     }
+  }
+  if (all_int && ((format == "pack-quantized" && (int_bits == 4 || int_bits == 8)) ||
+                  ((format == "int-quantized" || format == "naive-quantized") && int_bits == 8 &&
+                   int_symmetric))) {
+    int_weights(format == "pack-quantized" ? "pack-quantized" : "int-quantized", int_bits,
+                int_group, int_symmetric);
+    c.quant_scheme = "compressed-tensors " + format + ", " + first_int;
+    c.fp8_block_rows = c.fp8_block_cols = 0;
+    return;
   }
   if (!all_fp8 || (format != "float-quantized" && format != "naive-quantized")) {
     c.quant_scheme = "compressed-tensors " + (format.empty() ? std::string("?") : format) +
-                     (found.empty() ? "" : ", " + found);
+                     (all_int && !int_symmetric ? ", asymmetric 8-bit int weights" : "") +
+                     (!found.empty() && !(all_int && !int_symmetric) ? ", " + found : "");
     c.fp8_block_rows = c.fp8_block_cols = 0;
     return;
   }

@@ -127,8 +127,9 @@ struct ModelConfig {
 
   DType dtype = DType::kBF16;  // torch_dtype / dtype
   // quantization_config.quant_method of a pre-quantized checkpoint ("fp8", "compressed-tensors",
-  // "awq", "gptq", ...), else empty. Only FP8 ones load (fp8_checkpoint); load_model refuses the
-  // others naming quant_scheme; the planner sizes them all.
+  // "awq", "gptq", ...), else empty. FP8 (fp8_checkpoint) and integer weight-only ones
+  // (int_checkpoint()) load; load_model refuses the others naming quant_scheme; the planner sizes
+  // them all.
   std::string quant_method;
   std::string quant_scheme;  // what was found, for that message ("int4 weights in groups", ...)
   // An FP8 checkpoint: quant_method "fp8" (E4M3), or "compressed-tensors" with 8-bit float
@@ -136,6 +137,17 @@ struct ModelConfig {
   // fp8_block_rows x fp8_block_cols (weight_block_size / block_structure; 0: no blocks).
   bool fp8_checkpoint = false;
   int64_t fp8_block_rows = 0, fp8_block_cols = 0;
+  // An integer weight-only checkpoint (docs/quantization.md): int_format "gptq" (qweight packed
+  // along the inputs, qzeros, scales, g_idx), "awq" (AutoAWQ's GEMM layout: packed along the
+  // outputs in its interleaved order), "pack-quantized" (compressed-tensors W4A16 / W8A16:
+  // weight_packed, weight_scale, weight_zero_point) or "int-quantized" (compressed-tensors W8A8:
+  // an I8 weight and its scale); empty: none. int_group_size 0: one scale per output row.
+  std::string int_format;
+  int int_bits = 0;
+  int64_t int_group_size = 0;
+  bool int_symmetric = true;
+  bool int_gptq_v2 = false;  // GPTQ checkpoint_format "gptq_v2": zeros stored as they are
+  bool int_checkpoint() const { return !int_format.empty(); }
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;
   std::optional<int32_t> pad_token_id;

@@ -216,25 +216,30 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   e->load_seconds_ = report.seconds;
   const ModelConfig& config = e->model_->config();
   if (wc.is_driver())
-    spdlog::info("loaded {} ({}{}, {} layers) from {}: {:.2f} GB of weights{} in {:.2f} s{}",
-                 config.architecture, dtype_name(config.dtype),
-                 !config.fp8_checkpoint ? std::string()
-                 : config.fp8_block_rows > 0
-                     ? fmt::format(", FP8 checkpoint in {} x {} blocks", config.fp8_block_rows,
-                                   config.fp8_block_cols)
-                     : std::string(", FP8 checkpoint"),
-                 config.num_layers, args.model.string(), e->model_->weight_bytes() / 1e9,
-                 args.fp8_weights
-                     ? fmt::format(" ({:.2f} GB with FP8 layers)", e->resident_weight_bytes() / 1e9)
-                     : std::string(),
-                 report.seconds,
-                 report.bytes_read
-                     ? fmt::format(" ({:.2f} GB read in {:.2f} s at {:.2f} GB/s)",
-                                   report.bytes_read / 1e9, report.read_seconds,
-                                   report.bytes_read / 1e9 / std::max(report.read_seconds, 1e-9))
-                 : args.load_format == LoadFormat::kMmap
-                     ? std::string(" (memory-mapped: pages are read on first use)")
-                     : std::string(""));
+    spdlog::info(
+        "loaded {} ({}{}, {} layers) from {}: {:.2f} GB of weights{} in {:.2f} s{}",
+        config.architecture, dtype_name(config.dtype),
+        config.int_checkpoint()
+            ? fmt::format(", {}-bit integer checkpoint ({}){}", config.int_bits, config.int_format,
+                          config.int_group_size > 0
+                              ? fmt::format(" in groups of {}", config.int_group_size)
+                              : std::string(" with a scale per row"))
+        : !config.fp8_checkpoint    ? std::string()
+        : config.fp8_block_rows > 0 ? fmt::format(", FP8 checkpoint in {} x {} blocks",
+                                                  config.fp8_block_rows, config.fp8_block_cols)
+                                    : std::string(", FP8 checkpoint"),
+        config.num_layers, args.model.string(), e->model_->weight_bytes() / 1e9,
+        args.fp8_weights
+            ? fmt::format(" ({:.2f} GB with FP8 layers)", e->resident_weight_bytes() / 1e9)
+            : std::string(),
+        report.seconds,
+        report.bytes_read
+            ? fmt::format(" ({:.2f} GB read in {:.2f} s at {:.2f} GB/s)", report.bytes_read / 1e9,
+                          report.read_seconds,
+                          report.bytes_read / 1e9 / std::max(report.read_seconds, 1e-9))
+        : args.load_format == LoadFormat::kMmap
+            ? std::string(" (memory-mapped: pages are read on first use)")
+            : std::string(""));
   if (multi) {
     const Range layers = e->ctx_->owned_layers(config.num_layers);
     spdlog::info(

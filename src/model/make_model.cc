@@ -2,6 +2,7 @@
 
 #include "tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -319,14 +320,74 @@ struct Stored {
 };
 
 struct Fp8Layout {
-  std::string kind;  // "", "fp8", "fp8-channel", "fp8-block"
+  // "", "fp8", "fp8-channel", "fp8-block"; the integer ones: "gptq", "awq", "w4a16"
+  std::string kind;
   int64_t block_rows = 0, block_cols = 0;
+  // Integer layouts (from the parsed config): bits, inputs per group (0: per row), zero points,
+  // act order (GPTQ desc_act: a g_idx that scatters the groups), zeros as stored (gptq_v2).
+  int bits = 4;
+  int64_t group_size = 0;
+  bool symmetric = true, act_order = false, gptq_v2 = false;
+  bool integer() const {
+    return kind == "gptq" || kind == "awq" || kind == "w4a16" || kind == "w8a8";
+  }
   bool applies(const WeightSpec& s) const {
     return !kind.empty() && s.role == WeightRole::kLinear && s.shape.size() == 2;
   }
 };
 
 json fp8_quantization_config(const std::string& kind) {
+  if (kind == "gptq")
+    return {{"quant_method", "gptq"},
+            {"bits", 4},
+            {"group_size", 128},
+            {"desc_act", false},
+            {"sym", true},
+            {"damp_percent", 0.01},
+            {"true_sequential", true},
+            {"static_groups", false},
+            {"checkpoint_format", "gptq"},
+            {"model_file_base_name", "model"}};
+  if (kind == "awq")
+    return {{"quant_method", "awq"}, {"bits", 4},         {"group_size", 128},
+            {"zero_point", true},    {"version", "gemm"}, {"modules_to_not_convert", nullptr}};
+  if (kind == "w4a16")
+    return {{"quant_method", "compressed-tensors"},
+            {"format", "pack-quantized"},
+            {"quantization_status", "compressed"},
+            {"ignore", {"lm_head"}},
+            {"config_groups",
+             {{"group_0",
+               {{"targets", {"Linear"}},
+                {"weights",
+                 {{"num_bits", 4},
+                  {"type", "int"},
+                  {"strategy", "group"},
+                  {"group_size", 128},
+                  {"symmetric", true},
+                  {"dynamic", false},
+                  {"actorder", nullptr}}},
+                {"input_activations", nullptr}}}}}};
+  if (kind == "w8a8")
+    return {{"quant_method", "compressed-tensors"},
+            {"format", "int-quantized"},
+            {"quantization_status", "compressed"},
+            {"ignore", {"lm_head"}},
+            {"config_groups",
+             {{"group_0",
+               {{"targets", {"Linear"}},
+                {"weights",
+                 {{"num_bits", 8},
+                  {"type", "int"},
+                  {"strategy", "channel"},
+                  {"symmetric", true},
+                  {"dynamic", false}}},
+                {"input_activations",
+                 {{"num_bits", 8},
+                  {"type", "int"},
+                  {"strategy", "token"},
+                  {"symmetric", true},
+                  {"dynamic", true}}}}}}}};
   if (kind == "fp8") return {{"quant_method", "fp8"}, {"activation_scheme", "static"}};
   if (kind == "fp8-block")
     return {{"quant_method", "fp8"},
@@ -353,12 +414,38 @@ json fp8_quantization_config(const std::string& kind) {
                   {"strategy", "token"},
                   {"symmetric", true},
                   {"dynamic", true}}}}}}}};
-  fail("--checkpoint-quantization must be fp8, fp8-channel or fp8-block, got \"{}\"", kind);
+  fail(
+      "--checkpoint-quantization must be fp8, fp8-channel, fp8-block, gptq, awq, w4a16 or w8a8, "
+      "got "
+      "\"{}\"",
+      kind);
 }
 
 std::vector<Stored> stored_tensors(const WeightSpec& s, const Fp8Layout& fp8, DType dtype) {
   if (!fp8.applies(s)) return {{s.name, dtype, s.shape}};
   const int64_t n = s.shape[0], k = s.shape[1];
+  if (fp8.integer()) {
+    const int64_t per = 32 / fp8.bits;
+    const int64_t groups = fp8.group_size > 0 ? (k + fp8.group_size - 1) / fp8.group_size : 1;
+    const std::string base = s.name.substr(0, s.name.size() - 7);  // without ".weight"
+    if (fp8.kind == "w8a8")
+      return {{s.name, DType::kI8, {n, k}}, {s.name + "_scale", dtype, {n, 1}}};
+    if (fp8.kind == "gptq")
+      return {{base + ".qweight", DType::kI32, {k / per, n}},
+              {base + ".qzeros", DType::kI32, {groups, (n + per - 1) / per}},
+              {base + ".scales", dtype, {groups, n}},
+              {base + ".g_idx", DType::kI32, {k}}};
+    if (fp8.kind == "awq")
+      return {{base + ".qweight", DType::kI32, {k, n / per}},
+              {base + ".qzeros", DType::kI32, {groups, n / per}},
+              {base + ".scales", dtype, {groups, n}}};
+    std::vector<Stored> t = {{s.name + "_packed", DType::kI32, {n, (k + per - 1) / per}},
+                             {s.name + "_scale", dtype, {n, groups}},
+                             {s.name + "_shape", DType::kI64, {2}}};
+    if (!fp8.symmetric)
+      t.push_back({s.name + "_zero_point", DType::kI32, {(n + per - 1) / per, groups}});
+    return t;
+  }
   if (fp8.kind == "fp8")
     return {{s.name, DType::kF8E4M3, s.shape},
             {s.name + "_scale", DType::kF32, {}},
@@ -411,6 +498,149 @@ void write_fp8(const WeightSpec& s, const Fp8Layout& fp8, DType dtype, const flo
   }
 }
 
+// Quantizes w [n, k] (f32) to integers as `fp8` (an integer layout) says, into the bytes of
+// stored_tensors(), in order: round to nearest per group of inputs and output row, symmetric
+// (zero 2^(bits-1), scale amax / (2^(bits-1) - 1)) or min-max asymmetric. Each scale is rounded to
+// its dtype before the values are computed.
+void write_int(const WeightSpec& s, const Fp8Layout& fp8, DType dtype, const float* w,
+               std::vector<std::vector<char>>& out) {
+  const int64_t n = s.shape[0], k = s.shape[1];
+  const int bits = fp8.bits, per = 32 / bits, maxq = (1 << bits) - 1;
+  const int64_t gs = fp8.group_size > 0 ? fp8.group_size : k;
+  const int64_t groups = (k + gs - 1) / gs;
+  // Each input's group: consecutive, or (act order) the inputs in a scrambled order, gs at a time.
+  std::vector<int32_t> group(static_cast<size_t>(k));
+  std::vector<int64_t> order(static_cast<size_t>(k));
+  for (int64_t c = 0; c < k; ++c) order[c] = c;
+  if (fp8.act_order) {
+    uint64_t state = hash_name(s.name);
+    for (int64_t c = k - 1; c > 0; --c)
+      std::swap(order[c], order[static_cast<int64_t>(splitmix64(state) % (c + 1))]);
+  }
+  for (int64_t i = 0; i < k; ++i) group[order[i]] = static_cast<int32_t>(i / gs);
+  std::vector<float> scale(static_cast<size_t>(n * groups));
+  std::vector<int> zero(static_cast<size_t>(n * groups));
+  for (int64_t r = 0; r < n; ++r) {
+    std::vector<float> lo(groups, 0.0f), hi(groups, 0.0f);
+    for (int64_t c = 0; c < k; ++c) {
+      lo[group[c]] = std::min(lo[group[c]], w[r * k + c]);
+      hi[group[c]] = std::max(hi[group[c]], w[r * k + c]);
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      float sc;
+      int z;
+      if (fp8.symmetric) {
+        sc = std::max(hi[g], -lo[g]) / static_cast<float>((1 << (bits - 1)) - 1);
+        z = 1 << (bits - 1);
+      } else {
+        sc = (hi[g] - lo[g]) / static_cast<float>(maxq);
+        // (GPTQ's own format cannot store a zero of 0: it keeps zero - 1.)
+        const int lowest = fp8.kind == "gptq" && !fp8.gptq_v2 ? 1 : 0;
+        z = sc > 0 ? std::clamp(static_cast<int>(std::lround(-lo[g] / sc)), lowest, maxq) : lowest;
+      }
+      if (!(sc > 0)) sc = 1.0f;
+      uint32_t h = 0;
+      store_from_f32(&h, dtype, 0, sc);
+      scale[r * groups + g] = load_as_f32(&h, dtype, 0);
+      zero[r * groups + g] = z;
+    }
+  }
+  if (fp8.kind == "w8a8") {  // int8 values, one scale per row: amax / 127
+    out.assign(2, {});
+    out[0].resize(static_cast<size_t>(n * k));
+    std::vector<float> row_scale(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) {
+      float amax = 0;
+      for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(w[r * k + c]));
+      uint32_t h = 0;
+      store_from_f32(&h, dtype, 0, amax > 0 ? amax / 127.0f : 1.0f);
+      row_scale[r] = load_as_f32(&h, dtype, 0);
+      for (int64_t c = 0; c < k; ++c)
+        out[0][r * k + c] = static_cast<char>(
+            std::clamp(static_cast<int>(std::lround(w[r * k + c] / row_scale[r])), -127, 127));
+    }
+    out[1].resize(static_cast<size_t>(n) * dtype_size(dtype));
+    for (int64_t r = 0; r < n; ++r) store_from_f32(out[1].data(), dtype, r, row_scale[r]);
+    return;
+  }
+  // q [n, k] in [0, maxq].
+  std::vector<uint32_t> q(static_cast<size_t>(n * k));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c) {
+      const int64_t g = r * groups + group[c];
+      q[r * k + c] = static_cast<uint32_t>(
+          std::clamp(static_cast<int>(std::lround(w[r * k + c] / scale[g])) + zero[g], 0, maxq));
+    }
+  auto words = [](std::vector<char>& buf, const std::vector<uint32_t>& v) {
+    buf.resize(v.size() * 4);
+    std::memcpy(buf.data(), v.data(), buf.size());
+  };
+  auto scales_as = [&](std::vector<char>& buf, bool group_major) {
+    buf.resize(static_cast<size_t>(n * groups) * dtype_size(dtype));
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t g = 0; g < groups; ++g)
+        store_from_f32(buf.data(), dtype, group_major ? g * n + r : r * groups + g,
+                       scale[r * groups + g]);
+  };
+  constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // nibble i holds output 8w + order[i]
+  out.clear();
+  if (fp8.kind == "gptq" || fp8.kind == "awq") {
+    const bool gptq = fp8.kind == "gptq";
+    std::vector<uint32_t> qw(static_cast<size_t>(n * k / per), 0);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < k; ++c) {
+        if (gptq) {  // [k / per, n]: inputs packed, in order
+          qw[(c / per) * n + r] |= q[r * k + c] << (bits * (c % per));
+        } else {  // [k, n / per]: outputs packed in AutoAWQ's order
+          int nibble = 0;
+          while (kAwqOrder[nibble] != r % per) ++nibble;
+          qw[c * (n / per) + r / per] |= q[r * k + c] << (bits * nibble);
+        }
+      }
+    const int64_t zw = (n + per - 1) / per;
+    std::vector<uint32_t> qz(static_cast<size_t>(groups * zw), 0);
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t slot = gptq ? r % per : [&] {
+          int nibble = 0;
+          while (kAwqOrder[nibble] != r % per) ++nibble;
+          return static_cast<int64_t>(nibble);
+        }();
+        // GPTQ's own format stores zero - 1 (gptq_v2: the zero itself).
+        const uint32_t z = static_cast<uint32_t>(zero[r * groups + g] - (gptq && !fp8.gptq_v2));
+        qz[g * zw + r / per] |= (z & static_cast<uint32_t>(maxq)) << (bits * slot);
+      }
+    out.resize(gptq ? 4 : 3);
+    words(out[0], qw);
+    words(out[1], qz);
+    scales_as(out[2], true);
+    if (gptq) {
+      out[3].resize(static_cast<size_t>(k) * 4);
+      std::memcpy(out[3].data(), group.data(), out[3].size());
+    }
+    return;
+  }
+  // compressed-tensors pack-quantized: [n, ceil(k / per)], inputs in order, stored unsigned.
+  const int64_t pk = (k + per - 1) / per;
+  std::vector<uint32_t> qw(static_cast<size_t>(n * pk), 0);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c) qw[r * pk + c / per] |= q[r * k + c] << (bits * (c % per));
+  out.resize(fp8.symmetric ? 3 : 4);
+  words(out[0], qw);
+  scales_as(out[1], false);
+  const int64_t shape[2] = {n, k};
+  out[2].resize(sizeof shape);
+  std::memcpy(out[2].data(), shape, sizeof shape);
+  if (!fp8.symmetric) {  // [ceil(n / per), groups], outputs packed
+    std::vector<uint32_t> zp(static_cast<size_t>(((n + per - 1) / per) * groups), 0);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t g = 0; g < groups; ++g)
+        zp[(r / per) * groups + g] |= static_cast<uint32_t>(zero[r * groups + g])
+                                      << (bits * (r % per));
+    words(out[3], zp);
+  }
+}
+
 }  // namespace
 
 uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
@@ -418,7 +648,9 @@ uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
   Fp8Layout fp8{options.checkpoint_quantization};
   if (!fp8.kind.empty()) {
     if (options.arch == "gpt2")
-      fail("--checkpoint-quantization: GPT-2's Conv1D weights have no FP8 checkpoint layout");
+      fail(
+          "--checkpoint-quantization: GPT-2's Conv1D weights have no quantized checkpoint "
+          "layout here");
     config_json["quantization_config"] = fp8_quantization_config(fp8.kind);
   }
   if (!options.config_override.is_null()) {
@@ -443,6 +675,26 @@ uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
     }
   }
   const ModelConfig config = parse_model_config(config_json, "generated config");
+  if (fp8.integer()) {
+    if (!config.int_checkpoint())
+      fail(
+          "--checkpoint-quantization {}: the quantization_config says \"{}\", which tessera does "
+          "not load",
+          fp8.kind, config.quant_scheme);
+    fp8.bits = config.int_bits;
+    fp8.group_size = config.int_group_size;
+    fp8.symmetric = config.int_symmetric;
+    fp8.gptq_v2 = config.int_gptq_v2;
+    const json& q = config_json["quantization_config"];
+    fp8.act_order = q.value("desc_act", false);
+    if (fp8.kind == "w4a16" && config.int_bits == 8 && !config.int_symmetric)
+      fail("--checkpoint-quantization w4a16: 8-bit asymmetric weights are not written");
+    for (const WeightSpec& s : weight_specs(config))
+      if (fp8.applies(s) && fp8.kind != "w8a8" &&
+          (s.shape[0] % (32 / fp8.bits) != 0 || s.shape[1] % (32 / fp8.bits) != 0))
+        fail("--checkpoint-quantization {}: {} is {} x {}, not a multiple of {} both ways",
+             fp8.kind, s.name, s.shape[0], s.shape[1], 32 / fp8.bits);
+  }
   if (fp8.kind == "fp8-block") {
     if (config.fp8_block_rows == 0)
       fail("--checkpoint-quantization fp8-block needs a weight_block_size");
@@ -498,7 +750,10 @@ uint64_t make_model(const MakeModelOptions& options, ThreadPool& pool) {
         // The same random values as the unquantized checkpoint, drawn in f32, then quantized.
         buffer.resize(static_cast<size_t>(s->shape[0] * s->shape[1]) * sizeof(float));
         fill_tensor(*s, config, options.seed, DType::kF32, buffer.data(), pool);
-        write_fp8(*s, fp8, options.dtype, reinterpret_cast<const float*>(buffer.data()), parts);
+        if (fp8.integer())
+          write_int(*s, fp8, options.dtype, reinterpret_cast<const float*>(buffer.data()), parts);
+        else
+          write_fp8(*s, fp8, options.dtype, reinterpret_cast<const float*>(buffer.data()), parts);
         for (const auto& p : parts) writer.append(p.data(), p.size());
         continue;
       }

@@ -28,6 +28,11 @@ struct MakeModelOptions {
   //  - "fp8-channel": compressed-tensors FP8_DYNAMIC, weight_scale [rows, 1] in `dtype`;
   //  - "fp8-block": quant_method "fp8" with weight_block_size (DeepSeek-V3's layout; [128, 128]
   //    unless config_override sets quantization_config.weight_block_size), weight_scale_inv.
+  //  - "gptq", "awq", "w4a16": integer weights (docs/quantization.md) in AutoGPTQ's, AutoAWQ's
+  //    GEMM or compressed-tensors' pack-quantized layout, 4 bits in groups of 128 inputs unless
+  //    config_override's quantization_config says otherwise (bits, group_size, sym, desc_act,
+  //    checkpoint_format; config_groups for w4a16); scales in `dtype`. "w8a8": compressed-tensors
+  //    int-quantized, an I8 weight with a scale per row.
   std::string checkpoint_quantization;  // empty: none
 };
 

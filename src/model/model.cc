@@ -19,11 +19,12 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     weights.convert_to(*options.dtype);
     config.dtype = *options.dtype;
   }
-  if (!config.quant_method.empty() && !config.fp8_checkpoint &&
+  if (!config.quant_method.empty() && !config.fp8_checkpoint && !config.int_checkpoint() &&
       options.format != LoadFormat::kDummy)
     fail(ErrorKind::kUnsupported,
          "{}: a pre-quantized checkpoint (quantization_config.quant_method \"{}\"{}) is not "
-         "supported: tessera loads f32, bf16 and f16 weights and FP8 (E4M3) checkpoints. Use the "
+         "supported: tessera loads f32, bf16 and f16 weights, FP8 (E4M3) checkpoints and 4- or "
+         "8-bit integer weights from GPTQ, AWQ (GEMM) and compressed-tensors. Use the "
          "unquantized release (--quantization fp8 stores its layer weights in 8 bits), or "
          "--load-format dummy for random weights of this shape",
          (model_dir / "config.json").string(), config.quant_method,
@@ -34,6 +35,24 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
     // and size their own KV cache scales, so these are read by nobody.
     for (const char* suffix : {".input_scale", ".k_scale", ".v_scale", ".kv_scale", ".q_scale"})
       weights.ignore_suffix(suffix);
+  }
+  if (config.int_checkpoint()) {
+    if (config.arch == Arch::kGpt2)
+      fail(ErrorKind::kUnsupported,
+           "{}: GPT-2's Conv1D weights from an integer checkpoint ({}) are not supported",
+           (model_dir / "config.json").string(), config.quant_scheme);
+    IntWeights f;
+    f.kind = config.int_format == "gptq"             ? IntWeights::Kind::kGptq
+             : config.int_format == "awq"            ? IntWeights::Kind::kAwq
+             : config.int_format == "pack-quantized" ? IntWeights::Kind::kPacked
+                                                     : IntWeights::Kind::kInt8;
+    f.bits = config.int_bits;
+    f.group_size = config.int_group_size;
+    f.symmetric = config.int_symmetric;
+    f.gptq_v2 = config.int_gptq_v2;
+    weights.set_int_weights(f, config.dtype);
+    // W8A8's static activation scales (tessera's activations stay f32).
+    for (const char* suffix : {".input_scale", ".input_zero_point"}) weights.ignore_suffix(suffix);
   }
   // Before any weight is read: a head the backend's attention cannot take (DeepSeek's 576-wide
   // latent on CUDA) is a clear refusal, not a failed check in the first step.
@@ -64,6 +83,12 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
       model = build_falcon(ctx, weights, config);
       break;
   }
+  if (config.int_checkpoint() && options.format != LoadFormat::kDummy &&
+      weights.int_weights_taken() == 0)
+    fail(
+        "{}: quantization_config says {}, but no weight of {} is stored that way (e.g. "
+        "\"x.qweight\" or \"x.weight_packed\" beside \"x.weight\")",
+        (model_dir / "config.json").string(), config.quant_scheme, model_dir.string());
   weights.check_all_used();
   weights.release_last_mapped();
   if (report) {

@@ -277,53 +277,78 @@ TEST_F(CliTest, PreQuantizedCheckpointIsRefusedWithTheReason) {
   const fs::path dir = testing::temp_dir("prequantized_cli");
   ASSERT_EQ(run("make-model --arch llama --preset tiny --out " + dir.string()).status, 0);
   nlohmann::json config = nlohmann::json::parse(std::ifstream(dir / "config.json"));
-  config["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}};
+  config["quantization_config"] = {{"quant_method", "bitsandbytes"}, {"load_in_4bit", true}};
   std::ofstream(dir / "config.json") << config.dump();
   const std::string m = " --model " + dir.string() + " --prompt hello --max-tokens 3";
   CliRun refused = run("generate" + m);
   EXPECT_EQ(refused.status, 1);
   EXPECT_NE(last_line(refused.err)
                 .find("pre-quantized checkpoint (quantization_config.quant_method "
-                      "\"awq\") is not supported"),
+                      "\"bitsandbytes\") is not supported"),
             std::string::npos)
       << refused.err;
+  // A config that says AWQ over unquantized weights.
+  config["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}};
+  std::ofstream(dir / "config.json") << config.dump();
+  CliRun mismatch = run("generate" + m);
+  EXPECT_EQ(mismatch.status, 1);
+  EXPECT_NE(last_line(mismatch.err).find("quantization_config says awq, 4-bit, but no weight"),
+            std::string::npos)
+      << mismatch.err;
   CliRun dummy = run("generate" + m + " --load-format dummy");
   EXPECT_EQ(dummy.status, 0) << dummy.err;
   fs::remove_all(dir);
 }
 
-// FP8 checkpoints load as stored through the CLI (make-model writes each layout); the log says
-// which; a compressed-tensors checkpoint with integer weights is refused naming what it holds.
-TEST_F(CliTest, Fp8CheckpointsLoadAndOtherQuantizationsAreNamed) {
+// FP8 and integer checkpoints load through the CLI (make-model writes each layout); the log says
+// which; quantizations that do not load are refused naming what they hold.
+TEST_F(CliTest, QuantizedCheckpointsLoadAndOtherQuantizationsAreNamed) {
   const fs::path dir = testing::temp_dir("fp8_cli");
-  for (const char* kind : {"fp8", "fp8-channel", "fp8-block"}) {
+  const std::vector<std::pair<std::string, std::string>> kinds = {
+      {"fp8", "FP8 checkpoint,"},
+      {"fp8-channel", "FP8 checkpoint,"},
+      {"fp8-block", "FP8 checkpoint in 128 x 128 blocks"},
+      {"gptq", "4-bit integer checkpoint (gptq) in groups of 128"},
+      {"awq", "4-bit integer checkpoint (awq) in groups of 128"},
+      {"w4a16", "4-bit integer checkpoint (pack-quantized) in groups of 128"},
+      {"w8a8", "8-bit integer checkpoint (int-quantized) with a scale per row"}};
+  for (const auto& [kind, log] : kinds) {
     SCOPED_TRACE(kind);
     fs::remove_all(dir);
-    ASSERT_EQ(run(std::string("make-model --arch qwen2 --preset tiny --checkpoint-quantization ") +
-                  kind + " --out " + dir.string())
+    ASSERT_EQ(run("make-model --arch qwen2 --preset tiny --checkpoint-quantization " + kind +
+                  " --out " + dir.string())
                   .status,
               0);
     CliRun r = run("generate --model " + dir.string() + " --prompt hello --max-tokens 4");
     EXPECT_EQ(r.status, 0) << r.err;
-    EXPECT_NE(r.err.find(std::string(kind) == "fp8-block" ? "FP8 checkpoint in 128 x 128 blocks"
-                                                          : "FP8 checkpoint,"),
-              std::string::npos)
-        << r.err;
+    EXPECT_NE(r.err.find(log), std::string::npos) << r.err;
   }
   nlohmann::json config = nlohmann::json::parse(std::ifstream(dir / "config.json"));
-  config["quantization_config"] = {
-      {"quant_method", "compressed-tensors"},
-      {"format", "pack-quantized"},
-      {"config_groups",
-       {{"group_0", {{"weights", {{"num_bits", 4}, {"type", "int"}, {"strategy", "group"}}}}}}}};
+  const std::vector<std::pair<nlohmann::json, std::string>> refusals = {
+      {{{"quant_method", "compressed-tensors"},
+        {"format", "pack-quantized"},
+        {"config_groups",
+         {{"group_0", {{"weights", {{"num_bits", 4}, {"type", "int"}, {"strategy", "tensor"}}}}}}}},
+       "\"compressed-tensors\": compressed-tensors pack-quantized, 4-bit int weights (tensor "
+       "strategy)) is not supported"},
+      {{{"quant_method", "gptq"}, {"bits", 3}, {"group_size", 128}},
+       "\"gptq\": gptq with 3-bit weights) is not supported"},
+      {{{"quant_method", "awq"}, {"bits", 4}, {"version", "gemv"}},
+       "\"awq\": awq version \"gemv\" (the GEMM layout loads)) is not supported"}};
+  for (const auto& [q, message] : refusals) {
+    config["quantization_config"] = q;
+    std::ofstream(dir / "config.json") << config.dump();
+    CliRun refused = run("generate --model " + dir.string() + " --prompt hello --max-tokens 3");
+    EXPECT_EQ(refused.status, 1);
+    EXPECT_NE(last_line(refused.err).find(message), std::string::npos) << refused.err;
+  }
+  // An integer checkpoint whose tensors do not fit its config: a message, not a crash.
+  config["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}, {"group_size", 16}};
   std::ofstream(dir / "config.json") << config.dump();
-  CliRun refused = run("generate --model " + dir.string() + " --prompt hello --max-tokens 3");
-  EXPECT_EQ(refused.status, 1);
-  EXPECT_NE(last_line(refused.err)
-                .find("\"compressed-tensors\": compressed-tensors pack-quantized, 4-bit int "
-                      "weights (group strategy)) is not supported"),
-            std::string::npos)
-      << refused.err;
+  CliRun bad = run("generate --model " + dir.string() + " --prompt hello --max-tokens 3");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(last_line(bad.err).find("has dtype I8, expected F32, BF16 or F16"), std::string::npos)
+      << bad.err;
   fs::remove_all(dir);
 }
 

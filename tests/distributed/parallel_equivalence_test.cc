@@ -4,7 +4,9 @@
 // The tp/pp runs re-execute themselves under mpirun, as a user's would. Tokens must be
 // identical and log-probs within 1e-4. Also: each rank reads only its share of the weights.
 #include <gtest/gtest.h>
+
 #include <sys/wait.h>
+#include <tuple>
 
 #include <array>
 #include <cstdio>
@@ -145,6 +147,26 @@ TEST(ParallelEquivalenceFp8, Fp8CheckpointShardsMatchOneRank) {
            {"llama", "fp8-block"}, {"deepseek_v3", "fp8-block"}, {"qwen2", "fp8-channel"}}) {
     SCOPED_TRACE(arch + " " + quant);
     const fs::path dir = testing::make_tiny(arch, DType::kBF16, 8, blocks, 0, quant);
+    expect_tp2_and_pp2_match(generate_args(dir, 16, {5, 12, 19, 26}, 400));
+    fs::remove_all(dir);
+  }
+}
+
+// Integer checkpoints: column-parallel ranks take their outputs' words (AWQ packs 8 outputs a
+// word), row-parallel ones their inputs' words, which may start inside a group (48 inputs a
+// group: o_proj's 32-input shards and down_proj's 64-input ones do); act order is dequantized.
+TEST(ParallelEquivalenceInt, IntCheckpointShardsMatchOneRank) {
+  for (auto [arch, quant, q] : std::vector<std::tuple<std::string, std::string, nlohmann::json>>{
+           {"llama", "gptq", {{"group_size", 48}}},
+           {"qwen2", "awq", {{"group_size", 32}}},
+           {"mistral", "gptq", {{"group_size", 16}, {"desc_act", true}, {"sym", false}}},
+           {"deepseek_v3",
+            "w4a16",
+            {{"config_groups",
+              {{"group_0", {{"weights", {{"group_size", 16}, {"symmetric", false}}}}}}}}}}) {
+    SCOPED_TRACE(arch + " " + quant);
+    const fs::path dir = testing::make_tiny(
+        arch, DType::kBF16, 8, {{"num_hidden_layers", 4}, {"quantization_config", q}}, 0, quant);
     expect_tp2_and_pp2_match(generate_args(dir, 16, {5, 12, 19, 26}, 400));
     fs::remove_all(dir);
   }

@@ -1,9 +1,11 @@
 // Safetensors reading and writing, model folders, and the errors a bad folder gives.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "config/model_config.h"
 #include "loader/checkpoint.h"
@@ -304,16 +306,209 @@ TEST(ModelConfig, QuantizationConfigs) {
   EXPECT_FALSE(c.fp8_checkpoint);
   EXPECT_EQ(c.quant_scheme,
             "compressed-tensors int-quantized, 8-bit int weights (channel strategy)");
-  c = parse(ct(4, "int", "group", "pack-quantized"));
+  EXPECT_EQ(c.int_format, "int-quantized");
+  c = parse(ct(4, "int", "group", "pack-quantized"));  // a group strategy with no group_size
   EXPECT_FALSE(c.fp8_checkpoint);
+  EXPECT_FALSE(c.int_checkpoint());
   c = parse({{"quant_method", "fp8"}, {"fmt", "e5m2"}});
   EXPECT_FALSE(c.fp8_checkpoint);
   EXPECT_EQ(c.quant_scheme, "fp8 with fmt \"e5m2\"");
-  EXPECT_FALSE(parse({{"quant_method", "awq"}, {"bits", 4}}).fp8_checkpoint);
+  c = parse({{"quant_method", "awq"}, {"bits", 4}});
+  EXPECT_FALSE(c.fp8_checkpoint);
+  EXPECT_EQ(c.int_format, "awq");
+  EXPECT_EQ(c.int_group_size, 128);
+  // Integer checkpoints: GPTQ (per row with group_size -1, 8 bits, v2 zeros), AWQ (its own
+  // field names), compressed-tensors W4A16 / W8A8.
+  c = parse({{"quant_method", "gptq"},
+             {"bits", 8},
+             {"group_size", -1},
+             {"sym", false},
+             {"checkpoint_format", "gptq_v2"}});
+  EXPECT_EQ(c.int_format, "gptq");
+  EXPECT_EQ(c.int_bits, 8);
+  EXPECT_EQ(c.int_group_size, 0);
+  EXPECT_FALSE(c.int_symmetric);
+  EXPECT_TRUE(c.int_gptq_v2);
+  c = parse({{"quant_method", "awq"}, {"w_bit", 4}, {"q_group_size", 64}, {"version", "GEMM"}});
+  EXPECT_EQ(c.int_format, "awq");
+  EXPECT_EQ(c.int_group_size, 64);
+  nlohmann::json w4 = ct(4, "int", "group", "pack-quantized");
+  w4["config_groups"]["group_0"]["weights"]["group_size"] = 128;
+  c = parse(w4);
+  EXPECT_EQ(c.int_format, "pack-quantized");
+  EXPECT_EQ(c.int_bits, 4);
+  EXPECT_EQ(c.int_group_size, 128);
+  nlohmann::json mixed = w4;
+  mixed["config_groups"]["group_1"] = mixed["config_groups"]["group_0"];
+  mixed["config_groups"]["group_1"]["weights"]["group_size"] = 64;
+  EXPECT_FALSE(parse(mixed).int_checkpoint());
+  // What does not load is named.
+  EXPECT_EQ(parse({{"quant_method", "gptq"}, {"bits", 3}}).quant_scheme, "gptq with 3-bit weights");
+  EXPECT_EQ(parse({{"quant_method", "gptq"}, {"is_marlin_format", true}}).quant_scheme,
+            "gptq in the \"marlin\" layout");
+  EXPECT_EQ(parse({{"quant_method", "awq"}, {"version", "gemv"}}).quant_scheme,
+            "awq version \"gemv\" (the GEMM layout loads)");
+  EXPECT_FALSE(parse({{"quant_method", "awq"}, {"version", "gemv"}}).int_checkpoint());
+  EXPECT_FALSE(parse({{"quant_method", "awq"}, {"zero_point", false}}).int_checkpoint());
   EXPECT_NE(error_of([&] {
               parse({{"quant_method", "fp8"}, {"weight_block_size", {128}}});
             }).find("weight_block_size must be two positive integers"),
             std::string::npos);
+}
+
+// Integer checkpoints, from words written here by hand: the word 0x76543210 holds the values
+// 0..7 in its nibbles, lowest first. GPTQ packs inputs in order (zeros stored minus one), AWQ
+// packs outputs in the order 0 2 4 6 1 3 5 7 (so outputs 0..7 read 0 4 1 5 2 6 3 7), and
+// compressed-tensors packs inputs in order, offset by 8.
+TEST(WeightSource, IntWeightsUnpackAsTheirFormatsDefine) {
+  const fs::path dir = testing::temp_dir("ws_int");
+  const int32_t word = 0x76543210;
+  auto filled = [](std::initializer_list<int64_t> shape, DType dtype, double v) {
+    Tensor t = Tensor::empty(shape, dtype);
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      if (dtype == DType::kI32)
+        t.data<int32_t>()[i] = static_cast<int32_t>(v);
+      else
+        store_from_f32(t.raw(), dtype, i, static_cast<float>(v));
+    }
+    return t;
+  };
+  // [out 8, in 8] each: one word per output (GPTQ, compressed) or per input (AWQ).
+  Tensor gptq_scales = filled({1, 8}, DType::kF16, 0.5);
+  Tensor shape = Tensor::empty({2}, DType::kI64);
+  shape.data<int64_t>()[0] = shape.data<int64_t>()[1] = 8;
+  write_safetensors(dir / "gptq.safetensors",
+                    {{"g.qweight", filled({1, 8}, DType::kI32, word)},
+                     {"g.qzeros", filled({1, 1}, DType::kI32, 0x77777777)},  // zeros of 8
+                     {"g.scales", gptq_scales},
+                     {"g.g_idx", Tensor::zeros({8}, DType::kI32)}});
+  {
+    Checkpoint ckpt = Checkpoint::open(dir);
+    WeightSource w(&ckpt, LoadFormat::kAuto, nullptr, DType::kF32);
+    w.set_int_weights({IntWeights::Kind::kGptq, 4, 0, true, false}, DType::kF32);
+    EXPECT_TRUE(w.has("g.weight"));
+    const Tensor t = w.get("g.weight", {8, 8});
+    for (int64_t o = 0; o < 8; ++o)
+      for (int64_t i = 0; i < 8; ++i) EXPECT_EQ(testing::at(t, o, i), 0.5f * (i - 8)) << o << i;
+    EXPECT_NE(error_of([&] {
+                w.get("g.weight", {8, 16});
+              }).find("is [8, 8], expected [8, 16]"),
+              std::string::npos);
+    w.check_all_used();
+  }
+  fs::remove(dir / "gptq.safetensors");
+  write_safetensors(dir / "awq.safetensors",
+                    {{"a.qweight", filled({8, 1}, DType::kI32, word)},
+                     {"a.qzeros", filled({1, 1}, DType::kI32, 0x11111111)},  // zeros of 1
+                     {"a.scales", filled({1, 8}, DType::kF16, 1.0)}});
+  {
+    Checkpoint ckpt = Checkpoint::open(dir);
+    WeightSource w(&ckpt, LoadFormat::kMmap, nullptr, DType::kF32);
+    w.set_int_weights({IntWeights::Kind::kAwq, 4, 0, false, false}, DType::kF32);
+    const Tensor t = w.get("a.weight", {8, 8});
+    const float want[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    for (int64_t o = 0; o < 8; ++o)
+      for (int64_t i = 0; i < 8; ++i) EXPECT_EQ(testing::at(t, o, i), want[o] - 1) << o << i;
+    // As E4M3 codes, outputs [2, 6) (a column-parallel shard inside one word).
+    const int64_t full[] = {8, 8};
+    std::optional<Fp8Rows> f = w.get_fp8_rows("a.weight", full, Slice{0, 2, 6});
+    ASSERT_TRUE(f);
+    ASSERT_EQ(f->codes.size(0), 4);
+    for (int64_t o = 0; o < 4; ++o) {
+      EXPECT_EQ(f->scales.data<float>()[o], 1.0f);
+      for (int64_t i = 0; i < 8; ++i)
+        EXPECT_EQ(fp8_e4m3_to_f32(f->codes.data<uint8_t>()[o * 8 + i]), want[o + 2] - 1);
+    }
+    w.check_all_used();
+  }
+  fs::remove(dir / "awq.safetensors");
+  write_safetensors(dir / "ct.safetensors", {{"c.weight_packed", filled({8, 1}, DType::kI32, word)},
+                                             {"c.weight_scale", filled({8, 1}, DType::kBF16, 2.0)},
+                                             {"c.weight_shape", shape}});
+  {
+    Checkpoint ckpt = Checkpoint::open(dir);
+    WeightSource w(&ckpt, LoadFormat::kAuto, nullptr, DType::kF32);
+    w.set_int_weights({IntWeights::Kind::kPacked, 4, 0, true, false}, DType::kBF16);
+    const Tensor t = w.get("c.weight", {8, 8}, Slice{1, 3, 8});
+    EXPECT_EQ(t.dtype(), DType::kBF16);
+    for (int64_t o = 0; o < 8; ++o)
+      for (int64_t i = 3; i < 8; ++i) EXPECT_EQ(testing::at(t, o, i - 3), 2.0f * (i - 8)) << o << i;
+    w.check_all_used();
+  }
+  fs::remove_all(dir);
+}
+
+// Checkpoints written by make-model in every integer layout hold the unquantized model's
+// weights to within half a quantization step, read whole or in shards; the 4-bit ones' E4M3
+// codes times their scales are exactly what get() dequantizes.
+TEST(WeightSource, IntCheckpointsHoldTheirModelsWeights) {
+  const fs::path plain = testing::make_tiny("llama", DType::kF32, 5);
+  Checkpoint pc = Checkpoint::open(plain);
+  WeightSource ref(&pc, LoadFormat::kAuto, nullptr, DType::kF32);
+  struct Layout {
+    std::string kind;
+    nlohmann::json q;
+    double steps;  // quantization steps per row's largest |w|
+  };
+  const std::vector<Layout> layouts = {
+      {"gptq", {{"group_size", 48}}, 7},
+      {"gptq", {{"group_size", 16}, {"sym", false}, {"desc_act", true}}, 7},
+      {"gptq", {{"bits", 8}, {"group_size", -1}}, 127},
+      {"awq", {{"group_size", 32}}, 7},
+      {"w4a16", {{"config_groups", {{"group_0", {{"weights", {{"symmetric", false}}}}}}}}, 7},
+      {"w8a8", nlohmann::json::object(), 127}};
+  for (const Layout& l : layouts) {
+    SCOPED_TRACE(l.kind + " " + l.q.dump());
+    const fs::path dir =
+        testing::make_tiny("llama", DType::kF32, 5, {{"quantization_config", l.q}}, 0, l.kind);
+    const ModelConfig config = load_model_config(dir);
+    ASSERT_TRUE(config.int_checkpoint()) << config.quant_scheme;
+    Checkpoint ckpt = Checkpoint::open(dir);
+    WeightSource w(&ckpt, LoadFormat::kAuto, nullptr, DType::kF32);
+    IntWeights f;
+    f.kind = l.kind == "gptq"    ? IntWeights::Kind::kGptq
+             : l.kind == "awq"   ? IntWeights::Kind::kAwq
+             : l.kind == "w4a16" ? IntWeights::Kind::kPacked
+                                 : IntWeights::Kind::kInt8;
+    f.bits = config.int_bits;
+    f.group_size = config.int_group_size;
+    f.symmetric = config.int_symmetric;
+    w.set_int_weights(f, DType::kF32);
+    for (auto [name, n, k] : std::vector<std::tuple<std::string, int64_t, int64_t>>{
+             {"model.layers.1.self_attn.q_proj.weight", 64, 64},
+             {"model.layers.1.mlp.down_proj.weight", 64, 128}}) {
+      const Tensor want = ref.get(name, {n, k});
+      const Tensor got = w.get(name, {n, k});
+      const Tensor shard = w.get(name, {n, k}, Slice{1, k / 2, k});
+      for (int64_t r = 0; r < n; ++r) {
+        double amax = 0;
+        for (int64_t c = 0; c < k; ++c)
+          amax = std::max(amax, double{std::fabs(testing::at(want, r, c))});
+        for (int64_t c = 0; c < k; ++c) {
+          ASSERT_LE(std::fabs(testing::at(got, r, c) - testing::at(want, r, c)),
+                    amax / l.steps * 0.51)
+              << name << " " << r << "," << c;
+          if (c >= k / 2) ASSERT_EQ(testing::at(shard, r, c - k / 2), testing::at(got, r, c));
+        }
+      }
+      const int64_t shape[] = {n, k};
+      std::optional<Fp8Rows> codes = w.get_fp8_rows(name, shape, Slice{1, k / 2, k});
+      const bool as_codes = config.int_bits == 4 && !l.q.value("desc_act", false);
+      ASSERT_EQ(codes.has_value(), as_codes);
+      if (!as_codes) continue;
+      const int64_t chunks = codes->scales.dim() == 2 ? codes->scales.size(1) : 1;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < k / 2; ++c) {
+          const int64_t chunk =
+              codes->block_cols ? (c + codes->block_offset) / codes->block_cols : 0;
+          ASSERT_EQ(codes->scales.data<float>()[r * chunks + chunk] *
+                        fp8_e4m3_to_f32(codes->codes.data<uint8_t>()[r * (k / 2) + c]),
+                    testing::at(got, r, c + k / 2));
+        }
+    }
+    fs::remove_all(dir);
+  }
+  fs::remove_all(plain);
 }
 
 // Large tensors are read in several chunks over the thread pool (with read-ahead of what

@@ -42,6 +42,10 @@ def read_safetensors(path):
             arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
         elif dtype == "F8_E4M3":
             arr = e4m3_values(np.frombuffer(raw, dtype=np.uint8))
+        elif dtype in ("I32", "I64", "I8"):  # integer checkpoints' packed words: kept as bits
+            arr = np.frombuffer(raw, dtype={"I32": "<i4", "I64": "<i8", "I8": "i1"}[dtype])
+            out[name] = arr.reshape(info["shape"]).astype(np.int64)
+            continue
         else:
             raise ValueError("unsupported dtype " + dtype)
         out[name] = arr.reshape(info["shape"]).astype(np.float64)
@@ -83,6 +87,101 @@ def dequantize_fp8(cfg, w):
             w[base] = weight * full[: weight.shape[0], : weight.shape[1]]
     for name in [n for n in w if n.endswith("input_scale")]:
         del w[name]
+
+
+def nibbles(words, bits, axis):
+    """Unpacks int32 words into 32 / bits unsigned values each, the lowest bits first, along
+    `axis` (value i of word w is element w * per + i)."""
+    per = 32 // bits
+    u = np.asarray(words, dtype=np.int64) & 0xFFFFFFFF
+    parts = [(u >> (bits * i)) & ((1 << bits) - 1) for i in range(per)]
+    stacked = np.stack(parts, axis=axis + 1)
+    shape = list(u.shape)
+    shape[axis] *= per
+    return stacked.reshape(shape)
+
+
+def dequantize_int(cfg, w):
+    """Integer checkpoints: weight [out, in] = scale * (q - zero), per output row and group of
+    inputs (g_idx, when stored, names each input's group).
+    - GPTQ: qweight [in / per, out] packs inputs; qzeros [groups, out / per] hold zero - 1
+      (checkpoint_format gptq_v2: the zero); scales [groups, out].
+    - AWQ (GEMM): qweight [in, out / per] packs outputs in the order 0 2 4 6 1 3 5 7, as qzeros.
+    - compressed-tensors pack-quantized: weight_packed [out, in / per] packs inputs, values offset
+      by 2^(bits-1) unless weight_zero_point [out / per, groups] (outputs packed) gives zeros;
+      weight_scale [out, groups]; int-quantized: an int8 weight times weight_scale.
+    What the engine dequantizes at load (8-bit weights, groups in act order) it rounds once to
+    the model's torch_dtype; 4-bit weights in contiguous groups it runs exactly."""
+    q = cfg.get("quantization_config") or {}
+    kind = {"float16": "f16", "float32": "f32"}.get(cfg.get("torch_dtype"), "bf16")
+
+    def as_run(weight, bits, gidx, group_size):
+        n_in = weight.shape[1]
+        plain = np.arange(n_in) // group_size if group_size and group_size > 0 else np.zeros(n_in)
+        if bits == 8 or not np.array_equal(gidx, plain):
+            return round_to(weight, kind)
+        return weight
+
+    method = q.get("quant_method")
+    if method in ("gptq", "awq"):
+        bits = q.get("bits", q.get("w_bit", 4))
+        per = 32 // bits
+        for name in [n for n in w if n.endswith(".qweight")]:
+            base = name[: -len(".qweight")]
+            packed, qz, scales = w.pop(name), w.pop(base + ".qzeros"), w.pop(base + ".scales")
+            if method == "gptq":
+                vals = nibbles(packed.T, bits, 1)  # [out, in]
+                zeros = nibbles(qz, bits, 1)[:, : scales.shape[1]]  # [groups, out]
+                if q.get("checkpoint_format", "gptq") != "gptq_v2":
+                    zeros = zeros + 1
+            else:
+                order = [0, 2, 4, 6, 1, 3, 5, 7]
+                def unawq(x):
+                    raw = nibbles(x, bits, 1)  # element w * 8 + i is nibble i of word w
+                    outv = np.empty_like(raw)
+                    for i, col in enumerate(order):
+                        outv[:, col::8] = raw[:, i::8]
+                    return outv
+                vals = unawq(packed).T  # [out, in]
+                zeros = unawq(qz)
+            n_in = vals.shape[1]
+            group_size = q.get("group_size", q.get("q_group_size", 128))
+            gidx = w.pop(base + ".g_idx", None)
+            if gidx is None:
+                gidx = np.arange(n_in) // (group_size if group_size > 0 else n_in)
+            gidx = gidx.astype(np.int64)
+            w[base + ".weight"] = as_run((vals - zeros[gidx].T) * scales[gidx].T, bits, gidx,
+                                         group_size)
+        return
+    if method != "compressed-tensors":
+        return
+    group = next(iter((q.get("config_groups") or {}).values()), {})
+    wq = group.get("weights") or {}
+    if wq.get("type") != "int":
+        return
+    bits = wq.get("num_bits", 4)
+    per = 32 // bits
+    for name in [n for n in w if n.endswith(".weight_packed")]:
+        base = name[: -len("_packed")]
+        shape = w.pop(base + "_shape", None)
+        vals = nibbles(w.pop(name), bits, 1)
+        if shape is not None:
+            vals = vals[:, : int(shape[1])]
+        scales = w.pop(base + "_scale").reshape(vals.shape[0], -1)
+        n_groups = scales.shape[1]
+        zp = w.pop(base + "_zero_point", None)
+        if zp is None:
+            zeros = np.full((vals.shape[0], n_groups), 1 << (bits - 1))
+        else:
+            zeros = nibbles(zp, bits, 0)[: vals.shape[0]]
+        gidx = w.pop(base + "_g_idx", None)
+        if gidx is None:
+            gs = wq.get("group_size") if wq.get("strategy") == "group" else None
+            gidx = np.arange(vals.shape[1]) // gs if gs else np.zeros(vals.shape[1], np.int64)
+        gidx = gidx.astype(np.int64)
+        w[base] = as_run((vals - zeros[:, gidx]) * scales[:, gidx], bits, gidx, gs)
+    for name in [n for n in w if n.endswith(".weight") and w[n].dtype == np.int64]:
+        w[name] = round_to(w[name] * w.pop(name + "_scale").reshape(-1, 1), kind)
 
 
 def load_weights(model_dir):
@@ -519,6 +618,7 @@ def forward(model_dir, ids, kv_dtype="f32"):
         cfg = json.load(f)
     arch = cfg["architectures"][0]
     w = load_weights(model_dir)
+    dequantize_int(cfg, w)
     dequantize_fp8(cfg, w)
     if arch == "GPT2LMHeadModel":
         return forward_gpt2(cfg, w, ids, kv_dtype)
