@@ -312,6 +312,8 @@ std::vector<int16_t> WeightSource::int_values(const std::string& name, const Int
   const Tensor t = stored(w.packed, info.shape, ps);
   if (!w.shape.empty()) used_.insert(w.shape);  // read by int_weight()
   ++int_weights_taken_;
+  // What is resident is what the caller gets (codes or dequantized values), counted there.
+  bytes_used_ -= t.nbytes();
   const int64_t ld = t.stride(0), cs = t.stride(1);
   std::vector<int16_t> v(static_cast<size_t>(rows * cols));
   auto body = [&](int64_t b, int64_t e) {
@@ -455,10 +457,20 @@ std::optional<Fp8Rows> WeightSource::get_fp8_rows(const std::string& name,
       Fp8Rows out;
       out.codes = Tensor::empty({rows, cols}, DType::kF8E4M3);
       uint8_t* codes = out.codes.data<uint8_t>();
-      for (size_t i = 0; i < v.size(); ++i) codes[i] = f32_to_fp8_e4m3(static_cast<float>(v[i]));
+      uint8_t code_of[31];  // q - zero in [-15, 15]
+      for (int i = 0; i < 31; ++i) code_of[i] = f32_to_fp8_e4m3(static_cast<float>(i - 15));
+      auto convert = [&](int64_t b, int64_t e) {
+        for (int64_t i = b * cols; i < e * cols; ++i) codes[i] = code_of[v[i] + 15];
+      };
+      if (pool_)
+        pool_->parallel_for(rows, convert);
+      else
+        convert(0, rows);
+      bytes_used_ += out.codes.nbytes();
       if (p.groups == 1) {
         out.scales = Tensor::empty({rows}, DType::kF32);
         for (int64_t r = 0; r < rows; ++r) out.scales.data<float>()[r] = p.scales[r0 + r];
+        bytes_used_ += out.scales.nbytes();
         return out;
       }
       const int64_t gs = int_format_.group_size;
@@ -471,6 +483,7 @@ std::optional<Fp8Rows> WeightSource::get_fp8_rows(const std::string& name,
           out.scales.data<float>()[r * chunks + b] =
               p.scales[(r0 + r) * p.groups +
                        (c0 + std::max<int64_t>(0, b * gs - out.block_offset)) / gs];
+      bytes_used_ += out.scales.nbytes();
       return out;
     }
   if (!has(name) || !checkpoint_->contains(name) || checkpoint_->info(name).dtype != DType::kF8E4M3)
@@ -552,6 +565,7 @@ Tensor WeightSource::get(const std::string& name, std::span<const int64_t> shape
         pool_->parallel_for(rows, body);
       else
         body(0, rows);
+      bytes_used_ += t.nbytes();
       return t;
     }
     if (!checkpoint_->contains(name))

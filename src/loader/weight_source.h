@@ -109,7 +109,8 @@ class WeightSource {
   // before): the layers have prepared it, so a backend's own copy does not count twice. Always
   // safe: a later read faults the same bytes back.
   void release_last_mapped();
-  // Bytes of the slices taken (this rank's share) and bytes actually read from files.
+  // Bytes of the slices taken (this rank's share; an integer weight: the codes or values handed
+  // out) and bytes actually read from files.
   uint64_t bytes_used() const { return bytes_used_; }
   uint64_t bytes_read() const { return bytes_read_; }
   // Wall time spent reading files (pread path), for the GB/s of the start-up log.
