@@ -127,7 +127,11 @@ std::optional<WeightSource::IntWeight> WeightSource::int_weight(const std::strin
       if (!has(name + "_packed")) return std::nullopt;
       w.packed = name + "_packed";
       w.scales = need(name + "_scale", w.packed);
-      if (has(name + "_zero_point")) w.zeros = name + "_zero_point";
+      // Asymmetric weights must have their zero points (symmetric ones are offset instead).
+      if (!int_format_.symmetric)
+        w.zeros = need(name + "_zero_point", w.packed);
+      else if (has(name + "_zero_point"))  // zeros stored anyway (older writers)
+        w.zeros = name + "_zero_point";
       if (has(name + "_g_idx")) w.g_idx = name + "_g_idx";
       const TensorInfo& q = packed_2d(DType::kI32);
       w.out = q.shape[0];

@@ -336,7 +336,28 @@ struct Fp8Layout {
   }
 };
 
+// compressed-tensors' quantization_config with one group over every Linear but the LM head.
+json compressed_tensors_config(const std::string& format, json weights, json activations) {
+  return {{"quant_method", "compressed-tensors"},
+          {"format", format},
+          {"quantization_status", "compressed"},
+          {"ignore", {"lm_head"}},
+          {"config_groups",
+           {{"group_0",
+             {{"targets", {"Linear"}},
+              {"weights", std::move(weights)},
+              {"input_activations", std::move(activations)}}}}}};
+}
+
 json fp8_quantization_config(const std::string& kind) {
+  // Dynamic per-token 8-bit activations (what FP8_DYNAMIC and W8A8 declare; tessera's stay f32).
+  auto per_token = [](const char* type) {
+    return json{{"num_bits", 8},
+                {"type", type},
+                {"strategy", "token"},
+                {"symmetric", true},
+                {"dynamic", true}};
+  };
   if (kind == "gptq")
     return {{"quant_method", "gptq"},
             {"bits", 4},
@@ -352,42 +373,23 @@ json fp8_quantization_config(const std::string& kind) {
     return {{"quant_method", "awq"}, {"bits", 4},         {"group_size", 128},
             {"zero_point", true},    {"version", "gemm"}, {"modules_to_not_convert", nullptr}};
   if (kind == "w4a16")
-    return {{"quant_method", "compressed-tensors"},
-            {"format", "pack-quantized"},
-            {"quantization_status", "compressed"},
-            {"ignore", {"lm_head"}},
-            {"config_groups",
-             {{"group_0",
-               {{"targets", {"Linear"}},
-                {"weights",
-                 {{"num_bits", 4},
-                  {"type", "int"},
-                  {"strategy", "group"},
-                  {"group_size", 128},
-                  {"symmetric", true},
-                  {"dynamic", false},
-                  {"actorder", nullptr}}},
-                {"input_activations", nullptr}}}}}};
+    return compressed_tensors_config("pack-quantized",
+                                     {{"num_bits", 4},
+                                      {"type", "int"},
+                                      {"strategy", "group"},
+                                      {"group_size", 128},
+                                      {"symmetric", true},
+                                      {"dynamic", false},
+                                      {"actorder", nullptr}},
+                                     nullptr);
   if (kind == "w8a8")
-    return {{"quant_method", "compressed-tensors"},
-            {"format", "int-quantized"},
-            {"quantization_status", "compressed"},
-            {"ignore", {"lm_head"}},
-            {"config_groups",
-             {{"group_0",
-               {{"targets", {"Linear"}},
-                {"weights",
-                 {{"num_bits", 8},
-                  {"type", "int"},
-                  {"strategy", "channel"},
-                  {"symmetric", true},
-                  {"dynamic", false}}},
-                {"input_activations",
-                 {{"num_bits", 8},
-                  {"type", "int"},
-                  {"strategy", "token"},
-                  {"symmetric", true},
-                  {"dynamic", true}}}}}}}};
+    return compressed_tensors_config("int-quantized",
+                                     {{"num_bits", 8},
+                                      {"type", "int"},
+                                      {"strategy", "channel"},
+                                      {"symmetric", true},
+                                      {"dynamic", false}},
+                                     per_token("int"));
   if (kind == "fp8") return {{"quant_method", "fp8"}, {"activation_scheme", "static"}};
   if (kind == "fp8-block")
     return {{"quant_method", "fp8"},
@@ -395,29 +397,16 @@ json fp8_quantization_config(const std::string& kind) {
             {"fmt", "e4m3"},
             {"weight_block_size", {128, 128}}};
   if (kind == "fp8-channel")
-    return {{"quant_method", "compressed-tensors"},
-            {"format", "float-quantized"},
-            {"quantization_status", "compressed"},
-            {"ignore", {"lm_head"}},
-            {"config_groups",
-             {{"group_0",
-               {{"targets", {"Linear"}},
-                {"weights",
-                 {{"num_bits", 8},
-                  {"type", "float"},
-                  {"strategy", "channel"},
-                  {"symmetric", true},
-                  {"dynamic", false}}},
-                {"input_activations",
-                 {{"num_bits", 8},
-                  {"type", "float"},
-                  {"strategy", "token"},
-                  {"symmetric", true},
-                  {"dynamic", true}}}}}}}};
+    return compressed_tensors_config("float-quantized",
+                                     {{"num_bits", 8},
+                                      {"type", "float"},
+                                      {"strategy", "channel"},
+                                      {"symmetric", true},
+                                      {"dynamic", false}},
+                                     per_token("float"));
   fail(
       "--checkpoint-quantization must be fp8, fp8-channel, fp8-block, gptq, awq, w4a16 or w8a8, "
-      "got "
-      "\"{}\"",
+      "got \"{}\"",
       kind);
 }
 
@@ -505,6 +494,24 @@ void write_fp8(const WeightSpec& s, const Fp8Layout& fp8, DType dtype, const flo
 void write_int(const WeightSpec& s, const Fp8Layout& fp8, DType dtype, const float* w,
                std::vector<std::vector<char>>& out) {
   const int64_t n = s.shape[0], k = s.shape[1];
+  if (fp8.kind == "w8a8") {  // int8 values, one scale per row: amax / 127
+    out.assign(2, {});
+    out[0].resize(static_cast<size_t>(n * k));
+    std::vector<float> row_scale(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) {
+      float amax = 0;
+      for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(w[r * k + c]));
+      uint32_t h = 0;
+      store_from_f32(&h, dtype, 0, amax > 0 ? amax / 127.0f : 1.0f);
+      row_scale[r] = load_as_f32(&h, dtype, 0);
+      for (int64_t c = 0; c < k; ++c)
+        out[0][r * k + c] = static_cast<char>(
+            std::clamp(static_cast<int>(std::lround(w[r * k + c] / row_scale[r])), -127, 127));
+    }
+    out[1].resize(static_cast<size_t>(n) * dtype_size(dtype));
+    for (int64_t r = 0; r < n; ++r) store_from_f32(out[1].data(), dtype, r, row_scale[r]);
+    return;
+  }
   const int bits = fp8.bits, per = 32 / bits, maxq = (1 << bits) - 1;
   const int64_t gs = fp8.group_size > 0 ? fp8.group_size : k;
   const int64_t groups = (k + gs - 1) / gs;
@@ -545,24 +552,6 @@ void write_int(const WeightSpec& s, const Fp8Layout& fp8, DType dtype, const flo
       zero[r * groups + g] = z;
     }
   }
-  if (fp8.kind == "w8a8") {  // int8 values, one scale per row: amax / 127
-    out.assign(2, {});
-    out[0].resize(static_cast<size_t>(n * k));
-    std::vector<float> row_scale(static_cast<size_t>(n));
-    for (int64_t r = 0; r < n; ++r) {
-      float amax = 0;
-      for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(w[r * k + c]));
-      uint32_t h = 0;
-      store_from_f32(&h, dtype, 0, amax > 0 ? amax / 127.0f : 1.0f);
-      row_scale[r] = load_as_f32(&h, dtype, 0);
-      for (int64_t c = 0; c < k; ++c)
-        out[0][r * k + c] = static_cast<char>(
-            std::clamp(static_cast<int>(std::lround(w[r * k + c] / row_scale[r])), -127, 127));
-    }
-    out[1].resize(static_cast<size_t>(n) * dtype_size(dtype));
-    for (int64_t r = 0; r < n; ++r) store_from_f32(out[1].data(), dtype, r, row_scale[r]);
-    return;
-  }
   // q [n, k] in [0, maxq].
   std::vector<uint32_t> q(static_cast<size_t>(n * k));
   for (int64_t r = 0; r < n; ++r)
@@ -582,7 +571,9 @@ void write_int(const WeightSpec& s, const Fp8Layout& fp8, DType dtype, const flo
         store_from_f32(buf.data(), dtype, group_major ? g * n + r : r * groups + g,
                        scale[r * groups + g]);
   };
-  constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // nibble i holds output 8w + order[i]
+  // AutoAWQ's order: nibble i of a word holds output 8w + (0, 2, 4, 6, 1, 3, 5, 7)[i], so output
+  // 8w + j is in nibble kAwqNibble[j].
+  constexpr int kAwqNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
   out.clear();
   if (fp8.kind == "gptq" || fp8.kind == "awq") {
     const bool gptq = fp8.kind == "gptq";
@@ -592,20 +583,14 @@ void write_int(const WeightSpec& s, const Fp8Layout& fp8, DType dtype, const flo
         if (gptq) {  // [k / per, n]: inputs packed, in order
           qw[(c / per) * n + r] |= q[r * k + c] << (bits * (c % per));
         } else {  // [k, n / per]: outputs packed in AutoAWQ's order
-          int nibble = 0;
-          while (kAwqOrder[nibble] != r % per) ++nibble;
-          qw[c * (n / per) + r / per] |= q[r * k + c] << (bits * nibble);
+          qw[c * (n / per) + r / per] |= q[r * k + c] << (bits * kAwqNibble[r % per]);
         }
       }
     const int64_t zw = (n + per - 1) / per;
     std::vector<uint32_t> qz(static_cast<size_t>(groups * zw), 0);
     for (int64_t g = 0; g < groups; ++g)
       for (int64_t r = 0; r < n; ++r) {
-        const int64_t slot = gptq ? r % per : [&] {
-          int nibble = 0;
-          while (kAwqOrder[nibble] != r % per) ++nibble;
-          return static_cast<int64_t>(nibble);
-        }();
+        const int64_t slot = gptq ? r % per : kAwqNibble[r % per];
         // GPTQ's own format stores zero - 1 (gptq_v2: the zero itself).
         const uint32_t z = static_cast<uint32_t>(zero[r * groups + g] - (gptq && !fp8.gptq_v2));
         qz[g * zw + r / per] |= (z & static_cast<uint32_t>(maxq)) << (bits * slot);

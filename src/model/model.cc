@@ -7,6 +7,20 @@
 
 namespace tessera {
 
+IntWeights int_weights_of(const ModelConfig& config) {
+  TESSERA_CHECK(config.int_checkpoint());
+  IntWeights f;
+  f.kind = config.int_format == "gptq"             ? IntWeights::Kind::kGptq
+           : config.int_format == "awq"            ? IntWeights::Kind::kAwq
+           : config.int_format == "pack-quantized" ? IntWeights::Kind::kPacked
+                                                   : IntWeights::Kind::kInt8;
+  f.bits = config.int_bits;
+  f.group_size = config.int_group_size;
+  f.symmetric = config.int_symmetric;
+  f.gptq_v2 = config.int_gptq_v2;
+  return f;
+}
+
 std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, ModelContext& ctx,
                                      const LoadOptions& options, LoadReport* report) {
   const double t0 = now_seconds();
@@ -41,16 +55,7 @@ std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, Mod
       fail(ErrorKind::kUnsupported,
            "{}: GPT-2's Conv1D weights from an integer checkpoint ({}) are not supported",
            (model_dir / "config.json").string(), config.quant_scheme);
-    IntWeights f;
-    f.kind = config.int_format == "gptq"             ? IntWeights::Kind::kGptq
-             : config.int_format == "awq"            ? IntWeights::Kind::kAwq
-             : config.int_format == "pack-quantized" ? IntWeights::Kind::kPacked
-                                                     : IntWeights::Kind::kInt8;
-    f.bits = config.int_bits;
-    f.group_size = config.int_group_size;
-    f.symmetric = config.int_symmetric;
-    f.gptq_v2 = config.int_gptq_v2;
-    weights.set_int_weights(f, config.dtype);
+    weights.set_int_weights(int_weights_of(config), config.dtype);
     // W8A8's static activation scales (tessera's activations stay f32).
     for (const char* suffix : {".input_scale", ".input_zero_point"}) weights.ignore_suffix(suffix);
   }

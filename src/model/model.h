@@ -71,6 +71,9 @@ struct LoadReport {
   double read_seconds = 0;  // of `seconds`, the time spent reading files
 };
 
+// How an integer checkpoint (config.int_checkpoint()) stores its Linear weights.
+IntWeights int_weights_of(const ModelConfig& config);
+
 // Builds the model of `model_dir` (config.json + safetensors) on ctx's device and rank.
 // Throws tessera::Error for an unsupported or malformed folder.
 std::unique_ptr<CausalLM> load_model(const std::filesystem::path& model_dir, ModelContext& ctx,

@@ -11,6 +11,7 @@
 #include "loader/checkpoint.h"
 #include "loader/safetensors.h"
 #include "loader/weight_source.h"
+#include "model/model.h"
 #include "model/model_test_util.h"
 #include "test_util.h"
 
@@ -163,7 +164,9 @@ TEST(WeightSource, ChecksShapesDtypesAndLeftovers) {
       for (int64_t j = 0; j < 3; ++j)
         EXPECT_EQ(testing::at(cols, i, j), testing::at(full, i, j + 2));
     // Only the slices' bytes are read: 2 rows of 6 and 4 rows of 3 bf16 values.
-    if (format == LoadFormat::kAuto) EXPECT_EQ(w.bytes_read(), (2 * 6 + 4 * 3) * 2u);
+    if (format == LoadFormat::kAuto) {
+      EXPECT_EQ(w.bytes_read(), (2 * 6 + 4 * 3) * 2u);
+    }
     const std::string msg = error_of([&] { w.check_all_used(); });
     EXPECT_NE(msg.find("unexpected tensor"), std::string::npos) << msg;
     EXPECT_NE(msg.find("spare"), std::string::npos) << msg;
@@ -216,8 +219,12 @@ TEST(WeightSource, Fp8WeightsDequantizeAndKeepTheirCodes) {
       for (int64_t r = 0; r < n; ++r)
         for (int64_t c = 0; c < k; ++c) {
           EXPECT_EQ(testing::at(full, r, c), want(name, r, c)) << r << "," << c;
-          if (c >= 2 && c < 6) EXPECT_EQ(testing::at(cols, r, c - 2), want(name, r, c));
-          if (r >= 1 && r < 4) EXPECT_EQ(testing::at(rows, r - 1, c), want(name, r, c));
+          if (c >= 2 && c < 6) {
+            EXPECT_EQ(testing::at(cols, r, c - 2), want(name, r, c));
+          }
+          if (r >= 1 && r < 4) {
+            EXPECT_EQ(testing::at(rows, r - 1, c), want(name, r, c));
+          }
         }
       // As stored: every code, and scales that give the same values.
       for (bool transposed : {false, true}) {
@@ -243,8 +250,9 @@ TEST(WeightSource, Fp8WeightsDequantizeAndKeepTheirCodes) {
             EXPECT_EQ(scale * fp8_e4m3_to_f32(codes.data<uint8_t>()[r * k + c]), want(name, r, c))
                 << (transposed ? "transposed " : "") << i << "," << j;
           }
-        if (name == "b.weight")
-          EXPECT_EQ(f->block_offset, transposed ? 1 : 2);  // rows from 1 (of 2), cols from 2 (of 3)
+        if (name == "b.weight") {  // rows from 1 (of 2), cols from 2 (of 3)
+          EXPECT_EQ(f->block_offset, transposed ? 1 : 2);
+        }
       }
     }
     EXPECT_NE(error_of([&] {
@@ -435,6 +443,15 @@ TEST(WeightSource, IntWeightsUnpackAsTheirFormatsDefine) {
       for (int64_t i = 3; i < 8; ++i) EXPECT_EQ(testing::at(t, o, i - 3), 2.0f * (i - 8)) << o << i;
     w.check_all_used();
   }
+  {  // Asymmetric packed weights need their zero points: a missing one is named.
+    Checkpoint ckpt = Checkpoint::open(dir);
+    WeightSource w(&ckpt, LoadFormat::kAuto, nullptr, DType::kF32);
+    w.set_int_weights({IntWeights::Kind::kPacked, 4, 0, false, false}, DType::kF32);
+    EXPECT_NE(error_of([&] {
+                w.get("c.weight", {8, 8});
+              }).find("c.weight_zero_point"),
+              std::string::npos);
+  }
   fs::remove_all(dir);
 }
 
@@ -465,15 +482,7 @@ TEST(WeightSource, IntCheckpointsHoldTheirModelsWeights) {
     ASSERT_TRUE(config.int_checkpoint()) << config.quant_scheme;
     Checkpoint ckpt = Checkpoint::open(dir);
     WeightSource w(&ckpt, LoadFormat::kAuto, nullptr, DType::kF32);
-    IntWeights f;
-    f.kind = l.kind == "gptq"    ? IntWeights::Kind::kGptq
-             : l.kind == "awq"   ? IntWeights::Kind::kAwq
-             : l.kind == "w4a16" ? IntWeights::Kind::kPacked
-                                 : IntWeights::Kind::kInt8;
-    f.bits = config.int_bits;
-    f.group_size = config.int_group_size;
-    f.symmetric = config.int_symmetric;
-    w.set_int_weights(f, DType::kF32);
+    w.set_int_weights(int_weights_of(config), DType::kF32);
     for (auto [name, n, k] : std::vector<std::tuple<std::string, int64_t, int64_t>>{
              {"model.layers.1.self_attn.q_proj.weight", 64, 64},
              {"model.layers.1.mlp.down_proj.weight", 64, 128}}) {
@@ -488,7 +497,9 @@ TEST(WeightSource, IntCheckpointsHoldTheirModelsWeights) {
           ASSERT_LE(std::fabs(testing::at(got, r, c) - testing::at(want, r, c)),
                     amax / l.steps * 0.51)
               << name << " " << r << "," << c;
-          if (c >= k / 2) ASSERT_EQ(testing::at(shard, r, c - k / 2), testing::at(got, r, c));
+          if (c >= k / 2) {
+            ASSERT_EQ(testing::at(shard, r, c - k / 2), testing::at(got, r, c));
+          }
         }
       }
       const int64_t shape[] = {n, k};
