@@ -46,6 +46,7 @@ void ThreadPool::run(const std::function<void(int)>& fn) {
   }
   TESSERA_CHECK(task_ == nullptr) << "ThreadPool::run is not reentrant";
   task_ = &fn;
+  parked_.store(false, std::memory_order_relaxed);
   done_.store(0, std::memory_order_relaxed);
   const uint32_t region = generation_.load(std::memory_order_relaxed) + 1;
   // Slot 0 is the caller's; the slot counter is published before the generation that wakes
@@ -92,7 +93,7 @@ void ThreadPool::worker_loop() {
     for (int spin = 0;; ++spin) {
       gen = generation_.load(std::memory_order_acquire);
       if (gen != seen) break;
-      if (spin < kSpinIterations) {
+      if (spin < kSpinIterations && !parked_.load(std::memory_order_relaxed)) {
         TESSERA_PAUSE();
       } else {
         generation_.wait(seen, std::memory_order_acquire);

@@ -27,6 +27,9 @@ class ThreadPool {
   // thread may run several slots in turn. Not reentrant: one region at a time.
   void run(const std::function<void(int)>& fn);
 
+  // Sends idle workers to sleep now instead of after their spin (until the next run()).
+  void park() { parked_.store(true, std::memory_order_relaxed); }
+
   // Splits [0, n) into size() contiguous ranges and calls fn(begin, end) for each non-empty one.
   template <typename F>
   void parallel_for(int64_t n, F&& fn) {
@@ -54,6 +57,7 @@ class ThreadPool {
   std::atomic<uint64_t> next_slot_{0};   // generation << 32 | next unclaimed slot
   std::atomic<int> done_{0};             // slots of the current region finished
   std::atomic<bool> stop_{false};
+  std::atomic<bool> parked_{false};
 };
 
 // Physical cores this process may run on (affinity mask, one per core even with SMT).

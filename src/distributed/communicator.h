@@ -60,6 +60,10 @@ class Communicator {
   // next step while pipeline stages are still busy with the previous one.
   virtual void broadcast_bytes_async(std::string& data, int root) { broadcast_bytes(data, root); }
   virtual void barrier() = 0;
+  // Ranks that take turns on shared cores (pipeline stages on one host): a waiting rank then
+  // naps longer once a wait has lasted, so that its wake-ups do not take cores from the rank
+  // computing. Only a hint; communicators that do not poll ignore it.
+  virtual void set_waits_share_cores(bool /*shared*/) {}
 };
 
 // The group of one: collectives are identities, point-to-point is an error.

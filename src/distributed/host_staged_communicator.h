@@ -35,6 +35,7 @@ class HostStagedCommunicator : public Communicator {
     inner_.broadcast_bytes_async(data, root);
   }
   void barrier() override { inner_.barrier(); }
+  void set_waits_share_cores(bool shared) override { inner_.set_waits_share_cores(shared); }
 
  private:
   Tensor to_host(const Tensor& t);

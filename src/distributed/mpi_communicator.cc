@@ -25,22 +25,36 @@ constexpr int kTagGather = 1, kTagBroadcast = 2, kTagPointToPoint = 3, kTagBytes
               kTagBarrier = 5;
 
 // Waiting: spin (a decode step's all-reduce arrives within microseconds), then yield, then
-// sleep in short naps (an idle server, or oversubscribed cores).
+// sleep in 0.1 ms naps (an idle server, or oversubscribed cores). Where ranks take turns on
+// shared cores a wait is either met at once or lasts the other stage's whole forward pass, and
+// every poll takes time from that pass: spin and yield a tenth as long, and nap 1 ms after the
+// first ten naps (0.1 ms naps all along slowed the stage computing by ~15%; serving at 16
+// concurrent, the shorter spins gave 0.91-1.01x of one rank against 0.86-1.03x;
+// docs/performance.md).
 class Backoff {
  public:
+  explicit Backoff(bool share_cores)
+      : spin_(share_cores ? 200 : 2000),
+        yield_(share_cores ? 200 : 2000),
+        long_naps_(share_cores) {}
   void pause() {
     ++n_;
-    if (n_ < 2000) return;
-    if (n_ < 4000) {
+    if (n_ < spin_) return;
+    if (n_ < spin_ + yield_) {
       sched_yield();
       return;
     }
-    timespec ts{0, 100000};  // 0.1 ms
+    const bool long_nap = long_naps_ && ++naps_ > kShortNaps;
+    timespec ts{0, long_nap ? 1000000 : 100000};
     nanosleep(&ts, nullptr);
   }
 
  private:
+  static constexpr int kShortNaps = 10;
+  const int spin_, yield_;
+  const bool long_naps_;
   int n_ = 0;
+  int naps_ = 0;
 };
 
 void check_size(size_t bytes) {
@@ -83,7 +97,7 @@ void MpiCommunicator::wait_all(std::vector<MPI_Request>& requests, const std::ve
                                const char* what) {
   if (requests.empty()) return;
   const auto start = std::chrono::steady_clock::now();
-  Backoff backoff;
+  Backoff backoff(waits_share_cores_);
   for (int iter = 0;; ++iter) {
     int done = 0;
     MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE);
@@ -284,7 +298,7 @@ void MpiCommunicator::broadcast_bytes(std::string& data, int root) {
   // receive the matched message.
   MPI_Message message;
   MPI_Status status;
-  Backoff backoff;
+  Backoff backoff(waits_share_cores_);
   for (;;) {
     int found = 0;
     MPI_Improbe(root, kTagBytes, comm_, &found, &message, &status);

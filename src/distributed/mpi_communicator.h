@@ -41,6 +41,7 @@ class MpiCommunicator : public Communicator {
 
   MPI_Comm comm() const { return comm_; }
   void set_timeout(double seconds) { timeout_s_ = seconds; }
+  void set_waits_share_cores(bool shared) override { waits_share_cores_ = shared; }
 
  private:
   // Waits for all of `requests`; peers[i] is the group rank requests[i] talks to.
@@ -64,6 +65,7 @@ class MpiCommunicator : public Communicator {
   std::vector<int> world_ranks_;
   std::vector<std::string> hosts_;
   double timeout_s_;
+  bool waits_share_cores_ = false;
   std::string name_;
   std::vector<float> scratch_;
   std::vector<char> gathered_;  // every rank's contribution to an all-reduce

@@ -10,6 +10,7 @@
 #include "core/logging.h"
 #include "core/status.h"
 #include "core/sys.h"
+#include "distributed/placement.h"
 #include "engine/planner.h"
 #include "kernels/cpu/cpu_backend.h"
 
@@ -127,21 +128,6 @@ void on_all_ranks(DistributedWorld& world, const char* what, F&& body) {
   }
 }
 
-// Threads per rank when --threads is not given: the node's cores shared by its ranks. Tensor-
-// parallel ranks compute together, and so do pipeline stages, which keep one step each in
-// flight (-pp 2 on 2 cores: 1 thread per rank 237-239 tokens/s on the small preset at 16
-// concurrent, 2 threads 212-238: oversubscribed; docs/performance.md).
-int default_threads() {
-  int local = 1;
-  for (const char* name :
-       {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
-    if (const char* v = std::getenv(name); v && std::atoi(v) > 0) {
-      local = std::atoi(v);
-      break;
-    }
-  return std::max(1, physical_core_count() / local);
-}
-
 // This process's rank among the ranks of its node (the GPU it takes), from the launcher.
 int local_rank() {
   for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
@@ -180,7 +166,32 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   DistributedWorld& world = *e->world_;
   const WorldConfig& wc = world.config();
   const bool multi = wc.world_size > 1;
-  const int threads = args.threads > 0 ? args.threads : default_threads();
+  // Threads and steps in flight follow from where the ranks run (distributed/placement.h): -pp 2
+  // on 2 cores runs one step at a time on 2 threads per stage, 0.93-0.98x of one rank with 2
+  // threads serving the small preset at 16 concurrent, where two steps in flight on one thread
+  // each ran at 0.78-0.88x (docs/performance.md).
+  RankPlacement placement;
+  if (multi) {
+    const int words = RankCpus::kMaskWords + 1;  // the mask, then the core count
+    const RankCpus me = local_rank_cpus(world.host(wc.rank));
+    Tensor mine = Tensor::empty({words}, DType::kI64);
+    for (int w = 0; w < RankCpus::kMaskWords; ++w)
+      mine.data<int64_t>()[w] = static_cast<int64_t>(me.cpu_mask[w]);
+    mine.data<int64_t>()[RankCpus::kMaskWords] = me.cores;
+    Tensor all = Tensor::empty({int64_t{wc.world_size} * words}, DType::kI64);
+    world.world().all_gather(mine, all);
+    std::vector<RankCpus> ranks(wc.world_size);
+    for (int r = 0; r < wc.world_size; ++r) {
+      const int64_t* v = all.data<int64_t>() + int64_t{r} * words;
+      ranks[r].host = world.host(r);
+      ranks[r].cpu_mask.assign(v, v + RankCpus::kMaskWords);
+      ranks[r].cores = static_cast<int>(v[RankCpus::kMaskWords]);
+    }
+    placement = place_rank(wc, ranks, args.threads);
+  } else {
+    placement.threads = args.threads > 0 ? args.threads : physical_core_count();
+  }
+  const int threads = placement.threads;
   e->pool_ = std::make_unique<ThreadPool>(threads);
   e->backend_ = make_backend(args, *e->pool_);
   const bool gpu = e->backend_->device() != Device::kCPU;
@@ -322,8 +333,9 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   const char* overlap_env = std::getenv("TESSERA_PP_OVERLAP");
   const bool pp_overlap = wc.pp > 1 && !(overlap_env && std::string(overlap_env) == "0");
   if (pp_overlap) e->runner_->set_micro_batches(1);
-  // TESSERA_PP_GROUPS sets the number of groups (steps in flight); default pp.
-  int groups = pp_overlap ? wc.pp : 1;
+  // TESSERA_PP_GROUPS sets the number of groups (steps in flight); by default pp, or 1 where
+  // the stages share cores.
+  int groups = pp_overlap ? placement.steps_in_flight : 1;
   if (const char* env = std::getenv("TESSERA_PP_GROUPS"); pp_overlap && env && *env) {
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
@@ -332,6 +344,18 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
            env);
     groups = static_cast<int>(n);
   }
+  if (pp_overlap && groups == 1 && placement.stages_share_cores) {
+    e->runner_->set_shared_cores_pool(e->pool_.get());
+    world_comm->set_waits_share_cores(true);
+    pp_comm->set_waits_share_cores(true);
+  }
+  if (pp_overlap && wc.is_driver())
+    spdlog::info("pipeline: {} step{} in flight{}", groups, groups == 1 ? "" : "s",
+                 placement.stages_share_cores
+                     ? fmt::format(" (stages share cores: {})",
+                                   groups == 1 ? "they take turns, each with all its threads"
+                                               : "each has threads of its own")
+                     : "");
   if (multi) {
     world.world().barrier();  // every rank is ready before the first step
     if (!wc.is_driver()) {

@@ -84,6 +84,7 @@ void ModelRunner::begin(const StepInputs& in) {
   }
   f.pp_sends = links_.pp->sends_started();
   f.world_sends = links_.world->sends_started();
+  if (shared_cores_pool_) shared_cores_pool_->park();
 }
 
 void ModelRunner::retire(size_t keep) {
@@ -107,6 +108,10 @@ Tensor ModelRunner::finish() {
     const int last = w.rank_of(w.pp - 1, 0);
     for (size_t k = 0; k < f.mb.parts.size(); ++k) {
       const int64_t rows = static_cast<int64_t>(f.mb.logit_index[k].size());
+      if (f.mb.parts.size() == 1) {  // one micro-batch: its rows are the step's, in order
+        links_.world->recv(logits, last);
+        break;
+      }
       Tensor part = Tensor::empty({rows, vocab}, DType::kF32);
       links_.world->recv(part, last);
       for (int64_t r = 0; r < rows; ++r)

@@ -9,6 +9,7 @@
 
 #include <memory>
 
+#include "core/thread_pool.h"
 #include "distributed/communicator.h"
 #include "distributed/world_config.h"
 #include "engine/step_inputs.h"
@@ -65,6 +66,10 @@ class ModelRunner : public ModelExecutor {
   // Pipeline stages: micro-batches per step (default pp; 1 when the engine keeps a step per
   // stage in flight). Every rank must use the same value.
   void set_micro_batches(int n) { micro_batches_ = n; }
+  // When stages take turns on shared cores: after handing a step on, the rank parks this pool's
+  // workers at once, so that the next stage's threads get the cores without waiting for them to
+  // stop spinning.
+  void set_shared_cores_pool(ThreadPool* pool) { shared_cores_pool_ = pool; }
   int pipeline_stages() const { return links_.world_config.pp; }
   // Half-steps with pp > 1: begin runs this stage on the step and starts sending its hidden
   // states on (the last stage: its logits to the driver); finish completes the oldest begun
@@ -95,6 +100,7 @@ class ModelRunner : public ModelExecutor {
   KVCache& cache_;
   PipelineLinks links_;
   int micro_batches_ = 0;  // 0: pp
+  ThreadPool* shared_cores_pool_ = nullptr;
   std::deque<InFlight> in_flight_;
 };
 

@@ -15,6 +15,7 @@
 #include <regex>
 
 #include "cli_run.h"
+#include "core/thread_pool.h"
 #include "model/arch/registry.h"
 #include "model/model_test_util.h"
 
@@ -195,11 +196,12 @@ TEST(ParallelEquivalenceChunked, ChunkedPrefillMatchesOneRank) {
   fs::remove_all(dir);
 }
 
-// More groups of sequences than stages (TESSERA_PP_GROUPS): more steps in flight than stages,
-// so a stage starts a newer step before the driver has taken an older one's logits. Same
-// tokens and log-probs as one rank, no deadlock, with chunked prefill in one of the runs and
-// long prompts whose chunks run in several groups' steps at once.
-TEST(ParallelEquivalenceGroups, MoreGroupsThanStagesMatchOneRank) {
+// Groups of sequences, one step in flight each (TESSERA_PP_GROUPS). As many as stages is what
+// stages with cores of their own run (other nodes; here --threads 1 on 2 cores, or the
+// variable); with more groups than stages a stage starts a newer step before the driver has
+// taken an older one's logits. Same tokens and log-probs as one rank, no deadlock, with chunked
+// prefill in one of the runs and long prompts whose chunks run in several groups' steps at once.
+TEST(ParallelEquivalenceGroups, StepsInFlightMatchOneRank) {
   const fs::path dir =
       testing::make_tiny("llama", DType::kF32, 5, nlohmann::json{{"num_hidden_layers", 4}});
   // Two long prompts: the groups share their prefill (chunks in consecutive steps at once).
@@ -209,9 +211,10 @@ TEST(ParallelEquivalenceGroups, MoreGroupsThanStagesMatchOneRank) {
   const std::vector<nlohmann::json> want = lines(base.out);
   ASSERT_EQ(want.size(), 8u) << base.out;
   const std::string bin = TESSERA_BINARY_DIR "/tessera ";
-  for (const char* layout : {"TESSERA_PP_GROUPS=3 | -pp 2", "TESSERA_PP_GROUPS=4 | -pp 3",
-                             "TESSERA_PP_GROUPS=3 | -tp 2 -pp 2",
-                             "TESSERA_PP_GROUPS=3 | -pp 2 --max-num-batched-tokens 8"}) {
+  for (const char* layout :
+       {"TESSERA_PP_GROUPS=2 | -pp 2", "TESSERA_PP_GROUPS=3 | -pp 3", "TESSERA_PP_GROUPS=3 | -pp 2",
+        "TESSERA_PP_GROUPS=4 | -pp 3", "TESSERA_PP_GROUPS=3 | -tp 2 -pp 2",
+        "TESSERA_PP_GROUPS=3 | -pp 2 --max-num-batched-tokens 8"}) {
     SCOPED_TRACE(layout);
     const std::string l = layout;
     const size_t bar = l.find(" | ");
@@ -221,6 +224,22 @@ TEST(ParallelEquivalenceGroups, MoreGroupsThanStagesMatchOneRank) {
     const std::vector<nlohmann::json> got = lines(r.out);
     ASSERT_EQ(got.size(), 8u) << r.out << r.err;
     expect_matches(got, want, 16);
+  }
+  // Where the stages run decides by default (distributed/placement.h): sharing these cores,
+  // they take turns; given one thread each and a core each to spare, both steps stay in flight.
+  const CliRun shared = testing::run_shell(bin + args + " -pp 2");
+  ASSERT_EQ(shared.status, 0) << shared.err;
+  EXPECT_NE(shared.err.find("pipeline: 1 step in flight (stages share cores: they take turns"),
+            std::string::npos)
+      << shared.err;
+  expect_matches(lines(shared.out), want, 16);
+  if (physical_core_count() >= 2) {
+    const CliRun own = testing::run_shell(bin + args + " -pp 2 --threads 1");
+    ASSERT_EQ(own.status, 0) << own.err;
+    EXPECT_NE(own.err.find("pipeline: 2 steps in flight (stages share cores: each has threads"),
+              std::string::npos)
+        << own.err;
+    expect_matches(lines(own.out), want, 16);
   }
   const CliRun bad = testing::run_shell("TESSERA_PP_GROUPS=0 " + bin + args + " -pp 2");
   EXPECT_NE(bad.status, 0);

@@ -1,0 +1,78 @@
+#include "distributed/placement.h"
+
+#include <sched.h>
+
+#include <algorithm>
+
+#include "core/status.h"
+#include "core/thread_pool.h"
+
+namespace tessera {
+
+RankCpus local_rank_cpus(const std::string& host) {
+  RankCpus r;
+  r.host = host;
+  r.cpu_mask.assign(RankCpus::kMaskWords, 0);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    for (int c = 0; c < std::min(CPU_SETSIZE, 64 * RankCpus::kMaskWords); ++c)
+      if (CPU_ISSET(c, &set)) r.cpu_mask[c / 64] |= uint64_t{1} << (c % 64);
+  } else {
+    r.cpu_mask.assign(RankCpus::kMaskWords, ~uint64_t{0});  // unknown: assume all
+  }
+  r.cores = physical_core_count();
+  return r;
+}
+
+namespace {
+
+bool share(const RankCpus& a, const RankCpus& b) {
+  if (a.host != b.host) return false;
+  for (size_t w = 0; w < a.cpu_mask.size() && w < b.cpu_mask.size(); ++w)
+    if (a.cpu_mask[w] & b.cpu_mask[w]) return true;
+  return false;
+}
+
+}  // namespace
+
+RankPlacement place_rank(const WorldConfig& wc, const std::vector<RankCpus>& ranks,
+                         int threads_flag) {
+  TESSERA_CHECK_EQ(static_cast<int>(ranks.size()), wc.world_size);
+  const int n = wc.world_size;
+  RankPlacement p;
+  for (int i = 0; i < n && !p.stages_share_cores; ++i)
+    for (int j = i + 1; j < n; ++j)
+      if (i / wc.tp != j / wc.tp && share(ranks[i], ranks[j])) {  // rank / tp: its stage
+        p.stages_share_cores = true;
+        break;
+      }
+  // Ranks that compute at the same time on rank r's cores: those sharing them, of r's stage
+  // only when stages take turns.
+  auto active = [&](int r) {
+    int count = 0;
+    for (int j = 0; j < n; ++j)
+      if (j == r ||
+          (share(ranks[r], ranks[j]) && (!p.stages_share_cores || j / wc.tp == r / wc.tp)))
+        ++count;
+    return count;
+  };
+  auto sharing = [&](int r) {
+    int count = 0;
+    for (int j = 0; j < n; ++j) count += j == r || share(ranks[r], ranks[j]);
+    return count;
+  };
+  p.threads = threads_flag > 0 ? threads_flag : std::max(1, ranks[wc.rank].cores / active(wc.rank));
+  p.steps_in_flight = wc.pp;
+  if (wc.pp > 1 && p.stages_share_cores) {
+    // Given threads, stages still run at once where every rank's cores hold all the threads
+    // placed on them (e.g. --threads 1 for two stages on two cores).
+    bool oversubscribed = threads_flag == 0;
+    for (int r = 0; r < n && !oversubscribed; ++r)
+      oversubscribed = threads_flag * sharing(r) > ranks[r].cores;
+    if (oversubscribed) p.steps_in_flight = 1;
+  }
+  return p;
+}
+
+}  // namespace tessera
