@@ -135,12 +135,17 @@ namespace {
   std::vector<std::string> cmd = {TESSERA_MPIEXEC,   "-np",       std::to_string(ranks),
                                   "--oversubscribe", "--bind-to", "none"};
   if (geteuid() == 0) cmd.push_back("--allow-run-as-root");
+  // One node: the ranks talk through shared memory with OpenMPI's ob1 layer, which it picks here
+  // anyway after probing UCX; naming it skips the probe (a 2-rank job starts in 0.14 s instead of
+  // 0.36). An OMPI_MCA_pml in the environment still decides.
+  if (std::getenv("OMPI_MCA_pml") == nullptr) cmd.insert(cmd.end(), {"--mca", "pml", "ob1"});
   // Our own path, not argv[0]: the ranks must run this very binary.
   std::error_code ec;
   fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  cmd.push_back(ec ? args[0] : self.string());
+  const std::string binary = ec ? args[0] : self.string();
+  cmd.push_back(binary);
   cmd.insert(cmd.end(), args.begin() + 1, args.end());
-  spdlog::info("starting {} ranks: {} -np {} {} ...", ranks, TESSERA_MPIEXEC, ranks, cmd[6]);
+  spdlog::info("starting {} ranks: {} -np {} {} ...", ranks, TESSERA_MPIEXEC, ranks, binary);
   std::vector<char*> argv;
   for (auto& s : cmd) argv.push_back(s.data());
   argv.push_back(nullptr);
