@@ -37,7 +37,7 @@ bool share(const RankCpus& a, const RankCpus& b) {
 }  // namespace
 
 RankPlacement place_rank(const WorldConfig& wc, const std::vector<RankCpus>& ranks,
-                         int threads_flag) {
+                         int threads_flag, bool stages_can_take_turns) {
   TESSERA_CHECK_EQ(static_cast<int>(ranks.size()), wc.world_size);
   const int n = wc.world_size;
   RankPlacement p;
@@ -47,14 +47,13 @@ RankPlacement place_rank(const WorldConfig& wc, const std::vector<RankCpus>& ran
         p.stages_share_cores = true;
         break;
       }
+  const bool turns = stages_can_take_turns && p.stages_share_cores;
   // Ranks that compute at the same time on rank r's cores: those sharing them, of r's stage
   // only when stages take turns.
   auto active = [&](int r) {
     int count = 0;
     for (int j = 0; j < n; ++j)
-      if (j == r ||
-          (share(ranks[r], ranks[j]) && (!p.stages_share_cores || j / wc.tp == r / wc.tp)))
-        ++count;
+      if (j == r || (share(ranks[r], ranks[j]) && (!turns || j / wc.tp == r / wc.tp))) ++count;
     return count;
   };
   auto sharing = [&](int r) {
@@ -64,7 +63,7 @@ RankPlacement place_rank(const WorldConfig& wc, const std::vector<RankCpus>& ran
   };
   p.threads = threads_flag > 0 ? threads_flag : std::max(1, ranks[wc.rank].cores / active(wc.rank));
   p.steps_in_flight = wc.pp;
-  if (wc.pp > 1 && p.stages_share_cores) {
+  if (wc.pp > 1 && turns) {
     // Given threads, stages still run at once where every rank's cores hold all the threads
     // placed on them (e.g. --threads 1 for two stages on two cores).
     bool oversubscribed = threads_flag == 0;

@@ -33,8 +33,9 @@ struct RankPlacement {
 
 // `ranks` has one entry per world rank (the same on every rank, so every rank decides alike);
 // threads_flag is --threads (0 = choose: the rank's cores over the ranks that compute at once on
-// them).
+// them). Without stages_can_take_turns (micro-batches pipelined within each step), stages on
+// shared cores compute at once and split them.
 RankPlacement place_rank(const WorldConfig& wc, const std::vector<RankCpus>& ranks,
-                         int threads_flag);
+                         int threads_flag, bool stages_can_take_turns = true);
 
 }  // namespace tessera

@@ -187,7 +187,9 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
       ranks[r].cpu_mask.assign(v, v + RankCpus::kMaskWords);
       ranks[r].cores = static_cast<int>(v[RankCpus::kMaskWords]);
     }
-    placement = place_rank(wc, ranks, args.threads);
+    // TESSERA_PP_OVERLAP=0: each step is cut into micro-batches that the stages compute at once.
+    const char* overlap = std::getenv("TESSERA_PP_OVERLAP");
+    placement = place_rank(wc, ranks, args.threads, !(overlap && std::string(overlap) == "0"));
   } else {
     placement.threads = args.threads > 0 ? args.threads : physical_core_count();
   }

@@ -214,7 +214,9 @@ TEST(ParallelEquivalenceGroups, StepsInFlightMatchOneRank) {
   for (const char* layout :
        {"TESSERA_PP_GROUPS=2 | -pp 2", "TESSERA_PP_GROUPS=3 | -pp 3", "TESSERA_PP_GROUPS=3 | -pp 2",
         "TESSERA_PP_GROUPS=4 | -pp 3", "TESSERA_PP_GROUPS=3 | -tp 2 -pp 2",
-        "TESSERA_PP_GROUPS=3 | -pp 2 --max-num-batched-tokens 8"}) {
+        "TESSERA_PP_GROUPS=3 | -pp 2 --max-num-batched-tokens 8",
+        // One step at a time, cut into micro-batches that the stages pipeline.
+        "TESSERA_PP_OVERLAP=0 | -pp 2", "TESSERA_PP_OVERLAP=0 | -pp 3"}) {
     SCOPED_TRACE(layout);
     const std::string l = layout;
     const size_t bar = l.find(" | ");

@@ -36,6 +36,10 @@ TEST(Placement, StagesOnSharedCoresTakeTurnsWithAllTheirThreads) {
   p = place(1, 2, 1, one_host, 2);
   EXPECT_EQ(p.threads, 2);
   EXPECT_EQ(p.steps_in_flight, 1);
+  // Micro-batches pipelined within a step (TESSERA_PP_OVERLAP=0): the stages compute at once.
+  p = place_rank(WorldConfig::make(2, 0, 1, 2), one_host, 0, /*stages_can_take_turns=*/false);
+  EXPECT_TRUE(p.stages_share_cores);
+  EXPECT_EQ(p.threads, 1);
   // Three stages on 2 cores; mpirun's core count may exceed the mask (SMT): cores decide.
   const std::vector<RankCpus> three(3, cpus("a", {0, 1, 2, 3}, 2));
   p = place(1, 3, 2, three, 0);
