@@ -170,6 +170,11 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   // on 2 cores runs one step at a time on 2 threads per stage, 0.93-0.98x of one rank with 2
   // threads serving the small preset at 16 concurrent, where two steps in flight on one thread
   // each ran at 0.78-0.88x (docs/performance.md).
+  // Pipeline parallelism keeps steps in flight, each a single micro-batch (below);
+  // TESSERA_PP_OVERLAP=0 falls back to pp micro-batches per step, one step at a time, which the
+  // stages compute at once.
+  const char* overlap_env = std::getenv("TESSERA_PP_OVERLAP");
+  const bool pp_overlap = wc.pp > 1 && !(overlap_env && std::string(overlap_env) == "0");
   RankPlacement placement;
   if (multi) {
     const int words = RankCpus::kMaskWords + 1;  // the mask, then the core count
@@ -187,9 +192,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
       ranks[r].cpu_mask.assign(v, v + RankCpus::kMaskWords);
       ranks[r].cores = static_cast<int>(v[RankCpus::kMaskWords]);
     }
-    // TESSERA_PP_OVERLAP=0: each step is cut into micro-batches that the stages compute at once.
-    const char* overlap = std::getenv("TESSERA_PP_OVERLAP");
-    placement = place_rank(wc, ranks, args.threads, !(overlap && std::string(overlap) == "0"));
+    placement = place_rank(wc, ranks, args.threads, /*stages_can_take_turns=*/pp_overlap);
   } else {
     placement.threads = args.threads > 0 ? args.threads : physical_core_count();
   }
@@ -329,11 +332,8 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   links.world = world_comm;
   links.pp = pp_comm;
   e->runner_ = std::make_unique<ModelRunner>(*e->backend_, *e->model_, e->cache_, links);
-  // Pipeline parallelism keeps one step per stage in flight (the sequences split into pp
-  // groups, each scheduled on its own), so every step is a single micro-batch.
-  // TESSERA_PP_OVERLAP=0 falls back to pp micro-batches per step, one step at a time.
-  const char* overlap_env = std::getenv("TESSERA_PP_OVERLAP");
-  const bool pp_overlap = wc.pp > 1 && !(overlap_env && std::string(overlap_env) == "0");
+  // Steps in flight (the sequences split into groups, each scheduled on its own) are each a
+  // single micro-batch.
   if (pp_overlap) e->runner_->set_micro_batches(1);
   // TESSERA_PP_GROUPS sets the number of groups (steps in flight); by default pp, or 1 where
   // the stages share cores.

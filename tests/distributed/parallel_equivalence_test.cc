@@ -229,20 +229,16 @@ TEST(ParallelEquivalenceGroups, StepsInFlightMatchOneRank) {
   }
   // Where the stages run decides by default (distributed/placement.h): sharing these cores,
   // they take turns; given one thread each and a core each to spare, both steps stay in flight.
-  const CliRun shared = testing::run_shell(bin + args + " -pp 2");
-  ASSERT_EQ(shared.status, 0) << shared.err;
-  EXPECT_NE(shared.err.find("pipeline: 1 step in flight (stages share cores: they take turns"),
-            std::string::npos)
-      << shared.err;
-  expect_matches(lines(shared.out), want, 16);
-  if (physical_core_count() >= 2) {
-    const CliRun own = testing::run_shell(bin + args + " -pp 2 --threads 1");
-    ASSERT_EQ(own.status, 0) << own.err;
-    EXPECT_NE(own.err.find("pipeline: 2 steps in flight (stages share cores: each has threads"),
-              std::string::npos)
-        << own.err;
-    expect_matches(lines(own.out), want, 16);
-  }
+  auto expect_layout = [&](const std::string& flags, const std::string& log_line) {
+    const CliRun r = testing::run_shell(bin + args + flags);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.err.find(log_line), std::string::npos) << r.err;
+    expect_matches(lines(r.out), want, 16);
+  };
+  expect_layout(" -pp 2", "pipeline: 1 step in flight (stages share cores: they take turns");
+  if (physical_core_count() >= 2)
+    expect_layout(" -pp 2 --threads 1",
+                  "pipeline: 2 steps in flight (stages share cores: each has threads");
   const CliRun bad = testing::run_shell("TESSERA_PP_GROUPS=0 " + bin + args + " -pp 2");
   EXPECT_NE(bad.status, 0);
   EXPECT_NE(bad.err.find("TESSERA_PP_GROUPS must be a whole number from 1 to 8"), std::string::npos)
