@@ -135,10 +135,12 @@ int local_rank() {
   return 0;
 }
 
+bool uses_cuda(const EngineArgs& args) {
+  return args.device == "cuda" || (args.device == "auto" && cuda_device_count() > 0);
+}
+
 std::unique_ptr<Backend> make_backend(const EngineArgs& args, ThreadPool& pool) {
-  bool cuda = args.device == "cuda";
-  if (args.device == "auto") cuda = cuda_device_count() > 0;
-  if (!cuda)
+  if (!uses_cuda(args))
     return std::make_unique<CpuBackend>(pool, cpu::detect_isa(), args.matmul_precision,
                                         args.fp8_weights);
   if (args.fp8_weights)
@@ -192,7 +194,9 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
       ranks[r].cpu_mask.assign(v, v + RankCpus::kMaskWords);
       ranks[r].cores = static_cast<int>(v[RankCpus::kMaskWords]);
     }
-    placement = place_rank(wc, ranks, args.threads, /*stages_can_take_turns=*/pp_overlap);
+    // GPU stages compute on their devices, not on the shared cores: they keep pp steps in flight.
+    placement = place_rank(wc, ranks, args.threads,
+                           /*stages_can_take_turns=*/pp_overlap && !uses_cuda(args));
   } else {
     placement.threads = args.threads > 0 ? args.threads : physical_core_count();
   }
@@ -346,14 +350,15 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
            env);
     groups = static_cast<int>(n);
   }
-  if (pp_overlap && groups == 1 && placement.stages_share_cores) {
+  const bool taking_turns = pp_overlap && groups == 1 && placement.stages_share_cores && !gpu;
+  if (taking_turns) {
     e->runner_->set_shared_cores_pool(e->pool_.get());
     world_comm->set_waits_share_cores(true);
     pp_comm->set_waits_share_cores(true);
   }
   if (pp_overlap && wc.is_driver())
     spdlog::info("pipeline: {} step{} in flight{}", groups, groups == 1 ? "" : "s",
-                 placement.stages_share_cores
+                 placement.stages_share_cores && !gpu
                      ? fmt::format(" (stages share cores: {})",
                                    groups == 1 ? "they take turns, each with all its threads"
                                                : "each has threads of its own")
