@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "distributed/world.h"
 #include "distributed/world_config.h"
 
 namespace tessera {
@@ -24,6 +25,9 @@ struct RankCpus {
 
 // This process's CPUs (its affinity mask and physical_core_count()), on `host`.
 RankCpus local_rank_cpus(const std::string& host);
+
+// Every world rank's RankCpus, gathered over the world (a collective: all ranks call it).
+std::vector<RankCpus> gather_rank_cpus(DistributedWorld& world);
 
 struct RankPlacement {
   int threads = 1;          // compute threads of the rank asked about

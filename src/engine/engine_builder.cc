@@ -139,8 +139,8 @@ bool uses_cuda(const EngineArgs& args) {
   return args.device == "cuda" || (args.device == "auto" && cuda_device_count() > 0);
 }
 
-std::unique_ptr<Backend> make_backend(const EngineArgs& args, ThreadPool& pool) {
-  if (!uses_cuda(args))
+std::unique_ptr<Backend> make_backend(const EngineArgs& args, bool cuda, ThreadPool& pool) {
+  if (!cuda)
     return std::make_unique<CpuBackend>(pool, cpu::detect_isa(), args.matmul_precision,
                                         args.fp8_weights);
   if (args.fp8_weights)
@@ -175,35 +175,20 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   // Pipeline parallelism keeps steps in flight, each a single micro-batch (below);
   // TESSERA_PP_OVERLAP=0 falls back to pp micro-batches per step, one step at a time, which the
   // stages compute at once.
+  const bool gpu = uses_cuda(args);
   const char* overlap_env = std::getenv("TESSERA_PP_OVERLAP");
   const bool pp_overlap = wc.pp > 1 && !(overlap_env && std::string(overlap_env) == "0");
   RankPlacement placement;
   if (multi) {
-    const int words = RankCpus::kMaskWords + 1;  // the mask, then the core count
-    const RankCpus me = local_rank_cpus(world.host(wc.rank));
-    Tensor mine = Tensor::empty({words}, DType::kI64);
-    for (int w = 0; w < RankCpus::kMaskWords; ++w)
-      mine.data<int64_t>()[w] = static_cast<int64_t>(me.cpu_mask[w]);
-    mine.data<int64_t>()[RankCpus::kMaskWords] = me.cores;
-    Tensor all = Tensor::empty({int64_t{wc.world_size} * words}, DType::kI64);
-    world.world().all_gather(mine, all);
-    std::vector<RankCpus> ranks(wc.world_size);
-    for (int r = 0; r < wc.world_size; ++r) {
-      const int64_t* v = all.data<int64_t>() + int64_t{r} * words;
-      ranks[r].host = world.host(r);
-      ranks[r].cpu_mask.assign(v, v + RankCpus::kMaskWords);
-      ranks[r].cores = static_cast<int>(v[RankCpus::kMaskWords]);
-    }
     // GPU stages compute on their devices, not on the shared cores: they keep pp steps in flight.
-    placement = place_rank(wc, ranks, args.threads,
-                           /*stages_can_take_turns=*/pp_overlap && !uses_cuda(args));
+    placement = place_rank(wc, gather_rank_cpus(world), args.threads,
+                           /*stages_can_take_turns=*/pp_overlap && !gpu);
   } else {
     placement.threads = args.threads > 0 ? args.threads : physical_core_count();
   }
   const int threads = placement.threads;
   e->pool_ = std::make_unique<ThreadPool>(threads);
-  e->backend_ = make_backend(args, *e->pool_);
-  const bool gpu = e->backend_->device() != Device::kCPU;
+  e->backend_ = make_backend(args, gpu, *e->pool_);
   Communicator* tp_comm = &world.tp();
   Communicator* pp_comm = &world.pp();
   Communicator* world_comm = &world.world();

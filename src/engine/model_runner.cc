@@ -106,17 +106,17 @@ Tensor ModelRunner::finish() {
     const int64_t vocab = model_.config().vocab_size;
     logits = Tensor::empty({static_cast<int64_t>(f.inputs.logit_rows.size()), vocab}, DType::kF32);
     const int last = w.rank_of(w.pp - 1, 0);
-    for (size_t k = 0; k < f.mb.parts.size(); ++k) {
-      const int64_t rows = static_cast<int64_t>(f.mb.logit_index[k].size());
-      if (f.mb.parts.size() == 1) {  // one micro-batch: its rows are the step's, in order
-        links_.world->recv(logits, last);
-        break;
+    if (f.mb.parts.size() == 1) {  // one micro-batch: its rows are the step's, in order
+      links_.world->recv(logits, last);
+    } else {
+      for (size_t k = 0; k < f.mb.parts.size(); ++k) {
+        const int64_t rows = static_cast<int64_t>(f.mb.logit_index[k].size());
+        Tensor part = Tensor::empty({rows, vocab}, DType::kF32);
+        links_.world->recv(part, last);
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(logits.data<float>() + static_cast<int64_t>(f.mb.logit_index[k][r]) * vocab,
+                      part.data<float>() + r * vocab, vocab * sizeof(float));
       }
-      Tensor part = Tensor::empty({rows, vocab}, DType::kF32);
-      links_.world->recv(part, last);
-      for (int64_t r = 0; r < rows; ++r)
-        std::memcpy(logits.data<float>() + static_cast<int64_t>(f.mb.logit_index[k][r]) * vocab,
-                    part.data<float>() + r * vocab, vocab * sizeof(float));
     }
   }
   // This step's sends (and older ones): its hidden states were taken by the next stage, its
