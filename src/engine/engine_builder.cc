@@ -12,6 +12,7 @@
 #include "core/sys.h"
 #include "distributed/placement.h"
 #include "engine/planner.h"
+#include "engine/profile_run.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace tessera {
@@ -275,14 +276,39 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
                          config.head_dim, config.head_dim};
   const int64_t block_bytes =
       kv_block_bytes(kv_shape, args.block_size, static_cast<int64_t>(dtype_size(kv_dtype)));
-  const int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
+  int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
+  bool profiled = false;
   on_all_ranks(world, "sizing the KV cache", [&] {
     // On a GPU, what is in use once the weights are there (the CUDA context and workspaces
     // too) stays out of the KV budget.
     const int64_t in_use = std::max(static_cast<int64_t>(e->resident_weight_bytes()),
                                     e->backend_->memory_in_use_bytes());
+    // On a GPU the budget leaves free what a profiling step at the scheduler's limits really
+    // held (as vLLM does); the CPU keeps the model's estimate, since a step of
+    // --max-num-batched-tokens there takes seconds to minutes.
+    const bool budget_from_memory = !args.num_gpu_blocks_override && !args.kv_cache_memory;
+    if (gpu && budget_from_memory) {
+      ProfileShape shape;
+      shape.max_num_batched_tokens = args.max_num_batched_tokens;
+      shape.max_num_seqs = args.max_num_seqs;
+      shape.max_model_len = max_len;
+      shape.block_size = args.block_size;
+      shape.kv_dtype = kv_dtype;
+      const ActivationProfile prof = profile_activations(*e->backend_, *e->model_, wc, shape);
+      if (prof.peak_bytes >= 0) {
+        if (wc.is_driver())
+          spdlog::info(
+              "profiling step: {} tokens in {} sequences, then one sequence of {}: activation "
+              "peak {:.1f} MiB (the model's estimate: {:.1f} MiB), {:.2f} s",
+              prof.tokens, prof.seqs, std::min(prof.tokens, max_len), prof.peak_bytes / 1048576.0,
+              activations / 1048576.0, prof.seconds);
+        activations = prof.peak_bytes;
+        profiled = true;
+      }
+    }
     e->kv_plan_ = plan_kv_cache(args, e->backend_->memory_capacity_bytes(), in_use, activations,
                                 block_bytes, max_len, gpu);
+    if (profiled) e->kv_plan_.rule += " (activations: the profiling step's peak)";
   });
   int64_t blocks = e->kv_plan_.num_blocks;
   if (multi) {

@@ -49,6 +49,15 @@ Tensor ModelRunner::execute(const StepInputs& in) {
   return host;
 }
 
+Tensor ModelRunner::forward_local(const StepInputs& in) {
+  ForwardBatch batch = make_batch(in);
+  if (!links_.world_config.is_first_stage()) {
+    batch.hidden_in = backend_.empty({in.num_tokens(), model_.config().hidden_size}, DType::kF32);
+    backend_.fill_zero(batch.hidden_in);
+  }
+  return model_.forward(batch, cache_);
+}
+
 Tensor ModelRunner::execute_pipelined(const StepInputs& in) {
   begin(in);
   return finish();

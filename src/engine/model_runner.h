@@ -63,6 +63,10 @@ class ModelRunner : public ModelExecutor {
   ModelRunner(Backend& backend, CausalLM& model, KVCache& cache, PipelineLinks links = {});
   const ModelConfig& config() const override { return model_.config(); }
   Tensor execute(const StepInputs& inputs) override;
+  // This rank's part of the model on a step, with no pipeline traffic: a later stage takes zero
+  // hidden states. The output stays on the device. What a profiling step runs
+  // (engine/profile_run.h).
+  Tensor forward_local(const StepInputs& inputs);
   // Pipeline stages: micro-batches per step (default pp; 1 when the engine keeps a step per
   // stage in flight). Every rank must use the same value.
   void set_micro_batches(int n) { micro_batches_ = n; }

@@ -540,9 +540,11 @@ int64_t rank_activation_bytes(const ModelShape& m, int tp, int64_t t) {
     // n_shared_experts as one of their combined width.
     const int64_t shared = m.shared_expert_width > 0 ? m.shared_expert_width
                                                      : m.shared_experts * m.moe_intermediate_size;
+    // And each token's expert rows and routing weights.
+    const int64_t picks = m.experts_per_token + (shared > 0);
     mlp += m.num_experts + 2 * m.hidden_size +
            3 * std::max(m.moe_intermediate_size / tp + 1, shared / tp + 1) +
-           (m.shared_expert_width > 0);
+           (m.shared_expert_width > 0) + 2 * picks;
   }
   // residual, normed, proj, qkv, attn, gate_up, act, rope table; plus one row of logits. GPT-2
   // (learned positions) has a position-embedding row instead of the rope table and one MLP

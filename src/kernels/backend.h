@@ -54,6 +54,14 @@ class Backend {
   // what the KV cache budget must leave alone besides the weights (the CUDA context, cuBLAS's
   // workspace, other processes).
   virtual int64_t memory_in_use_bytes() const { return 0; }
+  // Bytes of the tensors empty() made that are alive now, and the most alive at once since
+  // reset_peak_allocated(); -1 where the backend does not count. A profiling step reads them
+  // (engine/profile_run.h).
+  virtual int64_t allocated_bytes() const { return -1; }
+  virtual int64_t peak_allocated_bytes() const { return -1; }
+  virtual void reset_peak_allocated() {}
+  // Gives memory that freed tensors left for reuse back to the system (a GPU's cached blocks).
+  virtual void release_cached_memory() {}
 
   // Memory.
   virtual Tensor empty(std::span<const int64_t> shape, DType dtype) = 0;

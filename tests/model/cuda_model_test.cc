@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/profile_run.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "model/model_test_util.h"
 
@@ -93,6 +94,44 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) {
       return info.param.arch + "_" + std::string(dtype_name(info.param.dtype));
     });
+
+// The profiling step that sizes the GPU's KV cache: it measures at least the buffers that must be
+// alive at once, frees its own cache, and holds no more than the CPU measures for the same
+// steps plus the GPU's own buffers (16-bit copies of the matrix products' inputs, attention's
+// partition scratch: together under the f32 activations of a step).
+TEST(CudaProfileRun, PeakIsMeasuredAndTheCacheIsFreed) {
+  std::string why;
+  if (cuda_device_count(&why) == 0) GTEST_SKIP() << "no usable CUDA device: " << why;
+  const auto dir = testing::make_tiny("llama", DType::kBF16, 3);
+  ProfileShape shape;
+  shape.max_num_batched_tokens = 512;
+  shape.max_num_seqs = 64;
+  shape.max_model_len = 1024;
+  shape.kv_dtype = DType::kBF16;
+  auto measure = [&](Backend& b, int64_t* kept) {
+    SingleCommunicator comm;
+    ModelContext ctx{b, comm};
+    std::unique_ptr<CausalLM> model = load_model(dir, ctx);
+    const int64_t before = b.allocated_bytes();
+    const ActivationProfile p = profile_activations(b, *model, WorldConfig{}, shape);
+    *kept = b.allocated_bytes() - before;
+    return p;
+  };
+  std::unique_ptr<Backend> gpu = make_cuda_backend({});
+  ThreadPool pool(2);
+  CpuBackend cpu(pool);
+  int64_t gpu_kept = 0, cpu_kept = 0;
+  const ActivationProfile g = measure(*gpu, &gpu_kept);
+  const ActivationProfile c = measure(cpu, &cpu_kept);
+  EXPECT_GT(g.cache_bytes, 0);
+  EXPECT_GE(g.peak_bytes, c.peak_bytes) << "the GPU runs the same buffers, and some of its own";
+  EXPECT_LE(g.peak_bytes, 2 * c.peak_bytes);
+  EXPECT_GE(gpu_kept, 0);
+  EXPECT_LE(gpu_kept, g.peak_bytes) << "the profile's KV cache was freed";
+  RecordProperty("gpu_peak_bytes", std::to_string(g.peak_bytes));
+  RecordProperty("cpu_peak_bytes", std::to_string(c.peak_bytes));
+  std::filesystem::remove_all(dir);
+}
 
 }  // namespace
 }  // namespace tessera

@@ -73,7 +73,9 @@ std::string CpuBackend::name() const {
 }
 
 Tensor CpuBackend::empty(std::span<const int64_t> shape, DType dtype) {
-  return Tensor::empty(shape, dtype);
+  Tensor t = Tensor::empty(shape, dtype);
+  return Tensor::wrap(t.raw(), shape, dtype,
+                      meter_.track(t.owner(), static_cast<int64_t>(t.nbytes())));
 }
 
 void CpuBackend::copy(const Tensor& src, const Tensor& dst) {

@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/memory_meter.h"
 #include "core/sys.h"
 
 #include "core/thread_pool.h"
@@ -41,6 +42,9 @@ class CpuBackend : public Backend {
   ThreadPool& pool() { return pool_; }
 
   Tensor empty(std::span<const int64_t> shape, DType dtype) override;
+  int64_t allocated_bytes() const override { return meter_.in_use(); }
+  int64_t peak_allocated_bytes() const override { return meter_.peak(); }
+  void reset_peak_allocated() override { meter_.reset_peak(); }
   void copy(const Tensor& src, const Tensor& dst) override;
   void fill_zero(const Tensor& dst) override;
   Tensor prepare_weight(const Tensor& host_weight) override { return host_weight; }
@@ -133,6 +137,7 @@ class CpuBackend : public Backend {
   MatmulPrecision precision_;
   bool fp8_weights_;
   int64_t quantization_saved_bytes_ = 0;
+  MemoryMeter meter_;                             // the tensors empty() made
   std::vector<float> act_;                        // [tiles, k, tile_rows] activations (pack_tiles)
   std::vector<std::vector<uint16_t>> packed_;     // per segment: bf16 weights packed per call
   std::vector<std::vector<float>> attn_scratch_;  // per thread

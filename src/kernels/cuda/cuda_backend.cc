@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/memory_meter.h"
 #include "core/status.h"
 #include "kernels/cuda/launch.h"
 
@@ -192,6 +193,9 @@ class CudaBackend : public Backend {
   }
 
   using Backend::empty;
+  CudaQueue queue() const {
+    return {stream_, device_, std::string(props_.uuid.bytes, sizeof props_.uuid.bytes)};
+  }
   Device device() const override { return Device::kCUDA; }
   std::string name() const override {
     return fmt::format("cuda (device {}: {}, sm_{}{}, {:.1f} GiB)", device_, props_.name,
@@ -210,7 +214,8 @@ class CudaBackend : public Backend {
     use_device();
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
-    std::shared_ptr<void> block = alloc_.allocate(static_cast<size_t>(n) * dtype_size(dtype));
+    const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+    std::shared_ptr<void> block = meter_.track(alloc_.allocate(bytes), static_cast<int64_t>(bytes));
     return Tensor::wrap(block.get(), shape, dtype, block, Device::kCUDA);
   }
 
@@ -253,6 +258,10 @@ class CudaBackend : public Backend {
     use_device();
     TESSERA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
+  int64_t allocated_bytes() const override { return meter_.in_use(); }
+  int64_t peak_allocated_bytes() const override { return meter_.peak(); }
+  void reset_peak_allocated() override { meter_.reset_peak(); }
+  void release_cached_memory() override { alloc_.release_cached(); }
   int64_t memory_in_use_bytes() const override {
     use_device();
     size_t free_bytes = 0, total = 0;
@@ -665,6 +674,7 @@ class CudaBackend : public Backend {
   int device_;
   cudaDeviceProp props_{};
   DeviceAllocator alloc_;
+  MemoryMeter meter_;  // the tensors empty() made (weights, KV cache, activations)
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   std::shared_ptr<void> workspace_;
@@ -692,6 +702,12 @@ int cuda_device_count(std::string* why_none) {
   }
   if (n == 0 && why_none) *why_none = "no CUDA device";
   return n;
+}
+
+CudaQueue cuda_queue_of(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  TESSERA_CHECK(cuda != nullptr) << "not the CUDA backend: " << backend.name();
+  return cuda->queue();
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {

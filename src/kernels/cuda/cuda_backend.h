@@ -25,4 +25,14 @@ struct CudaBackendOptions {
 // backend or the device cannot be used, naming the reason.
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
 
+// What work on a CUDA backend's tensors must be ordered with (NCCL's collectives go on the
+// backend's one stream): its cudaStream_t, as a plain pointer, and its device index. CHECKs that
+// `backend` is the CUDA backend.
+struct CudaQueue {
+  void* stream = nullptr;
+  int device = 0;
+  std::string uuid;  // the GPU's 16-byte UUID: the same GPU whatever CUDA_VISIBLE_DEVICES says
+};
+CudaQueue cuda_queue_of(Backend& backend);
+
 }  // namespace tessera

@@ -19,4 +19,9 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions&) {
        "nvcc; install the CUDA toolkit and rebuild with -DTESSERA_CUDA=ON)");
 }
 
+CudaQueue cuda_queue_of(Backend&) {
+  TESSERA_CHECK(false) << "this build has no CUDA backend";
+  return {};
+}
+
 }  // namespace tessera

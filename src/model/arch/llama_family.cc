@@ -35,6 +35,8 @@ RMSNorm load_norm(ModelContext& ctx, WeightSource& weights, const std::string& n
 
 struct Buffers {
   Scratch residual, normed, qkv, attn, proj, gate_up, act;
+  MlaAttention::Buffers mla;
+  SparseMoe::Buffers moe;
 };
 
 class Attention {
@@ -193,7 +195,7 @@ class DecoderLayer {
     Tensor proj = buf.proj.get(b, t, h);
     input_norm_.forward(b, residual, normed);
     if (mla_) {
-      mla_->forward(normed, rope_table, meta, k_cache, v_cache, proj);
+      mla_->forward(normed, rope_table, meta, k_cache, v_cache, proj, buf.mla);
     } else {
       attn_->forward(normed, rope_table, meta, k_cache, v_cache, buf, proj);
     }
@@ -216,7 +218,7 @@ class DecoderLayer {
  private:
   void mlp(const Tensor& x, Buffers& buf, const Tensor& out) {
     if (moe_) {
-      moe_->forward(x, out);
+      moe_->forward(x, out, buf.moe);
     } else {
       mlp_->forward(x, buf, out);
     }

@@ -98,24 +98,25 @@ int64_t MlaAttention::activation_floats(const ModelConfig& c, int tp) {
 }
 
 void MlaAttention::forward(const Tensor& x, const Tensor& rope_table, const AttentionMetadata& meta,
-                           const Tensor& k_cache, const Tensor& v_cache, const Tensor& out) {
+                           const Tensor& k_cache, const Tensor& v_cache, const Tensor& out,
+                           Buffers& buf) {
   Backend& b = ctx_.backend;
   const int64_t t = x.size(0), qk = nope_ + rope_, d = rope_ + latent_;
-  Tensor q = q_.get(b, t, heads_ * qk);
+  Tensor q = buf.q.get(b, t, heads_ * qk);
   if (q_lora_ > 0) {
-    Tensor qa = q_a_out_.get(b, t, q_lora_);
+    Tensor qa = buf.q_a_out.get(b, t, q_lora_);
     q_a_->forward(x, qa);
     b.rms_norm(qa, q_a_norm_, eps_, false, qa);
     q_b_->forward(qa, q);
   } else {
     q_proj_->forward(x, q);
   }
-  Tensor kv = kv_a_out_.get(b, t, d);
+  Tensor kv = buf.kv_a_out.get(b, t, d);
   kv_a_->forward(x, kv);
   Tensor c = kv.slice(1, rope_, d);
   b.rms_norm(c, kv_a_norm_, eps_, false, c);
   // Absorbed queries [q_rope_h | W_UK_h^T q_nope_h] per head.
-  Tensor q_abs = q_abs_.get(b, t, heads_ * d);
+  Tensor q_abs = buf.q_abs.get(b, t, heads_ * d);
   for (int64_t i = 0; i < heads_; ++i) {
     b.copy(q.slice(1, i * qk + nope_, (i + 1) * qk), q_abs.slice(1, i * d, i * d + rope_));
     b.linear(q.slice(1, i * qk, i * qk + nope_), {&uk_t_[i], 1},
@@ -125,9 +126,9 @@ void MlaAttention::forward(const Tensor& x, const Tensor& rope_table, const Atte
   b.rope(q_abs, static_cast<int>(d), rope_table);
   b.rope(kv, static_cast<int>(d), rope_table);
   b.write_kv(kv, kv, k_cache, v_cache, meta);
-  Tensor lat = latent_out_.get(b, t, heads_ * d);
+  Tensor lat = buf.latent_out.get(b, t, heads_ * d);
   b.paged_attention(q_abs, k_cache, v_cache, meta, params_, lat);
-  Tensor attn = attn_.get(b, t, heads_ * v_);
+  Tensor attn = buf.attn.get(b, t, heads_ * v_);
   for (int64_t i = 0; i < heads_; ++i)
     b.linear(lat.slice(1, i * d + rope_, (i + 1) * d), {&uv_[i], 1},
              attn.slice(1, i * v_, (i + 1) * v_));

@@ -33,8 +33,12 @@ class MlaAttention {
   // and receive the same vectors: backends lay keys and values out differently within a block,
   // so the values cannot be read from the key cache (a latent-only cache, as vLLM keeps, would
   // need an attention kernel that reads both from one layout).
+  // Activation buffers, shared by the layers of a model (they run one after another).
+  struct Buffers {
+    Scratch q_a_out, q, kv_a_out, q_abs, latent_out, attn;
+  };
   void forward(const Tensor& x, const Tensor& rope_table, const AttentionMetadata& meta,
-               const Tensor& k_cache, const Tensor& v_cache, const Tensor& out);
+               const Tensor& k_cache, const Tensor& v_cache, const Tensor& out, Buffers& buf);
   int64_t heads() const { return heads_; }
   // Activation floats per token of this layer's buffers.
   static int64_t activation_floats(const ModelConfig& config, int tp);
@@ -51,7 +55,6 @@ class MlaAttention {
   float eps_ = 1e-6f;
   std::vector<LinearSegment> uk_t_, uv_;  // per local head: W_UK_h^T [kv_lora, nope], W_UV_h
   AttentionParams params_;
-  Scratch q_a_out_, q_, kv_a_out_, q_abs_, latent_out_, attn_;
 };
 
 }  // namespace tessera

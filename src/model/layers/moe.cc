@@ -147,16 +147,16 @@ SparseMoe::SparseMoe(ModelContext& ctx, WeightSource& w, const std::string& pref
 }
 
 void SparseMoe::run_expert(const Expert& e, int64_t width, const Tensor& x, const Tensor& rows,
-                           const Tensor& scale, const Tensor& out) {
+                           const Tensor& scale, const Tensor& out, Buffers& buf) {
   Backend& b = ctx_.backend;
   const int64_t n = rows.numel();
-  Tensor xe = gathered_.get(b, n, hidden_);
+  Tensor xe = buf.gathered.get(b, n, hidden_);
   b.gather_rows(x, rows, xe);
-  Tensor gate_up = gate_up_.get(b, n, 2 * width);
+  Tensor gate_up = buf.gate_up.get(b, n, 2 * width);
   e.gate_up->forward(xe, gate_up);
-  Tensor act = act_out_.get(b, n, width);
+  Tensor act = buf.act_out.get(b, n, width);
   b.gated_activation(gate_up, act_, act);
-  Tensor ye = expert_out_.get(b, n, hidden_);
+  Tensor ye = buf.expert_out.get(b, n, hidden_);
   e.down->forward_unreduced(act, ye);
   b.add_rows_scaled(ye, rows, scale, out);
 }
@@ -165,15 +165,16 @@ int64_t SparseMoe::activation_floats(const ModelConfig& c, int tp) {
   const int64_t width =
       std::max(c.moe_intermediate_size / tp + 1, c.shared_expert_intermediate_size / tp + 1);
   // router logits, gathered rows, gate/up, activation, expert output (the shared expert reuses
-  // them), and its gate's logit.
+  // them), its gate's logit, and each token's expert rows and weights.
+  const int64_t picks = c.num_experts_per_tok + (c.shared_expert_intermediate_size > 0);
   return c.num_experts + 2 * c.hidden_size + 3 * width +
-         (c.shared_expert_gated && c.shared_expert_intermediate_size > 0);
+         (c.shared_expert_gated && c.shared_expert_intermediate_size > 0) + 2 * picks;
 }
 
-void SparseMoe::forward(const Tensor& x, const Tensor& out) {
+void SparseMoe::forward(const Tensor& x, const Tensor& out, Buffers& buf) {
   Backend& b = ctx_.backend;
   const int64_t t = x.size(0), experts = static_cast<int64_t>(experts_.size());
-  Tensor logits = logits_.get(b, t, experts);
+  Tensor logits = buf.logits.get(b, t, experts);
   router_->forward(x, logits);
   Tensor host_logits = Tensor::empty({t, experts}, DType::kF32);
   b.copy(logits, host_logits);
@@ -187,7 +188,7 @@ void SparseMoe::forward(const Tensor& x, const Tensor& out) {
     routing.weights.emplace_back(t, 1.0f);
     for (int64_t i = 0; i < t; ++i) routing.rows.back()[i] = static_cast<int32_t>(i);
     if (shared_gate_) {
-      Tensor gate = shared_logit_.get(b, t, 1);
+      Tensor gate = buf.shared_logit.get(b, t, 1);
       shared_gate_->forward(x, gate);
       Tensor host_gate = Tensor::empty({t, 1}, DType::kF32);
       b.copy(gate, host_gate);
@@ -220,8 +221,8 @@ void SparseMoe::forward(const Tensor& x, const Tensor& out) {
     if (begin[e + 1] == begin[e]) continue;
     const bool is_shared = e == experts;
     run_expert(is_shared ? *shared_ : experts_[e], is_shared ? shared_width_ : width_, x,
-               rows.slice(0, begin[e], begin[e + 1]), weights.slice(0, begin[e], begin[e + 1]),
-               out);
+               rows.slice(0, begin[e], begin[e + 1]), weights.slice(0, begin[e], begin[e + 1]), out,
+               buf);
   }
   experts_.front().down->reduce(out);
 }

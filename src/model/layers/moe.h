@@ -56,8 +56,12 @@ class SparseMoe {
  public:
   SparseMoe(ModelContext& ctx, WeightSource& weights, const std::string& prefix,
             const MoeNames& names, const ModelConfig& config);
+  // Activation buffers, shared by the layers of a model (they run one after another).
+  struct Buffers {
+    Scratch logits, gathered, gate_up, act_out, expert_out, shared_logit;
+  };
   // x [T, hidden] -> out [T, hidden] (all-reduced over the tensor-parallel group).
-  void forward(const Tensor& x, const Tensor& out);
+  void forward(const Tensor& x, const Tensor& out, Buffers& buf);
   // Activation floats per token of this layer's buffers.
   static int64_t activation_floats(const ModelConfig& config, int tp);
 
@@ -79,10 +83,9 @@ class SparseMoe {
   int64_t hidden_ = 0, width_ = 0, top_k_ = 0;
   bool renormalize_ = true;
   Activation act_ = Activation::kSilu;
-  Scratch logits_, gathered_, gate_up_, act_out_, expert_out_, shared_logit_;
   // Runs one expert on rows x [n, hidden] and adds scale[i] * its output to out[rows[i]].
   void run_expert(const Expert& e, int64_t width, const Tensor& x, const Tensor& rows,
-                  const Tensor& scale, const Tensor& out);
+                  const Tensor& scale, const Tensor& out, Buffers& buf);
 };
 
 }  // namespace tessera

@@ -12,6 +12,7 @@ class Scratch {
   Tensor get(Backend& backend, int64_t rows, int64_t width) {
     if (rows * width > capacity_) {
       capacity_ = rows * width;
+      buffer_ = Tensor();  // the old buffer goes first: growing must not hold both at once
       buffer_ = backend.empty({capacity_}, DType::kF32);
     }
     return buffer_.slice(0, 0, rows * width).reshape({rows, width});
