@@ -39,6 +39,10 @@ run_step() {  # name timeout command...
 
 run_step cuda_backend_test 120 "$dev/bin/cuda_backend_test"
 run_step cuda_model_test 240 "$dev/bin/cuda_model_test"
+# NCCL in a group of one (one GPU: NCCL refuses two ranks on it); libnccl from the image or
+# PyTorch's nvidia-nccl wheel.
+nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
+LD_LIBRARY_PATH="$LD_LIBRARY_PATH:${nccl_dir}" run_step nccl 120 "$dev/bin/nccl_communicator_test"
 run_step hf_compare 240 python3 "$dev/bin/hf_compare.py" "$dev/bin/tessera" "$dev"/models/tiny-*
 note "transformers: $(tail -6 "$out/hf_compare.log" | tr '\n' ';')"
 if [ "${1:-}" = quick ]; then printf '%s\n' "${summary[@]}"; exit 0; fi
@@ -77,4 +81,5 @@ run_step bench_8b 300 "$dev/bin/tessera" bench latency --model "$dev/models/8b" 
   --load-format dummy --device cuda --dtype bfloat16 --batch-size 1 --input-len 2048 \
   --output-len 64 --num-iters 2 --num-iters-warmup 1 --max-model-len 4096
 note "8b: $(grep -E '^(model load|prefill|decode)' "$out/bench_8b.log" | tr -s ' ' | tr '\n' ';')"
+note "8b start: $(grep -oE '(profiling step|# GPU blocks).*' "$out/bench_8b.log" | tr '\n' ';')"
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

@@ -7,17 +7,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${BUILD_DIR:-build}
-cmake --build "$build" --target tessera cuda_backend_test cuda_model_test kernels_bench
+cmake --build "$build" --target tessera cuda_backend_test cuda_model_test nccl_communicator_test \
+  kernels_bench
 rm -rf .device
 mkdir -p .device/bin .device/lib .device/models
 cp "$build/tessera" "$build/tests/kernels/cuda_backend_test" "$build/tests/model/cuda_model_test" \
-  "$build/bench/kernels/kernels_bench" .device/bin/
+  "$build/tests/distributed/nccl_communicator_test" "$build/bench/kernels/kernels_bench" \
+  .device/bin/
 for bin in .device/bin/*; do
   ldd "$bin" | awk '$3 ~ /^\// {print $3}'
 done | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
     libc.so* | libm.so* | libdl.so* | librt.so* | libpthread.so* | ld-linux* | libcuda.so* | \
-      libcublas* | libcudart*) ;;
+      libcublas* | libcudart* | libnccl*) ;;
     *) cp -L "$lib" .device/lib/ ;;
   esac
 done

@@ -10,6 +10,7 @@
 #include "core/logging.h"
 #include "core/status.h"
 #include "core/sys.h"
+#include "distributed/nccl_communicator.h"
 #include "distributed/placement.h"
 #include "engine/planner.h"
 #include "engine/profile_run.h"
@@ -136,6 +137,22 @@ int local_rank() {
   return 0;
 }
 
+// TESSERA_NCCL: 0 never, 1 always (an error where NCCL cannot connect the ranks), unset where
+// every rank has a GPU of its own. The same answer on every rank (a collective).
+bool use_nccl(DistributedWorld& world, Backend& backend) {
+  const char* env = std::getenv("TESSERA_NCCL");
+  const std::string mode = env ? env : "";
+  if (!mode.empty() && mode != "0" && mode != "1")
+    fail("TESSERA_NCCL must be 0 or 1, got \"{}\"", mode);
+  if (mode == "0" || !nccl_built()) return false;
+  const bool own = ranks_have_own_gpus(world.world(), backend);
+  if (mode == "1" && !own)
+    fail(ErrorKind::kUnavailable,
+         "TESSERA_NCCL=1, but some ranks share a GPU, which NCCL refuses (one rank per GPU, or "
+         "unset TESSERA_NCCL to pass tensors through host memory)");
+  return own;
+}
+
 bool uses_cuda(const EngineArgs& args) {
   return args.device == "cuda" || (args.device == "auto" && cuda_device_count() > 0);
 }
@@ -200,6 +217,26 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
     world_comm = e->staged_world_.get();
     tp_comm = e->staged_tp_.get();
     pp_comm = e->staged_pp_.get();
+    // The tensor- and pipeline-parallel groups go GPU to GPU through NCCL where every rank has a
+    // GPU of its own. The world group (control bytes, logits to the driver's host) stays on MPI,
+    // whose sends do not hold up the stream.
+    if (multi && use_nccl(world, *e->backend_)) {
+      if (wc.tp > 1) {
+        e->nccl_tp_ = make_nccl_communicator(world.tp(), *e->backend_);
+        tp_comm = e->nccl_tp_.get();
+      }
+      if (wc.pp > 1) {
+        e->nccl_pp_ = make_nccl_communicator(world.pp(), *e->backend_);
+        pp_comm = e->nccl_pp_.get();
+      }
+      if (wc.is_driver())
+        spdlog::info("GPU to GPU: NCCL {} for the tensor- and pipeline-parallel groups",
+                     nccl_version());
+    } else if (multi && wc.is_driver()) {
+      spdlog::info("GPU to GPU: through host memory and MPI ({})",
+                   std::getenv("TESSERA_NCCL") ? "TESSERA_NCCL=0"
+                                               : "some ranks share a GPU, which NCCL refuses");
+    }
   }
   if (wc.is_driver()) spdlog::info("backend: {}", e->backend_->name());
   PipelineStage stage;

@@ -111,6 +111,7 @@ class EngineInstance {
   std::unique_ptr<DistributedWorld> world_;
   // With a GPU backend: the world's communicators, staging device tensors through the host.
   std::unique_ptr<HostStagedCommunicator> staged_world_, staged_tp_, staged_pp_;
+  std::unique_ptr<Communicator> nccl_tp_, nccl_pp_;  // where every rank has a GPU of its own
   std::unique_ptr<ModelContext> ctx_;
   std::unique_ptr<CausalLM> model_;
   KVCache cache_;
