@@ -18,7 +18,8 @@ using testing::DirectRunner;
 struct Case {
   std::string arch;
   DType dtype;
-  double tol;  // max |delta log-prob|
+  double tol;        // max |delta log-prob|
+  int head_dim = 0;  // 0: the tiny preset's (16); 64 and 128 take the tiled prefill kernel
 };
 
 class CudaModel : public ::testing::TestWithParam<Case> {
@@ -31,7 +32,9 @@ class CudaModel : public ::testing::TestWithParam<Case> {
 
 TEST_P(CudaModel, LogprobsAndGreedyTokensMatchTheCpu) {
   const Case c = GetParam();
-  const auto dir = testing::make_tiny(c.arch, c.dtype, 11);
+  nlohmann::json over = nlohmann::json::object();
+  if (c.head_dim > 0) over["head_dim"] = c.head_dim;
+  const auto dir = testing::make_tiny(c.arch, c.dtype, 11, over);
   DirectRunner cpu(dir);
   DirectRunner gpu(dir, make_cuda_backend({}));
   const int64_t vocab = cpu.config().vocab_size;
@@ -90,9 +93,12 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"gpt2", DType::kBF16, 2e-2}, Case{"opt", DType::kF32, 1e-4},
                       Case{"falcon", DType::kF32, 1e-4}, Case{"falcon", DType::kBF16, 2e-2},
                       Case{"mixtral", DType::kF32, 1e-4}, Case{"qwen3_moe", DType::kBF16, 2e-2},
-                      Case{"deepseek_v3", DType::kF32, 1e-4}),
+                      Case{"deepseek_v3", DType::kF32, 1e-4}, Case{"llama", DType::kBF16, 2e-2, 64},
+                      Case{"qwen3", DType::kBF16, 2e-2, 128},
+                      Case{"gemma2", DType::kF16, 2e-2, 128}),
     [](const auto& info) {
-      return info.param.arch + "_" + std::string(dtype_name(info.param.dtype));
+      return info.param.arch + "_" + std::string(dtype_name(info.param.dtype)) +
+             (info.param.head_dim > 0 ? "_d" + std::to_string(info.param.head_dim) : "");
     });
 
 // The profiling step that sizes the GPU's KV cache: it measures at least the buffers that must be

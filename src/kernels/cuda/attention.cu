@@ -5,8 +5,9 @@
 // the partition's keys in turn, a lane holding head_dim / 32 dimensions, and run an online
 // softmax each; the warps then merge in order. Partitions of kAttentionPartition keys (aligned
 // to absolute positions) spread a long context over many blocks, which is what keeps a decode
-// step of few rows busy on a large GPU; a second kernel merges them in order. Prefill runs the
-// same code: a tiled tensor-core kernel is the next step (docs/cuda.md).
+// step of few rows busy on a large GPU; a second kernel merges them in order. Over a 16-bit cache
+// with head_dim 64 or 128, the rows of sequences with several new tokens (prefill) go to the
+// tiled tensor-core kernel of attention_tiled.cu instead, and these kernels skip them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -33,6 +34,7 @@ __device__ __forceinline__ float load_kv(const __half* p, int64_t i) {
 
 struct RowInfo {
   int seq;
+  int32_t new_tokens;  // the sequence's rows in this step
   int32_t pos;         // absolute position of the query row
   int32_t first_part;  // partition of the first key it sees
   int32_t num_parts;   // partitions it spans
@@ -53,6 +55,7 @@ __device__ RowInfo row_info(const AttentionLaunch& a, int64_t t) {
   RowInfo r;
   r.seq = lo;
   r.pos = a.seq_lens[lo] - (a.query_start[lo + 1] - static_cast<int32_t>(t));
+  r.new_tokens = a.query_start[lo + 1] - a.query_start[lo];
   const int32_t w = a.params.sliding_window;
   r.key_lo = w > 0 ? max(0, r.pos - w + 1) : 0;
   r.first_part = r.key_lo / kAttentionPartition;
@@ -69,12 +72,13 @@ __device__ __forceinline__ float* partial_at(const AttentionLaunch& a, int max_p
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionLaunch a, int max_parts) {
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_kernel(AttentionLaunch a, int max_parts, bool skip_multi_row) {
   const int64_t t = blockIdx.x;
   const int h = blockIdx.y, part = blockIdx.z;
   const AttentionParams& p = a.params;
   const RowInfo row = row_info(a, t);
-  if (part >= row.num_parts) return;
+  if (part >= row.num_parts || (skip_multi_row && row.new_tokens > 1)) return;
   const int32_t part_index = row.first_part + part;
   const int32_t k_begin = max(row.key_lo, part_index * kAttentionPartition);
   const int32_t k_end = min(row.pos + 1, (part_index + 1) * kAttentionPartition);
@@ -154,11 +158,12 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionLaunch 
   }
 }
 
-__global__ void merge_partitions_kernel(AttentionLaunch a, int max_parts) {
+__global__ void merge_partitions_kernel(AttentionLaunch a, int max_parts, bool skip_multi_row) {
   const int64_t t = blockIdx.x;
   const int h = blockIdx.y;
   const RowInfo row = row_info(a, t);
-  if (row.num_parts == 1) return;  // written whole by attention_kernel
+  if (row.num_parts == 1) return;                    // written whole by attention_kernel
+  if (skip_multi_row && row.new_tokens > 1) return;  // the tiled kernel's
   const int d = a.params.head_dim;
   float big = -INFINITY;
   for (int part = 0; part < row.num_parts; ++part)
@@ -181,32 +186,45 @@ int max_partitions(const AttentionLaunch& a) {
 
 }  // namespace
 
-size_t attention_scratch_bytes(const AttentionLaunch& a) {
+// The partitions' partial results first, then the tiled kernel's tile table.
+size_t split_scratch_bytes(const AttentionLaunch& a) {
   const int parts = max_partitions(a);
   if (parts == 1) return 0;
-  return static_cast<size_t>(a.tokens) * a.params.num_heads * parts * (a.params.head_dim + 2) *
-         sizeof(float);
+  const size_t bytes = static_cast<size_t>(a.tokens) * a.params.num_heads * parts *
+                       (a.params.head_dim + 2) * sizeof(float);
+  return (bytes + 255) / 256 * 256;
+}
+
+bool use_tiled(const AttentionLaunch& a) {
+  return a.tiled && tiled_attention_applies(a);
+}
+
+size_t attention_scratch_bytes(const AttentionLaunch& a) {
+  return split_scratch_bytes(a) + (use_tiled(a) ? tiled_attention_scratch_bytes(a) : 0);
 }
 
 void launch_paged_attention(const AttentionLaunch& a, cudaStream_t stream) {
   if (a.tokens == 0) return;
+  const bool tiled = use_tiled(a);
+  if (tiled)
+    launch_tiled_attention(a, static_cast<char*>(a.scratch) + split_scratch_bytes(a), stream);
   const int parts = max_partitions(a);
   const dim3 grid(static_cast<unsigned>(a.tokens), static_cast<unsigned>(a.params.num_heads),
                   static_cast<unsigned>(parts));
   switch (a.kv_dtype) {
     case DType::kBF16:
-      attention_kernel<__nv_bfloat16><<<grid, kWarps * 32, 0, stream>>>(a, parts);
+      attention_kernel<__nv_bfloat16><<<grid, kWarps * 32, 0, stream>>>(a, parts, tiled);
       break;
     case DType::kF16:
-      attention_kernel<__half><<<grid, kWarps * 32, 0, stream>>>(a, parts);
+      attention_kernel<__half><<<grid, kWarps * 32, 0, stream>>>(a, parts, tiled);
       break;
     default:
-      attention_kernel<float><<<grid, kWarps * 32, 0, stream>>>(a, parts);
+      attention_kernel<float><<<grid, kWarps * 32, 0, stream>>>(a, parts, tiled);
   }
   if (parts > 1) {
     const dim3 merge_grid(static_cast<unsigned>(a.tokens),
                           static_cast<unsigned>(a.params.num_heads));
-    merge_partitions_kernel<<<merge_grid, 128, 0, stream>>>(a, parts);
+    merge_partitions_kernel<<<merge_grid, 128, 0, stream>>>(a, parts, tiled);
   }
 }
 

@@ -172,6 +172,8 @@ class CudaBackend : public Backend {
     }
     const char* sync = std::getenv("TESSERA_CUDA_SYNC");
     sync_each_op_ = sync && *sync && std::string(sync) != "0";
+    const char* tiled = std::getenv("TESSERA_ATTENTION_TILED");
+    tiled_attention_ = !(tiled && std::string(tiled) == "0");
   }
 
   ~CudaBackend() override {
@@ -523,6 +525,7 @@ class CudaBackend : public Backend {
     a.out = out.data<float>();
     a.ldo = out.stride(0);
     a.params = params;
+    a.tiled = tiled_attention_;
     Tensor scratch;
     if (const size_t bytes = attention_scratch_bytes(a)) {
       scratch = empty({static_cast<int64_t>(bytes)}, DType::kU8);
@@ -681,6 +684,7 @@ class CudaBackend : public Backend {
   Staging staging_[kStagingBuffers];
   int next_staging_ = 0;
   bool sync_each_op_ = false;
+  bool tiled_attention_ = true;  // TESSERA_ATTENTION_TILED=0: the row-per-block kernel only
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, uint32_t>, Plan> plans_;
 };
 

@@ -82,8 +82,11 @@ struct AttentionLaunch {
   float* out = nullptr;     // [tokens, heads * head_dim], row stride ldo
   int64_t ldo = 0;
   AttentionParams params;
-  // Scratch for partitioned keys: attention_scratch_bytes() bytes, or null when it is 0.
+  // Scratch: attention_scratch_bytes() bytes, or null when it is 0.
   void* scratch = nullptr;
+  // Rows of sequences with several new tokens go through the tiled tensor-core kernel
+  // (attention_tiled.cu) where it applies: a 16-bit cache and head_dim 64 or 128.
+  bool tiled = true;
 };
 
 // Keys are split into partitions of kAttentionPartition positions aligned to absolute positions;
@@ -93,5 +96,11 @@ inline constexpr int kAttentionPartition = 512;
 inline constexpr int kMaxHeadDim = 256;
 size_t attention_scratch_bytes(const AttentionLaunch& a);
 void launch_paged_attention(const AttentionLaunch& a, cudaStream_t stream);
+
+// The tiled kernel (attention_tiled.cu), which launch_paged_attention calls: whether it takes the
+// multi-row sequences of `a`, the scratch it needs (its tile table), and its launch.
+bool tiled_attention_applies(const AttentionLaunch& a);
+size_t tiled_attention_scratch_bytes(const AttentionLaunch& a);
+void launch_tiled_attention(const AttentionLaunch& a, void* scratch, cudaStream_t stream);
 
 }  // namespace tessera::cuda
