@@ -237,8 +237,15 @@ std::vector<RequestOutput> LLMEngine::step() {
       if (s.seq->first_scheduled_time == 0) s.seq->first_scheduled_time = now;
     LogitPlan plan;
     StepInputs inputs = build_step_inputs(sched, config_.block_size, &plan);
+    // Only argmax ids come back when every row is a plain greedy sample (no logprobs, nothing
+    // to edit): a GPU then copies 4 bytes per row instead of the vocabulary's logits.
+    bool greedy_only = !inputs.logit_rows.empty();
+    for (size_t i = 0; i < sched.scheduled.size() && greedy_only; ++i)
+      greedy_only = plan.prompt_row_count[i] == 0 &&
+                    (plan.sample_row[i] < 0 || sampler_.plain_greedy(*sched.scheduled[i].seq));
+    inputs.greedy_only = greedy_only;
     executor_.submit(inputs);
-    in_flight_.push_back({static_cast<int>(g), std::move(sched), std::move(plan)});
+    in_flight_.push_back({static_cast<int>(g), std::move(sched), std::move(plan), greedy_only});
   }
   if (in_flight_.empty()) {
     graveyard_.clear();
@@ -257,7 +264,7 @@ std::vector<RequestOutput> LLMEngine::step() {
       if (!aborted(*s.seq)) live.scheduled.push_back(s);
     schedulers_[step.group]->on_step_done(live);
   }
-  const int64_t vocab = logits.size(1);
+  const int64_t vocab = step.greedy_only ? 0 : logits.size(1);
   auto row = [&](int32_t r) {
     return std::span<const float>(logits.data<float>() + static_cast<int64_t>(r) * vocab, vocab);
   };
@@ -285,6 +292,10 @@ std::vector<RequestOutput> LLMEngine::step() {
     for (int64_t j = b; j < e; ++j) {
       const size_t i = to_sample[j];
       Sequence& seq = *sched.scheduled[i].seq;
+      if (step.greedy_only) {  // the executor's argmax, what sample() would have chosen
+        tokens[j] = logits.data<int32_t>()[plan.sample_row[i]];
+        continue;
+      }
       auto r = row(plan.sample_row[i]);
       tokens[j] = sampler_.sample(r, seq);
       if (seq.params.logprobs) lps[j] = compute_logprobs(r, tokens[j], *seq.params.logprobs);

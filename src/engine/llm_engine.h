@@ -102,6 +102,7 @@ class LLMEngine {
     int group;
     SchedulerOutput sched;
     LogitPlan plan;
+    bool greedy_only = false;  // the executor returns argmax ids (StepInputs::greedy_only)
   };
   std::deque<InFlightStep> in_flight_;  // submitted to the executor, oldest first
   Sampler sampler_;

@@ -39,12 +39,19 @@ ForwardBatch ModelRunner::make_batch(const StepInputs& in) {
   return batch;
 }
 
+Tensor ModelRunner::argmax(const Tensor& logits) {
+  Tensor ids = backend_.empty({logits.size(0)}, DType::kI32);
+  backend_.argmax_rows(logits, ids);
+  return ids;
+}
+
 Tensor ModelRunner::execute(const StepInputs& in) {
   if (links_.world_config.pp > 1) return execute_pipelined(in);
   Tensor logits = model_.forward(make_batch(in), cache_);
   if (!links_.world_config.is_driver()) return Tensor();
+  if (in.greedy_only) logits = argmax(logits);
   if (logits.device() == Device::kCPU) return logits;
-  Tensor host = Tensor::empty(logits.shape(), DType::kF32);
+  Tensor host = Tensor::empty(logits.shape(), logits.dtype());
   backend_.copy(logits, host);
   return host;
 }
@@ -87,7 +94,7 @@ void ModelRunner::begin(const StepInputs& in) {
       backend_.copy(out, f.outgoing[k]);
       pp.send_async(f.outgoing[k], pp.rank() + 1);
     } else if (sends_logits) {
-      f.outgoing[k] = out;  // a new tensor each forward
+      f.outgoing[k] = in.greedy_only ? argmax(out) : out;  // a new tensor each forward
       links_.world->send_async(f.outgoing[k], 0);
     }
   }
@@ -112,19 +119,26 @@ Tensor ModelRunner::finish() {
   if (w.is_driver()) {
     // The logits of every micro-batch, from the last stage. Received before waiting for this
     // rank's own sends: the last stage may be blocked handing over an older step's logits.
-    const int64_t vocab = model_.config().vocab_size;
-    logits = Tensor::empty({static_cast<int64_t>(f.inputs.logit_rows.size()), vocab}, DType::kF32);
+    // A row is vocab f32 logits, or with greedy_only one int32 argmax.
+    const bool ids = f.inputs.greedy_only;
+    const int64_t width = ids ? 1 : model_.config().vocab_size;
+    const DType dtype = ids ? DType::kI32 : DType::kF32;
+    const size_t row_bytes = static_cast<size_t>(width) * dtype_size(dtype);
+    auto rows_tensor = [&](int64_t rows) {
+      return ids ? Tensor::empty({rows}, dtype) : Tensor::empty({rows, width}, dtype);
+    };
+    logits = rows_tensor(static_cast<int64_t>(f.inputs.logit_rows.size()));
     const int last = w.rank_of(w.pp - 1, 0);
     if (f.mb.parts.size() == 1) {  // one micro-batch: its rows are the step's, in order
       links_.world->recv(logits, last);
     } else {
       for (size_t k = 0; k < f.mb.parts.size(); ++k) {
         const int64_t rows = static_cast<int64_t>(f.mb.logit_index[k].size());
-        Tensor part = Tensor::empty({rows, vocab}, DType::kF32);
+        Tensor part = rows_tensor(rows);
         links_.world->recv(part, last);
         for (int64_t r = 0; r < rows; ++r)
-          std::memcpy(logits.data<float>() + static_cast<int64_t>(f.mb.logit_index[k][r]) * vocab,
-                      part.data<float>() + r * vocab, vocab * sizeof(float));
+          std::memcpy(static_cast<char*>(logits.raw()) + f.mb.logit_index[k][r] * row_bytes,
+                      static_cast<const char*>(part.raw()) + r * row_bytes, row_bytes);
       }
     }
   }
@@ -158,6 +172,7 @@ MicroBatches split_micro_batches(const StepInputs& in, int parts) {
     for (int64_t s = r.begin; s <= r.end; ++s) p.query_start.push_back(in.query_start[s] - t0);
     p.seq_lens.assign(in.seq_lens.begin() + r.begin, in.seq_lens.begin() + r.end);
     p.max_blocks = in.max_blocks;
+    p.greedy_only = in.greedy_only;
     p.block_tables.assign(in.block_tables.begin() + r.begin * in.max_blocks,
                           in.block_tables.begin() + r.end * in.max_blocks);
     std::vector<int32_t> index;

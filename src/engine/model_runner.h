@@ -21,8 +21,8 @@ class ModelExecutor {
  public:
   virtual ~ModelExecutor() = default;
   virtual const ModelConfig& config() const = 0;
-  // Logits [logit_rows, vocab] f32 in host memory (on ranks other than the driver: an empty
-  // tensor).
+  // Logits [logit_rows, vocab] f32 in host memory, or with inputs.greedy_only each logit row's
+  // argmax [logit_rows] int32 (on ranks other than the driver: an empty tensor).
   virtual Tensor execute(const StepInputs& inputs) = 0;
   // Steps in flight (pipeline parallelism keeps one per stage): submit starts a step, complete
   // returns the logits of the oldest submitted step, as execute would. By default submit runs
@@ -96,6 +96,8 @@ class ModelRunner : public ModelExecutor {
     uint64_t pp_sends = 0, world_sends = 0;
   };
   Tensor to_device(const std::vector<int32_t>& values, std::initializer_list<int64_t> shape);
+  // Each row's argmax [R] int32, on the backend's device.
+  Tensor argmax(const Tensor& logits);
   ForwardBatch make_batch(const StepInputs& in);
   Tensor execute_pipelined(const StepInputs& in);
 

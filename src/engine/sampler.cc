@@ -53,13 +53,23 @@ TokenLogprobs compute_logprobs(std::span<const float> logits, int32_t token, int
   return out;
 }
 
+namespace {
+bool needs_edit(const Sequence& seq) {
+  const SamplingParams& p = seq.params;
+  return !p.logit_bias.empty() || seq.num_output_tokens() < p.min_tokens ||
+         p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 ||
+         seq.grammar;
+}
+}  // namespace
+
+bool Sampler::plain_greedy(const Sequence& seq) const {
+  return seq.params.greedy() && !needs_edit(seq) && !seq.params.logprobs;
+}
+
 int32_t Sampler::sample(std::span<const float> raw, Sequence& seq) const {
   const SamplingParams& p = seq.params;
   const int32_t vocab = static_cast<int32_t>(raw.size());
-  const bool needs_edit = !p.logit_bias.empty() || seq.num_output_tokens() < p.min_tokens ||
-                          p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 ||
-                          p.frequency_penalty != 0.0 || seq.grammar;
-  if (p.greedy() && !needs_edit) return argmax(raw);
+  if (p.greedy() && !needs_edit(seq)) return argmax(raw);
 
   std::vector<float> logits(raw.begin(), raw.end());
   if (seq.grammar) {

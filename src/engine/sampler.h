@@ -23,6 +23,9 @@ class Sampler {
 
   // Chooses the next token of `seq` (which holds the prompt and output so far).
   int32_t sample(std::span<const float> logits, Sequence& seq) const;
+  // Whether sample() would take the argmax of the raw logits (greedy, nothing to edit) and the
+  // caller needs nothing else of them (no logprobs): then only the argmax has to be computed.
+  bool plain_greedy(const Sequence& seq) const;
 
  private:
   std::vector<int32_t> eos_ids_;

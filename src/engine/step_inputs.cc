@@ -81,6 +81,7 @@ std::string StepInputs::serialize() const {
        {&token_ids, &positions, &slot_mapping, &query_start, &seq_lens, &block_tables, &logit_rows})
     put_vec(s, *v);
   s.append(reinterpret_cast<const char*>(&max_blocks), sizeof max_blocks);
+  s.push_back(greedy_only ? 1 : 0);
   return s;
 }
 
@@ -89,8 +90,9 @@ StepInputs StepInputs::deserialize(std::string_view bytes) {
   for (auto* v : {&in.token_ids, &in.positions, &in.slot_mapping, &in.query_start, &in.seq_lens,
                   &in.block_tables, &in.logit_rows})
     *v = get_vec(bytes);
-  TESSERA_CHECK_EQ(bytes.size(), sizeof in.max_blocks);
+  TESSERA_CHECK_EQ(bytes.size(), sizeof in.max_blocks + 1);
   std::memcpy(&in.max_blocks, bytes.data(), sizeof in.max_blocks);
+  in.greedy_only = bytes[sizeof in.max_blocks] != 0;
   return in;
 }
 

@@ -22,6 +22,10 @@ struct StepInputs {
   std::vector<int32_t> block_tables;  // [S, max_blocks], padded with 0
   int32_t max_blocks = 0;
   std::vector<int32_t> logit_rows;  // rows whose logits the driver needs
+  // Every logit row is a greedy sample with nothing to edit or report (Sampler::plain_greedy):
+  // executors then return each row's argmax [R] int32 instead of its logits [R, vocab] f32,
+  // which a GPU hands back in R x 4 bytes instead of R x vocab x 4.
+  bool greedy_only = false;
 
   int64_t num_tokens() const { return static_cast<int64_t>(token_ids.size()); }
   int64_t num_seqs() const { return static_cast<int64_t>(seq_lens.size()); }

@@ -143,6 +143,9 @@ class Backend {
   virtual void softcap(const Tensor& x, float cap) = 0;
   // out[i, :] = x[rows[i], :].
   virtual void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) = 0;
+  // out[r] = the first index of the largest value of row r of x [rows, width] f32; out [rows]
+  // int32. What a greedy step needs of its logits, in place of copying them off the device.
+  virtual void argmax_rows(const Tensor& x, const Tensor& out) = 0;
   // out[rows[i], :] += scale[i] * x[i, :] for x [n, width] f32, rows [n] int32 (distinct),
   // scale [n] f32: one expert's outputs added, weighted by the router, to the tokens that chose it.
   virtual void add_rows_scaled(const Tensor& x, const Tensor& rows, const Tensor& scale,

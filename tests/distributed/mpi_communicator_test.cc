@@ -269,6 +269,7 @@ class FakeDeviceBackend : public Backend {
   void add(const Tensor&, const Tensor&, const Tensor&) override { unused(); }
   void softcap(const Tensor&, float) override { unused(); }
   void gather_rows(const Tensor&, const Tensor&, const Tensor&) override { unused(); }
+  void argmax_rows(const Tensor&, const Tensor&) override { unused(); }
   void add_rows_scaled(const Tensor&, const Tensor&, const Tensor&, const Tensor&) override {
     unused();
   }

@@ -35,9 +35,13 @@ class Recorder : public ModelExecutor {
   Tensor execute(const StepInputs& in) override { return inner_.execute(in); }
   void submit(const StepInputs& in) override {
     tokens.push_back(in.num_tokens());
+    if (!in.logit_rows.empty()) (in.greedy_only ? greedy_only_steps : logit_steps)++;
     ModelExecutor::submit(in);
   }
   std::vector<int64_t> tokens;
+  // Steps with logit rows that asked for argmax ids only (StepInputs::greedy_only), and those
+  // that asked for logits.
+  int greedy_only_steps = 0, logit_steps = 0;
 
  private:
   ModelExecutor& inner_;
@@ -70,6 +74,7 @@ class EngineHarness {
   LLMEngine& engine() { return *engine_; }
   // Tokens of each step submitted so far, in order.
   const std::vector<int64_t>& submitted_tokens() const { return recorder_->tokens; }
+  const Recorder& recorder() const { return *recorder_; }
 
   std::map<std::string, Result> run_all() {
     std::map<std::string, Result> results;
@@ -167,6 +172,49 @@ TEST_F(EngineTest, SixtyFourConcurrentRequestsMatchRunningAlone) {
     h.engine().add_request("r" + std::to_string(i), ps[i], greedy(12));
   const auto together = h.run_all();
   for (const auto& [id, r] : solo) expect_same(r, together.at(id), id);
+}
+
+// Plain greedy requests (no logprobs, nothing to edit) take steps that return argmax ids only;
+// they choose the tokens that the sampler chooses from the logits. A step with any other request
+// asks for logits.
+TEST_F(EngineTest, PlainGreedyStepsReturnArgmaxIdsAndTheSameTokens) {
+  const auto ps = prompts(12, false);
+  const SamplingParams with_logprobs = greedy(10);
+  SamplingParams plain = with_logprobs;
+  plain.logprobs.reset();
+  SamplingParams penalised = plain;
+  penalised.repetition_penalty = 1.3;
+
+  EngineHarness sampled(*dir_, 64, 2048);
+  for (size_t i = 0; i < ps.size(); ++i)
+    sampled.engine().add_request("r" + std::to_string(i), ps[i], with_logprobs);
+  const auto want = sampled.run_all();
+  EXPECT_EQ(sampled.recorder().greedy_only_steps, 0);
+
+  EngineHarness argmax(*dir_, 64, 2048);
+  for (size_t i = 0; i < ps.size(); ++i)
+    argmax.engine().add_request("r" + std::to_string(i), ps[i], plain);
+  const auto got = argmax.run_all();
+  EXPECT_GT(argmax.recorder().greedy_only_steps, 0);
+  EXPECT_EQ(argmax.recorder().logit_steps, 0);
+  for (const auto& [id, r] : want) {
+    EXPECT_EQ(got.at(id).tokens, r.tokens) << id;
+    EXPECT_TRUE(got.at(id).logprobs.empty());
+  }
+
+  // One request with logprobs and one with a penalty among plain ones: every step holding either
+  // asks for logits, and the plain requests' tokens do not change.
+  EngineHarness mixed(*dir_, 64, 2048);
+  for (size_t i = 0; i < ps.size(); ++i)
+    mixed.engine().add_request("r" + std::to_string(i), ps[i],
+                               i == 3   ? with_logprobs
+                               : i == 7 ? penalised
+                                        : plain);
+  const auto mix = mixed.run_all();
+  EXPECT_GT(mixed.recorder().logit_steps, 0);
+  for (const auto& [id, r] : want)
+    if (id != "r7") EXPECT_EQ(mix.at(id).tokens, r.tokens) << id;
+  EXPECT_EQ(mix.at("r3").logprobs.size(), want.at("r3").logprobs.size());
 }
 
 TEST_F(EngineTest, PreemptionAndPrefixCachingChangeNothing) {

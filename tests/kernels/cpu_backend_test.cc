@@ -787,6 +787,32 @@ TEST_P(CpuBackendTest, PagedAttentionRowsAreBatchInvariant) {
   EXPECT_EQ(0, std::memcmp(one.raw(), all.data<float>() + 299 * 64, 64 * sizeof(float)));
 }
 
+// The first index of each row's largest value, against a plain scan: ties (planted), a maximum at
+// either end, rows of -inf, and a strided view (a column slice of wider logits).
+TEST_P(CpuBackendTest, ArgmaxRowsTakesTheFirstMaximum) {
+  Tensor wide = random_tensor({6, 1100}, DType::kF32, 21, 3.0f);
+  Tensor x = wide.slice(1, 50, 1050);
+  float* base = wide.data<float>();
+  const int64_t ld = wide.stride(0);
+  base[0 * ld + 50 + 700] = 9.0f;  // row 0: a tie between 300 and 700, 300 first
+  base[0 * ld + 50 + 300] = 9.0f;
+  base[1 * ld + 50 + 0] = 9.0f;                                          // row 1: at the start
+  base[2 * ld + 50 + 999] = 9.0f;                                        // row 2: at the end
+  for (int64_t i = 0; i < 1000; ++i) base[3 * ld + 50 + i] = -INFINITY;  // row 3: index 0
+  Tensor got = Tensor::empty({6}, DType::kI32);
+  backend_.argmax_rows(x, got);
+  for (int64_t r = 0; r < 6; ++r) {
+    int32_t want = 0;
+    for (int32_t i = 1; i < 1000; ++i)
+      if (at(x, r, i) > at(x, r, want)) want = i;
+    EXPECT_EQ(got.data<int32_t>()[r], want) << "row " << r;
+  }
+  EXPECT_EQ(got.data<int32_t>()[0], 300);
+  EXPECT_EQ(got.data<int32_t>()[1], 0);
+  EXPECT_EQ(got.data<int32_t>()[2], 999);
+  EXPECT_EQ(got.data<int32_t>()[3], 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Isa, CpuBackendTest, ::testing::ValuesIn(variants()),
                          [](const auto& info) { return info.param.name; });
 

@@ -246,6 +246,26 @@ TEST_F(CudaBackendTest, AddSoftcapAndGatherRows) {
   EXPECT_TRUE(close(down(got), out, 1e-6));
 }
 
+// Argmax of logits-shaped rows (ties planted) and of a strided view: the CPU's indices exactly.
+TEST_F(CudaBackendTest, ArgmaxRowsMatchesCpu) {
+  Tensor wide = random_tensor({37, 128300}, DType::kF32, seed_, 3.0f);
+  float* base = wide.data<float>();
+  for (int64_t r = 0; r < 37; r += 3) {
+    base[r * 128300 + 70000] = 9.0f;
+    base[r * 128300 + 1234 + r] = 9.0f;  // a tie: the lower index wins
+  }
+  for (int64_t i = 0; i < 128300; ++i) base[5 * 128300 + i] = -INFINITY;
+  for (const Tensor& x : {wide, wide.slice(1, 16, 128256)}) {
+    Tensor want = Tensor::empty({37}, DType::kI32);
+    cpu_.argmax_rows(x, want);
+    Tensor dev = up(wide);
+    Tensor got = gpu_->empty({37}, DType::kI32);
+    gpu_->argmax_rows(x.size(1) == 128300 ? dev : dev.slice(1, 16, 128256), got);
+    const Tensor back = down(got);
+    EXPECT_EQ(std::memcmp(back.raw(), want.raw(), want.nbytes()), 0);
+  }
+}
+
 // Sequences over a shared paged cache with blocks in random physical order: a decode row alone,
 // a whole prefill, a decode row of a long context, and a prefill chunk at the end of a longer
 // one (the last two span several key partitions; the prefills take the tiled kernel over 16-bit

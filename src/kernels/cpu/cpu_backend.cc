@@ -577,6 +577,21 @@ void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, const Tensor& 
   }
 }
 
+void CpuBackend::argmax_rows(const Tensor& x, const Tensor& out) {
+  TESSERA_CHECK(x.dim() == 2 && x.dtype() == DType::kF32 && x.stride(1) == 1);
+  TESSERA_CHECK(out.dtype() == DType::kI32 && out.numel() == x.size(0) && out.is_contiguous());
+  const int64_t rows = x.size(0), width = x.size(1);
+  pool_.parallel_for(rows, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* v = x.data<float>() + r * x.stride(0);
+      int64_t best = 0;
+      for (int64_t i = 1; i < width; ++i)
+        if (v[i] > v[best]) best = i;
+      out.data<int32_t>()[r] = static_cast<int32_t>(best);
+    }
+  });
+}
+
 void CpuBackend::add_rows_scaled(const Tensor& x, const Tensor& rows, const Tensor& scale,
                                  const Tensor& out) {
   OpTimer timer(profile_, Op::kAddRowsScaled);

@@ -78,6 +78,7 @@ class CpuBackend : public Backend {
   void gather_rows(const Tensor& x, const Tensor& rows, const Tensor& out) override;
   void add_rows_scaled(const Tensor& x, const Tensor& rows, const Tensor& scale,
                        const Tensor& out) override;
+  void argmax_rows(const Tensor& x, const Tensor& out) override;
   void write_kv(const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                 const AttentionMetadata& meta) override;
   void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

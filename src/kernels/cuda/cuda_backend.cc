@@ -456,6 +456,17 @@ class CudaBackend : public Backend {
     after_op("gather_rows");
   }
 
+  void argmax_rows(const Tensor& x, const Tensor& out) override {
+    use_device();
+    check_rows(x, "argmax input");
+    check_device(out, "argmax output");
+    TESSERA_CHECK(x.dtype() == DType::kF32 && out.dtype() == DType::kI32);
+    TESSERA_CHECK(out.numel() == x.size(0) && out.is_contiguous());
+    launch_argmax_rows(x.data<float>(), x.stride(0), x.size(0), x.size(1), out.data<int32_t>(),
+                       stream_);
+    after_op("argmax_rows");
+  }
+
   int max_attention_head_dim() const override { return kMaxHeadDim; }
 
   void add_rows_scaled(const Tensor& x, const Tensor& rows, const Tensor& scale,

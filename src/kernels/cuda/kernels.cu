@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
+
 #include "kernels/cuda/launch.h"
 
 namespace tessera::cuda {
@@ -349,6 +351,54 @@ void launch_write_kv(const float* k, int64_t ldk, const float* v, int64_t ldv, i
   write_kv_kernel<<<blocks_for(n), kThreads, 0, stream>>>(k, ldk, v, ldv, tokens, slot_mapping,
                                                           k_cache, v_cache, dtype, num_slots,
                                                           block_size, kv_heads, head_dim);
+}
+
+namespace {
+
+// One block per row: each thread scans a strided share, then a tree over (value, index) pairs
+// keeps the larger value and, between equals, the smaller index (the CPU's first maximum).
+constexpr int kArgmaxThreads = 256;
+
+__device__ __forceinline__ bool beats(float v, int i, float best_v, int best_i) {
+  return v > best_v || (v == best_v && i < best_i);
+}
+
+__global__ void argmax_rows_kernel(const float* x, int64_t ldx, int64_t width, int32_t* out) {
+  const float* row = x + blockIdx.x * ldx;
+  float best_v = -INFINITY;
+  int best_i = INT_MAX;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    const float v = row[i];
+    if (beats(v, static_cast<int>(i), best_v, best_i)) {
+      best_v = v;
+      best_i = static_cast<int>(i);
+    }
+  }
+  __shared__ float vals[kArgmaxThreads];
+  __shared__ int idxs[kArgmaxThreads];
+  vals[threadIdx.x] = best_v;
+  idxs[threadIdx.x] = best_i;
+  __syncthreads();
+  for (int half = kArgmaxThreads / 2; half > 0; half /= 2) {
+    if (static_cast<int>(threadIdx.x) < half &&
+        beats(vals[threadIdx.x + half], idxs[threadIdx.x + half], vals[threadIdx.x],
+              idxs[threadIdx.x])) {
+      vals[threadIdx.x] = vals[threadIdx.x + half];
+      idxs[threadIdx.x] = idxs[threadIdx.x + half];
+    }
+    __syncthreads();
+  }
+  // A row of -inf (or NaN) only: index 0, as on the CPU.
+  if (threadIdx.x == 0) out[blockIdx.x] = idxs[0] == INT_MAX ? 0 : idxs[0];
+}
+
+}  // namespace
+
+void launch_argmax_rows(const float* x, int64_t ldx, int64_t rows, int64_t width, int32_t* out,
+                        cudaStream_t stream) {
+  if (rows == 0) return;
+  argmax_rows_kernel<<<static_cast<unsigned>(rows), kArgmaxThreads, 0, stream>>>(x, ldx, width,
+                                                                                 out);
 }
 
 }  // namespace tessera::cuda

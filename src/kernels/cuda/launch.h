@@ -57,6 +57,9 @@ void launch_convert_rows(const float* x, int64_t ldx, int64_t rows, int64_t widt
 void launch_add_bias(float* out, int64_t ldo, int64_t rows, int64_t width, const float* bias,
                      cudaStream_t stream);
 void launch_fill_zero(void* dst, size_t bytes, cudaStream_t stream);
+// out[r] = the first index of the largest value of row r of x [rows, width] (row stride ldx).
+void launch_argmax_rows(const float* x, int64_t ldx, int64_t rows, int64_t width, int32_t* out,
+                        cudaStream_t stream);
 
 // KV caches: [blocks, kv_heads, block_size, head_dim] inside (the layout is the backend's
 // choice, backend.h), in `dtype`.
