@@ -58,8 +58,7 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_flag("--enforce-eager", f.enforce_eager,
-                "Run decode steps op by op, without CUDA graphs (tessera does not capture graphs "
-                "yet, so this is always the case)");
+                "Run decode steps op by op: capture no CUDA graphs");
   cmd->add_option("--tensor-parallel-size", f.tensor_parallel_size,
                   "Ranks per pipeline stage, each with 1/tp of every layer (-tp)")
       ->capture_default_str();

@@ -398,6 +398,41 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
            env);
     groups = static_cast<int>(n);
   }
+  // CUDA graphs for decode steps, as vLLM captures them: batch sizes 1, 2, 4 and multiples of 8
+  // up to --max-num-seqs (at most 512). Only where a step runs on the device alone: one stage,
+  // tensor parallelism through NCCL, a model without host decisions (no mixture of experts).
+  if (gpu && !args.enforce_eager && wc.pp == 1 && (wc.tp == 1 || e->nccl_tp_) &&
+      e->model_->graph_capturable()) {
+    std::vector<int> sizes = {1, 2, 4};
+    for (int b = 8; b <= std::min<int64_t>(args.max_num_seqs, 512); b += 8) sizes.push_back(b);
+    while (sizes.size() > 1 && sizes.back() > args.max_num_seqs) sizes.pop_back();
+    on_all_ranks(world, "capturing CUDA graphs", [&] {
+      // The recorded steps read the model's buffers: grow them to a full step first, as the
+      // profiling step has done unless the KV cache was sized by flags.
+      if (!profiled) {
+        ProfileShape shape;
+        shape.max_num_batched_tokens = args.max_num_batched_tokens;
+        shape.max_num_seqs = args.max_num_seqs;
+        shape.max_model_len = max_len;
+        shape.block_size = args.block_size;
+        shape.kv_dtype = kv_dtype;
+        profile_activations(*e->backend_, *e->model_, wc, shape);
+      }
+      const double t0 = now_seconds();
+      const std::vector<int> got = e->runner_->capture_decode_steps(sizes, max_len);
+      if (wc.is_driver())
+        spdlog::info(
+            "CUDA graphs: {} decode batch sizes captured ({}) in {:.2f} s", got.size(),
+            got.empty() ? std::string("none") : fmt::format("{} to {}", got.front(), got.back()),
+            now_seconds() - t0);
+    });
+  } else if (gpu && wc.is_driver()) {
+    spdlog::info("CUDA graphs: off ({})", args.enforce_eager ? "--enforce-eager"
+                                          : wc.pp > 1        ? "pipeline parallelism"
+                                          : wc.tp > 1 && !e->nccl_tp_
+                                              ? "tensor parallelism without NCCL"
+                                              : "the model decides on the host between ops");
+  }
   const bool taking_turns = pp_overlap && groups == 1 && placement.stages_share_cores && !gpu;
   if (taking_turns) {
     e->runner_->set_shared_cores_pool(e->pool_.get());

@@ -41,7 +41,7 @@ struct EngineArgs {
   LoadFormat load_format = LoadFormat::kAuto;  // --load-format
   // --device: auto (a GPU when this build has CUDA and one is usable, else the CPU), cpu, cuda.
   std::string device = "auto";
-  bool enforce_eager = false;  // --enforce-eager (decode steps run op by op: always, for now)
+  bool enforce_eager = false;  // --enforce-eager: no CUDA graphs, decode steps run op by op
   // --cpu-matmul-precision: exact (activations split into two bf16 halves) or bf16 (rounded).
   MatmulPrecision matmul_precision = MatmulPrecision::kExact;
   // --quantization fp8: decoder layers' Linear weights in FP8 E4M3 (CPU backend).

@@ -45,9 +45,138 @@ Tensor ModelRunner::argmax(const Tensor& logits) {
   return ids;
 }
 
+std::vector<int32_t> ModelRunner::static_inputs(const StepInputs& in, int size) const {
+  const int64_t n = in.num_seqs(), b = size, w = static_max_blocks_;
+  std::vector<int32_t> v(6 * b + 1 + b * w, 0);
+  int32_t* ids = v.data();
+  int32_t* pos = ids + b;
+  int32_t* slots = pos + b;
+  int32_t* qs = slots + b;
+  int32_t* lens = qs + b + 1;
+  int32_t* rows = lens + b;
+  int32_t* tables = rows + b;
+  for (int64_t s = 0; s < b; ++s) {
+    qs[s] = static_cast<int32_t>(s);
+    rows[s] = static_cast<int32_t>(s);
+    if (s < n) {
+      ids[s] = in.token_ids[s];
+      pos[s] = in.positions[s];
+      slots[s] = in.slot_mapping[s];
+      lens[s] = in.seq_lens[s];
+      std::copy(in.block_tables.begin() + s * in.max_blocks,
+                in.block_tables.begin() + (s + 1) * in.max_blocks, tables + s * w);
+    } else {
+      // Padding: one key (block 0's first slot, whatever it holds), nothing written.
+      slots[s] = -1;
+      lens[s] = 1;
+    }
+  }
+  qs[b] = static_cast<int32_t>(b);
+  return v;
+}
+
+std::vector<int> ModelRunner::capture_decode_steps(std::vector<int> sizes, int64_t max_model_len) {
+  TESSERA_CHECK_EQ(links_.world_config.pp, 1);
+  TESSERA_CHECK(static_.empty());
+  static_max_blocks_ =
+      static_cast<int32_t>((max_model_len + cache_.block_size - 1) / cache_.block_size);
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  std::vector<int> recorded;
+  // Largest first: the smaller ones then reuse its pool's blocks.
+  for (auto it = sizes.rbegin(); it != sizes.rend(); ++it) {
+    const int b = *it;
+    TESSERA_CHECK_GT(b, 0);
+    StaticBatch sb;
+    sb.size = b;
+    const int64_t w = static_max_blocks_;
+    sb.inputs = backend_.empty({6 * b + 1 + b * w}, DType::kI32);
+    int64_t at = 0;
+    auto view = [&](int64_t n) {
+      Tensor t = sb.inputs.slice(0, at, at + n);
+      at += n;
+      return t;
+    };
+    ForwardBatch& fb = sb.batch;
+    fb.token_ids = view(b);
+    fb.positions = view(b);
+    fb.attention.slot_mapping = view(b);
+    fb.attention.query_start = view(b + 1);
+    fb.attention.seq_lens = view(b);
+    fb.logit_rows = view(b);
+    fb.attention.block_tables = view(b * w).reshape({b, w});
+    fb.attention.num_seqs = b;
+    fb.attention.block_size = cache_.block_size;
+    // Recorded launches keep their grid: size attention for the longest context.
+    fb.attention.max_seq_len = static_cast<int32_t>(max_model_len);
+    // Inputs that touch nothing: every sequence is padding.
+    StepInputs none;
+    const std::vector<int32_t> host = static_inputs(none, b);
+    Tensor staged = Tensor::empty({static_cast<int64_t>(host.size())}, DType::kI32);
+    std::copy(host.begin(), host.end(), staged.data<int32_t>());
+    backend_.copy(staged, sb.inputs);
+    if (backend_.supports_capture()) {
+      model_.forward(sb.batch, cache_);  // once as usual: plans and buffers exist before recording
+      backend_.synchronize();
+      backend_.begin_capture();
+      Tensor logits;
+      try {
+        logits = model_.forward(sb.batch, cache_);
+      } catch (...) {
+        backend_.end_capture();
+        throw;
+      }
+      sb.ops = backend_.end_capture();
+      if (!sb.ops) continue;  // op by op, as without static batches
+      {
+        // A view, not an owner: the block goes back to the pool of recorded ops, where the next
+        // recording may use it too. Recorded steps never run at once, and a step's logits are
+        // read before the next step runs.
+        sb.logits =
+            Tensor::wrap(logits.raw(), logits.shape(), logits.dtype(), nullptr, logits.device());
+        recorded.push_back(b);
+      }
+    }
+    static_.push_back(std::move(sb));
+  }
+  std::reverse(static_.begin(), static_.end());
+  std::sort(recorded.begin(), recorded.end());
+  return recorded;
+}
+
+Tensor ModelRunner::run_static(const StepInputs& in) {
+  const int64_t n = in.num_seqs();
+  if (static_.empty() || n == 0 || in.num_tokens() != n || in.max_blocks > static_max_blocks_ ||
+      static_cast<int64_t>(in.logit_rows.size()) != n)
+    return Tensor();
+  for (int64_t s = 0; s < n; ++s)
+    if (in.logit_rows[s] != s) return Tensor();
+  StaticBatch* sb = nullptr;
+  for (StaticBatch& b : static_)
+    if (b.size >= n) {
+      sb = &b;
+      break;
+    }
+  if (!sb) return Tensor();
+  const std::vector<int32_t> host = static_inputs(in, sb->size);
+  const int64_t count[1] = {static_cast<int64_t>(host.size())};
+  Tensor staged = Tensor::wrap(const_cast<int32_t*>(host.data()), count, DType::kI32, nullptr);
+  backend_.copy(staged, sb->inputs);  // ordered after the previous step's reads
+  ++static_steps_;
+  Tensor logits;
+  if (sb->ops) {
+    backend_.replay(*sb->ops);
+    logits = sb->logits;
+  } else {
+    logits = model_.forward(sb->batch, cache_);
+  }
+  return logits.slice(0, 0, n);
+}
+
 Tensor ModelRunner::execute(const StepInputs& in) {
   if (links_.world_config.pp > 1) return execute_pipelined(in);
-  Tensor logits = model_.forward(make_batch(in), cache_);
+  Tensor logits = run_static(in);
+  if (!logits.defined()) logits = model_.forward(make_batch(in), cache_);
   if (!links_.world_config.is_driver()) return Tensor();
   if (in.greedy_only) logits = argmax(logits);
   if (logits.device() == Device::kCPU) return logits;

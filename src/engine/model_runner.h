@@ -8,6 +8,7 @@
 #include <deque>
 
 #include <memory>
+#include <vector>
 
 #include "core/thread_pool.h"
 #include "distributed/communicator.h"
@@ -67,6 +68,16 @@ class ModelRunner : public ModelExecutor {
   // hidden states. The output stays on the device. What a profiling step runs
   // (engine/profile_run.h).
   Tensor forward_local(const StepInputs& inputs);
+  // Decode steps (one new token per sequence, one rank per pipeline: pp = 1) through static
+  // batches of the given sizes: a step of n sequences runs as the smallest size >= n, padded with
+  // sequences that write no KV and whose logits nobody reads, from device buffers that stay in
+  // place, so that the backend records each size once and replays it (CUDA graphs). Where the
+  // backend cannot record, the static batches run op by op (what the CPU tests check). Returns
+  // the sizes recorded. Call once, after a step of --max-num-batched-tokens (the profiling step)
+  // has grown the model's buffers: recorded ops must keep reading the same ones.
+  std::vector<int> capture_decode_steps(std::vector<int> batch_sizes, int64_t max_model_len);
+  // Steps that ran through a static batch so far (recorded or not).
+  int64_t static_steps() const { return static_steps_; }
   // Pipeline stages: micro-batches per step (default pp; 1 when the engine keeps a step per
   // stage in flight). Every rank must use the same value.
   void set_micro_batches(int n) { micro_batches_ = n; }
@@ -100,6 +111,21 @@ class ModelRunner : public ModelExecutor {
   Tensor argmax(const Tensor& logits);
   ForwardBatch make_batch(const StepInputs& in);
   Tensor execute_pipelined(const StepInputs& in);
+  // A decode step's logits through its static batch, or an undefined tensor when none fits.
+  Tensor run_static(const StepInputs& in);
+
+  // One static decode batch of `size` sequences.
+  struct StaticBatch {
+    int size = 0;
+    // int32 on the device: token_ids [B] | positions [B] | slot_mapping [B] | query_start [B+1]
+    // | seq_lens [B] | logit_rows [B] | block_tables [B, max_blocks].
+    Tensor inputs;
+    ForwardBatch batch;                // views of `inputs`
+    std::unique_ptr<CapturedOps> ops;  // null: run op by op
+    Tensor logits;                     // [B, vocab], written by each run
+  };
+  // The host side of a static batch's inputs for step `in` (padded to b.size).
+  std::vector<int32_t> static_inputs(const StepInputs& in, int size) const;
 
   Backend& backend_;
   CausalLM& model_;
@@ -108,6 +134,9 @@ class ModelRunner : public ModelExecutor {
   int micro_batches_ = 0;  // 0: pp
   ThreadPool* shared_cores_pool_ = nullptr;
   std::deque<InFlight> in_flight_;
+  std::vector<StaticBatch> static_;  // by size, ascending
+  int32_t static_max_blocks_ = 0;    // block table width of the static batches
+  int64_t static_steps_ = 0;
 };
 
 }  // namespace tessera

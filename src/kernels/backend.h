@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 
@@ -36,6 +37,12 @@ struct AttentionMetadata {
   Tensor seq_lens;      // [num_seqs]: context length after this step (cached + new tokens)
   Tensor block_tables;  // [num_seqs, max_blocks]: physical block of each logical block
   Tensor slot_mapping;  // [num_tokens]: where each new token's K/V goes, -1 = do not write
+};
+
+// A recorded sequence of a backend's ops that replays as one launch (a CUDA graph).
+class CapturedOps {
+ public:
+  virtual ~CapturedOps() = default;
 };
 
 class Backend {
@@ -111,6 +118,16 @@ class Backend {
   // prepared bytes).
   virtual int64_t quantization_saved_bytes() const { return 0; }
   virtual void synchronize() {}
+
+  // Recording ops to replay them (CUDA graphs): between begin_capture and end_capture the calling
+  // thread's ops are recorded, not run, on the same tensors; replay then runs them again at once.
+  // Tensors made while capturing come from a pool kept for captured ops, since a replay writes
+  // them again (they are reused only by later captures, which never replay at the same time).
+  // end_capture returns null where the ops could not be recorded (then run them as usual).
+  virtual bool supports_capture() const { return false; }
+  virtual void begin_capture() {}
+  virtual std::unique_ptr<CapturedOps> end_capture() { return nullptr; }
+  virtual void replay(const CapturedOps& ops) { (void)ops; }
 
   // out[t, :] = table[ids[t] - vocab_start, :] * scale for ids in [vocab_start, vocab_start +
   // rows(table)), else 0 (vocab-parallel shards sum to the full embedding).

@@ -56,6 +56,9 @@ class CausalLM {
   virtual uint64_t weight_bytes() const = 0;
   // Bytes of activation buffers a forward pass over `tokens` tokens needs on this rank.
   virtual int64_t activation_bytes(int64_t tokens) const = 0;
+  // Whether forward() runs on the device alone (no copy to or from the host, no host decision
+  // between ops), so that a backend may record it once and replay it (CUDA graphs).
+  virtual bool graph_capturable() const { return false; }
 };
 
 struct LoadOptions {

@@ -30,6 +30,21 @@ class CudaModel : public ::testing::TestWithParam<Case> {
   }
 };
 
+// Relative error of two logits tensors [rows, vocab] (f32, host): ||got - want|| / ||want||.
+::testing::AssertionResult close_rows(const Tensor& got, const Tensor& want, double tol) {
+  if (got.numel() != want.numel()) return ::testing::AssertionFailure() << "shapes differ";
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double g = got.data<float>()[i], w = want.data<float>()[i];
+    if (std::isnan(g)) return ::testing::AssertionFailure() << "NaN at " << i;
+    diff += (g - w) * (g - w);
+    norm += w * w;
+  }
+  const double rel = std::sqrt(diff / std::max(norm, 1e-30));
+  if (rel > tol) return ::testing::AssertionFailure() << "relative error " << rel;
+  return ::testing::AssertionSuccess();
+}
+
 TEST_P(CudaModel, LogprobsAndGreedyTokensMatchTheCpu) {
   const Case c = GetParam();
   nlohmann::json over = nlohmann::json::object();
@@ -100,6 +115,42 @@ INSTANTIATE_TEST_SUITE_P(
       return info.param.arch + "_" + std::string(dtype_name(info.param.dtype)) +
              (info.param.head_dim > 0 ? "_d" + std::to_string(info.param.head_dim) : "");
     });
+
+// Decode steps replayed from CUDA graphs against the same steps op by op on the GPU: the graphs
+// are recorded for every size asked, and each step's logits agree (to f32 rounding: a padded
+// batch may take another cuBLASLt algorithm).
+TEST(CudaGraphs, ReplayedDecodeStepsMatchOpByOp) {
+  std::string why;
+  if (cuda_device_count(&why) == 0) GTEST_SKIP() << "no usable CUDA device: " << why;
+  for (const char* arch : {"llama", "gemma2"}) {
+    SCOPED_TRACE(arch);
+    const auto dir = testing::make_tiny(arch, DType::kF32, 5);
+    DirectRunner eager(dir, make_cuda_backend({})), graphs(dir, make_cuda_backend({}));
+    const int64_t vocab = eager.config().vocab_size;
+    std::vector<std::vector<int32_t>> seqs;
+    for (int s = 0; s < 10; ++s) seqs.push_back(testing::test_ids(5 + 3 * s, vocab, 70 + s));
+    const auto prefill = testing::prefill_chunks(seqs);
+    // A full-size step first, as the engine's profiling step, so that no buffer grows later.
+    eager.run(prefill);
+    graphs.run(prefill);
+    const std::vector<int> recorded = graphs.runner().capture_decode_steps({1, 2, 4, 8}, 512);
+    EXPECT_EQ(recorded, (std::vector<int>{1, 2, 4, 8}));
+    const std::vector<std::vector<int>> steps = {{0, 1, 2, 3, 4, 5, 6, 7}, {0}, {3, 1, 4},   {2, 7},
+                                                 {0, 2, 4, 6, 8},          {9}, {5, 6, 7, 8}};
+    for (const auto& active : steps) {
+      std::vector<DirectRunner::Chunk> decode;
+      for (int s : active) {
+        seqs[s].push_back(static_cast<int32_t>((seqs[s].size() * 31 + s) % vocab));
+        const int64_t n = static_cast<int64_t>(seqs[s].size());
+        decode.push_back({s, seqs[s], n - 1, n, false});
+      }
+      Tensor want = eager.run(decode), got = graphs.run(decode);
+      EXPECT_TRUE(close_rows(got, want, 1e-5)) << active.size() << " sequences";
+    }
+    EXPECT_EQ(graphs.runner().static_steps(), static_cast<int64_t>(steps.size()));
+    std::filesystem::remove_all(dir);
+  }
+}
 
 // The profiling step that sizes the GPU's KV cache: it measures at least the buffers that must be
 // alive at once, frees its own cache, and holds no more than the CPU measures for the same

@@ -75,6 +75,7 @@ class DirectRunner {
   }
   const ModelConfig& config() const { return model_->config(); }
   DType kv_dtype() const { return kv_dtype_; }
+  ModelRunner& runner() { return *runner_; }
 
   struct Chunk {
     int seq;                      // sequence slot (owns blocks [seq * 32, seq * 32 + 32))

@@ -15,6 +15,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <unordered_set>
 #include <vector>
 
 #include "core/memory_meter.h"
@@ -79,17 +80,23 @@ class DeviceAllocator {
     size_t got = size;
     {
       std::lock_guard<std::mutex> lock(state_->mu);
-      auto it = state_->free.lower_bound(size);
-      // Reuse a block at most 25% larger (or 1 MiB larger) than asked, to bound the waste.
-      if (it != state_->free.end() && it->first <= std::max(size + size / 4, size + (1u << 20))) {
-        p = it->second;
-        got = it->first;
-        state_->free.erase(it);
+      // While capturing, the graph pool's freed blocks first, then the cache's (which then join
+      // the pool: a replay writes them again).
+      for (auto* list : {state_->capturing ? &state_->graph_free : nullptr, &state_->free}) {
+        if (!list) continue;
+        auto it = list->lower_bound(size);
+        // Reuse a block at most 25% larger (or 1 MiB larger) than asked, to bound the waste.
+        if (it != list->end() && it->first <= std::max(size + size / 4, size + (1u << 20))) {
+          p = it->second;
+          got = it->first;
+          list->erase(it);
+          break;
+        }
       }
     }
     if (!p) {
       cudaError_t e = cudaMalloc(&p, size);
-      if (e != cudaSuccess) {
+      if (e != cudaSuccess && !state_->capturing) {
         (void)cudaGetLastError();
         release_cached();
         e = cudaMalloc(&p, size);
@@ -105,10 +112,19 @@ class DeviceAllocator {
       }
     }
     std::shared_ptr<State> state = state_;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (state_->capturing) state_->graph_owned.insert(p);
+    }
     return std::shared_ptr<void>(p, [state, got](void* ptr) {
       std::lock_guard<std::mutex> lock(state->mu);
-      state->free.emplace(got, ptr);
+      (state->graph_owned.count(ptr) ? state->graph_free : state->free).emplace(got, ptr);
     });
+  }
+
+  void set_capturing(bool on) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->capturing = on;
   }
 
   void release_cached() {
@@ -121,9 +137,15 @@ class DeviceAllocator {
   struct State {
     std::mutex mu;
     std::multimap<size_t, void*> free;  // size -> block
+    // Blocks handed out while capturing belong to the graph pool for good: freed, they wait
+    // for the next capture (captured ops replay into them), never for ordinary tensors.
+    bool capturing = false;
+    std::multimap<size_t, void*> graph_free;
+    std::unordered_set<void*> graph_owned;
     int device = 0;
     ~State() {
       for (auto& [size, p] : free) cudaFree(p);
+      for (auto& [size, p] : graph_free) cudaFree(p);
     }
   };
   static size_t round_size(size_t bytes) {
@@ -132,6 +154,17 @@ class DeviceAllocator {
                           : (bytes + kLarge - 1) / kLarge * kLarge;
   }
   std::shared_ptr<State> state_;
+};
+
+// An instantiated CUDA graph.
+class CudaGraph : public CapturedOps {
+ public:
+  explicit CudaGraph(cudaGraphExec_t exec) : exec_(exec) {}
+  ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+  cudaGraphExec_t exec() const { return exec_; }
+
+ private:
+  cudaGraphExec_t exec_;
 };
 
 // A 2-d view of a tensor's bytes for cudaMemcpy2D: `height` rows of `width` bytes, `pitch` apart.
@@ -235,6 +268,12 @@ class CudaBackend : public Backend {
     const ByteRows s = byte_rows(src, rows), d = byte_rows(dst, rows);
     TESSERA_CHECK(s.width == d.width && s.height == d.height);
     const cudaMemcpyKind kind = copy_kind(src.device(), dst.device());
+    if (capturing_ && kind != cudaMemcpyDeviceToDevice) {
+      // The host's side of a copy cannot be recorded: the capture fails, and its ops (recorded,
+      // not run) produce nothing anyone reads.
+      capture_broken_ = true;
+      return;
+    }
     if (kind == cudaMemcpyHostToHost) {
       for (size_t r = 0; r < s.height; ++r)
         std::memcpy(d.data + r * d.pitch, s.data + r * s.pitch, s.width);
@@ -259,6 +298,46 @@ class CudaBackend : public Backend {
   void synchronize() override {
     use_device();
     TESSERA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  bool supports_capture() const override { return true; }
+  void begin_capture() override {
+    use_device();
+    TESSERA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    alloc_.set_capturing(true);
+    capture_broken_ = false;
+    // Relaxed: cudaMalloc (a new block for the pool) is allowed while capturing.
+    TESSERA_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    capturing_ = true;
+  }
+  std::unique_ptr<CapturedOps> end_capture() override {
+    use_device();
+    cudaGraph_t graph = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    capturing_ = false;
+    alloc_.set_capturing(false);
+    if (e != cudaSuccess || capture_broken_ || !graph) {
+      (void)cudaGetLastError();
+      if (graph) cudaGraphDestroy(graph);
+      spdlog::warn("CUDA graph capture failed ({}): running op by op",
+                   capture_broken_ ? "an op that needs the host" : cudaGetErrorString(e));
+      return nullptr;
+    }
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t ie = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (ie != cudaSuccess) {
+      (void)cudaGetLastError();
+      spdlog::warn("CUDA graph instantiation failed ({}): running op by op",
+                   cudaGetErrorString(ie));
+      return nullptr;
+    }
+    return std::make_unique<CudaGraph>(exec);
+  }
+  void replay(const CapturedOps& ops) override {
+    use_device();
+    TESSERA_CUDA_CHECK(cudaGraphLaunch(static_cast<const CudaGraph&>(ops).exec(), stream_));
+    after_op("graph replay");
   }
   int64_t allocated_bytes() const override { return meter_.in_use(); }
   int64_t peak_allocated_bytes() const override { return meter_.peak(); }
@@ -580,7 +659,7 @@ class CudaBackend : public Backend {
   void after_op(const char* op) {
     const cudaError_t e = cudaGetLastError();
     TESSERA_CHECK(e == cudaSuccess) << "CUDA " << op << ": " << cudaGetErrorString(e);
-    if (sync_each_op_) {
+    if (sync_each_op_ && !capturing_) {
       const cudaError_t s = cudaStreamSynchronize(stream_);
       TESSERA_CHECK(s == cudaSuccess)
           << "CUDA " << op << " (synchronised): " << cudaGetErrorString(s);
@@ -695,6 +774,7 @@ class CudaBackend : public Backend {
   Staging staging_[kStagingBuffers];
   int next_staging_ = 0;
   bool sync_each_op_ = false;
+  bool capturing_ = false, capture_broken_ = false;
   bool tiled_attention_ = true;  // TESSERA_ATTENTION_TILED=0: the row-per-block kernel only
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, uint32_t>, Plan> plans_;
 };

@@ -282,6 +282,8 @@ class LlamaFamilyModel : public CausalLM {
   int64_t kv_heads_local() const override { return layers_.front().kv_heads(); }
   int64_t num_layers_local() const override { return static_cast<int64_t>(layers_.size()); }
   uint64_t weight_bytes() const override { return weight_bytes_; }
+  // A mixture of experts routes its tokens on the host.
+  bool graph_capturable() const override { return config_.num_experts == 0; }
   int64_t activation_bytes(int64_t t) const override {
     const ModelConfig& c = config_;
     const int64_t tp = ctx_.tp_size(), d = c.head_dim;
