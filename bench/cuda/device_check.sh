@@ -81,5 +81,10 @@ run_step bench_8b 300 "$dev/bin/tessera" bench latency --model "$dev/models/8b" 
   --load-format dummy --device cuda --dtype bfloat16 --batch-size 1 --input-len 2048 \
   --output-len 64 --num-iters 2 --num-iters-warmup 1 --max-model-len 4096
 note "8b: $(grep -E '^(model load|prefill|decode)' "$out/bench_8b.log" | tr -s ' ' | tr '\n' ';')"
+# The same decode op by op (--enforce-eager): what the CUDA graphs gain, in the same call.
+run_step bench_8b_eager 240 "$dev/bin/tessera" bench latency --model "$dev/models/8b" \
+  --load-format dummy --device cuda --dtype bfloat16 --batch-size 1 --input-len 16 \
+  --output-len 64 --num-iters 2 --num-iters-warmup 1 --max-model-len 4096 --enforce-eager
+note "8b eager: $(grep -E '^decode' "$out/bench_8b_eager.log" | tr -s ' ' | tr '\n' ';')"
 note "8b start: $(grep -oE '(profiling step|# GPU blocks|CUDA graphs).*' "$out/bench_8b.log" | tr '\n' ';')"
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
