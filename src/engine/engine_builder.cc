@@ -314,6 +314,16 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   const int64_t block_bytes =
       kv_block_bytes(kv_shape, args.block_size, static_cast<int64_t>(dtype_size(kv_dtype)));
   int64_t activations = e->model_->activation_bytes(args.max_num_batched_tokens);
+  // vLLM's profile run at the scheduler's limits (engine/profile_run.h).
+  auto profile_step = [&] {
+    ProfileShape shape;
+    shape.max_num_batched_tokens = args.max_num_batched_tokens;
+    shape.max_num_seqs = args.max_num_seqs;
+    shape.max_model_len = max_len;
+    shape.block_size = args.block_size;
+    shape.kv_dtype = kv_dtype;
+    return profile_activations(*e->backend_, *e->model_, wc, shape);
+  };
   bool profiled = false;
   on_all_ranks(world, "sizing the KV cache", [&] {
     // On a GPU, what is in use once the weights are there (the CUDA context and workspaces
@@ -325,13 +335,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
     // --max-num-batched-tokens there takes seconds to minutes.
     const bool budget_from_memory = !args.num_gpu_blocks_override && !args.kv_cache_memory;
     if (gpu && budget_from_memory) {
-      ProfileShape shape;
-      shape.max_num_batched_tokens = args.max_num_batched_tokens;
-      shape.max_num_seqs = args.max_num_seqs;
-      shape.max_model_len = max_len;
-      shape.block_size = args.block_size;
-      shape.kv_dtype = kv_dtype;
-      const ActivationProfile prof = profile_activations(*e->backend_, *e->model_, wc, shape);
+      const ActivationProfile prof = profile_step();
       if (prof.peak_bytes >= 0) {
         if (wc.is_driver())
           spdlog::info(
@@ -410,13 +414,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
       // The recorded steps read the model's buffers: grow them to a full step first, as the
       // profiling step has done unless the KV cache was sized by flags.
       if (!profiled) {
-        ProfileShape shape;
-        shape.max_num_batched_tokens = args.max_num_batched_tokens;
-        shape.max_num_seqs = args.max_num_seqs;
-        shape.max_model_len = max_len;
-        shape.block_size = args.block_size;
-        shape.kv_dtype = kv_dtype;
-        profile_activations(*e->backend_, *e->model_, wc, shape);
+        profile_step();
       }
       const double t0 = now_seconds();
       const std::vector<int> got = e->runner_->capture_decode_steps(sizes, max_len);

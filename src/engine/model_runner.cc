@@ -75,6 +75,12 @@ std::vector<int32_t> ModelRunner::static_inputs(const StepInputs& in, int size) 
   return v;
 }
 
+void ModelRunner::fill_static(StaticBatch& sb, const StepInputs& in) {
+  std::vector<int32_t> host = static_inputs(in, sb.size);
+  const int64_t count[1] = {static_cast<int64_t>(host.size())};
+  backend_.copy(Tensor::wrap(host.data(), count, DType::kI32, nullptr), sb.inputs);
+}
+
 std::vector<int> ModelRunner::capture_decode_steps(std::vector<int> sizes, int64_t max_model_len) {
   TESSERA_CHECK_EQ(links_.world_config.pp, 1);
   TESSERA_CHECK(static_.empty());
@@ -110,11 +116,7 @@ std::vector<int> ModelRunner::capture_decode_steps(std::vector<int> sizes, int64
     // Recorded launches keep their grid: size attention for the longest context.
     fb.attention.max_seq_len = static_cast<int32_t>(max_model_len);
     // Inputs that touch nothing: every sequence is padding.
-    StepInputs none;
-    const std::vector<int32_t> host = static_inputs(none, b);
-    Tensor staged = Tensor::empty({static_cast<int64_t>(host.size())}, DType::kI32);
-    std::copy(host.begin(), host.end(), staged.data<int32_t>());
-    backend_.copy(staged, sb.inputs);
+    fill_static(sb, StepInputs());
     if (backend_.supports_capture()) {
       model_.forward(sb.batch, cache_);  // once as usual: plans and buffers exist before recording
       backend_.synchronize();
@@ -128,14 +130,12 @@ std::vector<int> ModelRunner::capture_decode_steps(std::vector<int> sizes, int64
       }
       sb.ops = backend_.end_capture();
       if (!sb.ops) continue;  // op by op, as without static batches
-      {
-        // A view, not an owner: the block goes back to the pool of recorded ops, where the next
-        // recording may use it too. Recorded steps never run at once, and a step's logits are
-        // read before the next step runs.
-        sb.logits =
-            Tensor::wrap(logits.raw(), logits.shape(), logits.dtype(), nullptr, logits.device());
-        recorded.push_back(b);
-      }
+      // A view, not an owner: the block goes back to the pool of recorded ops, where the next
+      // recording may use it too. Recorded steps never run at once, and a step's logits are read
+      // before the next step runs.
+      sb.logits =
+          Tensor::wrap(logits.raw(), logits.shape(), logits.dtype(), nullptr, logits.device());
+      recorded.push_back(b);
     }
     static_.push_back(std::move(sb));
   }
@@ -158,10 +158,7 @@ Tensor ModelRunner::run_static(const StepInputs& in) {
       break;
     }
   if (!sb) return Tensor();
-  const std::vector<int32_t> host = static_inputs(in, sb->size);
-  const int64_t count[1] = {static_cast<int64_t>(host.size())};
-  Tensor staged = Tensor::wrap(const_cast<int32_t*>(host.data()), count, DType::kI32, nullptr);
-  backend_.copy(staged, sb->inputs);  // ordered after the previous step's reads
+  fill_static(*sb, in);  // ordered after the previous step's reads
   ++static_steps_;
   Tensor logits;
   if (sb->ops) {

@@ -124,8 +124,10 @@ class ModelRunner : public ModelExecutor {
     std::unique_ptr<CapturedOps> ops;  // null: run op by op
     Tensor logits;                     // [B, vocab], written by each run
   };
-  // The host side of a static batch's inputs for step `in` (padded to b.size).
+  // The host side of a static batch's inputs for step `in` (padded to `size` sequences), and
+  // their copy into the batch's device buffer.
   std::vector<int32_t> static_inputs(const StepInputs& in, int size) const;
+  void fill_static(StaticBatch& sb, const StepInputs& in);
 
   Backend& backend_;
   CausalLM& model_;
