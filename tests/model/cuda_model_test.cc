@@ -19,7 +19,7 @@ struct Case {
   std::string arch;
   DType dtype;
   double tol;        // max |delta log-prob|
-  int head_dim = 0;  // 0: the tiny preset's (16); 64 and 128 take the tiled prefill kernel
+  int head_dim = 0;  // 0: the tiny preset's (16); 64, 128, 256 take the tiled prefill kernel
 };
 
 class CudaModel : public ::testing::TestWithParam<Case> {
@@ -110,7 +110,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"mixtral", DType::kF32, 1e-4}, Case{"qwen3_moe", DType::kBF16, 2e-2},
                       Case{"deepseek_v3", DType::kF32, 1e-4}, Case{"llama", DType::kBF16, 2e-2, 64},
                       Case{"qwen3", DType::kBF16, 2e-2, 128},
-                      Case{"gemma2", DType::kF16, 2e-2, 128}),
+                      Case{"gemma2", DType::kF16, 2e-2, 128},
+                      Case{"gemma2", DType::kBF16, 2e-2, 256}),
     [](const auto& info) {
       return info.param.arch + "_" + std::string(dtype_name(info.param.dtype)) +
              (info.param.head_dim > 0 ? "_d" + std::to_string(info.param.head_dim) : "");

@@ -6,7 +6,7 @@
 // softmax each; the warps then merge in order. Partitions of kAttentionPartition keys (aligned
 // to absolute positions) spread a long context over many blocks, which is what keeps a decode
 // step of few rows busy on a large GPU; a second kernel merges them in order. Over a 16-bit cache
-// with head_dim 64 or 128, the rows of sequences with several new tokens (prefill) go to the
+// with head_dim 64, 128 or 256, the rows of sequences with several new tokens (prefill) go to the
 // tiled tensor-core kernel of attention_tiled.cu instead, and these kernels skip them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

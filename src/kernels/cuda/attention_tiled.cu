@@ -1,10 +1,11 @@
 // Prefill attention on tensor cores: the rows of sequences with several new tokens in a step (a
-// prompt or a prefill chunk), flash-attention style. A thread block takes 64 query rows of one
-// sequence and one query head; they stay in shared memory as 16-bit values while the block walks
-// the sequence's keys in tiles of 64, each loaded once for all 64 rows (the row-per-block kernel
-// of attention.cu reads every key once per row). Its 4 warps own 16 rows each: S = Q K^T and
-// O += P V are 16x16x16 matrix products (nvcuda::wmma, f32 accumulation), the online softmax
-// runs on S in shared memory, and O lives there in f32 so that it can be rescaled row by row.
+// prompt or a prefill chunk), flash-attention style. A thread block takes 64 query rows (32 at
+// head_dim 256) of one sequence and one query head; they stay in shared memory as 16-bit values
+// while the block walks the sequence's keys in tiles of 64, each loaded once for all 64 rows (the
+// row-per-block kernel of attention.cu reads every key once per row). Its warps own 16 rows each: S
+// = Q K^T and O += P V are 16x16x16 matrix products (nvcuda::wmma, f32 accumulation), the online
+// softmax runs on S in shared memory, and O lives there in f32 so that it can be rescaled row by
+// row.
 //
 // Numerics: queries and probabilities are rounded to the cache's 16-bit type for the products,
 // as FlashAttention does, so results are within ~1e-2 (bf16) of the f32 reference rather than
@@ -25,10 +26,15 @@ namespace {
 
 using namespace nvcuda;
 
-constexpr int kTileRows = 64;  // query rows per block
 constexpr int kTileKeys = 64;  // keys per step
-constexpr int kTiledWarps = kTileRows / 16;
-constexpr int kThreads = kTiledWarps * 32;
+// Query rows per block, 16 per warp: 64, or 32 for head_dim 256, whose tiles would not fit an
+// A100's 164 KB of shared memory at 64 rows.
+__host__ __device__ constexpr int tile_rows(int d) {
+  return d > 128 ? 32 : 64;
+}
+__host__ __device__ constexpr int tile_threads(int d) {
+  return tile_rows(d) / 16 * 32;
+}
 constexpr int kPadHalf = 8;   // 16-bit row padding (elements): keeps wmma's 32-byte alignment
 constexpr int kPadFloat = 4;  // f32 row padding (elements)
 
@@ -58,18 +64,19 @@ struct Layout {
   int ld_half, ld_s, ld_p, ld_o;
   size_t q, k, v, s, p, o, ml, total;
   __host__ __device__ explicit Layout(int d) {
+    const int rows = tile_rows(d);
     ld_half = d + kPadHalf;
     ld_s = kTileKeys + kPadFloat;
     ld_p = kTileKeys + kPadHalf;
     ld_o = d + kPadFloat;
     size_t at = 0;
-    q = take(&at, sizeof(uint16_t) * kTileRows * ld_half);
+    q = take(&at, sizeof(uint16_t) * rows * ld_half);
     k = take(&at, sizeof(uint16_t) * kTileKeys * ld_half);
     v = take(&at, sizeof(uint16_t) * kTileKeys * ld_half);
-    s = take(&at, sizeof(float) * kTileRows * ld_s);
-    p = take(&at, sizeof(uint16_t) * kTileRows * ld_p);
-    o = take(&at, sizeof(float) * kTileRows * ld_o);
-    ml = take(&at, sizeof(float) * kTileRows * 2);
+    s = take(&at, sizeof(float) * rows * ld_s);
+    p = take(&at, sizeof(uint16_t) * rows * ld_p);
+    o = take(&at, sizeof(float) * rows * ld_o);
+    ml = take(&at, sizeof(float) * rows * 2);
     total = at;
   }
   // Each part starts on a 128-byte boundary (wmma wants 32).
@@ -80,8 +87,8 @@ struct Layout {
   }
 };
 
-// One block: the step's tiles, each multi-row sequence cut into 64-row tiles in order.
-__global__ void tile_table_kernel(const int32_t* query_start, int num_seqs, Tile* tiles,
+// One block: the step's tiles, each multi-row sequence cut into tiles of `rows` rows in order.
+__global__ void tile_table_kernel(const int32_t* query_start, int num_seqs, int rows, Tile* tiles,
                                   int max_tiles) {
   __shared__ int counts[1024];
   const int per = (num_seqs + blockDim.x - 1) / blockDim.x;
@@ -89,7 +96,7 @@ __global__ void tile_table_kernel(const int32_t* query_start, int num_seqs, Tile
   int mine = 0;
   for (int s = s0; s < s1; ++s) {
     const int n = query_start[s + 1] - query_start[s];
-    if (n > 1) mine += (n + kTileRows - 1) / kTileRows;
+    if (n > 1) mine += (n + rows - 1) / rows;
   }
   counts[threadIdx.x] = mine;
   __syncthreads();
@@ -100,7 +107,7 @@ __global__ void tile_table_kernel(const int32_t* query_start, int num_seqs, Tile
   for (int s = s0; s < s1; ++s) {
     const int32_t q0 = query_start[s], n = query_start[s + 1] - q0;
     if (n <= 1) continue;
-    for (int32_t r = 0; r < n; r += kTileRows)
+    for (int32_t r = 0; r < n; r += rows)
       if (next < max_tiles) tiles[next++] = Tile{s, q0 + r};
   }
   __syncthreads();
@@ -109,8 +116,9 @@ __global__ void tile_table_kernel(const int32_t* query_start, int num_seqs, Tile
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(tile_threads(D))
     tiled_attention_kernel(AttentionLaunch a, const Tile* tiles) {
+  constexpr int kTileRows = tile_rows(D), kThreads = tile_threads(D);
   const Tile tile = tiles[blockIdx.x];
   if (tile.seq < 0) return;
   const int h = blockIdx.y;
@@ -261,7 +269,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 int max_tiles(const AttentionLaunch& a) {
-  return static_cast<int>((a.tokens + kTileRows - 1) / kTileRows) + a.num_seqs;
+  const int rows = tile_rows(a.params.head_dim);
+  return static_cast<int>((a.tokens + rows - 1) / rows) + a.num_seqs;
 }
 
 template <typename T, int D>
@@ -274,7 +283,7 @@ void launch_tiled(const AttentionLaunch& a, const Tile* tiles, int n, cudaStream
     configured = true;
   }
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(a.params.num_heads));
-  tiled_attention_kernel<T, D><<<grid, kThreads, bytes, stream>>>(a, tiles);
+  tiled_attention_kernel<T, D><<<grid, tile_threads(D), bytes, stream>>>(a, tiles);
 }
 
 }  // namespace
@@ -282,7 +291,7 @@ void launch_tiled(const AttentionLaunch& a, const Tile* tiles, int n, cudaStream
 bool tiled_attention_applies(const AttentionLaunch& a) {
   const bool half = a.kv_dtype == DType::kBF16 || a.kv_dtype == DType::kF16;
   const int d = a.params.head_dim;
-  return half && (d == 64 || d == 128) && a.tokens > a.num_seqs;
+  return half && (d == 64 || d == 128 || d == 256) && a.tokens > a.num_seqs;
 }
 
 size_t tiled_attention_scratch_bytes(const AttentionLaunch& a) {
@@ -292,14 +301,21 @@ size_t tiled_attention_scratch_bytes(const AttentionLaunch& a) {
 void launch_tiled_attention(const AttentionLaunch& a, void* scratch, cudaStream_t stream) {
   Tile* tiles = static_cast<Tile*>(scratch);
   const int n = max_tiles(a);
-  tile_table_kernel<<<1, 1024, 0, stream>>>(a.query_start, a.num_seqs, tiles, n);
+  tile_table_kernel<<<1, 1024, 0, stream>>>(a.query_start, a.num_seqs, tile_rows(a.params.head_dim),
+                                            tiles, n);
   const bool bf16 = a.kv_dtype == DType::kBF16;
-  if (a.params.head_dim == 64) {
-    bf16 ? launch_tiled<__nv_bfloat16, 64>(a, tiles, n, stream)
-         : launch_tiled<__half, 64>(a, tiles, n, stream);
-  } else {
-    bf16 ? launch_tiled<__nv_bfloat16, 128>(a, tiles, n, stream)
-         : launch_tiled<__half, 128>(a, tiles, n, stream);
+  switch (a.params.head_dim) {
+    case 64:
+      bf16 ? launch_tiled<__nv_bfloat16, 64>(a, tiles, n, stream)
+           : launch_tiled<__half, 64>(a, tiles, n, stream);
+      break;
+    case 128:
+      bf16 ? launch_tiled<__nv_bfloat16, 128>(a, tiles, n, stream)
+           : launch_tiled<__half, 128>(a, tiles, n, stream);
+      break;
+    default:
+      bf16 ? launch_tiled<__nv_bfloat16, 256>(a, tiles, n, stream)
+           : launch_tiled<__half, 256>(a, tiles, n, stream);
   }
 }
 

@@ -88,7 +88,7 @@ struct AttentionLaunch {
   // Scratch: attention_scratch_bytes() bytes, or null when it is 0.
   void* scratch = nullptr;
   // Rows of sequences with several new tokens go through the tiled tensor-core kernel
-  // (attention_tiled.cu) where it applies: a 16-bit cache and head_dim 64 or 128.
+  // (attention_tiled.cu) where it applies: a 16-bit cache and head_dim 64, 128 or 256.
   bool tiled = true;
 };
 
