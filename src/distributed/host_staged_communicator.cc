@@ -9,7 +9,7 @@ bool on_device(const Tensor& t) {
 }  // namespace
 
 Tensor HostStagedCommunicator::to_host(const Tensor& t) {
-  Tensor host = Tensor::empty(t.shape(), t.dtype());
+  Tensor host = backend_.empty_host(t.shape(), t.dtype());
   backend_.copy(t, host);
   return host;
 }
@@ -25,7 +25,7 @@ void HostStagedCommunicator::all_reduce_sum(const Tensor& t) {
 void HostStagedCommunicator::all_gather(const Tensor& in, const Tensor& out) {
   if (!on_device(in) && !on_device(out)) return inner_.all_gather(in, out);
   Tensor host_in = on_device(in) ? to_host(in) : in;
-  Tensor host_out = on_device(out) ? Tensor::empty(out.shape(), out.dtype()) : out;
+  Tensor host_out = on_device(out) ? backend_.empty_host(out.shape(), out.dtype()) : out;
   inner_.all_gather(host_in, host_out);
   if (on_device(out)) backend_.copy(host_out, out);
 }
@@ -33,7 +33,7 @@ void HostStagedCommunicator::all_gather(const Tensor& in, const Tensor& out) {
 void HostStagedCommunicator::broadcast(const Tensor& t, int root) {
   if (inner_.size() == 1) return;
   if (!on_device(t)) return inner_.broadcast(t, root);
-  Tensor host = rank() == root ? to_host(t) : Tensor::empty(t.shape(), t.dtype());
+  Tensor host = rank() == root ? to_host(t) : backend_.empty_host(t.shape(), t.dtype());
   inner_.broadcast(host, root);
   if (rank() != root) backend_.copy(host, t);
 }
@@ -44,7 +44,7 @@ void HostStagedCommunicator::send(const Tensor& t, int dst) {
 
 void HostStagedCommunicator::recv(const Tensor& t, int src) {
   if (!on_device(t)) return inner_.recv(t, src);
-  Tensor host = Tensor::empty(t.shape(), t.dtype());
+  Tensor host = backend_.empty_host(t.shape(), t.dtype());
   inner_.recv(host, src);
   backend_.copy(host, t);
 }

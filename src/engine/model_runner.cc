@@ -177,7 +177,7 @@ Tensor ModelRunner::execute(const StepInputs& in) {
   if (!links_.world_config.is_driver()) return Tensor();
   if (in.greedy_only) logits = argmax(logits);
   if (logits.device() == Device::kCPU) return logits;
-  Tensor host = Tensor::empty(logits.shape(), logits.dtype());
+  Tensor host = backend_.empty_host(logits.shape(), logits.dtype());
   backend_.copy(logits, host);
   return host;
 }

@@ -75,6 +75,14 @@ class Backend {
   Tensor empty(std::initializer_list<int64_t> shape, DType dtype) {
     return empty(std::span<const int64_t>(shape.begin(), shape.size()), dtype);
   }
+  // Host memory that this backend copies to and from fastest (a GPU's pinned memory): for the
+  // host side of copies made every step (logits, staged communication).
+  virtual Tensor empty_host(std::span<const int64_t> shape, DType dtype) {
+    return Tensor::empty(shape, dtype);
+  }
+  Tensor empty_host(std::initializer_list<int64_t> shape, DType dtype) {
+    return empty_host(std::span<const int64_t>(shape.begin(), shape.size()), dtype);
+  }
   // Copies between tensors of the same shape and dtype, on any devices.
   virtual void copy(const Tensor& src, const Tensor& dst) = 0;
   virtual void fill_zero(const Tensor& dst) = 0;

@@ -99,6 +99,24 @@ TEST_F(CudaBackendTest, CopiesBetweenHostDeviceAndStridedViews) {
   EXPECT_EQ(std::memcmp(back.raw(), b.raw(), b.nbytes()), 0);
 }
 
+// Pinned host tensors: device copies to and from them keep every byte, and a freed one is
+// handed out again for a size of its class (pinning is slow; logits come back every step).
+TEST_F(CudaBackendTest, PinnedHostTensorsRoundTripAndAreReused) {
+  Tensor src = random_tensor({300, 1000}, DType::kF32, seed_);
+  Tensor pinned = gpu_->empty_host({300, 1000}, DType::kF32);
+  EXPECT_EQ(pinned.device(), Device::kCPU);
+  Tensor dev = up(src);
+  gpu_->copy(dev, pinned);
+  EXPECT_EQ(std::memcmp(pinned.raw(), src.raw(), src.nbytes()), 0);
+  Tensor back = gpu_->empty({300, 1000}, DType::kF32);
+  gpu_->copy(pinned, back);
+  EXPECT_EQ(std::memcmp(down(back).raw(), src.raw(), src.nbytes()), 0);
+  void* first = pinned.raw();
+  pinned = Tensor();
+  Tensor again = gpu_->empty_host({290, 1000}, DType::kF32);  // the same 2 MiB class
+  EXPECT_EQ(again.raw(), first);
+}
+
 TEST_F(CudaBackendTest, LinearMatchesCpuForEveryWeightDtype) {
   const int64_t k = 384, n1 = 200, n2 = 88;
   // bf16/f16 round the activations to 16 bits (cuBLASLt's inputs); the CPU keeps them in f32.

@@ -156,6 +156,46 @@ class DeviceAllocator {
   std::shared_ptr<State> state_;
 };
 
+// Pinned host memory in size classes (powers of two from 64 KiB), reused when freed: pinning is
+// slow (cudaHostAlloc maps and locks pages), and the same sizes come back every step.
+class PinnedPool {
+ public:
+  PinnedPool() : state_(std::make_shared<State>()) {}
+  std::shared_ptr<void> allocate(size_t bytes) {
+    size_t size = 64u << 10;
+    while (size < bytes) size *= 2;
+    void* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      auto& list = state_->free[size];
+      if (!list.empty()) {
+        p = list.back();
+        list.pop_back();
+      }
+    }
+    if (!p && cudaHostAlloc(&p, size, cudaHostAllocDefault) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return nullptr;  // the caller takes ordinary memory
+    }
+    std::shared_ptr<State> state = state_;
+    return std::shared_ptr<void>(p, [state, size](void* ptr) {
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->free[size].push_back(ptr);
+    });
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::map<size_t, std::vector<void*>> free;
+    ~State() {
+      for (auto& [size, list] : free)
+        for (void* p : list) cudaFreeHost(p);
+    }
+  };
+  std::shared_ptr<State> state_;
+};
+
 // An instantiated CUDA graph.
 class CudaGraph : public CapturedOps {
  public:
@@ -228,6 +268,7 @@ class CudaBackend : public Backend {
   }
 
   using Backend::empty;
+  using Backend::empty_host;
   CudaQueue queue() const {
     return {stream_, device_, std::string(props_.uuid.bytes, sizeof props_.uuid.bytes)};
   }
@@ -252,6 +293,15 @@ class CudaBackend : public Backend {
     const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
     std::shared_ptr<void> block = meter_.track(alloc_.allocate(bytes), static_cast<int64_t>(bytes));
     return Tensor::wrap(block.get(), shape, dtype, block, Device::kCUDA);
+  }
+
+  Tensor empty_host(std::span<const int64_t> shape, DType dtype) override {
+    use_device();
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::shared_ptr<void> block = pinned_.allocate(static_cast<size_t>(n) * dtype_size(dtype));
+    if (!block) return Tensor::empty(shape, dtype);
+    return Tensor::wrap(block.get(), shape, dtype, block, Device::kCPU);
   }
 
   void copy(const Tensor& src, const Tensor& dst) override {
@@ -767,6 +817,7 @@ class CudaBackend : public Backend {
   int device_;
   cudaDeviceProp props_{};
   DeviceAllocator alloc_;
+  PinnedPool pinned_;
   MemoryMeter meter_;  // the tensors empty() made (weights, KV cache, activations)
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
