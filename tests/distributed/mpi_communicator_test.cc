@@ -8,6 +8,7 @@
 #include <random>
 
 #include "core/dtype.h"
+#include "distributed/comm_test_util.h"
 #include "distributed/host_staged_communicator.h"
 #include "distributed/world.h"
 
@@ -16,19 +17,10 @@ namespace {
 
 DistributedWorld* g_world = nullptr;
 
-// The values rank `r` contributes in test `seed`.
-std::vector<float> values(int r, int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed * 1000 + r);
-  std::uniform_real_distribution<float> dist(-4.0f, 4.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using testing::rank_values;
 
 Tensor f32(const std::vector<float>& v) {
-  Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kF32);
-  std::copy(v.begin(), v.end(), t.data<float>());
-  return t;
+  return testing::host_f32(v);
 }
 
 Communicator& world() {
@@ -38,12 +30,12 @@ Communicator& world() {
 TEST(MpiCommunicator, AllReduceSumF32InRankOrder) {
   Communicator& c = world();
   for (int64_t n : {1, 7, 2048, 100003}) {
-    Tensor t = f32(values(c.rank(), n, n));
+    Tensor t = f32(rank_values(c.rank(), n, n));
     c.all_reduce_sum(t);
     // Definition: ((v0 + v1) + v2) + ... in f32.
-    std::vector<float> expect = values(0, n, n);
+    std::vector<float> expect = rank_values(0, n, n);
     for (int r = 1; r < c.size(); ++r) {
-      std::vector<float> v = values(r, n, n);
+      std::vector<float> v = rank_values(r, n, n);
       for (int64_t i = 0; i < n; ++i) expect[i] += v[i];
     }
     for (int64_t i = 0; i < n; ++i)
@@ -55,12 +47,12 @@ TEST(MpiCommunicator, AllReduceSumBf16SumsInF32) {
   Communicator& c = world();
   const int64_t n = 4099;
   Tensor t = Tensor::empty({n}, DType::kBF16);
-  std::vector<float> mine = values(c.rank(), n, 5);
+  std::vector<float> mine = rank_values(c.rank(), n, 5);
   for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(t.raw())[i] = f32_to_bf16(mine[i]);
   c.all_reduce_sum(t);
   for (int64_t i = 0; i < n; ++i) {
     float sum = 0;
-    for (int r = 0; r < c.size(); ++r) sum += round_to_bf16(values(r, n, 5)[i]);
+    for (int r = 0; r < c.size(); ++r) sum += round_to_bf16(rank_values(r, n, 5)[i]);
     ASSERT_EQ(static_cast<uint16_t*>(t.raw())[i], f32_to_bf16(sum)) << i;
   }
 }
@@ -68,7 +60,7 @@ TEST(MpiCommunicator, AllReduceSumBf16SumsInF32) {
 TEST(MpiCommunicator, EveryRankGetsBitwiseTheSameSum) {
   Communicator& c = world();
   const int64_t n = 2048;
-  Tensor t = f32(values(c.rank(), n, 77));
+  Tensor t = f32(rank_values(c.rank(), n, 77));
   c.all_reduce_sum(t);
   Tensor all = Tensor::empty({c.size() * n}, DType::kF32);
   c.all_gather(t, all);
@@ -90,9 +82,9 @@ TEST(MpiCommunicator, AllGatherConcatenatesInRankOrder) {
 TEST(MpiCommunicator, BroadcastFromEveryRoot) {
   Communicator& c = world();
   for (int root = 0; root < c.size(); ++root) {
-    Tensor t = f32(values(c.rank(), 513, 9));
+    Tensor t = f32(rank_values(c.rank(), 513, 9));
     c.broadcast(t, root);
-    std::vector<float> expect = values(root, 513, 9);
+    std::vector<float> expect = rank_values(root, 513, 9);
     EXPECT_EQ(std::memcmp(t.raw(), expect.data(), 513 * 4), 0) << root;
   }
 }
@@ -141,12 +133,12 @@ TEST(MpiCommunicator, AsyncBroadcastBytesArriveInOrder) {
 TEST(MpiCommunicator, SendRecvRing) {
   Communicator& c = world();
   const int next = (c.rank() + 1) % c.size(), prev = (c.rank() + c.size() - 1) % c.size();
-  Tensor out = f32(values(c.rank(), 1000, 11));
+  Tensor out = f32(rank_values(c.rank(), 1000, 11));
   Tensor in = Tensor::zeros({1000}, DType::kF32);
   c.send_async(out, next);
   c.recv(in, prev);
   c.wait_sends();
-  std::vector<float> expect = values(prev, 1000, 11);
+  std::vector<float> expect = rank_values(prev, 1000, 11);
   EXPECT_EQ(std::memcmp(in.raw(), expect.data(), 4000), 0);
 }
 
@@ -158,7 +150,7 @@ TEST(MpiCommunicator, WaitsForTheFirstSendsOnly) {
   const int64_t n = 100000;  // 400 KB, beyond every eager limit
   const bool sender = c.rank() % 2 == 0, paired = sender ? c.rank() + 1 < c.size() : true;
   if (sender && paired) {
-    Tensor a = f32(values(c.rank(), n, 21)), b = f32(values(c.rank(), n, 22));
+    Tensor a = f32(rank_values(c.rank(), n, 21)), b = f32(rank_values(c.rank(), n, 22));
     const uint64_t before = c.sends_started();
     c.send_async(a, c.rank() + 1);
     const uint64_t after_a = c.sends_started();
@@ -175,11 +167,11 @@ TEST(MpiCommunicator, WaitsForTheFirstSendsOnly) {
   } else if (!sender) {
     Tensor in = Tensor::zeros({n}, DType::kF32);
     c.recv(in, c.rank() - 1);
-    std::vector<float> expect = values(c.rank() - 1, n, 21);
+    std::vector<float> expect = rank_values(c.rank() - 1, n, 21);
     EXPECT_EQ(std::memcmp(in.raw(), expect.data(), n * 4), 0);
     c.barrier();
     c.recv(in, c.rank() - 1);
-    expect = values(c.rank() - 1, n, 22);
+    expect = rank_values(c.rank() - 1, n, 22);
     EXPECT_EQ(std::memcmp(in.raw(), expect.data(), n * 4), 0);
   } else {
     c.barrier();
@@ -306,37 +298,38 @@ TEST(HostStagedCommunicator, CollectivesOfDeviceTensors) {
   FakeDeviceBackend dev;
   HostStagedCommunicator c(world(), dev);
   const int64_t n = 2048;  // one decode step's hidden state
-  Tensor t = on_device(dev, f32(values(c.rank(), n, 31)));
+  Tensor t = on_device(dev, f32(rank_values(c.rank(), n, 31)));
   c.all_reduce_sum(t);
-  std::vector<float> expect = values(0, n, 31);
+  std::vector<float> expect = rank_values(0, n, 31);
   for (int r = 1; r < c.size(); ++r) {
-    std::vector<float> v = values(r, n, 31);
+    std::vector<float> v = rank_values(r, n, 31);
     for (int64_t i = 0; i < n; ++i) expect[i] += v[i];
   }
   EXPECT_EQ(std::memcmp(on_host(dev, t).raw(), expect.data(), n * 4), 0);
 
-  Tensor mine = on_device(dev, f32(values(c.rank(), 100, 32)));
+  Tensor mine = on_device(dev, f32(rank_values(c.rank(), 100, 32)));
   Tensor all = dev.empty({static_cast<int64_t>(c.size()) * 100}, DType::kF32);
   c.all_gather(mine, all);
   Tensor all_host = on_host(dev, all);
   for (int r = 0; r < c.size(); ++r)
-    EXPECT_EQ(std::memcmp(all_host.data<float>() + r * 100, values(r, 100, 32).data(), 400), 0);
+    EXPECT_EQ(std::memcmp(all_host.data<float>() + r * 100, rank_values(r, 100, 32).data(), 400),
+              0);
 
   for (int root = 0; root < c.size(); ++root) {
-    Tensor b = on_device(dev, f32(values(c.rank(), 300, 33)));
+    Tensor b = on_device(dev, f32(rank_values(c.rank(), 300, 33)));
     c.broadcast(b, root);
-    EXPECT_EQ(std::memcmp(on_host(dev, b).raw(), values(root, 300, 33).data(), 1200), 0);
+    EXPECT_EQ(std::memcmp(on_host(dev, b).raw(), rank_values(root, 300, 33).data(), 1200), 0);
   }
 
   // A ring of asynchronous sends: the staged host copy must live until the send is waited for,
   // though the caller's device tensor goes at once.
   const int next = (c.rank() + 1) % c.size(), prev = (c.rank() + c.size() - 1) % c.size();
   const uint64_t before = c.sends_started();
-  c.send_async(on_device(dev, f32(values(c.rank(), 100000, 34))), next);
+  c.send_async(on_device(dev, f32(rank_values(c.rank(), 100000, 34))), next);
   Tensor in = dev.empty({100000}, DType::kF32);
   c.recv(in, prev);
   c.wait_sends(before + 1);
-  EXPECT_EQ(std::memcmp(on_host(dev, in).raw(), values(prev, 100000, 34).data(), 400000), 0);
+  EXPECT_EQ(std::memcmp(on_host(dev, in).raw(), rank_values(prev, 100000, 34).data(), 400000), 0);
   c.barrier();
 }
 

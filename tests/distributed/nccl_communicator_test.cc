@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <random>
 
+#include "distributed/comm_test_util.h"
 #include "distributed/world.h"
 #include "kernels/cuda/cuda_backend.h"
 
@@ -18,13 +19,7 @@ namespace {
 
 DistributedWorld* g_world = nullptr;
 
-std::vector<float> values(int r, int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed * 1000 + r);
-  std::uniform_real_distribution<float> dist(-4.0f, 4.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using testing::rank_values;
 
 // Loading the library and resolving its entry points needs no GPU: this runs wherever the build
 // has CUDA and libnccl is installed (the CUDA toolkit's folder here).
@@ -61,11 +56,7 @@ class Nccl : public ::testing::Test {
     backend_->copy(host, d);
     return d;
   }
-  static Tensor host_f32(const std::vector<float>& v) {
-    Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kF32);
-    std::copy(v.begin(), v.end(), t.data<float>());
-    return t;
-  }
+  static Tensor host_f32(const std::vector<float>& v) { return testing::host_f32(v); }
   std::vector<float> read(const Tensor& t) {
     Tensor host = Tensor::empty(t.shape(), DType::kF32);
     backend_->copy(t, host);
@@ -86,12 +77,12 @@ TEST_F(Nccl, AllReduceSumsOnDeviceAndHost) {
   for (int64_t len : {1, 7, 4096, 100003}) {
     std::vector<double> want(len, 0.0);
     for (int r = 0; r < n; ++r) {
-      const auto v = values(r, len, len);
+      const auto v = rank_values(r, len, len);
       for (int64_t i = 0; i < len; ++i) want[i] += v[i];
     }
-    Tensor d = device(values(me, len, len));
+    Tensor d = device(rank_values(me, len, len));
     comm_->all_reduce_sum(d);
-    Tensor h = host_f32(values(me, len, len));
+    Tensor h = host_f32(rank_values(me, len, len));
     comm_->all_reduce_sum(h);
     const auto got = read(d);
     for (int64_t i = 0; i < len; ++i) {
@@ -105,10 +96,10 @@ TEST_F(Nccl, AllGatherConcatenatesInRankOrder) {
   const int n = comm_->size(), me = comm_->rank();
   const int64_t len = 1000;
   Tensor out = backend_->empty({n * len}, DType::kF32);
-  comm_->all_gather(device(values(me, len, 5)), out);
+  comm_->all_gather(device(rank_values(me, len, 5)), out);
   const auto got = read(out);
   for (int r = 0; r < n; ++r) {
-    const auto v = values(r, len, 5);
+    const auto v = rank_values(r, len, 5);
     for (int64_t i = 0; i < len; ++i) ASSERT_EQ(got[r * len + i], v[i]) << "rank " << r;
   }
 }
@@ -116,9 +107,9 @@ TEST_F(Nccl, AllGatherConcatenatesInRankOrder) {
 TEST_F(Nccl, BroadcastFromEveryRoot) {
   const int n = comm_->size(), me = comm_->rank();
   for (int root = 0; root < n; ++root) {
-    Tensor d = device(values(me, 333, 9));
+    Tensor d = device(rank_values(me, 333, 9));
     comm_->broadcast(d, root);
-    EXPECT_EQ(read(d), values(root, 333, 9));
+    EXPECT_EQ(read(d), rank_values(root, 333, 9));
   }
 }
 
@@ -129,7 +120,7 @@ TEST_F(Nccl, SendAndReceiveAlongARing) {
   const int next = (me + 1) % n, prev = (me + n - 1) % n;
   Tensor from_prev = backend_->empty({512}, DType::kF32);
   Tensor host_from_prev = Tensor::empty({512}, DType::kF32);
-  Tensor mine = device(values(me, 512, 3));
+  Tensor mine = device(rank_values(me, 512, 3));
   if (me % 2 == 0) {
     comm_->send_async(mine, next);
     comm_->recv(from_prev, prev);
@@ -138,16 +129,16 @@ TEST_F(Nccl, SendAndReceiveAlongARing) {
     comm_->send_async(mine, next);
   }
   comm_->wait_sends();
-  EXPECT_EQ(read(from_prev), values(prev, 512, 3));
+  EXPECT_EQ(read(from_prev), rank_values(prev, 512, 3));
   // A host tensor on one side, a device tensor on the other.
   if (me % 2 == 0) {
-    comm_->send(host_f32(values(me, 512, 4)), next);
+    comm_->send(host_f32(rank_values(me, 512, 4)), next);
     comm_->recv(host_from_prev, prev);
   } else {
     comm_->recv(host_from_prev, prev);
-    comm_->send(device(values(me, 512, 4)), next);
+    comm_->send(device(rank_values(me, 512, 4)), next);
   }
-  const auto v = values(prev, 512, 4);
+  const auto v = rank_values(prev, 512, 4);
   EXPECT_EQ(std::vector<float>(host_from_prev.data<float>(), host_from_prev.data<float>() + 512),
             v);
 }

@@ -139,12 +139,7 @@ TEST(CudaGraphs, ReplayedDecodeStepsMatchOpByOp) {
     const std::vector<std::vector<int>> steps = {{0, 1, 2, 3, 4, 5, 6, 7}, {0}, {3, 1, 4},   {2, 7},
                                                  {0, 2, 4, 6, 8},          {9}, {5, 6, 7, 8}};
     for (const auto& active : steps) {
-      std::vector<DirectRunner::Chunk> decode;
-      for (int s : active) {
-        seqs[s].push_back(static_cast<int32_t>((seqs[s].size() * 31 + s) % vocab));
-        const int64_t n = static_cast<int64_t>(seqs[s].size());
-        decode.push_back({s, seqs[s], n - 1, n, false});
-      }
+      const auto decode = testing::decode_step(seqs, active, vocab);
       Tensor want = eager.run(decode), got = graphs.run(decode);
       EXPECT_TRUE(close_rows(got, want, 1e-5)) << active.size() << " sequences";
     }

@@ -135,6 +135,20 @@ inline std::vector<DirectRunner::Chunk> prefill_chunks(
   return chunks;
 }
 
+// A decode step of the `active` sequences: each gets a next token (a deterministic function of
+// its length, not a model's choice, so that two runs compared see the same inputs) and computes
+// it alone, returning its logits row.
+inline std::vector<DirectRunner::Chunk> decode_step(std::vector<std::vector<int32_t>>& seqs,
+                                                    const std::vector<int>& active, int64_t vocab) {
+  std::vector<DirectRunner::Chunk> decode;
+  for (int s : active) {
+    seqs[s].push_back(static_cast<int32_t>((seqs[s].size() * 31 + s) % vocab));
+    const int64_t n = static_cast<int64_t>(seqs[s].size());
+    decode.push_back({s, seqs[s], n - 1, n, false});
+  }
+  return decode;
+}
+
 // "llama_BF16": the test name of an (architecture, dtype) parameter.
 struct ArchDtypeName {
   template <class Info>

@@ -34,13 +34,7 @@ TEST_P(StaticDecode, PaddedStaticBatchesGiveTheSameLogits) {
       {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {0}, {3, 1, 4}, {2, 7}, {0, 2, 4, 6, 8}, {9}, {5, 6, 7, 8}};
   int64_t fitting = 0;
   for (const auto& active : steps) {
-    std::vector<DirectRunner::Chunk> decode;
-    for (int s : active) {
-      // The next token: the plain run's greedy choice from its last logits row for s.
-      seqs[s].push_back(static_cast<int32_t>((seqs[s].size() * 31 + s) % vocab));
-      const int64_t n = static_cast<int64_t>(seqs[s].size());
-      decode.push_back({s, seqs[s], n - 1, n, false});
-    }
+    const auto decode = testing::decode_step(seqs, active, vocab);
     fitting += active.size() <= 8;
     Tensor want = plain.run(decode), got = padded.run(decode);
     ASSERT_EQ(got.size(0), static_cast<int64_t>(active.size()));
