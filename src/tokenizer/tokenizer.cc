@@ -17,6 +17,7 @@
 #include "tokenizer/normalizer.h"
 #include "tokenizer/post_processor.h"
 #include "tokenizer/pre_tokenizer.h"
+#include "tokenizer/sentencepiece.h"
 #include "tokenizer/utf8.h"
 
 namespace tessera::tokenizer {
@@ -227,20 +228,6 @@ auto with_context(const std::string& name, Fn&& fn) {
 Tokenizer::Tokenizer() : pipeline_(std::make_unique<Pipeline>()) {}
 Tokenizer::~Tokenizer() = default;
 
-namespace {
-
-// A special token of tokenizer_config.json: a string or an AddedToken object.
-std::optional<std::string> special_token_text(const nlohmann::json& config, const char* key) {
-  if (!config.contains(key)) return std::nullopt;
-  const nlohmann::json& v = config.at(key);
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v.at("content").is_string())
-    return v.at("content").get<std::string>();
-  return std::nullopt;
-}
-
-}  // namespace
-
 std::string gpt2_tokenizer_json(const std::filesystem::path& vocab_path,
                                 const std::filesystem::path& merges_path,
                                 const std::string& config_text) {
@@ -266,36 +253,13 @@ std::string gpt2_tokenizer_json(const std::filesystem::path& vocab_path,
       config_text.empty() ? nlohmann::json::object() : nlohmann::json::parse(config_text);
   // Added tokens: those tokenizer_config.json lists with their flags, then the special tokens
   // it names (GPT-2's <|endoftext|> is all of bos, eos and unk).
+  const auto id_of = [&](const std::string& token) -> std::optional<int64_t> {
+    if (!vocab.contains(token) || !vocab.at(token).is_number_integer()) return std::nullopt;
+    return vocab.at(token).get<int64_t>();
+  };
   nlohmann::json added = nlohmann::json::array();
-  std::set<int64_t> ids;
-  if (config.contains("added_tokens_decoder") && config.at("added_tokens_decoder").is_object()) {
-    for (const auto& [id_text, token] : config.at("added_tokens_decoder").items()) {
-      if (!token.is_object() || !token.contains("content")) continue;
-      const int64_t id = std::stoll(id_text);
-      added.push_back({{"id", id},
-                       {"content", token.at("content")},
-                       {"single_word", token.value("single_word", false)},
-                       {"lstrip", token.value("lstrip", false)},
-                       {"rstrip", token.value("rstrip", false)},
-                       {"normalized", token.value("normalized", true)},
-                       {"special", token.value("special", false)}});
-      ids.insert(id);
-    }
-  }
-  for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
-    const std::optional<std::string> text = special_token_text(config, key);
-    if (!text || !vocab.contains(*text) || !vocab.at(*text).is_number_integer()) continue;
-    const int64_t id = vocab.at(*text).get<int64_t>();
-    if (!ids.insert(id).second) continue;
-    added.push_back({{"id", id},
-                     {"content", *text},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", true},
-                     {"special", true}});
-  }
-  if (config.empty() && vocab.contains("<|endoftext|>") && ids.empty()) {
+  for (auto& [id, token] : config_added_tokens(config, id_of, true)) added.push_back(token);
+  if (config.empty() && vocab.contains("<|endoftext|>")) {
     // No tokenizer_config.json: GPT2Tokenizer's defaults.
     added.push_back({{"id", vocab.at("<|endoftext|>")},
                      {"content", "<|endoftext|>"},
@@ -335,19 +299,30 @@ std::string gpt2_tokenizer_json(const std::filesystem::path& vocab_path,
 bool has_tokenizer(const std::filesystem::path& dir) {
   return std::filesystem::is_regular_file(dir / "tokenizer.json") ||
          (std::filesystem::is_regular_file(dir / "vocab.json") &&
-          std::filesystem::is_regular_file(dir / "merges.txt"));
+          std::filesystem::is_regular_file(dir / "merges.txt")) ||
+         std::filesystem::is_regular_file(dir / "tokenizer.model");
+}
+
+std::string sentencepiece_tokenizer_json(const std::filesystem::path& model_path,
+                                         const std::string& config_text) {
+  const SentencePieceModel model = parse_sentencepiece_model(read_file(model_path));
+  const nlohmann::json config =
+      config_text.empty() ? nlohmann::json::object() : nlohmann::json::parse(config_text);
+  return sentencepiece_tokenizer_json(model, config);
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   const auto json_path = dir / "tokenizer.json";
   const auto vocab_path = dir / "vocab.json", merges_path = dir / "merges.txt";
-  const bool slow_bpe = !std::filesystem::is_regular_file(json_path) &&
-                        std::filesystem::is_regular_file(vocab_path) &&
+  const auto spm_path = dir / "tokenizer.model";
+  const bool has_json = std::filesystem::is_regular_file(json_path);
+  const bool slow_bpe = !has_json && std::filesystem::is_regular_file(vocab_path) &&
                         std::filesystem::is_regular_file(merges_path);
-  if (!std::filesystem::is_regular_file(json_path) && !slow_bpe) {
+  const bool sentencepiece = !has_json && !slow_bpe && std::filesystem::is_regular_file(spm_path);
+  if (!has_json && !slow_bpe && !sentencepiece) {
     fail(ErrorKind::kNotFound,
-         "{} not found (supported: Hugging Face tokenizer.json, or a byte-level BPE as vocab.json "
-         "+ merges.txt)",
+         "{} not found (supported: Hugging Face tokenizer.json, a byte-level BPE as vocab.json "
+         "+ merges.txt, or a SentencePiece BPE tokenizer.model)",
          json_path.string());
   }
   const auto config_path = dir / "tokenizer_config.json";
@@ -362,6 +337,9 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
       slow_bpe
           ? with_context(dir.string(),
                          [&] { return gpt2_tokenizer_json(vocab_path, merges_path, config_text); })
+      : sentencepiece
+          ? with_context(spm_path.string(),
+                         [&] { return sentencepiece_tokenizer_json(spm_path, config_text); })
           : read_file(json_path);
   with_context(json_path.string(), [&] {
     build_pipeline(*tokenizer->pipeline_, json_text, tokenizer->config_);

@@ -33,14 +33,21 @@ std::string gpt2_tokenizer_json(const std::filesystem::path& vocab_path,
                                 const std::filesystem::path& merges_path,
                                 const std::string& config_text);
 
-// Whether DIR holds a tokenizer Tokenizer::load reads: tokenizer.json, or vocab.json +
-// merges.txt.
+// The tokenizer.json that transformers' LlamaConverter or GemmaConverter makes from a
+// SentencePiece BPE tokenizer.model, for the tokenizer class of tokenizer_config.json (its
+// text, or empty).
+std::string sentencepiece_tokenizer_json(const std::filesystem::path& model_path,
+                                         const std::string& config_text);
+
+// Whether DIR holds a tokenizer Tokenizer::load reads: tokenizer.json, vocab.json +
+// merges.txt, or tokenizer.model.
 bool has_tokenizer(const std::filesystem::path& dir);
 
 class Tokenizer {
  public:
   // Reads DIR/tokenizer.json and DIR/tokenizer_config.json (optional). Without tokenizer.json,
-  // DIR/vocab.json + DIR/merges.txt (GPT-2's files) make a byte-level BPE.
+  // DIR/vocab.json + DIR/merges.txt (GPT-2's files) make a byte-level BPE, or else
+  // DIR/tokenizer.model (SentencePiece) is converted as transformers converts it.
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& dir);
   // Also construct from in-memory JSON text (for tests and fuzzing).
   static std::unique_ptr<Tokenizer> from_json(std::string_view tokenizer_json,

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "real_tokenizers.h"
+#include "tokenizer/sentencepiece.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
@@ -202,6 +203,97 @@ TEST(SlowGpt2Files, MatchTheOracleCheckedTokenizer) {
   EXPECT_EQ(slow->encode("a<|endoftext|>b", false), fast->encode("a<|endoftext|>b", false));
   EXPECT_EQ(slow->encode("<|endoftext|>", false), std::vector<int32_t>{50256});
 }
+
+// The SentencePiece model behind a converted tokenizer.json (Mistral's and Gemma 3's were
+// made by transformers from their tokenizer.model): the pieces in id order, typed as the
+// added tokens say, each merged piece scored by its first merge so that the merges come out in
+// the same order. The real tokenizer.model files are not on npm.
+SentencePieceModel sentencepiece_model_of(const nlohmann::json& tokenizer_json) {
+  using PieceType = SentencePieceModel::PieceType;
+  const nlohmann::json& model = tokenizer_json.at("model");
+  SentencePieceModel out;
+  out.model_type = SentencePieceModel::ModelType::kBpe;
+  out.byte_fallback = model.value("byte_fallback", false);
+  out.unk_piece = model.at("unk_token").get<std::string>();
+  out.pieces.resize(model.at("vocab").size());
+  for (const auto& [piece, id] : model.at("vocab").items())
+    out.pieces.at(id.get<size_t>()).text = piece;
+  std::map<std::string, size_t> first_merge;
+  const nlohmann::json& merges = model.at("merges");
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const nlohmann::json& m = merges[i];
+    std::string merged;
+    if (m.is_string()) {
+      const std::string text = m.get<std::string>();
+      merged = text.substr(0, text.find(' ')) + text.substr(text.find(' ') + 1);
+    } else {
+      merged = m[0].get<std::string>() + m[1].get<std::string>();
+    }
+    first_merge.emplace(merged, i);
+  }
+  for (const auto& token : tokenizer_json.at("added_tokens")) {
+    // Tokens past the model's pieces (Gemma 3's image token) come from tokenizer_config.json.
+    if (token.at("id").get<size_t>() >= out.pieces.size()) continue;
+    auto& piece = out.pieces.at(token.at("id").get<size_t>());
+    piece.type = token.at("content") == out.unk_piece ? PieceType::kUnknown
+                 : token.at("special").get<bool>()    ? PieceType::kControl
+                                                      : PieceType::kUserDefined;
+  }
+  for (size_t id = 0; id < out.pieces.size(); ++id) {
+    auto& piece = out.pieces[id];
+    if (piece.type == PieceType::kNormal && piece.text.size() == 6 &&
+        piece.text.starts_with("<0x") && piece.text.back() == '>')
+      piece.type = PieceType::kByte;
+    if (const auto it = first_merge.find(piece.text); it != first_merge.end()) {
+      piece.score = -static_cast<float>(it->second);
+    } else if (piece.type == PieceType::kNormal) {
+      piece.score = -static_cast<float>(merges.size() + id);
+    }
+  }
+  return out;
+}
+
+// A folder with only tokenizer.model (and tokenizer_config.json) encodes and decodes the corpus
+// as the tokenizer.json that the test above checks against Hugging Face.
+class SentencePieceModelFile : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SentencePieceModelFile, MatchesTheOracleCheckedTokenizer) {
+  TESSERA_REQUIRE_NPM();
+  const auto real = real_tokenizer_dir(GetParam());
+  const auto dir =
+      std::filesystem::path(TESSERA_BINARY_DIR) / "tokenizer_assets" / ("spm_" + GetParam());
+  std::filesystem::create_directories(dir);
+  const nlohmann::json tokenizer_json = nlohmann::json::parse(read_text(real / "tokenizer.json"));
+  testing::write_text_atomic(dir / "tokenizer.model",
+                             serialize_sentencepiece_model(sentencepiece_model_of(tokenizer_json)));
+  std::filesystem::copy_file(real / "tokenizer_config.json", dir / "tokenizer_config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  const auto start = std::chrono::steady_clock::now();
+  const auto converted = Tokenizer::load(dir);
+  std::printf("[ load     ] %s from tokenizer.model: %.2f s\n", GetParam().c_str(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  const auto fast = Tokenizer::load(real);
+  ASSERT_EQ(converted->vocab_size(), fast->vocab_size());
+  int mismatches = 0;
+  for (const std::string& text : load_corpus()) {
+    for (const bool special : {true, false}) {
+      const std::vector<int32_t> ids = fast->encode(text, special);
+      const std::vector<int32_t> got = converted->encode(text, special);
+      if (got != ids && ++mismatches <= 10) {
+        ADD_FAILURE() << "\"" << text.substr(0, 200) << "\" add_special_tokens=" << special
+                      << ": got " << nlohmann::json(got).dump().substr(0, 300) << " expected "
+                      << nlohmann::json(ids).dump().substr(0, 300);
+      }
+      if (converted->decode(ids, special) != fast->decode(ids, special) && ++mismatches <= 10)
+        ADD_FAILURE() << "decode differs for \"" << text.substr(0, 200) << "\"";
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(RealTokenizers, SentencePieceModelFile,
+                         ::testing::Values("llama2", "gemma3"),
+                         [](const auto& info) { return info.param; });
 
 INSTANTIATE_TEST_SUITE_P(RealTokenizers, OracleTest,
                          ::testing::ValuesIn(testing::real_tokenizer_names()),
