@@ -12,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "distributed/world.h"
 #include "model/make_model.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tessera::cli {
 
@@ -22,6 +23,9 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
   cmd->add_option("--model", f.model,
                   "Hugging Face model folder, or 'default' for the built-in random-weight model")
       ->capture_default_str();
+  cmd->add_option("--tokenizer", f.tokenizer,
+                  "Folder of the tokenizer files (tokenizer.json, tokenizer_config.json, chat "
+                  "template) when they are not in the model folder");
   cmd->add_option("--dtype", f.dtype, "auto, bfloat16, float16, float32 (auto: as stored)")
       ->capture_default_str();
   cmd->add_option("--kv-cache-dtype", f.kv_cache_dtype,
@@ -166,6 +170,15 @@ std::optional<DType> parse_dtype_flag(const std::string& s, const char* flag) {
 EngineArgs to_engine_args(const EngineFlags& f) {
   EngineArgs a;
   a.model = resolve_model(f.model);
+  if (!f.tokenizer.empty()) {
+    a.tokenizer = f.tokenizer;
+    if (!fs::is_directory(a.tokenizer))
+      fail(ErrorKind::kNotFound, "--tokenizer: {} is not a folder", f.tokenizer);
+    if (!tokenizer::has_tokenizer(a.tokenizer))
+      fail(ErrorKind::kNotFound,
+           "--tokenizer: {} has no tokenizer.json, vocab.json + merges.txt or tokenizer.model",
+           f.tokenizer);
+  }
   a.dtype = parse_dtype_flag(f.dtype, "--dtype");
   a.kv_cache_dtype = parse_dtype_flag(f.kv_cache_dtype, "--kv-cache-dtype");
   a.threads = f.threads;

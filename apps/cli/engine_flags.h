@@ -14,6 +14,7 @@ namespace tessera::cli {
 // Flags as typed; resolved into EngineArgs by to_engine_args().
 struct EngineFlags {
   std::string model = "default";
+  std::string tokenizer;  // --tokenizer (empty: the model folder)
   std::string dtype = "auto";
   std::string kv_cache_dtype = "auto";
   int threads = 0;

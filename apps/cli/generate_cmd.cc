@@ -59,10 +59,11 @@ void run_generate(const GenerateOptions& o) {
   if (o.prompt_ids.size() > 1 && !o.json)
     fail("several --prompt-ids need --json (one JSON object per prompt, one per line)");
   const EngineArgs args = to_engine_args(o.engine);
-  std::unique_ptr<TextProcessor> processor = load_text_processor(args.model, o.chat_template);
+  std::unique_ptr<TextProcessor> processor =
+      load_text_processor(args.tokenizer_dir(), o.chat_template);
   if (!processor && o.prompt_ids.empty())
     fail("{} has no tokenizer.json: pass the prompt as token ids with --prompt-ids",
-         args.model.string());
+         args.tokenizer_dir().string());
   std::vector<int32_t> prompt;
   std::vector<std::vector<int32_t>> extra_prompts;  // the second and later --prompt-ids
   if (!o.prompt_ids.empty()) {

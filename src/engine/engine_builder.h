@@ -26,12 +26,14 @@ namespace tessera {
 // The engine flags of `vllm serve` that tessera honours (see docs/serving.md).
 struct EngineArgs {
   std::filesystem::path model;
-  std::optional<DType> dtype;                      // --dtype (auto: as stored)
-  std::optional<DType> kv_cache_dtype;             // --kv-cache-dtype (auto: the backend's choice)
-  int threads = 0;                                 // --threads (0: physical cores)
-  int64_t max_model_len = 0;                       // --max-model-len (0: from config.json)
-  int block_size = 16;                             // --block-size
-  std::optional<int64_t> kv_cache_memory;          // --kv-cache-memory (bytes)
+  std::filesystem::path tokenizer;         // --tokenizer: its own folder (empty: the model's); the
+                                           // engine never reads it, the text layer does
+  std::optional<DType> dtype;              // --dtype (auto: as stored)
+  std::optional<DType> kv_cache_dtype;     // --kv-cache-dtype (auto: the backend's choice)
+  int threads = 0;                         // --threads (0: physical cores)
+  int64_t max_model_len = 0;               // --max-model-len (0: from config.json)
+  int block_size = 16;                     // --block-size
+  std::optional<int64_t> kv_cache_memory;  // --kv-cache-memory (bytes)
   std::optional<double> gpu_memory_utilization;    // --gpu-memory-utilization
   std::optional<int64_t> num_gpu_blocks_override;  // --num-gpu-blocks-override
   int64_t max_num_seqs = 256;
@@ -52,6 +54,10 @@ struct EngineArgs {
   std::string pp_layer_partition;     // --pp-layer-partition or VLLM_PP_LAYER_PARTITION
   double distributed_timeout_s = 60;  // a peer silent this long inside a step is declared dead
 
+  // Where the tokenizer files are: --tokenizer, else the model folder.
+  const std::filesystem::path& tokenizer_dir() const {
+    return tokenizer.empty() ? model : tokenizer;
+  }
   // Throws tessera::Error naming the flag when a value is out of range.
   void validate() const;
 };

@@ -9,10 +9,10 @@ std::unique_ptr<LoadedModel> LoadedModel::load(const EngineArgs& args,
                                                const std::string& chat_template,
                                                std::unique_ptr<TextProcessor> text) {
   std::unique_ptr<LoadedModel> m(new LoadedModel());
-  m->text_ = text ? std::move(text) : load_text_processor(args.model, chat_template);
+  m->text_ = text ? std::move(text) : load_text_processor(args.tokenizer_dir(), chat_template);
   if (!m->text_)
     spdlog::warn("{} has no tokenizer.json: only token-id prompts can be served",
-                 args.model.string());
+                 args.tokenizer_dir().string());
   m->instance_ =
       EngineInstance::create(args, m->text_ ? m->text_->decoder_factory() : TextDecoderFactory());
   const EngineConfig& ec = m->instance_->engine().config();

@@ -195,6 +195,40 @@ TEST_F(CliTest, TokenizeAndGenerateAChat) {
   fs::remove_all(chat.parent_path());
 }
 
+// --tokenizer: the weights in one folder, the tokenizer files in another (as vLLM's flag).
+TEST_F(CliTest, TokenizerFlagReadsTheTokenizerFromItsOwnFolder) {
+  const fs::path base = testing::temp_dir("split_tokenizer");
+  const fs::path weights = base / "weights", tok = base / "tokenizer";
+  fs::create_directories(weights);
+  fs::create_directories(tok);
+  for (const auto& entry : fs::directory_iterator(*dir_)) {
+    const std::string name = entry.path().filename().string();
+    const bool tokenizer_file = name.rfind("tokenizer", 0) == 0;
+    fs::copy_file(entry.path(), (tokenizer_file ? tok : weights) / name);
+  }
+  const std::string gen = " --prompt Hello --max-tokens 4 --temperature 0 --ignore-eos --json";
+  CliRun whole = run("generate --model " + dir_->string() + gen);
+  ASSERT_EQ(whole.status, 0) << whole.err;
+  CliRun split = run("generate --model " + weights.string() + " --tokenizer " + tok.string() + gen);
+  ASSERT_EQ(split.status, 0) << split.err;
+  EXPECT_EQ(nlohmann::json::parse(split.out)["prompt_ids"],
+            nlohmann::json::parse(whole.out)["prompt_ids"]);
+  EXPECT_EQ(nlohmann::json::parse(split.out)["output_ids"],
+            nlohmann::json::parse(whole.out)["output_ids"]);
+  CliRun none = run("generate --model " + weights.string() + gen);
+  EXPECT_NE(none.status, 0);
+  EXPECT_NE(last_line(none.err).find("has no tokenizer.json"), std::string::npos) << none.err;
+  CliRun wrong =
+      run("generate --model " + weights.string() + " --tokenizer " + weights.string() + gen);
+  EXPECT_NE(wrong.status, 0);
+  EXPECT_EQ(last_line(wrong.err), "error: --tokenizer: " + weights.string() +
+                                      " has no tokenizer.json, vocab.json + merges.txt or "
+                                      "tokenizer.model");
+  CliRun missing = run("generate --model " + weights.string() + " --tokenizer /nonexistent" + gen);
+  EXPECT_EQ(last_line(missing.err), "error: --tokenizer: /nonexistent is not a folder");
+  fs::remove_all(base);
+}
+
 TEST_F(CliTest, MakeModelIsBitForBitDeterministic) {
   const fs::path a = testing::temp_dir("mm_a"), b = testing::temp_dir("mm_b"),
                  c = testing::temp_dir("mm_c");
