@@ -40,9 +40,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: unknown command '%s' (commands: %s)\n", argv[1], names.c_str());
     return 1;
   }
-  // vLLM's two-letter short flags, which CLI11 cannot declare.
   std::vector<std::string> args(argv + 1, argv + argc);
   for (std::string& a : args) {
+    // vLLM's parser reads "--max_model_len" as "--max-model-len" (recipes such as
+    // LeaderWorkerSet's write "--pipeline_parallel_size"); only the flag's name, not a value
+    // after '='.
+    if (a.size() > 2 && a.rfind("--", 0) == 0) {
+      const size_t end = std::min(a.find('='), a.size());
+      std::replace(a.begin() + 2, a.begin() + static_cast<std::ptrdiff_t>(end), '_', '-');
+    }
+    // vLLM's two-letter short flags, which CLI11 cannot declare.
     for (const auto& [short_name, long_name] :
          {std::pair<std::string, std::string>{"-tp", "--tensor-parallel-size"},
           {"-pp", "--pipeline-parallel-size"}}) {

@@ -128,6 +128,20 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
   }
 }
 
+// vLLM's parser takes flags with underscores (LeaderWorkerSet's recipe passes
+// --pipeline_parallel_size); so does tessera, for the name only, not the value.
+TEST_F(CliTest, UnderscoreFlagSpellingsAreAccepted) {
+  const std::string m = "generate --model " + dir_->string() + " --prompt-ids 5,6,7 --json ";
+  CliRun dashed = run(m + "--max-tokens 4 --max-model-len=64 --tensor-parallel-size 1");
+  CliRun underscored = run(m + "--max_tokens 4 --max_model_len=64 --tensor_parallel_size 1");
+  ASSERT_EQ(dashed.status, 0) << dashed.err;
+  ASSERT_EQ(underscored.status, 0) << underscored.err;
+  EXPECT_EQ(underscored.out, dashed.out);
+  // A value is left as it is: this folder does not exist, and the message names it unchanged.
+  CliRun value = run("generate --model=/no/such_folder --prompt-ids 1");
+  EXPECT_NE(last_line(value.err).find("/no/such_folder"), std::string::npos) << value.err;
+}
+
 // --quantization fp8: the same command runs, says so, and holds fewer bytes of weights.
 TEST_F(CliTest, Fp8QuantizationRunsAndReportsItsWeights) {
   const std::string base = "bench latency --model " + dir_->string() +
