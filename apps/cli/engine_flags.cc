@@ -29,7 +29,8 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
   cmd->add_option("--dtype", f.dtype, "auto, bfloat16, float16, float32 (auto: as stored)")
       ->capture_default_str();
   cmd->add_option("--kv-cache-dtype", f.kv_cache_dtype,
-                  "auto (f32 on CPU, the model's dtype on GPU), bfloat16, float16, float32")
+                  "auto (f32 on CPU, the model's dtype on GPU), fp8 (E4M3, CPU; a quarter of f32's "
+                  "bytes), bfloat16, float16, float32")
       ->capture_default_str();
   cmd->add_option("--threads", f.threads, "CPU threads (default: physical cores)");
   cmd->add_option("--max-model-len", f.max_model_len,
@@ -180,7 +181,7 @@ EngineArgs to_engine_args(const EngineFlags& f) {
            f.tokenizer);
   }
   a.dtype = parse_dtype_flag(f.dtype, "--dtype");
-  a.kv_cache_dtype = parse_dtype_flag(f.kv_cache_dtype, "--kv-cache-dtype");
+  a.kv_cache_dtype = parse_kv_cache_dtype(f.kv_cache_dtype);
   a.threads = f.threads;
   a.max_model_len = f.max_model_len;
   a.block_size = f.block_size;

@@ -250,6 +250,9 @@ void store_from_f32(void* data, DType dtype, int64_t i, float value) {
     case DType::kF64:
       static_cast<double*>(data)[i] = value;
       break;
+    case DType::kF8E4M3:  // an FP8 KV cache (scale 1, saturating at +-448)
+      static_cast<uint8_t*>(data)[i] = f32_to_fp8_e4m3(value);
+      break;
     default:
       TESSERA_CHECK(false) << "not a float dtype: " << dtype_name(dtype);
   }

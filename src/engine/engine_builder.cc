@@ -18,6 +18,33 @@
 
 namespace tessera {
 
+std::optional<DType> parse_kv_cache_dtype(const std::string& name) {
+  if (name == "auto") return std::nullopt;
+  if (name == "fp8" || name == "fp8_e4m3") return DType::kF8E4M3;
+  DType d;
+  if (!parse_torch_dtype(name, &d) || !is_float(d) || d == DType::kF64)
+    fail(ErrorKind::kUnsupported,
+         "--kv-cache-dtype {} is not supported (supported: auto, fp8, fp8_e4m3, bfloat16, "
+         "float16, float32)",
+         name);
+  return d;
+}
+
+std::string kv_cache_dtype_label(DType dtype) {
+  switch (dtype) {
+    case DType::kF8E4M3:
+      return "fp8";
+    case DType::kBF16:
+      return "bfloat16";
+    case DType::kF16:
+      return "float16";
+    case DType::kF32:
+      return "float32";
+    default:
+      return std::string(dtype_name(dtype));
+  }
+}
+
 void EngineArgs::validate() const {
   if (block_size < 1 || block_size > 256 || (block_size & (block_size - 1)) != 0)
     fail("--block-size must be a power of two between 1 and 256, got {}", block_size);
@@ -308,6 +335,9 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
                  args.max_model_len, config.max_position_embeddings);
   const DType kv_dtype =
       args.kv_cache_dtype.value_or(e->backend_->default_kv_cache_dtype(config.dtype));
+  if (!e->backend_->supports_kv_cache_dtype(kv_dtype))
+    fail(ErrorKind::kUnsupported, "--kv-cache-dtype {} is not supported on the {} backend",
+         kv_cache_dtype_label(kv_dtype), e->backend_->name());
   // The planner's arithmetic (engine/planner.h), so that `tessera plan` predicts this count.
   const KvShape kv_shape{e->model_->num_layers_local(), e->model_->kv_heads_local(),
                          config.head_dim, config.head_dim};

@@ -24,6 +24,13 @@
 namespace tessera {
 
 // The engine flags of `vllm serve` that tessera honours (see docs/serving.md).
+// --kv-cache-dtype as vLLM spells it: auto (nullopt), fp8 or fp8_e4m3 (E4M3, scale 1),
+// bfloat16, float16, float32 (or another torch spelling of those). Throws tessera::Error naming
+// the flag.
+std::optional<DType> parse_kv_cache_dtype(const std::string& name);
+// The vLLM spelling of a cache dtype: fp8, bfloat16, float16, float32.
+std::string kv_cache_dtype_label(DType dtype);
+
 struct EngineArgs {
   std::filesystem::path model;
   std::filesystem::path tokenizer;         // --tokenizer: its own folder (empty: the model's); the

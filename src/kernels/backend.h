@@ -54,6 +54,11 @@ class Backend {
   virtual DType activation_dtype() const = 0;
   // What --kv-cache-dtype auto means here for a model stored in `model_dtype`.
   virtual DType default_kv_cache_dtype(DType model_dtype) const = 0;
+  // Whether write_kv and paged_attention take a cache of this dtype (f32, bf16 and f16 on every
+  // backend; FP8 E4M3 where the backend overrides this).
+  virtual bool supports_kv_cache_dtype(DType dtype) const {
+    return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16;
+  }
   // Bytes of the memory this backend's tensors live in: the host's RAM, or the GPU's memory
   // (what --gpu-memory-utilization is a fraction of).
   virtual int64_t memory_capacity_bytes() const { return total_memory_bytes(); }

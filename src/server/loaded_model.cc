@@ -21,7 +21,7 @@ std::unique_ptr<LoadedModel> LoadedModel::load(const EngineArgs& args,
   cache.num_gpu_blocks = ec.num_blocks;
   cache.gpu_memory_utilization = args.gpu_memory_utilization.value_or(0.9);
   cache.enable_prefix_caching = args.enable_prefix_caching;
-  cache.cache_dtype = args.kv_cache_dtype ? dtype_name(*args.kv_cache_dtype) : "auto";
+  cache.cache_dtype = args.kv_cache_dtype ? kv_cache_dtype_label(*args.kv_cache_dtype) : "auto";
   m->metrics_ = std::make_unique<EngineMetrics>(model_name, ec.scheduler.max_model_len, cache);
   m->async_ = std::make_unique<AsyncEngine>(m->instance_->engine(), m->metrics_.get());
   return m;

@@ -142,6 +142,42 @@ TEST_F(CliTest, UnderscoreFlagSpellingsAreAccepted) {
   EXPECT_NE(last_line(value.err).find("/no/such_folder"), std::string::npos) << value.err;
 }
 
+// The number in a start-up log line "<prefix>N..." (-1 when absent).
+int64_t logged_number(const std::string& log, const std::string& prefix) {
+  const size_t at = log.find(prefix);
+  return at == std::string::npos ? -1 : std::stoll(log.substr(at + prefix.size()));
+}
+
+// --kv-cache-dtype fp8 (E4M3, as vLLM's): a quarter of the f32 cache's bytes per block, so four
+// times the blocks in the same budget; the kernels are checked against a reference in
+// kernels_test, this checks the flag through to the tokens.
+TEST_F(CliTest, Fp8KvCacheHoldsFourTimesTheBlocks) {
+  const std::string base = "generate --model " + dir_->string() +
+                           " --prompt-ids 5,6,7,8,9 --max-tokens 1 --temperature 0 --logprobs 1 "
+                           "--json --kv-cache-memory 8MiB --kv-cache-dtype ";
+  CliRun f32 = run(base + "float32"), fp8 = run(base + "fp8"), e4m3 = run(base + "fp8_e4m3");
+  ASSERT_EQ(f32.status, 0) << f32.err;
+  ASSERT_EQ(fp8.status, 0) << fp8.err;
+  ASSERT_EQ(e4m3.status, 0) << e4m3.err;
+  const int64_t blocks32 = logged_number(f32.err, "# CPU blocks: ");
+  ASSERT_GT(blocks32, 0) << f32.err;
+  // floor(budget / (block bytes / 4)) lies in [4 floor(budget / block bytes), 4 (that + 1)).
+  const int64_t blocks8 = logged_number(fp8.err, "# CPU blocks: ");
+  EXPECT_GE(blocks8, 4 * blocks32) << fp8.err;
+  EXPECT_LT(blocks8, 4 * (blocks32 + 1)) << fp8.err;
+  EXPECT_EQ(e4m3.out, fp8.out);
+  // The first token's log-probability moves by E4M3's rounding of keys and values only.
+  const auto a = nlohmann::json::parse(f32.out), b = nlohmann::json::parse(fp8.out);
+  const double la = a["logprobs"][0][0][1].get<double>(), lb = b["logprobs"][0][0][1].get<double>();
+  EXPECT_NE(la, lb);
+  EXPECT_NEAR(la, lb, 0.2);
+  CliRun e5m2 = run(base + "fp8_e5m2");
+  EXPECT_NE(e5m2.status, 0);
+  EXPECT_EQ(last_line(e5m2.err),
+            "error: --kv-cache-dtype fp8_e5m2 is not supported (supported: auto, fp8, fp8_e4m3, "
+            "bfloat16, float16, float32)");
+}
+
 // --quantization fp8: the same command runs, says so, and holds fewer bytes of weights.
 TEST_F(CliTest, Fp8QuantizationRunsAndReportsItsWeights) {
   const std::string base = "bench latency --model " + dir_->string() +

@@ -640,9 +640,24 @@ struct PagedCase {
   }
 };
 
-// Naive attention of one query row over positions [0, pos] of a sequence.
+// A key or value as a cache of `kv` holds it.
+float as_stored(float x, DType kv) {
+  switch (kv) {
+    case DType::kBF16:
+      return round_to_bf16(x);
+    case DType::kF16:
+      return f16_to_f32(f32_to_f16(x));
+    case DType::kF8E4M3:
+      return fp8_e4m3_to_f32(f32_to_fp8_e4m3(x));
+    default:
+      return x;
+  }
+}
+
+// Naive attention of one query row over positions [0, pos] of a sequence, on the keys and
+// values rounded as a cache of `kv` stores them.
 std::vector<double> attention_ref(const PagedCase& c, int s, const float* q, int pos,
-                                  const AttentionParams& p, bool round_kv) {
+                                  const AttentionParams& p, DType kv) {
   int group = p.num_heads / p.num_kv_heads;
   std::vector<double> out(p.num_heads * p.head_dim, 0.0);
   for (int h = 0; h < p.num_heads; ++h) {
@@ -653,9 +668,8 @@ std::vector<double> attention_ref(const PagedCase& c, int s, const float* q, int
       if (p.sliding_window > 0 && pos - kp >= p.sliding_window) continue;
       double dot = 0;
       for (int e = 0; e < p.head_dim; ++e) {
-        float kv = at(c.keys[s], kp, kvh * p.head_dim + e);
-        if (round_kv) kv = round_to_bf16(kv);
-        dot += static_cast<double>(q[h * p.head_dim + e]) * kv;
+        const float k = as_stored(at(c.keys[s], kp, kvh * p.head_dim + e), kv);
+        dot += static_cast<double>(q[h * p.head_dim + e]) * k;
       }
       dot *= p.scale;
       if (p.softcap > 0) dot = p.softcap * std::tanh(dot / p.softcap);
@@ -667,8 +681,7 @@ std::vector<double> attention_ref(const PagedCase& c, int s, const float* q, int
     for (double& v : scores) sum += (v = std::exp(v - mx));
     for (size_t i = 0; i < keys.size(); ++i)
       for (int e = 0; e < p.head_dim; ++e) {
-        float vv = at(c.values[s], keys[i], kvh * p.head_dim + e);
-        if (round_kv) vv = round_to_bf16(vv);
+        const float vv = as_stored(at(c.values[s], keys[i], kvh * p.head_dim + e), kv);
         out[h * p.head_dim + e] += scores[i] / sum * vv;
       }
   }
@@ -691,22 +704,25 @@ Tensor run_attention(Backend& backend, const PagedCase& c, const std::vector<int
   return out;
 }
 
-TEST_P(CpuBackendTest, PagedAttentionMatchesNaiveAttention) {
+// Every cache dtype, sliding windows, soft-capping and block sizes against the naive reference.
+void check_paged_attention(Backend& backend) {
   struct Variant {
     DType kv;
     int window;
     float softcap;
     int block_size;
   };
+  // FP8 (E4M3): the AVX-512 kernel's vector decode (block size 16) and the portable one (8).
   for (Variant v : {Variant{DType::kF32, 0, 0.0f, 16}, Variant{DType::kBF16, 0, 0.0f, 16},
                     Variant{DType::kF32, 37, 0.0f, 16}, Variant{DType::kF32, 0, 5.0f, 8},
-                    Variant{DType::kF32, 300, 0.0f, 32}}) {
+                    Variant{DType::kF32, 300, 0.0f, 32}, Variant{DType::kF16, 0, 0.0f, 16},
+                    Variant{DType::kF8E4M3, 0, 0.0f, 16}, Variant{DType::kF8E4M3, 37, 5.0f, 8}}) {
     PagedCase c;
     c.kv_dtype = v.kv;
     c.block_size = v.block_size;
     c.num_blocks = 1200 / v.block_size;
     c.seq_lens = {1, 40, 600, 17};
-    c.build(backend_, 100);
+    c.build(backend, 100);
     std::vector<int> q_lens = {1, 40, 33, 1};  // a decode, a full prefill, a chunk, a decode
     int total = 0;
     for (int l : q_lens) total += l;
@@ -718,18 +734,31 @@ TEST_P(CpuBackendTest, PagedAttentionMatchesNaiveAttention) {
     p.softcap = v.softcap;
     p.sliding_window = v.window;
     Tensor q = random_tensor({total, p.num_heads * p.head_dim}, DType::kF32, 5, 2.0f);
-    Tensor out = run_attention(backend_, c, q_lens, q, p);
+    Tensor out = run_attention(backend, c, q_lens, q, p);
     int row = 0;
     for (size_t s = 0; s < q_lens.size(); ++s)
       for (int i = 0; i < q_lens[s]; ++i, ++row) {
         int pos = c.seq_lens[s] - q_lens[s] + i;
-        auto ref =
-            attention_ref(c, s, q.data<float>() + row * q.size(1), pos, p, v.kv == DType::kBF16);
+        auto ref = attention_ref(c, s, q.data<float>() + row * q.size(1), pos, p, v.kv);
         for (int e = 0; e < p.num_heads * p.head_dim; ++e)
           ASSERT_NEAR(at(out, row, e), ref[e], 2e-5)
               << "seq " << s << " pos " << pos << " window " << v.window;
       }
   }
+}
+
+TEST_P(CpuBackendTest, PagedAttentionMatchesNaiveAttention) {
+  check_paged_attention(backend_);
+}
+
+// The AVX-512 attention kernel needs AVX-512F/BW only (no bf16 instructions), so it runs on
+// CPUs that the suite above tests with the portable kernels alone.
+TEST(CpuAvx512Attention, MatchesNaiveAttentionOnEveryCacheDtype) {
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw"))
+    GTEST_SKIP() << "this CPU has no AVX-512";
+  ThreadPool pool(2);
+  CpuBackend backend(pool, cpu::Isa::kAvx512, MatmulPrecision::kExact);
+  check_paged_attention(backend);
 }
 
 // DeepSeek's latent attention widths (288 for the small preset, 576 for the released models):
@@ -755,7 +784,7 @@ TEST_P(CpuBackendTest, PagedAttentionAtLatentWidths) {
     for (size_t s = 0; s < q_lens.size(); ++s)
       for (int i = 0; i < q_lens[s]; ++i, ++row) {
         const int pos = c.seq_lens[s] - q_lens[s] + i;
-        auto ref = attention_ref(c, s, q.data<float>() + row * q.size(1), pos, p, false);
+        auto ref = attention_ref(c, s, q.data<float>() + row * q.size(1), pos, p, DType::kF32);
         for (int e = 0; e < 3 * width; ++e)
           ASSERT_NEAR(at(out, row, e), ref[e], 2e-5) << width << " seq " << s << " pos " << pos;
       }

@@ -1,4 +1,5 @@
-// Paged attention with AVX-512 intrinsics (f32 arithmetic over an f32, bf16 or f16 cache).
+// Paged attention with AVX-512 intrinsics (f32 arithmetic over an f32, bf16, f16 or FP8 E4M3
+// cache).
 //
 // Keys of a block are stored [kv_heads, d, block_size], so a tile of 16 positions is d rows of
 // 16 contiguous values: scores for a query are d broadcast-FMAs into one 16-lane vector, with no
@@ -66,10 +67,19 @@ inline __m512 load16(const void* base, int64_t i) {
     const __m256i h = _mm256_loadu_si256(
         reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  } else {
+  } else if constexpr (KV == DType::kF16) {
     const __m256i h = _mm256_loadu_si256(
         reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i));
     return _mm512_cvtph_ps(h);
+  } else {
+    // E4M3: sign-extended to 16 bits and shifted left by 7, with bit 14 (a sign copy) cleared,
+    // a code is the f16 of its value times 2^-8 (subnormals too; see gemm_avx512.cc's FP8
+    // tiles); the cache never holds the NaN codes.
+    const __m128i codes =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(base) + i));
+    const __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(codes), 7),
+                                       _mm256_set1_epi16(static_cast<short>(0xbfff)));
+    return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
   }
 }
 
@@ -219,6 +229,8 @@ void attention_dc(const AttentionArgs& args, int seq, int kv_head, int64_t b, in
       return attention_tiles<DC, DType::kBF16>(args, seq, kv_head, b, e, scratch);
     case DType::kF16:
       return attention_tiles<DC, DType::kF16>(args, seq, kv_head, b, e, scratch);
+    case DType::kF8E4M3:
+      return attention_tiles<DC, DType::kF8E4M3>(args, seq, kv_head, b, e, scratch);
     default:
       TESSERA_CHECK(false) << "kv dtype";
   }

@@ -39,6 +39,11 @@ class CpuBackend : public Backend {
   // last bits of f32 then round some of them apart, which costs ~1e-2 in logprobs; the exact
   // default keeps results within 1e-4 of float64. --kv-cache-dtype bfloat16 halves the memory.
   DType default_kv_cache_dtype(DType) const override { return DType::kF32; }
+  // --kv-cache-dtype fp8: E4M3 codes with scale 1, as vLLM stores them without calibrated
+  // scales; a quarter of the f32 cache's bytes.
+  bool supports_kv_cache_dtype(DType dtype) const override {
+    return dtype == DType::kF8E4M3 || Backend::supports_kv_cache_dtype(dtype);
+  }
   ThreadPool& pool() { return pool_; }
 
   Tensor empty(std::span<const int64_t> shape, DType dtype) override;

@@ -48,6 +48,8 @@ inline float load_kv(const void* base, DType dtype, int64_t i) {
       return tessera::bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
     case DType::kF16:
       return tessera::f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::kF8E4M3:
+      return tessera::fp8_e4m3_to_f32(static_cast<const uint8_t*>(base)[i]);
     default:
       return static_cast<const float*>(base)[i];
   }
