@@ -26,6 +26,13 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
   cmd->add_option("--tokenizer", f.tokenizer,
                   "Folder of the tokenizer files (tokenizer.json, tokenizer_config.json, chat "
                   "template) when they are not in the model folder");
+  cmd->add_option("--generation-config", f.generation_config,
+                  "auto (sampling defaults from the model's generation_config.json), vllm (none "
+                  "from it) or a folder with a generation_config.json")
+      ->capture_default_str();
+  cmd->add_option("--override-generation-config", f.override_generation_config,
+                  "JSON object of generation_config.json keys set on top, e.g. "
+                  "'{\"temperature\": 0.5}'");
   cmd->add_option("--dtype", f.dtype, "auto, bfloat16, float16, float32 (auto: as stored)")
       ->capture_default_str();
   cmd->add_option("--kv-cache-dtype", f.kv_cache_dtype,
@@ -180,6 +187,8 @@ EngineArgs to_engine_args(const EngineFlags& f) {
            "--tokenizer: {} has no tokenizer.json, vocab.json + merges.txt or tokenizer.model",
            f.tokenizer);
   }
+  a.generation_config = f.generation_config;
+  a.override_generation_config = f.override_generation_config;
   a.dtype = parse_dtype_flag(f.dtype, "--dtype");
   a.kv_cache_dtype = parse_kv_cache_dtype(f.kv_cache_dtype);
   a.threads = f.threads;

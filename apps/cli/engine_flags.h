@@ -15,6 +15,8 @@ namespace tessera::cli {
 struct EngineFlags {
   std::string model = "default";
   std::string tokenizer;  // --tokenizer (empty: the model folder)
+  std::string generation_config = "auto";
+  std::string override_generation_config;
   std::string dtype = "auto";
   std::string kv_cache_dtype = "auto";
   int threads = 0;

@@ -718,24 +718,30 @@ ModelConfig load_model_config(const fs::path& model_dir) {
   return parse_model_config(read_json_file(path), path.string());
 }
 
+void merge_generation_config(GenerationConfig& g, const nlohmann::json& j,
+                             const std::string& source) {
+  if (!j.is_object()) fail("{}: expected a JSON object", source);
+  Fields f(j, source);
+  if (f.has("eos_token_id")) g.eos_token_ids = f.id_list("eos_token_id");
+  if (f.has("bos_token_id")) {
+    const std::vector<int32_t> bos = f.id_list("bos_token_id");
+    if (!bos.empty()) g.bos_token_id = bos[0];
+  }
+  for (auto [key, field] :
+       {std::pair{"temperature", &g.temperature}, std::pair{"top_p", &g.top_p},
+        std::pair{"min_p", &g.min_p}, std::pair{"repetition_penalty", &g.repetition_penalty}}) {
+    if (f.has(key)) *field = f.optional_number(key);
+  }
+  if (f.has("top_k")) g.top_k = f.integer_or("top_k", 0);
+  if (f.has("max_new_tokens")) g.max_new_tokens = f.integer_or("max_new_tokens", 0);
+  if (f.has("do_sample")) g.do_sample = f.boolean_or("do_sample", false);
+}
+
 GenerationConfig load_generation_config(const fs::path& model_dir) {
   GenerationConfig g;
   fs::path path = model_dir / "generation_config.json";
   if (!fs::exists(path)) return g;
-  json j = read_json_file(path);
-  if (!j.is_object()) fail("{}: expected a JSON object", path.string());
-  std::string source = path.string();
-  Fields f(j, source);
-  g.eos_token_ids = f.id_list("eos_token_id");
-  std::vector<int32_t> bos = f.id_list("bos_token_id");
-  if (!bos.empty()) g.bos_token_id = bos[0];
-  g.temperature = f.optional_number("temperature");
-  g.top_p = f.optional_number("top_p");
-  g.min_p = f.optional_number("min_p");
-  g.repetition_penalty = f.optional_number("repetition_penalty");
-  if (f.has("top_k")) g.top_k = f.integer_or("top_k", 0);
-  if (f.has("max_new_tokens")) g.max_new_tokens = f.integer_or("max_new_tokens", 0);
-  if (f.has("do_sample")) g.do_sample = f.boolean_or("do_sample", false);
+  merge_generation_config(g, read_json_file(path), path.string());
   return g;
 }
 

@@ -174,6 +174,10 @@ ModelConfig load_model_config(const std::filesystem::path& model_dir);
 ModelConfig parse_model_config(const nlohmann::json& json, const std::string& source);
 // Parses DIR/generation_config.json when present, else returns an empty config.
 GenerationConfig load_generation_config(const std::filesystem::path& model_dir);
+// Sets the fields that `j` (generation_config.json's keys) names; the others stay. `source`
+// names it in errors. For --override-generation-config.
+void merge_generation_config(GenerationConfig& g, const nlohmann::json& j,
+                             const std::string& source);
 
 // Rotary inverse frequencies [rotary_dim / 2] with the config's scaling, and the attention
 // scaling factor that multiplies cos and sin (1 except for yarn).

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 
 #include "core/logging.h"
 #include "core/status.h"
@@ -43,6 +44,44 @@ std::string kv_cache_dtype_label(DType dtype) {
     default:
       return std::string(dtype_name(dtype));
   }
+}
+
+GenerationConfig resolve_generation_config(const EngineArgs& args) {
+  const bool own_folder = args.generation_config != "auto" && args.generation_config != "vllm";
+  if (own_folder && !std::filesystem::is_regular_file(
+                        std::filesystem::path(args.generation_config) / "generation_config.json"))
+    fail(ErrorKind::kNotFound,
+         "--generation-config must be auto, vllm or a folder with a generation_config.json; {} "
+         "has none",
+         args.generation_config);
+  GenerationConfig g = load_generation_config(
+      own_folder ? std::filesystem::path(args.generation_config) : args.model);
+  if (args.generation_config == "vllm") {
+    GenerationConfig ids;
+    ids.eos_token_ids = g.eos_token_ids;
+    ids.bos_token_id = g.bos_token_id;
+    g = ids;
+  }
+  if (!args.override_generation_config.empty()) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(args.override_generation_config);
+    } catch (const nlohmann::json::exception& e) {
+      fail("--override-generation-config is not valid JSON: {}", e.what());
+    }
+    merge_generation_config(g, j, "--override-generation-config");
+  }
+  return g;
+}
+
+std::optional<int64_t> generation_max_tokens_cap(const EngineArgs& args) {
+  if (args.generation_config != "auto" && args.generation_config != "vllm")
+    return resolve_generation_config(args).max_new_tokens;
+  if (args.override_generation_config.empty()) return std::nullopt;
+  GenerationConfig only;
+  merge_generation_config(only, nlohmann::json::parse(args.override_generation_config),
+                          "--override-generation-config");
+  return only.max_new_tokens;
 }
 
 void EngineArgs::validate() const {
@@ -281,7 +320,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   LoadReport report;
   on_all_ranks(world, "loading the model", [&] {
     e->model_ = load_model(args.model, *e->ctx_, load, &report);
-    e->generation_ = load_generation_config(args.model);
+    e->generation_ = resolve_generation_config(args);
   });
   e->load_seconds_ = report.seconds;
   const ModelConfig& config = e->model_->config();

@@ -31,16 +31,27 @@ std::optional<DType> parse_kv_cache_dtype(const std::string& name);
 // The vLLM spelling of a cache dtype: fp8, bfloat16, float16, float32.
 std::string kv_cache_dtype_label(DType dtype);
 
+struct EngineArgs;
+// The generation defaults --generation-config and --override-generation-config select.
+GenerationConfig resolve_generation_config(const EngineArgs& args);
+// vLLM's override_max_tokens: max_new_tokens of a --generation-config folder, else of
+// --override-generation-config; a cap on every request's max_tokens.
+std::optional<int64_t> generation_max_tokens_cap(const EngineArgs& args);
+
 struct EngineArgs {
   std::filesystem::path model;
-  std::filesystem::path tokenizer;         // --tokenizer: its own folder (empty: the model's); the
-                                           // engine never reads it, the text layer does
-  std::optional<DType> dtype;              // --dtype (auto: as stored)
-  std::optional<DType> kv_cache_dtype;     // --kv-cache-dtype (auto: the backend's choice)
-  int threads = 0;                         // --threads (0: physical cores)
-  int64_t max_model_len = 0;               // --max-model-len (0: from config.json)
-  int block_size = 16;                     // --block-size
-  std::optional<int64_t> kv_cache_memory;  // --kv-cache-memory (bytes)
+  std::filesystem::path tokenizer;  // --tokenizer: its own folder (empty: the model's); the
+                                    // engine never reads it, the text layer does
+  // --generation-config: "auto" (the model's generation_config.json), "vllm" (no sampling
+  // defaults from it; its eos ids still stop), or a folder holding a generation_config.json.
+  std::string generation_config = "auto";
+  std::string override_generation_config;          // JSON object merged on top (or empty)
+  std::optional<DType> dtype;                      // --dtype (auto: as stored)
+  std::optional<DType> kv_cache_dtype;             // --kv-cache-dtype (auto: the backend's choice)
+  int threads = 0;                                 // --threads (0: physical cores)
+  int64_t max_model_len = 0;                       // --max-model-len (0: from config.json)
+  int block_size = 16;                             // --block-size
+  std::optional<int64_t> kv_cache_memory;          // --kv-cache-memory (bytes)
   std::optional<double> gpu_memory_utilization;    // --gpu-memory-utilization
   std::optional<int64_t> num_gpu_blocks_override;  // --num-gpu-blocks-override
   int64_t max_num_seqs = 256;

@@ -9,6 +9,7 @@ std::unique_ptr<LoadedModel> LoadedModel::load(const EngineArgs& args,
                                                const std::string& chat_template,
                                                std::unique_ptr<TextProcessor> text) {
   std::unique_ptr<LoadedModel> m(new LoadedModel());
+  m->max_tokens_cap_ = generation_max_tokens_cap(args);
   m->text_ = text ? std::move(text) : load_text_processor(args.tokenizer_dir(), chat_template);
   if (!m->text_)
     spdlog::warn("{} has no tokenizer.json: only token-id prompts can be served",
@@ -41,6 +42,8 @@ ServingModel LoadedModel::serving() {
   s.vocab_size = ec.vocab_size;
   s.eos_token_ids = ec.eos_token_ids;
   s.defaults = SamplingParams::from_defaults(instance_->generation_config());
+  s.default_max_tokens = instance_->generation_config().max_new_tokens;
+  s.max_tokens_cap = max_tokens_cap_;
   return s;
 }
 

@@ -29,6 +29,7 @@ class LoadedModel {
 
  private:
   LoadedModel() = default;
+  std::optional<int64_t> max_tokens_cap_;
   std::unique_ptr<TextProcessor> text_;
   std::unique_ptr<EngineInstance> instance_;
   std::unique_ptr<EngineMetrics> metrics_;

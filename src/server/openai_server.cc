@@ -812,8 +812,12 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
   for (size_t p = 0; p < ctx->prompt_ids.size(); ++p) {
     SamplingParams params = r.params;
     const int64_t len = static_cast<int64_t>(ctx->prompt_ids[p].size());
-    if (!r.max_tokens_set && chat) params.max_tokens = m.max_model_len - len;
+    // vLLM's get_max_tokens: the request's, else (chat) generation_config's max_new_tokens,
+    // else what the context leaves; never past the context or the override's cap.
+    if (!r.max_tokens_set && chat)
+      params.max_tokens = m.default_max_tokens.value_or(m.max_model_len - len);
     params.max_tokens = std::min(params.max_tokens, m.max_model_len - len);
+    if (m.max_tokens_cap) params.max_tokens = std::min(params.max_tokens, *m.max_tokens_cap);
     for (int64_t i = 0; i < r.n; ++i) {
       Choice c;
       c.index = static_cast<int64_t>(p) * r.n + i;

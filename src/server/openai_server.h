@@ -50,7 +50,12 @@ struct ServingModel {
   const TextProcessor* text = nullptr;  // null: token-id prompts only
   int64_t max_model_len = 0;
   int64_t vocab_size = 0;
-  SamplingParams defaults;             // from generation_config.json
+  SamplingParams defaults;  // from generation_config.json
+  // generation_config's max_new_tokens: max_tokens of a chat request that names none.
+  std::optional<int64_t> default_max_tokens;
+  // A cap on every request's max_tokens: max_new_tokens of --override-generation-config, or of
+  // a --generation-config folder (vLLM's override_max_tokens).
+  std::optional<int64_t> max_tokens_cap;
   std::vector<int32_t> eos_token_ids;  // the engine's (config and generation_config)
   // --enable-auto-tool-choice --tool-call-parser: parses tool_choice "auto" calls (null: off).
   const ToolParser* tool_parser = nullptr;

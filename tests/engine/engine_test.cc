@@ -2,8 +2,12 @@
 // prefill, preemption and prefix-cache hits), stop conditions and aborts.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <fstream>
 #include <map>
 
+#include "engine/engine_builder.h"
 #include "engine/llm_engine.h"
 #include "model/model_test_util.h"
 
@@ -422,6 +426,64 @@ TEST_F(EngineTest, AbortWhileItsStepIsInFlight) {
     const size_t skip = want.tokens.size() - got.tokens.size();
     EXPECT_TRUE(std::equal(got.tokens.begin(), got.tokens.end(), want.tokens.begin() + skip)) << id;
   }
+}
+
+// --generation-config and --override-generation-config, on folders written here.
+TEST(GenerationConfigFlags, AutoVllmFolderAndOverride) {
+  const auto base =
+      std::filesystem::temp_directory_path() / ("tessera_genconfig_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(base / "model");
+  std::filesystem::create_directories(base / "other");
+  std::ofstream(base / "model/generation_config.json")
+      << R"({"temperature": 0.6, "top_p": 0.9, "eos_token_id": [1, 2], "max_new_tokens": 64})";
+  std::ofstream(base / "other/generation_config.json")
+      << R"({"temperature": 0.3, "max_new_tokens": 12})";
+  EngineArgs args;
+  args.model = base / "model";
+  GenerationConfig g = resolve_generation_config(args);
+  EXPECT_EQ(g.temperature, 0.6);
+  EXPECT_EQ(g.top_p, 0.9);
+  EXPECT_EQ(g.eos_token_ids, (std::vector<int32_t>{1, 2}));
+  EXPECT_EQ(generation_max_tokens_cap(args), std::nullopt);
+  // vllm: no sampling defaults from the file; its eos ids still stop generation.
+  args.generation_config = "vllm";
+  g = resolve_generation_config(args);
+  EXPECT_FALSE(g.temperature);
+  EXPECT_FALSE(g.max_new_tokens);
+  EXPECT_EQ(g.eos_token_ids, (std::vector<int32_t>{1, 2}));
+  // A folder of its own: its file, whose max_new_tokens also caps requests.
+  args.generation_config = (base / "other").string();
+  g = resolve_generation_config(args);
+  EXPECT_EQ(g.temperature, 0.3);
+  EXPECT_FALSE(g.top_p);
+  EXPECT_EQ(generation_max_tokens_cap(args), 12);
+  // An override sets the keys it names on top.
+  args.generation_config = "auto";
+  args.override_generation_config = R"({"temperature": 0.5, "max_new_tokens": 7})";
+  g = resolve_generation_config(args);
+  EXPECT_EQ(g.temperature, 0.5);
+  EXPECT_EQ(g.top_p, 0.9);
+  EXPECT_EQ(g.max_new_tokens, 7);
+  EXPECT_EQ(generation_max_tokens_cap(args), 7);
+  // Bad values are errors that name the flag.
+  const auto error_of = [&](const EngineArgs& a) {
+    try {
+      resolve_generation_config(a);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  args.override_generation_config = "{temperature";
+  EXPECT_NE(error_of(args).find("--override-generation-config is not valid JSON"),
+            std::string::npos);
+  args.override_generation_config = "[1]";
+  EXPECT_NE(error_of(args).find("--override-generation-config"), std::string::npos);
+  args.override_generation_config.clear();
+  args.generation_config = (base / "nowhere").string();
+  EXPECT_NE(error_of(args).find("--generation-config must be auto, vllm or a folder"),
+            std::string::npos);
+  std::filesystem::remove_all(base);
 }
 
 }  // namespace

@@ -210,6 +210,29 @@ TEST(ServerTest, CompletionAndChatShapes) {
   EXPECT_EQ(chat2["choices"][0]["message"]["content"], chat["choices"][0]["message"]["content"]);
 }
 
+// max_tokens as vLLM's get_max_tokens decides it: generation_config's max_new_tokens for a chat
+// request that names none (completions keep OpenAI's 16), and the override's cap on all.
+TEST(ServerTest, GenerationConfigMaxNewTokensSetsChatDefaultsAndTheCapLimitsAll) {
+  ServerFixture f(256);
+  ServingModel serving = f.model->serving();
+  serving.default_max_tokens = 7;
+  f.server->set_ready(serving);
+  const auto completion_tokens = [&](const std::string& path, const std::string& body) {
+    auto [status, j] = f.post(path, body);
+    EXPECT_EQ(status, 200) << j.dump();
+    return j["usage"]["completion_tokens"].get<int>();
+  };
+  const std::string chat = R"({"messages":[{"role":"user","content":"hi"}],"ignore_eos":true)";
+  const std::string prompt = R"({"prompt":"hi","ignore_eos":true)";
+  EXPECT_EQ(completion_tokens("/v1/chat/completions", chat + "}"), 7);
+  EXPECT_EQ(completion_tokens("/v1/chat/completions", chat + R"(,"max_tokens":9})"), 9);
+  EXPECT_EQ(completion_tokens("/v1/completions", prompt + "}"), 16);
+  serving.max_tokens_cap = 5;
+  f.server->set_ready(serving);
+  EXPECT_EQ(completion_tokens("/v1/chat/completions", chat + R"(,"max_tokens":9})"), 5);
+  EXPECT_EQ(completion_tokens("/v1/completions", prompt + "}"), 5);
+}
+
 TEST(ServerTest, StopStringsAndStopTokens) {
   ServerFixture f(256);
   auto [s0, free_run] =
