@@ -35,6 +35,10 @@ struct ServeOptions {
   std::string reasoning_parser;
   double shutdown_timeout = 30;
   std::string max_request_body = "8MiB";
+  bool return_tokens_as_token_ids = false;
+  bool enable_force_include_usage = false;
+  std::string response_role = "assistant";
+  std::string scheduling_policy = "fcfs";
 };
 
 // Signals arrive on one waiting thread instead of interrupting arbitrary ones.
@@ -116,6 +120,9 @@ void run_serve(ServeOptions& o) {
   // As in vLLM, a parser without --enable-auto-tool-choice parses nothing ("auto" is a 400).
   if (o.enable_auto_tool_choice) serving.tool_parser = tool_parser.get();
   serving.reasoning_parser = reasoning_parser.get();
+  serving.return_tokens_as_token_ids = o.return_tokens_as_token_ids;
+  serving.force_include_usage = o.enable_force_include_usage;
+  serving.response_role = o.response_role;
   server.set_ready(serving);
   spdlog::info("ready: serving {} on http://{}:{}", fmt::join(so.served_model_names, ", "), so.host,
                server.port());
@@ -185,15 +192,31 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-request-body", o->max_request_body, "Largest request body (413 beyond)")
       ->capture_default_str();
+  cmd->add_flag("--return-tokens-as-token-ids", o->return_tokens_as_token_ids,
+                "Logprobs name tokens \"token_id:N\" (as the request field does)");
+  cmd->add_flag("--enable-force-include-usage", o->enable_force_include_usage,
+                "Every stream carries usage, whatever stream_options says");
+  cmd->add_option("--response-role", o->response_role,
+                  "Role of the chat answer when the request adds the generation prompt")
+      ->capture_default_str();
+  cmd->add_option("--scheduling-policy", o->scheduling_policy,
+                  "fcfs (first come, first served; vLLM's priority policy is not supported)")
+      ->check(CLI::IsMember({"fcfs"}))
+      ->capture_default_str();
   // Flags the public recipes pass that change nothing here.
   auto noop = std::make_shared<std::string>();
   for (const char* flag :
        {"--trust-remote-code", "--disable-log-requests", "--enable-reasoning",
         "--no-enable-log-requests", "--enable-log-requests", "--disable-custom-all-reduce",
-        "--disable-log-stats", "--enable-chunked-prefill", "--disable-frontend-multiprocessing"})
+        "--disable-log-stats", "--enable-chunked-prefill", "--disable-frontend-multiprocessing",
+        "--disable-uvicorn-access-log", "--disable-fastapi-docs", "--enable-prompt-tokens-details",
+        "--async-scheduling", "--enable-server-load-tracking"})
     cmd->add_flag(std::string(flag))->description("Accepted for vLLM compatibility; no effect");
-  for (const char* flag : {"--swap-space", "--uvicorn-log-level", "--tokenizer-mode",
-                           "--max-log-len", "--download-dir"})
+  // (--revision and its kin name hub revisions: tessera reads local folders only.)
+  for (const char* flag :
+       {"--swap-space", "--uvicorn-log-level", "--tokenizer-mode", "--max-log-len",
+        "--download-dir", "--revision", "--tokenizer-revision", "--code-revision", "--root-path",
+        "--max-seq-len-to-capture", "--max-parallel-loading-workers", "--compilation-config"})
     cmd->add_option(flag, *noop, "Accepted for vLLM compatibility; no effect");
   cmd->callback([o] { run_serve(*o); });
 }

@@ -117,6 +117,7 @@ struct ResponseContext {
   AsyncEngine* engine = nullptr;
   const ToolParser* tool_parser = nullptr;            // tool_choice "auto" with --tool-call-parser
   const ReasoningParser* reasoning_parser = nullptr;  // chat with --reasoning-parser
+  std::string role = "assistant";                     // of chat answers
   std::vector<Choice> choices;
 
   std::string token_string(int32_t id) const {
@@ -309,7 +310,7 @@ struct ResponseContext {
             content_json = "";
           }
         }
-        choice["message"] = {{"role", "assistant"},
+        choice["message"] = {{"role", role},
                              {"content", content_json},
                              {"reasoning_content", reasoning_json},
                              {"tool_calls", calls}};
@@ -395,7 +396,7 @@ struct ResponseContext {
     json choice = {{"index", c.index}};
     if (chat) {
       json delta = json::object();
-      if (first) delta["role"] = "assistant";
+      if (first) delta["role"] = role;
       if (tool_parser || reasoning_parser) {
         if (first)
           delta["content"] = new_text;
@@ -714,6 +715,17 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
   ctx->request =
       chat ? parse_chat_request(body, m.defaults) : parse_completion_request(body, m.defaults);
   GenerateRequest& r = ctx->request;
+  if (m.return_tokens_as_token_ids) r.return_tokens_as_token_ids = true;
+  if (m.force_include_usage && r.stream) r.include_usage = r.continuous_usage = true;
+  // vLLM's get_chat_request_role: --response-role when the prompt asks for an answer, else
+  // the role of the message being continued.
+  if (chat) {
+    const auto& messages = r.chat_inputs.messages;
+    ctx->role = r.chat_inputs.add_generation_prompt || messages.empty() ||
+                        !messages.back().contains("role") || !messages.back()["role"].is_string()
+                    ? m.response_role
+                    : messages.back()["role"].get<std::string>();
+  }
   if (r.model && std::find(names.begin(), names.end(), *r.model) == names.end())
     throw ApiError(404, fmt::format("The model `{}` does not exist.", *r.model), "model");
   ctx->chat = chat;

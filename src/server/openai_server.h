@@ -61,6 +61,12 @@ struct ServingModel {
   const ToolParser* tool_parser = nullptr;
   // --reasoning-parser: splits <think>...</think> into reasoning_content (null: off).
   const ReasoningParser* reasoning_parser = nullptr;
+  // --return-tokens-as-token-ids: logprobs name tokens "token_id:N" in every request.
+  bool return_tokens_as_token_ids = false;
+  // --enable-force-include-usage: every stream carries usage (per chunk and at the end).
+  bool force_include_usage = false;
+  // --response-role: the chat answer's role when the request adds the generation prompt.
+  std::string response_role = "assistant";
 };
 
 // Runs one non-streaming completions or chat request to the end (run-batch): the response body.

@@ -313,6 +313,58 @@ TEST(ServerTest, StreamingWithUsage) {
   EXPECT_EQ(events.back()["usage"]["completion_tokens"], 6);
 }
 
+// The events of an SSE body, [DONE] left out (and required).
+std::vector<json> sse_events(const std::string& body) {
+  std::vector<json> events;
+  bool done = false;
+  for (size_t pos = 0; (pos = body.find("data: ", pos)) != std::string::npos;) {
+    const size_t end = body.find("\n\n", pos);
+    const std::string data = body.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (data == "[DONE]") {
+      done = true;
+    } else {
+      events.push_back(json::parse(data));
+    }
+  }
+  EXPECT_TRUE(done);
+  return events;
+}
+
+// --enable-force-include-usage, --return-tokens-as-token-ids and --response-role.
+TEST(ServerTest, ServerWideResponseFlags) {
+  ServerFixture f(256);
+  ServingModel serving = f.model->serving();
+  serving.force_include_usage = true;
+  serving.return_tokens_as_token_ids = true;
+  serving.response_role = "bot";
+  f.server->set_ready(serving);
+  // Usage on every chunk and in a last chunk, though the request asks for none.
+  auto res = f.client().Post("/v1/completions",
+                             R"({"prompt":"hi","max_tokens":3,"stream":true,"logprobs":1})",
+                             "application/json");
+  ASSERT_TRUE(res);
+  const std::vector<json> events = sse_events(res->body);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_TRUE(events.back()["choices"].empty());
+  EXPECT_EQ(events.back()["usage"]["completion_tokens"], 3);
+  EXPECT_TRUE(events.front().contains("usage")) << events.front().dump();
+  // Token names in logprobs.
+  const std::string token = events.front()["choices"][0]["logprobs"]["tokens"][0];
+  EXPECT_EQ(token.rfind("token_id:", 0), 0u) << token;
+  // The answer's role; a continued message keeps its own.
+  auto [s1, chat] = f.post("/v1/chat/completions",
+                           R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})");
+  ASSERT_EQ(s1, 200) << chat.dump();
+  EXPECT_EQ(chat["choices"][0]["message"]["role"], "bot");
+  auto [s2, cont] = f.post("/v1/chat/completions",
+                           R"({"messages":[{"role":"user","content":"hi"},
+                                           {"role":"assistant","content":"Sure"}],
+                               "continue_final_message":true,"max_tokens":2})");
+  ASSERT_EQ(s2, 200) << cont.dump();
+  EXPECT_EQ(cont["choices"][0]["message"]["role"], "assistant");
+}
+
 TEST(ServerTest, BadInputGetsOpenAIErrorsAndServerKeepsServing) {
   ServerFixture f(256, "secret");
   const httplib::Headers auth = {{"Authorization", "Bearer secret"}};
