@@ -33,6 +33,15 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
   cmd->add_option("--override-generation-config", f.override_generation_config,
                   "JSON object of generation_config.json keys set on top, e.g. "
                   "'{\"temperature\": 0.5}'");
+  cmd->add_option("--max-logprobs", f.max_logprobs,
+                  "Most logprobs, top_logprobs or prompt_logprobs a request may ask for (-1: the "
+                  "whole vocabulary)")
+      ->capture_default_str();
+  cmd->add_option("--scheduling-policy", f.scheduling_policy,
+                  "fcfs (first come, first served) or priority (by the requests' `priority`, "
+                  "lower first, then arrival)")
+      ->check(CLI::IsMember({"fcfs", "priority"}))
+      ->capture_default_str();
   cmd->add_option("--dtype", f.dtype, "auto, bfloat16, float16, float32 (auto: as stored)")
       ->capture_default_str();
   cmd->add_option("--kv-cache-dtype", f.kv_cache_dtype,
@@ -189,6 +198,9 @@ EngineArgs to_engine_args(const EngineFlags& f) {
   }
   a.generation_config = f.generation_config;
   a.override_generation_config = f.override_generation_config;
+  if (f.max_logprobs < -1) fail("--max-logprobs must be -1 (no limit) or at least 0");
+  a.max_logprobs = f.max_logprobs;
+  a.priority_scheduling = f.scheduling_policy == "priority";
   a.dtype = parse_dtype_flag(f.dtype, "--dtype");
   a.kv_cache_dtype = parse_kv_cache_dtype(f.kv_cache_dtype);
   a.threads = f.threads;

@@ -17,6 +17,8 @@ struct EngineFlags {
   std::string tokenizer;  // --tokenizer (empty: the model folder)
   std::string generation_config = "auto";
   std::string override_generation_config;
+  int64_t max_logprobs = 20;
+  std::string scheduling_policy = "fcfs";
   std::string dtype = "auto";
   std::string kv_cache_dtype = "auto";
   int threads = 0;

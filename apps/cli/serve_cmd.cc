@@ -38,7 +38,10 @@ struct ServeOptions {
   bool return_tokens_as_token_ids = false;
   bool enable_force_include_usage = false;
   std::string response_role = "assistant";
-  std::string scheduling_policy = "fcfs";
+  std::string allowed_origins = "[\"*\"]";
+  std::string allowed_methods = "[\"*\"]";
+  std::string allowed_headers = "[\"*\"]";
+  bool allow_credentials = false;
 };
 
 // Signals arrive on one waiting thread instead of interrupting arbitrary ones.
@@ -88,6 +91,11 @@ void run_serve(ServeOptions& o) {
   if (!o.tool_call_parser.empty()) tool_parser = ToolParser::create(o.tool_call_parser);
   std::unique_ptr<ReasoningParser> reasoning_parser;
   if (!o.reasoning_parser.empty()) reasoning_parser = ReasoningParser::create(o.reasoning_parser);
+  CorsPolicy cors;
+  cors.allowed_origins = parse_cors_list("--allowed-origins", o.allowed_origins);
+  cors.allowed_methods = parse_cors_list("--allowed-methods", o.allowed_methods);
+  cors.allowed_headers = parse_cors_list("--allowed-headers", o.allowed_headers);
+  cors.allow_credentials = o.allow_credentials;
   EngineArgs args = to_engine_args(o.engine);  // validates flags before the port opens
   if (launcher_rank() > 0) {
     // Another rank of a tp/pp job: no port; it runs steps until rank 0 stops (never returns).
@@ -110,6 +118,7 @@ void run_serve(ServeOptions& o) {
   so.max_body_bytes = static_cast<size_t>(parse_bytes(o.max_request_body, "--max-request-body"));
   so.version = TESSERA_VERSION;
   so.trust_request_chat_template = o.trust_request_chat_template;
+  so.cors = cors;
   OpenAIServer server(so);
   server.start();
 
@@ -199,10 +208,16 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--response-role", o->response_role,
                   "Role of the chat answer when the request adds the generation prompt")
       ->capture_default_str();
-  cmd->add_option("--scheduling-policy", o->scheduling_policy,
-                  "fcfs (first come, first served; vLLM's priority policy is not supported)")
-      ->check(CLI::IsMember({"fcfs"}))
+  cmd->add_option("--allowed-origins", o->allowed_origins,
+                  "CORS: origins whose pages may call the API (JSON list)")
       ->capture_default_str();
+  cmd->add_option("--allowed-methods", o->allowed_methods, "CORS: methods allowed (JSON list)")
+      ->capture_default_str();
+  cmd->add_option("--allowed-headers", o->allowed_headers,
+                  "CORS: request headers allowed (JSON list)")
+      ->capture_default_str();
+  cmd->add_flag("--allow-credentials", o->allow_credentials,
+                "CORS: let pages send cookies and credentials");
   // Flags the public recipes pass that change nothing here.
   auto noop = std::make_shared<std::string>();
   for (const char* flag :

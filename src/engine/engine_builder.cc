@@ -525,10 +525,12 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   ec.scheduler.max_num_seqs = args.max_num_seqs;
   ec.scheduler.max_num_batched_tokens = args.max_num_batched_tokens;
   ec.scheduler.max_model_len = max_len;
+  ec.scheduler.priority_policy = args.priority_scheduling;
   ec.block_size = args.block_size;
   ec.num_blocks = blocks;
   ec.enable_prefix_caching = args.enable_prefix_caching;
   ec.vocab_size = config.vocab_size;
+  ec.max_logprobs = args.max_logprobs < 0 ? config.vocab_size : args.max_logprobs;
   ec.eos_token_ids = eos_token_ids(config, e->generation_);
   ec.virtual_engines = groups;
   ModelExecutor& executor = e->executor_ ? static_cast<ModelExecutor&>(*e->executor_) : *e->runner_;

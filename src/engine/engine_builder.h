@@ -45,7 +45,9 @@ struct EngineArgs {
   // --generation-config: "auto" (the model's generation_config.json), "vllm" (no sampling
   // defaults from it; its eos ids still stop), or a folder holding a generation_config.json.
   std::string generation_config = "auto";
-  std::string override_generation_config;          // JSON object merged on top (or empty)
+  std::string override_generation_config;  // JSON object merged on top (or empty)
+  int64_t max_logprobs = 20;  // --max-logprobs: most logprobs a request may ask for (-1: all)
+  bool priority_scheduling = false;                // --scheduling-policy priority (else fcfs)
   std::optional<DType> dtype;                      // --dtype (auto: as stored)
   std::optional<DType> kv_cache_dtype;             // --kv-cache-dtype (auto: the backend's choice)
   int threads = 0;                                 // --threads (0: physical cores)

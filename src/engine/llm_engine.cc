@@ -76,6 +76,13 @@ void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> 
         "Please reduce the length of the prompt.",
         max_len, prompt.size());
   params.validate(config_.vocab_size);
+  for (const std::optional<int>& n : {params.logprobs, params.prompt_logprobs})
+    if (n && *n > config_.max_logprobs)
+      fail("Requested {} logprobs, which is greater than max allowed: {} (--max-logprobs)", *n,
+           config_.max_logprobs);
+  if (params.priority != 0 && !config_.scheduler.priority_policy)
+    fail("Got priority {} but Priority scheduling is not enabled (--scheduling-policy priority)",
+         params.priority);
   auto seq = std::make_unique<Sequence>();
   seq->request_id = request_id;
   seq->arrival_index = next_arrival_++;

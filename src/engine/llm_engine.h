@@ -30,6 +30,9 @@ struct EngineConfig {
   int64_t num_blocks = 0;
   bool enable_prefix_caching = true;
   int64_t vocab_size = 0;
+  // --max-logprobs, resolved (-1 became the vocabulary): the most logprobs or prompt_logprobs
+  // a request may ask for.
+  int64_t max_logprobs = 20;
   std::vector<int32_t> eos_token_ids;
   // Groups of sequences scheduled separately, each with at most one step in flight, so that
   // pp pipeline stages work on different groups' steps at once (vLLM's virtual engines).

@@ -35,10 +35,12 @@ void SamplingParams::validate(int64_t vocab_size) const {
     if (!(bias >= -100 && bias <= 100))
       fail("logit_bias values must be in [-100, 100], got {}", bias);
   }
-  if (logprobs && (*logprobs < 0 || *logprobs > 20))
-    fail("logprobs must be between 0 and 20, got {}", *logprobs);
-  if (prompt_logprobs && (*prompt_logprobs < 0 || *prompt_logprobs > 20))
-    fail("prompt_logprobs must be between 0 and 20, got {}", *prompt_logprobs);
+  // The engine's --max-logprobs is checked by the engine (LLMEngine::add_request).
+  if (logprobs && (*logprobs < 0 || *logprobs > vocab_size))
+    fail("logprobs must be between 0 and the vocabulary size {}, got {}", vocab_size, *logprobs);
+  if (prompt_logprobs && (*prompt_logprobs < 0 || *prompt_logprobs > vocab_size))
+    fail("prompt_logprobs must be between 0 and the vocabulary size {}, got {}", vocab_size,
+         *prompt_logprobs);
 }
 
 SamplingParams SamplingParams::from_defaults(const GenerationConfig& g) {

@@ -36,6 +36,10 @@ struct SamplingParams {
   std::optional<int> logprobs;         // top-k logprobs per generated token (0: only the chosen)
   std::optional<int> prompt_logprobs;  // same for prompt tokens
 
+  // Scheduling priority under --scheduling-policy priority: lower values run first (vLLM's
+  // request field `priority`). Not a sampling setting, but it travels with the request.
+  int64_t priority = 0;
+
   // Structured output: only tokens the grammar allows are sampled, and the sequence stops when
   // its text is complete (engine/structured_output.h). Both set, or neither.
   std::shared_ptr<const Grammar> grammar;

@@ -9,9 +9,24 @@ namespace tessera {
 Scheduler::Scheduler(const SchedulerConfig& config, BlockManager& blocks)
     : config_(config), blocks_(blocks) {}
 
+bool Scheduler::before(const Sequence* a, const Sequence* b) const {
+  if (config_.priority_policy && a->params.priority != b->params.priority)
+    return a->params.priority < b->params.priority;
+  return a->arrival_index < b->arrival_index;
+}
+
+void Scheduler::insert_waiting(Sequence* seq) {
+  waiting_.insert(std::upper_bound(waiting_.begin(), waiting_.end(), seq,
+                                   [this](Sequence* a, Sequence* b) { return before(a, b); }),
+                  seq);
+}
+
 void Scheduler::add(Sequence* seq) {
   seq->status = SequenceStatus::kWaiting;
-  waiting_.push_back(seq);
+  if (config_.priority_policy)
+    insert_waiting(seq);
+  else
+    waiting_.push_back(seq);
 }
 
 void Scheduler::remove(Sequence* seq) {
@@ -28,7 +43,11 @@ void Scheduler::preempt(Sequence* seq, SchedulerOutput& out) {
   seq->status = SequenceStatus::kWaiting;
   ++seq->num_preemptions;
   running_.erase(std::find(running_.begin(), running_.end(), seq));
-  waiting_.push_front(seq);
+  // First in line again (under priority: among the waiting ones of its priority).
+  if (config_.priority_policy)
+    insert_waiting(seq);
+  else
+    waiting_.push_front(seq);
   out.preempted.push_back(seq);
   ++num_preemptions_;
 }
@@ -107,9 +126,8 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
     blocks_.grow(seq->block_table, seq->num_computed_tokens + num_new);
     waiting_.pop_front();
     seq->status = SequenceStatus::kRunning;
-    auto pos = std::upper_bound(
-        running_.begin(), running_.end(), seq,
-        [](Sequence* a, Sequence* b) { return a->arrival_index < b->arrival_index; });
+    auto pos = std::upper_bound(running_.begin(), running_.end(), seq,
+                                [this](Sequence* a, Sequence* b) { return before(a, b); });
     running_.insert(pos, seq);
     take(seq, num_new, out);
     spend(left, num_new);

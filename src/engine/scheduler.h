@@ -2,7 +2,8 @@
 // prefill chunks, oldest first) and admits waiting ones in arrival order, within a cap on
 // sequences and a budget of tokens per step; prompts longer than what is left of the budget are
 // split into chunks (chunked prefill). When the KV cache has no room, the newest running
-// sequence is preempted: its blocks are freed and it is recomputed later. Works on ids and
+// sequence is preempted: its blocks are freed and it is recomputed later. Under the priority
+// policy "oldest" and "newest" read as "first and last by (priority, arrival)". Works on ids and
 // counts; never on tensors.
 #pragma once
 
@@ -31,6 +32,9 @@ struct SchedulerConfig {
   // small steps instead of a few large ones: a pipeline fills and drains once per burst, so the
   // stages idle for one step's length at each end.
   int64_t max_prefill_tokens = 0;
+  // --scheduling-policy priority: sequences are served, and kept on preemption, by
+  // (params.priority, arrival) instead of arrival alone.
+  bool priority_policy = false;
 };
 
 struct ScheduledSequence {
@@ -72,6 +76,9 @@ class Scheduler {
 
  private:
   void preempt(Sequence* seq, SchedulerOutput& out);
+  // The service order: arrival (fcfs), or priority then arrival.
+  bool before(const Sequence* a, const Sequence* b) const;
+  void insert_waiting(Sequence* seq);
   // The most of `seq`'s remaining prompt this group takes in one step (prefill_shares).
   int64_t share_cap(const Sequence& seq) const;
   // Schedules tokens [scheduled, + num_new) of `seq` (its blocks must fit).
@@ -81,7 +88,7 @@ class Scheduler {
   SchedulerConfig config_;
   BlockManager& blocks_;
   std::deque<Sequence*> waiting_;
-  std::vector<Sequence*> running_;  // in arrival order
+  std::vector<Sequence*> running_;  // in service order (before())
   int64_t num_preemptions_ = 0;
 };
 

@@ -1,5 +1,7 @@
 #include "server/async_engine.h"
 
+#include <algorithm>
+
 #include "core/logging.h"
 #include "core/sys.h"
 
@@ -58,13 +60,15 @@ AsyncEngine::~AsyncEngine() {
 
 std::shared_ptr<RequestStream> AsyncEngine::submit(const std::string& request_id,
                                                    std::vector<int32_t> prompt,
-                                                   const SamplingParams& params) {
+                                                   const SamplingParams& params,
+                                                   std::shared_ptr<ChoiceGroup> group) {
   if (!healthy_) fail(ErrorKind::kInternal, "the engine has failed; restart the server");
   if (!accepting_) fail(ErrorKind::kUnavailable, "the server is shutting down");
   auto stream = std::make_shared<RequestStream>(request_id);
   {
     std::lock_guard lock(mu_);
-    inbox_.push_back(Pending{request_id, std::move(prompt), params, stream});
+    if (!group) group = std::make_shared<ChoiceGroup>(1);
+    inbox_.push_back(Pending{request_id, std::move(prompt), params, stream, std::move(group)});
     ++unfinished_;
   }
   cv_.notify_all();
@@ -116,7 +120,7 @@ void AsyncEngine::loop() {
     for (Pending& p : admitted) {
       try {
         engine_.add_request(p.request_id, std::move(p.prompt), p.params);
-        live_[p.request_id] = Live{p.stream, now_seconds(), 0};
+        live_[p.request_id] = Live{p.stream, now_seconds(), 0, p.params.max_tokens, p.group};
       } catch (const Error& e) {
         p.stream->fail(e);
         --unfinished_;
@@ -171,7 +175,12 @@ void AsyncEngine::dispatch(std::vector<RequestOutput>& outputs) {
       live.last_token_time = now;
     }
     const bool finished = out.finished;
-    if (finished && metrics_) metrics_->observe_finished(out);
+    if (finished && metrics_) {
+      metrics_->observe_finished(out, live.max_tokens);
+      ChoiceGroup& g = *live.group;
+      g.max_generation_tokens = std::max(g.max_generation_tokens, out.num_output_tokens);
+      if (--g.remaining == 0) metrics_->observe_choices_finished(g.n, g.max_generation_tokens);
+    }
     live.stream->push(std::move(out));
     if (finished) {
       live_.erase(it);

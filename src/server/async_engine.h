@@ -46,6 +46,16 @@ class RequestStream {
   std::optional<Error> error_;
 };
 
+// The n choices of one prompt of an API request, for the per-request metrics (n and the most
+// tokens a choice generated, observed when the last choice finishes). After submit() only the
+// engine thread touches it.
+struct ChoiceGroup {
+  explicit ChoiceGroup(int64_t n) : n(n), remaining(n) {}
+  int64_t n;
+  int64_t remaining;
+  int64_t max_generation_tokens = 0;
+};
+
 class AsyncEngine {
  public:
   // `metrics` may be null.
@@ -57,8 +67,10 @@ class AsyncEngine {
   // Queues a request; its outputs arrive on the returned stream. Errors found when the engine
   // admits it (bad parameters) arrive as the stream's error. Throws kUnavailable after
   // stop_accepting() or once the engine has failed.
+  // `group`: the request's other choices of the same prompt (null: a group of one).
   std::shared_ptr<RequestStream> submit(const std::string& request_id, std::vector<int32_t> prompt,
-                                        const SamplingParams& params);
+                                        const SamplingParams& params,
+                                        std::shared_ptr<ChoiceGroup> group = nullptr);
   // Frees the request's blocks on the next engine iteration; its stream ends with "abort".
   void abort(const std::string& request_id);
 
@@ -78,11 +90,14 @@ class AsyncEngine {
     std::vector<int32_t> prompt;
     SamplingParams params;
     std::shared_ptr<RequestStream> stream;
+    std::shared_ptr<ChoiceGroup> group;
   };
   struct Live {
     std::shared_ptr<RequestStream> stream;
     double submit_time = 0;
     double last_token_time = 0;  // 0 until the first token
+    int64_t max_tokens = 0;
+    std::shared_ptr<ChoiceGroup> group;
   };
   void loop();
   // The engine's counters into stats() and the metrics.

@@ -21,6 +21,11 @@ const Histogram::BucketBoundaries kRequestBuckets = {0.3,  0.5,  0.8,  1.0,   1.
                                                      5.0,  10.0, 15.0, 20.0,  30.,   40.0,  50.0,
                                                      60.0, 120., 240., 480.0, 960.0, 1920., 7680.};
 
+// Tokens per engine step.
+const Histogram::BucketBoundaries kIterationBuckets = {1,   8,    16,   32,   64,   128,  256,
+                                                       512, 1024, 2048, 4096, 8192, 16384};
+const Histogram::BucketBoundaries kNBuckets = {1, 2, 5, 10, 20};
+
 }  // namespace
 
 std::vector<double> one_two_five_buckets(int64_t max) {
@@ -94,6 +99,17 @@ EngineMetrics::EngineMetrics(const std::string& model_name, int64_t max_model_le
       histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets);
   request_generation_tokens_ = histogram("vllm:request_generation_tokens",
                                          "Number of generation tokens processed.", token_buckets);
+  iteration_tokens_ =
+      histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                kIterationBuckets);
+  request_params_n_ =
+      histogram("vllm:request_params_n", "Histogram of the n request parameter.", kNBuckets);
+  request_params_max_tokens_ =
+      histogram("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.",
+                token_buckets);
+  request_max_num_generation_tokens_ =
+      histogram("vllm:request_max_num_generation_tokens",
+                "Histogram of maximum number of requested generation tokens.", token_buckets);
 
   prometheus::Labels info = labels;
   info["block_size"] = std::to_string(cache.block_size);
@@ -123,6 +139,10 @@ void EngineMetrics::update(const EngineStats& s) {
   add(preemptions_, s.num_preemptions, last_.num_preemptions);
   add(prompt_tokens_, s.prompt_tokens, last_.prompt_tokens);
   add(generation_tokens_, s.generation_tokens, last_.generation_tokens);
+  // Called after every step (and again when idle): a step's tokens are the counters' growth.
+  const int64_t step_tokens =
+      (s.prompt_tokens - last_.prompt_tokens) + (s.generation_tokens - last_.generation_tokens);
+  if (step_tokens > 0) iteration_tokens_->Observe(static_cast<double>(step_tokens));
   last_ = s;
 }
 
@@ -140,8 +160,14 @@ void EngineMetrics::count_finish(FinishReason reason) {
   if (it != success_.end()) it->second->Increment();
 }
 
-void EngineMetrics::observe_finished(const RequestOutput& o) {
+void EngineMetrics::observe_choices_finished(int64_t n, int64_t max_generation_tokens) {
+  request_params_n_->Observe(static_cast<double>(n));
+  request_max_num_generation_tokens_->Observe(static_cast<double>(max_generation_tokens));
+}
+
+void EngineMetrics::observe_finished(const RequestOutput& o, int64_t max_tokens) {
   count_finish(o.finish_reason);
+  request_params_max_tokens_->Observe(static_cast<double>(max_tokens));
   if (o.finished_time <= 0) return;
   e2e_->Observe(o.finished_time - o.arrival_time);
   if (o.first_scheduled_time > 0) {

@@ -30,8 +30,13 @@ class EngineMetrics {
 
   // Gauges and counters from the engine's totals after a step.
   void update(const EngineStats& stats);
-  // One finished request (its last output carries the timestamps).
-  void observe_finished(const RequestOutput& output);
+  // One finished engine request (its last output carries the timestamps) and the max_tokens
+  // it ran with.
+  void observe_finished(const RequestOutput& output, int64_t max_tokens);
+  // An API request's prompt with its n choices, once every choice has finished: n and the
+  // most tokens one choice generated (vLLM's request_params_n and
+  // request_max_num_generation_tokens).
+  void observe_choices_finished(int64_t n, int64_t max_generation_tokens);
   void observe_first_token(double seconds);
   void observe_inter_token(double seconds);
   void count_finish(FinishReason reason);
@@ -61,6 +66,10 @@ class EngineMetrics {
   prometheus::Histogram* inference_;
   prometheus::Histogram* request_prompt_tokens_;
   prometheus::Histogram* request_generation_tokens_;
+  prometheus::Histogram* iteration_tokens_;
+  prometheus::Histogram* request_params_n_;
+  prometheus::Histogram* request_params_max_tokens_;
+  prometheus::Histogram* request_max_num_generation_tokens_;
   EngineStats last_;  // totals already added to the counters
 };
 

@@ -160,7 +160,7 @@ void parse_structured(const json& body, GenerateRequest& r) {
 }
 
 // The fields completions and chat share (sampling, stopping, streaming, vLLM extras).
-void parse_common(const json& body, GenerateRequest& r) {
+void parse_common(const json& body, GenerateRequest& r, int64_t max_logprobs) {
   if (!body.is_object()) bad("", "the request body must be a JSON object");
   r.model = get_string(body, "model");
   SamplingParams& p = r.params;
@@ -237,11 +237,14 @@ void parse_common(const json& body, GenerateRequest& r) {
     p.min_tokens = *v;
   }
   if (auto v = get_bool(body, "ignore_eos")) p.ignore_eos = *v;
+  if (auto v = get_int(body, "priority")) p.priority = *v;
   if (auto v = get_bool(body, "include_stop_str_in_output")) p.include_stop_str_in_output = *v;
   if (auto v = get_bool(body, "skip_special_tokens")) p.skip_special_tokens = *v;
   if (auto v = get_int(body, "prompt_logprobs")) {
-    if (*v < 0 || *v > kMaxLogprobs)
-      bad("prompt_logprobs", fmt::format("prompt_logprobs must be in [0, {}]", kMaxLogprobs));
+    if (*v < 0 || *v > max_logprobs)
+      bad("prompt_logprobs",
+          fmt::format("prompt_logprobs must be in [0, {}] (--max-logprobs), got {}", max_logprobs,
+                      *v));
     p.prompt_logprobs = static_cast<int>(*v);
   }
   if (auto v = get_bool(body, "stream")) r.stream = *v;
@@ -331,17 +334,19 @@ void parse_tool_choice(const json& choice, const json& body, GenerateRequest& r)
 
 }  // namespace
 
-GenerateRequest parse_completion_request(const json& body, const SamplingParams& defaults) {
+GenerateRequest parse_completion_request(const json& body, const SamplingParams& defaults,
+                                         int64_t max_logprobs) {
   GenerateRequest r;
   r.params = defaults;
   r.params.max_tokens = 16;  // OpenAI's default for completions
-  parse_common(body, r);
+  parse_common(body, r, max_logprobs);
   parse_max_tokens(body, "max_tokens", r);
   if (auto v = get_bool(body, "echo")) r.echo = *v;
   if (auto v = get_bool(body, "add_special_tokens")) r.add_special_tokens = *v;
   if (auto v = get_int(body, "logprobs")) {
-    if (*v < 0 || *v > kMaxLogprobs)
-      bad("logprobs", fmt::format("logprobs must be in [0, {}], got {}", kMaxLogprobs, *v));
+    if (*v < 0 || *v > max_logprobs)
+      bad("logprobs",
+          fmt::format("logprobs must be in [0, {}] (--max-logprobs), got {}", max_logprobs, *v));
     r.logprobs = static_cast<int>(*v);
   }
   if (auto v = get_string(body, "suffix")) bad("suffix", "suffix is not supported");
@@ -377,20 +382,22 @@ GenerateRequest parse_completion_request(const json& body, const SamplingParams&
   return r;
 }
 
-GenerateRequest parse_chat_request(const json& body, const SamplingParams& defaults) {
+GenerateRequest parse_chat_request(const json& body, const SamplingParams& defaults,
+                                   int64_t max_logprobs) {
   GenerateRequest r;
   r.chat = true;
   r.params = defaults;
   r.add_special_tokens = false;  // the template writes BOS itself
-  parse_common(body, r);
+  parse_common(body, r, max_logprobs);
   parse_max_tokens(body, "max_tokens", r);
   parse_max_tokens(body, "max_completion_tokens", r);
   if (auto v = get_bool(body, "echo")) r.echo = *v;
   if (auto v = get_bool(body, "add_special_tokens")) r.add_special_tokens = *v;
   const bool want_logprobs = get_bool(body, "logprobs").value_or(false);
   if (auto v = get_int(body, "top_logprobs")) {
-    if (*v < 0 || *v > kMaxLogprobs)
-      bad("top_logprobs", fmt::format("top_logprobs must be in [0, {}], got {}", kMaxLogprobs, *v));
+    if (*v < 0 || *v > max_logprobs)
+      bad("top_logprobs", fmt::format("top_logprobs must be in [0, {}] (--max-logprobs), got {}",
+                                      max_logprobs, *v));
     if (!want_logprobs && *v > 0) bad("top_logprobs", "top_logprobs needs logprobs set to true");
     r.logprobs = static_cast<int>(*v);
   }

@@ -54,11 +54,13 @@ struct GenerateRequest {
   bool auto_tools = false;
 };
 
-// Limits vLLM applies by default.
+// vLLM's default --max-logprobs: the most logprobs, top_logprobs or prompt_logprobs a request
+// may ask for.
 inline constexpr int kMaxLogprobs = 20;
 
-GenerateRequest parse_completion_request(const nlohmann::json& body,
-                                         const SamplingParams& defaults);
-GenerateRequest parse_chat_request(const nlohmann::json& body, const SamplingParams& defaults);
+GenerateRequest parse_completion_request(const nlohmann::json& body, const SamplingParams& defaults,
+                                         int64_t max_logprobs = kMaxLogprobs);
+GenerateRequest parse_chat_request(const nlohmann::json& body, const SamplingParams& defaults,
+                                   int64_t max_logprobs = kMaxLogprobs);
 
 }  // namespace tessera

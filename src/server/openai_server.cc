@@ -469,6 +469,15 @@ std::string_view allowed_methods(const std::string& path) {
 }
 }  // namespace
 
+namespace {
+
+bool is_cors_preflight(const httplib::Request& req) {
+  return req.method == "OPTIONS" && req.has_header("Origin") &&
+         req.has_header("Access-Control-Request-Method");
+}
+
+}  // namespace
+
 OpenAIServer::OpenAIServer(ServerOptions options) : options_(std::move(options)) {
   if (options_.served_model_names.empty()) options_.served_model_names = {options_.model_path};
   created_ = unix_now();
@@ -534,9 +543,21 @@ const ServingModel& OpenAIServer::ready_model() const {
 
 void OpenAIServer::install_routes() {
   httplib::Server& s = *http_;
-  // The API key guards /v1/* only (as in vLLM).
+  // CORS preflights are answered before anything else, as vLLM's CORSMiddleware does. The API
+  // key guards /v1/* only and never an OPTIONS request (as in vLLM).
   s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (options_.api_key.empty() || req.path.rfind("/v1/", 0) != 0)
+    if (is_cors_preflight(req)) {
+      const CorsPreflight answer =
+          cors_preflight(options_.cors, req.get_header_value("Origin"),
+                         req.get_header_value("Access-Control-Request-Method"),
+                         req.get_header_value("Access-Control-Request-Headers"),
+                         req.has_header("Access-Control-Request-Headers"));
+      for (const auto& [name, value] : answer.headers) res.set_header(name, value);
+      res.status = answer.status;
+      res.set_content(answer.body, "text/plain; charset=utf-8");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (options_.api_key.empty() || req.method == "OPTIONS" || req.path.rfind("/v1/", 0) != 0)
       return httplib::Server::HandlerResponse::Unhandled;
     const std::string expected = "Bearer " + options_.api_key;
     if (req.get_header_value("Authorization") == expected)
@@ -548,6 +569,14 @@ void OpenAIServer::install_routes() {
                  {"param", nullptr},
                  {"code", 401}}}});
     return httplib::Server::HandlerResponse::Handled;
+  });
+  // Every other answer to a request from a page of another origin says whether the page may
+  // read it (errors and streams included).
+  s.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!req.has_header("Origin") || is_cors_preflight(req)) return;
+    for (const auto& [name, value] : cors_response_headers(
+             options_.cors, req.get_header_value("Origin"), req.has_header("Cookie")))
+      res.set_header(name, value);
   });
   // Errors httplib produces itself (unknown path, body too large) get OpenAI-shaped bodies. A
   // known path asked with another method is 405 with an Allow header, as vLLM answers.
@@ -661,7 +690,7 @@ void OpenAIServer::handle_tokenize(const httplib::Request& req, httplib::Respons
   std::vector<int32_t> ids;
   if (body.contains("messages")) {
     check_request_chat_template(body, options_.trust_request_chat_template);
-    GenerateRequest r = parse_chat_request(body, m.defaults);
+    GenerateRequest r = parse_chat_request(body, m.defaults, m.max_logprobs);
     const std::string prompt = m.text->render_chat(r.chat_inputs);
     ids = m.text->encode(prompt, r.add_special_tokens);
   } else {
@@ -712,8 +741,8 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
                                                   const std::vector<std::string>& names,
                                                   const json& body, bool chat) {
   auto ctx = std::make_shared<ResponseContext>();
-  ctx->request =
-      chat ? parse_chat_request(body, m.defaults) : parse_completion_request(body, m.defaults);
+  ctx->request = chat ? parse_chat_request(body, m.defaults, m.max_logprobs)
+                      : parse_completion_request(body, m.defaults, m.max_logprobs);
   GenerateRequest& r = ctx->request;
   if (m.return_tokens_as_token_ids) r.return_tokens_as_token_ids = true;
   if (m.force_include_usage && r.stream) r.include_usage = r.continuous_usage = true;
@@ -728,6 +757,12 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
   }
   if (r.model && std::find(names.begin(), names.end(), *r.model) == names.end())
     throw ApiError(404, fmt::format("The model `{}` does not exist.", *r.model), "model");
+  if (r.params.priority != 0 && !m.priority_scheduling)
+    throw ApiError(400,
+                   fmt::format("Got priority {} but Priority scheduling is not enabled "
+                               "(--scheduling-policy priority)",
+                               r.params.priority),
+                   "priority");
   ctx->chat = chat;
   ctx->model = r.model.value_or(names.front());
   ctx->id = random_id(chat ? "chatcmpl-" : "cmpl-");
@@ -830,6 +865,7 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
       params.max_tokens = m.default_max_tokens.value_or(m.max_model_len - len);
     params.max_tokens = std::min(params.max_tokens, m.max_model_len - len);
     if (m.max_tokens_cap) params.max_tokens = std::min(params.max_tokens, *m.max_tokens_cap);
+    auto group = std::make_shared<ChoiceGroup>(r.n);
     for (int64_t i = 0; i < r.n; ++i) {
       Choice c;
       c.index = static_cast<int64_t>(p) * r.n + i;
@@ -839,7 +875,7 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
       if (choice_params.seed) *choice_params.seed += static_cast<uint64_t>(i);
       try {
         c.stream = m.engine->submit(fmt::format("{}-{}", ctx->id, c.index), ctx->prompt_ids[p],
-                                    choice_params);
+                                    choice_params, group);
       } catch (const Error& e) {
         ctx->abort_all();
         throw ApiError(status_for_error_kind(e.kind()), e.what());

@@ -16,7 +16,9 @@
 
 #include "engine/sampling_params.h"
 #include "server/async_engine.h"
+#include "server/cors.h"
 #include "server/metrics.h"
+#include "server/openai_protocol.h"
 #include "server/reasoning_parser.h"
 #include "server/text_processor.h"
 #include "server/tool_parser.h"
@@ -41,6 +43,8 @@ struct ServerOptions {
   // vLLM's --trust-request-chat-template: without it a request's own chat template (Jinja
   // chosen by the client) is refused with 400.
   bool trust_request_chat_template = false;
+  // --allowed-origins, --allowed-methods, --allowed-headers, --allow-credentials.
+  CorsPolicy cors;
 };
 
 // What the server needs from a loaded model.
@@ -67,6 +71,9 @@ struct ServingModel {
   bool force_include_usage = false;
   // --response-role: the chat answer's role when the request adds the generation prompt.
   std::string response_role = "assistant";
+  // --max-logprobs: the most logprobs / top_logprobs / prompt_logprobs asked for.
+  int64_t max_logprobs = kMaxLogprobs;
+  bool priority_scheduling = false;  // --scheduling-policy priority: requests' `priority` counts
 };
 
 // Runs one non-streaming completions or chat request to the end (run-batch): the response body.

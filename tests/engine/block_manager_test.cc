@@ -189,6 +189,78 @@ TEST(Scheduler, PreemptsTheNewestWhenBlocksRunOut) {
   EXPECT_EQ(o.scheduled[0].num_new_tokens, 9);
 }
 
+// --scheduling-policy priority: waiting sequences are admitted by (priority, arrival), and the
+// victim of a preemption is the last by that order, not the newest.
+TEST(Scheduler, PriorityPolicyAdmitsAndPreemptsByPriority) {
+  BlockManager bm(4, 4, false);  // 16 tokens in all
+  SchedulerConfig cfg;
+  cfg.max_num_batched_tokens = 64;
+  cfg.max_num_seqs = 2;
+  cfg.priority_policy = true;
+  Scheduler sched(cfg, bm);
+  std::vector<std::unique_ptr<Sequence>> store;
+  Sequence* low = new_seq(store, 8, 0);
+  Sequence* high = new_seq(store, 8, 1);
+  Sequence* mid = new_seq(store, 4, 2);
+  Sequence* mid_later = new_seq(store, 4, 3);
+  low->params.priority = 5;
+  high->params.priority = -1;
+  mid->params.priority = 2;
+  mid_later->params.priority = 2;
+  for (Sequence* s : {low, high, mid, mid_later}) sched.add(s);
+  SchedulerOutput o = sched.schedule();  // two at most: high, then mid (8 + 4 tokens)
+  ASSERT_EQ(o.scheduled.size(), 2u);
+  EXPECT_EQ(o.scheduled[0].seq, high);
+  EXPECT_EQ(o.scheduled[1].seq, mid);
+  sched.on_step_done(o);
+  // high's next token takes the one free block; mid's four new tokens need another: mid, last
+  // in service order, is preempted and goes back in line ahead of mid_later (same priority,
+  // later arrival) and low.
+  high->tokens.push_back(1);
+  for (int i = 0; i < 4; ++i) mid->tokens.push_back(1);
+  o = sched.schedule();
+  ASSERT_EQ(o.preempted.size(), 1u);
+  EXPECT_EQ(o.preempted[0], mid);
+  ASSERT_EQ(o.scheduled.size(), 1u);
+  EXPECT_EQ(o.scheduled[0].seq, high);
+  sched.on_step_done(o);
+  sched.remove(high);
+  o = sched.schedule();  // mid (priority 2, arrival 2) before mid_later, then low waits (2 max)
+  ASSERT_EQ(o.scheduled.size(), 2u);
+  EXPECT_EQ(o.scheduled[0].seq, mid);
+  EXPECT_EQ(o.scheduled[1].seq, mid_later);
+  EXPECT_EQ(sched.num_waiting(), 1u);
+}
+
+// Under the priority policy a running sequence of lower priority is preempted for one of higher
+// priority that arrived later (fcfs would preempt the newer one).
+TEST(Scheduler, PriorityPolicyPreemptsTheLowestPriorityNotTheNewest) {
+  for (bool priority : {false, true}) {
+    BlockManager bm(4, 4, false);
+    SchedulerConfig cfg;
+    cfg.max_num_batched_tokens = 64;
+    cfg.priority_policy = priority;
+    Scheduler sched(cfg, bm);
+    std::vector<std::unique_ptr<Sequence>> store;
+    Sequence* old_low = new_seq(store, 8, 0);
+    Sequence* new_high = new_seq(store, 8, 1);
+    old_low->params.priority = 1;
+    new_high->params.priority = 0;
+    sched.add(old_low);
+    sched.add(new_high);
+    SchedulerOutput o = sched.schedule();
+    ASSERT_EQ(o.scheduled.size(), 2u);
+    sched.on_step_done(o);
+    old_low->tokens.push_back(1);
+    new_high->tokens.push_back(1);
+    o = sched.schedule();
+    ASSERT_EQ(o.preempted.size(), 1u);
+    EXPECT_EQ(o.preempted[0], priority ? old_low : new_high);
+    ASSERT_EQ(o.scheduled.size(), 1u);
+    EXPECT_EQ(o.scheduled[0].seq, priority ? new_high : old_low);
+  }
+}
+
 // The prompt-token cap (what pipeline groups set): prompt chunks stop at it, decodes do not count
 // against it, and the token budget still bounds the whole step.
 TEST(Scheduler, PrefillCapLeavesDecodesAlone) {

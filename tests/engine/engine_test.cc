@@ -335,6 +335,16 @@ TEST_F(EngineTest, AbortFreesBlocksAndBadRequestsAreRejected) {
   SamplingParams bad = greedy(5);
   bad.top_p = 0;
   EXPECT_THROW(h.engine().add_request("x", {1, 2}, bad), Error);
+  // More logprobs than --max-logprobs (20 by default), and a priority under fcfs.
+  SamplingParams many = greedy(5);
+  many.logprobs = 21;
+  EXPECT_THROW(h.engine().add_request("x", {1, 2}, many), Error);
+  many.logprobs = std::nullopt;
+  many.prompt_logprobs = 21;
+  EXPECT_THROW(h.engine().add_request("x", {1, 2}, many), Error);
+  SamplingParams urgent = greedy(5);
+  urgent.priority = -1;
+  EXPECT_THROW(h.engine().add_request("x", {1, 2}, urgent), Error);
   h.engine().add_request("dup", {1, 2}, greedy(2));
   EXPECT_THROW(h.engine().add_request("dup", {1, 2}, greedy(2)), Error);
 }
@@ -429,6 +439,44 @@ TEST_F(EngineTest, AbortWhileItsStepIsInFlight) {
 }
 
 // --generation-config and --override-generation-config, on folders written here.
+// --scheduling-policy priority through the engine builder: with one sequence at a time, the
+// waiting requests run by priority (lower first), then arrival; fcfs runs them by arrival.
+TEST_F(EngineTest, PrioritySchedulingOrdersWaitingRequests) {
+  for (const bool priority : {false, true}) {
+    EngineArgs args;
+    args.model = *dir_;
+    args.threads = 2;
+    args.max_model_len = 256;
+    args.max_num_seqs = 1;
+    args.num_gpu_blocks_override = 64;
+    args.priority_scheduling = priority;
+    auto instance = EngineInstance::create(args);
+    LLMEngine& engine = instance->engine();
+    uint64_t seed = 100;
+    const auto request = [&](const std::string& id, int64_t prio) {
+      SamplingParams p = greedy(3);
+      p.ignore_eos = true;
+      p.priority = priority ? prio : 0;
+      engine.add_request(id, testing::test_ids(5, 4096, ++seed), p);
+    };
+    request("first", 9);
+    engine.step();  // "first" runs; the others wait behind it
+    request("later_low", 5);
+    request("later_high", -2);
+    request("later_mid", 0);
+    request("last_mid", 0);
+    std::vector<std::string> order;
+    while (engine.has_unfinished())
+      for (const RequestOutput& o : engine.step())
+        if (o.finished) order.push_back(o.request_id);
+    const std::vector<std::string> by_priority = {"first", "later_high", "later_mid", "last_mid",
+                                                  "later_low"};
+    const std::vector<std::string> by_arrival = {"first", "later_low", "later_high", "later_mid",
+                                                 "last_mid"};
+    EXPECT_EQ(order, priority ? by_priority : by_arrival);
+  }
+}
+
 TEST(GenerationConfigFlags, AutoVllmFolderAndOverride) {
   const auto base =
       std::filesystem::temp_directory_path() / ("tessera_genconfig_" + std::to_string(::getpid()));

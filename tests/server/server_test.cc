@@ -76,7 +76,8 @@ struct RealText {
 
 struct ServerFixture {
   ServerFixture(int64_t blocks, const std::string& api_key = "", int64_t max_num_seqs = 256,
-                int http_threads = 128, std::optional<RealText> real_text = std::nullopt) {
+                int http_threads = 128, std::optional<RealText> real_text = std::nullopt,
+                CorsPolicy cors = {}, int64_t max_logprobs = 20) {
     static std::filesystem::path dir = testing::make_tiny("llama", DType::kF32, 11);
     EngineArgs args;
     args.model = dir;
@@ -85,6 +86,7 @@ struct ServerFixture {
     args.max_model_len = 256;
     args.max_num_seqs = max_num_seqs;
     args.kv_cache_dtype = DType::kF32;
+    args.max_logprobs = max_logprobs;
     model = real_text ? LoadedModel::load(args, "tiny", real_text->chat_template)
                       : LoadedModel::load(args, "tiny", "", std::make_unique<ByteTextProcessor>());
     ServerOptions so;
@@ -95,6 +97,7 @@ struct ServerFixture {
     so.model_path = dir.string();
     so.http_threads = http_threads;
     so.trust_request_chat_template = real_text && real_text->trust_request_chat_template;
+    so.cors = std::move(cors);
     server = std::make_unique<OpenAIServer>(so);
     server->start();
     server->set_ready(model->serving());
@@ -357,12 +360,63 @@ TEST(ServerTest, ServerWideResponseFlags) {
                            R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})");
   ASSERT_EQ(s1, 200) << chat.dump();
   EXPECT_EQ(chat["choices"][0]["message"]["role"], "bot");
+  // Under fcfs (the default) a priority is refused, as vLLM does.
+  auto [sp, prio] = f.post("/v1/completions", R"({"prompt":"hi","max_tokens":1,"priority":1})");
+  EXPECT_EQ(sp, 400);
+  EXPECT_EQ(prio["error"]["param"], "priority") << prio.dump();
+  EXPECT_EQ(f.post("/v1/completions", R"({"prompt":"hi","max_tokens":1,"priority":0})").first, 200);
   auto [s2, cont] = f.post("/v1/chat/completions",
                            R"({"messages":[{"role":"user","content":"hi"},
                                            {"role":"assistant","content":"Sure"}],
                                "continue_final_message":true,"max_tokens":2})");
   ASSERT_EQ(s2, 200) << cont.dump();
   EXPECT_EQ(cont["choices"][0]["message"]["role"], "assistant");
+}
+
+// --max-logprobs: the limit on logprobs, top_logprobs and prompt_logprobs; -1 lifts it to the
+// vocabulary.
+TEST(ServerTest, MaxLogprobsLimitsEveryLogprobsField) {
+  ServerFixture f(256);
+  auto over_default = f.post("/v1/completions", R"({"prompt":"hi","max_tokens":1,"logprobs":21})");
+  EXPECT_EQ(over_default.first, 400);
+  ServingModel serving = f.model->serving();
+  serving.max_logprobs = 2;
+  f.server->set_ready(serving);
+  struct Case {
+    const char* path;
+    const char* body;
+    const char* param;
+  };
+  for (const Case& c : {
+           Case{"/v1/completions", R"({"prompt":"hi","max_tokens":1,"logprobs":3})", "logprobs"},
+           Case{"/v1/completions", R"({"prompt":"hi","max_tokens":1,"prompt_logprobs":3})",
+                "prompt_logprobs"},
+           Case{"/v1/chat/completions",
+                R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":1,
+                    "logprobs":true,"top_logprobs":3})",
+                "top_logprobs"},
+       }) {
+    auto [status, body] = f.post(c.path, c.body);
+    EXPECT_EQ(status, 400) << c.body;
+    EXPECT_EQ(body["error"]["param"], c.param) << body.dump();
+    EXPECT_NE(body["error"]["message"].get<std::string>().find("[0, 2]"), std::string::npos)
+        << body.dump();
+  }
+  // (Greedy: a sampled token outside the top 2 would be listed as a third.)
+  auto [ok, two] =
+      f.post("/v1/completions", R"({"prompt":"hi","max_tokens":1,"logprobs":2,"temperature":0})");
+  ASSERT_EQ(ok, 200) << two.dump();
+  EXPECT_EQ(two["choices"][0]["logprobs"]["top_logprobs"][0].size(), 2u);
+  ServerFixture unlimited(256, "", 256, 128, std::nullopt, {}, /*max_logprobs=*/-1);
+  EXPECT_EQ(unlimited.model->serving().max_logprobs, unlimited.model->serving().vocab_size);
+  auto [wide, many] = unlimited.post("/v1/completions",
+                                     R"({"prompt":"hi","max_tokens":1,"logprobs":40,"temperature":0,
+                                 "return_tokens_as_token_ids":true})");  // keys unique
+  ASSERT_EQ(wide, 200) << many.dump();
+  EXPECT_EQ(many["choices"][0]["logprobs"]["top_logprobs"][0].size(), 40u);
+  EXPECT_EQ(unlimited.post("/v1/completions", R"({"prompt":"hi","max_tokens":1,"logprobs":100000})")
+                .first,
+            400);  // beyond the vocabulary
 }
 
 TEST(ServerTest, BadInputGetsOpenAIErrorsAndServerKeepsServing) {
@@ -414,6 +468,96 @@ TEST(ServerTest, BadInputGetsOpenAIErrorsAndServerKeepsServing) {
   // Still serving.
   auto [ok, good] = f.post("/v1/completions", R"({"prompt":"hi","max_tokens":2})", auth);
   EXPECT_EQ(ok, 200) << good.dump();
+}
+
+// CORS as vLLM's CORSMiddleware answers it: preflights before the API key, headers on every
+// answer to a request with an Origin (streams and errors too), a list of origins enforced.
+TEST(ServerTest, CorsPreflightsAndResponseHeaders) {
+  const httplib::Headers preflight = {{"Origin", "https://app.example"},
+                                      {"Access-Control-Request-Method", "POST"},
+                                      {"Access-Control-Request-Headers", "authorization, x-trace"}};
+  {
+    ServerFixture f(256, "secret");  // the defaults: every origin, method and header
+    auto c = f.client();
+    auto pre = c.Options("/v1/chat/completions", preflight);
+    ASSERT_TRUE(pre);
+    EXPECT_EQ(pre->status, 200);  // no API key on a preflight: browsers never send one there
+    EXPECT_EQ(pre->body, "OK");
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "*");
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Methods"),
+              "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT");
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Headers"), "authorization, x-trace");
+    EXPECT_EQ(pre->get_header_value("Access-Control-Max-Age"), "600");
+    EXPECT_FALSE(pre->has_header("Access-Control-Allow-Credentials"));
+
+    const httplib::Headers from_page = {{"Origin", "https://app.example"},
+                                        {"Authorization", "Bearer secret"}};
+    auto ok = c.Post("/v1/completions", from_page, R"({"prompt":"hi","max_tokens":2})",
+                     "application/json");
+    ASSERT_TRUE(ok);
+    EXPECT_EQ(ok->status, 200);
+    EXPECT_EQ(ok->get_header_value("Access-Control-Allow-Origin"), "*");
+    EXPECT_EQ(ok->get_header_value_count("Access-Control-Allow-Origin"), 1u);
+    auto stream = c.Post("/v1/completions", from_page,
+                         R"({"prompt":"hi","max_tokens":2,"stream":true})", "application/json");
+    ASSERT_TRUE(stream);
+    EXPECT_EQ(stream->status, 200);
+    EXPECT_NE(stream->body.find("[DONE]"), std::string::npos);
+    EXPECT_EQ(stream->get_header_value("Access-Control-Allow-Origin"), "*");
+    // A page may read the errors too.
+    auto unauthorized = c.Post("/v1/completions", {{"Origin", "https://app.example"}},
+                               R"({"prompt":"hi"})", "application/json");
+    EXPECT_EQ(unauthorized->status, 401);
+    EXPECT_EQ(unauthorized->get_header_value("Access-Control-Allow-Origin"), "*");
+    auto missing = c.Get("/nothing", {{"Origin", "https://app.example"}});
+    EXPECT_EQ(missing->status, 404);
+    EXPECT_EQ(missing->get_header_value("Access-Control-Allow-Origin"), "*");
+    // With a cookie, "*" is not enough: the origin is named.
+    auto cookie = c.Get("/health", {{"Origin", "https://app.example"}, {"Cookie", "a=b"}});
+    EXPECT_EQ(cookie->get_header_value("Access-Control-Allow-Origin"), "https://app.example");
+    EXPECT_EQ(cookie->get_header_value("Vary"), "Origin");
+    // No Origin: no CORS headers at all, and OPTIONS without a preflight's headers is no
+    // preflight.
+    EXPECT_FALSE(c.Get("/health")->has_header("Access-Control-Allow-Origin"));
+    auto plain_options = c.Options("/v1/models");
+    ASSERT_TRUE(plain_options);
+    EXPECT_NE(plain_options->status, 200);
+    EXPECT_FALSE(plain_options->has_header("Access-Control-Allow-Methods"));
+  }
+  {
+    CorsPolicy only_app;
+    only_app.allowed_origins = {"https://app.example"};
+    only_app.allowed_methods = {"GET", "POST"};
+    only_app.allowed_headers = {"Authorization"};
+    only_app.allow_credentials = true;
+    ServerFixture f(256, "", 256, 128, std::nullopt, only_app);
+    auto c = f.client();
+    auto pre = c.Options("/v1/chat/completions",
+                         {{"Origin", "https://app.example"},
+                          {"Access-Control-Request-Method", "POST"},
+                          {"Access-Control-Request-Headers", "Authorization, Content-Type"}});
+    EXPECT_EQ(pre->status, 200) << pre->body;
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "https://app.example");
+    EXPECT_EQ(pre->get_header_value("Vary"), "Origin");
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Methods"), "GET, POST");
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Headers"),
+              "accept, accept-language, authorization, content-language, content-type");
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Credentials"), "true");
+    auto other = c.Options("/v1/chat/completions", {{"Origin", "https://evil.example"},
+                                                    {"Access-Control-Request-Method", "DELETE"},
+                                                    {"Access-Control-Request-Headers", "x-trace"}});
+    EXPECT_EQ(other->status, 400);
+    EXPECT_EQ(other->body, "Disallowed CORS origin, method, headers");
+    EXPECT_FALSE(other->has_header("Access-Control-Allow-Origin"));
+    auto allowed = c.Get("/v1/models", {{"Origin", "https://app.example"}});
+    EXPECT_EQ(allowed->status, 200);
+    EXPECT_EQ(allowed->get_header_value("Access-Control-Allow-Origin"), "https://app.example");
+    EXPECT_EQ(allowed->get_header_value("Access-Control-Allow-Credentials"), "true");
+    // Another origin still gets its answer, but without the header the browser hides it.
+    auto denied = c.Get("/v1/models", {{"Origin", "https://evil.example"}});
+    EXPECT_EQ(denied->status, 200);
+    EXPECT_FALSE(denied->has_header("Access-Control-Allow-Origin"));
+  }
 }
 
 // The model folder's text processor: tokenizer, streaming decoder and EOS from the folder.
@@ -1202,12 +1346,30 @@ TEST(ServerTest, MetricsHaveEveryVllmName) {
                            "vllm:request_inference_time_seconds_bucket",
                            "vllm:request_prompt_tokens_bucket",
                            "vllm:request_generation_tokens_bucket",
+                           "vllm:iteration_tokens_total_bucket",
+                           "vllm:request_params_n_bucket",
+                           "vllm:request_params_max_tokens_bucket",
+                           "vllm:request_max_num_generation_tokens_bucket",
                            "vllm:cache_config_info"})
     EXPECT_NE(text.find(std::string(name) + "{"), std::string::npos) << name;
   EXPECT_NE(text.find("model_name=\"tiny\""), std::string::npos);
   EXPECT_NE(text.find("vllm:time_to_first_token_seconds_bucket{model_name=\"tiny\",le=\"2560\"}"),
             std::string::npos);
   EXPECT_EQ(f.metric("vllm:generation_tokens_total"), 3);
+  // The per-request histograms: n and the longest choice per prompt, max_tokens per choice,
+  // and the tokens of every step adding up to the token counters.
+  auto [status, two] =
+      f.post("/v1/completions", R"({"prompt":"hi","max_tokens":4,"n":2,"ignore_eos":true})");
+  ASSERT_EQ(status, 200) << two.dump();
+  EXPECT_EQ(f.metric("vllm:request_params_n_count"), 2);
+  EXPECT_EQ(f.metric("vllm:request_params_n_sum"), 1 + 2);
+  EXPECT_EQ(f.metric("vllm:request_params_max_tokens_count"), 3);
+  EXPECT_EQ(f.metric("vllm:request_params_max_tokens_sum"), 3 + 4 + 4);
+  EXPECT_EQ(f.metric("vllm:request_max_num_generation_tokens_count"), 2);
+  EXPECT_EQ(f.metric("vllm:request_max_num_generation_tokens_sum"), 3 + 4);
+  EXPECT_EQ(f.metric("vllm:iteration_tokens_total_sum"),
+            f.metric("vllm:prompt_tokens_total") + f.metric("vllm:generation_tokens_total"));
+  EXPECT_GE(f.metric("vllm:iteration_tokens_total_count"), 4);  // at least one step per token
   // promtool, when tests/server/fetch_promtool.sh could fetch it.
   std::string promtool;
   if (const char* env = std::getenv("TESSERA_PROMTOOL"))
@@ -1226,11 +1388,13 @@ TEST(ServerTest, MetricsHaveEveryVllmName) {
   char buf[4096];
   while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
   const int rc = pclose(p);
-  // Debian's promtool flags every name with ':' (vLLM's too); nothing else may appear.
+  // Debian's promtool flags every name with ':' (vLLM's too), and vLLM's histogram named
+  // iteration_tokens_total for its suffix; nothing else may appear.
   std::string other;
   std::istringstream lines(out);
   for (std::string line; std::getline(lines, line);)
-    if (!line.empty() && line.find("metric names should not contain ':'") == std::string::npos)
+    if (!line.empty() && line.find("metric names should not contain ':'") == std::string::npos &&
+        line.find("vllm:iteration_tokens_total") == std::string::npos)
       other += line + "\n";
   EXPECT_EQ(other, "") << out;
   EXPECT_TRUE(WEXITSTATUS(rc) == 0 || WEXITSTATUS(rc) == 3) << out;
