@@ -10,6 +10,7 @@
 
 #include "core/status.h"
 #include "engine/regex_dfa.h"
+#include "tokenizer/utf8.h"
 
 namespace tessera {
 
@@ -110,10 +111,13 @@ TokenVocabulary::TokenVocabulary(std::vector<std::string> texts, std::vector<int
   string_safe_.assign(texts_.size(), 0);
   for (int32_t id : sorted_) {
     const std::string& t = texts_[id];
-    const bool safe = std::none_of(t.begin(), t.end(), [](char ch) {
-      const auto c = static_cast<unsigned char>(ch);
-      return c == '"' || c == '\\' || c < 0x20;
-    });
+    // Whole characters only: a token holding part of one is checked byte by byte.
+    const bool safe = std::none_of(t.begin(), t.end(),
+                                   [](char ch) {
+                                     const auto c = static_cast<unsigned char>(ch);
+                                     return c == '"' || c == '\\' || c < 0x20;
+                                   }) &&
+                      tokenizer::utf8_valid(t);
     if (safe)
       string_safe_[id] = 1;
     else
@@ -421,8 +425,11 @@ struct Frame {
   int64_t count = 0;     // array: items; string/key: code points; number: chars
   int32_t current = -1;  // object: the property of the value being read (-2: another key)
   int32_t dfa = 0;       // string with a pattern, or raw regex: the DFA's state
-  std::string buf;       // key or literal so far
-  std::string seen;      // object: 1 per property already given
+  // string/key: continuation bytes the current character still needs, and the range the next
+  // one must fall in (tokens may end inside a character; the text must stay valid UTF-8).
+  uint8_t utf8_left = 0, utf8_lo = 0x80, utf8_hi = 0xBF;
+  std::string buf;   // key or literal so far
+  std::string seen;  // object: 1 per property already given
 };
 
 // One way of reading the text so far: a stack of frames (innermost last); empty once the
@@ -671,6 +678,25 @@ bool step_path(Path& s, unsigned char c, std::vector<Path>& forks) {
         // A key of an object without other keys must be one of its unused names, spelled
         // without escapes.
         const bool named_only = key && obj->additional == nullptr;
+        // A key's next byte: of a name still unused, when only the object's names may come.
+        const auto add_key_byte = [&](int ch) {
+          f.buf.push_back(static_cast<char>(ch));
+          if (!named_only) return true;
+          const Frame& parent = s.stack[s.stack.size() - 2];
+          for (size_t i = 0; i < obj->prop_names.size(); ++i)
+            if (!parent.seen[i] && obj->prop_names[i].size() >= f.buf.size() &&
+                obj->prop_names[i].compare(0, f.buf.size(), f.buf) == 0)
+              return true;
+          return false;
+        };
+        if (f.state == 0 && f.utf8_left > 0) {  // inside a character
+          if (c < f.utf8_lo || c > f.utf8_hi) return false;
+          --f.utf8_left;
+          f.utf8_lo = 0x80;
+          f.utf8_hi = 0xBF;
+          if (!key && f.node->regex && !pattern_byte(f, c)) return false;
+          return !key || add_key_byte(c);
+        }
         if (f.state == 0) {
           if (c == '"') {
             if (!key) {
@@ -705,22 +731,18 @@ bool step_path(Path& s, unsigned char c, std::vector<Path>& forks) {
             if (key) f.buf.push_back(static_cast<char>(c));
             return true;
           }
-          if ((c & 0xC0) != 0x80) ++f.count;  // a code point starts
+          if (c >= 0x80) {
+            // A character's first byte (a stray continuation byte or a lead byte UTF-8 never
+            // uses would decode to U+FFFD). The ranges are Unicode's table 3-7.
+            if (c < 0xC2 || c > 0xF4) return false;
+            f.utf8_left = c < 0xE0 ? 1 : c < 0xF0 ? 2 : 3;
+            f.utf8_lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+            f.utf8_hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+          }
+          ++f.count;  // a code point starts
           if (!key && f.node->max_length >= 0 && f.count > f.node->max_length) return false;
           if (!key && f.node->regex && !pattern_byte(f, c)) return false;
-          if (key) {
-            f.buf.push_back(static_cast<char>(c));
-            if (named_only) {
-              bool prefix = false;
-              const Frame& parent = s.stack[s.stack.size() - 2];
-              for (size_t i = 0; i < obj->prop_names.size() && !prefix; ++i)
-                prefix = !parent.seen[i] &&
-                         obj->prop_names[i].compare(0, f.buf.size(), f.buf) == 0 &&
-                         obj->prop_names[i].size() >= f.buf.size();
-              if (!prefix) return false;
-            }
-          }
-          return true;
+          return !key || add_key_byte(c);
         }
         if (key) f.buf.push_back(static_cast<char>(c));
         if (f.state == 1) {  // after a backslash
@@ -904,7 +926,7 @@ void GrammarMatcher::fill_allowed(std::vector<char>& allowed) const {
   // that set and try only the others.
   const Frame* top = state_->paths.size() == 1 ? &state_->paths[0].stack.back() : nullptr;
   const bool plain_string =
-      top && top->state == 0 &&
+      top && top->state == 0 && top->utf8_left == 0 &&
       ((top->kind == FrameKind::kString && top->node->max_length < 0 && !top->node->regex) ||
        (top->kind == FrameKind::kKey && top->node->additional != nullptr));
   if (plain_string) {

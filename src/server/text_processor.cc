@@ -59,10 +59,11 @@ class HfTextProcessor : public TextProcessor {
       for (int64_t id = 0; id < n; ++id) {
         const auto i = static_cast<int32_t>(id);
         if (tokenizer_->is_special(i)) continue;  // never inside a structured text
-        // Decoded mid-text, so that a leading space (Metaspace) is kept; a byte that only
-        // completes a character with its neighbours decodes to U+FFFD, which a grammar admits
-        // only inside strings, where the joined bytes belong.
-        texts[id] = tokenizer_->decode_window({&i, 1}, false, false);
+        // Decoded mid-text, so that a leading space (Metaspace) is kept, and as bytes: a token
+        // that holds part of a character (byte-level or byte-fallback) adds those bytes, so the
+        // grammar's byte matching lets pieces build characters no single token spells
+        // (DeepSeek's "\u2581" in <｜tool▁sep｜>).
+        texts[id] = tokenizer_->token_bytes(i);
       }
       vocab_ = std::make_shared<const TokenVocabulary>(std::move(texts), eos_ids);
     });

@@ -26,7 +26,7 @@ class ByteLevel : public Decoder {
       // A token with a character outside the byte alphabet (an added token) stays as written.
       if (!mapped) bytes.replace(mark, std::string::npos, token);
     }
-    tokens.assign(1, utf8_lossy(bytes));
+    tokens.assign(1, context.raw_bytes ? bytes : utf8_lossy(bytes));
     context.fused = true;
   }
 };
@@ -60,14 +60,14 @@ class Metaspace : public Decoder {
 
 class ByteFallback : public Decoder {
  public:
-  void decode_chain(std::vector<std::string>& tokens, DecodeContext&) const override {
+  void decode_chain(std::vector<std::string>& tokens, DecodeContext& context) const override {
     std::vector<std::string> out;
     out.reserve(tokens.size());
     std::string bytes;
     size_t byte_count = 0;
     const auto flush = [&] {
       if (byte_count == 0) return;
-      if (utf8_valid(bytes)) {
+      if (context.raw_bytes || utf8_valid(bytes)) {
         out.push_back(bytes);
       } else {
         // Invalid byte runs become one U+FFFD per byte, as in Hugging Face.

@@ -14,6 +14,9 @@ struct DecodeContext {
   // Metaspace and Strip decoders then keep the leading space they would remove at the start.
   bool at_text_start = true;
   bool fused = false;  // tokens have been joined into one string (Fuse, ByteLevel)
+  // Keep byte runs that are not whole UTF-8 characters as they are, instead of U+FFFD (the
+  // bytes one token adds, for structured outputs).
+  bool raw_bytes = false;
 };
 
 class Decoder {

@@ -402,7 +402,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
 }
 
 std::string Tokenizer::decode_window(std::span<const int32_t> ids, bool skip_special_tokens,
-                                     bool at_text_start) const {
+                                     bool at_text_start, bool raw_bytes) const {
   const Pipeline& p = *pipeline_;
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
@@ -415,6 +415,7 @@ std::string Tokenizer::decode_window(std::span<const int32_t> ids, bool skip_spe
   if (p.decoder) {
     DecodeContext context;
     context.at_text_start = at_text_start;
+    context.raw_bytes = raw_bytes;
     p.decoder->decode_chain(tokens, context);
     for (const std::string& t : tokens) out += t;
   } else {

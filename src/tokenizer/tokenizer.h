@@ -70,7 +70,12 @@ class Tokenizer {
   // Internal: decodes ids whose first one is not the first token of the text when
   // `at_text_start` is false (decoders that strip a leading space must not strip it then).
   std::string decode_window(std::span<const int32_t> ids, bool skip_special_tokens,
-                            bool at_text_start) const;
+                            bool at_text_start, bool raw_bytes = false) const;
+  // The bytes token `id` adds in the middle of a text: a byte-level or byte-fallback piece of a
+  // character stays that byte (decode() would show U+FFFD). What structured outputs match.
+  std::string token_bytes(int32_t id) const {
+    return decode_window({&id, 1}, false, false, /*raw_bytes=*/true);
+  }
 
  private:
   Tokenizer();

@@ -278,6 +278,59 @@ TEST(StructuredOutput, MaskMatchesTryingEveryTokenAndWalksEndValid) {
   EXPECT_GT(finished, 100);
 }
 
+// Tokens that hold part of a character (byte-level BPE splits "\u2581", U+2581, into bytes no
+// single token completes): their bytes build the character in choices and regexes, and inside
+// JSON strings only whole, valid UTF-8 may result (never a stray byte that would decode to
+// U+FFFD, and never a quote or escape in the middle of a character).
+TEST(StructuredOutput, PartialCharacterTokensBuildValidUtf8) {
+  std::vector<std::string> texts = {"",         "a",    "b",    "\xE2",  "\x96", "\x81",
+                                    "\xE2\x96", "\"",   "{\"",  "\":\"", "\"}",  "k",
+                                    "\xC3",     "\xA9", "\xED", "\xA0",  "\xC0", "\xAF"};
+  auto vocab = std::make_shared<const TokenVocabulary>(texts, std::vector<int32_t>{0});
+  const auto feed = [&](const std::shared_ptr<const Grammar>& g, std::vector<int32_t> ids) {
+    GrammarMatcher m(g, vocab);
+    for (int32_t id : ids)
+      if (!m.accept(id)) return -1;
+    return m.can_end() ? 1 : 0;
+  };
+  // guided_choice "a\u2581b": byte by byte, or with a two-byte piece.
+  auto choice =
+      Grammar::choice({"a\xE2\x96\x81"
+                       "b"});
+  EXPECT_EQ(feed(choice, {1, 3, 4, 5, 2}), 1);
+  EXPECT_EQ(feed(choice, {1, 6, 5, 2}), 1);
+  EXPECT_EQ(feed(choice, {1, 3, 5}), -1);
+  GrammarMatcher mid(choice, vocab);
+  ASSERT_TRUE(mid.accept(1));
+  std::vector<char> allowed;
+  mid.fill_allowed(allowed);
+  EXPECT_TRUE(allowed[3] && allowed[6]);  // the pieces that begin the character
+  EXPECT_FALSE(allowed[4] || allowed[5] || allowed[2]);
+  auto re = Grammar::regex("a\xE2\x96\x81+");
+  EXPECT_EQ(feed(re, {1, 3, 4, 5, 6, 5}), 1);
+
+  const json schema = json::parse(R"({"type":"object","properties":{"k":{"type":"string",
+      "maxLength":2}},"required":["k"],"additionalProperties":false})");
+  auto g = Grammar::from_json_schema(schema);
+  const int32_t open = 8, kk = 11, colon = 9, close = 10, quote = 7;
+  EXPECT_EQ(feed(g, {open, kk, colon, 12, 13, close}), 1);           // "é" from two pieces
+  EXPECT_EQ(feed(g, {open, kk, colon, 3, 4, 5, 12, 13, close}), 1);  // two characters
+  EXPECT_EQ(feed(g, {open, kk, colon, 3, 4, 5, 12, 13, 1}), -1);     // a third: maxLength 2
+  EXPECT_EQ(feed(g, {open, kk, colon, 13}), -1);                     // a stray continuation byte
+  EXPECT_EQ(feed(g, {open, kk, colon, 12, quote}), -1);              // a quote inside "é"
+  EXPECT_EQ(feed(g, {open, kk, colon, 12, 1}), -1);                  // "a" inside "é"
+  EXPECT_EQ(feed(g, {open, kk, colon, 14, 15}), -1);  // ED A0: a surrogate, not UTF-8
+  EXPECT_EQ(feed(g, {open, kk, colon, 16, 17}), -1);  // C0 AF: an overlong "/"
+  // The mask agrees: after a lead byte only continuation bytes (80-BF) may come.
+  GrammarMatcher in_char(g, vocab);
+  for (int32_t id : {open, kk, colon, 12}) ASSERT_TRUE(in_char.accept(id));
+  in_char.fill_allowed(allowed);
+  for (int32_t id = 0; id < vocab->size(); ++id)
+    EXPECT_EQ(static_cast<bool>(allowed[id]),
+              id == 4 || id == 5 || id == 13 || id == 15 || id == 17)
+        << "token " << id;
+}
+
 // The sampler draws only allowed tokens; EOS once the text may end, unless EOS is ignored.
 TEST(StructuredOutput, SamplerDrawsOnlyAllowedTokens) {
   auto vocab = test_vocab();

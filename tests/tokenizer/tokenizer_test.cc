@@ -113,8 +113,12 @@ TEST(Bpe, ByteFallbackAndDecode) {
   const Ids ids = t->encode("aé");
   EXPECT_EQ(ids, (Ids{1, 2 + 0xC3, 2 + 0xA9}));
   EXPECT_EQ(t->decode(ids), "aé");
-  // A lone continuation byte decodes to U+FFFD.
+  // A lone continuation byte decodes to U+FFFD; token_bytes (what structured outputs match)
+  // keeps the byte.
   EXPECT_EQ(t->decode(Ids{2 + 0xA9}), "\xEF\xBF\xBD");
+  EXPECT_EQ(t->token_bytes(2 + 0xA9), "\xA9");
+  EXPECT_EQ(t->token_bytes(2 + 0xC3) + t->token_bytes(2 + 0xA9), "\xC3\xA9");
+  EXPECT_EQ(t->token_bytes(1), "a");
 }
 
 TEST(Bpe, UnknownTokensAndFuseUnk) {
