@@ -779,7 +779,8 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
     if (m.tool_parser->keeps_special_tokens()) r.params.skip_special_tokens = false;
   }
   // Reasoning is split out of free answers (a forced tool call or list is all arguments).
-  if (chat && m.reasoning_parser && !r.forced_tool && !r.tools_required)
+  if (chat && m.reasoning_parser && !r.forced_tool && !r.tools_required &&
+      m.reasoning_parser->applies(r.chat_inputs.kwargs))
     ctx->reasoning_parser = m.reasoning_parser;
 
   // Prompts to token ids.

@@ -57,6 +57,19 @@ class DeepSeekR1Parser : public ReasoningParser {
   }
 };
 
+class DeepSeekV3Parser : public DeepSeekR1Parser {
+ public:
+  std::string name() const override { return "deepseek_v3"; }
+  // Python's bool() of kwargs["thinking"], as vLLM reads it.
+  bool applies(const nlohmann::ordered_json& kwargs) const override {
+    const auto it = kwargs.find("thinking");
+    if (it == kwargs.end() || it->is_null()) return false;
+    if (it->is_boolean()) return it->get<bool>();
+    if (it->is_number()) return it->get<double>() != 0;
+    return !it->empty() && !(it->is_string() && it->get<std::string>().empty());
+  }
+};
+
 class Qwen3Parser : public ReasoningParser {
  public:
   std::string name() const override { return "qwen3"; }
@@ -88,12 +101,13 @@ class Qwen3Parser : public ReasoningParser {
 }  // namespace
 
 std::vector<std::string> ReasoningParser::names() {
-  return {"deepseek_r1", "qwen3"};
+  return {"deepseek_r1", "deepseek_v3", "qwen3"};
 }
 
 std::unique_ptr<ReasoningParser> ReasoningParser::create(const std::string& name) {
   if (name == "deepseek_r1") return std::make_unique<DeepSeekR1Parser>();
   if (name == "qwen3") return std::make_unique<Qwen3Parser>();
+  if (name == "deepseek_v3") return std::make_unique<DeepSeekV3Parser>();
   fail(ErrorKind::kUnsupported, "invalid reasoning parser: {} (choose from {})", name,
        fmt::join(names(), ", "));
 }

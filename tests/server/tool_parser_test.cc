@@ -28,7 +28,8 @@ TEST(ToolParser, UnknownNameListsTheKnownOnes) {
     parser("pythonic_v9");
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("hermes, llama3_json, mistral, pythonic"),
+    EXPECT_NE(std::string(e.what()).find("deepseek_v3, deepseek_v31, hermes, llama3_json, "
+                                         "llama4_json, llama4_pythonic, mistral, pythonic"),
               std::string::npos)
         << e.what();
   }
@@ -188,6 +189,83 @@ TEST(ToolParser, PythonJsonDumpsMatchesPython) {
             "{\"b\": [1, {\"c\": null}], \"a\": \"\xc3\xa9\\n\", \"f\": 0.5}");
   EXPECT_EQ(python_json_dumps(nlohmann::ordered_json::object()), "{}");
   EXPECT_EQ(python_json_dumps(nlohmann::ordered_json::array()), "[]");
+}
+
+// DeepSeek's markers, as its tokenizer spells them.
+const std::string kCallsBegin = "<\uff5ctool\u2581calls\u2581begin\uff5c>";
+const std::string kCallsEnd = "<\uff5ctool\u2581calls\u2581end\uff5c>";
+const std::string kCallBegin = "<\uff5ctool\u2581call\u2581begin\uff5c>";
+const std::string kCallEnd = "<\uff5ctool\u2581call\u2581end\uff5c>";
+const std::string kSep = "<\uff5ctool\u2581sep\uff5c>";
+
+// DeepSeek-V3's format, as its chat template writes calls back: the arguments pass through as
+// written (vLLM does not re-serialise them).
+TEST(ToolParser, DeepSeekV3) {
+  auto p = parser("deepseek_v3");
+  EXPECT_FALSE(p->keeps_special_tokens());  // the markers are added tokens, not special ones
+  const auto v3_call = [](const std::string& name, const std::string& args) {
+    return kCallBegin + "function" + kSep + name + "\n```json\n" + args + "\n```" + kCallEnd;
+  };
+  const std::string two = "Let me check. " + kCallsBegin +
+                          v3_call("get_weather", R"({"city":"Paris"})") + "\n" +
+                          v3_call("get_time", "{\"tz\": \"CET\",\n \"fmt\": 24}") + kCallsEnd;
+  ToolCallParse r = p->parse(two);
+  ASSERT_TRUE(r.called);
+  EXPECT_EQ(r.content, "Let me check. ");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[0].name, "get_weather");
+  EXPECT_EQ(r.calls[0].arguments, R"({"city":"Paris"})");
+  EXPECT_EQ(r.calls[1].name, "get_time");
+  EXPECT_EQ(r.calls[1].arguments, "{\"tz\": \"CET\",\n \"fmt\": 24}");  // lines kept
+  ToolCallParse alone = p->parse(kCallsBegin + v3_call("f", "{}") + kCallsEnd);
+  ASSERT_TRUE(alone.called);
+  EXPECT_FALSE(alone.content.has_value());
+  // No calls marker, or no well-formed call after it: all content.
+  expect_content_only(
+      *p,
+      {"plain text", kCallsBegin + kCallBegin + "function" + kSep + "f{}" + kCallEnd + kCallsEnd,
+       kCallsBegin + "garbage"});
+  // A malformed call does not hide the well-formed one after it.
+  ToolCallParse mixed = p->parse(kCallsBegin + kCallBegin + "oops" + kCallEnd + "\n" +
+                                 v3_call("g", "[1]") + kCallsEnd);
+  ASSERT_EQ(mixed.calls.size(), 1u);
+  EXPECT_EQ(mixed.calls[0].name, "g");
+
+  // Streaming: content up to the marker (or what may become it); calls once closed.
+  EXPECT_EQ(p->settled_content("Hello <\uff5ctool"), 6u);
+  EXPECT_EQ(p->settled_content(two), std::string("Let me check. ").size());
+  const std::string partial = "x" + kCallsBegin + v3_call("a", "{}") + kCallBegin + "function" +
+                              kSep + "b\n```json\n{\"k\":";
+  ToolCallParse done = p->completed_calls(partial);
+  ASSERT_EQ(done.calls.size(), 1u);
+  EXPECT_EQ(done.calls[0].name, "a");
+  EXPECT_EQ(p->completed_calls(two).calls.size(), 2u);
+}
+
+TEST(ToolParser, DeepSeekV31) {
+  auto p = parser("deepseek_v31");
+  const std::string text = "Sure." + kCallsBegin + kCallBegin + "search" + kSep +
+                           R"({"q": "vllm"})" + kCallEnd + kCallBegin + "open" + kSep +
+                           R"({"id": 3})" + kCallEnd + kCallsEnd;
+  ToolCallParse r = p->parse(text);
+  ASSERT_TRUE(r.called);
+  EXPECT_EQ(r.content, "Sure.");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[0].name, "search");
+  EXPECT_EQ(r.calls[0].arguments, R"({"q": "vllm"})");
+  EXPECT_EQ(r.calls[1].name, "open");
+  EXPECT_EQ(r.calls[1].arguments, R"({"id": 3})");
+  expect_content_only(*p, {"no calls", kCallsBegin + kCallBegin + "nosep" + kCallEnd});
+  EXPECT_EQ(p->completed_calls(kCallsBegin + kCallBegin + "a" + kSep + "{").calls.size(), 0u);
+}
+
+// vLLM's Llama 4 names for the formats Llama 4 shares.
+TEST(ToolParser, Llama4Aliases) {
+  EXPECT_EQ(parser("llama4_json")->parse(R"({"name": "f", "parameters": {"a": 1}})").calls.size(),
+            1u);
+  ToolCallParse py = parser("llama4_pythonic")->parse("<|python_start|>[f(a=1)]<|python_end|>");
+  ASSERT_EQ(py.calls.size(), 1u);
+  EXPECT_EQ(py.calls[0].arguments, "{\"a\": 1}");
 }
 
 }  // namespace
