@@ -42,6 +42,10 @@ struct ServeOptions {
   std::string allowed_methods = "[\"*\"]";
   std::string allowed_headers = "[\"*\"]";
   bool allow_credentials = false;
+  bool enable_log_requests = false;
+  int64_t max_log_len = -1;
+  bool disable_log_stats = false;
+  bool enable_server_load_tracking = false;
 };
 
 // Signals arrive on one waiting thread instead of interrupting arbitrary ones.
@@ -119,6 +123,7 @@ void run_serve(ServeOptions& o) {
   so.version = TESSERA_VERSION;
   so.trust_request_chat_template = o.trust_request_chat_template;
   so.cors = cors;
+  so.track_server_load = o.enable_server_load_tracking;
   OpenAIServer server(so);
   server.start();
 
@@ -132,6 +137,8 @@ void run_serve(ServeOptions& o) {
   serving.return_tokens_as_token_ids = o.return_tokens_as_token_ids;
   serving.force_include_usage = o.enable_force_include_usage;
   serving.response_role = o.response_role;
+  serving.log_requests = o.enable_log_requests;
+  serving.max_log_len = o.max_log_len;
   server.set_ready(serving);
   spdlog::info("ready: serving {} on http://{}:{}", fmt::join(so.served_model_names, ", "), so.host,
                server.port());
@@ -140,6 +147,7 @@ void run_serve(ServeOptions& o) {
   EngineStats last = async.stats();
   double last_time = now_seconds();
   while (!signal.wait_for(std::chrono::seconds(10))) {
+    if (o.disable_log_stats) continue;
     const EngineStats s = async.stats();
     const double now = now_seconds();
     if (s.prompt_tokens != last.prompt_tokens || s.generation_tokens != last.generation_tokens ||
@@ -218,20 +226,30 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--allow-credentials", o->allow_credentials,
                 "CORS: let pages send cookies and credentials");
+  cmd->add_flag("--enable-log-requests,!--no-enable-log-requests", o->enable_log_requests,
+                "Log each request's prompt, parameters and token ids (INFO)");
+  cmd->add_flag(std::string("--disable-log-requests"))
+      ->description("Older vLLM spelling: requests are not logged (the default)");
+  cmd->add_option("--max-log-len", o->max_log_len,
+                  "Longest prompt (characters) and token id list a request log shows (-1: all)")
+      ->capture_default_str();
+  cmd->add_flag("--disable-log-stats", o->disable_log_stats,
+                "No periodic throughput log (the /metrics endpoint stays)");
+  cmd->add_flag("--enable-server-load-tracking", o->enable_server_load_tracking,
+                "GET /load reports the generation requests in progress");
   // Flags the public recipes pass that change nothing here.
   auto noop = std::make_shared<std::string>();
   for (const char* flag :
-       {"--trust-remote-code", "--disable-log-requests", "--enable-reasoning",
-        "--no-enable-log-requests", "--enable-log-requests", "--disable-custom-all-reduce",
-        "--disable-log-stats", "--enable-chunked-prefill", "--disable-frontend-multiprocessing",
+       {"--trust-remote-code", "--enable-reasoning", "--disable-custom-all-reduce",
+        "--enable-chunked-prefill", "--disable-frontend-multiprocessing",
         "--disable-uvicorn-access-log", "--disable-fastapi-docs", "--enable-prompt-tokens-details",
-        "--async-scheduling", "--enable-server-load-tracking"})
+        "--async-scheduling"})
     cmd->add_flag(std::string(flag))->description("Accepted for vLLM compatibility; no effect");
   // (--revision and its kin name hub revisions: tessera reads local folders only.)
   for (const char* flag :
-       {"--swap-space", "--uvicorn-log-level", "--tokenizer-mode", "--max-log-len",
-        "--download-dir", "--revision", "--tokenizer-revision", "--code-revision", "--root-path",
-        "--max-seq-len-to-capture", "--max-parallel-loading-workers", "--compilation-config"})
+       {"--swap-space", "--uvicorn-log-level", "--tokenizer-mode", "--download-dir", "--revision",
+        "--tokenizer-revision", "--code-revision", "--root-path", "--max-seq-len-to-capture",
+        "--max-parallel-loading-workers", "--compilation-config"})
     cmd->add_option(flag, *noop, "Accepted for vLLM compatibility; no effect");
   cmd->callback([o] { run_serve(*o); });
 }

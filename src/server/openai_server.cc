@@ -462,7 +462,8 @@ std::string_view allowed_methods(const std::string& path) {
   static const std::pair<std::string_view, std::string_view> kRoutes[] = {
       {"/health", "GET, HEAD"},         {"/ping", "GET, HEAD, POST"}, {"/version", "GET, HEAD"},
       {"/metrics", "GET, HEAD"},        {"/v1/models", "GET, HEAD"},  {"/v1/completions", "POST"},
-      {"/v1/chat/completions", "POST"}, {"/tokenize", "POST"},        {"/detokenize", "POST"}};
+      {"/v1/chat/completions", "POST"}, {"/tokenize", "POST"},        {"/detokenize", "POST"},
+      {"/load", "GET, HEAD"},           {"/invocations", "POST"}};
   for (const auto& [route, methods] : kRoutes)
     if (route == path) return methods;
   return {};
@@ -625,6 +626,19 @@ void OpenAIServer::install_routes() {
   };
   s.Get("/ping", ping);
   s.Post("/ping", ping);
+  // vLLM's /load: generation requests in progress with --enable-server-load-tracking, else 0.
+  s.Get("/load", [this](const httplib::Request&, httplib::Response& res) {
+    send_json(res, 200, {{"server_load", server_load_.load()}});
+  });
+  // SageMaker's entry point, as vLLM routes it: by the body's shape.
+  s.Post("/invocations", [this](const httplib::Request& req, httplib::Response& res) {
+    const json body = json::parse(req.body, nullptr, false);
+    if (body.is_object() && body.contains("messages")) return handle_generate(req, res, true);
+    if (body.is_object() && body.contains("prompt")) return handle_generate(req, res, false);
+    throw ApiError(400,
+                   "Cannot find suitable handler for request. Expected one of: a chat "
+                   "completion request (messages) or a completion request (prompt)");
+  });
   s.Get("/version", [this](const httplib::Request&, httplib::Response& res) {
     send_json(res, 200, {{"version", options_.version}});
   });
@@ -735,6 +749,28 @@ void OpenAIServer::handle_detokenize(const httplib::Request& req, httplib::Respo
 }
 
 namespace {
+
+// --enable-log-requests: what vLLM's request logger writes, the prompt and its ids cut to
+// --max-log-len.
+void log_request(const ServingModel& m, const std::string& request_id, const PromptInput& prompt,
+                 const std::vector<int32_t>& ids, const SamplingParams& p) {
+  const size_t cap = m.max_log_len < 0 ? SIZE_MAX : static_cast<size_t>(m.max_log_len);
+  std::string text = prompt.text ? prompt.text->substr(0, std::min(cap, prompt.text->size())) : "";
+  // Not inside a character.
+  while (!text.empty() && prompt.text && text.size() < prompt.text->size() &&
+         (static_cast<unsigned char>((*prompt.text)[text.size()]) & 0xC0) == 0x80)
+    text.pop_back();
+  const std::vector<int32_t> shown(ids.begin(), ids.begin() + std::min(cap, ids.size()));
+  spdlog::info(
+      "Received request {}: prompt: {}, params: SamplingParams(temperature={}, top_p={}, "
+      "top_k={}, min_p={}, seed={}, max_tokens={}, min_tokens={}, stop={}, logprobs={}, "
+      "priority={}), prompt_token_ids: [{}]",
+      request_id,
+      prompt.text ? json(text).dump(-1, ' ', false, json::error_handler_t::replace) : "None",
+      p.temperature, p.top_p, p.top_k, p.min_p, p.seed ? std::to_string(*p.seed) : "None",
+      p.max_tokens, p.min_tokens, json(p.stop).dump(-1, ' ', false, json::error_handler_t::replace),
+      p.logprobs ? std::to_string(*p.logprobs) : "None", p.priority, fmt::join(shown, ", "));
+}
 
 // Validates, tokenizes and submits one request: one engine request per choice.
 std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
@@ -874,9 +910,11 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
       SamplingParams choice_params = params;
       // Distinct seeds so that n > 1 seeded choices differ yet reproduce.
       if (choice_params.seed) *choice_params.seed += static_cast<uint64_t>(i);
+      const std::string request_id = fmt::format("{}-{}", ctx->id, c.index);
+      if (m.log_requests)
+        log_request(m, request_id, r.prompts[p], ctx->prompt_ids[p], choice_params);
       try {
-        c.stream = m.engine->submit(fmt::format("{}-{}", ctx->id, c.index), ctx->prompt_ids[p],
-                                    choice_params, group);
+        c.stream = m.engine->submit(request_id, ctx->prompt_ids[p], choice_params, group);
       } catch (const Error& e) {
         ctx->abort_all();
         throw ApiError(status_for_error_kind(e.kind()), e.what());
@@ -914,6 +952,15 @@ json run_request_blocking(const ServingModel& model, const std::vector<std::stri
 void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Response& res, bool chat) {
   const ServingModel& m = ready_model();
   if (!accepting_) throw ApiError(503, "the server is shutting down");
+  // Counted until the response is complete: here for a whole answer (or an error), in the
+  // stream's release for a stream.
+  struct LoadGuard {
+    std::atomic<int64_t>* load;
+    ~LoadGuard() {
+      if (load) --*load;
+    }
+  } load{options_.track_server_load ? &server_load_ : nullptr};
+  if (load.load) ++server_load_;
   const json body = parse_body(req);
   if (chat) check_request_chat_template(body, options_.trust_request_chat_template);
   std::shared_ptr<ResponseContext> ctx =
@@ -927,6 +974,8 @@ void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Respons
 
   res.set_header("Cache-Control", "no-cache");
   ++open_streams_;
+  const bool tracked = load.load != nullptr;
+  if (tracked) ++server_load_;  // the stream's own count; the guard's ends with this function
   res.set_chunked_content_provider(
       "text/event-stream",
       [ctx](size_t, httplib::DataSink& sink) {
@@ -992,9 +1041,10 @@ void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Respons
         sink.done();
         return true;
       },
-      [ctx, this](bool success) {
+      [ctx, this, tracked](bool success) {
         // The client went away (or the write failed): free the blocks now.
         if (!success) ctx->abort_all();
+        if (tracked) --server_load_;
         --open_streams_;  // httplib calls this once the response is written (or abandoned)
       });
 }

@@ -45,6 +45,8 @@ struct ServerOptions {
   bool trust_request_chat_template = false;
   // --allowed-origins, --allowed-methods, --allowed-headers, --allow-credentials.
   CorsPolicy cors;
+  // --enable-server-load-tracking: GET /load counts the generation requests being served.
+  bool track_server_load = false;
 };
 
 // What the server needs from a loaded model.
@@ -74,6 +76,10 @@ struct ServingModel {
   // --max-logprobs: the most logprobs / top_logprobs / prompt_logprobs asked for.
   int64_t max_logprobs = kMaxLogprobs;
   bool priority_scheduling = false;  // --scheduling-policy priority: requests' `priority` counts
+  // --enable-log-requests: one INFO line per engine request (prompt, parameters, token ids),
+  // prompt and ids cut to --max-log-len (-1: whole).
+  bool log_requests = false;
+  int64_t max_log_len = -1;
 };
 
 // Runs one non-streaming completions or chat request to the end (run-batch): the response body.
@@ -115,6 +121,7 @@ class OpenAIServer {
   std::atomic<bool> ready_{false};
   std::atomic<bool> accepting_{true};
   std::atomic<int64_t> open_streams_{0};  // streamed responses not yet fully written
+  std::atomic<int64_t> server_load_{0};   // generation requests in progress (load tracking)
   ServingModel model_;
   int64_t created_ = 0;
 };

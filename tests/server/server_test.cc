@@ -15,6 +15,9 @@
 #include "server/openai_server.h"
 #include "server/sse.h"
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 namespace tessera {
 namespace {
 
@@ -77,7 +80,8 @@ struct RealText {
 struct ServerFixture {
   ServerFixture(int64_t blocks, const std::string& api_key = "", int64_t max_num_seqs = 256,
                 int http_threads = 128, std::optional<RealText> real_text = std::nullopt,
-                CorsPolicy cors = {}, int64_t max_logprobs = 20) {
+                CorsPolicy cors = {}, int64_t max_logprobs = 20,
+                const std::function<void(ServerOptions&)>& configure = nullptr) {
     static std::filesystem::path dir = testing::make_tiny("llama", DType::kF32, 11);
     EngineArgs args;
     args.model = dir;
@@ -98,6 +102,7 @@ struct ServerFixture {
     so.http_threads = http_threads;
     so.trust_request_chat_template = real_text && real_text->trust_request_chat_template;
     so.cors = std::move(cors);
+    if (configure) configure(so);
     server = std::make_unique<OpenAIServer>(so);
     server->start();
     server->set_ready(model->serving());
@@ -558,6 +563,71 @@ TEST(ServerTest, CorsPreflightsAndResponseHeaders) {
     EXPECT_EQ(denied->status, 200);
     EXPECT_FALSE(denied->has_header("Access-Control-Allow-Origin"));
   }
+}
+
+// vLLM's /load (--enable-server-load-tracking), /invocations (SageMaker: routed by the body) and
+// the request log (--enable-log-requests, --max-log-len).
+TEST(ServerTest, LoadInvocationsAndRequestLog) {
+  ServerFixture f(256, "", 256, 128, std::nullopt, {}, 20,
+                  [](ServerOptions& so) { so.track_server_load = true; });
+  auto c = f.client();
+  EXPECT_EQ(json::parse(c.Get("/load")->body)["server_load"], 0);
+  // A request holds the count while it runs: one stream of many tokens, polled meanwhile.
+  std::atomic<bool> done{false};
+  std::thread stream([&] {
+    f.post("/v1/completions",
+           R"({"prompt":"hi","max_tokens":200,"ignore_eos":true,"n":8,"stream":true})");
+    done = true;
+  });
+  int64_t seen = 0;
+  while (!done) {
+    seen = std::max<int64_t>(seen, json::parse(f.client().Get("/load")->body)["server_load"]);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  stream.join();
+  EXPECT_EQ(seen, 1);
+  // The stream's count ends when the server has finished writing it, just after the client
+  // read its end.
+  int64_t after = 1;
+  for (int i = 0; i < 200 && after != 0; ++i) {
+    after = json::parse(c.Get("/load")->body)["server_load"];
+    if (after != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(after, 0);
+
+  auto [cs, completion] = f.post("/invocations", R"({"prompt":"hi","max_tokens":2})");
+  EXPECT_EQ(cs, 200);
+  EXPECT_EQ(completion["object"], "text_completion");
+  auto [hs, chat] =
+      f.post("/invocations", R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})");
+  EXPECT_EQ(hs, 200);
+  EXPECT_EQ(chat["object"], "chat.completion");
+  auto [bs, bad] = f.post("/invocations", R"({"input":"hi"})");
+  EXPECT_EQ(bs, 400);
+  EXPECT_NE(bad["error"]["message"].get<std::string>().find("suitable handler"), std::string::npos);
+  EXPECT_EQ(json::parse(c.Get("/load")->body)["server_load"], 0);  // errors are not left counted
+
+  // The request log, cut to --max-log-len.
+  std::ostringstream log;
+  auto logger = std::make_shared<spdlog::logger>(
+      "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(logger);
+  ServingModel serving = f.model->serving();
+  serving.log_requests = true;
+  serving.max_log_len = 4;
+  f.server->set_ready(serving);
+  auto [ls, logged] = f.post("/v1/completions", R"({"prompt":"abcdefgh","max_tokens":2,"seed":5})");
+  spdlog::set_default_logger(previous);
+  EXPECT_EQ(ls, 200);
+  const std::string line = log.str();
+  EXPECT_NE(
+      line.find("Received request " + logged["id"].get<std::string>() + "-0: prompt: \"abcd\","),
+      std::string::npos)
+      << line;
+  EXPECT_NE(line.find("seed=5, max_tokens=2"), std::string::npos) << line;
+  // Four ids of the prompt's nine (BOS + eight bytes, each byte + 3).
+  EXPECT_NE(line.find("prompt_token_ids: [1, 100, 101, 102]"), std::string::npos) << line;
 }
 
 // The model folder's text processor: tokenizer, streaming decoder and EOS from the folder.
