@@ -198,9 +198,14 @@ void parse_common(const json& body, GenerateRequest& r, int64_t max_logprobs) {
     if (*v < 1 || *v > 128) bad("n", fmt::format("n must be between 1 and 128, got {}", *v));
     r.n = *v;
   }
+  if (auto v = get_bool(body, "use_beam_search")) r.use_beam_search = *v;
+  if (const json* lp = field(body, "length_penalty")) {
+    if (!lp->is_number()) bad("length_penalty", "'length_penalty' must be a number");
+    r.length_penalty = lp->get<double>();
+  }
   if (auto v = get_int(body, "best_of")) {
     if (*v != r.n)
-      bad("best_of", "best_of must equal n (beam search and best_of are not supported)");
+      bad("best_of", "best_of must equal n (best_of is not supported; use_beam_search is)");
   }
   if (const json* stop = field(body, "stop")) {
     if (stop->is_string()) {

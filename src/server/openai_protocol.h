@@ -27,6 +27,9 @@ struct GenerateRequest {
   SamplingParams params;             // max_tokens resolved by the server when unset
   bool max_tokens_set = false;
   int64_t n = 1;
+  // vLLM's use_beam_search (n beams) and length_penalty.
+  bool use_beam_search = false;
+  double length_penalty = 1.0;
   bool stream = false;
   bool include_usage = false;
   bool continuous_usage = false;

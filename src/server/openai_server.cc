@@ -11,6 +11,7 @@
 #include "core/logging.h"
 #include "core/sys.h"
 #include "server/api_error.h"
+#include "server/beam_search.h"
 #include "server/openai_protocol.h"
 #include "server/reasoning_parser.h"
 #include "server/tool_parser.h"
@@ -772,6 +773,101 @@ void log_request(const ServingModel& m, const std::string& request_id, const Pro
       p.logprobs ? std::to_string(*p.logprobs) : "None", p.priority, fmt::join(shown, ", "));
 }
 
+// What beam search does not combine with is refused rather than ignored.
+void check_beam_search(const ServingModel& m, const GenerateRequest& r) {
+  const auto refuse = [](const char* what, const std::string& param) {
+    throw ApiError(400, fmt::format("{} is not supported with use_beam_search", what), param);
+  };
+  if (r.json_schema || !r.choices.empty() || r.regex)
+    refuse("structured output", r.structured_field);
+  if (r.auto_tools) refuse("tool_choice \"auto\"", "tool_choice");
+  if (!r.params.stop.empty()) refuse("stop", "stop");
+  if (!r.params.stop_token_ids.empty()) refuse("stop_token_ids", "stop_token_ids");
+  if (r.logprobs) refuse("logprobs", "logprobs");
+  if (r.params.prompt_logprobs) refuse("prompt_logprobs", "prompt_logprobs");
+  if (r.params.min_tokens > 0) refuse("min_tokens", "min_tokens");
+  if (2 * r.n > m.max_logprobs)
+    throw ApiError(400,
+                   fmt::format("beam search with n = {} asks for {} logprobs a step, more than "
+                               "--max-logprobs {}",
+                               r.n, 2 * r.n, m.max_logprobs),
+                   "n");
+}
+
+// The request's prompt `p` searched with n beams through the engine; each beam becomes a
+// finished choice whose stream already holds its whole output.
+void run_beam_search(const ServingModel& m, ResponseContext& ctx, size_t p,
+                     const SamplingParams& params) {
+  const GenerateRequest& r = ctx.request;
+  BeamSearchParams bp;
+  bp.beam_width = r.n;
+  bp.max_tokens = params.max_tokens;
+  bp.ignore_eos = params.ignore_eos;
+  bp.length_penalty = r.length_penalty;
+  bp.include_stop_str_in_output = params.include_stop_str_in_output;
+  bp.max_model_len = m.max_model_len;
+  // One token per beam and step with the top 2n log-probabilities; temperature, top-k and the
+  // rest pick the sampled token, which joins the candidates (first, as in vLLM's dict).
+  SamplingParams step = params;
+  step.max_tokens = 1;
+  step.ignore_eos = true;
+  step.logprobs = static_cast<int>(2 * r.n);
+  int64_t step_index = 0;
+  const BeamExpander expand = [&](const std::vector<std::vector<int32_t>>& beams) {
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    try {
+      for (size_t i = 0; i < beams.size(); ++i)
+        streams.push_back(m.engine->submit(
+            fmt::format("{}-{}-beam-{}-{}", ctx.id, p, step_index, i), beams[i], step));
+    } catch (const Error& e) {
+      for (const auto& s : streams) m.engine->abort(s->request_id());
+      throw ApiError(status_for_error_kind(e.kind()), e.what());
+    }
+    ++step_index;
+    std::vector<BeamCandidates> out(beams.size());
+    for (size_t i = 0; i < beams.size(); ++i) {
+      while (!streams[i]->done()) {
+        for (RequestOutput& o : streams[i]->wait(std::chrono::milliseconds(500))) {
+          if (o.new_logprobs.empty()) continue;
+          const TokenLogprobs& lp = o.new_logprobs.front();
+          out[i].emplace_back(lp.token, lp.logprob);
+          for (const auto& [token, logprob] : lp.top)
+            if (token != lp.token) out[i].emplace_back(token, logprob);
+        }
+        if (auto err = streams[i]->error()) {
+          for (const auto& s : streams) m.engine->abort(s->request_id());
+          throw ApiError(status_for_error_kind(err->kind()), err->what());
+        }
+      }
+    }
+    return out;
+  };
+  const std::vector<int32_t>& prompt = ctx.prompt_ids[p];
+  const std::vector<Beam> beams = beam_search(prompt, bp, m.eos_token_ids, expand);
+  for (size_t i = 0; i < beams.size(); ++i) {
+    const Beam& b = beams[i];
+    Choice c;
+    c.index = static_cast<int64_t>(p) * r.n + static_cast<int64_t>(i);
+    c.prompt_index = static_cast<int64_t>(p);
+    RequestOutput o;
+    o.request_id = fmt::format("{}-{}", ctx.id, c.index);
+    o.new_token_ids.assign(b.tokens.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
+                           b.tokens.end());
+    // The text leaves a completing EOS out even when its id is kept.
+    std::vector<int32_t> text_ids = o.new_token_ids;
+    if (b.ended_by_eos && !text_ids.empty() && text_ids.back() == b.eos) text_ids.pop_back();
+    if (m.text) o.new_text = m.text->decode(text_ids, params.skip_special_tokens);
+    o.finished = true;
+    o.finish_reason = b.ended_by_eos ? FinishReason::kStop : FinishReason::kLength;
+    if (b.ended_by_eos) o.stop_reason = std::to_string(b.eos);
+    o.num_prompt_tokens = static_cast<int64_t>(prompt.size());
+    o.num_output_tokens = static_cast<int64_t>(o.new_token_ids.size());
+    c.stream = std::make_shared<RequestStream>(o.request_id);
+    c.stream->push(std::move(o));
+    ctx.choices.push_back(std::move(c));
+  }
+}
+
 // Validates, tokenizes and submits one request: one engine request per choice.
 std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
                                                   const std::vector<std::string>& names,
@@ -892,7 +988,9 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
     r.params.grammar_vocab = m.text->token_vocabulary(m.eos_token_ids);
   }
 
-  // One engine request per choice.
+  if (r.use_beam_search) check_beam_search(m, r);
+
+  // One engine request per choice (beam search: one per beam and step, run here).
   for (size_t p = 0; p < ctx->prompt_ids.size(); ++p) {
     SamplingParams params = r.params;
     const int64_t len = static_cast<int64_t>(ctx->prompt_ids[p].size());
@@ -902,6 +1000,10 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
       params.max_tokens = m.default_max_tokens.value_or(m.max_model_len - len);
     params.max_tokens = std::min(params.max_tokens, m.max_model_len - len);
     if (m.max_tokens_cap) params.max_tokens = std::min(params.max_tokens, *m.max_tokens_cap);
+    if (r.use_beam_search) {
+      run_beam_search(m, *ctx, p, params);
+      continue;
+    }
     auto group = std::make_shared<ChoiceGroup>(r.n);
     for (int64_t i = 0; i < r.n; ++i) {
       Choice c;

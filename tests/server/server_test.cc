@@ -8,6 +8,7 @@
 #include <future>
 #include <map>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "model/model_test_util.h"
@@ -628,6 +629,45 @@ TEST(ServerTest, LoadInvocationsAndRequestLog) {
   EXPECT_NE(line.find("seed=5, max_tokens=2"), std::string::npos) << line;
   // Four ids of the prompt's nine (BOS + eight bytes, each byte + 3).
   EXPECT_NE(line.find("prompt_token_ids: [1, 100, 101, 102]"), std::string::npos) << line;
+}
+
+// use_beam_search through the engine: width 1 is greedy decoding, n beams come back as n
+// choices (whole or streamed alike), and what beam search cannot combine with is a 400.
+TEST(ServerTest, BeamSearchThroughTheEngine) {
+  ServerFixture f(256);
+  auto [gs, greedy] = f.post(
+      "/v1/completions", R"({"prompt":"beams","max_tokens":6,"temperature":0,"ignore_eos":true})");
+  ASSERT_EQ(gs, 200) << greedy.dump();
+  auto [bs, one] = f.post("/v1/completions",
+                          R"({"prompt":"beams","max_tokens":6,"n":1,"use_beam_search":true,
+                              "ignore_eos":true})");
+  ASSERT_EQ(bs, 200) << one.dump();
+  EXPECT_EQ(one["choices"][0]["text"], greedy["choices"][0]["text"]);
+  EXPECT_EQ(one["choices"][0]["finish_reason"], "length");
+
+  const std::string body = R"({"prompt":"beams","max_tokens":5,"n":3,"use_beam_search":true,
+                               "ignore_eos":true,"length_penalty":0.5)";
+  auto [ts, three] = f.post("/v1/completions", body + "}");
+  ASSERT_EQ(ts, 200) << three.dump();
+  ASSERT_EQ(three["choices"].size(), 3u);
+  std::set<std::string> texts;
+  for (const json& c : three["choices"]) texts.insert(c["text"].get<std::string>());
+  EXPECT_EQ(texts.size(), 3u) << three.dump();  // three different beams
+  EXPECT_EQ(three["usage"]["completion_tokens"], 15);
+  auto res = f.client().Post("/v1/completions", body + R"(,"stream":true})", "application/json");
+  ASSERT_TRUE(res && res->status == 200);
+  std::map<int64_t, std::string> streamed;
+  for (const json& e : sse_events(res->body))
+    for (const json& c : e["choices"]) streamed[c["index"]] += c["text"].get<std::string>();
+  ASSERT_EQ(streamed.size(), 3u);
+  for (int64_t i = 0; i < 3; ++i) EXPECT_EQ(streamed[i], three["choices"][i]["text"]);
+
+  for (const char* bad :
+       {R"("stop":"x")", R"("logprobs":2)", R"("n":11)", R"("guided_choice":["a","b"])"}) {
+    auto [status, j] = f.post(
+        "/v1/completions", std::string(R"({"prompt":"beams","use_beam_search":true,)") + bad + "}");
+    EXPECT_EQ(status, 400) << bad << " " << j.dump();
+  }
 }
 
 // The model folder's text processor: tokenizer, streaming decoder and EOS from the folder.
