@@ -99,13 +99,14 @@ int32_t BlockManager::pop_free() {
 }
 
 int64_t BlockManager::match_prefix(std::span<const int32_t> tokens, int64_t max_tokens,
-                                   std::vector<int32_t>& table, std::vector<uint64_t>& hashes) {
+                                   std::vector<int32_t>& table, std::vector<uint64_t>& hashes,
+                                   uint64_t salt) {
   TESSERA_CHECK(table.empty() && hashes.empty());
   if (!prefix_caching_) return 0;
   prefix_queries_ += static_cast<int64_t>(tokens.size());
   const int64_t full =
       std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size())) / block_size_;
-  uint64_t parent = 0;
+  uint64_t parent = salt;
   for (int64_t i = 0; i < full; ++i) {
     auto chunk = tokens.subspan(i * block_size_, block_size_);
     uint64_t h = hash_block(parent, chunk);
@@ -145,12 +146,12 @@ void BlockManager::grow(std::vector<int32_t>& table, int64_t total_tokens) {
 
 void BlockManager::cache_full_blocks(std::span<const int32_t> tokens, int64_t computed_tokens,
                                      const std::vector<int32_t>& table,
-                                     std::vector<uint64_t>& hashes) {
+                                     std::vector<uint64_t>& hashes, uint64_t salt) {
   if (!prefix_caching_) return;
   const int64_t full =
       std::min<int64_t>(computed_tokens, static_cast<int64_t>(tokens.size())) / block_size_;
   for (int64_t i = static_cast<int64_t>(hashes.size()); i < full; ++i) {
-    uint64_t parent = i == 0 ? 0 : hashes[i - 1];
+    uint64_t parent = i == 0 ? salt : hashes[i - 1];
     auto chunk = tokens.subspan(i * block_size_, block_size_);
     uint64_t h = hash_block(parent, chunk);
     hashes.push_back(h);

@@ -26,8 +26,11 @@ class BlockManager {
   // For a sequence starting from scratch: appends the longest run of cached full blocks that
   // match `tokens` to `table` (taking references) and returns the tokens they hold. At most
   // `max_tokens` tokens are reused (the caller keeps at least one token to compute).
+  // `salt` (a request's cache_salt, hashed; 0: none) stands in as the first block's parent, so
+  // only sequences with the same salt share blocks.
   int64_t match_prefix(std::span<const int32_t> tokens, int64_t max_tokens,
-                       std::vector<int32_t>& table, std::vector<uint64_t>& hashes);
+                       std::vector<int32_t>& table, std::vector<uint64_t>& hashes,
+                       uint64_t salt = 0);
   // Whether `table` can grow to hold `total_tokens` tokens.
   bool can_grow(const std::vector<int32_t>& table, int64_t total_tokens) const;
   // Appends fresh blocks until `table` holds `total_tokens` tokens (check can_grow first).
@@ -35,7 +38,8 @@ class BlockManager {
   // Records the blocks of `table` that are full among the first `computed_tokens` tokens in the
   // prefix cache; `hashes` holds the hashes of blocks already recorded and is extended.
   void cache_full_blocks(std::span<const int32_t> tokens, int64_t computed_tokens,
-                         const std::vector<int32_t>& table, std::vector<uint64_t>& hashes);
+                         const std::vector<int32_t>& table, std::vector<uint64_t>& hashes,
+                         uint64_t salt = 0);
   // Drops the sequence's references; blocks are released in reverse so that a prefix outlives
   // its tail in the cache.
   void release(std::vector<int32_t>& table, std::vector<uint64_t>& hashes);

@@ -39,6 +39,9 @@ struct SamplingParams {
   // Scheduling priority under --scheduling-policy priority: lower values run first (vLLM's
   // request field `priority`). Not a sampling setting, but it travels with the request.
   int64_t priority = 0;
+  // vLLM's cache_salt, hashed (0: none): the prefix cache shares blocks only between requests
+  // with the same salt.
+  uint64_t cache_salt = 0;
 
   // Structured output: only tokens the grammar allows are sampled, and the sequence stops when
   // its text is complete (engine/structured_output.h). Both set, or neither.

@@ -109,7 +109,7 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
       // Reuse cached blocks of an identical prefix; at least one token is computed so that the
       // step yields logits. Requests for prompt logprobs compute every prompt token.
       const int64_t hit = blocks_.match_prefix(seq->tokens, seq->num_tokens() - 1, seq->block_table,
-                                               seq->block_hashes);
+                                               seq->block_hashes, seq->params.cache_salt);
       seq->num_computed_tokens = hit;
       if (seq->num_preemptions == 0)
         seq->num_cached_prompt_tokens = std::min(hit, seq->num_prompt_tokens);
@@ -177,7 +177,7 @@ void Scheduler::on_step_done(const SchedulerOutput& output) {
     seq->num_computed_tokens += s.num_new_tokens;
     seq->num_inflight_tokens -= s.num_new_tokens;
     blocks_.cache_full_blocks(seq->tokens, seq->num_computed_tokens, seq->block_table,
-                              seq->block_hashes);
+                              seq->block_hashes, seq->params.cache_salt);
   }
 }
 

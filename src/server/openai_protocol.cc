@@ -243,6 +243,14 @@ void parse_common(const json& body, GenerateRequest& r, int64_t max_logprobs) {
   }
   if (auto v = get_bool(body, "ignore_eos")) p.ignore_eos = *v;
   if (auto v = get_int(body, "priority")) p.priority = *v;
+  if (const json* salt = field(body, "cache_salt")) {
+    if (!salt->is_string() || salt->get<std::string>().empty())
+      bad("cache_salt", "Parameter 'cache_salt' must be a non-empty string if provided.");
+    // FNV-1a, never 0 (the unsalted root).
+    uint64_t h = 1469598103934665603ULL;
+    for (unsigned char c : salt->get<std::string>()) h = (h ^ c) * 1099511628211ULL;
+    p.cache_salt = h == 0 ? 1 : h;
+  }
   if (auto v = get_bool(body, "include_stop_str_in_output")) p.include_stop_str_in_output = *v;
   if (auto v = get_bool(body, "skip_special_tokens")) p.skip_special_tokens = *v;
   if (auto v = get_int(body, "prompt_logprobs")) {

@@ -95,6 +95,30 @@ TEST(BlockManager, DifferentTokensNeverMatchAndPrefixCachingCanBeOff) {
   EXPECT_EQ(off.match_prefix(iota_tokens(8), 8, y, hy), 0);
 }
 
+// cache_salt: blocks are shared only between sequences with the same salt (none is a salt too).
+TEST(BlockManager, SaltedPrefixesMatchOnlyTheSameSalt) {
+  BlockManager bm(16, 4, true);
+  const auto tokens = iota_tokens(8);
+  std::vector<int32_t> a, s1;
+  std::vector<uint64_t> ha, hs1;
+  bm.grow(a, 8);
+  bm.cache_full_blocks(tokens, 8, a, ha);  // unsalted
+  bm.grow(s1, 8);
+  bm.cache_full_blocks(tokens, 8, s1, hs1, /*salt=*/1234);
+  const auto match = [&](uint64_t salt) {
+    std::vector<int32_t> t;
+    std::vector<uint64_t> h;
+    const int64_t hit = bm.match_prefix(tokens, 8, t, h, salt);
+    std::vector<int32_t> blocks = t;
+    bm.release(t, h);
+    return std::make_pair(hit, blocks);
+  };
+  EXPECT_EQ(match(0), std::make_pair(int64_t{8}, a));
+  EXPECT_EQ(match(1234), std::make_pair(int64_t{8}, s1));
+  EXPECT_EQ(match(99).first, 0);
+  EXPECT_NE(a, s1);  // two copies, one per salt
+}
+
 TEST(BlockManager, ResetForgetsFreeCachedBlocksAndReusesThemFirst) {
   BlockManager bm(8, 4, true);
   std::vector<int32_t> a, b;

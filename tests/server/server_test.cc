@@ -1391,6 +1391,31 @@ TEST(ServerTest, SharedPrefixesHitThePrefixCache) {
   EXPECT_GT(f.metric("vllm:prefix_cache_queries_total"), f.metric("vllm:prefix_cache_hits_total"));
 }
 
+// cache_salt keeps tenants' prefixes apart: the same prompt hits the cache only under the same
+// salt (or with none, only after an unsalted one).
+TEST(ServerTest, CacheSaltSeparatesPrefixCaches) {
+  ServerFixture f(512);
+  const json prompt = prompt_ids(64, 4242);
+  const auto cached = [&](const json& extra) {
+    json body = {{"prompt", prompt}, {"max_tokens", 1}};
+    body.update(extra);
+    auto [status, j] = f.post("/v1/completions", body.dump());
+    EXPECT_EQ(status, 200) << j.dump();
+    return j["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>();
+  };
+  EXPECT_EQ(cached({{"cache_salt", "tenant-a"}}), 0);
+  EXPECT_EQ(cached({{"cache_salt", "tenant-b"}}), 0);
+  EXPECT_EQ(cached(json::object()), 0);
+  EXPECT_EQ(cached({{"cache_salt", "tenant-a"}}), 48);  // 3 full blocks of 16 (one token left)
+  EXPECT_EQ(cached(json::object()), 48);
+  for (const char* bad : {R"("")", "7"}) {
+    auto [status, j] =
+        f.post("/v1/completions", std::string(R"({"prompt":"hi","cache_salt":)") + bad + "}");
+    EXPECT_EQ(status, 400) << j.dump();
+    EXPECT_EQ(j["error"]["param"], "cache_salt");
+  }
+}
+
 TEST(ServerTest, DisconnectMidStreamFreesBlocks) {
   ServerFixture f(512);
   {
