@@ -46,6 +46,7 @@ struct ServeOptions {
   int64_t max_log_len = -1;
   bool disable_log_stats = false;
   bool enable_server_load_tracking = false;
+  bool enable_request_id_headers = false;
 };
 
 // Signals arrive on one waiting thread instead of interrupting arbitrary ones.
@@ -124,6 +125,7 @@ void run_serve(ServeOptions& o) {
   so.trust_request_chat_template = o.trust_request_chat_template;
   so.cors = cors;
   so.track_server_load = o.enable_server_load_tracking;
+  so.request_id_headers = o.enable_request_id_headers;
   OpenAIServer server(so);
   server.start();
 
@@ -237,6 +239,8 @@ void add_serve_command(CLI::App& app) {
                 "No periodic throughput log (the /metrics endpoint stays)");
   cmd->add_flag("--enable-server-load-tracking", o->enable_server_load_tracking,
                 "GET /load reports the generation requests in progress");
+  cmd->add_flag("--enable-request-id-headers", o->enable_request_id_headers,
+                "Responses carry X-Request-Id (the request's, or a new one)");
   // Flags the public recipes pass that change nothing here.
   auto noop = std::make_shared<std::string>();
   for (const char* flag :

@@ -107,7 +107,8 @@ struct Choice {
 
 // Everything a response needs besides the choices.
 struct ResponseContext {
-  std::string id;
+  std::string id;         // the response's id: the client's request id when it gave one
+  std::string engine_id;  // always unique: the engine's request ids derive from it
   std::string model;
   int64_t created = 0;
   bool chat = false;
@@ -575,6 +576,10 @@ void OpenAIServer::install_routes() {
   // Every other answer to a request from a page of another origin says whether the page may
   // read it (errors and streams included).
   s.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (options_.request_id_headers) {
+      const std::string id = req.get_header_value("X-Request-Id");
+      res.set_header("X-Request-Id", id.empty() ? random_id("").substr(0, 32) : id);
+    }
     if (!req.has_header("Origin") || is_cors_preflight(req)) return;
     for (const auto& [name, value] : cors_response_headers(
              options_.cors, req.get_header_value("Origin"), req.has_header("Cookie")))
@@ -818,7 +823,7 @@ void run_beam_search(const ServingModel& m, ResponseContext& ctx, size_t p,
     try {
       for (size_t i = 0; i < beams.size(); ++i)
         streams.push_back(m.engine->submit(
-            fmt::format("{}-{}-beam-{}-{}", ctx.id, p, step_index, i), beams[i], step));
+            fmt::format("{}-{}-beam-{}-{}", ctx.engine_id, p, step_index, i), beams[i], step));
     } catch (const Error& e) {
       for (const auto& s : streams) m.engine->abort(s->request_id());
       throw ApiError(status_for_error_kind(e.kind()), e.what());
@@ -850,7 +855,7 @@ void run_beam_search(const ServingModel& m, ResponseContext& ctx, size_t p,
     c.index = static_cast<int64_t>(p) * r.n + static_cast<int64_t>(i);
     c.prompt_index = static_cast<int64_t>(p);
     RequestOutput o;
-    o.request_id = fmt::format("{}-{}", ctx.id, c.index);
+    o.request_id = fmt::format("{}-{}", ctx.engine_id, c.index);
     o.new_token_ids.assign(b.tokens.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
                            b.tokens.end());
     // The text leaves a completing EOS out even when its id is kept.
@@ -869,9 +874,11 @@ void run_beam_search(const ServingModel& m, ResponseContext& ctx, size_t p,
 }
 
 // Validates, tokenizes and submits one request: one engine request per choice.
+// `request_id_header`: the request's X-Request-Id (empty: none).
 std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
                                                   const std::vector<std::string>& names,
-                                                  const json& body, bool chat) {
+                                                  const json& body, bool chat,
+                                                  const std::string& request_id_header = "") {
   auto ctx = std::make_shared<ResponseContext>();
   ctx->request = chat ? parse_chat_request(body, m.defaults, m.max_logprobs)
                       : parse_completion_request(body, m.defaults, m.max_logprobs);
@@ -897,7 +904,16 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
                    "priority");
   ctx->chat = chat;
   ctx->model = r.model.value_or(names.front());
-  ctx->id = random_id(chat ? "chatcmpl-" : "cmpl-");
+  // vLLM's rule: the X-Request-Id header, else the body's request_id, else a random id.
+  const char* prefix = chat ? "chatcmpl-" : "cmpl-";
+  ctx->engine_id = random_id(prefix);
+  std::string client_id = request_id_header;
+  if (client_id.empty() && body.contains("request_id")) {
+    if (!body["request_id"].is_string())
+      throw ApiError(400, "'request_id' must be a string", "request_id");
+    client_id = body["request_id"].get<std::string>();
+  }
+  ctx->id = client_id.empty() ? ctx->engine_id : prefix + client_id;
   ctx->created = unix_now();
   ctx->text = m.text;
   ctx->engine = m.engine;
@@ -1012,7 +1028,7 @@ std::shared_ptr<ResponseContext> start_generation(const ServingModel& m,
       SamplingParams choice_params = params;
       // Distinct seeds so that n > 1 seeded choices differ yet reproduce.
       if (choice_params.seed) *choice_params.seed += static_cast<uint64_t>(i);
-      const std::string request_id = fmt::format("{}-{}", ctx->id, c.index);
+      const std::string request_id = fmt::format("{}-{}", ctx->engine_id, c.index);
       if (m.log_requests)
         log_request(m, request_id, r.prompts[p], ctx->prompt_ids[p], choice_params);
       try {
@@ -1065,8 +1081,8 @@ void OpenAIServer::handle_generate(const httplib::Request& req, httplib::Respons
   if (load.load) ++server_load_;
   const json body = parse_body(req);
   if (chat) check_request_chat_template(body, options_.trust_request_chat_template);
-  std::shared_ptr<ResponseContext> ctx =
-      start_generation(m, options_.served_model_names, body, chat);
+  std::shared_ptr<ResponseContext> ctx = start_generation(
+      m, options_.served_model_names, body, chat, req.get_header_value("X-Request-Id"));
   const GenerateRequest& r = ctx->request;
   if (!r.stream) {
     collect(*ctx);

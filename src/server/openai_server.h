@@ -47,6 +47,8 @@ struct ServerOptions {
   CorsPolicy cors;
   // --enable-server-load-tracking: GET /load counts the generation requests being served.
   bool track_server_load = false;
+  // --enable-request-id-headers: every response carries X-Request-Id (the request's, or new).
+  bool request_id_headers = false;
 };
 
 // What the server needs from a loaded model.

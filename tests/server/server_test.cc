@@ -670,6 +670,39 @@ TEST(ServerTest, BeamSearchThroughTheEngine) {
   }
 }
 
+// Request ids as vLLM takes them (X-Request-Id, else the body's request_id) and
+// --enable-request-id-headers; the engine's ids stay unique, so clients may reuse theirs.
+TEST(ServerTest, ClientRequestIds) {
+  ServerFixture f(256, "", 256, 128, std::nullopt, {}, 20,
+                  [](ServerOptions& so) { so.request_id_headers = true; });
+  auto c = f.client();
+  auto with_header = c.Post("/v1/completions", {{"X-Request-Id", "trace-42"}},
+                            R"({"prompt":"hi","max_tokens":2})", "application/json");
+  ASSERT_TRUE(with_header && with_header->status == 200);
+  EXPECT_EQ(json::parse(with_header->body)["id"], "cmpl-trace-42");
+  EXPECT_EQ(with_header->get_header_value("X-Request-Id"), "trace-42");
+  auto [bs, body_id] = f.post("/v1/chat/completions",
+                              R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2,
+                                  "request_id":"job-7"})");
+  ASSERT_EQ(bs, 200) << body_id.dump();
+  EXPECT_EQ(body_id["id"], "chatcmpl-job-7");
+  auto plain = c.Get("/health");
+  const std::string generated = plain->get_header_value("X-Request-Id");
+  EXPECT_EQ(generated.size(), 32u);
+  EXPECT_EQ(generated.find_first_not_of("0123456789abcdef"), std::string::npos);
+  // The same id on concurrent requests: both are served.
+  std::vector<std::future<int>> same;
+  for (int i = 0; i < 4; ++i)
+    same.push_back(std::async(std::launch::async, [&] {
+      auto r = f.client().Post("/v1/completions", {{"X-Request-Id", "dup"}},
+                               R"({"prompt":"hi","max_tokens":8,"ignore_eos":true})",
+                               "application/json");
+      return r ? r->status : 0;
+    }));
+  for (auto& s : same) EXPECT_EQ(s.get(), 200);
+  EXPECT_EQ(f.post("/v1/completions", R"({"prompt":"hi","request_id":5})").first, 400);
+}
+
 // The model folder's text processor: tokenizer, streaming decoder and EOS from the folder.
 TEST(TextProcessorTest, LoadsTheFoldersTokenizer) {
   const std::filesystem::path dir = testing::make_tiny("llama", DType::kF32, 12);
