@@ -37,6 +37,9 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
                   "Most logprobs, top_logprobs or prompt_logprobs a request may ask for (-1: the "
                   "whole vocabulary)")
       ->capture_default_str();
+  cmd->add_option("--speculative-config", f.speculative_config,
+                  "Speculative decoding, as JSON: '{\"method\": \"ngram\", "
+                  "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}'");
   cmd->add_option("--scheduling-policy", f.scheduling_policy,
                   "fcfs (first come, first served) or priority (by the requests' `priority`, "
                   "lower first, then arrival)")
@@ -201,6 +204,7 @@ EngineArgs to_engine_args(const EngineFlags& f) {
   if (f.max_logprobs < -1) fail("--max-logprobs must be -1 (no limit) or at least 0");
   a.max_logprobs = f.max_logprobs;
   a.priority_scheduling = f.scheduling_policy == "priority";
+  if (!f.speculative_config.empty()) apply_speculative_config(f.speculative_config, a);
   a.dtype = parse_dtype_flag(f.dtype, "--dtype");
   a.kv_cache_dtype = parse_kv_cache_dtype(f.kv_cache_dtype);
   a.threads = f.threads;

@@ -19,6 +19,7 @@ struct EngineFlags {
   std::string override_generation_config;
   int64_t max_logprobs = 20;
   std::string scheduling_policy = "fcfs";
+  std::string speculative_config;
   std::string dtype = "auto";
   std::string kv_cache_dtype = "auto";
   int threads = 0;

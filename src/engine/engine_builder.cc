@@ -46,6 +46,39 @@ std::string kv_cache_dtype_label(DType dtype) {
   }
 }
 
+void apply_speculative_config(const std::string& text, EngineArgs& args) {
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) fail("--speculative-config must be a JSON object, got '{}'", text);
+  const auto str = [&](const char* key) {
+    return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
+  };
+  const std::string method = !str("method").empty() ? str("method") : str("model");
+  if (method != "ngram" && method != "[ngram]")
+    fail(ErrorKind::kUnsupported,
+         "--speculative-config: method '{}' is not supported (supported: ngram; draft models, "
+         "EAGLE and MTP need a second model tessera does not run)",
+         method);
+  const auto count = [&](const char* key) -> std::optional<int64_t> {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    if (!j[key].is_number_integer() || j[key].get<int64_t>() < 1)
+      fail("--speculative-config: {} must be a positive integer", key);
+    return j[key].get<int64_t>();
+  };
+  const auto k = count("num_speculative_tokens");
+  if (!k) fail("--speculative-config: num_speculative_tokens is required");
+  if (*k > 32) fail("--speculative-config: num_speculative_tokens is at most 32, got {}", *k);
+  auto n_max = count("prompt_lookup_max"), n_min = count("prompt_lookup_min");
+  // vLLM's defaults: both 5, or the one given for both.
+  if (!n_max) n_max = n_min.value_or(5);
+  if (!n_min) n_min = *n_max;
+  if (*n_min > *n_max)
+    fail("--speculative-config: prompt_lookup_min {} is above prompt_lookup_max {}", *n_min,
+         *n_max);
+  args.num_speculative_tokens = *k;
+  args.ngram_min = *n_min;
+  args.ngram_max = *n_max;
+}
+
 GenerationConfig resolve_generation_config(const EngineArgs& args) {
   const bool own_folder = args.generation_config != "auto" && args.generation_config != "vllm";
   if (own_folder && !std::filesystem::is_regular_file(
@@ -533,6 +566,18 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   ec.max_logprobs = args.max_logprobs < 0 ? config.vocab_size : args.max_logprobs;
   ec.eos_token_ids = eos_token_ids(config, e->generation_);
   ec.virtual_engines = groups;
+  if (args.num_speculative_tokens > 0) {
+    if (groups > 1)
+      fail(ErrorKind::kUnsupported,
+           "--speculative-config: speculative decoding needs one step in flight; pipeline "
+           "parallelism here runs {} (set TESSERA_PP_GROUPS=1)",
+           groups);
+    ec.scheduler.num_speculative_tokens = args.num_speculative_tokens;
+    ec.scheduler.ngram_min = args.ngram_min;
+    ec.scheduler.ngram_max = args.ngram_max;
+    spdlog::info("speculative decoding: ngram, {} tokens, n-grams of {} to {}",
+                 args.num_speculative_tokens, args.ngram_min, args.ngram_max);
+  }
   ModelExecutor& executor = e->executor_ ? static_cast<ModelExecutor&>(*e->executor_) : *e->runner_;
   e->engine_ = std::make_unique<LLMEngine>(ec, executor, std::move(text_decoders), e->pool_.get());
   return e;

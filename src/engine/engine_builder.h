@@ -34,6 +34,10 @@ std::string kv_cache_dtype_label(DType dtype);
 struct EngineArgs;
 // The generation defaults --generation-config and --override-generation-config select.
 GenerationConfig resolve_generation_config(const EngineArgs& args);
+// vLLM's --speculative-config JSON for the ngram method (num_speculative_tokens,
+// prompt_lookup_max, prompt_lookup_min) into `args`. Throws tessera::Error naming the problem
+// (other methods need a draft model, which tessera does not run).
+void apply_speculative_config(const std::string& json, EngineArgs& args);
 // vLLM's override_max_tokens: max_new_tokens of a --generation-config folder, else of
 // --override-generation-config; a cap on every request's max_tokens.
 std::optional<int64_t> generation_max_tokens_cap(const EngineArgs& args);
@@ -47,7 +51,10 @@ struct EngineArgs {
   std::string generation_config = "auto";
   std::string override_generation_config;  // JSON object merged on top (or empty)
   int64_t max_logprobs = 20;  // --max-logprobs: most logprobs a request may ask for (-1: all)
-  bool priority_scheduling = false;                // --scheduling-policy priority (else fcfs)
+  bool priority_scheduling = false;  // --scheduling-policy priority (else fcfs)
+  // --speculative-config '{"method": "ngram", ...}' (0 tokens: off).
+  int64_t num_speculative_tokens = 0;
+  int64_t ngram_min = 5, ngram_max = 5;
   std::optional<DType> dtype;                      // --dtype (auto: as stored)
   std::optional<DType> kv_cache_dtype;             // --kv-cache-dtype (auto: the backend's choice)
   int threads = 0;                                 // --threads (0: physical cores)

@@ -248,7 +248,7 @@ std::vector<RequestOutput> LLMEngine::step() {
     // to edit): a GPU then copies 4 bytes per row instead of the vocabulary's logits.
     bool greedy_only = !inputs.logit_rows.empty();
     for (size_t i = 0; i < sched.scheduled.size() && greedy_only; ++i)
-      greedy_only = plan.prompt_row_count[i] == 0 &&
+      greedy_only = plan.prompt_row_count[i] == 0 && plan.draft_row_count[i] == 0 &&
                     (plan.sample_row[i] < 0 || sampler_.plain_greedy(*sched.scheduled[i].seq));
     inputs.greedy_only = greedy_only;
     executor_.submit(inputs);
@@ -290,9 +290,12 @@ std::vector<RequestOutput> LLMEngine::step() {
   }
 
   // Sample every sequence whose known tokens are all computed; rows are independent.
+  // Sequences with drafts are verified one token at a time below.
   std::vector<size_t> to_sample;
   for (size_t i = 0; i < sched.scheduled.size(); ++i)
-    if (plan.sample_row[i] >= 0 && !aborted(*sched.scheduled[i].seq)) to_sample.push_back(i);
+    if (plan.sample_row[i] >= 0 && !aborted(*sched.scheduled[i].seq) &&
+        plan.draft_row_count[i] == 0)
+      to_sample.push_back(i);
   std::vector<int32_t> tokens(to_sample.size());
   std::vector<TokenLogprobs> lps(to_sample.size());
   auto sample_range = [&](int64_t b, int64_t e) {
@@ -315,11 +318,11 @@ std::vector<RequestOutput> LLMEngine::step() {
   }
 
   now = now_seconds();
-  for (size_t j = 0; j < to_sample.size(); ++j) {
-    Sequence& seq = *sched.scheduled[to_sample[j]].seq;
+  // Appends one sampled token to `seq` and checks whether it ends the sequence.
+  const auto add_token = [&](Sequence& seq, int32_t token, TokenLogprobs* lp) {
     const bool first = seq.num_output_tokens() == 0;
-    seq.tokens.push_back(tokens[j]);
-    if (seq.params.logprobs) seq.logprobs.push_back(std::move(lps[j]));
+    seq.tokens.push_back(token);
+    if (seq.params.logprobs) seq.logprobs.push_back(std::move(*lp));
     if (first) {
       seq.first_token_time = now;
     } else {
@@ -328,13 +331,54 @@ std::vector<RequestOutput> LLMEngine::step() {
     seq.last_token_time = now;
     ++generation_tokens_total_;
     if (first) prompt_tokens_total_ += seq.num_prompt_tokens;
-    check_stop(seq, tokens[j]);
+    check_stop(seq, token);
+  };
+  const auto finish_output = [&](Sequence& seq, bool first) {
     if (seq.finished()) seq.finished_time = now;
     outputs.push_back(make_output(seq, first && seq.params.prompt_logprobs.has_value()));
     if (seq.finished()) {
       schedulers_[seq.group]->remove(&seq);
       sequences_.erase(seq.request_id);
     }
+  };
+  // Speculative decoding: row j's sample is the next token; while it equals draft j the draft
+  // is accepted and the next row (computed with it in context) is sampled, else it replaces the
+  // draft and the rest are dropped. Sampling and comparing is exact rejection sampling for a
+  // draft proposed with certainty (ngram): a draft is kept with the model's probability of it.
+  for (size_t i = 0; i < sched.scheduled.size(); ++i) {
+    if (plan.draft_row_count[i] == 0 || aborted(*sched.scheduled[i].seq)) continue;
+    Sequence& seq = *sched.scheduled[i].seq;
+    const bool first = seq.num_output_tokens() == 0;
+    const int64_t k = seq.num_draft_tokens;
+    const std::vector<int32_t> draft(seq.tokens.end() - k, seq.tokens.end());
+    seq.tokens.resize(seq.tokens.size() - static_cast<size_t>(k));
+    seq.num_draft_tokens = 0;
+    const int64_t known = seq.num_tokens();  // the context before this step's tokens
+    int64_t accepted = 0;
+    for (int64_t j = 0; j <= k && !seq.finished(); ++j) {
+      auto r = row(j < k ? plan.draft_row_begin[i] + static_cast<int32_t>(j) : plan.sample_row[i]);
+      const int32_t t = sampler_.sample(r, seq);
+      TokenLogprobs lp;
+      if (seq.params.logprobs) lp = compute_logprobs(r, t, *seq.params.logprobs);
+      add_token(seq, t, &lp);
+      if (j == k || t != draft[j]) break;
+      ++accepted;
+    }
+    // K/V is right for the context and the accepted drafts; the token sampled last is new.
+    seq.num_computed_tokens = known + accepted;
+    ++spec_drafts_total_;
+    spec_draft_tokens_total_ += k;
+    spec_accepted_tokens_total_ += accepted;
+    if (spec_accepted_per_pos_.size() < static_cast<size_t>(k))
+      spec_accepted_per_pos_.resize(static_cast<size_t>(k), 0);
+    for (int64_t j = 0; j < accepted; ++j) ++spec_accepted_per_pos_[j];
+    finish_output(seq, first);
+  }
+  for (size_t j = 0; j < to_sample.size(); ++j) {
+    Sequence& seq = *sched.scheduled[to_sample[j]].seq;
+    const bool first = seq.num_output_tokens() == 0;
+    add_token(seq, tokens[j], &lps[j]);
+    finish_output(seq, first);
   }
   if (in_flight_.empty()) graveyard_.clear();
   return outputs;
@@ -352,6 +396,10 @@ EngineStats LLMEngine::stats() const {
   s.prefix_cache_hits = blocks_.prefix_hits();
   s.prompt_tokens = prompt_tokens_total_;
   s.generation_tokens = generation_tokens_total_;
+  s.spec_drafts = spec_drafts_total_;
+  s.spec_draft_tokens = spec_draft_tokens_total_;
+  s.spec_accepted_tokens = spec_accepted_tokens_total_;
+  s.spec_accepted_per_pos = spec_accepted_per_pos_;
   return s;
 }
 

@@ -62,6 +62,10 @@ struct EngineStats {
   int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
   int64_t num_preemptions = 0;
   int64_t prompt_tokens = 0, generation_tokens = 0;  // totals so far
+  // Speculative decoding totals: steps with drafts, draft tokens, accepted ones, and accepted
+  // ones by position in the draft.
+  int64_t spec_drafts = 0, spec_draft_tokens = 0, spec_accepted_tokens = 0;
+  std::vector<int64_t> spec_accepted_per_pos;
 };
 
 class LLMEngine {
@@ -117,6 +121,8 @@ class LLMEngine {
   std::mt19937_64 seed_rng_;
   size_t max_stop_len_ = 0;
   int64_t prompt_tokens_total_ = 0, generation_tokens_total_ = 0;
+  int64_t spec_drafts_total_ = 0, spec_draft_tokens_total_ = 0, spec_accepted_tokens_total_ = 0;
+  std::vector<int64_t> spec_accepted_per_pos_;
 };
 
 }  // namespace tessera

@@ -37,7 +37,45 @@ void Scheduler::remove(Sequence* seq) {
   blocks_.release(seq->block_table, seq->block_hashes);
 }
 
+std::vector<int32_t> propose_ngram_draft(std::span<const int32_t> tokens, int64_t n_min,
+                                         int64_t n_max, int64_t k) {
+  const auto size = static_cast<int64_t>(tokens.size());
+  for (int64_t n = std::min(n_max, size - 1); n >= std::max<int64_t>(n_min, 1); --n) {
+    const auto suffix = tokens.subspan(static_cast<size_t>(size - n));
+    // Latest earlier start, so the draft follows the most recent repetition.
+    for (int64_t start = size - n - 1; start >= 0; --start) {
+      if (!std::equal(suffix.begin(), suffix.end(), tokens.begin() + start)) continue;
+      const int64_t from = start + n, to = std::min(size, from + k);
+      return std::vector<int32_t>(tokens.begin() + from, tokens.begin() + to);
+    }
+  }
+  return {};
+}
+
+void Scheduler::propose_drafts(Sequence* seq) const {
+  // Only a plain decode: one token to run, nothing in flight, no prompt logprobs to produce.
+  if (seq->num_draft_tokens != 0 || seq->num_inflight_tokens != 0 ||
+      seq->num_tokens() - seq->num_computed_tokens != 1 || seq->params.prompt_logprobs)
+    return;
+  // Never past max_tokens (the bonus token counts) or the context.
+  const int64_t room = std::min(seq->params.max_tokens - seq->num_output_tokens() - 1,
+                                config_.max_model_len - seq->num_tokens() - 1);
+  const int64_t k = std::min(config_.num_speculative_tokens, room);
+  if (k <= 0) return;
+  const std::vector<int32_t> draft =
+      propose_ngram_draft(seq->tokens, config_.ngram_min, config_.ngram_max, k);
+  seq->tokens.insert(seq->tokens.end(), draft.begin(), draft.end());
+  seq->num_draft_tokens = static_cast<int64_t>(draft.size());
+}
+
+void Scheduler::drop_drafts(Sequence* seq, int64_t n) {
+  n = std::min(n, seq->num_draft_tokens);
+  seq->tokens.resize(seq->tokens.size() - static_cast<size_t>(n));
+  seq->num_draft_tokens -= n;
+}
+
 void Scheduler::preempt(Sequence* seq, SchedulerOutput& out) {
+  drop_drafts(seq, seq->num_draft_tokens);  // unverified: they must not become prompt tokens
   blocks_.release(seq->block_table, seq->block_hashes);
   seq->num_computed_tokens = 0;
   seq->status = SequenceStatus::kWaiting;
@@ -75,12 +113,27 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
       ++i;
       continue;
     }
+    if (config_.num_speculative_tokens > 0) propose_drafts(seq);
+    // Draft tokens are a decode's: the prompt-token cap does not apply to them.
     const int64_t left = seq->num_tokens() - seq->num_scheduled_tokens();
-    if (prompt_room(left) <= 0) {  // a prompt chunk, and this step has its share
+    const int64_t plain_left = left - seq->num_draft_tokens;
+    if (prompt_room(plain_left) <= 0) {  // a prompt chunk, and this step has its share
       ++i;
       continue;
     }
-    const int64_t num_new = std::min({left, budget, chunk_cap, share_cap(*seq), prompt_room(left)});
+    int64_t num_new = std::min({left, budget, chunk_cap, share_cap(*seq),
+                                seq->num_draft_tokens > 0 ? left : prompt_room(left)});
+    // Drafts the budget leaves out are dropped, not kept for later.
+    if (seq->num_draft_tokens > 0 && num_new < left) {
+      drop_drafts(seq, left - num_new);
+      num_new = seq->num_tokens() - seq->num_scheduled_tokens();
+    }
+    // Nor do drafts take blocks another sequence would have to give up.
+    if (seq->num_draft_tokens > 0 &&
+        !blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
+      drop_drafts(seq, seq->num_draft_tokens);
+      num_new = 1;
+    }
     TESSERA_CHECK_GT(num_new, 0);
     bool stop = false;
     while (!blocks_.can_grow(seq->block_table, seq->num_scheduled_tokens() + num_new)) {
@@ -97,7 +150,7 @@ SchedulerOutput Scheduler::schedule(const std::vector<Sequence*>& shared) {
     }
     if (stop) break;
     take(seq, num_new, out);
-    spend(left, num_new);
+    spend(plain_left, num_new);
     ++i;
   }
 
@@ -176,8 +229,9 @@ void Scheduler::on_step_done(const SchedulerOutput& output) {
     TESSERA_CHECK_EQ(s.start, seq->num_computed_tokens) << "steps complete in order";
     seq->num_computed_tokens += s.num_new_tokens;
     seq->num_inflight_tokens -= s.num_new_tokens;
-    blocks_.cache_full_blocks(seq->tokens, seq->num_computed_tokens, seq->block_table,
-                              seq->block_hashes, seq->params.cache_salt);
+    // Blocks holding unverified drafts are not cached: rejected ones are overwritten later.
+    blocks_.cache_full_blocks(seq->tokens, seq->num_computed_tokens - seq->num_draft_tokens,
+                              seq->block_table, seq->block_hashes, seq->params.cache_salt);
   }
 }
 

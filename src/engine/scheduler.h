@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "engine/block_manager.h"
@@ -35,7 +36,17 @@ struct SchedulerConfig {
   // --scheduling-policy priority: sequences are served, and kept on preemption, by
   // (params.priority, arrival) instead of arrival alone.
   bool priority_policy = false;
+  // --speculative-config ngram: up to this many tokens proposed per decode from earlier text
+  // (0: off), by the longest n-gram in [ngram_min, ngram_max] that ends the sequence and
+  // occurred before.
+  int64_t num_speculative_tokens = 0;
+  int64_t ngram_min = 1, ngram_max = 5;
 };
+
+// The tokens that followed the latest earlier occurrence of the longest suffix n-gram of
+// `tokens` (n in [n_min, n_max]), at most `k` (empty: no match). vLLM's ngram proposer's role.
+std::vector<int32_t> propose_ngram_draft(std::span<const int32_t> tokens, int64_t n_min,
+                                         int64_t n_max, int64_t k);
 
 struct ScheduledSequence {
   Sequence* seq;
@@ -76,6 +87,10 @@ class Scheduler {
 
  private:
   void preempt(Sequence* seq, SchedulerOutput& out);
+  // Speculative decoding: appends draft tokens to a decode sequence; drop_drafts takes back
+  // the last `n` of them.
+  void propose_drafts(Sequence* seq) const;
+  static void drop_drafts(Sequence* seq, int64_t n);
   // The service order: arrival (fcfs), or priority then arrival.
   bool before(const Sequence* a, const Sequence* b) const;
   void insert_waiting(Sequence* seq);

@@ -46,6 +46,9 @@ struct Sequence {
   // consecutive steps at once; each stage writes a chunk's K/V before it runs the next step).
   int64_t num_inflight_tokens = 0;
   int64_t num_cached_prompt_tokens = 0;  // prefix-cache hit at first admission
+  // Speculative decoding: proposed tokens at the end of `tokens`, run this step to be verified
+  // (the engine takes them off again and keeps those the model agrees with).
+  int64_t num_draft_tokens = 0;
   std::vector<int32_t> block_table;
   std::vector<uint64_t> block_hashes;
   SamplingParams params;

@@ -19,6 +19,8 @@ StepInputs build_step_inputs(const SchedulerOutput& out, int block_size, LogitPl
   plan->sample_row.assign(n, -1);
   plan->prompt_row_begin.assign(n, 0);
   plan->prompt_row_count.assign(n, 0);
+  plan->draft_row_begin.assign(n, 0);
+  plan->draft_row_count.assign(n, 0);
   std::vector<int32_t> sample_rows;
   for (size_t i = 0; i < n; ++i) {
     const Sequence& seq = *out.scheduled[i].seq;
@@ -43,6 +45,13 @@ StepInputs build_step_inputs(const SchedulerOutput& out, int block_size, LogitPl
         for (int64_t p = begin; p < last; ++p)
           in.logit_rows.push_back(row0 + static_cast<int32_t>(p - begin));
       }
+    }
+    if (seq.num_draft_tokens > 0 && end == seq.num_tokens()) {
+      const int64_t k = seq.num_draft_tokens;
+      plan->draft_row_begin[i] = static_cast<int32_t>(in.logit_rows.size());
+      plan->draft_row_count[i] = static_cast<int32_t>(k);
+      for (int64_t p = end - 1 - k; p < end - 1; ++p)
+        in.logit_rows.push_back(row0 + static_cast<int32_t>(p - begin));
     }
     if (end == seq.num_tokens()) sample_rows.push_back(static_cast<int32_t>(i));
   }

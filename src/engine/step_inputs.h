@@ -40,6 +40,9 @@ struct LogitPlan {
   std::vector<int32_t> sample_row;
   // Per scheduled sequence: first row of its prompt-logprob rows and how many.
   std::vector<int32_t> prompt_row_begin, prompt_row_count;
+  // Per scheduled sequence: first row of the rows that verify its draft tokens (row j predicts
+  // the token draft j proposes) and how many (its sample row then follows the last draft).
+  std::vector<int32_t> draft_row_begin, draft_row_count;
 };
 
 StepInputs build_step_inputs(const SchedulerOutput& out, int block_size, LogitPlan* plan);

@@ -111,6 +111,18 @@ EngineMetrics::EngineMetrics(const std::string& model_name, int64_t max_model_le
       histogram("vllm:request_max_num_generation_tokens",
                 "Histogram of maximum number of requested generation tokens.", token_buckets);
 
+  // Speculative decoding (vLLM's names; zero without --speculative-config).
+  spec_drafts_ = counter("vllm:spec_decode_num_drafts_total", "Number of spec decoding drafts.");
+  spec_draft_tokens_ =
+      counter("vllm:spec_decode_num_draft_tokens_total", "Number of draft tokens.");
+  spec_accepted_tokens_ =
+      counter("vllm:spec_decode_num_accepted_tokens_total", "Number of accepted tokens.");
+  spec_accepted_per_pos_ = &prometheus::BuildCounter()
+                                .Name("vllm:spec_decode_num_accepted_tokens_per_pos_total")
+                                .Help("Accepted tokens per draft position.")
+                                .Register(*registry_);
+  labels_ = labels;
+
   prometheus::Labels info = labels;
   info["block_size"] = std::to_string(cache.block_size);
   info["num_gpu_blocks"] = std::to_string(cache.num_gpu_blocks);
@@ -139,6 +151,18 @@ void EngineMetrics::update(const EngineStats& s) {
   add(preemptions_, s.num_preemptions, last_.num_preemptions);
   add(prompt_tokens_, s.prompt_tokens, last_.prompt_tokens);
   add(generation_tokens_, s.generation_tokens, last_.generation_tokens);
+  add(spec_drafts_, s.spec_drafts, last_.spec_drafts);
+  add(spec_draft_tokens_, s.spec_draft_tokens, last_.spec_draft_tokens);
+  add(spec_accepted_tokens_, s.spec_accepted_tokens, last_.spec_accepted_tokens);
+  for (size_t pos = 0; pos < s.spec_accepted_per_pos.size(); ++pos) {
+    if (pos >= spec_accepted_per_pos_series_.size()) {
+      prometheus::Labels l = labels_;
+      l["position"] = std::to_string(pos);
+      spec_accepted_per_pos_series_.push_back(&spec_accepted_per_pos_->Add(l));
+    }
+    add(spec_accepted_per_pos_series_[pos], s.spec_accepted_per_pos[pos],
+        pos < last_.spec_accepted_per_pos.size() ? last_.spec_accepted_per_pos[pos] : 0);
+  }
   // Called after every step (and again when idle): a step's tokens are the counters' growth.
   const int64_t step_tokens =
       (s.prompt_tokens - last_.prompt_tokens) + (s.generation_tokens - last_.generation_tokens);

@@ -70,6 +70,12 @@ class EngineMetrics {
   prometheus::Histogram* request_params_n_;
   prometheus::Histogram* request_params_max_tokens_;
   prometheus::Histogram* request_max_num_generation_tokens_;
+  prometheus::Counter* spec_drafts_;
+  prometheus::Counter* spec_draft_tokens_;
+  prometheus::Counter* spec_accepted_tokens_;
+  prometheus::Family<prometheus::Counter>* spec_accepted_per_pos_;
+  std::vector<prometheus::Counter*> spec_accepted_per_pos_series_;
+  prometheus::Labels labels_;
   EngineStats last_;  // totals already added to the counters
 };
 

@@ -285,6 +285,65 @@ TEST(Scheduler, PriorityPolicyPreemptsTheLowestPriorityNotTheNewest) {
   }
 }
 
+// The ngram proposer: the longest suffix n-gram (within the bounds) that occurred before, and
+// what followed its latest occurrence.
+TEST(Scheduler, NgramDraftsFollowTheLatestLongestMatch) {
+  using V = std::vector<int32_t>;
+  //                 0  1  2  3  4  5  6  7  8  9
+  const V tokens = {1, 2, 3, 9, 1, 2, 3, 7, 8, 1, 2, 3};
+  // "1 2 3" last occurred at 4: what followed is 7 8 1 2.
+  EXPECT_EQ(propose_ngram_draft(tokens, 1, 3, 4), (V{7, 8, 1, 2}));
+  EXPECT_EQ(propose_ngram_draft(tokens, 1, 3, 2), (V{7, 8}));
+  // Lookups of 4 or more find nothing longer; shorter bounds still match "3", "2 3".
+  EXPECT_EQ(propose_ngram_draft(tokens, 4, 5, 3), V{});
+  EXPECT_EQ(propose_ngram_draft(tokens, 1, 1, 3), (V{7, 8, 1}));
+  // A draft stops at the end of the known text.
+  EXPECT_EQ(propose_ngram_draft(V{5, 6, 5}, 1, 2, 4), (V{6, 5}));
+  EXPECT_EQ(propose_ngram_draft(V{5, 6, 7}, 1, 2, 4), V{});
+  EXPECT_EQ(propose_ngram_draft(V{5}, 1, 2, 4), V{});
+}
+
+// Drafts are scheduled with their decode, dropped when the budget or the blocks leave no room
+// for them, and never cached or kept through a preemption.
+TEST(Scheduler, DraftsRideWithTheirDecodeOrAreDropped) {
+  BlockManager bm(8, 4, true);
+  SchedulerConfig cfg;
+  cfg.max_num_batched_tokens = 64;
+  cfg.num_speculative_tokens = 3;
+  cfg.ngram_min = 1;
+  cfg.ngram_max = 2;
+  Scheduler sched(cfg, bm);
+  std::vector<std::unique_ptr<Sequence>> store;
+  Sequence* a = new_seq(store, 6, 0);
+  a->tokens = {1, 2, 3, 1, 2, 3};
+  a->params.max_tokens = 100;
+  sched.add(a);
+  SchedulerOutput o = sched.schedule();  // the prompt: no drafts yet
+  ASSERT_EQ(o.scheduled.size(), 1u);
+  EXPECT_EQ(a->num_draft_tokens, 0);
+  sched.on_step_done(o);
+  a->tokens.push_back(1);  // sampled: "... 3 1" -> drafts "2 3 1"
+  o = sched.schedule();
+  ASSERT_EQ(o.scheduled.size(), 1u);
+  EXPECT_EQ(o.scheduled[0].num_new_tokens, 4);
+  EXPECT_EQ(a->num_draft_tokens, 3);
+  EXPECT_EQ(a->tokens, (std::vector<int32_t>{1, 2, 3, 1, 2, 3, 1, 2, 3, 1}));
+  sched.on_step_done(o);
+  // Only the verified 7 tokens' full block is cached (one block of 4), not the drafts'.
+  EXPECT_EQ(a->block_hashes.size(), 1u);
+  // As the engine does when all three are rejected: drafts off, 7 tokens verified, one new.
+  // max_tokens then leaves room for the bonus token only: no drafts.
+  a->tokens.resize(7);
+  a->num_draft_tokens = 0;
+  a->num_computed_tokens = 7;
+  a->tokens.push_back(2);
+  a->params.max_tokens = a->num_output_tokens() + 1;
+  o = sched.schedule();
+  ASSERT_EQ(o.scheduled.size(), 1u);
+  EXPECT_EQ(o.scheduled[0].num_new_tokens, 1);
+  EXPECT_EQ(a->num_draft_tokens, 0);
+}
+
 // The prompt-token cap (what pipeline groups set): prompt chunks stop at it, decodes do not count
 // against it, and the token budget still bounds the whole step.
 TEST(Scheduler, PrefillCapLeavesDecodesAlone) {

@@ -56,7 +56,7 @@ class EngineHarness {
   // groups: the engine's virtual engines (pipeline parallelism's steps in flight; here the
   // single-rank executor runs each submitted step at once, but completes it a step later).
   EngineHarness(const std::filesystem::path& dir, int64_t blocks, int64_t budget,
-                bool prefix = true, bool letters = false, int groups = 1)
+                bool prefix = true, bool letters = false, int groups = 1, int64_t spec_tokens = 0)
       : pool_(2), backend_(pool_), ctx_{backend_, comm_} {
     model_ = load_model(dir, ctx_);
     cache_ = allocate_kv_cache(backend_, *model_, blocks, 16, DType::kF32);
@@ -71,6 +71,9 @@ class EngineHarness {
     c.vocab_size = model_->config().vocab_size;
     c.eos_token_ids = {2};
     c.virtual_engines = groups;
+    c.scheduler.num_speculative_tokens = spec_tokens;
+    c.scheduler.ngram_min = 1;
+    c.scheduler.ngram_max = 3;
     TextDecoderFactory f;
     if (letters) f = [](bool) { return std::make_unique<LetterDecoder>(); };
     engine_ = std::make_unique<LLMEngine>(c, *recorder_, f, &pool_);
@@ -234,6 +237,76 @@ TEST_F(EngineTest, PreemptionAndPrefixCachingChangeNothing) {
   EXPECT_GT(s.prefix_cache_hits, 0);
   EXPECT_EQ(s.kv_cache_usage, 0.0);
   for (const auto& [id, r] : solo) expect_same(r, together.at(id), id);
+}
+
+// Speculative decoding (ngram drafts) changes no greedy token or logprob: with prompts that
+// repeat themselves (so drafts are proposed and some accepted), chunked prefill, preemption and
+// prefix caching, every request matches running alone without it.
+TEST_F(EngineTest, NgramSpeculationChangesNothingGreedy) {
+  std::vector<std::vector<int32_t>> ps;
+  for (int i = 0; i < 16; ++i) {
+    const auto unit = testing::test_ids(3 + i % 5, 4096, 70 + i);
+    std::vector<int32_t> p;
+    for (int rep = 0; rep < 6 + i % 4; ++rep) p.insert(p.end(), unit.begin(), unit.end());
+    ps.push_back(p);
+  }
+  const auto solo = alone(*dir_, ps, greedy(24));
+  for (const int64_t blocks : {512, 30}) {  // 30 blocks: preemption
+    EngineHarness h(*dir_, blocks, 128, true, false, 1, /*spec_tokens=*/4);
+    for (size_t i = 0; i < ps.size(); ++i)
+      h.engine().add_request("r" + std::to_string(i), ps[i], greedy(24));
+    const auto together = h.run_all();
+    for (const auto& [id, r] : solo) expect_same(r, together.at(id), id);
+    const EngineStats s = h.engine().stats();
+    EXPECT_GT(s.spec_drafts, 0);
+    EXPECT_GT(s.spec_draft_tokens, 0);
+    EXPECT_GT(s.spec_accepted_tokens, 0);  // the prompts repeat, and so does the model
+    EXPECT_LE(s.spec_accepted_tokens, s.spec_draft_tokens);
+    int64_t per_pos = 0;
+    for (int64_t n : s.spec_accepted_per_pos) per_pos += n;
+    EXPECT_EQ(per_pos, s.spec_accepted_tokens);
+    EXPECT_EQ(s.kv_cache_usage, 0.0);
+    if (blocks == 30) EXPECT_GT(s.num_preemptions, 0);
+  }
+}
+
+// With sampling, a draft is kept with the model's probability of it: the seeded outputs are
+// reproducible, as long as asked, and end where stop conditions say (max_tokens, stop tokens).
+TEST_F(EngineTest, NgramSpeculationWithSamplingAndStops) {
+  const auto unit = testing::test_ids(4, 4096, 5);
+  std::vector<int32_t> prompt;
+  for (int rep = 0; rep < 8; ++rep) prompt.insert(prompt.end(), unit.begin(), unit.end());
+  const auto run = [&](int64_t spec, SamplingParams p) {
+    EngineHarness h(*dir_, 128, 256, true, false, 1, spec);
+    for (int i = 0; i < 4; ++i) {
+      SamplingParams q = p;
+      q.seed = 100 + i;
+      h.engine().add_request("s" + std::to_string(i), prompt, q);
+    }
+    return h.run_all();
+  };
+  SamplingParams p;
+  p.temperature = 0.7;
+  p.max_tokens = 30;
+  p.ignore_eos = true;
+  p.logprobs = 1;
+  const auto a = run(4, p), b = run(4, p);
+  for (const auto& [id, r] : a) {
+    EXPECT_EQ(r.tokens, b.at(id).tokens) << id;
+    EXPECT_EQ(r.tokens.size(), 30u) << id;
+    EXPECT_EQ(r.logprobs.size(), 30u) << id;
+    EXPECT_EQ(r.reason, FinishReason::kLength);
+  }
+  // A stop token inside an accepted run of drafts ends the output there.
+  SamplingParams g = greedy(30);
+  const auto plain = run(0, g);
+  const std::vector<int32_t>& out = plain.at("s0").tokens;
+  g.stop_token_ids = {out[9]};
+  const size_t first_stop = std::find(out.begin(), out.end(), out[9]) - out.begin();
+  const auto stopped = run(4, g);
+  EXPECT_EQ(stopped.at("s0").tokens,
+            std::vector<int32_t>(out.begin(), out.begin() + first_stop + 1));
+  EXPECT_EQ(stopped.at("s0").reason, FinishReason::kStop);
 }
 
 TEST_F(EngineTest, SeededSamplingIsBatchInvariant) {
@@ -474,6 +547,37 @@ TEST_F(EngineTest, PrioritySchedulingOrdersWaitingRequests) {
     const std::vector<std::string> by_arrival = {"first", "later_low", "later_high", "later_mid",
                                                  "last_mid"};
     EXPECT_EQ(order, priority ? by_priority : by_arrival);
+  }
+}
+
+// --speculative-config as vLLM spells it for ngram; other methods and bad values are named.
+TEST(SpeculativeConfigFlag, NgramAndItsErrors) {
+  EngineArgs a;
+  apply_speculative_config(
+      R"({"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":3,"prompt_lookup_min":2})",
+      a);
+  EXPECT_EQ(a.num_speculative_tokens, 4);
+  EXPECT_EQ(a.ngram_min, 2);
+  EXPECT_EQ(a.ngram_max, 3);
+  apply_speculative_config(R"({"method":"ngram","num_speculative_tokens":2,"prompt_lookup_max":4})",
+                           a);
+  EXPECT_EQ(a.ngram_min, 4);  // the one given stands for both
+  apply_speculative_config(R"({"model":"[ngram]","num_speculative_tokens":1})", a);  // older
+  EXPECT_EQ(a.ngram_max, 5);
+  for (const auto& [json, says] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"method":"eagle","model":"x","num_speculative_tokens":3})", "'eagle'"},
+           {R"({"method":"ngram"})", "num_speculative_tokens is required"},
+           {R"({"method":"ngram","num_speculative_tokens":0})", "positive integer"},
+           {R"({"method":"ngram","num_speculative_tokens":3,"prompt_lookup_min":4,
+                "prompt_lookup_max":2})",
+            "above prompt_lookup_max"},
+           {"ngram", "JSON object"}}) {
+    try {
+      apply_speculative_config(json, a);
+      ADD_FAILURE() << "accepted " << json;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
   }
 }
 

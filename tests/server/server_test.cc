@@ -1528,6 +1528,9 @@ TEST(ServerTest, MetricsHaveEveryVllmName) {
                            "vllm:request_params_n_bucket",
                            "vllm:request_params_max_tokens_bucket",
                            "vllm:request_max_num_generation_tokens_bucket",
+                           "vllm:spec_decode_num_drafts_total",
+                           "vllm:spec_decode_num_draft_tokens_total",
+                           "vllm:spec_decode_num_accepted_tokens_total",
                            "vllm:cache_config_info"})
     EXPECT_NE(text.find(std::string(name) + "{"), std::string::npos) << name;
   EXPECT_NE(text.find("model_name=\"tiny\""), std::string::npos);
