@@ -570,7 +570,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
     if (groups > 1)
       fail(ErrorKind::kUnsupported,
            "--speculative-config: speculative decoding needs one step in flight; pipeline "
-           "parallelism here runs {} (set TESSERA_PP_GROUPS=1)",
+           "parallelism here runs {} steps in flight (TESSERA_PP_GROUPS=1 runs one)",
            groups);
     ec.scheduler.num_speculative_tokens = args.num_speculative_tokens;
     ec.scheduler.ngram_min = args.ngram_min;
