@@ -37,6 +37,14 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f, bool model_positional) {
                   "Most logprobs, top_logprobs or prompt_logprobs a request may ask for (-1: the "
                   "whole vocabulary)")
       ->capture_default_str();
+  cmd->add_option("--long-prefill-token-threshold", f.long_prefill_token_threshold,
+                  "Most prompt tokens one request runs per step (0: up to the token budget)")
+      ->capture_default_str();
+  cmd->add_option("--prefix-caching-hash-algo", f.prefix_caching_hash_algo,
+                  "Accepted for vLLM compatibility: blocks are matched by their tokens, so the "
+                  "hash only finds candidates")
+      ->check(CLI::IsMember({"builtin", "sha256", "sha256_cbor", "sha256_cbor_64bit"}))
+      ->capture_default_str();
   cmd->add_option("--speculative-config", f.speculative_config,
                   "Speculative decoding, as JSON: '{\"method\": \"ngram\", "
                   "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}'");
@@ -204,6 +212,8 @@ EngineArgs to_engine_args(const EngineFlags& f) {
   if (f.max_logprobs < -1) fail("--max-logprobs must be -1 (no limit) or at least 0");
   a.max_logprobs = f.max_logprobs;
   a.priority_scheduling = f.scheduling_policy == "priority";
+  if (f.long_prefill_token_threshold < 0) fail("--long-prefill-token-threshold must be >= 0");
+  a.long_prefill_token_threshold = f.long_prefill_token_threshold;
   if (!f.speculative_config.empty()) apply_speculative_config(f.speculative_config, a);
   a.dtype = parse_dtype_flag(f.dtype, "--dtype");
   a.kv_cache_dtype = parse_kv_cache_dtype(f.kv_cache_dtype);

@@ -20,6 +20,8 @@ struct EngineFlags {
   int64_t max_logprobs = 20;
   std::string scheduling_policy = "fcfs";
   std::string speculative_config;
+  int64_t long_prefill_token_threshold = 0;
+  std::string prefix_caching_hash_algo = "builtin";
   std::string dtype = "auto";
   std::string kv_cache_dtype = "auto";
   int threads = 0;

@@ -559,6 +559,7 @@ std::unique_ptr<EngineInstance> EngineInstance::create(const EngineArgs& args,
   ec.scheduler.max_num_batched_tokens = args.max_num_batched_tokens;
   ec.scheduler.max_model_len = max_len;
   ec.scheduler.priority_policy = args.priority_scheduling;
+  ec.scheduler.long_prefill_token_threshold = args.long_prefill_token_threshold;
   ec.block_size = args.block_size;
   ec.num_blocks = blocks;
   ec.enable_prefix_caching = args.enable_prefix_caching;

@@ -51,7 +51,8 @@ struct EngineArgs {
   std::string generation_config = "auto";
   std::string override_generation_config;  // JSON object merged on top (or empty)
   int64_t max_logprobs = 20;  // --max-logprobs: most logprobs a request may ask for (-1: all)
-  bool priority_scheduling = false;  // --scheduling-policy priority (else fcfs)
+  bool priority_scheduling = false;          // --scheduling-policy priority (else fcfs)
+  int64_t long_prefill_token_threshold = 0;  // most prompt tokens of one request per step (0: all)
   // --speculative-config '{"method": "ngram", ...}' (0 tokens: off).
   int64_t num_speculative_tokens = 0;
   int64_t ngram_min = 5, ngram_max = 5;

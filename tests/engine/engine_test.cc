@@ -550,6 +550,28 @@ TEST_F(EngineTest, PrioritySchedulingOrdersWaitingRequests) {
   }
 }
 
+// --long-prefill-token-threshold: one request's prompt runs in chunks of at most that many
+// tokens per step (vLLM's cap), so a 40-token prompt takes 5 steps of 8 to its first token.
+TEST_F(EngineTest, LongPrefillThresholdChunksOnePrompt) {
+  for (const int64_t threshold : {0, 8}) {
+    EngineArgs args;
+    args.model = *dir_;
+    args.threads = 2;
+    args.max_model_len = 256;
+    args.num_gpu_blocks_override = 64;
+    args.long_prefill_token_threshold = threshold;
+    auto instance = EngineInstance::create(args);
+    LLMEngine& engine = instance->engine();
+    engine.add_request("long", testing::test_ids(40, 4096, 3), greedy(1));
+    int steps = 0;
+    while (engine.has_unfinished()) {
+      engine.step();
+      ++steps;
+    }
+    EXPECT_EQ(steps, threshold == 0 ? 1 : 5) << threshold;
+  }
+}
+
 // --speculative-config as vLLM spells it for ngram; other methods and bad values are named.
 TEST(SpeculativeConfigFlag, NgramAndItsErrors) {
   EngineArgs a;
