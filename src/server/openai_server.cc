@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <map>
 #include <random>
 
 #include "core/logging.h"
@@ -788,7 +789,6 @@ void check_beam_search(const ServingModel& m, const GenerateRequest& r) {
   if (r.auto_tools) refuse("tool_choice \"auto\"", "tool_choice");
   if (!r.params.stop.empty()) refuse("stop", "stop");
   if (!r.params.stop_token_ids.empty()) refuse("stop_token_ids", "stop_token_ids");
-  if (r.logprobs) refuse("logprobs", "logprobs");
   if (r.params.prompt_logprobs) refuse("prompt_logprobs", "prompt_logprobs");
   if (r.params.min_tokens > 0) refuse("min_tokens", "min_tokens");
   if (2 * r.n > m.max_logprobs)
@@ -816,8 +816,11 @@ void run_beam_search(const ServingModel& m, ResponseContext& ctx, size_t p,
   SamplingParams step = params;
   step.max_tokens = 1;
   step.ignore_eos = true;
-  step.logprobs = static_cast<int>(2 * r.n);
+  const int64_t width2 = 2 * r.n;  // candidates per beam and step
+  step.logprobs = static_cast<int>(std::max<int64_t>(width2, r.logprobs.value_or(0)));
   int64_t step_index = 0;
+  // Each expanded beam's step: what the response's logprobs are built from.
+  std::map<std::vector<int32_t>, TokenLogprobs> steps;
   const BeamExpander expand = [&](const std::vector<std::vector<int32_t>>& beams) {
     std::vector<std::shared_ptr<RequestStream>> streams;
     try {
@@ -836,8 +839,9 @@ void run_beam_search(const ServingModel& m, ResponseContext& ctx, size_t p,
           if (o.new_logprobs.empty()) continue;
           const TokenLogprobs& lp = o.new_logprobs.front();
           out[i].emplace_back(lp.token, lp.logprob);
-          for (const auto& [token, logprob] : lp.top)
-            if (token != lp.token) out[i].emplace_back(token, logprob);
+          for (size_t t = 0; t < lp.top.size() && t < static_cast<size_t>(width2); ++t)
+            if (lp.top[t].first != lp.token) out[i].emplace_back(lp.top[t]);
+          if (r.logprobs) steps[beams[i]] = lp;
         }
         if (auto err = streams[i]->error()) {
           for (const auto& s : streams) m.engine->abort(s->request_id());
@@ -867,6 +871,27 @@ void run_beam_search(const ServingModel& m, ResponseContext& ctx, size_t p,
     if (b.ended_by_eos) o.stop_reason = std::to_string(b.eos);
     o.num_prompt_tokens = static_cast<int64_t>(prompt.size());
     o.num_output_tokens = static_cast<int64_t>(o.new_token_ids.size());
+    if (r.logprobs) {
+      // Per output token: its log-probability and rank at its step, and the step's top k.
+      std::vector<int32_t> prefix = prompt;
+      for (int32_t token : o.new_token_ids) {
+        const TokenLogprobs& at = steps.at(prefix);
+        TokenLogprobs lp;
+        lp.token = token;
+        lp.logprob = at.logprob;
+        lp.rank = at.rank;
+        if (token != at.token) {
+          const auto it = std::find_if(at.top.begin(), at.top.end(),
+                                       [&](const auto& e) { return e.first == token; });
+          lp.logprob = it->second;
+          lp.rank = (it - at.top.begin()) + 1;
+        }
+        lp.top.assign(at.top.begin(),
+                      at.top.begin() + std::min<size_t>(at.top.size(), *r.logprobs));
+        o.new_logprobs.push_back(std::move(lp));
+        prefix.push_back(token);
+      }
+    }
     c.stream = std::make_shared<RequestStream>(o.request_id);
     c.stream->push(std::move(o));
     ctx.choices.push_back(std::move(c));

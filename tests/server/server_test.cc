@@ -662,8 +662,32 @@ TEST(ServerTest, BeamSearchThroughTheEngine) {
   ASSERT_EQ(streamed.size(), 3u);
   for (int64_t i = 0; i < 3; ++i) EXPECT_EQ(streamed[i], three["choices"][i]["text"]);
 
-  for (const char* bad :
-       {R"("stop":"x")", R"("logprobs":2)", R"("n":11)", R"("guided_choice":["a","b"])"}) {
+  // Logprobs: width 1 gives greedy decoding's, and beams come best first by vLLM's score
+  // (cumulative logprob / (prompt + output tokens)^length_penalty).
+  auto [gl, greedy_lp] =
+      f.post("/v1/completions", R"({"prompt":"beams","max_tokens":6,"temperature":0,
+                                    "ignore_eos":true,"logprobs":2})");
+  ASSERT_EQ(gl, 200) << greedy_lp.dump();
+  auto [bl, beam_lp] = f.post("/v1/completions", R"({"prompt":"beams","max_tokens":6,"n":1,
+      "use_beam_search":true,"ignore_eos":true,"logprobs":2})");
+  ASSERT_EQ(bl, 200) << beam_lp.dump();
+  EXPECT_EQ(beam_lp["choices"][0]["logprobs"], greedy_lp["choices"][0]["logprobs"]);
+  auto [sl, scored] = f.post("/v1/completions", R"({"prompt":"beams","max_tokens":5,"n":3,
+      "use_beam_search":true,"ignore_eos":true,"logprobs":1,"length_penalty":0.5})");
+  ASSERT_EQ(sl, 200) << scored.dump();
+  const int64_t prompt_len = scored["usage"]["prompt_tokens"];
+  double previous = 1e300;
+  for (const json& c : scored["choices"]) {
+    const json& lp = c["logprobs"];
+    ASSERT_EQ(lp["token_logprobs"].size(), 5u);
+    double cum = 0;
+    for (const json& x : lp["token_logprobs"]) cum += x.get<double>();
+    const double score = cum / std::pow(static_cast<double>(prompt_len + 5), 0.5);
+    EXPECT_LE(score, previous + 1e-6) << scored.dump();
+    previous = score;
+  }
+
+  for (const char* bad : {R"("stop":"x")", R"("n":11)", R"("guided_choice":["a","b"])"}) {
     auto [status, j] = f.post(
         "/v1/completions", std::string(R"({"prompt":"beams","use_beam_search":true,)") + bad + "}");
     EXPECT_EQ(status, 400) << bad << " " << j.dump();
