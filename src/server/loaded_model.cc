@@ -10,7 +10,6 @@ std::unique_ptr<LoadedModel> LoadedModel::load(const EngineArgs& args,
                                                std::unique_ptr<TextProcessor> text) {
   std::unique_ptr<LoadedModel> m(new LoadedModel());
   m->max_tokens_cap_ = generation_max_tokens_cap(args);
-  m->priority_scheduling_ = args.priority_scheduling;
   m->text_ = text ? std::move(text) : load_text_processor(args.tokenizer_dir(), chat_template);
   if (!m->text_)
     spdlog::warn("{} has no tokenizer.json: only token-id prompts can be served",
@@ -46,7 +45,7 @@ ServingModel LoadedModel::serving() {
   s.default_max_tokens = instance_->generation_config().max_new_tokens;
   s.max_tokens_cap = max_tokens_cap_;
   s.max_logprobs = ec.max_logprobs;
-  s.priority_scheduling = priority_scheduling_;
+  s.priority_scheduling = ec.scheduler.priority_policy;
   return s;
 }
 

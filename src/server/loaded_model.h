@@ -30,7 +30,6 @@ class LoadedModel {
  private:
   LoadedModel() = default;
   std::optional<int64_t> max_tokens_cap_;
-  bool priority_scheduling_ = false;
   std::unique_ptr<TextProcessor> text_;
   std::unique_ptr<EngineInstance> instance_;
   std::unique_ptr<EngineMetrics> metrics_;

@@ -512,16 +512,22 @@ TEST_F(EngineTest, AbortWhileItsStepIsInFlight) {
 }
 
 // --generation-config and --override-generation-config, on folders written here.
+// Engine args for the tiny model through the engine builder (EngineInstance::create).
+EngineArgs builder_args(const std::filesystem::path& dir) {
+  EngineArgs args;
+  args.model = dir;
+  args.threads = 2;
+  args.max_model_len = 256;
+  args.num_gpu_blocks_override = 64;
+  return args;
+}
+
 // --scheduling-policy priority through the engine builder: with one sequence at a time, the
 // waiting requests run by priority (lower first), then arrival; fcfs runs them by arrival.
 TEST_F(EngineTest, PrioritySchedulingOrdersWaitingRequests) {
   for (const bool priority : {false, true}) {
-    EngineArgs args;
-    args.model = *dir_;
-    args.threads = 2;
-    args.max_model_len = 256;
+    EngineArgs args = builder_args(*dir_);
     args.max_num_seqs = 1;
-    args.num_gpu_blocks_override = 64;
     args.priority_scheduling = priority;
     auto instance = EngineInstance::create(args);
     LLMEngine& engine = instance->engine();
@@ -554,11 +560,7 @@ TEST_F(EngineTest, PrioritySchedulingOrdersWaitingRequests) {
 // tokens per step (vLLM's cap), so a 40-token prompt takes 5 steps of 8 to its first token.
 TEST_F(EngineTest, LongPrefillThresholdChunksOnePrompt) {
   for (const int64_t threshold : {0, 8}) {
-    EngineArgs args;
-    args.model = *dir_;
-    args.threads = 2;
-    args.max_model_len = 256;
-    args.num_gpu_blocks_override = 64;
+    EngineArgs args = builder_args(*dir_);
     args.long_prefill_token_threshold = threshold;
     auto instance = EngineInstance::create(args);
     LLMEngine& engine = instance->engine();
